@@ -1,0 +1,163 @@
+/* backend.h — the only interface between dmabroker and the kernel's IOMMU.
+ *
+ * Every IOMMU/VFIO ioctl the daemon issues lives behind this vtable
+ * (backend/iommufd.c, backend/vfio_type1.c) or is modelled by the simulated
+ * backend (backend/sim.c). The core validates requests against its own model
+ * first (ownership, overlap, alignment, ranges, limits) and only then calls
+ * the backend, so a backend sees well-formed requests; it still reports what
+ * the kernel says, with the kernel's errno.
+ *
+ * Conventions
+ * - Every function returns 0 or a negative errno. When it fails and `e` is
+ *   not NULL it may describe the failure (dmb_fail); the core adds a generic
+ *   sentence when it did not.
+ * - Objects embed a base struct (struct dmb_bctx, dmb_bregion, dmb_bdev) as
+ *   their first member; backends recover theirs with dmb_container_of.
+ * - Destructors accept NULL.
+ * - Threading: calls on one context are serialised by the caller; calls on
+ *   different contexts may come from different threads (a future worker
+ *   pool). Keep per-context state in the context; make global counters
+ *   atomic.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+struct dmb_backend;
+struct dmb_bctx;
+struct dmb_bregion;
+struct dmb_bdev;
+
+enum {
+	DMB_PROT_READ = 1u << 0,  /* the device may read */
+	DMB_PROT_WRITE = 1u << 1, /* the device may write */
+};
+
+struct dmb_iova_range {
+	uint64_t start;
+	uint64_t last; /* inclusive */
+};
+
+#define DMB_MAX_IOVA_RANGES 32
+
+struct dmb_iova_info {
+	size_t n;
+	struct dmb_iova_range ranges[DMB_MAX_IOVA_RANGES];
+	uint64_t alignment;          /* IOVA/offset/length granularity */
+	uint32_t max_mappings;       /* 0: no backend limit */
+	uint32_t mappings_available; /* valid when max_mappings != 0 */
+};
+
+/* What the core tells a backend about a registered region. The core has
+ * already validated the fd: a memfd/tmpfs/hugetlbfs regular file at least
+ * `size` bytes long, sealed against shrinking (memfd) */
+struct dmb_region_desc {
+	int fd;           /* borrowed: dup it to keep it */
+	uint64_t size;    /* bytes, a multiple of page_size */
+	uint64_t page_size;
+	bool writable;    /* fd open for writing and not write-sealed */
+	bool hugetlb;
+};
+
+struct dmb_bregion {
+	struct dmb_backend *be;
+};
+
+struct dmb_bctx {
+	struct dmb_backend *be;
+};
+
+struct dmb_dev_info {
+	uint16_t vendor;
+	uint16_t device;
+	char group[64];   /* IOMMU group number (type1), vfio-dev name (iommufd), sim name */
+	bool viable;
+};
+
+struct dmb_bdev {
+	struct dmb_bctx *ctx;
+};
+
+struct dmb_backend_ops {
+	const char *name; /* "sim", "vfio-type1", "iommufd" */
+
+	void (*destroy)(struct dmb_backend *be);
+
+	/* A context: one iommufd + IOAS, one type1 container, one sim IOAS. */
+	int (*ctx_open)(struct dmb_backend *be, struct dmb_bctx **out, struct dmb_err *e);
+	/* Unmaps everything, detaches and closes its devices, frees. */
+	void (*ctx_close)(struct dmb_bctx *c);
+
+	int (*iova_info)(struct dmb_bctx *c, struct dmb_iova_info *out, struct dmb_err *e);
+
+	/* Called once per registered region (type1/sim: mmap it once). */
+	int (*region_open)(struct dmb_backend *be, const struct dmb_region_desc *d,
+			   struct dmb_bregion **out, struct dmb_err *e);
+	void (*region_close)(struct dmb_bregion *r);
+
+	/* Map [offset, offset+length) of region r at iova. The core guarantees:
+	 * length > 0, everything aligned to iova_info.alignment, the range is
+	 * inside the region and inside one IOVA range, no overlap with existing
+	 * mappings of this context, prot in {R, W, RW} and W only if writable. */
+	int (*map)(struct dmb_bctx *c, struct dmb_bregion *r, uint64_t offset, uint64_t iova,
+		   uint64_t length, uint32_t prot, struct dmb_err *e);
+
+	/* Remove every mapping wholly inside [iova, iova+length). The core has
+	 * checked that no mapping straddles either end and that at least one
+	 * mapping lies inside. *unmapped gets the bytes removed. */
+	int (*unmap)(struct dmb_bctx *c, uint64_t iova, uint64_t length, uint64_t *unmapped,
+		     struct dmb_err *e);
+	int (*unmap_all)(struct dmb_bctx *c, uint64_t *unmapped, struct dmb_err *e);
+
+	/* Devices (NULL where the backend has none). Open a PCI function by BDF
+	 * and attach it to the context. */
+	int (*dev_open)(struct dmb_bctx *c, const char *bdf, struct dmb_bdev **out,
+			struct dmb_dev_info *info, struct dmb_err *e);
+	/* Detach and close. */
+	void (*dev_close)(struct dmb_bdev *d);
+	/* The device fd a client may receive a duplicate of; -EOPNOTSUPP if none. */
+	int (*dev_fd)(struct dmb_bdev *d);
+
+	/* Simulated DMA through the context's page table (sim only, NULL
+	 * elsewhere): to_memory writes buf at iova, else reads into buf.
+	 * A hole or a permission miss is -EFAULT and moves no bytes. */
+	int (*dma)(struct dmb_bctx *c, uint64_t iova, void *buf, size_t len, bool to_memory,
+		   struct dmb_err *e);
+
+	/* Bytes currently pinned by this backend, across all contexts. */
+	uint64_t (*pinned_bytes)(struct dmb_backend *be);
+};
+
+struct dmb_backend {
+	const struct dmb_backend_ops *ops;
+	/* Detected features, e.g. "map-file", "unmap-all", "vaddr-update";
+	 * NULL-terminated. */
+	const char *const *features;
+};
+
+/* Start-up options shared by the backends. */
+struct dmb_backend_config {
+	const char *name;          /* "auto", "sim", "vfio-type1", "iommufd" */
+	const char *sysfs_root;    /* "/sys" unless tests say otherwise */
+	const char *dev_root;      /* "/dev" unless tests say otherwise */
+	bool sim_populate;         /* sim: touch every page on map, as pinning does */
+};
+
+/* backend.c: pick and create a backend. "auto" probes iommufd, then
+ * vfio-type1, and fails with a sentence naming what is missing; it never
+ * picks sim. */
+int dmb_backend_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		       struct dmb_err *e);
+void dmb_backend_destroy(struct dmb_backend *be);
+
+/* Constructors of the individual backends. */
+int dmb_sim_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		   struct dmb_err *e);
+int dmb_type1_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		     struct dmb_err *e);
+int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		       struct dmb_err *e);

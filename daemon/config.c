@@ -1,0 +1,235 @@
+#include "config.h"
+#include "dmb-build.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <syslog.h>
+
+#include "util/log.h"
+
+void config_defaults(struct dmb_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	snprintf(cfg->socket_path, sizeof(cfg->socket_path), "%s", DMB_DEFAULT_SOCKET);
+	cfg->socket_mode = 0660;
+	snprintf(cfg->backend, sizeof(cfg->backend), "auto");
+	cfg->log_level = LOG_INFO;
+	cfg->limits = (struct dmb_limits){
+		.contexts_per_owner = 64,
+		.regions_per_context = 1024,
+		.mappings_per_context = 4u << 20,
+		.devices_per_context = 32,
+	};
+	cfg->max_sessions = 4096;
+	cfg->session_queue_bytes = 4u << 20;
+	cfg->n_admin_uids = 1;
+	cfg->admin_uids[0] = 0;
+}
+
+int config_parse_log_level(const char *s)
+{
+	static const struct { const char *n; int l; } levels[] = {
+		{ "error", LOG_ERR }, { "warning", LOG_WARNING }, { "notice", LOG_NOTICE },
+		{ "info", LOG_INFO }, { "debug", LOG_DEBUG },
+	};
+	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+		if (strcasecmp(s, levels[i].n) == 0)
+			return levels[i].l;
+	return -EINVAL;
+}
+
+static int parse_u64(const char *v, uint64_t max, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long x = strtoull(v, &end, 0);
+	if (errno || end == v || *end || v[0] == '-' || x > max)
+		return -EINVAL;
+	*out = x;
+	return 0;
+}
+
+static bool bool_value(const char *v, bool *out)
+{
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "on"))
+		*out = true;
+	else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+		 !strcasecmp(v, "off"))
+		*out = false;
+	else
+		return false;
+	return true;
+}
+
+static bool allow_entry_valid(const char *t)
+{
+	if (device_bdf_valid(t))
+		return true;
+	/* vendor:device, four lower-case hex digits each */
+	if (strlen(t) != 9 || t[4] != ':')
+		return false;
+	for (int i = 0; i < 9; i++)
+		if (i != 4 && !strchr("0123456789abcdef", t[i]))
+			return false;
+	return true;
+}
+
+struct load_state {
+	struct dmb_config *cfg;
+	char why[160];
+};
+
+static int on_key(void *user, const char *section, const char *key, const char *value)
+{
+	struct load_state *st = user;
+	struct dmb_config *cfg = st->cfg;
+	uint64_t u;
+
+#define WHY(...) (snprintf(st->why, sizeof(st->why), __VA_ARGS__), 0)
+	if (!strcmp(section, "daemon")) {
+		if (!strcmp(key, "socket")) {
+			if (strlen(value) >= sizeof(cfg->socket_path) || value[0] != '/')
+				return WHY("socket must be an absolute path shorter than %zu bytes",
+					   sizeof(cfg->socket_path));
+			snprintf(cfg->socket_path, sizeof(cfg->socket_path), "%s", value);
+		} else if (!strcmp(key, "socket_mode")) {
+			if (parse_u64(value, 0777, &u) < 0)
+				return WHY("socket_mode must be an octal mode such as 0660");
+			cfg->socket_mode = (unsigned)u;
+		} else if (!strcmp(key, "backend")) {
+			if (strcmp(value, "auto") && strcmp(value, "iommufd") && strcmp(value, "vfio-type1") &&
+			    strcmp(value, "sim"))
+				return WHY("backend must be auto, iommufd, vfio-type1 or sim");
+			snprintf(cfg->backend, sizeof(cfg->backend), "%s", value);
+		} else if (!strcmp(key, "log_level")) {
+			int l = config_parse_log_level(value);
+			if (l < 0)
+				return WHY("log_level must be error, warning, notice, info or debug");
+			cfg->log_level = l;
+		} else if (!strcmp(key, "sim_populate")) {
+			if (!bool_value(value, &cfg->sim_populate))
+				return WHY("sim_populate must be yes or no");
+		} else
+			return WHY("unknown key '%s' in [daemon]", key);
+	} else if (!strcmp(section, "limits")) {
+		struct { const char *k; uint64_t max; void *p; int bits; } keys[] = {
+			{ "contexts_per_client", 1u << 20, &cfg->limits.contexts_per_owner, 32 },
+			{ "regions_per_context", 1u << 20, &cfg->limits.regions_per_context, 32 },
+			{ "mappings_per_context", 1ull << 32, &cfg->limits.mappings_per_context, 64 },
+			{ "devices_per_context", 1024, &cfg->limits.devices_per_context, 32 },
+			{ "sessions", 1u << 20, &cfg->max_sessions, 32 },
+			{ "session_queue_bytes", 1ull << 32, &cfg->session_queue_bytes, 64 },
+		};
+		size_t i;
+		for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+			if (!strcmp(key, keys[i].k))
+				break;
+		if (i == sizeof(keys) / sizeof(keys[0]))
+			return WHY("unknown key '%s' in [limits]", key);
+		if (parse_u64(value, keys[i].max, &u) < 0)
+			return WHY("%s must be a number from 0 to %llu", key,
+				   (unsigned long long)keys[i].max);
+		if (keys[i].bits == 32)
+			*(uint32_t *)keys[i].p = (uint32_t)u;
+		else
+			*(uint64_t *)keys[i].p = u;
+	} else if (!strcmp(section, "devices")) {
+		if (strcmp(key, "allow"))
+			return WHY("unknown key '%s' in [devices]", key);
+		char buf[4096];
+		snprintf(buf, sizeof(buf), "%s", value);
+		for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
+		     t = strtok_r(NULL, " \t,", &save)) {
+			if (!allow_entry_valid(t))
+				return WHY("'%s' is neither a PCI address dddd:bb:dd.f nor vendor:device", t);
+			if (cfg->n_allow >= DMB_MAX_ALLOW)
+				return WHY("more than %d device entries", DMB_MAX_ALLOW);
+			snprintf(cfg->allow[cfg->n_allow++], sizeof(cfg->allow[0]), "%s", t);
+		}
+	} else if (!strcmp(section, "admin")) {
+		if (strcmp(key, "uids"))
+			return WHY("unknown key '%s' in [admin]", key);
+		cfg->n_admin_uids = 0;
+		char buf[1024];
+		snprintf(buf, sizeof(buf), "%s", value);
+		for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
+		     t = strtok_r(NULL, " \t,", &save)) {
+			if (parse_u64(t, UINT32_MAX - 1, &u) < 0)
+				return WHY("'%s' is not a uid", t);
+			if (cfg->n_admin_uids >= DMB_MAX_ADMINS)
+				return WHY("more than %d admin uids", DMB_MAX_ADMINS);
+			cfg->admin_uids[cfg->n_admin_uids++] = (uid_t)u;
+		}
+	} else
+		return WHY("unknown section [%s]", section);
+#undef WHY
+	return 1;
+}
+
+int config_load(struct dmb_config *cfg, const char *path, struct dmb_err *e)
+{
+	struct dmb_config tmp = *cfg;
+	struct load_state st = { .cfg = &tmp };
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, errno, "%s: cannot open: %m", path);
+	int line = ini_parse_file(f, on_key, &st);
+	fclose(f);
+	if (line != 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s:%d: %s", path, line,
+				st.why[0] ? st.why : "syntax error");
+	*cfg = tmp;
+	return 0;
+}
+
+bool config_is_admin(const struct dmb_config *cfg, uid_t uid)
+{
+	for (size_t i = 0; i < cfg->n_admin_uids; i++)
+		if (cfg->admin_uids[i] == uid)
+			return true;
+	return false;
+}
+
+static bool read_id(const char *bdf, const char *what, char out[5])
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/%s", bdf, what);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	char buf[16] = "";
+	bool ok = fgets(buf, sizeof(buf), f) && strncmp(buf, "0x", 2) == 0 && strlen(buf) >= 6;
+	fclose(f);
+	if (ok)
+		snprintf(out, 5, "%.4s", buf + 2);
+	return ok;
+}
+
+bool config_device_allowed(void *opaque, const struct dmb_owner *owner, const char *bdf)
+{
+	const struct dmb_config *cfg = opaque;
+	char ven[5] = "", dev[5] = "", vd[10] = "";
+	bool have_ids = false, tried = false;
+
+	for (size_t i = 0; i < cfg->n_allow; i++) {
+		const char *a = cfg->allow[i];
+		if (strlen(a) == 12) {
+			if (!strcmp(a, bdf))
+				return true;
+			continue;
+		}
+		if (!tried) {
+			tried = true;
+			have_ids = read_id(bdf, "vendor", ven) && read_id(bdf, "device", dev);
+			snprintf(vd, sizeof(vd), "%s:%s", ven, dev);
+		}
+		if (have_ids && !strcmp(a, vd))
+			return true;
+	}
+	return false;
+}

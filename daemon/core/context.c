@@ -1,0 +1,143 @@
+#include "core.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/macro.h"
+
+int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struct dmb_ctx **out,
+	       struct dmb_err *e)
+{
+	struct dmb_core *core = owner->core;
+
+	if (persistent)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"persistent contexts are not supported by this version of dmabrokerd");
+	if (owner->n_contexts >= core->limits.contexts_per_owner)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"limit contexts_per_client (%u) reached",
+				core->limits.contexts_per_owner);
+
+	struct dmb_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	ctx->core = core;
+	ctx->persistent = persistent;
+	snprintf(ctx->name, sizeof(ctx->name), "%s", name ? name : "");
+	RB_INIT(&ctx->maps);
+	RB_INIT(&ctx->regions);
+	TAILQ_INIT(&ctx->devices);
+
+	int r = core->be->ops->ctx_open(core->be, &ctx->bctx, e);
+	if (r < 0) {
+		free(ctx);
+		return dmb_fail(e, dmb_code_from_errno(r), -r, "could not open a backend context: %s",
+				strerror(-r));
+	}
+
+	/* Commit: from here on the context is visible. */
+	ctx->id = core_new_id(core);
+	ctx->owner = owner;
+	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
+	core->n_contexts++;
+	TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
+	owner->n_contexts++;
+	ctx_refresh_iova(ctx);
+	*out = ctx;
+	return 0;
+}
+
+struct dmb_ctx *ctx_lookup_any(struct dmb_core *core, uint64_t id)
+{
+	struct dmb_ctx key = { .id = id };
+	return RB_FIND(dmb_ctx_tree, &core->contexts, &key);
+}
+
+struct dmb_ctx *ctx_lookup(struct dmb_owner *owner, uint64_t id)
+{
+	struct dmb_ctx *c = ctx_lookup_any(owner->core, id);
+	return c && c->owner == owner ? c : NULL;
+}
+
+void ctx_destroy(struct dmb_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	struct dmb_core *core = ctx->core;
+
+	/* Mappings go first, while the devices still hold the IOMMU domain
+	 * (type1 drops its IOMMU with the last group), then the devices, then
+	 * the backend context itself. */
+	if (ctx->n_mappings) {
+		uint64_t bytes = 0, count = 0;
+		struct dmb_err e = { 0 };
+		if (unmap_all(ctx, &bytes, &count, &e) < 0)
+			log_error("context %" PRIu64 ": unmap-all at destruction failed: %s", ctx->id,
+				  e.msg);
+	}
+	map_forget_all(ctx);
+	struct dmb_device *d;
+	while ((d = TAILQ_FIRST(&ctx->devices)))
+		device_close(d);
+	core->be->ops->ctx_close(ctx->bctx);
+	ctx->bctx = NULL;
+
+	struct dmb_region *r;
+	while ((r = RB_MIN(dmb_region_tree, &ctx->regions))) {
+		RB_REMOVE(dmb_region_tree, &ctx->regions, r);
+		region_free(r);
+		core->n_regions--;
+	}
+
+	RB_REMOVE(dmb_ctx_tree, &core->contexts, ctx);
+	core->n_contexts--;
+	if (ctx->owner) {
+		TAILQ_REMOVE(&ctx->owner->contexts, ctx, owner_link);
+		ctx->owner->n_contexts--;
+	}
+	free(ctx);
+}
+
+void ctx_refresh_iova(struct dmb_ctx *ctx)
+{
+	struct dmb_err e = { 0 };
+	memset(&ctx->iova, 0, sizeof(ctx->iova));
+	ctx->iova_err = ctx->core->be->ops->iova_info(ctx->bctx, &ctx->iova, &e);
+	if (ctx->iova_err < 0) {
+		snprintf(ctx->iova_msg, sizeof(ctx->iova_msg), "%s",
+			 e.msg[0] ? e.msg : strerror(-ctx->iova_err));
+		ctx->iova.n = 0;
+	} else {
+		ctx->iova_msg[0] = '\0';
+		if (ctx->iova.alignment == 0)
+			ctx->iova.alignment = 1;
+	}
+}
+
+int ctx_check_iova(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e)
+{
+	if (ctx->iova_err < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -ctx->iova_err,
+				"context %" PRIu64 " has no usable IOVA space yet: %s", ctx->id,
+				ctx->iova_msg);
+	for (size_t i = 0; i < ctx->iova.n; i++)
+		if (iova >= ctx->iova.ranges[i].start && last <= ctx->iova.ranges[i].last)
+			return 0;
+	return dmb_fail(e, DMB_E_OUT_OF_RANGE, EINVAL,
+			"IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] is not inside one usable IOVA "
+			"range of the context (see IovaRanges)", iova, last);
+}
+
+int ctx_sim_dma(struct dmb_ctx *ctx, uint64_t iova, void *buf, size_t len, bool to_memory,
+		struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	if (!ops->dma)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"the %s backend has no simulated DMA engine", ops->name);
+	return ops->dma(ctx->bctx, iova, buf, len, to_memory, e);
+}

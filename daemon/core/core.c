@@ -1,0 +1,76 @@
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+
+static int ctx_cmp(const struct dmb_ctx *a, const struct dmb_ctx *b)
+{
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+RB_GENERATE(dmb_ctx_tree, dmb_ctx, node, ctx_cmp)
+
+void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_limits *limits)
+{
+	memset(core, 0, sizeof(*core));
+	core->be = be;
+	core->limits = *limits;
+	core->next_id = 1;
+	RB_INIT(&core->contexts);
+}
+
+void core_fini(struct dmb_core *core)
+{
+	struct dmb_ctx *c;
+	while ((c = RB_MIN(dmb_ctx_tree, &core->contexts)))
+		ctx_destroy(c);
+}
+
+uint64_t core_new_id(struct dmb_core *core)
+{
+	return core->next_id++;
+}
+
+void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev)
+{
+	if (core->event_fn && owner)
+		core->event_fn(core->event_opaque, owner, ev);
+}
+
+struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
+			    pid_t pid, bool admin, void *opaque)
+{
+	struct dmb_owner *o = calloc(1, sizeof(*o));
+	if (!o)
+		return NULL;
+	o->core = core;
+	o->session_id = session_id;
+	o->uid = uid;
+	o->gid = gid;
+	o->pid = pid;
+	o->admin = admin;
+	o->opaque = opaque;
+	TAILQ_INIT(&o->contexts);
+	return o;
+}
+
+void owner_free(struct dmb_owner *o)
+{
+	if (!o)
+		return;
+	struct dmb_ctx *c, *tmp;
+	TAILQ_FOREACH_SAFE(c, &o->contexts, owner_link, tmp) {
+		if (c->persistent) {
+			/* Outlives the session; reclaimed later with its token. */
+			TAILQ_REMOVE(&o->contexts, c, owner_link);
+			c->owner = NULL;
+			continue;
+		}
+		log_info("context %llu of session %llu (uid %u pid %d) destroyed: session ended",
+			 (unsigned long long)c->id, (unsigned long long)o->session_id,
+			 (unsigned)o->uid, (int)o->pid);
+		ctx_destroy(c);
+	}
+	free(o);
+}

@@ -1,0 +1,217 @@
+/* The core model: owners (sessions as the core sees them), contexts,
+ * regions, mappings and devices. The core never touches a socket; it calls
+ * the backend (backend.h) and reports events through a callback.
+ *
+ * Ownership
+ *   core ─┬─ owners (one per session) ── contexts they created
+ *         └─ contexts (by id) ─┬─ regions (by id), each holding its fd
+ *                              ├─ mappings (by IOVA), each pinning a region
+ *                              └─ devices
+ * A context is destroyed with its owner unless it is persistent. A region
+ * cannot be unregistered while mappings use it. Every lookup a client can
+ * trigger checks the owner and answers "not found" for another owner's
+ * object, so ids reveal nothing.
+ *
+ * Threading: single-threaded (the event loop). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/tree.h>
+#include <sys/types.h>
+
+#include "backend/backend.h"
+#include "util/err.h"
+
+struct dmb_core;
+struct dmb_ctx;
+
+struct dmb_limits {
+	uint32_t contexts_per_owner;
+	uint32_t regions_per_context;
+	uint64_t mappings_per_context;
+	uint32_t devices_per_context;
+};
+
+struct dmb_mapping {
+	RB_ENTRY(dmb_mapping) node;
+	uint64_t iova;
+	uint64_t length;
+	uint64_t offset;
+	struct dmb_region *region;
+	uint32_t prot;
+	uint32_t flags;
+};
+RB_HEAD(dmb_map_tree, dmb_mapping);
+RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp)
+
+struct dmb_region {
+	RB_ENTRY(dmb_region) node;
+	uint64_t id;
+	struct dmb_ctx *ctx;
+	int fd;                 /* owned */
+	uint64_t size;
+	uint64_t page_size;
+	bool writable;
+	bool hugetlb;
+	const char *kind;       /* "memfd", "tmpfs", "hugetlbfs" */
+	uint64_t map_refs;      /* mappings that use this region */
+	struct dmb_bregion *breg;
+};
+RB_HEAD(dmb_region_tree, dmb_region);
+RB_PROTOTYPE(dmb_region_tree, dmb_region, node, region_cmp)
+
+struct dmb_device {
+	TAILQ_ENTRY(dmb_device) link;
+	uint64_t id;
+	struct dmb_ctx *ctx;
+	char bdf[16];
+	struct dmb_dev_info info;
+	struct dmb_bdev *bdev;
+};
+TAILQ_HEAD(dmb_device_list, dmb_device);
+
+struct dmb_owner {
+	struct dmb_core *core;
+	uint64_t session_id;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	bool admin;
+	void *opaque;           /* the session, for events */
+	TAILQ_HEAD(, dmb_ctx) contexts;
+	uint32_t n_contexts;
+};
+
+struct dmb_ctx {
+	RB_ENTRY(dmb_ctx) node;      /* core->contexts, by id */
+	TAILQ_ENTRY(dmb_ctx) owner_link;
+	uint64_t id;
+	struct dmb_core *core;
+	struct dmb_owner *owner;
+	char name[65];
+	bool persistent;
+	struct dmb_bctx *bctx;
+
+	struct dmb_iova_info iova;   /* refreshed on device attach/detach */
+	int iova_err;                /* <0: the backend could not tell (iova_msg says why) */
+	char iova_msg[240];
+
+	struct dmb_map_tree maps;
+	uint64_t n_mappings;
+	uint64_t mapped_bytes;
+
+	struct dmb_region_tree regions;
+	uint32_t n_regions;
+
+	struct dmb_device_list devices;
+	uint32_t n_devices;
+};
+RB_HEAD(dmb_ctx_tree, dmb_ctx);
+RB_PROTOTYPE(dmb_ctx_tree, dmb_ctx, node, ctx_cmp)
+
+struct dmb_event {
+	uint32_t kind;          /* DMB_EVENT_* */
+	uint64_t context_id;
+	uint64_t device_id;
+	const char *message;
+};
+
+typedef void (*dmb_event_fn)(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
+typedef bool (*dmb_device_allowed_fn)(void *opaque, const struct dmb_owner *owner, const char *bdf);
+
+struct dmb_core {
+	struct dmb_backend *be;
+	struct dmb_limits limits;
+	uint64_t next_id;
+
+	struct dmb_ctx_tree contexts;
+	uint32_t n_contexts;
+	uint64_t n_mappings;
+	uint64_t mapped_bytes;
+	uint32_t n_regions;
+	uint32_t n_devices;
+
+	dmb_event_fn event_fn;
+	void *event_opaque;
+	dmb_device_allowed_fn device_allowed;
+	void *policy_opaque;
+};
+
+/* core.c */
+void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_limits *limits);
+/* Destroys every context (non-persistent and persistent). */
+void core_fini(struct dmb_core *core);
+uint64_t core_new_id(struct dmb_core *core);
+void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
+
+struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
+			    pid_t pid, bool admin, void *opaque);
+/* Destroys the owner's non-persistent contexts and frees it. */
+void owner_free(struct dmb_owner *owner);
+
+/* context.c */
+int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struct dmb_ctx **out,
+	       struct dmb_err *e);
+/* The owner's context with this id, or NULL (also for another owner's). */
+struct dmb_ctx *ctx_lookup(struct dmb_owner *owner, uint64_t id);
+/* Any context (admin views). */
+struct dmb_ctx *ctx_lookup_any(struct dmb_core *core, uint64_t id);
+/* Unmaps everything, closes devices and regions, frees. */
+void ctx_destroy(struct dmb_ctx *ctx);
+void ctx_refresh_iova(struct dmb_ctx *ctx);
+/* Checks [iova, last] lies inside one usable IOVA range of the context. */
+int ctx_check_iova(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e);
+int ctx_sim_dma(struct dmb_ctx *ctx, uint64_t iova, void *buf, size_t len, bool to_memory,
+		struct dmb_err *e);
+
+/* region.c */
+/* Takes ownership of fd (closed on failure too). size 0 = the file's size. */
+int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_region **out,
+		    struct dmb_err *e);
+struct dmb_region *region_lookup(struct dmb_ctx *ctx, uint64_t id);
+int region_unregister(struct dmb_ctx *ctx, uint64_t id, struct dmb_err *e);
+void region_free(struct dmb_region *r);
+/* Validates an fd as guest memory without registering it (unit-testable). */
+int region_validate_fd(int fd, uint64_t *size, uint64_t *page_size, bool *writable,
+		       bool *hugetlb, const char **kind, struct dmb_err *e);
+
+/* mapping.c */
+struct dmb_map_req {
+	uint64_t region_id;
+	uint64_t offset;
+	uint64_t iova;
+	uint64_t length;
+	uint32_t prot;
+};
+
+struct dmb_range {
+	uint64_t iova;
+	uint64_t length;
+};
+
+/* Maps n entries, all or nothing: on failure e->index names the entry and
+ * the entries already mapped are unmapped again. */
+int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e);
+/* Removes every mapping inside each range; every range is checked first
+ * (no split, not empty, ranges disjoint), then all are removed. */
+int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
+		 uint64_t *bytes, uint64_t *count, struct dmb_err *e);
+int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_err *e);
+/* The first mapping with iova >= start, or NULL. */
+struct dmb_mapping *map_first_from(struct dmb_ctx *ctx, uint64_t start);
+struct dmb_mapping *map_next(struct dmb_ctx *ctx, struct dmb_mapping *m);
+/* The mapping containing iova, or NULL. */
+struct dmb_mapping *map_find(struct dmb_ctx *ctx, uint64_t iova);
+/* Drops the core's records of every mapping (after the backend removed them). */
+void map_forget_all(struct dmb_ctx *ctx);
+/* Checks that [iova, last] overlaps no mapping; names the one it overlaps. */
+int map_check_free(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e);
+
+/* device.c */
+int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e);
+struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id);
+void device_close(struct dmb_device *d);
+/* Validates "DDDD:BB:DD.F" (lower-case hex). */
+bool device_bdf_valid(const char *bdf);

@@ -1,0 +1,116 @@
+/* Devices: PCI functions opened by the broker and attached to a context.
+ * Which BDFs a client may open is the policy's decision (device_allowed). */
+#include "core.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/macro.h"
+
+bool device_bdf_valid(const char *bdf)
+{
+	/* DDDD:BB:DD.F */
+	static const char shape[] = "xxxx:xx:xx.x";
+	if (!bdf || strlen(bdf) != sizeof(shape) - 1)
+		return false;
+	for (size_t i = 0; shape[i]; i++) {
+		if (shape[i] == 'x') {
+			if (!isxdigit((unsigned char)bdf[i]) || isupper((unsigned char)bdf[i]))
+				return false;
+		} else if (bdf[i] != shape[i])
+			return false;
+	}
+	unsigned dev = (unsigned)strtoul(bdf + 8, NULL, 16), fn = (unsigned)(bdf[11] - '0');
+	return dev < 32 && bdf[11] >= '0' && fn < 8;
+}
+
+int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e)
+{
+	struct dmb_core *core = ctx->core;
+	const struct dmb_backend_ops *ops = core->be->ops;
+
+	if (!device_bdf_valid(bdf))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"'%.16s' is not a PCI address of the form dddd:bb:dd.f (lower-case hex)",
+				bdf ? bdf : "");
+	if (!core->device_allowed || !core->device_allowed(core->policy_opaque, ctx->owner, bdf)) {
+		log_notice("session %" PRIu64 " (uid %u pid %d): device %s denied by policy",
+			   ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, bdf);
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"device %s is not allowed for this client by the broker's policy", bdf);
+	}
+	if (!ops->dev_open)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP, "the %s backend has no devices",
+				ops->name);
+	if (ctx->n_devices >= core->limits.devices_per_context)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"limit devices_per_context (%u) reached", core->limits.devices_per_context);
+
+	/* One broker-wide opener per device: the kernel would refuse a second
+	 * group open anyway, with a less helpful errno. */
+	struct dmb_ctx *c;
+	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &c->devices, link)
+			if (strcmp(d->bdf, bdf) == 0)
+				return dmb_fail(e, c->owner == ctx->owner ? DMB_E_ALREADY_EXISTS
+									  : DMB_E_FAILED_PRECONDITION,
+						EBUSY, "device %s is already open%s", bdf,
+						c->owner == ctx->owner ? " in one of your contexts"
+								       : " by another client");
+	}
+
+	_cleanup_free_ struct dmb_device *d = calloc(1, sizeof(*d));
+	if (!d)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	int r = ops->dev_open(ctx->bctx, bdf, &d->bdev, &d->info, e);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r, "could not open device %s: %s", bdf,
+				strerror(-r));
+
+	d->id = core_new_id(core);
+	d->ctx = ctx;
+	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
+	TAILQ_INSERT_TAIL(&ctx->devices, d, link);
+	ctx->n_devices++;
+	core->n_devices++;
+	/* Attaching a device changes the usable IOVA space (reserved regions,
+	 * the aperture; type1 only has an IOMMU from the first group on). */
+	ctx_refresh_iova(ctx);
+	log_info("session %" PRIu64 " (uid %u pid %d): device %s [%04x:%04x] attached to context %" PRIu64,
+		 ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, bdf,
+		 d->info.vendor, d->info.device, ctx->id);
+	*out = TAKE_PTR(d);
+	return 0;
+}
+
+struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id)
+{
+	struct dmb_ctx *c;
+	TAILQ_FOREACH(c, &owner->contexts, owner_link) {
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &c->devices, link)
+			if (d->id == id)
+				return d;
+	}
+	return NULL;
+}
+
+void device_close(struct dmb_device *d)
+{
+	if (!d)
+		return;
+	struct dmb_ctx *ctx = d->ctx;
+	TAILQ_REMOVE(&ctx->devices, d, link);
+	ctx->n_devices--;
+	ctx->core->n_devices--;
+	ctx->core->be->ops->dev_close(d->bdev);
+	log_info("device %s detached from context %" PRIu64, d->bdf, ctx->id);
+	free(d);
+	ctx_refresh_iova(ctx);
+}

@@ -1,0 +1,404 @@
+/* Mappings: [iova, iova+length) of a context -> a range of a region.
+ *
+ * Each context keeps its mappings in a red-black tree ordered by IOVA
+ * (libbsd <sys/tree.h>); mappings never overlap, so "the mapping before x"
+ * and "the first mapping at or after x" answer every question in O(log n):
+ * overlap checks, split checks and lookups.
+ *
+ * The core checks a request completely against its own model before it asks
+ * the backend, so what reaches the kernel is well-formed and an unmap is
+ * all-or-nothing (the kernel's own IOMMU_IOAS_UNMAP may remove earlier areas
+ * and then fail on a straddling one). */
+#include "core.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/macro.h"
+
+static int map_cmp(const struct dmb_mapping *a, const struct dmb_mapping *b)
+{
+	return a->iova < b->iova ? -1 : a->iova > b->iova;
+}
+RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp)
+
+static inline uint64_t m_last(const struct dmb_mapping *m)
+{
+	return m->iova + (m->length - 1);
+}
+
+struct dmb_mapping *map_first_from(struct dmb_ctx *ctx, uint64_t start)
+{
+	struct dmb_mapping key = { .iova = start };
+	return RB_NFIND(dmb_map_tree, &ctx->maps, &key);
+}
+
+struct dmb_mapping *map_next(struct dmb_ctx *ctx, struct dmb_mapping *m)
+{
+	return RB_NEXT(dmb_map_tree, &ctx->maps, m);
+}
+
+/* The last mapping that starts before `iova`, or NULL. */
+static struct dmb_mapping *map_before(struct dmb_ctx *ctx, uint64_t iova,
+				      struct dmb_mapping *first_from)
+{
+	if (first_from)
+		return RB_PREV(dmb_map_tree, &ctx->maps, first_from);
+	return RB_MAX(dmb_map_tree, &ctx->maps);
+}
+
+struct dmb_mapping *map_find(struct dmb_ctx *ctx, uint64_t iova)
+{
+	struct dmb_mapping *n = map_first_from(ctx, iova);
+	if (n && n->iova == iova)
+		return n;
+	struct dmb_mapping *p = map_before(ctx, iova, n);
+	return p && m_last(p) >= iova ? p : NULL;
+}
+
+int map_check_free(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e)
+{
+	struct dmb_mapping *n = map_first_from(ctx, iova);
+	struct dmb_mapping *hit = NULL;
+	if (n && n->iova <= last)
+		hit = n;
+	else {
+		struct dmb_mapping *p = map_before(ctx, iova, n);
+		if (p && m_last(p) >= iova)
+			hit = p;
+	}
+	if (hit)
+		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
+				"IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the mapping at "
+				"[0x%" PRIx64 ", 0x%" PRIx64 "]", iova, last, hit->iova, m_last(hit));
+	return 0;
+}
+
+static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct dmb_region **out,
+			struct dmb_err *e)
+{
+	uint64_t last, rlast;
+
+	if (q->prot == 0 || (q->prot & ~(uint32_t)(DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"prot 0x%x is not valid: use READ (1), WRITE (2) or both", q->prot);
+	if (q->length == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "mapping length is zero");
+	if (!dmb_range_last(q->iova, q->length, &last))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW,
+				"iova 0x%" PRIx64 " + length 0x%" PRIx64 " overflows", q->iova, q->length);
+	if (!dmb_range_last(q->offset, q->length, &rlast))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW,
+				"offset 0x%" PRIx64 " + length 0x%" PRIx64 " overflows", q->offset,
+				q->length);
+
+	struct dmb_region *r = region_lookup(ctx, q->region_id);
+	if (!r)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "region %" PRIu64 " not found in context %" PRIu64,
+				q->region_id, ctx->id);
+
+	/* The IOMMU's granularity, and never less than the region's page size
+	 * (hugetlbfs regions map in whole huge pages). */
+	uint64_t align = ctx->iova.alignment > r->page_size ? ctx->iova.alignment : r->page_size;
+	if (!dmb_is_aligned(q->iova, align) || !dmb_is_aligned(q->length, align) ||
+	    !dmb_is_aligned(q->offset, align))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"iova 0x%" PRIx64 ", offset 0x%" PRIx64 " and length 0x%" PRIx64
+				" must be multiples of 0x%" PRIx64, q->iova, q->offset, q->length, align);
+	if (rlast >= r->size)
+		return dmb_fail(e, DMB_E_OUT_OF_RANGE, EINVAL,
+				"range [0x%" PRIx64 ", 0x%" PRIx64 "] is past the end of region %" PRIu64
+				" (0x%" PRIx64 " bytes)", q->offset, rlast, r->id, r->size);
+	if ((q->prot & DMB_PROT_WRITE) && !r->writable)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EACCES,
+				"region %" PRIu64 " is read-only (fd opened read-only or write-sealed); "
+				"map it with prot READ", r->id);
+
+	int ret = ctx_check_iova(ctx, q->iova, last, e);
+	if (ret < 0)
+		return ret;
+	ret = map_check_free(ctx, q->iova, last, e);
+	if (ret < 0)
+		return ret;
+	*out = r;
+	return 0;
+}
+
+static void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
+{
+	RB_INSERT(dmb_map_tree, &ctx->maps, m);
+	m->region->map_refs++;
+	ctx->n_mappings++;
+	ctx->mapped_bytes += m->length;
+	ctx->core->n_mappings++;
+	ctx->core->mapped_bytes += m->length;
+}
+
+static void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
+{
+	RB_REMOVE(dmb_map_tree, &ctx->maps, m);
+	m->region->map_refs--;
+	ctx->n_mappings--;
+	ctx->mapped_bytes -= m->length;
+	ctx->core->n_mappings--;
+	ctx->core->mapped_bytes -= m->length;
+	free(m);
+}
+
+/* Undo the first n mappings of a failed batch (they are in the tree). */
+static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	for (size_t i = n; i-- > 0;) {
+		struct dmb_mapping *m = map_find(ctx, reqs[i].iova);
+		if (!m)
+			continue;
+		uint64_t bytes = 0;
+		struct dmb_err e = { 0 };
+		int r = ops->unmap(ctx->bctx, m->iova, m->length, &bytes, &e);
+		if (r < 0) {
+			/* Keep the record: the mapping is still in the IOMMU and
+			 * must stay visible (and be unmapped with the context). */
+			log_error("context %" PRIu64 ": rollback of mapping 0x%" PRIx64
+				  " failed: %s", ctx->id, m->iova, e.msg[0] ? e.msg : strerror(-r));
+			continue;
+		}
+		map_remove(ctx, m);
+	}
+}
+
+int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	uint64_t limit = ctx->core->limits.mappings_per_context;
+
+	if (ctx->n_mappings + n > limit || ctx->n_mappings + n < ctx->n_mappings)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"limit mappings_per_context (%" PRIu64 ") would be exceeded", limit);
+
+	for (size_t i = 0; i < n; i++) {
+		const struct dmb_map_req *q = &reqs[i];
+		struct dmb_region *reg = NULL;
+		int r = map_validate(ctx, q, &reg, e);
+		if (r >= 0) {
+			struct dmb_mapping *m = malloc(sizeof(*m));
+			if (!m)
+				r = dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+			else {
+				r = ops->map(ctx->bctx, reg->breg, q->offset, q->iova, q->length, q->prot, e);
+				if (r < 0) {
+					free(m);
+					dmb_fail(e, dmb_code_from_errno(r), -r,
+						 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64
+						 ": %s", q->length, q->iova, strerror(-r));
+				} else {
+					*m = (struct dmb_mapping){
+						.iova = q->iova, .length = q->length, .offset = q->offset,
+						.region = reg, .prot = q->prot,
+					};
+					map_insert(ctx, m);
+				}
+			}
+		}
+		if (r < 0) {
+			if (e)
+				e->index = (uint32_t)i;
+			map_rollback(ctx, reqs, i);
+			return r;
+		}
+	}
+	return 0;
+}
+
+/* Checks that [iova, last] holds at least one mapping and splits none;
+ * returns the first mapping inside. */
+static int unmap_check(struct dmb_ctx *ctx, uint64_t iova, uint64_t last,
+		       struct dmb_mapping **first, struct dmb_err *e)
+{
+	struct dmb_mapping *n = map_first_from(ctx, iova);
+	struct dmb_mapping *p = map_before(ctx, iova, n);
+	if (p && m_last(p) >= iova)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+				"unmapping [0x%" PRIx64 ", 0x%" PRIx64 "] would split the mapping at "
+				"[0x%" PRIx64 ", 0x%" PRIx64 "]; a mapping is removed whole or not at all",
+				iova, last, p->iova, m_last(p));
+	if (!n || n->iova > last)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
+				"no mapping inside [0x%" PRIx64 ", 0x%" PRIx64 "]", iova, last);
+	/* Only the last mapping that starts inside the range can straddle its
+	 * end: find it in O(log n) through the successor of `last`. */
+	struct dmb_mapping *after = map_first_from(ctx, last);
+	struct dmb_mapping *tail = (after && after->iova == last) ? after
+								   : map_before(ctx, last, after);
+	if (tail && tail->iova >= iova && m_last(tail) > last)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+				"unmapping [0x%" PRIx64 ", 0x%" PRIx64 "] would split the mapping at "
+				"[0x%" PRIx64 ", 0x%" PRIx64 "]; a mapping is removed whole or not at all",
+				iova, last, tail->iova, m_last(tail));
+	*first = n;
+	return 0;
+}
+
+/* Removes the records of mappings in [iova, last] after the backend did. */
+static void unmap_forget(struct dmb_ctx *ctx, struct dmb_mapping *first, uint64_t last,
+			 uint64_t *bytes, uint64_t *count)
+{
+	struct dmb_mapping *m = first;
+	while (m && m->iova <= last) {
+		struct dmb_mapping *next = map_next(ctx, m);
+		*bytes += m->length;
+		(*count)++;
+		map_remove(ctx, m);
+		m = next;
+	}
+}
+
+/* The backend failed on a whole range although the model said it was
+ * fine. Fall back to one call per mapping so that the model stays exactly
+ * what the IOMMU holds: a mapping the backend no longer knows is gone. */
+static int unmap_one_by_one(struct dmb_ctx *ctx, struct dmb_mapping *first, uint64_t last,
+			    uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	int ret = 0;
+	struct dmb_mapping *m = first;
+	while (m && m->iova <= last) {
+		struct dmb_mapping *next = map_next(ctx, m);
+		uint64_t got = 0;
+		struct dmb_err e2 = { 0 };
+		int r = ops->unmap(ctx->bctx, m->iova, m->length, &got, &e2);
+		if (r == 0 || r == -ENOENT) {
+			*bytes += m->length;
+			(*count)++;
+			map_remove(ctx, m);
+		} else if (ret == 0) {
+			ret = dmb_fail(e, dmb_code_from_errno(r), -r,
+				       "the backend failed to unmap iova 0x%" PRIx64 ": %s", m->iova,
+				       e2.msg[0] ? e2.msg : strerror(-r));
+		}
+		m = next;
+	}
+	return ret;
+}
+
+static const struct dmb_range *sort_base;
+
+static int range_idx_cmp(const void *x, const void *y)
+{
+	uint64_t a = sort_base[*(const size_t *)x].iova, b = sort_base[*(const size_t *)y].iova;
+	return a < b ? -1 : a > b;
+}
+
+/* True when no two of the (valid, non-empty) ranges intersect; otherwise
+ * names two that do. O(n) for a sorted batch, O(n log n) otherwise. */
+static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b)
+{
+	bool sorted = true;
+	for (size_t i = 1; i < n && sorted; i++)
+		sorted = rg[i - 1].iova + (rg[i - 1].length - 1) < rg[i].iova;
+	if (sorted)
+		return true;
+
+	size_t *idx = malloc(n * sizeof(*idx));
+	if (!idx) {
+		*a = 0;
+		*b = 0;
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	sort_base = rg; /* single-threaded core */
+	qsort(idx, n, sizeof(*idx), range_idx_cmp);
+	bool ok = true;
+	for (size_t i = 1; i < n && ok; i++) {
+		const struct dmb_range *p = &rg[idx[i - 1]], *q = &rg[idx[i]];
+		if (p->iova + (p->length - 1) >= q->iova) {
+			ok = false;
+			*a = idx[i - 1] < idx[i] ? idx[i - 1] : idx[i];
+			*b = idx[i - 1] < idx[i] ? idx[i] : idx[i - 1];
+		}
+	}
+	free(idx);
+	return ok;
+}
+
+int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
+		 uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	uint64_t last = 0;
+
+	*bytes = *count = 0;
+	/* Validate everything first: all-or-nothing. */
+	for (size_t i = 0; i < n; i++) {
+		struct dmb_mapping *first;
+		int r;
+		if (ranges[i].length == 0)
+			r = dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "unmap length is zero");
+		else if (!dmb_range_last(ranges[i].iova, ranges[i].length, &last))
+			r = dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW,
+				     "iova 0x%" PRIx64 " + length 0x%" PRIx64 " overflows",
+				     ranges[i].iova, ranges[i].length);
+		else
+			r = unmap_check(ctx, ranges[i].iova, last, &first, e);
+		if (r < 0) {
+			if (e)
+				e->index = (uint32_t)i;
+			return r;
+		}
+	}
+	/* Ranges of one batch must be disjoint, or a later one would find
+	 * nothing left to remove. */
+	size_t a, b;
+	if (!ranges_disjoint(ranges, n, &a, &b)) {
+		if (e)
+			e->index = (uint32_t)b;
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "unmap ranges %zu and %zu overlap",
+				a, b);
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		struct dmb_mapping *first;
+		uint64_t got = 0;
+		dmb_range_last(ranges[i].iova, ranges[i].length, &last);
+		if (unmap_check(ctx, ranges[i].iova, last, &first, NULL) < 0)
+			continue; /* cannot happen: checked above, ranges disjoint */
+		int r = ops->unmap(ctx->bctx, ranges[i].iova, ranges[i].length, &got, NULL);
+		if (r < 0) {
+			r = unmap_one_by_one(ctx, first, last, bytes, count, e);
+			if (r < 0) {
+				if (e)
+					e->index = (uint32_t)i;
+				return r;
+			}
+			continue;
+		}
+		unmap_forget(ctx, first, last, bytes, count);
+	}
+	return 0;
+}
+
+int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	uint64_t got = 0;
+
+	*bytes = *count = 0;
+	if (ctx->n_mappings == 0)
+		return 0;
+	int r = ops->unmap_all(ctx->bctx, &got, e);
+	if (r < 0)
+		return unmap_one_by_one(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count,
+					e);
+	unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count);
+	return 0;
+}
+
+void map_forget_all(struct dmb_ctx *ctx)
+{
+	uint64_t bytes = 0, count = 0;
+	unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, &bytes, &count);
+}

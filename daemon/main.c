@@ -1,0 +1,180 @@
+/* dmabrokerd: flags, configuration, start-up order, signals. */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "dmb-build.h"
+#include "server.h"
+#include "util/log.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: dmabrokerd [OPTIONS]\n"
+		"Serve IOMMU DMA mappings to unprivileged VMMs over a unix socket.\n\n"
+		"  -c, --config=FILE     configuration file (default %s/dmabroker/dmabroker.conf if present)\n"
+		"  -s, --socket=PATH     listening socket (default %s)\n"
+		"  -b, --backend=NAME    auto, iommufd, vfio-type1 or sim (default auto; sim is never\n"
+		"                        chosen automatically)\n"
+		"  -l, --log-level=LEVEL error, warning, notice, info, debug\n"
+		"      --sim-populate    sim backend: touch every page on map, as pinning does\n"
+		"  -V, --version         print the version and exit\n"
+		"  -h, --help            this text\n",
+		DMB_SYSCONFDIR, DMB_DEFAULT_SOCKET);
+}
+
+struct opts {
+	const char *config;
+	const char *socket;
+	const char *backend;
+	int log_level;
+	bool sim_populate;
+};
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "backend", required_argument, NULL, 'b' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "sim-populate", no_argument, NULL, 'P' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+	o->log_level = -1;
+	while ((c = getopt_long(argc, argv, "c:s:b:l:Vh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': o->config = optarg; break;
+		case 's': o->socket = optarg; break;
+		case 'b': o->backend = optarg; break;
+		case 'P': o->sim_populate = true; break;
+		case 'l':
+			o->log_level = config_parse_log_level(optarg);
+			if (o->log_level < 0) {
+				fprintf(stderr, "dmabrokerd: unknown log level '%s'\n", optarg);
+				return -EINVAL;
+			}
+			break;
+		case 'V': printf("dmabrokerd %s\n", DMB_VERSION); exit(EXIT_SUCCESS);
+		case 'h': usage(stdout); exit(EXIT_SUCCESS);
+		default: usage(stderr); return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "dmabrokerd: unexpected argument '%s'\n", argv[optind]);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void on_stop(evutil_socket_t sig, short what, void *arg)
+{
+	log_info("received %s; shutting down", strsignal((int)sig));
+	event_base_loopbreak(arg);
+}
+
+static int run(int argc, char **argv)
+{
+	struct opts o = { 0 };
+	int r = parse_args(argc, argv, &o);
+	if (r < 0)
+		return r;
+
+	static struct dmb_config cfg;
+	config_defaults(&cfg);
+	struct dmb_err e = { 0 };
+	const char *cfgfile = o.config;
+	char deflt[512];
+	if (!cfgfile) {
+		snprintf(deflt, sizeof(deflt), "%s/dmabroker/dmabroker.conf", DMB_SYSCONFDIR);
+		if (access(deflt, F_OK) == 0)
+			cfgfile = deflt;
+	}
+	if (cfgfile && config_load(&cfg, cfgfile, &e) < 0)
+		return log_error_errno(-EINVAL, "configuration: %s", e.msg);
+	if (o.socket)
+		snprintf(cfg.socket_path, sizeof(cfg.socket_path), "%s", o.socket);
+	if (o.backend)
+		snprintf(cfg.backend, sizeof(cfg.backend), "%s", o.backend);
+	if (o.log_level >= 0)
+		cfg.log_level = o.log_level;
+	if (o.sim_populate)
+		cfg.sim_populate = true;
+	dmb_log_max_level = cfg.log_level;
+
+	signal(SIGPIPE, SIG_IGN);
+
+	struct dmb_backend_config bcfg = {
+		.name = cfg.backend,
+		.sysfs_root = "/sys",
+		.dev_root = "/dev",
+		.sim_populate = cfg.sim_populate,
+	};
+	struct dmb_backend *be = NULL;
+	r = dmb_backend_create(&bcfg, &be, &e);
+	if (r < 0)
+		return log_error_errno(r, "%s", e.msg);
+	char feats[256] = "";
+	for (size_t i = 0; be->features && be->features[i]; i++) {
+		strncat(feats, i ? " " : "", sizeof(feats) - strlen(feats) - 1);
+		strncat(feats, be->features[i], sizeof(feats) - strlen(feats) - 1);
+	}
+	if (strcmp(be->ops->name, "sim") == 0)
+		log_notice("backend sim: SIMULATED IOMMU, chosen explicitly; no device DMA is protected "
+			   "by this daemon (features: %s)", feats);
+	else
+		log_info("backend %s (features: %s)", be->ops->name, feats);
+
+	int inherited = -1;
+	int n = sd_listen_fds(1);
+	if (n > 1)
+		log_warning("systemd passed %d fds; serving the first", n);
+	if (n >= 1)
+		inherited = SD_LISTEN_FDS_START;
+
+	struct event_base *base = event_base_new();
+	if (!base) {
+		dmb_backend_destroy(be);
+		return log_error_errno(-ENOMEM, "event_base_new failed");
+	}
+	static struct server srv;
+	r = server_init(&srv, base, &cfg, be, inherited);
+	if (r < 0) {
+		server_fini(&srv);
+		event_base_free(base);
+		dmb_backend_destroy(be);
+		return r;
+	}
+
+	struct event *sigs[2];
+	sigs[0] = evsignal_new(base, SIGTERM, on_stop, base);
+	sigs[1] = evsignal_new(base, SIGINT, on_stop, base);
+	for (int i = 0; i < 2; i++)
+		event_add(sigs[i], NULL);
+
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, backend %s", cfg.socket_path, be->ops->name);
+	log_info("dmabrokerd %s ready (pid %d)", DMB_VERSION, (int)getpid());
+	event_base_dispatch(base);
+	sd_notify(0, "STOPPING=1");
+
+	for (int i = 0; i < 2; i++)
+		event_free(sigs[i]);
+	server_fini(&srv);
+	event_base_free(base);
+	dmb_backend_destroy(be);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	return run(argc, argv) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

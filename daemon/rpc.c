@@ -1,0 +1,714 @@
+/* Request dispatch: decode -> check session state -> authorize -> call the
+ * core -> reply. rpc.c never touches the kernel (the core and the backend
+ * do) and is the one place where a struct dmb_err becomes a wire Error.
+ *
+ * Every request kind has one row in rpc_table: its handler, whether it is
+ * allowed before the handshake, whether it needs an admin session, and
+ * whether it may carry fds. A kind not in the table gets UNIMPLEMENTED. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dmb-build.h"
+#include "protocol.h"
+#include "server.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+struct rpc_call {
+	struct session *s;
+	Dmb__Request *req;
+	struct wire_rx *rx;
+	Dmb__Reply reply;
+	int out_fds[4];
+	size_t n_out_fds;
+	/* heap blocks the reply points into; freed after it is sent */
+	void *heap[4];
+	size_t n_heap;
+	union {
+		Dmb__HelloReply hello;
+		Dmb__ContextCreateReply context_create;
+		Dmb__RegionRegisterReply region_register;
+		Dmb__IovaRangesReply iova_ranges;
+		Dmb__MapReply map;
+		Dmb__UnmapReply unmap;
+		Dmb__StatsReply stats;
+		Dmb__DeviceOpenReply device_open;
+		Dmb__SimDmaReply sim_dma;
+		Dmb__StatusReply status;
+		Dmb__ListContextsReply list_contexts;
+		Dmb__ListMappingsReply list_mappings;
+	} body;
+	Dmb__StatsReply totals;
+};
+
+typedef int (*rpc_fn)(struct rpc_call *c, struct dmb_err *e);
+
+enum {
+	RPC_PRE_HELLO = 1u << 0, /* allowed before the handshake */
+	RPC_ADMIN = 1u << 1,     /* admin sessions only */
+	RPC_FDS = 1u << 2,       /* may carry fds */
+	RPC_MUTATES = 1u << 3,   /* changes state (refused during a handoff, later) */
+};
+
+struct rpc_entry {
+	const char *name;
+	rpc_fn fn;
+	unsigned flags;
+};
+
+static void *rpc_alloc(struct rpc_call *c, size_t size)
+{
+	if (c->n_heap >= DMB_ARRAY_SIZE(c->heap))
+		return NULL;
+	void *p = calloc(1, size ? size : 1);
+	if (p)
+		c->heap[c->n_heap++] = p;
+	return p;
+}
+
+static struct dmb_ctx *need_ctx(struct rpc_call *c, uint64_t id, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, id);
+	if (!ctx)
+		dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found", id);
+	return ctx;
+}
+
+#define SET_BODY(c, field, CASE)                                   \
+	do {                                                       \
+		(c)->reply.body_case = DMB__REPLY__BODY_##CASE;    \
+		(c)->reply.field = &(c)->body.field;               \
+	} while (0)
+
+/* ------------------------------------------------------------ handshake */
+
+static const char *const no_features[] = { NULL };
+
+static size_t count_features(const char *const *f)
+{
+	size_t n = 0;
+	while (f && f[n])
+		n++;
+	return n;
+}
+
+static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
+{
+	struct session *s = c->s;
+	const Dmb__Hello *h = c->req->hello;
+	struct dmb_backend *be = s->srv->core.be;
+
+	if (s->hello_done)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EALREADY, "the handshake was already done");
+	if (h->protocol_version != DMB_PROTOCOL_VERSION)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPROTONOSUPPORT,
+				"protocol version %u is not supported; this server speaks version %u",
+				h->protocol_version, DMB_PROTOCOL_VERSION);
+	if (strlen(h->client_name) > DMB_MAX_NAME)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "client_name is longer than %u bytes",
+				DMB_MAX_NAME);
+
+	s->hello_done = true;
+	snprintf(s->name, sizeof(s->name), "%s", h->client_name);
+	log_info("session %" PRIu64 " (uid %u pid %d): hello from '%s'%s", s->id, (unsigned)s->cred.uid,
+		 (int)s->cred.pid, s->name, s->admin ? " (admin)" : "");
+
+	Dmb__HelloReply *r = &c->body.hello;
+	dmb__hello_reply__init(r);
+	r->protocol_version = DMB_PROTOCOL_VERSION;
+	r->server_version = (char *)DMB_VERSION;
+	r->backend = (char *)be->ops->name;
+	r->n_features = count_features(be->features);
+	r->features = (char **)(be->features ? be->features : no_features);
+	r->max_packet_bytes = DMB_MAX_PACKET;
+	r->max_fds_per_packet = DMB_MAX_FDS;
+	r->max_batch = DMB_MAX_BATCH;
+	r->session_id = s->id;
+	r->admin = s->admin;
+	SET_BODY(c, hello, HELLO);
+	return 0;
+}
+
+/* ------------------------------------------------------------ contexts */
+
+static int rpc_context_create(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__ContextCreate *q = c->req->context_create;
+	if (strlen(q->name) > DMB_MAX_NAME)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "name is longer than %u bytes",
+				DMB_MAX_NAME);
+	struct dmb_ctx *ctx;
+	int r = ctx_create(c->s->owner, q->name, q->persistent, &ctx, e);
+	if (r < 0)
+		return r;
+	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " '%s' created", c->s->id,
+		 (unsigned)c->s->cred.uid, (int)c->s->cred.pid, ctx->id, ctx->name);
+	Dmb__ContextCreateReply *b = &c->body.context_create;
+	dmb__context_create_reply__init(b);
+	b->context_id = ctx->id;
+	SET_BODY(c, context_create, CONTEXT_CREATE);
+	return 0;
+}
+
+static int rpc_context_destroy(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = need_ctx(c, c->req->context_destroy->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	log_info("session %" PRIu64 ": context %" PRIu64 " destroyed (%" PRIu64 " mappings)", c->s->id,
+		 ctx->id, ctx->n_mappings);
+	ctx_destroy(ctx);
+	return 0;
+}
+
+/* ------------------------------------------------------------ regions */
+
+static int rpc_region_register(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__RegionRegister *q = c->req->region_register;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (q->fd_index < 0 || (size_t)q->fd_index >= c->rx->nfds)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADF,
+				"fd_index %d does not name one of the %zu fds in this packet", q->fd_index,
+				c->rx->nfds);
+	int fd = wire_take_fd(c->rx, q->fd_index);
+	if (fd < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADF, "fd_index %d was already used",
+				q->fd_index);
+	struct dmb_region *reg;
+	int r = region_register(ctx, fd, q->size, &reg, e);
+	if (r < 0)
+		return r;
+	Dmb__RegionRegisterReply *b = &c->body.region_register;
+	dmb__region_register_reply__init(b);
+	b->region_id = reg->id;
+	b->size = reg->size;
+	b->writable = reg->writable;
+	b->kind = (char *)reg->kind;
+	b->page_size = reg->page_size;
+	SET_BODY(c, region_register, REGION_REGISTER);
+	return 0;
+}
+
+static int rpc_region_unregister(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__RegionUnregister *q = c->req->region_unregister;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	return region_unregister(ctx, q->region_id, e);
+}
+
+/* ------------------------------------------------------------ IOVA space */
+
+static int rpc_iova_ranges(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = need_ctx(c, c->req->iova_ranges->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	ctx_refresh_iova(ctx);
+	if (ctx->iova_err < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -ctx->iova_err, "%s", ctx->iova_msg);
+
+	size_t n = ctx->iova.n;
+	Dmb__IovaRange *arr = rpc_alloc(c, n * sizeof(*arr));
+	Dmb__IovaRange **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
+	if (!arr || !ptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		dmb__iova_range__init(&arr[i]);
+		arr[i].start = ctx->iova.ranges[i].start;
+		arr[i].last = ctx->iova.ranges[i].last;
+		ptrs[i] = &arr[i];
+	}
+	Dmb__IovaRangesReply *b = &c->body.iova_ranges;
+	dmb__iova_ranges_reply__init(b);
+	b->n_ranges = n;
+	b->ranges = ptrs;
+	b->alignment = ctx->iova.alignment;
+	b->max_mappings = ctx->iova.max_mappings;
+	b->mappings_available = ctx->iova.mappings_available;
+	SET_BODY(c, iova_ranges, IOVA_RANGES);
+	return 0;
+}
+
+/* ------------------------------------------------------------ mappings */
+
+static void req_from_entry(struct dmb_map_req *q, const Dmb__MapEntry *m)
+{
+	*q = (struct dmb_map_req){
+		.region_id = m->region_id, .offset = m->offset, .iova = m->iova,
+		.length = m->length, .prot = m->prot,
+	};
+}
+
+static int reply_mapped(struct rpc_call *c, uint32_t n)
+{
+	Dmb__MapReply *b = &c->body.map;
+	dmb__map_reply__init(b);
+	b->mapped = n;
+	SET_BODY(c, map, MAP);
+	return 0;
+}
+
+static int rpc_map(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__Map *q = c->req->map;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (!q->entry)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "Map has no entry");
+	struct dmb_map_req mr;
+	req_from_entry(&mr, q->entry);
+	int r = map_batch(ctx, &mr, 1, e);
+	return r < 0 ? r : reply_mapped(c, 1);
+}
+
+static int rpc_map_batch(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__MapBatch *q = c->req->map_batch;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (q->n_entries == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "MapBatch has no entries");
+	if (q->n_entries > DMB_MAX_BATCH)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG, "MapBatch has %zu entries; the limit is %u",
+				q->n_entries, DMB_MAX_BATCH);
+	_cleanup_free_ struct dmb_map_req *reqs = malloc(q->n_entries * sizeof(*reqs));
+	if (!reqs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	for (size_t i = 0; i < q->n_entries; i++)
+		req_from_entry(&reqs[i], q->entries[i]);
+	int r = map_batch(ctx, reqs, q->n_entries, e);
+	return r < 0 ? r : reply_mapped(c, (uint32_t)q->n_entries);
+}
+
+static int reply_unmapped(struct rpc_call *c, uint64_t bytes, uint64_t count)
+{
+	Dmb__UnmapReply *b = &c->body.unmap;
+	dmb__unmap_reply__init(b);
+	b->unmapped_bytes = bytes;
+	b->unmapped_count = (uint32_t)count;
+	SET_BODY(c, unmap, UNMAP);
+	return 0;
+}
+
+static int rpc_unmap(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__Unmap *q = c->req->unmap;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (!q->range)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "Unmap has no range");
+	struct dmb_range rg = { q->range->iova, q->range->length };
+	uint64_t bytes, count;
+	int r = unmap_ranges(ctx, &rg, 1, &bytes, &count, e);
+	return r < 0 ? r : reply_unmapped(c, bytes, count);
+}
+
+static int rpc_unmap_batch(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__UnmapBatch *q = c->req->unmap_batch;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (q->n_ranges == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "UnmapBatch has no ranges");
+	if (q->n_ranges > DMB_MAX_BATCH)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG, "UnmapBatch has %zu ranges; the limit is %u",
+				q->n_ranges, DMB_MAX_BATCH);
+	_cleanup_free_ struct dmb_range *rg = malloc(q->n_ranges * sizeof(*rg));
+	if (!rg)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	for (size_t i = 0; i < q->n_ranges; i++)
+		rg[i] = (struct dmb_range){ q->ranges[i]->iova, q->ranges[i]->length };
+	uint64_t bytes, count;
+	int r = unmap_ranges(ctx, rg, q->n_ranges, &bytes, &count, e);
+	return r < 0 ? r : reply_unmapped(c, bytes, count);
+}
+
+static int rpc_unmap_all(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = need_ctx(c, c->req->unmap_all->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	uint64_t bytes, count;
+	int r = unmap_all(ctx, &bytes, &count, e);
+	return r < 0 ? r : reply_unmapped(c, bytes, count);
+}
+
+/* ------------------------------------------------------------ devices */
+
+static int rpc_device_open(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__DeviceOpen *q = c->req->device_open;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	struct dmb_device *d;
+	int r = device_open(ctx, q->bdf, &d, e);
+	if (r < 0)
+		return r;
+	Dmb__DeviceOpenReply *b = &c->body.device_open;
+	dmb__device_open_reply__init(b);
+	b->device_id = d->id;
+	b->fd_index = -1;
+	b->vendor_id = d->info.vendor;
+	b->device_id_pci = d->info.device;
+	b->group = d->info.group;
+	b->viable = d->info.viable;
+	if (q->want_fd) {
+		int fd = ctx->core->be->ops->dev_fd ? ctx->core->be->ops->dev_fd(d->bdev) : -EOPNOTSUPP;
+		if (fd < 0) {
+			device_close(d);
+			return dmb_fail(e, DMB_E_UNIMPLEMENTED, -fd,
+					"the backend cannot hand out a device fd");
+		}
+		c->out_fds[c->n_out_fds] = fd; /* borrowed: the send dups or copies it */
+		b->fd_index = (int32_t)c->n_out_fds++;
+	}
+	SET_BODY(c, device_open, DEVICE_OPEN);
+	return 0;
+}
+
+static int rpc_device_close(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_device *d = device_lookup(c->s->owner, c->req->device_close->device_id);
+	if (!d)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "device %" PRIu64 " not found",
+				c->req->device_close->device_id);
+	device_close(d);
+	return 0;
+}
+
+/* ------------------------------------------------------------ sim DMA */
+
+static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__SimDma *q = c->req->sim_dma;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (q->length == 0 || q->length > DMB_MAX_SIM_DMA)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "SimDma length must be 1..%u bytes",
+				DMB_MAX_SIM_DMA);
+	uint64_t last;
+	if (!dmb_range_last(q->iova, q->length, &last))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
+
+	Dmb__SimDmaReply *b = &c->body.sim_dma;
+	dmb__sim_dma_reply__init(b);
+	if (q->to_memory) {
+		if (q->data.len != q->length)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"SimDma to memory carries %zu bytes of data but length %u",
+					q->data.len, q->length);
+		int r = ctx_sim_dma(ctx, q->iova, q->data.data, q->length, true, e);
+		if (r < 0)
+			return r;
+	} else {
+		uint8_t *buf = rpc_alloc(c, q->length);
+		if (!buf)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+		int r = ctx_sim_dma(ctx, q->iova, buf, q->length, false, e);
+		if (r < 0)
+			return r;
+		b->data.data = buf;
+		b->data.len = q->length;
+	}
+	SET_BODY(c, sim_dma, SIM_DMA);
+	return 0;
+}
+
+/* ------------------------------------------------------------ events, stats */
+
+static int rpc_subscribe(struct rpc_call *c, struct dmb_err *e)
+{
+	uint32_t m = c->req->subscribe->mask;
+	if (m & ~(uint32_t)DMB_EVENT_ALL)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "unknown event kinds in mask 0x%x", m);
+	c->s->event_mask = m ? m : DMB_EVENT_ALL;
+	return 0;
+}
+
+static void stats_add_ctx(Dmb__StatsReply *st, const struct dmb_ctx *ctx)
+{
+	st->contexts++;
+	st->regions += ctx->n_regions;
+	st->mappings += ctx->n_mappings;
+	st->mapped_bytes += ctx->mapped_bytes;
+	st->pinned_bytes += ctx->mapped_bytes;
+	st->devices += ctx->n_devices;
+}
+
+static int rpc_stats(struct rpc_call *c, struct dmb_err *e)
+{
+	uint64_t id = c->req->stats->context_id;
+	Dmb__StatsReply *st = &c->body.stats;
+	dmb__stats_reply__init(st);
+	if (id) {
+		struct dmb_ctx *ctx = need_ctx(c, id, e);
+		if (!ctx)
+			return -ENOENT;
+		stats_add_ctx(st, ctx);
+	} else {
+		struct dmb_ctx *ctx;
+		TAILQ_FOREACH(ctx, &c->s->owner->contexts, owner_link)
+			stats_add_ctx(st, ctx);
+	}
+	SET_BODY(c, stats, STATS);
+	return 0;
+}
+
+/* ------------------------------------------------------------ admin */
+
+static int rpc_status(struct rpc_call *c, struct dmb_err *e)
+{
+	struct server *srv = c->s->srv;
+	struct dmb_core *core = &srv->core;
+	Dmb__StatusReply *b = &c->body.status;
+	dmb__status_reply__init(b);
+	b->server_version = (char *)DMB_VERSION;
+	b->backend = (char *)core->be->ops->name;
+	b->n_features = count_features(core->be->features);
+	b->features = (char **)(core->be->features ? core->be->features : no_features);
+	b->uptime_ms = server_now_ms() - srv->start_ms;
+	b->sessions = srv->n_sessions;
+	b->pid = (uint32_t)getpid();
+	dmb__stats_reply__init(&c->totals);
+	c->totals.contexts = core->n_contexts;
+	c->totals.regions = core->n_regions;
+	c->totals.mappings = core->n_mappings;
+	c->totals.mapped_bytes = core->mapped_bytes;
+	c->totals.pinned_bytes = core->be->ops->pinned_bytes(core->be);
+	c->totals.devices = core->n_devices;
+	b->totals = &c->totals;
+	SET_BODY(c, status, STATUS);
+	return 0;
+}
+
+static int rpc_list_contexts(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_core *core = &c->s->srv->core;
+	bool all = c->req->list_contexts->all;
+	if (all && !c->s->admin)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"listing every client's contexts needs an admin session");
+	size_t n = all ? core->n_contexts : c->s->owner->n_contexts;
+	Dmb__ContextInfo *arr = rpc_alloc(c, n * sizeof(*arr));
+	Dmb__ContextInfo **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
+	if (!arr || !ptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	size_t i = 0;
+	struct dmb_ctx *ctx;
+#define FILL(ctx)                                                         \
+	do {                                                              \
+		Dmb__ContextInfo *ci = &arr[i];                           \
+		dmb__context_info__init(ci);                              \
+		ci->context_id = (ctx)->id;                               \
+		ci->name = (ctx)->name;                                   \
+		ci->owner_uid = (ctx)->owner ? (ctx)->owner->uid : 0;     \
+		ci->owner_pid = (ctx)->owner ? (uint32_t)(ctx)->owner->pid : 0; \
+		ci->session_id = (ctx)->owner ? (ctx)->owner->session_id : 0; \
+		ci->persistent = (ctx)->persistent;                       \
+		ci->regions = (ctx)->n_regions;                           \
+		ci->mappings = (ctx)->n_mappings;                         \
+		ci->mapped_bytes = (ctx)->mapped_bytes;                   \
+		ci->devices = (ctx)->n_devices;                           \
+		ptrs[i] = ci;                                             \
+		i++;                                                      \
+	} while (0)
+	if (all) {
+		RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts)
+			FILL(ctx);
+	} else {
+		TAILQ_FOREACH(ctx, &c->s->owner->contexts, owner_link)
+			FILL(ctx);
+	}
+#undef FILL
+	Dmb__ListContextsReply *b = &c->body.list_contexts;
+	dmb__list_contexts_reply__init(b);
+	b->n_contexts = i;
+	b->contexts = ptrs;
+	SET_BODY(c, list_contexts, LIST_CONTEXTS);
+	return 0;
+}
+
+static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__ListMappings *q = c->req->list_mappings;
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
+	if (!ctx && c->s->admin)
+		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
+	if (!ctx)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found", q->context_id);
+	uint32_t max = q->max_entries ? q->max_entries : DMB_MAX_LIST;
+	if (max > DMB_MAX_LIST)
+		max = DMB_MAX_LIST;
+	size_t cap = ctx->n_mappings < max ? ctx->n_mappings : max;
+	Dmb__MappingInfo *arr = rpc_alloc(c, cap * sizeof(*arr));
+	Dmb__MappingInfo **ptrs = rpc_alloc(c, cap * sizeof(*ptrs));
+	if (!arr || !ptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	Dmb__ListMappingsReply *b = &c->body.list_mappings;
+	dmb__list_mappings_reply__init(b);
+	size_t i = 0;
+	struct dmb_mapping *m = map_first_from(ctx, q->start_iova);
+	for (; m && i < cap; m = map_next(ctx, m), i++) {
+		dmb__mapping_info__init(&arr[i]);
+		arr[i].iova = m->iova;
+		arr[i].length = m->length;
+		arr[i].region_id = m->region->id;
+		arr[i].offset = m->offset;
+		arr[i].prot = m->prot;
+		ptrs[i] = &arr[i];
+	}
+	b->n_mappings = i;
+	b->mappings = ptrs;
+	if (m) {
+		b->more = true;
+		b->next_iova = m->iova;
+	}
+	SET_BODY(c, list_mappings, LIST_MAPPINGS);
+	return 0;
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+#define ROW(CASE, nm, fn, fl) [DMB__REQUEST__BODY_##CASE] = { nm, fn, fl }
+static const struct rpc_entry rpc_table[] = {
+	ROW(HELLO, "hello", rpc_hello, RPC_PRE_HELLO),
+	ROW(CONTEXT_CREATE, "context-create", rpc_context_create, RPC_MUTATES),
+	ROW(CONTEXT_DESTROY, "context-destroy", rpc_context_destroy, RPC_MUTATES),
+	ROW(REGION_REGISTER, "region-register", rpc_region_register, RPC_MUTATES | RPC_FDS),
+	ROW(REGION_UNREGISTER, "region-unregister", rpc_region_unregister, RPC_MUTATES),
+	ROW(IOVA_RANGES, "iova-ranges", rpc_iova_ranges, 0),
+	ROW(MAP, "map", rpc_map, RPC_MUTATES),
+	ROW(MAP_BATCH, "map-batch", rpc_map_batch, RPC_MUTATES),
+	ROW(UNMAP, "unmap", rpc_unmap, RPC_MUTATES),
+	ROW(UNMAP_BATCH, "unmap-batch", rpc_unmap_batch, RPC_MUTATES),
+	ROW(UNMAP_ALL, "unmap-all", rpc_unmap_all, RPC_MUTATES),
+	ROW(STATS, "stats", rpc_stats, 0),
+	ROW(SUBSCRIBE, "subscribe", rpc_subscribe, 0),
+	ROW(DEVICE_OPEN, "device-open", rpc_device_open, RPC_MUTATES),
+	ROW(DEVICE_CLOSE, "device-close", rpc_device_close, RPC_MUTATES),
+	ROW(SIM_DMA, "sim-dma", rpc_sim_dma, 0),
+	ROW(STATUS, "status", rpc_status, RPC_ADMIN),
+	ROW(LIST_CONTEXTS, "list-contexts", rpc_list_contexts, 0),
+	ROW(LIST_MAPPINGS, "list-mappings", rpc_list_mappings, 0),
+};
+#undef ROW
+
+static void reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err)
+{
+	dmb__error__init(err);
+	err->code = (Dmb__ErrorCode)(e->code ? e->code : DMB_E_INTERNAL);
+	err->sys_errno = e->sys_errno;
+	err->message = (char *)(e->msg[0] ? e->msg : dmb_code_name(err->code));
+	err->index = e->index;
+	c->reply.error = err;
+	c->reply.body_case = DMB__REPLY__BODY__NOT_SET;
+}
+
+/* A packet that cannot be answered by id (too big, garbage) is answered
+ * with id 0. Repeated abuse ends the session: see session.c. */
+static void reply_bad_packet(struct session *s, uint64_t id, const struct dmb_err *e)
+{
+	struct rpc_call c = { .s = s };
+	Dmb__Error err;
+	dmb__reply__init(&c.reply);
+	c.reply.id = id;
+	reply_error(&c, e, &err);
+	s->n_bad_packets++;
+	session_send_reply(s, &c.reply, NULL, 0);
+}
+
+static uint32_t first_unknown_field(const Dmb__Request *req)
+{
+	for (unsigned i = 0; i < req->base.n_unknown_fields; i++)
+		if (req->base.unknown_fields[i].tag >= 10)
+			return req->base.unknown_fields[i].tag;
+	return 0;
+}
+
+void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
+{
+	struct dmb_err e = { 0 };
+
+	if (rx->truncated) {
+		dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EMSGSIZE,
+			 "packet larger than the limit of %u bytes; split the work into batches",
+			 DMB_MAX_PACKET);
+		reply_bad_packet(s, 0, &e);
+		wire_close_fds(rx);
+		return;
+	}
+	if (rx->fds_truncated) {
+		/* The kernel dropped fds that did not fit: the request cannot be
+		 * what the client meant. */
+		dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EMSGSIZE,
+			 "packet carried more fds than the limit of %u", DMB_MAX_FDS);
+		reply_bad_packet(s, 0, &e);
+		wire_close_fds(rx);
+		return;
+	}
+
+	Dmb__Request *req = dmb__request__unpack(NULL, rx->len, buf);
+	if (!req) {
+		dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EBADMSG,
+			 "malformed packet: not a dmabroker Request message (%zu bytes)", rx->len);
+		reply_bad_packet(s, 0, &e);
+		wire_close_fds(rx);
+		return;
+	}
+
+	struct rpc_call c = { .s = s, .req = req, .rx = rx };
+	Dmb__Error err;
+	dmb__reply__init(&c.reply);
+	c.reply.id = req->id;
+	s->n_requests++;
+
+	const struct rpc_entry *ent = NULL;
+	if ((size_t)req->body_case < DMB_ARRAY_SIZE(rpc_table) && rpc_table[req->body_case].fn)
+		ent = &rpc_table[req->body_case];
+
+	int r;
+	if (!ent) {
+		uint32_t tag = first_unknown_field(req);
+		r = tag ? dmb_fail(&e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				   "unknown request kind (field %u); this server speaks protocol %u",
+				   tag, DMB_PROTOCOL_VERSION)
+			: dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EINVAL, "request has no body");
+	} else if (!s->hello_done && !(ent->flags & RPC_PRE_HELLO)) {
+		r = dmb_fail(&e, DMB_E_FAILED_PRECONDITION, EPROTO,
+			     "%s before the handshake: send Hello first", ent->name);
+	} else if ((ent->flags & RPC_ADMIN) && !s->admin) {
+		log_notice("session %" PRIu64 " (uid %u pid %d): admin request %s refused", s->id,
+			   (unsigned)s->cred.uid, (int)s->cred.pid, ent->name);
+		r = dmb_fail(&e, DMB_E_PERMISSION_DENIED, EPERM, "%s needs an admin session", ent->name);
+	} else if (rx->nfds && !(ent->flags & RPC_FDS)) {
+		r = dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EBADF,
+			     "%s takes no fds but the packet carried %zu (they were closed)", ent->name,
+			     rx->nfds);
+	} else {
+		r = ent->fn(&c, &e);
+	}
+
+	if (r < 0)
+		reply_error(&c, &e, &err);
+	/* Whatever the handler did not take is closed now, before the reply. */
+	wire_close_fds(rx);
+	session_send_reply(s, &c.reply, c.out_fds, c.n_out_fds);
+
+	for (size_t i = 0; i < c.n_heap; i++)
+		free(c.heap[i]);
+	dmb__request__free_unpacked(req, NULL);
+}

@@ -1,0 +1,161 @@
+/* The listening socket: created at the configured path, or inherited from
+ * systemd socket activation (LISTEN_FDS). */
+#include "server.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+uint64_t server_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+	struct server *srv = arg;
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE)
+				log_warning("accept: out of file descriptors; clients wait");
+			else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				log_warning("accept: %m");
+			return;
+		}
+		if (srv->n_sessions >= srv->cfg->max_sessions) {
+			log_warning("refusing a connection: limit sessions (%u) reached",
+				    srv->cfg->max_sessions);
+			close(fd);
+			continue;
+		}
+		if (!session_new(srv, fd)) {
+			log_error("could not set up a session: out of memory");
+			close(fd);
+		}
+	}
+}
+
+/* A stale socket file (nobody listening) is replaced; a live one is not. */
+static int prepare_path(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode))
+		return -EEXIST;
+	int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (probe < 0)
+		return -errno;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int r = connect(probe, (struct sockaddr *)&sa, sizeof(sa));
+	int err = errno;
+	close(probe);
+	if (r == 0)
+		return -EADDRINUSE;
+	if (err != ECONNREFUSED && err != ENOENT)
+		return -err;
+	return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+}
+
+static int listen_on_path(struct server *srv, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return log_error_errno(-ENAMETOOLONG, "socket path %s is too long", path);
+	int r = prepare_path(path);
+	if (r == -EADDRINUSE)
+		return log_error_errno(r, "another daemon is already serving %s", path);
+	if (r < 0)
+		return log_error_errno(r, "cannot use socket path %s: %m", path);
+
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return log_error_errno(-errno, "socket: %m");
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	mode_t old = umask(0777 & ~srv->cfg->socket_mode);
+	r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (r < 0)
+		return log_error_errno(-errno, "bind %s: %m", path);
+	if (chmod(path, srv->cfg->socket_mode) < 0)
+		log_warning("chmod %s: %m", path);
+	if (listen(fd, 256) < 0)
+		return log_error_errno(-errno, "listen %s: %m", path);
+	srv->listen_owned = true;
+	return TAKE_FD(fd);
+}
+
+int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
+		struct dmb_backend *be, int inherited_fd)
+{
+	memset(srv, 0, sizeof(*srv));
+	srv->base = base;
+	srv->cfg = cfg;
+	srv->next_session_id = 1;
+	srv->start_ms = server_now_ms();
+	TAILQ_INIT(&srv->sessions);
+	core_init(&srv->core, be, &cfg->limits);
+	srv->core.event_fn = session_event_cb;
+	srv->core.device_allowed = config_device_allowed;
+	srv->core.policy_opaque = cfg;
+
+	srv->rxbuf = malloc(DMB_MAX_PACKET + 1);
+	srv->txbuf = malloc(DMB_MAX_PACKET);
+	if (!srv->rxbuf || !srv->txbuf)
+		return -ENOMEM;
+
+	if (inherited_fd >= 0) {
+		if (sd_is_socket_unix(inherited_fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
+			return log_error_errno(-EINVAL, "the inherited fd %d is not a listening "
+					       "SOCK_SEQPACKET unix socket", inherited_fd);
+		int fl = fcntl(inherited_fd, F_GETFL);
+		if (fl >= 0)
+			fcntl(inherited_fd, F_SETFL, fl | O_NONBLOCK);
+		srv->listen_fd = inherited_fd;
+		log_info("serving the socket passed by systemd (fd %d)", inherited_fd);
+	} else {
+		int fd = listen_on_path(srv, cfg->socket_path);
+		if (fd < 0)
+			return fd;
+		srv->listen_fd = fd;
+		log_info("listening on %s", cfg->socket_path);
+	}
+	srv->ev_listen = event_new(base, srv->listen_fd, EV_READ | EV_PERSIST, accept_cb, srv);
+	if (!srv->ev_listen)
+		return -ENOMEM;
+	event_add(srv->ev_listen, NULL);
+	return 0;
+}
+
+void server_fini(struct server *srv)
+{
+	struct session *s;
+	while ((s = TAILQ_FIRST(&srv->sessions)))
+		session_free(s);
+	core_fini(&srv->core);
+	if (srv->ev_listen)
+		event_free(srv->ev_listen);
+	if (srv->listen_fd > 0) {
+		close(srv->listen_fd);
+		if (srv->listen_owned)
+			unlink(srv->cfg->socket_path);
+	}
+	free(srv->rxbuf);
+	free(srv->txbuf);
+}

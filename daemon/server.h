@@ -1,0 +1,86 @@
+/* The listening socket (server.c), per-connection sessions (session.c) and
+ * request dispatch (rpc.c).
+ *
+ * A session reads one packet at a time, hands it to rpc_handle(), and queues
+ * the encoded reply. Writes are non-blocking; when the peer does not read,
+ * replies wait in a bounded per-session queue. Above a high-water mark the
+ * session stops reading requests (backpressure); above the hard limit (only
+ * reachable through server-pushed events) it is disconnected. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "config.h"
+#include "core/core.h"
+#include "dmabroker.pb-c.h"
+#include "wire.h"
+
+struct event_base;
+struct event;
+
+struct outpkt {
+	STAILQ_ENTRY(outpkt) link;
+	size_t len;
+	size_t nfds;
+	int fds[4];
+	uint8_t data[];
+};
+
+struct session {
+	TAILQ_ENTRY(session) link;
+	struct server *srv;
+	uint64_t id;
+	int fd;
+	struct event *ev_read;
+	struct event *ev_write;
+	struct ucred cred;
+	char name[65];
+	bool hello_done;
+	bool admin;
+	bool read_paused;
+	bool closing;
+	uint32_t event_mask;
+	uint64_t event_seq;
+	struct dmb_owner *owner;
+
+	STAILQ_HEAD(, outpkt) outq;
+	size_t outq_bytes;
+
+	uint64_t n_requests;
+	uint32_t n_bad_packets;
+};
+
+struct server {
+	struct event_base *base;
+	struct dmb_config *cfg;
+	struct dmb_core core;
+	int listen_fd;
+	bool listen_owned;      /* we created (and unlink) the socket path */
+	struct event *ev_listen;
+	TAILQ_HEAD(, session) sessions;
+	uint32_t n_sessions;
+	uint64_t next_session_id;
+	uint64_t start_ms;
+	uint8_t *rxbuf;         /* DMB_MAX_PACKET + 1 */
+	uint8_t *txbuf;         /* DMB_MAX_PACKET */
+	uint64_t n_disconnects_abuse;
+};
+
+/* server.c */
+int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
+		struct dmb_backend *be, int inherited_fd);
+void server_fini(struct server *srv);
+uint64_t server_now_ms(void);
+
+/* session.c */
+struct session *session_new(struct server *srv, int fd);
+void session_free(struct session *s);
+/* Queues (or sends) a reply; fds are borrowed (dup'ed if they must wait). */
+void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, size_t nfds);
+void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
+
+/* rpc.c: handles one received packet (fds in rx are consumed or closed). */
+void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx);

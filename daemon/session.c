@@ -1,0 +1,269 @@
+/* One client connection: identity, framing, the bounded output queue. */
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "protocol.h"
+#include "server.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+/* Stop reading requests while this much output waits; resume below half. */
+#define OUTQ_HIGH_WATER (256u * 1024u)
+/* Packets handled per wake-up before other sessions get their turn. */
+#define READ_BUDGET 32
+/* Consecutive undecodable packets before the session is dropped. */
+#define MAX_BAD_PACKETS 64
+
+static void session_read_cb(evutil_socket_t fd, short what, void *arg);
+static void session_write_cb(evutil_socket_t fd, short what, void *arg);
+
+struct session *session_new(struct server *srv, int fd)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->srv = srv;
+	s->fd = fd;
+	s->id = srv->next_session_id++;
+	s->event_mask = DMB_EVENT_ALL;
+	STAILQ_INIT(&s->outq);
+
+	socklen_t len = sizeof(s->cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &s->cred, &len) < 0) {
+		log_error("session: SO_PEERCRED failed: %m");
+		free(s);
+		return NULL;
+	}
+	s->admin = config_is_admin(srv->cfg, s->cred.uid);
+	s->owner = owner_new(&srv->core, s->id, s->cred.uid, s->cred.gid, s->cred.pid, s->admin, s);
+	s->ev_read = event_new(srv->base, fd, EV_READ | EV_PERSIST, session_read_cb, s);
+	s->ev_write = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, session_write_cb, s);
+	if (!s->owner || !s->ev_read || !s->ev_write) {
+		owner_free(s->owner);
+		if (s->ev_read)
+			event_free(s->ev_read);
+		if (s->ev_write)
+			event_free(s->ev_write);
+		free(s);
+		return NULL;
+	}
+	wire_size_buffers(fd);
+	event_add(s->ev_read, NULL);
+	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
+	srv->n_sessions++;
+	log_debug("session %" PRIu64 ": connected (uid %u gid %u pid %d)", s->id,
+		  (unsigned)s->cred.uid, (unsigned)s->cred.gid, (int)s->cred.pid);
+	return s;
+}
+
+static void outpkt_free(struct outpkt *p)
+{
+	for (size_t i = 0; i < p->nfds; i++)
+		close(p->fds[i]);
+	free(p);
+}
+
+void session_free(struct session *s)
+{
+	if (!s)
+		return;
+	struct server *srv = s->srv;
+	TAILQ_REMOVE(&srv->sessions, s, link);
+	srv->n_sessions--;
+	event_free(s->ev_read);
+	event_free(s->ev_write);
+	/* The client is gone: its non-persistent contexts go with it, which
+	 * unmaps their mappings and returns their pins. */
+	owner_free(s->owner);
+	struct outpkt *p;
+	while ((p = STAILQ_FIRST(&s->outq))) {
+		STAILQ_REMOVE_HEAD(&s->outq, link);
+		outpkt_free(p);
+	}
+	close(s->fd);
+	log_debug("session %" PRIu64 ": closed after %" PRIu64 " requests", s->id, s->n_requests);
+	free(s);
+}
+
+static void session_update_events(struct session *s)
+{
+	if (STAILQ_EMPTY(&s->outq))
+		event_del(s->ev_write);
+	else
+		event_add(s->ev_write, NULL);
+
+	if (!s->read_paused && s->outq_bytes > OUTQ_HIGH_WATER) {
+		s->read_paused = true;
+		event_del(s->ev_read);
+	} else if (s->read_paused && s->outq_bytes <= OUTQ_HIGH_WATER / 2) {
+		s->read_paused = false;
+		event_add(s->ev_read, NULL);
+	}
+}
+
+/* Sends what it can of the queue. Returns <0 if the session must close. */
+static int session_flush(struct session *s)
+{
+	struct outpkt *p;
+	while ((p = STAILQ_FIRST(&s->outq))) {
+		int r = wire_send(s->fd, p->data, p->len, p->fds, p->nfds, true);
+		if (r == -EAGAIN || r == -ENOBUFS)
+			break;
+		if (r < 0)
+			return r;
+		STAILQ_REMOVE_HEAD(&s->outq, link);
+		s->outq_bytes -= p->len;
+		outpkt_free(p);
+	}
+	session_update_events(s);
+	return 0;
+}
+
+/* Marks the session for closing. Its own callbacks free it; when this runs
+ * elsewhere (an event pushed from another session's request), the write
+ * callback is woken to do it. */
+static void session_doom(struct session *s)
+{
+	if (!s->closing) {
+		s->closing = true;
+		event_active(s->ev_write, EV_WRITE, 0);
+	}
+}
+
+static void session_queue(struct session *s, const uint8_t *buf, size_t len, const int *fds,
+			  size_t nfds)
+{
+	if (s->closing)
+		return;
+	/* Fast path: nothing waiting, the socket takes it now. */
+	if (STAILQ_EMPTY(&s->outq)) {
+		int r = wire_send(s->fd, buf, len, fds, nfds, true);
+		if (r == 0)
+			return;
+		if (r != -EAGAIN && r != -ENOBUFS) {
+			log_debug("session %" PRIu64 ": send failed: %s", s->id, strerror(-r));
+			session_doom(s);
+			return;
+		}
+	}
+	if (s->outq_bytes + len > s->srv->cfg->session_queue_bytes) {
+		log_warning("session %" PRIu64 " (uid %u pid %d): %zu bytes of output not read by the "
+			    "client; disconnecting it", s->id, (unsigned)s->cred.uid, (int)s->cred.pid,
+			    s->outq_bytes);
+		s->srv->n_disconnects_abuse++;
+		session_doom(s);
+		return;
+	}
+	struct outpkt *p = malloc(sizeof(*p) + len);
+	if (!p) {
+		session_doom(s);
+		return;
+	}
+	p->len = len;
+	p->nfds = 0;
+	memcpy(p->data, buf, len);
+	for (size_t i = 0; i < nfds && i < DMB_ARRAY_SIZE(p->fds); i++) {
+		int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+		if (d < 0) {
+			outpkt_free(p);
+			session_doom(s);
+			return;
+		}
+		p->fds[p->nfds++] = d;
+	}
+	STAILQ_INSERT_TAIL(&s->outq, p, link);
+	s->outq_bytes += len;
+	session_update_events(s);
+}
+
+void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, size_t nfds)
+{
+	Dmb__ServerMessage m = DMB__SERVER_MESSAGE__INIT;
+	m.kind_case = DMB__SERVER_MESSAGE__KIND_REPLY;
+	m.reply = reply;
+	size_t len = dmb__server_message__get_packed_size(&m);
+	if (len > DMB_MAX_PACKET) {
+		/* A reply we cannot send is our bug; say so rather than drop it. */
+		Dmb__Error err = DMB__ERROR__INIT;
+		err.code = DMB__ERROR_CODE__INTERNAL;
+		err.message = (char *)"reply too large for one packet";
+		reply->error = &err;
+		reply->body_case = DMB__REPLY__BODY__NOT_SET;
+		nfds = 0;
+		len = dmb__server_message__get_packed_size(&m);
+		log_error("session %" PRIu64 ": reply to request %" PRIu64 " too large", s->id, reply->id);
+	}
+	dmb__server_message__pack(&m, s->srv->txbuf);
+	session_queue(s, s->srv->txbuf, len, fds, nfds);
+}
+
+void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev)
+{
+	struct session *s = owner->opaque;
+	if (!s || !(s->event_mask & ev->kind))
+		return;
+	Dmb__Event e = DMB__EVENT__INIT;
+	e.seq = ++s->event_seq;
+	e.kind = ev->kind;
+	e.context_id = ev->context_id;
+	e.device_id = ev->device_id;
+	e.message = (char *)(ev->message ? ev->message : "");
+	Dmb__ServerMessage m = DMB__SERVER_MESSAGE__INIT;
+	m.kind_case = DMB__SERVER_MESSAGE__KIND_EVENT;
+	m.event = &e;
+	size_t len = dmb__server_message__get_packed_size(&m);
+	if (len > DMB_MAX_PACKET)
+		return;
+	dmb__server_message__pack(&m, s->srv->txbuf);
+	session_queue(s, s->srv->txbuf, len, NULL, 0);
+}
+
+static void session_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	struct server *srv = s->srv;
+
+	for (int budget = READ_BUDGET; budget > 0 && !s->closing && !s->read_paused; budget--) {
+		struct wire_rx rx;
+		int r = wire_recv(fd, srv->rxbuf, DMB_MAX_PACKET, &rx, true);
+		if (r == -EAGAIN)
+			break;
+		if (r < 0) {
+			log_debug("session %" PRIu64 ": receive failed: %s", s->id, strerror(-r));
+			s->closing = true;
+			break;
+		}
+		if (rx.eof) {
+			s->closing = true;
+			break;
+		}
+		uint32_t bad_before = s->n_bad_packets;
+		rpc_handle(s, srv->rxbuf, &rx);
+		if (s->n_bad_packets == bad_before)
+			s->n_bad_packets = 0;
+		else if (s->n_bad_packets >= MAX_BAD_PACKETS) {
+			log_warning("session %" PRIu64 " (uid %u pid %d): %u malformed packets in a row; "
+				    "disconnecting it", s->id, (unsigned)s->cred.uid, (int)s->cred.pid,
+				    s->n_bad_packets);
+			srv->n_disconnects_abuse++;
+			s->closing = true;
+		}
+	}
+	if (s->closing)
+		session_free(s);
+}
+
+static void session_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	if (session_flush(s) < 0)
+		s->closing = true;
+	if (s->closing)
+		session_free(s);
+}
