@@ -1,0 +1,90 @@
+#!/bin/bash
+# run-vm.sh - boots one VM test and judges it from its serial console.
+#
+# usage: run-vm.sh -k VMLINUZ -r INITRD -l LOGFILE [-t SECONDS] [-a EXTRA_CMDLINE]
+#                  [-q QEMU_ARG]...
+#
+# Machine: q35 + intel-iommu, TCG, 1 GiB, 2 vCPUs, two pcie-root-ports with one edu
+# behind each (each edu in its own IOMMU group, and VFIO_DEVICE_RESET works through the
+# root port's secondary bus reset). The serial console goes to LOGFILE, QEMU's own
+# stdout/stderr to LOGFILE.qemu.
+#
+# Exit 0 only if the guest printed "VMTEST DONE" and no "VMTEST FAIL" line; prints the
+# guest's VMTEST lines and the wall time. On failure also prints the tail of both logs.
+# Exit codes: 0 pass, 1 test failure, 2 usage/setup error.
+set -uo pipefail
+
+die() { echo "run-vm: error: $*" >&2; exit 2; }
+usage() { sed -n '4,5p' "$0" >&2; exit 2; }
+
+kernel='' initrd='' log='' tmo=240 extra=''
+qemu_extra=()
+while getopts "k:r:l:t:a:q:h" opt; do
+  case $opt in
+    k) kernel=$OPTARG ;;
+    r) initrd=$OPTARG ;;
+    l) log=$OPTARG ;;
+    t) tmo=$OPTARG ;;
+    a) extra=$OPTARG ;;
+    q) qemu_extra+=("$OPTARG") ;;
+    *) usage ;;
+  esac
+done
+[ -n "$kernel" ] && [ -n "$initrd" ] && [ -n "$log" ] || usage
+[ -f "$kernel" ] || die "kernel $kernel not found"
+[ -f "$initrd" ] || die "initrd $initrd not found"
+qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (install qemu-system-x86)"
+
+# quiet: the console is a (slow, emulated) UART and its output is our result channel;
+# errors (DMAR faults included) still reach it. The rest only trims boot work that
+# TCG makes expensive.
+cmdline="console=ttyS0 intel_iommu=on panic=-1 quiet"
+cmdline+=" mitigations=off tsc=reliable no_timer_check i8042.noaux i8042.nokbd"
+[ -z "$extra" ] || cmdline+=" $extra"
+
+mkdir -p "$(dirname "$log")"
+: >"$log"
+start=$(date +%s.%N)
+# -nographic would put the monitor on stdio: give it none, and the serial a file.
+# stdin is /dev/null: CI runs without one. `timeout -k` makes sure QEMU really goes.
+timeout -k 10 "$tmo" "$qemu" \
+  -machine q35 -accel tcg -m 1G -smp 2 -nographic -no-reboot \
+  -nodefaults -no-user-config -monitor none -serial "file:$log" \
+  -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
+  -device intel-iommu \
+  -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
+  -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2 \
+  -device edu,bus=rp1 -device edu,bus=rp2 \
+  "${qemu_extra[@]}" </dev/null >"$log.qemu" 2>&1
+rc=$?
+end=$(date +%s.%N)
+secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+
+# The console ends lines with CR LF, and kernel messages may land between our lines.
+lines=$(tr -d '\r' <"$log" | grep -a -oE 'VMTEST (PASS|FAIL|DONE)( .*)?$' || true)
+[ -z "$lines" ] || printf '%s\n' "$lines"
+
+why=
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  why="timed out after ${tmo}s"
+elif [ $rc -ne 0 ]; then
+  why="qemu exited with status $rc"
+elif ! grep -q '^VMTEST DONE' <<<"$lines"; then
+  why="no 'VMTEST DONE' marker (guest crashed or /init failed)"
+elif grep -q '^VMTEST FAIL' <<<"$lines"; then
+  why="$(grep -c '^VMTEST FAIL' <<<"$lines") check(s) failed"
+fi
+
+if [ -z "$why" ]; then
+  echo "run-vm: PASS ($(grep -c '^VMTEST PASS' <<<"$lines") checks, ${secs}s boot to poweroff)"
+  exit 0
+fi
+echo "run-vm: FAIL: $why (${secs}s)"
+echo "---- last 60 lines of $log ----"
+# Without the firmware's terminal escapes.
+tr -d '\r' <"$log" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tail -n 60
+if [ -s "$log.qemu" ]; then
+  echo "---- last 20 lines of $log.qemu ----"
+  tail -n 20 "$log.qemu"
+fi
+exit 1

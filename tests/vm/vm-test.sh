@@ -1,0 +1,53 @@
+#!/bin/bash
+# vm-test.sh - one VM test end to end: fetch the kernel, build the initramfs, boot.
+# This is what `meson test --suite vm` runs; it also works by hand.
+#
+# usage: vm-test.sh -n NAME -i INIT -K KERNEL_DIR -w WORK_DIR [-t VM_TIMEOUT]
+#                   [-f SRC=DEST]... [BIN[=DEST]]...
+#
+#   -n NAME        test name: WORK_DIR/NAME.cpio.gz, WORK_DIR/NAME.console.log
+#   -i INIT        guest /init script (sources /lib/vmtest/guest-lib.sh)
+#   -K KERNEL_DIR  cache dir for fetch-kernel.sh (shared by all VM tests)
+#   -w WORK_DIR    where the image and logs go
+#   -t SECONDS     limit for the VM run (default 240)
+#   -f, BIN        passed to mkinitramfs.sh
+set -euo pipefail
+trap 'echo "vm-test: error: unexpected failure at line $LINENO" >&2' ERR
+
+here=$(cd "$(dirname "$0")" && pwd)
+name='' init='' kdir='' work='' tmo=240
+mk_args=()
+while getopts "n:i:K:w:t:f:h" opt; do
+  case $opt in
+    n) name=$OPTARG ;;
+    i) init=$OPTARG ;;
+    K) kdir=$OPTARG ;;
+    w) work=$OPTARG ;;
+    t) tmo=$OPTARG ;;
+    f) mk_args+=(-f "$OPTARG") ;;
+    *) sed -n '5,6p' "$0" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+if [ -z "$name" ] || [ -z "$init" ] || [ -z "$kdir" ] || [ -z "$work" ]; then
+  sed -n '5,6p' "$0" >&2
+  exit 2
+fi
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+t=$(now)
+"$here/fetch-kernel.sh" "$kdir"
+t_fetch=$(since "$t")
+
+t=$(now)
+mkdir -p "$work"
+"$here/mkinitramfs.sh" -o "$work/$name.cpio.gz" -i "$init" -m "$kdir/modules" \
+  "${mk_args[@]}" "$@"
+t_initrd=$(since "$t")
+
+kernel=$kdir/vmlinuz
+[ -f "$kdir/vmlinux" ] && kernel=$kdir/vmlinux # PVH boot: no in-guest decompression
+echo "vm-test: $name: kernel $(cat "$kdir/version") ($(basename "$kernel")), fetch ${t_fetch}s, initramfs ${t_initrd}s"
+exec "$here/run-vm.sh" -k "$kernel" -r "$work/$name.cpio.gz" -l "$work/$name.console.log" -t "$tmo"
