@@ -1,0 +1,230 @@
+/* libdmabroker — client library for dmabrokerd.
+ *
+ * Synchronous calls over the broker's unix socket, plus an fd and a dispatch
+ * function for server-pushed events. A struct dmb_client is not thread-safe:
+ * use one per thread, or serialise calls.
+ *
+ * Every call returns 0 on success or a negative errno. When the broker
+ * answered with an error, the errno reflects its code (NOT_FOUND -> -ENOENT,
+ * ALREADY_EXISTS -> -EEXIST, PERMISSION_DENIED -> -EPERM,
+ * RESOURCE_EXHAUSTED -> -ENOSPC, FAILED_PRECONDITION -> -EBUSY,
+ * UNAVAILABLE -> -EAGAIN, UNIMPLEMENTED -> -EOPNOTSUPP, OUT_OF_RANGE ->
+ * -ERANGE, INVALID_ARGUMENT -> -EINVAL, INTERNAL -> -EIO) and
+ * dmb_last_error() has the broker's code, errno and sentence. Transport
+ * failures return the socket's errno (e.g. -EPIPE, -ECONNRESET). */
+#ifndef DMABROKER_H
+#define DMABROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DMB_DEFAULT_SOCKET_PATH "/run/dmabroker/dmabroker.sock"
+
+/* Error codes of the wire protocol (docs/protocol.md). */
+enum dmb_error_code {
+	DMB_OK = 0,
+	DMB_INVALID_ARGUMENT = 1,
+	DMB_PERMISSION_DENIED = 2,
+	DMB_NOT_FOUND = 3,
+	DMB_ALREADY_EXISTS = 4,
+	DMB_RESOURCE_EXHAUSTED = 5,
+	DMB_FAILED_PRECONDITION = 6,
+	DMB_UNAVAILABLE = 7,
+	DMB_INTERNAL = 8,
+	DMB_UNIMPLEMENTED = 9,
+	DMB_OUT_OF_RANGE = 10,
+};
+
+#define DMB_READ 1u
+#define DMB_WRITE 2u
+
+/* Event kinds (struct dmb_event.kind, dmb_subscribe mask). */
+#define DMB_EV_CONTEXT_LOST 1u
+#define DMB_EV_MAPPINGS_REVOKED 2u
+#define DMB_EV_MAPPINGS_RESTORED 4u
+#define DMB_EV_DEVICE_STATE 8u
+#define DMB_EV_HANDOFF 16u
+
+struct dmb_client;
+
+struct dmb_error {
+	int code;         /* enum dmb_error_code; 0 after a transport error */
+	int sys_errno;    /* errno reported by the broker, or the transport errno */
+	uint32_t index;   /* batch calls: the entry that failed */
+	char message[256];
+};
+
+struct dmb_server_info {
+	uint32_t protocol_version;
+	char server_version[32];
+	char backend[32];
+	char features[256];      /* space-separated */
+	uint32_t max_packet_bytes;
+	uint32_t max_fds;
+	uint32_t max_batch;
+	uint64_t session_id;
+	bool admin;
+};
+
+struct dmb_iova_range {
+	uint64_t start;
+	uint64_t last; /* inclusive */
+};
+
+struct dmb_iova_info {
+	size_t n;
+	struct dmb_iova_range ranges[32];
+	uint64_t alignment;
+	uint32_t max_mappings;       /* 0: no backend limit */
+	uint32_t mappings_available;
+};
+
+struct dmb_map_entry {
+	uint64_t region;
+	uint64_t offset;
+	uint64_t iova;
+	uint64_t length;
+	uint32_t prot; /* DMB_READ | DMB_WRITE */
+};
+
+struct dmb_range {
+	uint64_t iova;
+	uint64_t length;
+};
+
+struct dmb_region_info {
+	uint64_t region;
+	uint64_t size;
+	bool writable;
+	char kind[16];
+	uint64_t page_size;
+};
+
+struct dmb_device_info {
+	uint64_t device;
+	uint16_t vendor_id;
+	uint16_t device_id;
+	char group[64];
+	bool viable;
+};
+
+struct dmb_stats {
+	uint32_t contexts;
+	uint32_t regions;
+	uint64_t mappings;
+	uint64_t mapped_bytes;
+	uint64_t pinned_bytes;
+	uint32_t devices;
+};
+
+struct dmb_status {
+	char server_version[32];
+	char backend[32];
+	char features[256];
+	uint64_t uptime_ms;
+	uint32_t sessions;
+	uint32_t pid;
+	struct dmb_stats totals; /* pinned_bytes: the backend's own accounting */
+};
+
+struct dmb_context_info {
+	uint64_t context;
+	char name[65];
+	uint32_t owner_uid;
+	uint32_t owner_pid;
+	uint64_t session;
+	bool persistent;
+	uint32_t regions;
+	uint64_t mappings;
+	uint64_t mapped_bytes;
+	uint32_t devices;
+};
+
+struct dmb_mapping_info {
+	uint64_t iova;
+	uint64_t length;
+	uint64_t region;
+	uint64_t offset;
+	uint32_t prot;
+};
+
+struct dmb_event {
+	uint64_t seq;
+	uint32_t kind;
+	uint64_t context;
+	uint64_t device;
+	size_t n_ranges;
+	const struct dmb_range *ranges;
+	const char *message;
+};
+
+typedef void (*dmb_event_cb)(const struct dmb_event *ev, void *opaque);
+
+/* Connects to the broker at path (NULL: $DMABROKER_SOCKET or the default)
+ * and performs the handshake. */
+int dmb_connect(const char *path, const char *client_name, struct dmb_client **out);
+void dmb_close(struct dmb_client *c);
+
+const struct dmb_error *dmb_last_error(const struct dmb_client *c);
+const struct dmb_server_info *dmb_server_info(const struct dmb_client *c);
+const char *dmb_error_code_name(int code);
+
+/* Events: poll dmb_fd() for POLLIN, then call dmb_dispatch(), which also
+ * delivers events that arrived while a call waited for its reply. */
+int dmb_fd(const struct dmb_client *c);
+int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque);
+int dmb_subscribe(struct dmb_client *c, uint32_t mask);
+
+int dmb_context_create(struct dmb_client *c, const char *name, uint64_t *context);
+int dmb_context_destroy(struct dmb_client *c, uint64_t context);
+
+/* The fd is borrowed: the broker receives its own reference; close yours
+ * whenever you like. size 0: the whole file. */
+int dmb_region_register(struct dmb_client *c, uint64_t context, int fd, uint64_t size,
+			struct dmb_region_info *out);
+int dmb_region_unregister(struct dmb_client *c, uint64_t context, uint64_t region);
+
+int dmb_iova_ranges(struct dmb_client *c, uint64_t context, struct dmb_iova_info *out);
+
+int dmb_map(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e);
+/* All or nothing; on failure dmb_last_error()->index names the entry. */
+int dmb_map_batch(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e, size_t n);
+int dmb_unmap(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t length,
+	      uint64_t *unmapped_bytes);
+int dmb_unmap_batch(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		    uint64_t *unmapped_bytes);
+int dmb_unmap_all(struct dmb_client *c, uint64_t context, uint64_t *unmapped_bytes);
+
+/* Opens a PCI function (policy-checked) and attaches it to the context.
+ * With fd_out non-NULL the broker hands back a duplicate of the device fd
+ * (the caller owns it). */
+int dmb_device_open(struct dmb_client *c, uint64_t context, const char *bdf, int *fd_out,
+		    struct dmb_device_info *out);
+int dmb_device_close(struct dmb_client *c, uint64_t device);
+
+/* Sim backend only: DMA through the context's simulated IOMMU. len <= 64 KiB. */
+int dmb_sim_dma_read(struct dmb_client *c, uint64_t context, uint64_t iova, void *buf, size_t len);
+int dmb_sim_dma_write(struct dmb_client *c, uint64_t context, uint64_t iova, const void *buf,
+		      size_t len);
+
+/* context 0: all of this session's contexts. */
+int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out);
+/* Admin sessions only. */
+int dmb_status(struct dmb_client *c, struct dmb_status *out);
+/* *out is malloc'ed; free() it. all: every client's (admin only). */
+int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **out, size_t *n);
+/* One page of mappings with iova >= start; *more and *next continue it. */
+int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
+		      struct dmb_mapping_info *out, size_t cap, size_t *n, bool *more,
+		      uint64_t *next);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,752 @@
+/* libdmabroker: see dmabroker.h. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "dmabroker-internal.h"
+#include "protocol.h"
+#include "wire.h"
+
+#define EVQ_MAX 4096
+
+struct evq_item {
+	struct evq_item *next;
+	Dmb__Event *ev;
+};
+
+struct dmb_client {
+	int fd;
+	uint64_t next_id;
+	struct dmb_error err;
+	struct dmb_server_info info;
+	uint8_t *buf;                 /* DMB_MAX_PACKET */
+	struct evq_item *evq_head, *evq_tail;
+	size_t evq_len;
+	uint64_t events_dropped;
+};
+
+static const char *const code_names[] = {
+	"ok", "invalid-argument", "permission-denied", "not-found", "already-exists",
+	"resource-exhausted", "failed-precondition", "unavailable", "internal",
+	"unimplemented", "out-of-range",
+};
+
+const char *dmb_error_code_name(int code)
+{
+	if (code < 0 || (size_t)code >= sizeof(code_names) / sizeof(code_names[0]))
+		return "unknown";
+	return code_names[code];
+}
+
+static int errno_of_code(int code)
+{
+	switch (code) {
+	case DMB_OK: return 0;
+	case DMB_INVALID_ARGUMENT: return -EINVAL;
+	case DMB_PERMISSION_DENIED: return -EPERM;
+	case DMB_NOT_FOUND: return -ENOENT;
+	case DMB_ALREADY_EXISTS: return -EEXIST;
+	case DMB_RESOURCE_EXHAUSTED: return -ENOSPC;
+	case DMB_FAILED_PRECONDITION: return -EBUSY;
+	case DMB_UNAVAILABLE: return -EAGAIN;
+	case DMB_UNIMPLEMENTED: return -EOPNOTSUPP;
+	case DMB_OUT_OF_RANGE: return -ERANGE;
+	default: return -EIO;
+	}
+}
+
+static int transport_error(struct dmb_client *c, int r, const char *what)
+{
+	c->err.code = 0;
+	c->err.sys_errno = -r;
+	c->err.index = 0;
+	snprintf(c->err.message, sizeof(c->err.message), "%s: %s", what, strerror(-r));
+	return r;
+}
+
+const struct dmb_error *dmb_last_error(const struct dmb_client *c)
+{
+	return &c->err;
+}
+
+const struct dmb_server_info *dmb_server_info(const struct dmb_client *c)
+{
+	return &c->info;
+}
+
+int dmb_fd(const struct dmb_client *c)
+{
+	return c->fd;
+}
+
+int dmb_socket(const struct dmb_client *c)
+{
+	return c->fd;
+}
+
+int dmb_connect_raw(const char *path, struct dmb_client **out)
+{
+	if (!path)
+		path = getenv("DMABROKER_SOCKET");
+	if (!path)
+		path = DMB_DEFAULT_SOCKET_PATH;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+
+	struct dmb_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->buf = malloc(DMB_MAX_PACKET);
+	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	c->next_id = 1;
+	if (!c->buf || c->fd < 0) {
+		int r = c->buf ? -errno : -ENOMEM;
+		dmb_close(c);
+		return r;
+	}
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int r = -errno;
+		dmb_close(c);
+		return r;
+	}
+	wire_size_buffers(c->fd);
+	*out = c;
+	return 0;
+}
+
+void dmb_close(struct dmb_client *c)
+{
+	if (!c)
+		return;
+	if (c->fd >= 0)
+		close(c->fd);
+	while (c->evq_head) {
+		struct evq_item *it = c->evq_head;
+		c->evq_head = it->next;
+		dmb__event__free_unpacked(it->ev, NULL);
+		free(it);
+	}
+	free(c->buf);
+	free(c);
+}
+
+static void evq_push(struct dmb_client *c, Dmb__Event *ev)
+{
+	struct evq_item *it = NULL;
+	if (c->evq_len < EVQ_MAX)
+		it = malloc(sizeof(*it));
+	if (!it) {
+		c->events_dropped++;
+		dmb__event__free_unpacked(ev, NULL);
+		return;
+	}
+	it->ev = ev;
+	it->next = NULL;
+	if (c->evq_tail)
+		c->evq_tail->next = it;
+	else
+		c->evq_head = it;
+	c->evq_tail = it;
+	c->evq_len++;
+}
+
+/* Receives one ServerMessage; events are queued, a reply is returned. */
+static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int *rfds,
+		    size_t *nrfds)
+{
+	struct wire_rx rx;
+	*reply = NULL;
+	int r = wire_recv(c->fd, c->buf, DMB_MAX_PACKET, &rx, nonblock);
+	if (r < 0)
+		return r;
+	if (rx.eof)
+		return -ECONNRESET;
+	Dmb__ServerMessage *m = dmb__server_message__unpack(NULL, rx.len, c->buf);
+	if (!m) {
+		wire_close_fds(&rx);
+		return -EBADMSG;
+	}
+	if (m->kind_case == DMB__SERVER_MESSAGE__KIND_EVENT) {
+		evq_push(c, m->event);
+		m->event = NULL;
+		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
+		wire_close_fds(&rx);
+	} else if (m->kind_case == DMB__SERVER_MESSAGE__KIND_REPLY) {
+		*reply = m->reply;
+		m->reply = NULL;
+		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
+		size_t cap = nrfds ? *nrfds : 0, k = 0;
+		for (size_t i = 0; i < rx.nfds; i++) {
+			if (k < cap)
+				rfds[k++] = wire_take_fd(&rx, (int64_t)i);
+		}
+		if (nrfds)
+			*nrfds = k;
+		wire_close_fds(&rx);
+	} else {
+		wire_close_fds(&rx);
+	}
+	dmb__server_message__free_unpacked(m, NULL);
+	return 0;
+}
+
+static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **reply, int *rfds,
+		      size_t *nrfds)
+{
+	size_t cap = nrfds ? *nrfds : 0;
+	for (;;) {
+		size_t n = cap;
+		Dmb__Reply *rep;
+		int r = recv_one(c, false, &rep, rfds, nrfds ? &n : NULL);
+		if (r < 0)
+			return transport_error(c, r, "receiving the reply");
+		if (!rep)
+			continue;
+		/* id 0 answers a packet the broker could not read at all. */
+		if (any || rep->id == id || rep->id == 0) {
+			if (nrfds)
+				*nrfds = n;
+			*reply = rep;
+			return 0;
+		}
+		for (size_t i = 0; i < n; i++)
+			close(rfds[i]);
+		dmb__reply__free_unpacked(rep, NULL);
+	}
+}
+
+int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfds,
+	     Dmb__Reply **reply, int *rfds, size_t *nrfds)
+{
+	req->id = c->next_id++;
+	size_t len = dmb__request__get_packed_size(req);
+	if (len > DMB_MAX_PACKET) {
+		c->err = (struct dmb_error){ .code = DMB_INVALID_ARGUMENT, .sys_errno = EMSGSIZE };
+		snprintf(c->err.message, sizeof(c->err.message),
+			 "request of %zu bytes exceeds the packet limit of %u; use smaller batches",
+			 len, DMB_MAX_PACKET);
+		return -EMSGSIZE;
+	}
+	dmb__request__pack(req, c->buf);
+	int r = wire_send(c->fd, c->buf, len, fds, nfds, false);
+	if (r < 0)
+		return transport_error(c, r, "sending the request");
+	return wait_reply(c, req->id, false, reply, rfds, nrfds);
+}
+
+int dmb_call_bytes(struct dmb_client *c, const void *buf, size_t len, const int *fds, size_t nfds,
+		   Dmb__Reply **reply)
+{
+	int r = wire_send(c->fd, buf, len, fds, nfds, false);
+	if (r < 0)
+		return transport_error(c, r, "sending the request");
+	return wait_reply(c, 0, true, reply, NULL, NULL);
+}
+
+int dmb_reply_status(struct dmb_client *c, const Dmb__Reply *reply)
+{
+	if (!reply->error) {
+		memset(&c->err, 0, sizeof(c->err));
+		return 0;
+	}
+	c->err.code = reply->error->code;
+	c->err.sys_errno = reply->error->sys_errno;
+	c->err.index = reply->error->index;
+	snprintf(c->err.message, sizeof(c->err.message), "%s",
+		 reply->error->message ? reply->error->message : "");
+	return errno_of_code(reply->error->code);
+}
+
+/* One call with no fds in or out: returns the status, and the reply in
+ * *keep when the caller wants to read its body (free it). */
+static int simple_call(struct dmb_client *c, Dmb__Request *req, Dmb__Reply **keep)
+{
+	Dmb__Reply *rep;
+	int r = dmb_call(c, req, NULL, 0, &rep, NULL, NULL);
+	if (r < 0)
+		return r;
+	r = dmb_reply_status(c, rep);
+	if (r == 0 && keep)
+		*keep = rep;
+	else
+		dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+static void copy_features(char *dst, size_t cap, char **f, size_t n)
+{
+	dst[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			strncat(dst, " ", cap - strlen(dst) - 1);
+		strncat(dst, f[i], cap - strlen(dst) - 1);
+	}
+}
+
+int dmb_hello(struct dmb_client *c, uint32_t version, const char *name)
+{
+	Dmb__Request req = DMB__REQUEST__INIT;
+	Dmb__Hello h = DMB__HELLO__INIT;
+	h.protocol_version = version;
+	h.client_name = (char *)(name ? name : "");
+	req.body_case = DMB__REQUEST__BODY_HELLO;
+	req.hello = &h;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case == DMB__REPLY__BODY_HELLO) {
+		Dmb__HelloReply *hr = rep->hello;
+		struct dmb_server_info *i = &c->info;
+		i->protocol_version = hr->protocol_version;
+		snprintf(i->server_version, sizeof(i->server_version), "%s", hr->server_version);
+		snprintf(i->backend, sizeof(i->backend), "%s", hr->backend);
+		copy_features(i->features, sizeof(i->features), hr->features, hr->n_features);
+		i->max_packet_bytes = hr->max_packet_bytes;
+		i->max_fds = hr->max_fds_per_packet;
+		i->max_batch = hr->max_batch;
+		i->session_id = hr->session_id;
+		i->admin = hr->admin;
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_connect(const char *path, const char *client_name, struct dmb_client **out)
+{
+	struct dmb_client *c;
+	int r = dmb_connect_raw(path, &c);
+	if (r < 0)
+		return r;
+	r = dmb_hello(c, DMB_PROTOCOL_VERSION, client_name);
+	if (r < 0) {
+		dmb_close(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
+{
+	/* Pull whatever is waiting without blocking. */
+	for (;;) {
+		Dmb__Reply *rep;
+		int r = recv_one(c, true, &rep, NULL, NULL);
+		if (r == -EAGAIN)
+			break;
+		if (r < 0)
+			return transport_error(c, r, "receiving events");
+		if (rep)
+			dmb__reply__free_unpacked(rep, NULL); /* nobody waits for it */
+	}
+	int n = 0;
+	while (c->evq_head) {
+		struct evq_item *it = c->evq_head;
+		c->evq_head = it->next;
+		if (!c->evq_head)
+			c->evq_tail = NULL;
+		c->evq_len--;
+		Dmb__Event *e = it->ev;
+		free(it);
+		struct dmb_range rg[64];
+		size_t nr = e->n_ranges < 64 ? e->n_ranges : 64;
+		for (size_t i = 0; i < nr; i++)
+			rg[i] = (struct dmb_range){ e->ranges[i]->iova, e->ranges[i]->length };
+		struct dmb_event ev = {
+			.seq = e->seq, .kind = e->kind, .context = e->context_id,
+			.device = e->device_id, .n_ranges = nr, .ranges = rg,
+			.message = e->message,
+		};
+		if (cb)
+			cb(&ev, opaque);
+		dmb__event__free_unpacked(e, NULL);
+		n++;
+	}
+	return n;
+}
+
+#define REQ(var, CASE, field, Type, TYPE_INIT) \
+	Dmb__Request req = DMB__REQUEST__INIT; \
+	Type var = TYPE_INIT;                  \
+	req.body_case = DMB__REQUEST__BODY_##CASE; \
+	req.field = &var
+
+int dmb_subscribe(struct dmb_client *c, uint32_t mask)
+{
+	REQ(q, SUBSCRIBE, subscribe, Dmb__Subscribe, DMB__SUBSCRIBE__INIT);
+	q.mask = mask;
+	return simple_call(c, &req, NULL);
+}
+
+int dmb_context_create(struct dmb_client *c, const char *name, uint64_t *context)
+{
+	REQ(q, CONTEXT_CREATE, context_create, Dmb__ContextCreate, DMB__CONTEXT_CREATE__INIT);
+	q.name = (char *)(name ? name : "");
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case == DMB__REPLY__BODY_CONTEXT_CREATE)
+		*context = rep->context_create->context_id;
+	else
+		r = -EBADMSG;
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_context_destroy(struct dmb_client *c, uint64_t context)
+{
+	REQ(q, CONTEXT_DESTROY, context_destroy, Dmb__ContextDestroy, DMB__CONTEXT_DESTROY__INIT);
+	q.context_id = context;
+	return simple_call(c, &req, NULL);
+}
+
+int dmb_region_register(struct dmb_client *c, uint64_t context, int fd, uint64_t size,
+			struct dmb_region_info *out)
+{
+	REQ(q, REGION_REGISTER, region_register, Dmb__RegionRegister, DMB__REGION_REGISTER__INIT);
+	q.context_id = context;
+	q.fd_index = 0;
+	q.size = size;
+	Dmb__Reply *rep;
+	int r = dmb_call(c, &req, &fd, 1, &rep, NULL, NULL);
+	if (r < 0)
+		return r;
+	r = dmb_reply_status(c, rep);
+	if (r == 0 && rep->body_case == DMB__REPLY__BODY_REGION_REGISTER && out) {
+		Dmb__RegionRegisterReply *b = rep->region_register;
+		out->region = b->region_id;
+		out->size = b->size;
+		out->writable = b->writable;
+		snprintf(out->kind, sizeof(out->kind), "%s", b->kind);
+		out->page_size = b->page_size;
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_region_unregister(struct dmb_client *c, uint64_t context, uint64_t region)
+{
+	REQ(q, REGION_UNREGISTER, region_unregister, Dmb__RegionUnregister,
+	    DMB__REGION_UNREGISTER__INIT);
+	q.context_id = context;
+	q.region_id = region;
+	return simple_call(c, &req, NULL);
+}
+
+int dmb_iova_ranges(struct dmb_client *c, uint64_t context, struct dmb_iova_info *out)
+{
+	REQ(q, IOVA_RANGES, iova_ranges, Dmb__IovaRanges, DMB__IOVA_RANGES__INIT);
+	q.context_id = context;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	memset(out, 0, sizeof(*out));
+	if (rep->body_case == DMB__REPLY__BODY_IOVA_RANGES) {
+		Dmb__IovaRangesReply *b = rep->iova_ranges;
+		size_t max = sizeof(out->ranges) / sizeof(out->ranges[0]);
+		out->n = b->n_ranges < max ? b->n_ranges : max;
+		for (size_t i = 0; i < out->n; i++)
+			out->ranges[i] = (struct dmb_iova_range){ b->ranges[i]->start, b->ranges[i]->last };
+		out->alignment = b->alignment;
+		out->max_mappings = b->max_mappings;
+		out->mappings_available = b->mappings_available;
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+static void entry_to_pb(Dmb__MapEntry *m, const struct dmb_map_entry *e)
+{
+	dmb__map_entry__init(m);
+	m->region_id = e->region;
+	m->offset = e->offset;
+	m->iova = e->iova;
+	m->length = e->length;
+	m->prot = e->prot;
+}
+
+int dmb_map(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e)
+{
+	REQ(q, MAP, map, Dmb__Map, DMB__MAP__INIT);
+	Dmb__MapEntry m;
+	entry_to_pb(&m, e);
+	q.context_id = context;
+	q.entry = &m;
+	return simple_call(c, &req, NULL);
+}
+
+int dmb_map_batch(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e, size_t n)
+{
+	REQ(q, MAP_BATCH, map_batch, Dmb__MapBatch, DMB__MAP_BATCH__INIT);
+	Dmb__MapEntry *arr = malloc(n * sizeof(*arr) + 1);
+	Dmb__MapEntry **ptrs = malloc(n * sizeof(*ptrs) + 1);
+	if (!arr || !ptrs) {
+		free(arr);
+		free(ptrs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		entry_to_pb(&arr[i], &e[i]);
+		ptrs[i] = &arr[i];
+	}
+	q.context_id = context;
+	q.n_entries = n;
+	q.entries = ptrs;
+	int r = simple_call(c, &req, NULL);
+	free(arr);
+	free(ptrs);
+	return r;
+}
+
+static int unmapped_reply(struct dmb_client *c, Dmb__Request *req, uint64_t *bytes)
+{
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, req, &rep);
+	if (r < 0)
+		return r;
+	if (bytes)
+		*bytes = rep->body_case == DMB__REPLY__BODY_UNMAP ? rep->unmap->unmapped_bytes : 0;
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_unmap(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t length,
+	      uint64_t *unmapped_bytes)
+{
+	REQ(q, UNMAP, unmap, Dmb__Unmap, DMB__UNMAP__INIT);
+	Dmb__Range rg = DMB__RANGE__INIT;
+	rg.iova = iova;
+	rg.length = length;
+	q.context_id = context;
+	q.range = &rg;
+	return unmapped_reply(c, &req, unmapped_bytes);
+}
+
+int dmb_unmap_batch(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		    uint64_t *unmapped_bytes)
+{
+	REQ(q, UNMAP_BATCH, unmap_batch, Dmb__UnmapBatch, DMB__UNMAP_BATCH__INIT);
+	Dmb__Range *arr = malloc(n * sizeof(*arr) + 1);
+	Dmb__Range **ptrs = malloc(n * sizeof(*ptrs) + 1);
+	if (!arr || !ptrs) {
+		free(arr);
+		free(ptrs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		dmb__range__init(&arr[i]);
+		arr[i].iova = r[i].iova;
+		arr[i].length = r[i].length;
+		ptrs[i] = &arr[i];
+	}
+	q.context_id = context;
+	q.n_ranges = n;
+	q.ranges = ptrs;
+	int ret = unmapped_reply(c, &req, unmapped_bytes);
+	free(arr);
+	free(ptrs);
+	return ret;
+}
+
+int dmb_unmap_all(struct dmb_client *c, uint64_t context, uint64_t *unmapped_bytes)
+{
+	REQ(q, UNMAP_ALL, unmap_all, Dmb__UnmapAll, DMB__UNMAP_ALL__INIT);
+	q.context_id = context;
+	return unmapped_reply(c, &req, unmapped_bytes);
+}
+
+int dmb_device_open(struct dmb_client *c, uint64_t context, const char *bdf, int *fd_out,
+		    struct dmb_device_info *out)
+{
+	REQ(q, DEVICE_OPEN, device_open, Dmb__DeviceOpen, DMB__DEVICE_OPEN__INIT);
+	q.context_id = context;
+	q.bdf = (char *)bdf;
+	q.want_fd = fd_out != NULL;
+	Dmb__Reply *rep;
+	int fds[4];
+	size_t nfds = 4;
+	int r = dmb_call(c, &req, NULL, 0, &rep, fds, &nfds);
+	if (r < 0)
+		return r;
+	r = dmb_reply_status(c, rep);
+	int keep = -1;
+	if (r == 0 && rep->body_case == DMB__REPLY__BODY_DEVICE_OPEN) {
+		Dmb__DeviceOpenReply *b = rep->device_open;
+		if (out) {
+			memset(out, 0, sizeof(*out));
+			out->device = b->device_id;
+			out->vendor_id = (uint16_t)b->vendor_id;
+			out->device_id = (uint16_t)b->device_id_pci;
+			snprintf(out->group, sizeof(out->group), "%s", b->group);
+			out->viable = b->viable;
+		}
+		if (fd_out && b->fd_index >= 0 && (size_t)b->fd_index < nfds) {
+			keep = fds[b->fd_index];
+			fds[b->fd_index] = -1;
+		}
+		if (fd_out)
+			*fd_out = keep;
+	}
+	for (size_t i = 0; i < nfds; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_device_close(struct dmb_client *c, uint64_t device)
+{
+	REQ(q, DEVICE_CLOSE, device_close, Dmb__DeviceClose, DMB__DEVICE_CLOSE__INIT);
+	q.device_id = device;
+	return simple_call(c, &req, NULL);
+}
+
+int dmb_sim_dma_read(struct dmb_client *c, uint64_t context, uint64_t iova, void *buf, size_t len)
+{
+	REQ(q, SIM_DMA, sim_dma, Dmb__SimDma, DMB__SIM_DMA__INIT);
+	q.context_id = context;
+	q.iova = iova;
+	q.length = (uint32_t)len;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_SIM_DMA || rep->sim_dma->data.len != len)
+		r = -EBADMSG;
+	else
+		memcpy(buf, rep->sim_dma->data.data, len);
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_sim_dma_write(struct dmb_client *c, uint64_t context, uint64_t iova, const void *buf,
+		      size_t len)
+{
+	REQ(q, SIM_DMA, sim_dma, Dmb__SimDma, DMB__SIM_DMA__INIT);
+	q.context_id = context;
+	q.iova = iova;
+	q.length = (uint32_t)len;
+	q.to_memory = true;
+	q.data.data = (uint8_t *)buf;
+	q.data.len = len;
+	return simple_call(c, &req, NULL);
+}
+
+static void stats_from_pb(struct dmb_stats *o, const Dmb__StatsReply *s)
+{
+	memset(o, 0, sizeof(*o));
+	if (!s)
+		return;
+	o->contexts = s->contexts;
+	o->regions = s->regions;
+	o->mappings = s->mappings;
+	o->mapped_bytes = s->mapped_bytes;
+	o->pinned_bytes = s->pinned_bytes;
+	o->devices = s->devices;
+}
+
+int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out)
+{
+	REQ(q, STATS, stats, Dmb__Stats, DMB__STATS__INIT);
+	q.context_id = context;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	stats_from_pb(out, rep->body_case == DMB__REPLY__BODY_STATS ? rep->stats : NULL);
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_status(struct dmb_client *c, struct dmb_status *out)
+{
+	REQ(q, STATUS, status, Dmb__Status, DMB__STATUS__INIT);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	memset(out, 0, sizeof(*out));
+	if (rep->body_case == DMB__REPLY__BODY_STATUS) {
+		Dmb__StatusReply *s = rep->status;
+		snprintf(out->server_version, sizeof(out->server_version), "%s", s->server_version);
+		snprintf(out->backend, sizeof(out->backend), "%s", s->backend);
+		copy_features(out->features, sizeof(out->features), s->features, s->n_features);
+		out->uptime_ms = s->uptime_ms;
+		out->sessions = s->sessions;
+		out->pid = s->pid;
+		stats_from_pb(&out->totals, s->totals);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **out, size_t *n)
+{
+	REQ(q, LIST_CONTEXTS, list_contexts, Dmb__ListContexts, DMB__LIST_CONTEXTS__INIT);
+	q.all = all;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	size_t k = rep->body_case == DMB__REPLY__BODY_LIST_CONTEXTS ? rep->list_contexts->n_contexts : 0;
+	struct dmb_context_info *arr = calloc(k + 1, sizeof(*arr));
+	if (!arr) {
+		dmb__reply__free_unpacked(rep, NULL);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < k; i++) {
+		const Dmb__ContextInfo *ci = rep->list_contexts->contexts[i];
+		arr[i] = (struct dmb_context_info){
+			.context = ci->context_id, .owner_uid = ci->owner_uid,
+			.owner_pid = ci->owner_pid, .session = ci->session_id,
+			.persistent = ci->persistent, .regions = ci->regions,
+			.mappings = ci->mappings, .mapped_bytes = ci->mapped_bytes,
+			.devices = ci->devices,
+		};
+		snprintf(arr[i].name, sizeof(arr[i].name), "%s", ci->name);
+	}
+	*out = arr;
+	*n = k;
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
+		      struct dmb_mapping_info *out, size_t cap, size_t *n, bool *more,
+		      uint64_t *next)
+{
+	REQ(q, LIST_MAPPINGS, list_mappings, Dmb__ListMappings, DMB__LIST_MAPPINGS__INIT);
+	q.context_id = context;
+	q.start_iova = start;
+	q.max_entries = cap > DMB_MAX_LIST ? DMB_MAX_LIST : (uint32_t)cap;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	*n = 0;
+	*more = false;
+	if (rep->body_case == DMB__REPLY__BODY_LIST_MAPPINGS) {
+		Dmb__ListMappingsReply *b = rep->list_mappings;
+		for (size_t i = 0; i < b->n_mappings && i < cap; i++) {
+			const Dmb__MappingInfo *m = b->mappings[i];
+			out[i] = (struct dmb_mapping_info){ m->iova, m->length, m->region_id, m->offset,
+							    m->prot };
+			(*n)++;
+		}
+		*more = b->more;
+		if (next)
+			*next = b->next_iova;
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}

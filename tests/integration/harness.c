@@ -1,0 +1,309 @@
+#include "harness.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+struct daemon g_daemon;
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static void dump_log(const struct daemon *d)
+{
+	FILE *f = fopen(d->log, "r");
+	if (!f)
+		return;
+	char line[1024];
+	fprintf(stderr, "---- daemon log %s ----\n", d->log);
+	while (fgets(line, sizeof(line), f))
+		fputs(line, stderr);
+	fprintf(stderr, "---- end of daemon log ----\n");
+	fclose(f);
+}
+
+void daemon_start(struct daemon *d, const char *extra_config)
+{
+	const char *bin = getenv("DMABROKERD");
+	if (!bin)
+		fail_msg("DMABROKERD is not set (run through meson test)");
+	memset(d, 0, sizeof(*d));
+	snprintf(d->dir, sizeof(d->dir), "/tmp/dmb-test-XXXXXX");
+	if (!mkdtemp(d->dir))
+		fail_msg("mkdtemp: %s", strerror(errno));
+	snprintf(d->sock, sizeof(d->sock), "%s/sock", d->dir);
+	snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
+	char cfg[160];
+	snprintf(cfg, sizeof(cfg), "%s/dmabroker.conf", d->dir);
+	FILE *f = fopen(cfg, "w");
+	assert_non_null(f);
+	fprintf(f, "[daemon]\nsocket = %s\nsocket_mode = 0666\nbackend = sim\nlog_level = debug\n%s\n",
+		d->sock, extra_config ? extra_config : "");
+	fclose(f);
+
+	d->pid = fork();
+	assert_true(d->pid >= 0);
+	if (d->pid == 0) {
+		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			dup2(fd, 1);
+		}
+		int null = open("/dev/null", O_RDONLY);
+		if (null >= 0)
+			dup2(null, 0);
+		unsetenv("LISTEN_FDS");
+		unsetenv("LISTEN_PID");
+		unsetenv("NOTIFY_SOCKET");
+		execl(bin, bin, "--config", cfg, (char *)NULL);
+		_exit(127);
+	}
+	/* Ready when a connection succeeds. */
+	for (int i = 0; i < 1000; i++) {
+		struct dmb_client *c;
+		if (dmb_connect_raw(d->sock, &c) == 0) {
+			dmb_close(c);
+			return;
+		}
+		int st;
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			dump_log(d);
+			fail_msg("dmabrokerd exited during start-up (status 0x%x)", st);
+		}
+		sleep_ms(10);
+	}
+	dump_log(d);
+	fail_msg("dmabrokerd did not accept connections within 10 s");
+}
+
+static bool log_has(const struct daemon *d, const char *needle)
+{
+	FILE *f = fopen(d->log, "r");
+	if (!f)
+		return false;
+	char line[4096];
+	bool hit = false;
+	while (!hit && fgets(line, sizeof(line), f))
+		hit = strstr(line, needle) != NULL;
+	fclose(f);
+	return hit;
+}
+
+void daemon_stop(struct daemon *d)
+{
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, SIGTERM);
+	int st = 0;
+	pid_t r = 0;
+	for (int i = 0; i < 1000 && r == 0; i++) {
+		r = waitpid(d->pid, &st, WNOHANG);
+		if (r == 0)
+			sleep_ms(10);
+	}
+	if (r == 0) {
+		kill(d->pid, SIGKILL);
+		waitpid(d->pid, &st, 0);
+		dump_log(d);
+		fail_msg("dmabrokerd did not stop within 10 s of SIGTERM");
+	}
+	d->pid = 0;
+	bool sanitizer = log_has(d, "Sanitizer") || log_has(d, "runtime error:");
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || sanitizer) {
+		dump_log(d);
+		fail_msg("dmabrokerd ended badly: %s %d%s",
+			 WIFSIGNALED(st) ? "signal" : "exit status",
+			 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+			 sanitizer ? " (sanitizer report in its log)" : "");
+	}
+	char path[200];
+	snprintf(path, sizeof(path), "%s/dmabroker.conf", d->dir);
+	unlink(path);
+	unlink(d->log);
+	unlink(d->sock);
+	rmdir(d->dir);
+}
+
+int daemon_fd_count(const struct daemon *d)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)d->pid);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return -1;
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(dir)))
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n;
+}
+
+int daemon_wait_fd_count(const struct daemon *d, int want)
+{
+	int n = -1;
+	for (int i = 0; i < 500; i++) {
+		n = daemon_fd_count(d);
+		if (n == want)
+			break;
+		sleep_ms(10);
+	}
+	return n;
+}
+
+struct dmb_client *client_connect(const struct daemon *d, const char *name)
+{
+	struct dmb_client *c = NULL;
+	int r = dmb_connect(d->sock, name, &c);
+	if (r < 0)
+		fail_msg("connect to %s: %s", d->sock, strerror(-r));
+	return c;
+}
+
+struct dmb_stats daemon_totals(const struct daemon *d)
+{
+	struct dmb_client *c = client_connect(d, "totals");
+	struct dmb_status st;
+	int r = dmb_status(c, &st);
+	if (r < 0)
+		fail_msg("status: %s", dmb_last_error(c)->message);
+	dmb_close(c);
+	return st.totals;
+}
+
+bool daemon_wait_idle(const struct daemon *d)
+{
+	for (int i = 0; i < 500; i++) {
+		struct dmb_stats t = daemon_totals(d);
+		if (t.contexts == 0 && t.pinned_bytes == 0 && t.mappings == 0 && t.regions == 0)
+			return true;
+		sleep_ms(10);
+	}
+	return false;
+}
+
+void fill_pattern(uint8_t *buf, size_t len, unsigned seed)
+{
+	uint32_t x = seed * 2654435761u + 12345u;
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		buf[i] = (uint8_t)x;
+	}
+}
+
+int make_memfd(size_t size, unsigned seed)
+{
+	int fd = memfd_create("guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	(void)seed;
+	return fd;
+}
+
+void _assert_ok(struct dmb_client *c, int r, const char *file, int line)
+{
+	if (r != 0) {
+		const struct dmb_error *e = dmb_last_error(c);
+		fail_msg("%s:%d: expected success, got %d (%s): %s", file, line, r,
+			 dmb_error_code_name(e->code), e->message);
+	}
+}
+
+void _assert_code(struct dmb_client *c, int r, int code, const char *file, int line)
+{
+	const struct dmb_error *e = dmb_last_error(c);
+	if (r >= 0 || e->code != code)
+		fail_msg("%s:%d: expected error %s, got r=%d code %s: %s", file, line,
+			 dmb_error_code_name(code), r, dmb_error_code_name(e->code), e->message);
+	if (e->message[0] == '\0')
+		fail_msg("%s:%d: error %s without a sentence", file, line, dmb_error_code_name(code));
+}
+
+void fd_read(int fd, uint64_t off, void *buf, size_t len)
+{
+	assert_int_equal(pread(fd, buf, len, (off_t)off), (ssize_t)len);
+}
+
+void fd_write(int fd, uint64_t off, const void *buf, size_t len)
+{
+	assert_int_equal(pwrite(fd, buf, len, (off_t)off), (ssize_t)len);
+}
+
+void check_dma(struct dmb_client *c, uint64_t ctx, int memfd, uint64_t file_off, uint64_t iova,
+	       size_t len, unsigned seed)
+{
+	uint8_t *want = malloc(len), *got = malloc(len);
+	assert_non_null(want);
+	assert_non_null(got);
+
+	/* memory -> device */
+	fill_pattern(want, len, seed);
+	fd_write(memfd, file_off, want, len);
+	assert_ok(c, dmb_sim_dma_read(c, ctx, iova, got, len));
+	assert_memory_equal(got, want, len);
+
+	/* device -> memory */
+	fill_pattern(want, len, seed + 7919);
+	assert_ok(c, dmb_sim_dma_write(c, ctx, iova, want, len));
+	fd_read(memfd, file_off, got, len);
+	assert_memory_equal(got, want, len);
+	free(want);
+	free(got);
+}
+
+void check_dma_faults(struct dmb_client *c, uint64_t ctx, int memfd, uint64_t file_off,
+		      uint64_t iova, size_t len)
+{
+	uint8_t *before = malloc(len), *buf = malloc(len), *after = malloc(len);
+	assert_non_null(before);
+	assert_non_null(buf);
+	assert_non_null(after);
+	if (file_off != UINT64_MAX)
+		fd_read(memfd, file_off, before, len);
+	/* An IOMMU fault: the call fails with EFAULT, whatever code the
+	 * backend chose, and moves nothing. */
+	int r = dmb_sim_dma_read(c, ctx, iova, buf, len);
+	if (r >= 0)
+		fail_msg("DMA read at iova 0x%llx succeeded; expected an IOMMU fault",
+			 (unsigned long long)iova);
+	assert_int_equal(dmb_last_error(c)->sys_errno, EFAULT);
+	fill_pattern(buf, len, 4242);
+	r = dmb_sim_dma_write(c, ctx, iova, buf, len);
+	assert_true(r < 0);
+	assert_int_equal(dmb_last_error(c)->sys_errno, EFAULT);
+	if (file_off != UINT64_MAX) {
+		fd_read(memfd, file_off, after, len);
+		assert_memory_equal(before, after, len);
+	}
+	free(before);
+	free(buf);
+	free(after);
+}
+
+int group_start_daemon(void **state)
+{
+	daemon_start(&g_daemon, getenv("DMB_TEST_EXTRA_CONFIG"));
+	return 0;
+}
+
+int group_stop_daemon(void **state)
+{
+	daemon_stop(&g_daemon);
+	return 0;
+}

@@ -1,0 +1,72 @@
+/* Integration-test harness: starts the real dmabrokerd binary on a private
+ * socket and talks to it with libdmabroker, exactly as a VMM would.
+ *
+ * The daemon binary comes from $DMABROKERD (set by meson). Each daemon gets
+ * its own temporary directory holding the socket, the config and its log.
+ * daemon_stop() fails the test if the daemon did not exit cleanly (a crash,
+ * a sanitizer report, a non-zero status). */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <sys/types.h>
+
+#include <cmocka.h>
+
+#include "dmabroker-internal.h"
+#include "dmabroker.h"
+
+struct daemon {
+	pid_t pid;
+	char dir[128];
+	char sock[160];
+	char log[160];
+};
+
+/* Starts a sim-backend daemon. extra_config: INI text appended to the
+ * generated config (may be NULL). */
+void daemon_start(struct daemon *d, const char *extra_config);
+void daemon_stop(struct daemon *d);
+/* Number of fds the daemon holds now (from /proc). */
+int daemon_fd_count(const struct daemon *d);
+/* Waits (bounded) until the daemon's fd count is `want`; returns the last count. */
+int daemon_wait_fd_count(const struct daemon *d, int want);
+
+struct dmb_client *client_connect(const struct daemon *d, const char *name);
+/* Status totals through an admin session. */
+struct dmb_stats daemon_totals(const struct daemon *d);
+/* Waits (bounded) until the daemon reports no contexts and zero pins. */
+bool daemon_wait_idle(const struct daemon *d);
+
+/* A sealed (F_SEAL_SHRINK) memfd of size bytes, filled with a pattern
+ * derived from seed. */
+int make_memfd(size_t size, unsigned seed);
+void fill_pattern(uint8_t *buf, size_t len, unsigned seed);
+
+/* Fails the test with the broker's sentence unless r == 0. */
+#define assert_ok(c, r) _assert_ok((c), (r), __FILE__, __LINE__)
+void _assert_ok(struct dmb_client *c, int r, const char *file, int line);
+/* Asserts that the last call failed with this wire code. */
+#define assert_code(c, r, code) _assert_code((c), (r), (code), __FILE__, __LINE__)
+void _assert_code(struct dmb_client *c, int r, int code, const char *file, int line);
+
+/* Reads len bytes at off from fd / writes them (pread/pwrite, not the broker). */
+void fd_read(int fd, uint64_t off, void *buf, size_t len);
+void fd_write(int fd, uint64_t off, const void *buf, size_t len);
+
+/* Proves a mapping both ways: bytes written into the memfd are read back by
+ * the sim DMA engine at iova, and bytes the engine writes at iova appear in
+ * the memfd. len <= 64 KiB. */
+void check_dma(struct dmb_client *c, uint64_t ctx, int memfd, uint64_t file_off, uint64_t iova,
+	       size_t len, unsigned seed);
+/* Asserts that a DMA read and a DMA write at iova both fault and that the
+ * write changed nothing in the memfd at file_off (pass UINT64_MAX to skip). */
+void check_dma_faults(struct dmb_client *c, uint64_t ctx, int memfd, uint64_t file_off,
+		      uint64_t iova, size_t len);
+
+extern struct daemon g_daemon;
+int group_start_daemon(void **state);
+int group_stop_daemon(void **state);
