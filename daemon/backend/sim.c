@@ -462,8 +462,12 @@ static int sim_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset,
 	a->offset = offset;
 	a->prot = prot;
 	a->region = r;
+	if (DMB_UNLIKELY(RB_INSERT(sim_area_tree, &c->areas, a) != NULL)) {
+		/* Only an equal IOVA collides, and the overlap check refused it. */
+		free(a);
+		return dmb_fail(e, DMB_E_INTERNAL, EEXIST, "sim: area tree out of step at 0x%" PRIx64, iova);
+	}
 	region_ref(r);
-	RB_INSERT(sim_area_tree, &c->areas, a);
 	c->n_areas++;
 	c->mapped += length;
 	atomic_fetch_add_explicit(&c->be->pinned, length, memory_order_relaxed);

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -751,13 +752,13 @@ static void test_ten_thousand_maps(void **state)
 	/* Inserted in a scattered order so the tree does real work. */
 	for (unsigned k = 0; k < count; k++) {
 		unsigned i = (unsigned)((k * 7919u) % count);
-		assert_int_equal(map(f, f->rw, (i % REGION_PAGES) * PG, BASE + 2 * i * PG, PG, RW), 0);
+		assert_int_equal(map(f, f->rw, (i % REGION_PAGES) * PG, BASE + 2 * (uint64_t)i * PG, PG, RW), 0);
 	}
 	assert_int_equal(f->ops->pinned_bytes(f->be), count * PG);
 	for (unsigned i = 0; i < count; i += 997) {
-		assert_int_equal(dma_peek(f, BASE + 2 * i * PG + 17, &b), 0);
+		assert_int_equal(dma_peek(f, BASE + 2 * (uint64_t)i * PG + 17, &b), 0);
 		assert_int_equal(b, pattern((i % REGION_PAGES) * PG + 17));
-		assert_int_equal(dma_peek(f, BASE + (2 * i + 1) * PG, &b), -EFAULT);
+		assert_int_equal(dma_peek(f, BASE + (2 * (uint64_t)i + 1) * PG, &b), -EFAULT);
 	}
 	assert_int_equal(f->ops->unmap_all(f->ctx, &n, &f->e), 0);
 	assert_int_equal(n, count * PG);
@@ -799,6 +800,55 @@ static void test_no_populate_by_default(void **state)
 	assert_int_equal(st.st_blocks, 0);
 	f->ops->region_close(r);
 	close(fd);
+}
+
+/* Contexts on different threads share the backend's pinned counter and the
+ * region's refcount (backend.h threading rule): both must come out exact. */
+struct worker {
+	struct fx *f;
+	struct dmb_bctx *ctx;
+	int failures;
+};
+
+static void *worker_run(void *arg)
+{
+	struct worker *w = arg;
+	const struct dmb_backend_ops *ops = w->f->ops;
+	uint64_t n;
+
+	for (unsigned i = 0; i < 20000; i++) {
+		uint64_t iova = BASE + (i % 64) * PG;
+		if (ops->map(w->ctx, w->f->rw, (i % 64) * PG, iova, PG, RW, NULL) != 0)
+			w->failures++;
+		if (i % 64 == 63 && (ops->unmap(w->ctx, BASE, 64 * PG, &n, NULL) != 0 || n != 64 * PG))
+			w->failures++;
+	}
+	return NULL;
+}
+
+static void test_contexts_on_threads(void **state)
+{
+	struct fx *f = *state;
+	struct worker w[4];
+	pthread_t t[4];
+
+	for (unsigned i = 0; i < 4; i++) {
+		w[i] = (struct worker){ .f = f };
+		assert_int_equal(f->ops->ctx_open(f->be, &w[i].ctx, &f->e), 0);
+	}
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+	/* 20000 = 312 * 64 + 32: each context keeps 32 pages mapped. */
+	assert_int_equal(f->ops->pinned_bytes(f->be), 4 * 32 * PG);
+	f->ops->region_close(f->rw); /* the areas keep it alive */
+	f->rw = NULL;
+	for (unsigned i = 0; i < 4; i++) {
+		assert_int_equal(w[i].failures, 0);
+		f->ops->ctx_close(w[i].ctx);
+	}
+	assert_int_equal(f->ops->pinned_bytes(f->be), 0);
 }
 
 /* Random maps and unmaps in a 64-page window against a naive reference that
@@ -902,6 +952,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ten_thousand_maps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_populate_touches_pages, setup_populate, teardown),
 		cmocka_unit_test_setup_teardown(test_no_populate_by_default, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_contexts_on_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_against_reference_model, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("sim", tests, NULL, NULL);
