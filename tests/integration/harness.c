@@ -152,11 +152,31 @@ int daemon_fd_count(const struct daemon *d)
 	return n;
 }
 
-int daemon_wait_fd_count(const struct daemon *d, int want)
+int daemon_quiet_fd_count(const struct daemon *d, unsigned own)
+{
+	/* Sessions that clients closed a moment ago may not be reaped yet:
+	 * count only when the daemon serves nobody but this probe. */
+	for (int i = 0; i < 500; i++) {
+		struct dmb_client *c;
+		struct dmb_status st;
+		if (dmb_connect(d->sock, "fd-probe", &c) == 0) {
+			int ok = dmb_status(c, &st) == 0 && st.sessions == own + 1;
+			int n = daemon_fd_count(d) - 1;
+			dmb_close(c);
+			if (ok)
+				return n;
+		}
+		sleep_ms(10);
+	}
+	fail_msg("the daemon never became quiet (sessions other than the test's %u stay open)", own);
+	return -1;
+}
+
+int daemon_wait_fd_count(const struct daemon *d, int want, unsigned own)
 {
 	int n = -1;
-	for (int i = 0; i < 500; i++) {
-		n = daemon_fd_count(d);
+	for (int i = 0; i < 200; i++) {
+		n = daemon_quiet_fd_count(d, own);
 		if (n == want)
 			break;
 		sleep_ms(10);

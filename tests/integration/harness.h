@@ -32,8 +32,12 @@ void daemon_start(struct daemon *d, const char *extra_config);
 void daemon_stop(struct daemon *d);
 /* Number of fds the daemon holds now (from /proc). */
 int daemon_fd_count(const struct daemon *d);
-/* Waits (bounded) until the daemon's fd count is `want`; returns the last count. */
-int daemon_wait_fd_count(const struct daemon *d, int want);
+/* The same, counted when no client but the test's own `own` sessions and the
+ * probe is connected, without the probe's session: comparable across tests
+ * (sessions closed a moment ago may not be reaped yet). */
+int daemon_quiet_fd_count(const struct daemon *d, unsigned own);
+/* Waits (bounded) until the quiet fd count is `want`; returns the last count. */
+int daemon_wait_fd_count(const struct daemon *d, int want, unsigned own);
 
 struct dmb_client *client_connect(const struct daemon *d, const char *name);
 /* Status totals through an admin session. */

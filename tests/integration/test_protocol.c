@@ -153,7 +153,7 @@ static void test_unknown_request_kind(void **state)
 static void test_fds_on_a_request_that_takes_none(void **state)
 {
 	struct dmb_client *c = client_connect(&g_daemon, "stray-fds");
-	int base = daemon_fd_count(&g_daemon);
+	int base = daemon_quiet_fd_count(&g_daemon, 1);
 	int p[2];
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
 
@@ -172,7 +172,7 @@ static void test_fds_on_a_request_that_takes_none(void **state)
 	assert_int_equal(write(p[1], "x", 1), -1);
 	assert_int_equal(errno, EPIPE);
 	close(p[1]);
-	assert_int_equal(daemon_wait_fd_count(&g_daemon, base), base);
+	assert_int_equal(daemon_wait_fd_count(&g_daemon, base, 1), base);
 	still_serving(c);
 	dmb_close(c);
 }
@@ -182,16 +182,16 @@ static void test_maximum_number_of_fds(void **state)
 	struct dmb_client *c = client_connect(&g_daemon, "max-fds");
 	uint64_t ctx;
 	assert_ok(c, dmb_context_create(c, "fds", &ctx));
-	int base = daemon_fd_count(&g_daemon);
+	int base = daemon_quiet_fd_count(&g_daemon, 1);
 	/* What one registered region costs the daemon in fds (the core keeps
 	 * the fd; a backend may keep more). */
 	int one = make_memfd(4096, 0);
 	struct dmb_region_info ri;
 	assert_ok(c, dmb_region_register(c, ctx, one, 0, &ri));
-	int per_region = daemon_fd_count(&g_daemon) - base;
+	int per_region = daemon_quiet_fd_count(&g_daemon, 1) - base;
 	assert_true(per_region >= 1 && per_region <= 2);
 	assert_ok(c, dmb_region_unregister(c, ctx, ri.region));
-	assert_int_equal(daemon_wait_fd_count(&g_daemon, base), base);
+	assert_int_equal(daemon_wait_fd_count(&g_daemon, base, 1), base);
 	close(one);
 
 	int fds[DMB_MAX_FDS];
@@ -210,7 +210,7 @@ static void test_maximum_number_of_fds(void **state)
 	uint64_t region = rep->region_register->region_id;
 	dmb__reply__free_unpacked(rep, NULL);
 	/* It kept exactly the one it used: the other 252 were closed. */
-	assert_int_equal(daemon_wait_fd_count(&g_daemon, base + per_region), base + per_region);
+	assert_int_equal(daemon_wait_fd_count(&g_daemon, base + per_region, 1), base + per_region);
 
 	/* fd_index out of range, and negative */
 	rr.fd_index = 3;
@@ -223,10 +223,10 @@ static void test_maximum_number_of_fds(void **state)
 	rr.fd_index = 0;
 	assert_int_equal(dmb_call(c, &req, NULL, 0, &rep, NULL, NULL), 0);
 	expect_error(rep, DMB_INVALID_ARGUMENT);
-	assert_int_equal(daemon_wait_fd_count(&g_daemon, base + per_region), base + per_region);
+	assert_int_equal(daemon_wait_fd_count(&g_daemon, base + per_region, 1), base + per_region);
 
 	assert_ok(c, dmb_region_unregister(c, ctx, region));
-	assert_int_equal(daemon_wait_fd_count(&g_daemon, base), base);
+	assert_int_equal(daemon_wait_fd_count(&g_daemon, base, 1), base);
 	for (unsigned i = 0; i < DMB_MAX_FDS; i++)
 		close(fds[i]);
 	still_serving(c);

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds twice (plain, and
+# ASan+UBSan), and runs every tier: unit, integration and vm on the plain
+# build; unit and integration again under the sanitizers. Prints one closing
+# line "N passed, N failed[, N skipped]"; exits non-zero if anything failed or
+# was skipped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+
+bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+jobs=$(nproc)
+setup() { # dir, options...
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" "$@" >"$top/$dir.setup.log" 2>&1 || { cat "$top/$dir.setup.log"; return 1; }
+  fi
+  ninja -C "$dir" >"$top/$dir.build.log" 2>&1 || { tail -50 "$top/$dir.build.log"; return 1; }
+}
+
+fail_build=0
+setup build || fail_build=1
+setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dvm_tests=false -Dbench=false || fail_build=1
+if [ $fail_build -ne 0 ]; then
+  echo "build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+run_suites() { # dir, suites...
+  local dir=$1; shift
+  local args=()
+  for s in "$@"; do args+=(--suite "$s"); done
+  meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "${args[@]}" </dev/null
+}
+
+run_suites build unit integration vm
+run_suites build-asan unit integration
+
+# Count every test of both runs from meson's own logs.
+python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
+import json, sys
+passed = failed = skipped = 0
+bad = []
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        failed += 1
+        bad.append(path + " (no test log)")
+        continue
+    for line in lines:
+        t = json.loads(line)
+        r = t.get("result")
+        name = "%s: %s" % (path.split("/")[0], t.get("name"))
+        if r in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif r == "SKIP":
+            skipped += 1
+            bad.append(name + " skipped")
+        else:
+            failed += 1
+            bad.append("%s %s" % (name, r))
+for b in bad:
+    print("not passed:", b)
+line = "%d passed, %d failed" % (passed, failed)
+if skipped:
+    line += ", %d skipped" % skipped
+print(line)
+sys.exit(1 if failed or skipped or passed == 0 else 0)
+PY
