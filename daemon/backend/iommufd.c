@@ -1,0 +1,748 @@
+/* iommufd.c — the iommufd backend (Linux 6.6+ with the VFIO device cdev).
+ *
+ * A context is one open of /dev/iommu plus one IOAS. Devices are opened
+ * through their cdev (/dev/vfio/devices/vfioN, found under
+ * <sysfs>/bus/pci/devices/<BDF>/vfio-dev/), bound to the context's iommufd
+ * (VFIO_DEVICE_BIND_IOMMUFD) and attached to its IOAS
+ * (VFIO_DEVICE_ATTACH_IOMMUFD_PT; the kernel picks or creates the HWPT).
+ *
+ * Mapping: by file (IOMMU_IOAS_MAP_FILE, 6.13+) when the kernel has it —
+ * the IOAS then holds its own reference on the memfd, nothing depends on
+ * the daemon's address space, and IOMMU_IOAS_CHANGE_PROCESS can move the
+ * pin accounting to a new daemon process after a restart. Otherwise by
+ * address (IOMMU_IOAS_MAP) of the daemon's own MAP_SHARED mmap of the
+ * region, made once in region_open. Always FIXED_IOVA: the core chooses.
+ *
+ * Start-up probing: /dev/iommu must open and the VFIO cdev must exist
+ * (/dev/vfio/devices, which appears with the first vfio-bound device; on the
+ * real /dev also the "vfio-dev" character major in /proc/devices, so a
+ * daemon started before any device is bound still picks iommufd). MAP_FILE
+ * and CHANGE_PROCESS are detected by issuing them with deliberately invalid
+ * arguments on a scratch IOAS (flags 0, resp. __reserved 1): an older kernel
+ * answers ENOTTY, a newer one EINVAL/EOPNOTSUPP without doing anything.
+ *
+ * IOVA info: IOMMU_IOAS_IOVA_RANGES, two calls (count, then fill; EMSGSIZE
+ * if the count grew meanwhile). The alignment reported is the IOAS's,
+ * raised to the host page size: a fresh IOAS says 1 until a device is
+ * attached, and a mapping made at byte granularity then could not be
+ * pinned at attach time. No mapping-count limit (max_mappings 0). Attaching
+ * a device can shrink the ranges: the core must re-query after dev_open.
+ *
+ * Unmap semantics: IOMMU_IOAS_UNMAP removes the areas wholly inside the
+ * range, ENOENT if there is none or one straddles an end (the core checks
+ * first); iova 0 + length U64_MAX is unmap-all.
+ *
+ * Devices: dev_close detaches explicitly before closing, so a duplicate of
+ * the device fd held by a client can no longer DMA into this IOAS.
+ * ctx_close closes the context's devices too (the core must not call
+ * dev_close on them afterwards), unmaps everything and destroys the IOAS.
+ *
+ * Accounting: pinned_bytes counts RAM bytes mapped through this backend.
+ * (iommufd pins only once a device is attached, and a page mapped twice is
+ * pinned once; this counter is the daemon's budget view, not the kernel's.)
+ *
+ * Every ioctl goes through ksys_ioctl(), so tests/unit/kernel checks the
+ * exact bytes of every command without an IOMMU. */
+#include "backend/backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend/ksys.h"
+#include "backend/uapi/iommufd.h"
+#include "backend/uapi/vfio_cdev.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+struct ifd_backend {
+	struct dmb_backend base;
+	char *sysfs_root;
+	char *dev_root;
+	char iommu_path[PATH_MAX];
+	bool map_file;       /* IOMMU_IOAS_MAP_FILE */
+	bool change_process; /* IOMMU_IOAS_CHANGE_PROCESS */
+	const char *features[4];
+	_Atomic uint64_t pinned;
+};
+
+struct ifd_ctx;
+
+struct ifd_dev {
+	struct dmb_bdev base;
+	struct ifd_dev *next;
+	struct ifd_ctx *ctx;
+	int fd;
+	uint32_t devid;   /* iommufd DEVICE object */
+	uint32_t hwpt_id; /* the HWPT the kernel attached it to */
+	char name[32];    /* "vfioN" */
+	char bdf[KSYS_BDF_LEN + 1];
+};
+
+struct ifd_ctx {
+	struct dmb_bctx base;
+	struct ifd_backend *be;
+	int fd; /* the iommufd */
+	uint32_t ioas_id;
+	uint64_t mapped; /* bytes mapped in this IOAS */
+	struct ifd_dev *devs;
+};
+
+struct ifd_region {
+	struct dmb_bregion base;
+	int fd;     /* our duplicate of the region's fd (MAP_FILE) */
+	void *addr; /* MAP_SHARED mmap when mapping by address, else NULL */
+	uint64_t size;
+};
+
+static inline struct ifd_backend *ifd_be(struct dmb_backend *b)
+{
+	return dmb_container_of(b, struct ifd_backend, base);
+}
+
+static inline struct ifd_ctx *ifd_ctx(struct dmb_bctx *b)
+{
+	return dmb_container_of(b, struct ifd_ctx, base);
+}
+
+static int oom(struct dmb_err *e, const char *what)
+{
+	return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory allocating %s", what);
+}
+
+static int ioas_alloc(int fd, uint32_t *ioas_id)
+{
+	struct dmb_iommu_ioas_alloc a = {.size = sizeof(a)};
+	int r = ksys_ioctl(fd, DMB_IOMMU_IOAS_ALLOC, &a);
+	if (r < 0)
+		return r;
+	*ioas_id = a.out_ioas_id;
+	return 0;
+}
+
+static int destroy_object(int fd, uint32_t id)
+{
+	struct dmb_iommu_destroy d = {.size = sizeof(d), .id = id};
+	return ksys_ioctl(fd, DMB_IOMMU_DESTROY, &d);
+}
+
+/* ---- backend ---- */
+
+static void ifd_destroy(struct dmb_backend *b)
+{
+	if (!b)
+		return;
+	struct ifd_backend *be = ifd_be(b);
+	free(be->sysfs_root);
+	free(be->dev_root);
+	free(be);
+}
+
+static uint64_t ifd_pinned_bytes(struct dmb_backend *b)
+{
+	return atomic_load(&ifd_be(b)->pinned);
+}
+
+/* ---- contexts ---- */
+
+static int ifd_ctx_open(struct dmb_backend *b, struct dmb_bctx **out, struct dmb_err *e)
+{
+	struct ifd_backend *be = ifd_be(b);
+	_cleanup_close_ int fd = open(be->iommu_path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return dmb_fail(e, dmb_code_from_errno(-errno), errno, "opening %s failed (%s): %s",
+				be->iommu_path, ksys_errno_name(errno), strerror(errno));
+	uint32_t ioas = 0;
+	int r = ioas_alloc(fd, &ioas);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r, "IOMMU_IOAS_ALLOC failed (%s): %s",
+				ksys_errno_name(r), strerror(-r));
+	struct ifd_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return oom(e, "an iommufd context");
+	c->base.be = b;
+	c->be = be;
+	c->fd = TAKE_FD(fd);
+	c->ioas_id = ioas;
+	*out = &c->base;
+	return 0;
+}
+
+static void account_unmapped(struct ifd_ctx *c, uint64_t bytes)
+{
+	if (bytes > c->mapped)
+		bytes = c->mapped;
+	c->mapped -= bytes;
+	atomic_fetch_sub(&c->be->pinned, bytes);
+}
+
+static int ifd_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct dmb_iommu_ioas_unmap u = {
+		.size = sizeof(u),
+		.ioas_id = c->ioas_id,
+		.iova = 0,
+		.length = UINT64_MAX, /* exactly this pair means "everything" */
+	};
+	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_UNMAP, &u);
+	if (r < 0)
+		return dmb_fail(e, r == -EBUSY ? DMB_E_UNAVAILABLE : dmb_code_from_errno(r), -r,
+				"IOMMU_IOAS_UNMAP of the whole IOAS failed (%s): %s", ksys_errno_name(r),
+				r == -EBUSY ? "an area is busy (being mapped or used by the kernel)"
+					    : strerror(-r));
+	*unmapped = u.length;
+	account_unmapped(c, c->mapped);
+	return 0;
+}
+
+static void ifd_dev_free(struct ifd_dev *d)
+{
+	if (d->fd >= 0) {
+		struct dmb_vfio_device_detach_iommufd_pt det = {
+			.argsz = DMB_VFIO_DETACH_IOMMUFD_PT_MINSZ,
+			.flags = 0,
+		};
+		int r = ksys_ioctl(d->fd, DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT, &det);
+		if (r < 0)
+			log_debug("iommufd: VFIO_DEVICE_DETACH_IOMMUFD_PT of %s: %s", d->bdf,
+				  ksys_errno_name(r));
+	}
+	safe_close(d->fd);
+	free(d);
+}
+
+static void ifd_ctx_close(struct dmb_bctx *bc)
+{
+	if (!bc)
+		return;
+	struct ifd_ctx *c = ifd_ctx(bc);
+	while (c->devs) {
+		struct ifd_dev *d = c->devs;
+		c->devs = d->next;
+		ifd_dev_free(d);
+	}
+	uint64_t n;
+	struct dmb_err e = {0};
+	if (ifd_unmap_all(bc, &n, &e) < 0)
+		log_warning("iommufd: closing a context: %s", e.msg);
+	int r = destroy_object(c->fd, c->ioas_id);
+	if (r < 0)
+		log_debug("iommufd: IOMMU_DESTROY of IOAS %u: %s", c->ioas_id, ksys_errno_name(r));
+	/* Closing the iommufd releases whatever is left (once no device
+	 * duplicate holds it). */
+	if (c->mapped) {
+		atomic_fetch_sub(&c->be->pinned, c->mapped);
+		c->mapped = 0;
+	}
+	safe_close(c->fd);
+	free(c);
+}
+
+static int ifd_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	_cleanup_free_ struct dmb_iommu_iova_range *ranges = NULL;
+	struct dmb_iommu_ioas_iova_ranges q = {
+		.size = sizeof(q),
+		.ioas_id = c->ioas_id,
+		.num_iovas = 0,
+		.allowed_iovas = 0,
+	};
+	uint32_t cap = 0;
+
+	/* Two-call negotiation: ask with capacity 0, learn the count from
+	 * EMSGSIZE, ask again with room for it (again if it grew meanwhile). */
+	for (int tries = 0;; tries++) {
+		int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_IOVA_RANGES, &q);
+		if (r == 0 && q.num_iovas <= cap)
+			break;
+		if (r < 0 && r != -EMSGSIZE)
+			return dmb_fail(e, dmb_code_from_errno(r), -r,
+					"IOMMU_IOAS_IOVA_RANGES failed (%s): %s", ksys_errno_name(r),
+					strerror(-r));
+		if (tries == 3 || q.num_iovas > 1u << 16)
+			return dmb_fail(e, DMB_E_INTERNAL, EPROTO,
+					"IOMMU_IOAS_IOVA_RANGES keeps changing its count (%u ranges)",
+					q.num_iovas);
+		cap = q.num_iovas;
+		free(ranges);
+		ranges = calloc(cap ? cap : 1, sizeof(*ranges));
+		if (!ranges)
+			return oom(e, "the IOVA ranges");
+		q.num_iovas = cap;
+		q.allowed_iovas = (uint64_t)(uintptr_t)ranges;
+	}
+
+	memset(out, 0, sizeof(*out));
+	if (q.num_iovas > DMB_MAX_IOVA_RANGES)
+		log_warning("iommufd: the IOAS reports %u IOVA ranges; using the first %d",
+			    q.num_iovas, DMB_MAX_IOVA_RANGES);
+	for (uint32_t i = 0; i < q.num_iovas && i < DMB_MAX_IOVA_RANGES; i++) {
+		if (ranges[i].start > ranges[i].last)
+			return dmb_fail(e, DMB_E_INTERNAL, EPROTO,
+					"IOMMU_IOAS_IOVA_RANGES returned an empty range");
+		out->ranges[out->n].start = ranges[i].start;
+		out->ranges[out->n].last = ranges[i].last;
+		out->n++;
+	}
+	uint64_t page = ksys_page_size();
+	out->alignment = q.out_iova_alignment > page ? q.out_iova_alignment : page;
+	out->max_mappings = 0;
+	out->mappings_available = 0;
+	return 0;
+}
+
+/* ---- devices ---- */
+
+static int bind_error(struct dmb_err *e, const char *bdf, int r)
+{
+	const char *why;
+	int code = dmb_code_from_errno(r);
+	switch (-r) {
+	case EPERM:
+		why = "a device of its IOMMU group is bound to a host driver or owned elsewhere, "
+		      "or there is no interrupt remapping";
+		code = DMB_E_FAILED_PRECONDITION;
+		break;
+	case EBUSY:
+		why = "its VFIO group node is open (a legacy VFIO user holds it)";
+		code = DMB_E_FAILED_PRECONDITION;
+		break;
+	case EINVAL:
+		why = "already bound through another fd, or the IOMMU is not cache-coherent";
+		code = DMB_E_FAILED_PRECONDITION;
+		break;
+	default:
+		why = strerror(-r);
+		break;
+	}
+	return dmb_fail(e, code, -r, "VFIO_DEVICE_BIND_IOMMUFD of %s failed (%s): %s", bdf,
+			ksys_errno_name(r), why);
+}
+
+static int attach_error(struct dmb_err *e, const char *bdf, int r)
+{
+	const char *why;
+	int code = dmb_code_from_errno(r);
+	switch (-r) {
+	case EADDRINUSE:
+		why = "its reserved IOVA regions collide with the IOAS's allowed ranges";
+		code = DMB_E_FAILED_PRECONDITION;
+		break;
+	case EBUSY:
+		why = "the device or a sibling is being reset";
+		code = DMB_E_UNAVAILABLE;
+		break;
+	case EINVAL:
+		why = "its IOMMU cannot share the IOAS's page table";
+		code = DMB_E_FAILED_PRECONDITION;
+		break;
+	default:
+		why = strerror(-r);
+		break;
+	}
+	return dmb_fail(e, code, -r, "VFIO_DEVICE_ATTACH_IOMMUFD_PT of %s failed (%s): %s", bdf,
+			ksys_errno_name(r), why);
+}
+
+static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
+			struct dmb_dev_info *info, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct ifd_backend *be = c->be;
+	char bdf[KSYS_BDF_LEN + 1], name[32], path[PATH_MAX];
+
+	if (ksys_bdf_normalize(bdf_in, bdf) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"'%s' is not a PCI address (expected dddd:bb:dd.f)", bdf_in ? bdf_in : "");
+	int r = ksys_pci_exists(be->sysfs_root, bdf);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_NOT_FOUND, -r, "no PCI device %s on this host (%s)", bdf,
+				ksys_errno_name(r));
+	r = ksys_vfio_dev_name(be->sysfs_root, bdf, name, sizeof(name));
+	if (r < 0) {
+		char drv[128] = "";
+		ksys_pci_driver(be->sysfs_root, bdf, drv, sizeof(drv));
+		if (drv[0] && ksys_driver_keeps_group_viable(drv) && strstr(drv, "vfio"))
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r,
+					"%s is bound to %s but has no VFIO device cdev (vfio-dev/ "
+					"missing: no-IOMMU mode?)",
+					bdf, drv);
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r,
+				"%s is not bound to vfio-pci (driver: %s)", bdf, drv[0] ? drv : "none");
+	}
+	r = ksys_path(path, sizeof(path), "%s/vfio/devices/%s", be->dev_root, name);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, -r, "the VFIO device path is too long");
+
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int err = errno;
+		if (err == EACCES || err == EPERM)
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err, "opening %s (%s) failed (%s)", path,
+					bdf, ksys_errno_name(err));
+		return dmb_fail(e, err == ENOENT ? DMB_E_FAILED_PRECONDITION : dmb_code_from_errno(-err),
+				err, "opening %s (%s) failed (%s): %s", path, bdf, ksys_errno_name(err),
+				strerror(err));
+	}
+
+	/* 16 bytes: the 6.6 struct, no VF token (kernel-uapi.md §2.2). */
+	struct dmb_vfio_device_bind_iommufd bind = {
+		.argsz = DMB_VFIO_BIND_IOMMUFD_MINSZ,
+		.flags = 0,
+		.iommufd = c->fd,
+	};
+	r = ksys_ioctl(fd, DMB_VFIO_DEVICE_BIND_IOMMUFD, &bind);
+	if (r < 0)
+		return bind_error(e, bdf, r);
+
+	/* 12 bytes: no PASID. pt_id comes back as the HWPT's ID. */
+	struct dmb_vfio_device_attach_iommufd_pt att = {
+		.argsz = DMB_VFIO_ATTACH_IOMMUFD_PT_MINSZ,
+		.flags = 0,
+		.pt_id = c->ioas_id,
+	};
+	r = ksys_ioctl(fd, DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &att);
+	if (r < 0)
+		return attach_error(e, bdf, r); /* closing fd unbinds */
+
+	struct dmb_iommu_hw_info hw = {
+		.size = sizeof(hw),
+		.dev_id = bind.out_devid,
+	};
+	r = ksys_ioctl(c->fd, DMB_IOMMU_GET_HW_INFO, &hw);
+	if (r == 0)
+		log_debug("iommufd: %s (%s) bound as device %u, HWPT %u, IOMMU type %u, caps %#" PRIx64,
+			  bdf, name, bind.out_devid, att.pt_id, hw.out_data_type,
+			  (uint64_t)hw.out_capabilities);
+
+	struct ifd_dev *d = calloc(1, sizeof(*d));
+	if (!d)
+		return oom(e, "an iommufd device");
+	d->base.ctx = bc;
+	d->ctx = c;
+	d->fd = TAKE_FD(fd);
+	d->devid = bind.out_devid;
+	d->hwpt_id = att.pt_id;
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	memcpy(d->bdf, bdf, sizeof(bdf));
+	d->next = c->devs;
+	c->devs = d;
+
+	if (info) {
+		memset(info, 0, sizeof(*info));
+		if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
+			log_debug("iommufd: cannot read the vendor/device IDs of %s", bdf);
+		snprintf(info->group, sizeof(info->group), "%s", name);
+		info->viable = true;
+	}
+	*out = &d->base;
+	return 0;
+}
+
+static void ifd_dev_close(struct dmb_bdev *bd)
+{
+	if (!bd)
+		return;
+	struct ifd_dev *d = dmb_container_of(bd, struct ifd_dev, base);
+	for (struct ifd_dev **pp = &d->ctx->devs; *pp; pp = &(*pp)->next) {
+		if (*pp == d) {
+			*pp = d->next;
+			break;
+		}
+	}
+	ifd_dev_free(d);
+}
+
+static int ifd_dev_fd(struct dmb_bdev *bd)
+{
+	return dmb_container_of(bd, struct ifd_dev, base)->fd;
+}
+
+/* ---- regions and mappings ---- */
+
+static int ifd_region_open(struct dmb_backend *b, const struct dmb_region_desc *d,
+			   struct dmb_bregion **out, struct dmb_err *e)
+{
+	struct ifd_backend *be = ifd_be(b);
+	if (d->size == 0 || d->size > SIZE_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"a region of %" PRIu64 " bytes cannot be mapped", d->size);
+	_cleanup_close_ int fd = fcntl(d->fd, F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return dmb_fail(e, dmb_code_from_errno(-errno), errno,
+				"duplicating a region fd failed (%s)", ksys_errno_name(errno));
+	void *addr = NULL;
+	if (!be->map_file) {
+		addr = mmap(NULL, (size_t)d->size, PROT_READ | (d->writable ? PROT_WRITE : 0),
+			    MAP_SHARED, fd, 0);
+		if (addr == MAP_FAILED)
+			return dmb_fail(e, errno == ENOMEM ? DMB_E_RESOURCE_EXHAUSTED : DMB_E_INTERNAL,
+					errno, "mmap of a %" PRIu64 "-byte region failed (%s): %s",
+					d->size, ksys_errno_name(errno), strerror(errno));
+	}
+	struct ifd_region *r = calloc(1, sizeof(*r));
+	if (!r) {
+		if (addr)
+			munmap(addr, (size_t)d->size);
+		return oom(e, "an iommufd region");
+	}
+	r->base.be = b;
+	r->fd = TAKE_FD(fd);
+	r->addr = addr;
+	r->size = d->size;
+	*out = &r->base;
+	return 0;
+}
+
+static void ifd_region_close(struct dmb_bregion *br)
+{
+	if (!br)
+		return;
+	struct ifd_region *r = dmb_container_of(br, struct ifd_region, base);
+	if (r->addr)
+		munmap(r->addr, (size_t)r->size);
+	safe_close(r->fd);
+	free(r);
+}
+
+static int ifd_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, uint64_t iova,
+		   uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct ifd_region *reg = dmb_container_of(br, struct ifd_region, base);
+	const char *cmd;
+	int r;
+
+	if (offset > reg->size || length > reg->size - offset || length == 0 ||
+	    !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"mapping [%#" PRIx64 ", +%#" PRIx64 ") of a %#" PRIx64
+				"-byte region is out of bounds",
+				offset, length, reg->size);
+	uint32_t flags = DMB_IOMMU_IOAS_MAP_FIXED_IOVA |
+			 ((prot & DMB_PROT_READ) ? DMB_IOMMU_IOAS_MAP_READABLE : 0) |
+			 ((prot & DMB_PROT_WRITE) ? DMB_IOMMU_IOAS_MAP_WRITEABLE : 0);
+
+	if (!reg->addr) {
+		cmd = "IOMMU_IOAS_MAP_FILE";
+		struct dmb_iommu_ioas_map_file m = {
+			.size = sizeof(m),
+			.flags = flags,
+			.ioas_id = c->ioas_id,
+			.fd = reg->fd,
+			.start = offset,
+			.length = length,
+			.iova = iova,
+		};
+		r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_MAP_FILE, &m);
+	} else {
+		cmd = "IOMMU_IOAS_MAP";
+		struct dmb_iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = flags,
+			.ioas_id = c->ioas_id,
+			.user_va = (uint64_t)(uintptr_t)reg->addr + offset,
+			.length = length,
+			.iova = iova,
+		};
+		r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_MAP, &m);
+	}
+	if (r < 0) {
+		const char *why;
+		int code = dmb_code_from_errno(r);
+		switch (-r) {
+		case EEXIST:
+			why = "the range overlaps an existing mapping of the IOAS";
+			break;
+		case EINVAL:
+			why = "not aligned to the IOAS, inside a reserved IOVA region, or an unsuitable "
+			      "file";
+			break;
+		case ENOMEM:
+			why = "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)";
+			code = DMB_E_RESOURCE_EXHAUSTED;
+			break;
+		case EFAULT:
+			why = "the kernel could not pin the region's pages";
+			code = DMB_E_INTERNAL;
+			break;
+		case EBUSY:
+			why = "the IOAS is busy";
+			code = DMB_E_UNAVAILABLE;
+			break;
+		default:
+			why = strerror(-r);
+			break;
+		}
+		return dmb_fail(e, code, -r,
+				"%s of %#" PRIx64 " bytes at IOVA %#" PRIx64 " failed (%s): %s", cmd,
+				length, iova, ksys_errno_name(r), why);
+	}
+	c->mapped += length;
+	atomic_fetch_add(&c->be->pinned, length);
+	return 0;
+}
+
+static int ifd_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64_t *unmapped,
+		     struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct dmb_iommu_ioas_unmap u = {
+		.size = sizeof(u),
+		.ioas_id = c->ioas_id,
+		.iova = iova,
+		.length = length,
+	};
+	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_UNMAP, &u);
+	if (r < 0) {
+		const char *why = r == -ENOENT ? "no mapping lies wholly inside the range, or one "
+						 "straddles an end"
+			: r == -EBUSY	       ? "an area is busy (being mapped or used by the kernel)"
+					       : strerror(-r);
+		return dmb_fail(e, r == -EBUSY ? DMB_E_UNAVAILABLE : dmb_code_from_errno(r), -r,
+				"IOMMU_IOAS_UNMAP of %#" PRIx64 " bytes at IOVA %#" PRIx64
+				" failed (%s): %s",
+				length, iova, ksys_errno_name(r), why);
+	}
+	*unmapped = u.length;
+	account_unmapped(c, u.length);
+	return 0;
+}
+
+static const struct dmb_backend_ops ifd_ops = {
+	.name = "iommufd",
+	.destroy = ifd_destroy,
+	.ctx_open = ifd_ctx_open,
+	.ctx_close = ifd_ctx_close,
+	.iova_info = ifd_iova_info,
+	.region_open = ifd_region_open,
+	.region_close = ifd_region_close,
+	.map = ifd_map,
+	.unmap = ifd_unmap,
+	.unmap_all = ifd_unmap_all,
+	.dev_open = ifd_dev_open,
+	.dev_close = ifd_dev_close,
+	.dev_fd = ifd_dev_fd,
+	.dma = NULL,
+	.pinned_bytes = ifd_pinned_bytes,
+};
+
+/* ---- start-up probing ---- */
+
+/* The cdev's character major is registered as "vfio-dev" at vfio load
+ * when CONFIG_VFIO_DEVICE_CDEV is set, before any device node exists. */
+static bool proc_has_vfio_cdev(void)
+{
+	_cleanup_close_ int fd = open("/proc/devices", O_RDONLY | O_CLOEXEC);
+	char buf[8192];
+	if (fd < 0)
+		return false;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	return strstr(buf, " vfio-dev\n") != NULL;
+}
+
+static bool have_vfio_cdev(const char *dev_root, const char *devices_dir)
+{
+	struct stat st;
+	if (stat(devices_dir, &st) == 0 && S_ISDIR(st.st_mode))
+		return true;
+	return strcmp(dev_root, "/dev") == 0 && proc_has_vfio_cdev();
+}
+
+/* Issues `req` with arguments the kernel must refuse: ENOTTY means the
+ * command does not exist, anything else that it does. */
+static bool probe_cmd(int fd, unsigned long req, void *arg, const char *name)
+{
+	int r = ksys_ioctl(fd, req, arg);
+	log_debug("iommufd: probing %s: %s", name, r < 0 ? ksys_errno_name(r) : "0");
+	return r != -ENOTTY;
+}
+
+int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		       struct dmb_err *e)
+{
+	const char *sysfs = cfg && cfg->sysfs_root ? cfg->sysfs_root : "/sys";
+	const char *dev = cfg && cfg->dev_root ? cfg->dev_root : "/dev";
+	char path[PATH_MAX], devices[PATH_MAX];
+
+	if (ksys_path(path, sizeof(path), "%s/iommu", dev) < 0 ||
+	    ksys_path(devices, sizeof(devices), "%s/vfio/devices", dev) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, ENAMETOOLONG, "the device root is too long");
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int err = errno;
+		if (err == ENOENT)
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+					"%s missing: no iommufd in this kernel", path);
+		if (err == EACCES || err == EPERM)
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err, "%s not accessible (%s)", path,
+					ksys_errno_name(err));
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err, "opening %s failed (%s)", path,
+				ksys_errno_name(err));
+	}
+	if (!have_vfio_cdev(dev, devices))
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+				"%s missing: no VFIO device cdev (Linux 6.6+)", devices);
+
+	uint32_t scratch = 0;
+	int r = ioas_alloc(fd, &scratch);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r, "IOMMU_IOAS_ALLOC on %s failed (%s)",
+				path, ksys_errno_name(r));
+
+	struct ifd_backend *be = calloc(1, sizeof(*be));
+	if (!be)
+		return oom(e, "the iommufd backend");
+	be->sysfs_root = strdup(sysfs);
+	be->dev_root = strdup(dev);
+	if (!be->sysfs_root || !be->dev_root) {
+		ifd_destroy(&be->base);
+		return oom(e, "the iommufd backend");
+	}
+	memcpy(be->iommu_path, path, sizeof(path));
+
+	/* flags 0 (neither READABLE nor WRITEABLE): EINVAL before anything
+	 * is looked up, on kernels that know the command. */
+	struct dmb_iommu_ioas_map_file mf = {
+		.size = sizeof(mf),
+		.flags = 0,
+		.ioas_id = scratch,
+		.fd = -1,
+	};
+	be->map_file = probe_cmd(fd, DMB_IOMMU_IOAS_MAP_FILE, &mf, "IOMMU_IOAS_MAP_FILE");
+	/* __reserved non-zero: EOPNOTSUPP on kernels that know the command. */
+	struct dmb_iommu_ioas_change_process cp = {.size = sizeof(cp), .__reserved = 1};
+	be->change_process =
+		probe_cmd(fd, DMB_IOMMU_IOAS_CHANGE_PROCESS, &cp, "IOMMU_IOAS_CHANGE_PROCESS");
+	r = destroy_object(fd, scratch);
+	if (r < 0)
+		log_debug("iommufd: IOMMU_DESTROY of the scratch IOAS: %s", ksys_errno_name(r));
+
+	size_t n = 0;
+	be->features[n++] = "unmap-all";
+	if (be->map_file)
+		be->features[n++] = "map-file";
+	if (be->change_process)
+		be->features[n++] = "change-process";
+	be->features[n] = NULL;
+	be->base.ops = &ifd_ops;
+	be->base.features = be->features;
+
+	log_debug("iommufd backend on %s (map-file: %s, change-process: %s)", path,
+		 be->map_file ? "yes" : "no", be->change_process ? "yes" : "no");
+	*out = &be->base;
+	return 0;
+}

@@ -1,0 +1,274 @@
+/* ksys.c — the ioctl hook and the sysfs lookups shared by the kernel
+ * backends. See ksys.h. */
+#include "ksys.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/macro.h"
+
+int ksys_ioctl_default(int fd, unsigned long req, void *arg)
+{
+	int r = ioctl(fd, req, arg);
+	return r < 0 ? -errno : r;
+}
+
+struct ksys_ops ksys_ops = {
+	.ioctl = ksys_ioctl_default,
+};
+
+const char *ksys_errno_name(int err)
+{
+	const char *s = strerrorname_np(err < 0 ? -err : err);
+	return s ? s : "E?";
+}
+
+int ksys_path(char *buf, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vsnprintf(buf, n, fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		return -EINVAL;
+	if ((size_t)r >= n)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int parse_hex(const char *s, size_t len, unsigned max, unsigned *out)
+{
+	unsigned v = 0;
+	if (len == 0)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i++) {
+		if (!isxdigit((unsigned char)s[i]))
+			return -EINVAL;
+		v = v * 16 + (unsigned)(isdigit((unsigned char)s[i]) ? s[i] - '0'
+								      : (tolower((unsigned char)s[i]) - 'a' + 10));
+	}
+	if (v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int ksys_bdf_normalize(const char *in, char out[KSYS_BDF_LEN + 1])
+{
+	unsigned dom = 0, bus, dev, fn;
+	const char *p = in;
+
+	if (!in)
+		return -EINVAL;
+	size_t len = strlen(in);
+	if (len == KSYS_BDF_LEN) {
+		if (in[4] != ':' || parse_hex(in, 4, 0xffff, &dom) < 0)
+			return -EINVAL;
+		p = in + 5;
+	} else if (len != KSYS_BDF_LEN - 5) {
+		return -EINVAL;
+	}
+	/* p: "bb:dd.f" */
+	if (p[2] != ':' || p[5] != '.' || parse_hex(p, 2, 0xff, &bus) < 0 ||
+	    parse_hex(p + 3, 2, 0x1f, &dev) < 0 || parse_hex(p + 6, 1, 7, &fn) < 0)
+		return -EINVAL;
+	snprintf(out, KSYS_BDF_LEN + 1, "%04x:%02x:%02x.%x", dom, bus, dev, fn);
+	return 0;
+}
+
+int ksys_read_ulong(const char *path, int base, unsigned long *out)
+{
+	char buf[64];
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(buf, &end, base);
+	if (errno != 0 || end == buf || (*end != '\0' && *end != '\n'))
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int ksys_link_basename(const char *path, char *out, size_t n)
+{
+	char target[4096];
+	ssize_t len = readlink(path, target, sizeof(target) - 1);
+	if (len < 0)
+		return -errno;
+	target[len] = '\0';
+	const char *base = strrchr(target, '/');
+	base = base ? base + 1 : target;
+	if (*base == '\0')
+		return -EINVAL;
+	return ksys_path(out, n, "%s", base);
+}
+
+int ksys_pci_exists(const char *sysfs_root, const char *bdf)
+{
+	char path[4096];
+	struct stat st;
+	int r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s", sysfs_root, bdf);
+	if (r < 0)
+		return r;
+	if (stat(path, &st) < 0)
+		return -errno;
+	return 0;
+}
+
+int ksys_pci_driver(const char *sysfs_root, const char *bdf, char *out, size_t n)
+{
+	char path[4096];
+	int r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s/driver", sysfs_root, bdf);
+	if (r < 0)
+		return r;
+	r = ksys_link_basename(path, out, n);
+	if (r == -ENOENT) {
+		if (n > 0)
+			out[0] = '\0';
+		return 0;
+	}
+	return r;
+}
+
+int ksys_pci_ids(const char *sysfs_root, const char *bdf, uint16_t *vendor, uint16_t *device)
+{
+	char path[4096];
+	unsigned long v, d;
+	int r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s/vendor", sysfs_root, bdf);
+	if (r < 0 || (r = ksys_read_ulong(path, 16, &v)) < 0)
+		return r;
+	r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s/device", sysfs_root, bdf);
+	if (r < 0 || (r = ksys_read_ulong(path, 16, &d)) < 0)
+		return r;
+	if (v > 0xffff || d > 0xffff)
+		return -EINVAL;
+	*vendor = (uint16_t)v;
+	*device = (uint16_t)d;
+	return 0;
+}
+
+int ksys_iommu_group(const char *sysfs_root, const char *bdf, unsigned *group)
+{
+	char path[4096], name[32];
+	int r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s/iommu_group", sysfs_root, bdf);
+	if (r < 0)
+		return r;
+	r = ksys_link_basename(path, name, sizeof(name));
+	if (r < 0)
+		return r;
+	char *end;
+	errno = 0;
+	unsigned long g = strtoul(name, &end, 10);
+	if (errno != 0 || end == name || *end != '\0' || !isdigit((unsigned char)name[0]) ||
+	    g > 0x7fffffff)
+		return -EINVAL;
+	*group = (unsigned)g;
+	return 0;
+}
+
+int ksys_vfio_dev_name(const char *sysfs_root, const char *bdf, char *out, size_t n)
+{
+	char path[4096];
+	int r = ksys_path(path, sizeof(path), "%s/bus/pci/devices/%s/vfio-dev", sysfs_root, bdf);
+	if (r < 0)
+		return r;
+	DIR *d = opendir(path);
+	if (!d)
+		return -errno;
+	r = -ENOENT;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *s = de->d_name;
+		if (strncmp(s, "vfio", 4) != 0 || s[4] == '\0' ||
+		    strspn(s + 4, "0123456789") != strlen(s + 4))
+			continue;
+		r = ksys_path(out, n, "%s", s);
+		break;
+	}
+	closedir(d);
+	return r;
+}
+
+bool ksys_driver_keeps_group_viable(const char *driver)
+{
+	return driver[0] == '\0' || strstr(driver, "vfio") != NULL ||
+	       strcmp(driver, "pci-stub") == 0 || strcmp(driver, "pcieport") == 0;
+}
+
+/* Appends s to out (n bytes, *used in use); when it does not fit, fills
+ * what is left and ends the string with "...". */
+static void append(char *out, size_t n, size_t *used, const char *s)
+{
+	if (n == 0 || *used >= n - 1) {
+		if (n >= 4)
+			memcpy(out + n - 4, "...", 4);
+		return;
+	}
+	size_t room = n - 1 - *used;
+	size_t len = strlen(s);
+	if (len <= room) {
+		memcpy(out + *used, s, len + 1);
+		*used += len;
+		return;
+	}
+	memcpy(out + *used, s, room);
+	out[n - 1] = '\0';
+	if (n >= 4)
+		memcpy(out + n - 4, "...", 3);
+	*used = n - 1;
+}
+
+int ksys_group_blockers(const char *sysfs_root, unsigned group, char *out, size_t n)
+{
+	char path[4096], drv[256], item[512];
+	size_t used = 0;
+	int count = 0;
+
+	if (n > 0)
+		out[0] = '\0';
+	int r = ksys_path(path, sizeof(path), "%s/kernel/iommu_groups/%u/devices", sysfs_root,
+			  group);
+	if (r < 0)
+		return r;
+	DIR *d = opendir(path);
+	if (!d)
+		return -errno;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char link[4096];
+		if (ksys_path(link, sizeof(link), "%s/%s/driver", path, de->d_name) < 0)
+			continue;
+		if (ksys_link_basename(link, drv, sizeof(drv)) < 0)
+			drv[0] = '\0';
+		if (ksys_driver_keeps_group_viable(drv))
+			continue;
+		snprintf(item, sizeof(item), "%s%s (%s)", count ? ", " : "", de->d_name, drv);
+		append(out, n, &used, item);
+		count++;
+	}
+	closedir(d);
+	return count;
+}
+
+uint64_t ksys_page_size(void)
+{
+	long p = sysconf(_SC_PAGESIZE);
+	return p > 0 ? (uint64_t)p : 4096;
+}

@@ -1,0 +1,907 @@
+/* vfio_type1.c — the VFIO type1 backend (any kernel with VFIO).
+ *
+ * A context is one container (an open of /dev/vfio/vfio). Devices are
+ * opened through their IOMMU group (/dev/vfio/<G>): the group joins the
+ * container, and the first group selects the type1v2 IOMMU. Guest memory is
+ * mapped by the daemon's own MAP_SHARED mmap of each region (one mmap per
+ * region, made in region_open) with VFIO_IOMMU_MAP_DMA.
+ *
+ * The "unset" container. VFIO_SET_IOMMU needs a group in the container, so
+ * a fresh context has no IOMMU, no IOVA ranges and no page sizes until its
+ * first dev_open. Until then:
+ *   - iova_info and map fail with FAILED_PRECONDITION, "attach a device
+ *     first: the type1 container has no IOMMU until then";
+ *   - unmap and unmap_all succeed with 0 bytes (nothing can be mapped).
+ * The ranges can also change with every group that joins (each adds its
+ * reserved regions), so the core must re-query iova_info after dev_open.
+ *
+ * Groups are reference-counted by the devices open in them: a second device
+ * of a group already in this container reuses the group fd. When a group's
+ * last device closes the group leaves the container — except when it is
+ * the container's last group and mappings exist: the kernel tears the IOMMU
+ * (and every mapping) down with the last group, so that group stays, idle,
+ * until the mappings are gone (unmap, unmap_all), another group joins, or
+ * the context closes. A VFIO group node is single-open, so while a group is
+ * held here no other process or context can open it (EBUSY).
+ *
+ * Unmap semantics (type1v2): a range may cover many mappings but must not
+ * split one (EINVAL); a range with no mapping succeeds with size 0. The core
+ * checks both before calling. unmap_all uses VFIO_DMA_UNMAP_FLAG_ALL where
+ * CHECK_EXTENSION(VFIO_UNMAP_ALL) says so (5.12+), else two halves of
+ * [0, 2^64).
+ *
+ * Accounting: pinned_bytes counts RAM bytes mapped through this backend,
+ * in all contexts (type1 charges the same page twice if it is mapped twice,
+ * and so do we).
+ *
+ * Features: "unmap-all" (VFIO_UNMAP_ALL), "vaddr-update" (VFIO_UPDATE_VADDR:
+ * the restart dance). Newer kernels answer CHECK_EXTENSION(UPDATE_VADDR)
+ * only on a container with an IOMMU, so at start-up the feature is also
+ * inferred from UNMAP_ALL (same 5.12 series) plus a native vfio_iommu_type1
+ * module (the iommufd compat container has UNMAP_ALL but never VADDR); each
+ * context re-checks after SET_IOMMU (t1_ctx.vaddr_update).
+ *
+ * Ownership: the backend owns every fd it opens (container, groups,
+ * devices) and the region mmaps. ctx_close closes the context's devices
+ * too: the core must not call dev_close on them afterwards. A device fd the
+ * client received a duplicate of keeps the device (and its group) in the
+ * container until the client closes it; ctx_close unmaps everything first,
+ * so such a device can no longer reach any memory. */
+#include "vfio_type1.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend/ksys.h"
+#include "backend/uapi/vfio_container.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+struct t1_backend {
+	struct dmb_backend base;
+	char *sysfs_root;
+	char *dev_root;
+	char container_path[PATH_MAX];
+	bool unmap_all;    /* VFIO_DMA_UNMAP_FLAG_ALL available */
+	bool vaddr_update; /* predicted at start-up, see the header */
+	const char *features[4];
+	_Atomic uint64_t pinned;
+};
+
+struct t1_group {
+	struct t1_group *next;
+	unsigned id;
+	int fd;
+	unsigned users; /* devices open in this group */
+};
+
+struct t1_ctx;
+
+struct t1_dev {
+	struct dmb_bdev base;
+	struct t1_dev *next;
+	struct t1_ctx *ctx;
+	struct t1_group *group;
+	int fd;
+	char bdf[KSYS_BDF_LEN + 1];
+};
+
+struct t1_ctx {
+	struct dmb_bctx base;
+	struct t1_backend *be;
+	int container;
+	bool iommu_set;     /* SET_IOMMU done; false again once the last group left */
+	bool vaddr_update;  /* CHECK_EXTENSION(VFIO_UPDATE_VADDR) after SET_IOMMU */
+	uint32_t entry_limit; /* dma_entry_limit when the IOMMU was set; 0 unknown */
+	uint64_t mapped;    /* bytes mapped in this container */
+	struct t1_group *groups;
+	struct t1_dev *devs;
+};
+
+struct t1_region {
+	struct dmb_bregion base;
+	void *addr;
+	uint64_t size;
+};
+
+static const char no_iommu_yet[] = "attach a device first: the type1 container has no IOMMU until then";
+
+static inline struct t1_backend *t1_be(struct dmb_backend *b)
+{
+	return dmb_container_of(b, struct t1_backend, base);
+}
+
+static inline struct t1_ctx *t1_ctx(struct dmb_bctx *b)
+{
+	return dmb_container_of(b, struct t1_ctx, base);
+}
+
+static int oom(struct dmb_err *e, const char *what)
+{
+	return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory allocating %s", what);
+}
+
+/* ---- GET_INFO decoding (also used by the unit tests) ---- */
+
+static uint32_t rd32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+int dmb_type1_parse_info(const void *buf, size_t len, uint32_t entry_limit,
+			 struct dmb_type1_info *out)
+{
+	const uint8_t *b = buf;
+	const size_t hdr = sizeof(struct vfio_iommu_type1_info);
+	const size_t minsz = offsetof(struct vfio_iommu_type1_info, cap_offset);
+
+	memset(out, 0, sizeof(*out));
+	if (!buf || len < minsz)
+		return -EPROTO;
+
+	uint32_t flags = rd32(b + offsetof(struct vfio_iommu_type1_info, flags));
+	if (flags & VFIO_IOMMU_INFO_PGSIZES)
+		out->iova_pgsizes = rd64(b + offsetof(struct vfio_iommu_type1_info, iova_pgsizes));
+	out->iova.alignment = out->iova_pgsizes ? out->iova_pgsizes & -out->iova_pgsizes
+						: ksys_page_size();
+
+	uint32_t off = 0;
+	if ((flags & VFIO_IOMMU_INFO_CAPS) && len >= hdr)
+		off = rd32(b + offsetof(struct vfio_iommu_type1_info, cap_offset));
+
+	/* Offsets strictly increase, so the walk ends within len/8 steps. */
+	size_t prev_end = hdr;
+	while (off != 0) {
+		if (off < prev_end || off % 4 != 0 || off > len ||
+		    len - off < sizeof(struct vfio_info_cap_header))
+			return -EPROTO;
+		const uint8_t *cap = b + off;
+		uint16_t id = (uint16_t)(cap[0] | cap[1] << 8);
+		uint16_t version = (uint16_t)(cap[2] | cap[3] << 8);
+		uint32_t next = rd32(cap + offsetof(struct vfio_info_cap_header, next));
+		size_t room = len - off;
+
+		if (version == 0)
+			return -EPROTO;
+		switch (id) {
+		case VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: {
+			const size_t fixed = offsetof(struct vfio_iommu_type1_info_cap_iova_range,
+						      iova_ranges);
+			if (room < fixed)
+				return -EPROTO;
+			uint32_t nr = rd32(cap + offsetof(struct vfio_iommu_type1_info_cap_iova_range,
+							  nr_iovas));
+			if (nr > (room - fixed) / sizeof(struct vfio_iova_range))
+				return -EPROTO;
+			out->has_iova_range = true;
+			out->nr_iovas = nr;
+			out->iova.n = 0;
+			for (uint32_t i = 0; i < nr && i < DMB_MAX_IOVA_RANGES; i++) {
+				const uint8_t *r = cap + fixed + i * sizeof(struct vfio_iova_range);
+				uint64_t start = rd64(r + offsetof(struct vfio_iova_range, start));
+				uint64_t end = rd64(r + offsetof(struct vfio_iova_range, end));
+				if (start > end)
+					return -EPROTO;
+				out->iova.ranges[out->iova.n].start = start;
+				out->iova.ranges[out->iova.n].last = end;
+				out->iova.n++;
+			}
+			break;
+		}
+		case VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+			if (room < sizeof(struct vfio_iommu_type1_info_dma_avail))
+				return -EPROTO;
+			out->has_dma_avail = true;
+			out->dma_avail = rd32(cap + offsetof(struct vfio_iommu_type1_info_dma_avail, avail));
+			break;
+		case VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
+			if (room < sizeof(struct vfio_iommu_type1_info_cap_migration))
+				return -EPROTO;
+			out->has_migration = true;
+			out->mig_flags = rd32(cap + offsetof(struct vfio_iommu_type1_info_cap_migration, flags));
+			out->mig_pgsize_bitmap = rd64(
+				cap + offsetof(struct vfio_iommu_type1_info_cap_migration, pgsize_bitmap));
+			out->mig_max_dirty_bitmap_size = rd64(
+				cap + offsetof(struct vfio_iommu_type1_info_cap_migration,
+					       max_dirty_bitmap_size));
+			break;
+		default:
+			break; /* unknown capability: skip */
+		}
+		if (next != 0 && next <= off)
+			return -EPROTO;
+		prev_end = (size_t)off + sizeof(struct vfio_info_cap_header);
+		off = next;
+	}
+
+	if (!out->has_iova_range) {
+		/* Kernels before 5.4 do not report ranges; MAP_DMA is the judge. */
+		out->iova.n = 1;
+		out->iova.ranges[0].start = 0;
+		out->iova.ranges[0].last = UINT64_MAX;
+	}
+	if (out->has_dma_avail && out->dma_avail != UINT32_MAX) {
+		uint32_t max = entry_limit ? entry_limit : DMB_TYPE1_DEFAULT_ENTRY_LIMIT;
+		out->iova.max_mappings = max < out->dma_avail ? out->dma_avail : max;
+		out->iova.mappings_available = out->dma_avail;
+	}
+	return 0;
+}
+
+/* ---- backend ---- */
+
+static void t1_destroy(struct dmb_backend *b)
+{
+	if (!b)
+		return;
+	struct t1_backend *be = t1_be(b);
+	free(be->sysfs_root);
+	free(be->dev_root);
+	free(be);
+}
+
+static uint64_t t1_pinned_bytes(struct dmb_backend *b)
+{
+	return atomic_load(&t1_be(b)->pinned);
+}
+
+/* ---- groups ---- */
+
+static void group_release(struct t1_ctx *c, struct t1_group *g)
+{
+	for (struct t1_group **pp = &c->groups; *pp; pp = &(*pp)->next) {
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	}
+	int r = ksys_ioctl(g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL);
+	if (r < 0)
+		/* e.g. EBUSY while a client still holds a duplicate of a device
+		 * fd: the group leaves when that fd is closed. */
+		log_debug("vfio-type1: VFIO_GROUP_UNSET_CONTAINER of IOMMU group %u: %s", g->id,
+			  ksys_errno_name(r));
+	safe_close(g->fd);
+	free(g);
+
+	if (!c->groups && c->iommu_set) {
+		/* The kernel released the container's IOMMU with its last group,
+		 * and every mapping with it. */
+		c->iommu_set = false;
+		if (c->mapped) {
+			atomic_fetch_sub(&c->be->pinned, c->mapped);
+			c->mapped = 0;
+		}
+	}
+}
+
+/* Idle groups leave the container, except the last one while mappings
+ * exist (see the header). */
+static void release_idle_groups(struct t1_ctx *c)
+{
+	struct t1_group **pp = &c->groups;
+	while (*pp) {
+		struct t1_group *g = *pp;
+		bool last = c->groups == g && !g->next;
+		if (g->users == 0 && !(last && c->mapped > 0)) {
+			group_release(c, g); /* unlinks *pp */
+			continue;
+		}
+		pp = &g->next;
+	}
+}
+
+static int set_iommu(struct t1_ctx *c, unsigned gid, struct dmb_err *e)
+{
+	struct t1_backend *be = c->be;
+	int r = ksys_ioctl(c->container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU);
+	if (r == -EPERM)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
+				"VFIO_SET_IOMMU(type1v2) for IOMMU group %u failed (EPERM): the platform "
+				"has no interrupt remapping (vfio_iommu_type1.allow_unsafe_interrupts=1 "
+				"would allow it, unsafely)",
+				gid);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r,
+				"VFIO_SET_IOMMU(type1v2) for IOMMU group %u failed (%s): %s", gid,
+				ksys_errno_name(r), strerror(-r));
+	c->iommu_set = true;
+
+	/* The kernel reads dma_entry_limit when the IOMMU is set up. */
+	char path[PATH_MAX];
+	unsigned long limit = 0;
+	c->entry_limit = 0;
+	if (ksys_path(path, sizeof(path), "%s/module/vfio_iommu_type1/parameters/dma_entry_limit",
+		      be->sysfs_root) == 0 &&
+	    ksys_read_ulong(path, 10, &limit) == 0 && limit <= UINT32_MAX)
+		c->entry_limit = (uint32_t)limit;
+	c->vaddr_update =
+		ksys_ioctl(c->container, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UPDATE_VADDR) > 0;
+	return 0;
+}
+
+static int group_attach(struct t1_ctx *c, unsigned gid, const char *bdf, struct t1_group **out,
+			struct dmb_err *e)
+{
+	struct t1_backend *be = c->be;
+	char path[PATH_MAX];
+	int r = ksys_path(path, sizeof(path), "%s/vfio/%u", be->dev_root, gid);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, -r, "the VFIO group path is too long");
+
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int err = errno;
+		if (err == ENOENT) {
+			char drv[128] = "", noiommu[PATH_MAX];
+			struct stat st;
+			ksys_pci_driver(be->sysfs_root, bdf, drv, sizeof(drv));
+			if (ksys_path(noiommu, sizeof(noiommu), "%s/vfio/noiommu-%u", be->dev_root,
+				      gid) == 0 &&
+			    stat(noiommu, &st) == 0)
+				return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+						"%s is in VFIO no-IOMMU mode (%s): without an IOMMU "
+						"its DMA cannot be confined",
+						bdf, noiommu);
+			if (strstr(drv, "vfio"))
+				return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+						"%s missing although %s is bound to %s", path, bdf, drv);
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+					"%s missing: %s is not bound to vfio-pci (driver: %s)", path, bdf,
+					drv[0] ? drv : "none");
+		}
+		if (err == EBUSY)
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+					"IOMMU group %u of %s is in use (EBUSY): another process or "
+					"another dmabroker context holds %s",
+					gid, bdf, path);
+		if (err == EACCES || err == EPERM)
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err,
+					"opening %s failed (%s): the daemon may not use this VFIO group",
+					path, ksys_errno_name(err));
+		return dmb_fail(e, dmb_code_from_errno(-err), err, "opening %s failed (%s): %s", path,
+				ksys_errno_name(err), strerror(err));
+	}
+
+	struct vfio_group_status st = {.argsz = sizeof(st)};
+	r = ksys_ioctl(fd, VFIO_GROUP_GET_STATUS, &st);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, -r, "VFIO_GROUP_GET_STATUS on %s failed (%s)", path,
+				ksys_errno_name(r));
+	if (!(st.flags & VFIO_GROUP_FLAGS_VIABLE)) {
+		char who[160];
+		int n = ksys_group_blockers(be->sysfs_root, gid, who, sizeof(who));
+		if (n > 0)
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
+					"IOMMU group %u is not viable: bind %s to vfio-pci (or unbind it)",
+					gid, who);
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
+				"IOMMU group %u is not viable: a device of the group is bound to a host "
+				"driver",
+				gid);
+	}
+	if (st.flags & VFIO_GROUP_FLAGS_CONTAINER_SET)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EBUSY,
+				"IOMMU group %u is already attached to another VFIO container", gid);
+
+	r = ksys_ioctl(fd, VFIO_GROUP_SET_CONTAINER, &c->container);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r,
+				"VFIO_GROUP_SET_CONTAINER for IOMMU group %u failed (%s): %s", gid,
+				ksys_errno_name(r), strerror(-r));
+	if (!c->iommu_set) {
+		r = set_iommu(c, gid, e);
+		if (r < 0) {
+			ksys_ioctl(fd, VFIO_GROUP_UNSET_CONTAINER, NULL);
+			return r;
+		}
+	}
+
+	struct t1_group *g = calloc(1, sizeof(*g));
+	if (!g) {
+		ksys_ioctl(fd, VFIO_GROUP_UNSET_CONTAINER, NULL);
+		if (!c->groups)
+			c->iommu_set = false;
+		return oom(e, "a VFIO group");
+	}
+	g->id = gid;
+	g->fd = TAKE_FD(fd);
+	g->next = c->groups;
+	c->groups = g;
+	*out = g;
+	return 0;
+}
+
+/* ---- contexts ---- */
+
+static int t1_ctx_open(struct dmb_backend *b, struct dmb_bctx **out, struct dmb_err *e)
+{
+	struct t1_backend *be = t1_be(b);
+	_cleanup_close_ int fd = open(be->container_path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return dmb_fail(e, dmb_code_from_errno(-errno), errno,
+				"opening the VFIO container %s failed (%s): %s", be->container_path,
+				ksys_errno_name(errno), strerror(errno));
+	struct t1_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return oom(e, "a type1 context");
+	c->base.be = b;
+	c->be = be;
+	c->container = TAKE_FD(fd);
+	*out = &c->base;
+	return 0;
+}
+
+static void account_unmapped(struct t1_ctx *c, uint64_t bytes)
+{
+	if (bytes > c->mapped)
+		bytes = c->mapped;
+	c->mapped -= bytes;
+	atomic_fetch_sub(&c->be->pinned, bytes);
+	if (c->mapped == 0)
+		release_idle_groups(c);
+}
+
+static int t1_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	uint64_t total = 0;
+
+	if (!c->iommu_set) {
+		*unmapped = 0;
+		return 0;
+	}
+	if (c->be->unmap_all) {
+		struct vfio_iommu_type1_dma_unmap u = {
+			.argsz = sizeof(u),
+			.flags = VFIO_DMA_UNMAP_FLAG_ALL,
+		};
+		int r = ksys_ioctl(c->container, VFIO_IOMMU_UNMAP_DMA, &u);
+		if (r < 0)
+			return dmb_fail(e, dmb_code_from_errno(r), -r,
+					"VFIO_IOMMU_UNMAP_DMA(ALL) failed (%s): %s", ksys_errno_name(r),
+					strerror(-r));
+		total = u.size;
+	} else {
+		/* [0, 2^63) and [2^63, 2^64): a size of 2^64 does not fit. */
+		for (int half = 0; half < 2; half++) {
+			struct vfio_iommu_type1_dma_unmap u = {
+				.argsz = sizeof(u),
+				.iova = half ? UINT64_C(1) << 63 : 0,
+				.size = UINT64_C(1) << 63,
+			};
+			int r = ksys_ioctl(c->container, VFIO_IOMMU_UNMAP_DMA, &u);
+			if (r < 0) {
+				account_unmapped(c, total);
+				return dmb_fail(e, dmb_code_from_errno(r), -r,
+						"VFIO_IOMMU_UNMAP_DMA of [%#" PRIx64 ", +2^63) failed (%s): %s",
+						(uint64_t)u.iova, ksys_errno_name(r), strerror(-r));
+			}
+			total += u.size;
+		}
+	}
+	*unmapped = total;
+	account_unmapped(c, c->mapped); /* everything is gone */
+	return 0;
+}
+
+static void t1_dev_free(struct t1_dev *d)
+{
+	safe_close(d->fd);
+	if (d->group && d->group->users > 0)
+		d->group->users--;
+	free(d);
+}
+
+static void t1_ctx_close(struct dmb_bctx *bc)
+{
+	if (!bc)
+		return;
+	struct t1_ctx *c = t1_ctx(bc);
+
+	/* Devices first: closing a device fd makes vfio-pci clear bus master,
+	 * so no DMA is in flight while the mappings go. */
+	while (c->devs) {
+		struct t1_dev *d = c->devs;
+		c->devs = d->next;
+		t1_dev_free(d);
+	}
+	uint64_t n = 0;
+	struct dmb_err e = {0};
+	if (t1_unmap_all(bc, &n, &e) < 0)
+		log_warning("vfio-type1: closing a context: %s", e.msg);
+	while (c->groups)
+		group_release(c, c->groups);
+	if (c->mapped) {
+		atomic_fetch_sub(&c->be->pinned, c->mapped);
+		c->mapped = 0;
+	}
+	safe_close(c->container);
+	free(c);
+}
+
+static int t1_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	if (!c->iommu_set) {
+		dmb_fail(e, DMB_E_FAILED_PRECONDITION, 0, "%s", no_iommu_yet);
+		return -ENODEV;
+	}
+
+	struct vfio_iommu_type1_info first = {.argsz = sizeof(first)};
+	int r = ksys_ioctl(c->container, VFIO_IOMMU_GET_INFO, &first);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r, "VFIO_IOMMU_GET_INFO failed (%s): %s",
+				ksys_errno_name(r), strerror(-r));
+
+	_cleanup_free_ void *buf = NULL;
+	const void *info = &first;
+	size_t len = sizeof(first);
+	/* Two-call protocol: the kernel asks for more room when it has caps.
+	 * Retry a few times in case the chain grows in between. */
+	for (int tries = 0; (first.flags & VFIO_IOMMU_INFO_CAPS) && first.argsz > len; tries++) {
+		if (tries == 3 || first.argsz > 1u << 20)
+			return dmb_fail(e, DMB_E_INTERNAL, EPROTO,
+					"VFIO_IOMMU_GET_INFO keeps asking for a larger buffer (%u bytes)",
+					first.argsz);
+		size_t want = first.argsz;
+		free(buf);
+		buf = calloc(1, want);
+		if (!buf)
+			return oom(e, "the type1 IOMMU info");
+		struct vfio_iommu_type1_info *p = buf;
+		p->argsz = (uint32_t)want;
+		r = ksys_ioctl(c->container, VFIO_IOMMU_GET_INFO, p);
+		if (r < 0)
+			return dmb_fail(e, dmb_code_from_errno(r), -r,
+					"VFIO_IOMMU_GET_INFO with %zu bytes failed (%s): %s", want,
+					ksys_errno_name(r), strerror(-r));
+		info = buf;
+		len = want;
+		first = *p;
+		if (first.argsz <= want)
+			break;
+	}
+
+	struct dmb_type1_info ti;
+	r = dmb_type1_parse_info(info, len, c->entry_limit, &ti);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, -r,
+				"VFIO_IOMMU_GET_INFO returned a malformed capability chain");
+	if (ti.nr_iovas > DMB_MAX_IOVA_RANGES)
+		log_warning("vfio-type1: the container reports %u IOVA ranges; using the first %d",
+			    ti.nr_iovas, DMB_MAX_IOVA_RANGES);
+	*out = ti.iova;
+	return 0;
+}
+
+/* ---- devices ---- */
+
+static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
+		       struct dmb_dev_info *info, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_backend *be = c->be;
+	char bdf[KSYS_BDF_LEN + 1];
+	unsigned gid;
+
+	if (ksys_bdf_normalize(bdf_in, bdf) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"'%s' is not a PCI address (expected dddd:bb:dd.f)", bdf_in ? bdf_in : "");
+	int r = ksys_pci_exists(be->sysfs_root, bdf);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_NOT_FOUND, -r, "no PCI device %s on this host (%s)", bdf,
+				ksys_errno_name(r));
+	r = ksys_iommu_group(be->sysfs_root, bdf, &gid);
+	if (r == -ENOENT)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+				"PCI device %s has no IOMMU group: the IOMMU is off or absent "
+				"(intel_iommu=on / amd_iommu=on)",
+				bdf);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, -r, "reading the iommu_group link of %s failed (%s)",
+				bdf, ksys_errno_name(r));
+
+	struct t1_group *g = NULL;
+	for (struct t1_group *i = c->groups; i; i = i->next)
+		if (i->id == gid)
+			g = i;
+	bool new_group = !g;
+	if (new_group) {
+		r = group_attach(c, gid, bdf, &g, e);
+		if (r < 0)
+			return r;
+	}
+
+	struct t1_dev *d = calloc(1, sizeof(*d));
+	if (!d) {
+		r = oom(e, "a type1 device");
+		goto out_release;
+	}
+	d->fd = -1;
+	int fd = ksys_ioctl(g->fd, VFIO_GROUP_GET_DEVICE_FD, bdf);
+	if (fd < 0) {
+		r = dmb_fail(e, fd == -EBUSY ? DMB_E_FAILED_PRECONDITION : dmb_code_from_errno(fd), -fd,
+			     "VFIO_GROUP_GET_DEVICE_FD(%s) on IOMMU group %u failed (%s): %s", bdf, gid,
+			     ksys_errno_name(fd), strerror(-fd));
+		free(d);
+		goto out_release;
+	}
+	d->fd = fd;
+	d->ctx = c;
+	d->group = g;
+	d->base.ctx = bc;
+	memcpy(d->bdf, bdf, sizeof(bdf));
+	g->users++;
+	d->next = c->devs;
+	c->devs = d;
+	if (new_group)
+		release_idle_groups(c); /* the new group now holds the IOMMU */
+
+	if (info) {
+		memset(info, 0, sizeof(*info));
+		if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
+			log_debug("vfio-type1: cannot read the vendor/device IDs of %s", bdf);
+		snprintf(info->group, sizeof(info->group), "%u", gid);
+		info->viable = true;
+	}
+	*out = &d->base;
+	return 0;
+
+out_release:
+	if (new_group && g->users == 0)
+		group_release(c, g);
+	return r;
+}
+
+static void t1_dev_close(struct dmb_bdev *bd)
+{
+	if (!bd)
+		return;
+	struct t1_dev *d = dmb_container_of(bd, struct t1_dev, base);
+	struct t1_ctx *c = d->ctx;
+	for (struct t1_dev **pp = &c->devs; *pp; pp = &(*pp)->next) {
+		if (*pp == d) {
+			*pp = d->next;
+			break;
+		}
+	}
+	t1_dev_free(d);
+	release_idle_groups(c);
+}
+
+static int t1_dev_fd(struct dmb_bdev *bd)
+{
+	return dmb_container_of(bd, struct t1_dev, base)->fd;
+}
+
+/* ---- regions and mappings ---- */
+
+static int t1_region_open(struct dmb_backend *b, const struct dmb_region_desc *d,
+			  struct dmb_bregion **out, struct dmb_err *e)
+{
+	if (d->size == 0 || d->size > SIZE_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"a region of %" PRIu64 " bytes cannot be mapped", d->size);
+	void *addr = mmap(NULL, (size_t)d->size, PROT_READ | (d->writable ? PROT_WRITE : 0),
+			  MAP_SHARED, d->fd, 0);
+	if (addr == MAP_FAILED)
+		return dmb_fail(e, errno == ENOMEM ? DMB_E_RESOURCE_EXHAUSTED : DMB_E_INTERNAL, errno,
+				"mmap of a %" PRIu64 "-byte region failed (%s): %s", d->size,
+				ksys_errno_name(errno), strerror(errno));
+	struct t1_region *r = calloc(1, sizeof(*r));
+	if (!r) {
+		munmap(addr, (size_t)d->size);
+		return oom(e, "a type1 region");
+	}
+	r->base.be = b;
+	r->addr = addr;
+	r->size = d->size;
+	*out = &r->base;
+	return 0;
+}
+
+static void t1_region_close(struct dmb_bregion *br)
+{
+	if (!br)
+		return;
+	struct t1_region *r = dmb_container_of(br, struct t1_region, base);
+	/* Pinned pages of live mappings stay pinned; the core unregisters a
+	 * region only when no mapping uses it. */
+	munmap(r->addr, (size_t)r->size);
+	free(r);
+}
+
+static int t1_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, uint64_t iova,
+		  uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_region *reg = dmb_container_of(br, struct t1_region, base);
+
+	if (!c->iommu_set) {
+		dmb_fail(e, DMB_E_FAILED_PRECONDITION, 0, "%s", no_iommu_yet);
+		return -ENODEV;
+	}
+	if (offset > reg->size || length > reg->size - offset || length == 0 ||
+	    !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"mapping [%#" PRIx64 ", +%#" PRIx64 ") of a %#" PRIx64
+				"-byte region is out of bounds",
+				offset, length, reg->size);
+
+	struct vfio_iommu_type1_dma_map m = {
+		.argsz = sizeof(m),
+		.flags = ((prot & DMB_PROT_READ) ? VFIO_DMA_MAP_FLAG_READ : 0) |
+			 ((prot & DMB_PROT_WRITE) ? VFIO_DMA_MAP_FLAG_WRITE : 0),
+		.vaddr = (uint64_t)(uintptr_t)reg->addr + offset,
+		.iova = iova,
+		.size = length,
+	};
+	int r = ksys_ioctl(c->container, VFIO_IOMMU_MAP_DMA, &m);
+	if (r < 0) {
+		const char *why;
+		int code = dmb_code_from_errno(r);
+		switch (-r) {
+		case EEXIST:
+			why = "the range overlaps an existing mapping of the container";
+			break;
+		case ENOSPC:
+			why = "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)";
+			break;
+		case ENOMEM:
+			why = "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)";
+			break;
+		case EFAULT:
+			why = "the kernel could not pin the region's pages";
+			code = DMB_E_INTERNAL;
+			break;
+		case EINVAL:
+			why = "outside the container's IOVA ranges or not aligned to its page size";
+			break;
+		case EBUSY:
+			why = "the container is busy (a vaddr update is in progress)";
+			code = DMB_E_UNAVAILABLE;
+			break;
+		default:
+			why = strerror(-r);
+			break;
+		}
+		return dmb_fail(e, code, -r,
+				"VFIO_IOMMU_MAP_DMA of %#" PRIx64 " bytes at IOVA %#" PRIx64
+				" failed (%s): %s",
+				length, iova, ksys_errno_name(r), why);
+	}
+	c->mapped += length;
+	atomic_fetch_add(&c->be->pinned, length);
+	return 0;
+}
+
+static int t1_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64_t *unmapped,
+		    struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	if (!c->iommu_set) {
+		*unmapped = 0;
+		return 0;
+	}
+	struct vfio_iommu_type1_dma_unmap u = {
+		.argsz = sizeof(u),
+		.iova = iova,
+		.size = length,
+	};
+	int r = ksys_ioctl(c->container, VFIO_IOMMU_UNMAP_DMA, &u);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r,
+				"VFIO_IOMMU_UNMAP_DMA of %#" PRIx64 " bytes at IOVA %#" PRIx64
+				" failed (%s): %s",
+				length, iova, ksys_errno_name(r),
+				r == -EINVAL ? "the range splits a mapping or is not aligned to the "
+					       "IOMMU page size"
+					     : strerror(-r));
+	*unmapped = u.size;
+	account_unmapped(c, u.size);
+	return 0;
+}
+
+static const struct dmb_backend_ops t1_ops = {
+	.name = "vfio-type1",
+	.destroy = t1_destroy,
+	.ctx_open = t1_ctx_open,
+	.ctx_close = t1_ctx_close,
+	.iova_info = t1_iova_info,
+	.region_open = t1_region_open,
+	.region_close = t1_region_close,
+	.map = t1_map,
+	.unmap = t1_unmap,
+	.unmap_all = t1_unmap_all,
+	.dev_open = t1_dev_open,
+	.dev_close = t1_dev_close,
+	.dev_fd = t1_dev_fd,
+	.dma = NULL,
+	.pinned_bytes = t1_pinned_bytes,
+};
+
+int dmb_type1_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
+		     struct dmb_err *e)
+{
+	const char *sysfs = cfg && cfg->sysfs_root ? cfg->sysfs_root : "/sys";
+	const char *dev = cfg && cfg->dev_root ? cfg->dev_root : "/dev";
+	char path[PATH_MAX];
+
+	if (ksys_path(path, sizeof(path), "%s/vfio/vfio", dev) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, ENAMETOOLONG, "the device root is too long");
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int err = errno;
+		if (err == ENOENT)
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err,
+					"%s missing: vfio module not loaded", path);
+		if (err == EACCES || err == EPERM)
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err, "%s not accessible (%s)", path,
+					ksys_errno_name(err));
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err, "opening %s failed (%s)", path,
+				ksys_errno_name(err));
+	}
+	int v = ksys_ioctl(fd, VFIO_GET_API_VERSION, NULL);
+	if (v < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -v, "VFIO_GET_API_VERSION on %s failed (%s)",
+				path, ksys_errno_name(v));
+	if (v != VFIO_API_VERSION)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPROTO,
+				"%s speaks VFIO API %d, not %d", path, v, VFIO_API_VERSION);
+	int t = ksys_ioctl(fd, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU);
+	if (t <= 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, t < 0 ? -t : ENODEV,
+				"%s lacks the type1v2 IOMMU: vfio_iommu_type1 not loaded", path);
+
+	struct t1_backend *be = calloc(1, sizeof(*be));
+	if (!be)
+		return oom(e, "the vfio-type1 backend");
+	be->sysfs_root = strdup(sysfs);
+	be->dev_root = strdup(dev);
+	if (!be->sysfs_root || !be->dev_root) {
+		t1_destroy(&be->base);
+		return oom(e, "the vfio-type1 backend");
+	}
+	memcpy(be->container_path, path, sizeof(path));
+	be->unmap_all = ksys_ioctl(fd, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UNMAP_ALL) > 0;
+	be->vaddr_update =
+		ksys_ioctl(fd, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UPDATE_VADDR) > 0;
+	if (!be->vaddr_update && be->unmap_all) {
+		struct stat st;
+		char mod[PATH_MAX];
+		be->vaddr_update = ksys_path(mod, sizeof(mod), "%s/module/vfio_iommu_type1", sysfs) == 0 &&
+				   stat(mod, &st) == 0;
+	}
+	size_t n = 0;
+	if (be->unmap_all)
+		be->features[n++] = "unmap-all";
+	if (be->vaddr_update)
+		be->features[n++] = "vaddr-update";
+	be->features[n] = NULL;
+	be->base.ops = &t1_ops;
+	be->base.features = be->features;
+
+	log_debug("vfio-type1 backend on %s (unmap-all: %s, vaddr-update: %s)", path,
+		 be->unmap_all ? "yes" : "no", be->vaddr_update ? "yes" : "no");
+	*out = &be->base;
+	return 0;
+}

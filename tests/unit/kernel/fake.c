@@ -1,0 +1,226 @@
+#include "fake.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vfio.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend/ksys.h"
+
+struct fake_call fake_calls[FAKE_MAX_CALLS];
+int fake_ncalls;
+static fake_handler handler;
+
+void fake_fd_path(int fd, char *out, size_t n)
+{
+	char link[64];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t len = readlink(link, out, n - 1);
+	out[len < 0 ? 0 : len] = '\0';
+}
+
+bool fake_path_endswith(const char *path, const char *suffix)
+{
+	size_t a = strlen(path), b = strlen(suffix);
+	return a >= b && strcmp(path + a - b, suffix) == 0;
+}
+
+static int recorder(int fd, unsigned long req, void *arg)
+{
+	char path[512];
+	fake_fd_path(fd, path, sizeof(path));
+	if (fake_ncalls < FAKE_MAX_CALLS) {
+		struct fake_call *c = &fake_calls[fake_ncalls++];
+		memset(c, 0, sizeof(*c));
+		c->fd = fd;
+		c->req = req;
+		c->argval = (uintptr_t)arg;
+		snprintf(c->path, sizeof(c->path), "%s", path);
+		int fl = fcntl(fd, F_GETFD);
+		c->cloexec = fl >= 0 && (fl & FD_CLOEXEC);
+		switch (req) {
+		case VFIO_GET_API_VERSION:
+		case VFIO_CHECK_EXTENSION:
+		case VFIO_SET_IOMMU:
+		case VFIO_GROUP_UNSET_CONTAINER:
+		case VFIO_DEVICE_RESET:
+			break; /* by value, or no argument */
+		case VFIO_GROUP_SET_CONTAINER:
+			memcpy(c->bytes, arg, sizeof(int));
+			c->len = sizeof(int);
+			break;
+		case VFIO_GROUP_GET_DEVICE_FD:
+			snprintf(c->str, sizeof(c->str), "%s", (const char *)arg);
+			break;
+		default: {
+			/* size-first (iommufd) or argsz-first (VFIO) */
+			uint32_t sz;
+			memcpy(&sz, arg, sizeof(sz));
+			c->len = sz < sizeof(c->bytes) ? sz : sizeof(c->bytes);
+			memcpy(c->bytes, arg, c->len);
+			break;
+		}
+		}
+	}
+	return handler ? handler(fd, req, arg, path) : -ENOTTY;
+}
+
+void fake_install(fake_handler h)
+{
+	handler = h;
+	fake_reset();
+	ksys_ops.ioctl = recorder;
+}
+
+void fake_uninstall(void)
+{
+	ksys_ops.ioctl = ksys_ioctl_default;
+	handler = NULL;
+}
+
+void fake_reset(void)
+{
+	fake_ncalls = 0;
+}
+
+const struct fake_call *fake_find(unsigned long req, int nth)
+{
+	for (int i = 0; i < fake_ncalls; i++)
+		if (fake_calls[i].req == req && nth-- == 0)
+			return &fake_calls[i];
+	return NULL;
+}
+
+int fake_count(unsigned long req)
+{
+	int n = 0;
+	for (int i = 0; i < fake_ncalls; i++)
+		n += fake_calls[i].req == req;
+	return n;
+}
+
+bool fake_all_cloexec(void)
+{
+	for (int i = 0; i < fake_ncalls; i++)
+		if (!fake_calls[i].cloexec) {
+			fprintf(stderr, "ioctl %#lx on fd %d (%s) without FD_CLOEXEC\n",
+				fake_calls[i].req, fake_calls[i].fd, fake_calls[i].path);
+			return false;
+		}
+	return true;
+}
+
+char *fake_tree_new(void)
+{
+	char *root = strdup("/tmp/dmbkXXXXXX");
+	if (!root || !mkdtemp(root))
+		abort();
+	return root;
+}
+
+void fake_tree_free(char *root)
+{
+	if (!root)
+		return;
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", root);
+	free(root);
+}
+
+void fake_mkdirs(const char *root, const char *rel)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	for (char *p = path + strlen(root) + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			mkdir(path, 0755);
+			*p = '/';
+		}
+	}
+	mkdir(path, 0755);
+}
+
+static void parent_dirs(const char *root, const char *rel)
+{
+	char dir[1024];
+	snprintf(dir, sizeof(dir), "%s", rel);
+	char *slash = strrchr(dir, '/');
+	if (slash) {
+		*slash = '\0';
+		fake_mkdirs(root, dir);
+	}
+}
+
+void fake_write(const char *root, const char *rel, const char *content)
+{
+	char path[1024];
+	parent_dirs(root, rel);
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	FILE *f = fopen(path, "w");
+	if (!f)
+		abort();
+	fputs(content, f);
+	fclose(f);
+}
+
+void fake_symlink(const char *root, const char *rel, const char *target)
+{
+	char path[1024];
+	parent_dirs(root, rel);
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	unlink(path);
+	if (symlink(target, path) < 0)
+		abort();
+}
+
+void fake_pci(const char *root, const char *bdf, unsigned vendor, unsigned device,
+	      const char *driver, int group, const char *vfio_dev)
+{
+	char rel[512], val[64], target[256];
+	snprintf(rel, sizeof(rel), "sys/bus/pci/devices/%s/vendor", bdf);
+	snprintf(val, sizeof(val), "0x%04x\n", vendor);
+	fake_write(root, rel, val);
+	snprintf(rel, sizeof(rel), "sys/bus/pci/devices/%s/device", bdf);
+	snprintf(val, sizeof(val), "0x%04x\n", device);
+	fake_write(root, rel, val);
+	if (driver) {
+		snprintf(rel, sizeof(rel), "sys/bus/pci/devices/%s/driver", bdf);
+		snprintf(target, sizeof(target), "../../../bus/pci/drivers/%s", driver);
+		fake_symlink(root, rel, target);
+	}
+	if (group >= 0) {
+		snprintf(rel, sizeof(rel), "sys/bus/pci/devices/%s/iommu_group", bdf);
+		snprintf(target, sizeof(target), "../../../../kernel/iommu_groups/%d", group);
+		fake_symlink(root, rel, target);
+		/* group membership: devices/<bdf> -> the device directory */
+		snprintf(rel, sizeof(rel), "sys/kernel/iommu_groups/%d/devices/%s", group, bdf);
+		snprintf(target, sizeof(target), "%s/sys/bus/pci/devices/%s", root, bdf);
+		fake_symlink(root, rel, target);
+	}
+	if (vfio_dev) {
+		snprintf(rel, sizeof(rel), "sys/bus/pci/devices/%s/vfio-dev/%s", bdf, vfio_dev);
+		fake_mkdirs(root, rel);
+	}
+}
+
+int fake_memfd(uint64_t size)
+{
+	int fd = memfd_create("fake-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
+		abort();
+	uint8_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		abort();
+	for (uint64_t i = 0; i < size; i++)
+		p[i] = (uint8_t)(i * 7 + 1);
+	munmap(p, size);
+	return fd;
+}

@@ -1,0 +1,526 @@
+/* The iommufd backend against a fake kernel (no machine here has
+ * /dev/iommu): the exact bytes of every command — feature probes, IOAS
+ * alloc, the IOVA_RANGES two-call negotiation, MAP_FILE, MAP, UNMAP,
+ * unmap-all, cdev bind/attach/detach — and the failure sentences. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "backend/backend.h"
+#include "backend/ksys.h"
+#include "backend/uapi/iommufd.h"
+#include "backend/uapi/vfio_cdev.h"
+#include "fake.h"
+
+static struct {
+	bool old_kernel; /* 6.6-6.12: no MAP_FILE, no CHANGE_PROCESS */
+	uint32_t next_id;
+	uint32_t nranges; /* IOVA ranges the IOAS has */
+	int grow_once;    /* IOVA_RANGES: count grows between the two calls */
+	int map_errno;
+	int bind_errno;
+	uint64_t unmap_len;
+} k;
+
+static const struct dmb_iommu_iova_range ranges[] = {
+	{0, 0xFEDFFFFF},
+	{0xFEF00000, 0xFFFFFFFFFFFF},
+	{0x1000000000000, 0x1FFFFFFFFFFFF},
+};
+
+static int kernel(int fd, unsigned long req, void *arg, const char *path)
+{
+	(void)fd;
+	(void)path;
+	switch (req) {
+	case DMB_IOMMU_IOAS_ALLOC: {
+		struct dmb_iommu_ioas_alloc *a = arg;
+		a->out_ioas_id = k.next_id++;
+		return 0;
+	}
+	case DMB_IOMMU_DESTROY:
+		return 0;
+	case DMB_IOMMU_IOAS_MAP_FILE: {
+		if (k.old_kernel)
+			return -ENOTTY;
+		struct dmb_iommu_ioas_map_file *m = arg;
+		if (!(m->flags & (DMB_IOMMU_IOAS_MAP_READABLE | DMB_IOMMU_IOAS_MAP_WRITEABLE)))
+			return -EINVAL;
+		return -k.map_errno;
+	}
+	case DMB_IOMMU_IOAS_CHANGE_PROCESS: {
+		struct dmb_iommu_ioas_change_process *c = arg;
+		if (k.old_kernel)
+			return -ENOTTY;
+		return c->__reserved ? -EOPNOTSUPP : 0;
+	}
+	case DMB_IOMMU_IOAS_MAP:
+		return -k.map_errno;
+	case DMB_IOMMU_IOAS_IOVA_RANGES: {
+		struct dmb_iommu_ioas_iova_ranges *q = arg;
+		uint32_t total = k.nranges;
+		if (k.grow_once && q->num_iovas > 0) {
+			k.grow_once = 0;
+			total = ++k.nranges;
+		}
+		uint32_t cap = q->num_iovas;
+		struct dmb_iommu_iova_range *out = (void *)(uintptr_t)q->allowed_iovas;
+		for (uint32_t i = 0; i < total && i < cap; i++)
+			out[i] = ranges[i % 3];
+		q->num_iovas = total;
+		q->out_iova_alignment = 4096;
+		return total > cap ? -EMSGSIZE : 0;
+	}
+	case DMB_IOMMU_IOAS_UNMAP: {
+		struct dmb_iommu_ioas_unmap *u = arg;
+		u->length = k.unmap_len;
+		return 0;
+	}
+	case DMB_VFIO_DEVICE_BIND_IOMMUFD: {
+		struct dmb_vfio_device_bind_iommufd *b = arg;
+		if (k.bind_errno)
+			return -k.bind_errno;
+		b->out_devid = 11;
+		return 0;
+	}
+	case DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT: {
+		struct dmb_vfio_device_attach_iommufd_pt *a = arg;
+		a->pt_id = 12;
+		return 0;
+	}
+	case DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT:
+		return 0;
+	case DMB_IOMMU_GET_HW_INFO: {
+		struct dmb_iommu_hw_info *h = arg;
+		h->out_data_type = 1;
+		h->out_capabilities = DMB_IOMMU_HW_CAP_DIRTY_TRACKING;
+		return 0;
+	}
+	}
+	return -ENOTTY;
+}
+
+struct fx {
+	char *root;
+	char sys[600], dev[600];
+	struct dmb_backend *be;
+	struct dmb_bctx *ctx;
+};
+
+static int setup_common(void **state, bool old_kernel)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	f->root = fake_tree_new();
+	fake_write(f->root, "dev/iommu", "");
+	fake_write(f->root, "dev/vfio/devices/vfio3", "");
+	fake_pci(f->root, "0000:00:03.0", 0x1234, 0x11e8, "vfio-pci", 5, "vfio3");
+	fake_pci(f->root, "0000:00:05.0", 0x8086, 0x10d3, "e1000e", 7, NULL);
+	snprintf(f->sys, sizeof(f->sys), "%s/sys", f->root);
+	snprintf(f->dev, sizeof(f->dev), "%s/dev", f->root);
+	memset(&k, 0, sizeof(k));
+	k.old_kernel = old_kernel;
+	k.next_id = 1;
+	k.nranges = 3;
+	fake_install(kernel);
+
+	struct dmb_backend_config cfg = {.name = "iommufd", .sysfs_root = f->sys, .dev_root = f->dev};
+	struct dmb_err e = {0};
+	assert_int_equal(dmb_iommufd_create(&cfg, &f->be, &e), 0);
+	*state = f;
+	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_common(state, false);
+}
+
+static int setup_old(void **state)
+{
+	return setup_common(state, true);
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	if (f->ctx)
+		f->be->ops->ctx_close(f->ctx);
+	assert_true(fake_all_cloexec());
+	dmb_backend_destroy(f->be);
+	fake_uninstall();
+	fake_tree_free(f->root);
+	free(f);
+	return 0;
+}
+
+static bool has_feature(const struct dmb_backend *be, const char *name)
+{
+	for (size_t i = 0; be->features && be->features[i]; i++)
+		if (strcmp(be->features[i], name) == 0)
+			return true;
+	return false;
+}
+
+static void test_probe(void **state)
+{
+	struct fx *f = *state;
+	assert_string_equal(f->be->ops->name, "iommufd");
+	assert_true(has_feature(f->be, "map-file"));
+	assert_true(has_feature(f->be, "change-process"));
+	assert_true(has_feature(f->be, "unmap-all"));
+
+	/* scratch IOAS, probes with invalid arguments, then destroyed */
+	const struct fake_call *c = fake_find(DMB_IOMMU_IOAS_ALLOC, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/iommu"));
+	const struct dmb_iommu_ioas_alloc *a = (const void *)c->bytes;
+	assert_int_equal(c->len, 12);
+	assert_int_equal(a->flags, 0);
+
+	c = fake_find(DMB_IOMMU_IOAS_MAP_FILE, 0);
+	assert_non_null(c);
+	const struct dmb_iommu_ioas_map_file *mf = (const void *)c->bytes;
+	assert_int_equal(mf->size, 40);
+	assert_int_equal(mf->flags, 0);
+	assert_int_equal(mf->ioas_id, 1);
+	assert_int_equal(mf->fd, -1);
+
+	c = fake_find(DMB_IOMMU_IOAS_CHANGE_PROCESS, 0);
+	assert_non_null(c);
+	const struct dmb_iommu_ioas_change_process *cp = (const void *)c->bytes;
+	assert_int_equal(cp->size, 8);
+	assert_int_equal(cp->__reserved, 1);
+
+	c = fake_find(DMB_IOMMU_DESTROY, 0);
+	assert_non_null(c);
+	const struct dmb_iommu_destroy *d = (const void *)c->bytes;
+	assert_int_equal(d->size, 8);
+	assert_int_equal(d->id, 1);
+}
+
+static void test_probe_old_kernel(void **state)
+{
+	struct fx *f = *state;
+	assert_false(has_feature(f->be, "map-file"));
+	assert_false(has_feature(f->be, "change-process"));
+	assert_true(has_feature(f->be, "unmap-all"));
+}
+
+static void test_iova_ranges(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_iova_info info;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	fake_reset();
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_IOVA_RANGES), 2);
+	const struct dmb_iommu_ioas_iova_ranges *q =
+		(const void *)fake_find(DMB_IOMMU_IOAS_IOVA_RANGES, 0)->bytes;
+	assert_int_equal(q->size, 32);
+	assert_int_equal(q->ioas_id, 2);
+	assert_int_equal(q->num_iovas, 0);
+	assert_int_equal(q->__reserved, 0);
+	assert_int_equal(q->allowed_iovas, 0);
+	q = (const void *)fake_find(DMB_IOMMU_IOAS_IOVA_RANGES, 1)->bytes;
+	assert_int_equal(q->num_iovas, 3);
+	assert_true(q->allowed_iovas != 0);
+
+	assert_int_equal(info.n, 3);
+	assert_int_equal(info.ranges[0].start, 0);
+	assert_int_equal(info.ranges[0].last, 0xFEDFFFFF);
+	assert_int_equal(info.ranges[2].last, 0x1FFFFFFFFFFFF);
+	assert_int_equal(info.alignment, ksys_page_size() > 4096 ? ksys_page_size() : 4096);
+	assert_int_equal(info.max_mappings, 0);
+
+	/* the count grows between the calls: a third call */
+	fake_reset();
+	k.grow_once = 1;
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_IOVA_RANGES), 3);
+	assert_int_equal(info.n, 4);
+
+	/* no ranges at all */
+	k.nranges = 0;
+	fake_reset();
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_IOVA_RANGES), 1);
+	assert_int_equal(info.n, 0);
+
+	/* more than we keep */
+	k.nranges = 40;
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	assert_int_equal(info.n, DMB_MAX_IOVA_RANGES);
+}
+
+static void test_map_file(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	const uint64_t size = 0x200000;
+	struct dmb_region_desc d = {.fd = fake_memfd(size), .size = size, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	close(d.fd); /* the backend keeps its own duplicate */
+	fake_reset();
+	assert_int_equal(ops->map(f->ctx, r, 0x3000, 0x100000, 0x10000,
+				  DMB_PROT_READ | DMB_PROT_WRITE, &e), 0);
+	const struct fake_call *c = fake_find(DMB_IOMMU_IOAS_MAP_FILE, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/iommu"));
+	assert_int_equal(c->len, 40);
+	const struct dmb_iommu_ioas_map_file *m = (const void *)c->bytes;
+	assert_int_equal(m->size, 40);
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_READABLE |
+					   DMB_IOMMU_IOAS_MAP_WRITEABLE);
+	assert_int_equal(m->ioas_id, 2);
+	char p[512];
+	fake_fd_path(m->fd, p, sizeof(p));
+	assert_non_null(strstr(p, "memfd:fake-region"));
+	assert_true(fcntl(m->fd, F_GETFD) & FD_CLOEXEC);
+	assert_int_equal(m->start, 0x3000);
+	assert_int_equal(m->length, 0x10000);
+	assert_int_equal(m->iova, 0x100000);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+
+	/* read-only, write-only */
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x0, 0x1000, DMB_PROT_READ, &e), 0);
+	m = (const void *)fake_find(DMB_IOMMU_IOAS_MAP_FILE, 1)->bytes;
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_READABLE);
+	assert_int_equal(m->iova, 0);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x1000, 0x1000, DMB_PROT_WRITE, &e), 0);
+	m = (const void *)fake_find(DMB_IOMMU_IOAS_MAP_FILE, 2)->bytes;
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_WRITEABLE);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x12000);
+
+	/* errors */
+	k.map_errno = EEXIST;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x1000, DMB_PROT_READ, &e), -EEXIST);
+	assert_int_equal(e.code, DMB_E_ALREADY_EXISTS);
+	assert_int_equal(e.sys_errno, EEXIST);
+	assert_non_null(strstr(e.msg, "IOMMU_IOAS_MAP_FILE of 0x1000 bytes at IOVA 0x100000 failed "
+				      "(EEXIST)"));
+	k.map_errno = ENOMEM;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x1000, DMB_PROT_READ, &e), -ENOMEM);
+	assert_int_equal(e.code, DMB_E_RESOURCE_EXHAUSTED);
+	assert_non_null(strstr(e.msg, "RLIMIT_MEMLOCK"));
+	assert_int_equal(ops->pinned_bytes(f->be), 0x12000);
+	k.map_errno = 0;
+
+	/* unmap */
+	fake_reset();
+	uint64_t n = 0;
+	k.unmap_len = 0x10000;
+	assert_int_equal(ops->unmap(f->ctx, 0x100000, 0x10000, &n, &e), 0);
+	assert_int_equal(n, 0x10000);
+	c = fake_find(DMB_IOMMU_IOAS_UNMAP, 0);
+	assert_int_equal(c->len, 24);
+	const struct dmb_iommu_ioas_unmap *u = (const void *)c->bytes;
+	assert_int_equal(u->size, 24);
+	assert_int_equal(u->ioas_id, 2);
+	assert_int_equal(u->iova, 0x100000);
+	assert_int_equal(u->length, 0x10000);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x2000);
+
+	/* unmap-all: exactly iova 0, length U64_MAX */
+	k.unmap_len = 0x2000;
+	assert_int_equal(ops->unmap_all(f->ctx, &n, &e), 0);
+	assert_int_equal(n, 0x2000);
+	u = (const void *)fake_find(DMB_IOMMU_IOAS_UNMAP, 1)->bytes;
+	assert_int_equal(u->iova, 0);
+	assert_int_equal(u->length, UINT64_MAX);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	ops->region_close(r);
+	ops->region_close(NULL);
+}
+
+static void test_map_by_address(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	const uint64_t size = 0x20000;
+	struct dmb_region_desc d = {.fd = fake_memfd(size), .size = size, .page_size = 4096,
+				    .writable = false};
+	struct dmb_bregion *r;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	close(d.fd);
+	fake_reset();
+	assert_int_equal(ops->map(f->ctx, r, 0x2000, 0x40000, 0x4000, DMB_PROT_READ, &e), 0);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP_FILE), 0);
+	const struct fake_call *c = fake_find(DMB_IOMMU_IOAS_MAP, 0);
+	assert_non_null(c);
+	assert_int_equal(c->len, 40);
+	const struct dmb_iommu_ioas_map *m = (const void *)c->bytes;
+	assert_int_equal(m->size, 40);
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_READABLE);
+	assert_int_equal(m->ioas_id, 2);
+	assert_int_equal(m->__reserved, 0);
+	assert_int_equal(m->length, 0x4000);
+	assert_int_equal(m->iova, 0x40000);
+	/* user_va is the daemon's mmap of the region, at the offset */
+	assert_int_equal(m->user_va % 4096, 0);
+	const uint8_t *va = (const uint8_t *)(uintptr_t)m->user_va;
+	assert_int_equal(va[0], (uint8_t)(0x2000 * 7 + 1));
+	assert_int_equal(va[0x3FFF], (uint8_t)((0x2000 + 0x3FFF) * 7 + 1));
+
+	k.map_errno = EFAULT;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x80000, 0x1000, DMB_PROT_READ, &e), -EFAULT);
+	assert_non_null(strstr(e.msg, "IOMMU_IOAS_MAP of 0x1000 bytes at IOVA 0x80000 failed (EFAULT)"));
+	k.map_errno = 0;
+
+	/* out of bounds: never reaches the kernel */
+	fake_reset();
+	assert_int_equal(ops->map(f->ctx, r, size, 0x80000, 0x1000, DMB_PROT_READ, &e), -EINVAL);
+	assert_int_equal(fake_ncalls, 0);
+	ops->region_close(r);
+}
+
+static void test_devices(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_dev_info di;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, &di, &e), 0);
+	assert_int_equal(di.vendor, 0x1234);
+	assert_int_equal(di.device, 0x11e8);
+	assert_string_equal(di.group, "vfio3");
+	assert_true(di.viable);
+	int dfd = ops->dev_fd(dev);
+	assert_true(dfd >= 0);
+
+	/* bind: 16 bytes (no token), the context's iommufd */
+	const struct fake_call *c = fake_find(DMB_VFIO_DEVICE_BIND_IOMMUFD, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, dfd);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/devices/vfio3"));
+	assert_int_equal(c->len, 16);
+	const struct dmb_vfio_device_bind_iommufd *b = (const void *)c->bytes;
+	assert_int_equal(b->argsz, 16);
+	assert_int_equal(b->flags, 0);
+	char p[512];
+	fake_fd_path(b->iommufd, p, sizeof(p));
+	assert_true(fake_path_endswith(p, "/dev/iommu"));
+	assert_int_equal(b->out_devid, 0);
+
+	/* attach: 12 bytes (no PASID), pt_id = the IOAS, after bind */
+	const struct fake_call *c2 = fake_find(DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0);
+	assert_non_null(c2);
+	assert_true(c2 > c);
+	assert_int_equal(c2->fd, dfd);
+	assert_int_equal(c2->len, 12);
+	const struct dmb_vfio_device_attach_iommufd_pt *a = (const void *)c2->bytes;
+	assert_int_equal(a->argsz, 12);
+	assert_int_equal(a->flags, 0);
+	assert_int_equal(a->pt_id, 2);
+
+	/* hw info on the iommufd for the bound device */
+	c = fake_find(DMB_IOMMU_GET_HW_INFO, 0);
+	assert_non_null(c);
+	const struct dmb_iommu_hw_info *h = (const void *)c->bytes;
+	assert_int_equal(h->size, 40);
+	assert_int_equal(h->dev_id, 11);
+	assert_int_equal(h->data_len, 0);
+
+	/* close: detach (8 bytes) first */
+	fake_reset();
+	ops->dev_close(dev);
+	c = fake_find(DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT, 0);
+	assert_non_null(c);
+	assert_int_equal(c->len, 8);
+	const struct dmb_vfio_device_detach_iommufd_pt *dt = (const void *)c->bytes;
+	assert_int_equal(dt->argsz, 8);
+	assert_int_equal(dt->flags, 0);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/devices/vfio3"));
+	ops->dev_close(NULL);
+
+	/* failures */
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:05.0", &dev, NULL, &e), -ENOENT);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "0000:00:05.0 is not bound to vfio-pci (driver: e1000e)"));
+
+	k.bind_errno = EPERM;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), -EPERM);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "VFIO_DEVICE_BIND_IOMMUFD of 0000:00:03.0 failed (EPERM)"));
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0/../x", &dev, NULL, &e), -EINVAL);
+	assert_int_equal(e.code, DMB_E_INVALID_ARGUMENT);
+}
+
+static void test_ctx_close(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	close(d.fd);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x10000, DMB_PROT_READ, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+
+	fake_reset();
+	k.unmap_len = 0x10000;
+	ops->ctx_close(f->ctx);
+	f->ctx = NULL;
+	/* detach the device, unmap everything, destroy the IOAS */
+	const struct fake_call *det = fake_find(DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT, 0);
+	const struct fake_call *un = fake_find(DMB_IOMMU_IOAS_UNMAP, 0);
+	const struct fake_call *ds = fake_find(DMB_IOMMU_DESTROY, 0);
+	assert_non_null(det);
+	assert_non_null(un);
+	assert_non_null(ds);
+	assert_true(det < un && un < ds);
+	assert_int_equal(((const struct dmb_iommu_ioas_unmap *)un->bytes)->length, UINT64_MAX);
+	assert_int_equal(((const struct dmb_iommu_destroy *)ds->bytes)->id, 2);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+	ops->region_close(r);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_probe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_probe_old_kernel, setup_old, teardown),
+		cmocka_unit_test_setup_teardown(test_iova_ranges, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_by_address, setup_old, teardown),
+		cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ctx_close, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

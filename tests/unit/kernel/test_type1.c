@@ -1,0 +1,551 @@
+/* The vfio-type1 backend against a fake kernel: a temp /sys and /dev and a
+ * fake ioctl that plays the VFIO container/group driver. Checks the exact
+ * arguments of every command, the "unset container" rules, group sharing
+ * and the lingering last group, and the sentences of the failures. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "backend/backend.h"
+#include "backend/uapi/vfio_container.h"
+#include "fake.h"
+
+static struct {
+	bool unmap_all_ext;
+	bool vaddr_ext;
+	bool set_iommu_eperm;
+	int map_errno;
+	uint64_t unmap_size;
+	uint32_t avail;
+} k;
+
+#define INFO_TOTAL (24 + 16 + 16 + 2 * 16)
+
+static int kernel(int fd, unsigned long req, void *arg, const char *path)
+{
+	(void)fd;
+	switch (req) {
+	case VFIO_GET_API_VERSION:
+		return VFIO_API_VERSION;
+	case VFIO_CHECK_EXTENSION:
+		switch ((uintptr_t)arg) {
+		case VFIO_TYPE1v2_IOMMU:
+			return 1;
+		case VFIO_UNMAP_ALL:
+			return k.unmap_all_ext;
+		case VFIO_UPDATE_VADDR:
+			return k.vaddr_ext;
+		default:
+			return 0;
+		}
+	case VFIO_SET_IOMMU:
+		return k.set_iommu_eperm ? -EPERM : 0;
+	case VFIO_GROUP_GET_STATUS: {
+		struct vfio_group_status *s = arg;
+		s->flags = fake_path_endswith(path, "/vfio/6") ? 0 : VFIO_GROUP_FLAGS_VIABLE;
+		return 0;
+	}
+	case VFIO_GROUP_SET_CONTAINER:
+	case VFIO_GROUP_UNSET_CONTAINER:
+		return 0;
+	case VFIO_GROUP_GET_DEVICE_FD:
+		return open("/dev/null", O_RDWR | O_CLOEXEC);
+	case VFIO_IOMMU_GET_INFO: {
+		struct vfio_iommu_type1_info *i = arg;
+		uint32_t given = i->argsz;
+		i->flags = VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS;
+		i->iova_pgsizes = 0x1000 | 0x200000 | 0x40000000;
+		i->argsz = INFO_TOTAL;
+		i->cap_offset = 0;
+		if (given < INFO_TOTAL)
+			return 0;
+		uint8_t *b = arg;
+		i->cap_offset = 24;
+		struct vfio_iommu_type1_info_dma_avail *a = (void *)(b + 24);
+		a->header.id = VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL;
+		a->header.version = 1;
+		a->header.next = 40;
+		a->avail = k.avail;
+		struct vfio_iommu_type1_info_cap_iova_range *r = (void *)(b + 40);
+		r->header.id = VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE;
+		r->header.version = 1;
+		r->header.next = 0;
+		r->nr_iovas = 2;
+		r->iova_ranges[0].start = 0;
+		r->iova_ranges[0].end = 0xFEDFFFFF;
+		r->iova_ranges[1].start = 0xFEF00000;
+		r->iova_ranges[1].end = 0x7FFFFFFFFF;
+		return 0;
+	}
+	case VFIO_IOMMU_MAP_DMA:
+		return -k.map_errno;
+	case VFIO_IOMMU_UNMAP_DMA: {
+		struct vfio_iommu_type1_dma_unmap *u = arg;
+		u->size = k.unmap_size;
+		return 0;
+	}
+	}
+	return -ENOTTY;
+}
+
+struct fx {
+	char *root;
+	char sys[600], dev[600];
+	struct dmb_backend *be;
+	struct dmb_bctx *ctx;
+};
+
+static void tree(const char *root)
+{
+	fake_write(root, "dev/vfio/vfio", "");
+	fake_write(root, "dev/vfio/5", "");
+	fake_write(root, "dev/vfio/6", "");
+	fake_write(root, "dev/vfio/8", "");
+	fake_pci(root, "0000:00:03.0", 0x1234, 0x11e8, "vfio-pci", 5, NULL);
+	fake_pci(root, "0000:00:04.0", 0x1234, 0x11e8, "vfio-pci", 6, NULL);
+	fake_pci(root, "0000:00:04.1", 0x8086, 0x1234, "snd_hda_intel", 6, NULL);
+	fake_pci(root, "0000:00:05.0", 0x8086, 0x10d3, "e1000e", 7, NULL);
+	fake_pci(root, "0000:00:08.0", 0x1234, 0x11e8, "vfio-pci", 8, NULL);
+	fake_pci(root, "0000:00:08.1", 0x1234, 0x11e8, "vfio-pci", 8, NULL);
+	fake_pci(root, "0000:00:09.0", 0x1234, 0x11e8, "vfio-pci", -1, NULL);
+	fake_write(root, "sys/module/vfio_iommu_type1/parameters/dma_entry_limit", "1000\n");
+	fake_pci(root, "0000:00:0b.0", 0x1234, 0x11e8, "vfio-pci", 10, NULL);
+	fake_write(root, "dev/vfio/noiommu-10", "");
+	fake_pci(root, "0000:00:0c.0", 0x1234, 0x11e8, "vfio-pci", 11, NULL);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	f->root = fake_tree_new();
+	tree(f->root);
+	snprintf(f->sys, sizeof(f->sys), "%s/sys", f->root);
+	snprintf(f->dev, sizeof(f->dev), "%s/dev", f->root);
+	memset(&k, 0, sizeof(k));
+	k.unmap_all_ext = true;
+	k.avail = 999;
+	fake_install(kernel);
+
+	struct dmb_backend_config cfg = {.name = "vfio-type1", .sysfs_root = f->sys, .dev_root = f->dev};
+	struct dmb_err e = {0};
+	assert_int_equal(dmb_type1_create(&cfg, &f->be, &e), 0);
+	assert_int_equal(f->be->ops->ctx_open(f->be, &f->ctx, &e), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	if (f->ctx)
+		f->be->ops->ctx_close(f->ctx);
+	assert_true(fake_all_cloexec());
+	dmb_backend_destroy(f->be);
+	fake_uninstall();
+	fake_tree_free(f->root);
+	free(f);
+	return 0;
+}
+
+static bool has_feature(const struct dmb_backend *be, const char *name)
+{
+	for (size_t i = 0; be->features && be->features[i]; i++)
+		if (strcmp(be->features[i], name) == 0)
+			return true;
+	return false;
+}
+
+static void test_create(void **state)
+{
+	struct fx *f = *state;
+	assert_string_equal(f->be->ops->name, "vfio-type1");
+	assert_true(has_feature(f->be, "unmap-all"));
+	/* CHECK_EXTENSION(UPDATE_VADDR) said 0 (no IOMMU yet), but UNMAP_ALL and
+	 * a native vfio_iommu_type1 module imply it. */
+	assert_true(has_feature(f->be, "vaddr-update"));
+	assert_null(f->be->ops->dma);
+
+	const struct fake_call *c = fake_find(VFIO_GET_API_VERSION, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/vfio"));
+	c = fake_find(VFIO_CHECK_EXTENSION, 0);
+	assert_int_equal(c->argval, VFIO_TYPE1v2_IOMMU);
+
+	/* Without UNMAP_ALL: neither feature. */
+	struct dmb_backend *be2;
+	struct dmb_err e = {0};
+	struct dmb_backend_config cfg = {.sysfs_root = f->sys, .dev_root = f->dev};
+	k.unmap_all_ext = false;
+	assert_int_equal(dmb_type1_create(&cfg, &be2, &e), 0);
+	assert_null(be2->features[0]);
+	dmb_backend_destroy(be2);
+}
+
+static void expect_no_iommu(int r, const struct dmb_err *e)
+{
+	assert_true(r < 0);
+	assert_int_equal(e->code, DMB_E_FAILED_PRECONDITION);
+	assert_string_equal(e->msg, "attach a device first: the type1 container has no IOMMU until then");
+}
+
+static void test_unset_container(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_iova_info info;
+	struct dmb_err e = {0};
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	uint64_t n = 1;
+
+	fake_reset();
+	expect_no_iommu(ops->iova_info(f->ctx, &info, &e), &e);
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	dmb_err_clear(&e);
+	expect_no_iommu(ops->map(f->ctx, r, 0, 0x100000, 0x1000, DMB_PROT_READ, &e), &e);
+	assert_int_equal(ops->unmap_all(f->ctx, &n, NULL), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(ops->unmap(f->ctx, 0, 0x1000, &n, NULL), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(fake_ncalls, 0); /* nothing reached the kernel */
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+	ops->region_close(r);
+	close(d.fd);
+}
+
+static void test_open_map_unmap(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_dev_info di;
+
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, &di, &e), 0);
+	assert_int_equal(di.vendor, 0x1234);
+	assert_int_equal(di.device, 0x11e8);
+	assert_string_equal(di.group, "5");
+	assert_true(di.viable);
+	assert_true(ops->dev_fd(dev) >= 0);
+
+	const struct fake_call *c = fake_find(VFIO_GROUP_GET_STATUS, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/5"));
+	assert_int_equal(c->len, 8);
+	c = fake_find(VFIO_GROUP_SET_CONTAINER, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/5"));
+	int cfd;
+	memcpy(&cfd, c->bytes, sizeof(cfd));
+	char p[512];
+	fake_fd_path(cfd, p, sizeof(p));
+	assert_true(fake_path_endswith(p, "/dev/vfio/vfio"));
+	c = fake_find(VFIO_SET_IOMMU, 0);
+	assert_non_null(c);
+	assert_int_equal(c->argval, VFIO_TYPE1v2_IOMMU);
+	assert_int_equal(c->fd, cfd);
+	c = fake_find(VFIO_GROUP_GET_DEVICE_FD, 0);
+	assert_string_equal(c->str, "0000:00:03.0");
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/5"));
+
+	/* IOVA info: the two-call GET_INFO protocol */
+	struct dmb_iova_info info;
+	fake_reset();
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	assert_int_equal(fake_count(VFIO_IOMMU_GET_INFO), 2);
+	const struct vfio_iommu_type1_info *gi = (const void *)fake_find(VFIO_IOMMU_GET_INFO, 0)->bytes;
+	assert_int_equal(gi->argsz, 24);
+	gi = (const void *)fake_find(VFIO_IOMMU_GET_INFO, 1)->bytes;
+	assert_int_equal(gi->argsz, INFO_TOTAL);
+	assert_int_equal(info.n, 2);
+	assert_int_equal(info.ranges[1].start, 0xFEF00000);
+	assert_int_equal(info.ranges[1].last, 0x7FFFFFFFFF);
+	assert_int_equal(info.alignment, 0x1000);
+	assert_int_equal(info.max_mappings, 1000); /* dma_entry_limit from sysfs */
+	assert_int_equal(info.mappings_available, 999);
+
+	/* map: the daemon's mmap + offset */
+	const uint64_t size = 0x200000;
+	struct dmb_region_desc d = {.fd = fake_memfd(size), .size = size, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	fake_reset();
+	assert_int_equal(ops->map(f->ctx, r, 0x3000, 0x100000, 0x10000,
+				  DMB_PROT_READ | DMB_PROT_WRITE, &e), 0);
+	c = fake_find(VFIO_IOMMU_MAP_DMA, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, cfd);
+	const struct vfio_iommu_type1_dma_map *m = (const void *)c->bytes;
+	assert_int_equal(c->len, 32);
+	assert_int_equal(m->argsz, 32);
+	assert_int_equal(m->flags, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
+	assert_int_equal(m->iova, 0x100000);
+	assert_int_equal(m->size, 0x10000);
+	const uint8_t *va = (const uint8_t *)(uintptr_t)m->vaddr;
+	assert_int_equal(m->vaddr % 4096, 0);
+	assert_int_equal(va[0], (uint8_t)(0x3000 * 7 + 1));
+	assert_int_equal(va[0xFFFF], (uint8_t)((0x3000 + 0xFFFF) * 7 + 1));
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x200000, 0x1000, DMB_PROT_READ, &e), 0);
+	m = (const void *)fake_find(VFIO_IOMMU_MAP_DMA, 1)->bytes;
+	assert_int_equal(m->flags, VFIO_DMA_MAP_FLAG_READ);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x11000);
+
+	/* out of the region's bounds: refused before the kernel */
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map(f->ctx, r, size - 0x1000, 0x400000, 0x2000, DMB_PROT_READ, &e),
+			 -EINVAL);
+	assert_int_equal(fake_count(VFIO_IOMMU_MAP_DMA), 2);
+
+	/* unmap */
+	uint64_t n = 0;
+	k.unmap_size = 0x10000;
+	assert_int_equal(ops->unmap(f->ctx, 0x100000, 0x10000, &n, &e), 0);
+	assert_int_equal(n, 0x10000);
+	const struct vfio_iommu_type1_dma_unmap *u = (const void *)fake_find(VFIO_IOMMU_UNMAP_DMA, 0)->bytes;
+	assert_int_equal(u->argsz, 24);
+	assert_int_equal(u->flags, 0);
+	assert_int_equal(u->iova, 0x100000);
+	assert_int_equal(u->size, 0x10000);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x1000);
+
+	/* unmap-all with FLAG_ALL */
+	k.unmap_size = 0x1000;
+	assert_int_equal(ops->unmap_all(f->ctx, &n, &e), 0);
+	assert_int_equal(n, 0x1000);
+	u = (const void *)fake_find(VFIO_IOMMU_UNMAP_DMA, 1)->bytes;
+	assert_int_equal(u->flags, VFIO_DMA_UNMAP_FLAG_ALL);
+	assert_int_equal(u->iova, 0);
+	assert_int_equal(u->size, 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	ops->region_close(r);
+	close(d.fd);
+	fake_reset();
+	ops->ctx_close(f->ctx); /* closes the device too */
+	f->ctx = NULL;
+	c = fake_find(VFIO_GROUP_UNSET_CONTAINER, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/5"));
+}
+
+static void test_group_sharing(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *a, *b;
+	struct dmb_dev_info di;
+
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:08.0", &a, &di, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "00:08.1", &b, &di, &e), 0);
+	assert_string_equal(di.group, "8");
+	assert_int_equal(fake_count(VFIO_GROUP_GET_STATUS), 1);
+	assert_int_equal(fake_count(VFIO_GROUP_SET_CONTAINER), 1);
+	assert_int_equal(fake_count(VFIO_SET_IOMMU), 1);
+	assert_int_equal(fake_count(VFIO_GROUP_GET_DEVICE_FD), 2);
+	assert_string_equal(fake_find(VFIO_GROUP_GET_DEVICE_FD, 1)->str, "0000:00:08.1");
+
+	ops->dev_close(a);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 0);
+	ops->dev_close(b);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 1);
+	/* the container lost its IOMMU with its last group */
+	struct dmb_iova_info info;
+	dmb_err_clear(&e);
+	expect_no_iommu(ops->iova_info(f->ctx, &info, &e), &e);
+	ops->dev_close(NULL);
+}
+
+/* The last group stays while mappings exist: the kernel would drop the
+ * IOMMU, and every mapping, with it. */
+static void test_last_group_lingers(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_iova_info info;
+	uint64_t n;
+
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x10000, DMB_PROT_READ, &e), 0);
+	fake_reset();
+	ops->dev_close(dev);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 0);
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+
+	/* another group joins: the idle one may leave now */
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:08.0", &dev, NULL, &e), 0);
+	assert_int_equal(fake_count(VFIO_SET_IOMMU), 0);
+	const struct fake_call *c = fake_find(VFIO_GROUP_UNSET_CONTAINER, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/5"));
+
+	/* closing the last device keeps group 8; unmapping the last bytes
+	 * releases it */
+	fake_reset();
+	ops->dev_close(dev);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 0);
+	k.unmap_size = 0x10000;
+	assert_int_equal(ops->unmap(f->ctx, 0x100000, 0x10000, &n, &e), 0);
+	c = fake_find(VFIO_GROUP_UNSET_CONTAINER, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/8"));
+	dmb_err_clear(&e);
+	expect_no_iommu(ops->iova_info(f->ctx, &info, &e), &e);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	ops->region_close(r);
+	close(d.fd);
+}
+
+static void test_open_failures(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+
+	fake_reset();
+	assert_true(ops->dev_open(f->ctx, "0000:00:04.0", &dev, NULL, &e) < 0);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "IOMMU group 6 is not viable"));
+	assert_non_null(strstr(e.msg, "0000:00:04.1 (snd_hda_intel)"));
+	assert_null(strstr(e.msg, "0000:00:04.0"));
+	assert_int_equal(fake_count(VFIO_GROUP_SET_CONTAINER), 0);
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:05.0", &dev, NULL, &e), -ENOENT);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "/dev/vfio/7 missing: 0000:00:05.0 is not bound to vfio-pci "
+				      "(driver: e1000e)"));
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "../../etc/passwd", &dev, NULL, &e), -EINVAL);
+	assert_int_equal(e.code, DMB_E_INVALID_ARGUMENT);
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:0a.0", &dev, NULL, &e), -ENOENT);
+	assert_int_equal(e.code, DMB_E_NOT_FOUND);
+	assert_non_null(strstr(e.msg, "no PCI device 0000:00:0a.0"));
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:09.0", &dev, NULL, &e), -ENOENT);
+	assert_non_null(strstr(e.msg, "has no IOMMU group"));
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:0b.0", &dev, NULL, &e), -ENOENT);
+	assert_non_null(strstr(e.msg, "0000:00:0b.0 is in VFIO no-IOMMU mode"));
+
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:0c.0", &dev, NULL, &e), -ENOENT);
+	assert_non_null(strstr(e.msg, "/dev/vfio/11 missing although 0000:00:0c.0 is bound to vfio-pci"));
+
+	/* SET_IOMMU refused: the group leaves again */
+	k.set_iommu_eperm = true;
+	fake_reset();
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), -EPERM);
+	assert_non_null(strstr(e.msg, "interrupt remapping"));
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 1);
+	k.set_iommu_eperm = false;
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	ops->dev_close(dev);
+}
+
+static void test_map_errors(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+
+	k.map_errno = EEXIST;
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x1000, DMB_PROT_READ, &e), -EEXIST);
+	assert_int_equal(e.code, DMB_E_ALREADY_EXISTS);
+	assert_int_equal(e.sys_errno, EEXIST);
+	assert_non_null(strstr(e.msg, "VFIO_IOMMU_MAP_DMA of 0x1000 bytes at IOVA 0x100000 failed (EEXIST)"));
+
+	k.map_errno = ENOSPC;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x1000, DMB_PROT_READ, &e), -ENOSPC);
+	assert_int_equal(e.code, DMB_E_RESOURCE_EXHAUSTED);
+	assert_non_null(strstr(e.msg, "dma_entry_limit"));
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	ops->dev_close(dev);
+	ops->region_close(r);
+	ops->region_close(NULL);
+	close(d.fd);
+}
+
+static void test_unmap_all_without_flag(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_backend *be2;
+	struct dmb_bctx *ctx2;
+	struct dmb_backend_config cfg = {.sysfs_root = f->sys, .dev_root = f->dev};
+
+	k.unmap_all_ext = false;
+	assert_int_equal(dmb_type1_create(&cfg, &be2, &e), 0);
+	assert_int_equal(be2->ops->ctx_open(be2, &ctx2, &e), 0);
+	assert_int_equal(ops->dev_open(ctx2, "0000:00:08.0", &dev, NULL, &e), 0);
+	fake_reset();
+	k.unmap_size = 0x3000;
+	uint64_t n = 0;
+	assert_int_equal(ops->unmap_all(ctx2, &n, &e), 0);
+	assert_int_equal(fake_count(VFIO_IOMMU_UNMAP_DMA), 2);
+	const struct vfio_iommu_type1_dma_unmap *u = (const void *)fake_find(VFIO_IOMMU_UNMAP_DMA, 0)->bytes;
+	assert_int_equal(u->flags, 0);
+	assert_int_equal(u->iova, 0);
+	assert_int_equal(u->size, 1ull << 63);
+	u = (const void *)fake_find(VFIO_IOMMU_UNMAP_DMA, 1)->bytes;
+	assert_int_equal(u->iova, 1ull << 63);
+	assert_int_equal(u->size, 1ull << 63);
+	assert_int_equal(n, 0x6000);
+	be2->ops->ctx_close(ctx2);
+	be2->ops->ctx_close(NULL);
+	dmb_backend_destroy(be2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_create, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unset_container, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_map_unmap, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_sharing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_last_group_lingers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_failures, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unmap_all_without_flag, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
