@@ -1,0 +1,942 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * broker-client - the guest side of the vm-broker test: a VMM-like client of the real
+ * dmabrokerd (VFIO type1 backend) that proves every mapping by moving bytes with edu.
+ *
+ * Runs inside the test VM (tests/vm/broker-init.sh), as root (uid 0 is the broker's
+ * default admin, which only matters for the status print), against a daemon whose
+ * allow-list holds the two edu devices. One scenario per invocation, one session each:
+ *
+ *   broker-client info  SOCK BDF    server info (backend must be vfio-type1), IOVA
+ *                                   ranges and the DMA-mapping limit, after opening BDF
+ *   broker-client ram   SOCK BDF    memfd (F_SEAL_SHRINK) registered, mapped twice;
+ *                                   edu round trips RAM -> edu -> RAM at several IOVAs,
+ *                                   the last page (last byte) of each mapping included
+ *   broker-client unmap SOCK BDF    a working DMA faults after dmb_unmap: DMAR line for
+ *                                   that IOVA on /dev/kmsg, destination untouched; the
+ *                                   other mapping still works
+ *   broker-client kill  SOCK BDF    a forked client maps + DMAs, is SIGKILLed; the
+ *                                   kernel unpins its pages (dmabrokerd's VmLck); a new
+ *                                   session opens BDF again: the old IOVA faults and moves
+ *                                   no bytes into the dead client's memfd; then maps
+ *                                   and DMAs fine (the daemon keeps serving)
+ *   broker-client range SOCK BDF    maps outside dmb_iova_ranges (the MSI window
+ *                                   0xfee00000-0xfeefffff, past the aperture) are refused
+ *                                   with DMB_OUT_OF_RANGE; the kernel's DMA-mapping count
+ *                                   moves only for the accepted map
+ *   broker-client deny  SOCK DENIED_BDF ALLOWED_BDF
+ *                                   DENIED_BDF refused with DMB_PERMISSION_DENIED; the
+ *                                   allowed one opens
+ *
+ * Prints "broker-client: ok: ..." per step, "broker-client: FAIL: ..." on the first
+ * failure, and exits 0 only if every step passed. Never reads stdin.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include "dmabroker.h"
+#include "edu.h"
+
+#define MiB (1ull << 20)
+#define XFER 4095u /* largest transfer QEMU 7.2's edu accepts */
+#define FAULT_WAIT_MS 3000
+#define CHILD_READY_MS 30000
+#define MSI_START 0xfee00000ull
+#define MSI_LAST 0xfeefffffull
+
+static const char *prog_step = "";
+
+static void ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(int r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bfail(struct dmb_client *c, int r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void ok(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	printf("broker-client%s: ok: ", prog_step);
+	vprintf(fmt, ap);
+	fputc('\n', stdout);
+	fflush(stdout);
+	va_end(ap);
+}
+
+/* Prints the failure and returns -1; r is a negative errno or 0 (no errno to show). */
+static int fail(int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fflush(stdout);
+	printf("broker-client%s: FAIL: ", prog_step);
+	vprintf(fmt, ap);
+	if (r < 0)
+		printf(": %s", strerror(-r));
+	fputc('\n', stdout);
+	fflush(stdout);
+	va_end(ap);
+	return -1;
+}
+
+/* A libdmabroker call failed with r: prints the broker's code, errno and sentence. */
+static int bfail(struct dmb_client *c, int r, const char *fmt, ...)
+{
+	const struct dmb_error *e = c ? dmb_last_error(c) : NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	fflush(stdout);
+	printf("broker-client%s: FAIL: ", prog_step);
+	vprintf(fmt, ap);
+	printf(": %s", strerror(-r));
+	if (e)
+		printf(" [broker: %s, errno %d: %s]", dmb_error_code_name(e->code), e->sys_errno,
+		       e->message);
+	fputc('\n', stdout);
+	fflush(stdout);
+	va_end(ap);
+	return -1;
+}
+
+/* ---- guest RAM ------------------------------------------------------------------- */
+
+struct ram {
+	int fd;
+	uint8_t *p;
+	size_t size;
+};
+
+/* A memfd sealed against shrinking (what the broker demands), mapped here so the test
+ * sees exactly the bytes the device reads and writes. */
+static int ram_new(struct ram *m, size_t size, const char *name)
+{
+	m->fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	m->p = NULL;
+	m->size = size;
+	if (m->fd < 0)
+		return fail(-errno, "memfd_create");
+	if (ftruncate(m->fd, (off_t)size) < 0)
+		return fail(-errno, "ftruncate memfd to %zu bytes", size);
+	if (fcntl(m->fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+		return fail(-errno, "F_ADD_SEALS F_SEAL_SHRINK");
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd, 0);
+	if (p == MAP_FAILED)
+		return fail(-errno, "mmap memfd");
+	m->p = p;
+	return 0;
+}
+
+static void ram_free(struct ram *m)
+{
+	if (m->p)
+		munmap(m->p, m->size);
+	if (m->fd >= 0)
+		close(m->fd);
+	m->p = NULL;
+	m->fd = -1;
+}
+
+static uint8_t pattern(uint32_t seed, size_t i)
+{
+	return (uint8_t)(i * 7 + 13 + (i >> 8) + seed * 31);
+}
+
+/* ---- kernel log ------------------------------------------------------------------ */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Opens /dev/kmsg positioned after every record logged so far. */
+static int kmsg_open(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
+		return fail(-errno, "open /dev/kmsg");
+	if (lseek(fd, 0, SEEK_END) < 0) {
+		int r = -errno;
+
+		close(fd);
+		return fail(r, "seek /dev/kmsg");
+	}
+	return fd;
+}
+
+/* "fault addr 0x<iova>" as a whole word: 0x200000 must not match 0x2000000. */
+static bool has_fault_addr(const char *msg, uint64_t iova)
+{
+	char want[48];
+	size_t n;
+
+	n = (size_t)snprintf(want, sizeof(want), "fault addr 0x%" PRIx64, iova);
+	for (const char *p = strstr(msg, want); p; p = strstr(p + 1, want)) {
+		char next = p[n];
+
+		if (!((next >= '0' && next <= '9') || (next >= 'a' && next <= 'f') ||
+		      (next >= 'A' && next <= 'F')))
+			return true;
+	}
+	return false;
+}
+
+/* "0000:01:00.0" -> "[01:00.0]", the form the DMAR fault message uses. */
+static void dmar_dev(const char *bdf, char *out, size_t outsz)
+{
+	size_t n = strlen(bdf);
+
+	snprintf(out, outsz, "[%s]", n > 7 ? bdf + n - 7 : bdf);
+}
+
+/*
+ * Waits up to FAULT_WAIT_MS for a new kernel log record with "DMAR", the device and
+ * "fault addr 0x<iova>". Copies the message into line. Returns 0 if found.
+ */
+static int kmsg_wait_fault(int fd, const char *bdf, uint64_t iova, char *line, size_t linesz)
+{
+	int64_t deadline = mono_ms() + FAULT_WAIT_MS;
+	char rec[8192], dev[24];
+
+	dmar_dev(bdf, dev, sizeof(dev));
+	for (;;) {
+		ssize_t n = read(fd, rec, sizeof(rec) - 1);
+
+		if (n < 0 && errno == EPIPE)
+			continue; /* records overwritten under us: keep reading */
+		if (n < 0 && errno != EAGAIN)
+			return -errno;
+		if (n > 0) {
+			char *msg, *nl;
+
+			rec[n] = '\0';
+			msg = strchr(rec, ';'); /* "prio,seq,usec,flags;text\n" */
+			msg = msg ? msg + 1 : rec;
+			nl = strchr(msg, '\n');
+			if (nl)
+				*nl = '\0';
+			if (strstr(msg, "DMAR") && strstr(msg, dev) && has_fault_addr(msg, iova)) {
+				size_t len = strnlen(msg, linesz - 1);
+
+				memcpy(line, msg, len);
+				line[len] = '\0';
+				return 0;
+			}
+			continue;
+		}
+		int left = (int)(deadline - mono_ms());
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		poll(&p, 1, left < 50 ? left : 50);
+	}
+}
+
+/* ---- the kernel's pin accounting ------------------------------------------------- */
+
+/* VFIO type1 charges every page it pins for MAP_DMA to the mapping process's
+ * locked_vm: the daemon's VmLck. Returns kB, or -1. */
+static long vm_locked_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* The daemon's pid, from an admin status request on a session of its own. */
+static pid_t daemon_pid(const char *sock)
+{
+	struct dmb_client *c = NULL;
+	struct dmb_status st;
+	int r;
+
+	r = dmb_connect(sock, "vm-broker-status", &c);
+	if (r < 0)
+		return fail(r, "dmb_connect %s", sock);
+	r = dmb_status(c, &st);
+	if (r < 0) {
+		bfail(c, r, "dmb_status");
+		dmb_close(c);
+		return -1;
+	}
+	dmb_close(c);
+	return (pid_t)st.pid;
+}
+
+/* The daemon's VmLck must be base_kb + delta_kb. */
+static int expect_locked(pid_t dpid, long base_kb, long delta_kb, const char *when)
+{
+	long kb = vm_locked_kb(dpid);
+
+	if (kb < 0)
+		return fail(0, "cannot read VmLck of dmabrokerd (pid %d)", (int)dpid);
+	if (kb != base_kb + delta_kb)
+		return fail(0, "%s: dmabrokerd VmLck is %ld kB, want %ld kB", when, kb,
+			    base_kb + delta_kb);
+	ok("%s: dmabrokerd VmLck %ld kB (pinned by type1: %+ld kB)", when, kb, delta_kb);
+	return 0;
+}
+
+/* ---- a broker session with one edu ----------------------------------------------- */
+
+struct sess {
+	struct dmb_client *c;
+	uint64_t ctx;
+	int dev_fd;
+	struct dmb_device_info dev;
+	struct edu e;
+	const char *bdf;
+};
+
+#define SESS_INIT { .dev_fd = -1, .e = { .device_fd = -1 } }
+
+static void sess_close(struct sess *s)
+{
+	edu_close(&s->e);
+	if (s->dev_fd >= 0)
+		close(s->dev_fd);
+	s->dev_fd = -1;
+	if (s->c)
+		dmb_close(s->c);
+	s->c = NULL;
+}
+
+/* connect (backend must be vfio-type1) + context; no device yet. */
+static int sess_connect(struct sess *s, const char *sock, const char *name)
+{
+	const struct dmb_server_info *si;
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	s->dev_fd = -1;
+	s->e.device_fd = -1;
+	r = dmb_connect(sock, name, &s->c);
+	if (r < 0) {
+		s->c = NULL;
+		return fail(r, "dmb_connect %s", sock);
+	}
+	si = dmb_server_info(s->c);
+	if (strcmp(si->backend, "vfio-type1") != 0)
+		return fail(0, "broker backend is '%s', not vfio-type1", si->backend);
+	r = dmb_context_create(s->c, name, &s->ctx);
+	if (r < 0)
+		return bfail(s->c, r, "dmb_context_create");
+	return 0;
+}
+
+/* Opens bdf in the context with its device fd handed back; enables memory + bus master
+ * through the fd's config region and checks the edu answers. */
+static int sess_open_edu(struct sess *s, const char *bdf)
+{
+	uint16_t cmd = 0;
+	uint32_t id = 0;
+	int r;
+
+	s->bdf = bdf;
+	r = dmb_device_open(s->c, s->ctx, bdf, &s->dev_fd, &s->dev);
+	if (r < 0) {
+		s->dev_fd = -1;
+		return bfail(s->c, r, "dmb_device_open %s", bdf);
+	}
+	if (s->dev_fd < 0)
+		return fail(0, "dmb_device_open %s handed back no device fd", bdf);
+	if (s->dev.vendor_id != EDU_VENDOR_ID || s->dev.device_id != EDU_DEVICE_ID)
+		return fail(0, "broker says %s is %04x:%04x, not an edu", bdf, s->dev.vendor_id,
+			    s->dev.device_id);
+	r = edu_open(&s->e, s->dev_fd);
+	if (r < 0)
+		return fail(r, "edu_open on the broker's device fd");
+	r = edu_enable(&s->e);
+	if (r == 0)
+		r = edu_get_command(&s->e, &cmd);
+	if (r < 0 || (cmd & (EDU_CMD_MEMORY | EDU_CMD_MASTER)) != (EDU_CMD_MEMORY | EDU_CMD_MASTER))
+		return fail(r, "enable memory + bus master (command 0x%04x)", cmd);
+	r = edu_read_id(&s->e, &id);
+	if (r < 0 || id != EDU_ID_VALUE)
+		return fail(r, "edu ID register reads 0x%08" PRIx32, id);
+	ok("context %" PRIu64 ": device %s opened (id %" PRIu64 ", group %s, fd %d), command 0x%04x, ID 0x%08" PRIx32,
+	   s->ctx, bdf, s->dev.device, s->dev.group, s->dev_fd, cmd, id);
+	return 0;
+}
+
+static int sess_start(struct sess *s, const char *sock, const char *name, const char *bdf)
+{
+	if (sess_connect(s, sock, name) < 0)
+		return -1;
+	return sess_open_edu(s, bdf);
+}
+
+static int reg(struct sess *s, const struct ram *m, uint64_t *region)
+{
+	struct dmb_region_info ri;
+	int r = dmb_region_register(s->c, s->ctx, m->fd, 0, &ri);
+
+	if (r < 0)
+		return bfail(s->c, r, "dmb_region_register memfd (%zu bytes)", m->size);
+	if (ri.size != m->size || !ri.writable)
+		return fail(0, "region %" PRIu64 ": size %" PRIu64 ", writable %d", ri.region,
+			    ri.size, ri.writable);
+	*region = ri.region;
+	ok("region %" PRIu64 ": %s, %" PRIu64 " bytes, page %" PRIu64 ", writable", ri.region,
+	   ri.kind, ri.size, ri.page_size);
+	return 0;
+}
+
+static int map(struct sess *s, uint64_t region, uint64_t off, uint64_t iova, uint64_t len)
+{
+	struct dmb_map_entry me = {
+		.region = region, .offset = off, .iova = iova, .length = len,
+		.prot = DMB_READ | DMB_WRITE,
+	};
+	int r = dmb_map(s->c, s->ctx, &me);
+
+	if (r < 0)
+		return bfail(s->c, r, "dmb_map region %" PRIu64 "+0x%" PRIx64 " at IOVA 0x%" PRIx64
+			     " (0x%" PRIx64 " bytes)", region, off, iova, len);
+	ok("mapped region %" PRIu64 "+0x%" PRIx64 " at IOVA [0x%" PRIx64 ", 0x%" PRIx64 ")",
+	   region, off, iova, iova + len);
+	return 0;
+}
+
+/*
+ * edu copies count bytes RAM -> its buffer -> RAM: from src_iova (memfd offset src_off)
+ * to dst_iova (memfd offset dst_off of dst). Every destination byte must match and the
+ * bytes just around the destination must be untouched.
+ */
+static int roundtrip(const struct sess *s, struct ram *src, uint64_t src_iova, size_t src_off,
+		     struct ram *dst, uint64_t dst_iova, size_t dst_off, uint32_t count,
+		     uint32_t seed)
+{
+	size_t lo = dst_off > 0 ? dst_off - 1 : 0;
+	size_t hi = dst_off + count < dst->size ? dst_off + count + 1 : dst->size;
+	int r;
+
+	for (size_t i = 0; i < count; i++)
+		src->p[src_off + i] = pattern(seed, i);
+	memset(dst->p + lo, 0xa5, hi - lo);
+	r = edu_dma_to_device(&s->e, src_iova, 0, count, 0);
+	if (r == 0)
+		r = edu_dma_from_device(&s->e, 0, dst_iova, count, 0);
+	if (r < 0)
+		return fail(r, "edu DMA 0x%" PRIx64 " -> edu -> 0x%" PRIx64, src_iova, dst_iova);
+	for (size_t i = 0; i < count; i++)
+		if (dst->p[dst_off + i] != pattern(seed, i))
+			return fail(0, "round trip 0x%" PRIx64 " -> 0x%" PRIx64 ": byte %zu is 0x%02x, want 0x%02x",
+				    src_iova, dst_iova, i, dst->p[dst_off + i], pattern(seed, i));
+	for (size_t i = lo; i < hi; i++)
+		if ((i < dst_off || i >= dst_off + count) && dst->p[i] != 0xa5)
+			return fail(0, "DMA to 0x%" PRIx64 " changed memfd byte 0x%zx outside its range",
+				    dst_iova, i);
+	ok("DMA RAM 0x%" PRIx64 " -> edu -> RAM 0x%" PRIx64 ": %u bytes identical (memfd +0x%zx -> +0x%zx)",
+	   src_iova, dst_iova, count, src_off, dst_off);
+	return 0;
+}
+
+/*
+ * edu writes count bytes from its buffer to iova, which must not be mapped: the guest
+ * kernel must log a DMAR fault for that IOVA from this device, and none of the bytes
+ * at memfd offset watch_off of watch (what the IOVA was or would be backed by) change.
+ */
+static int expect_fault(const struct sess *s, uint64_t iova, struct ram *watch, size_t watch_off,
+			uint32_t count)
+{
+	char line[512];
+	int kfd, r;
+
+	memset(watch->p + watch_off, 0x3c, count);
+	kfd = kmsg_open();
+	if (kfd < 0)
+		return -1;
+	r = edu_dma_from_device(&s->e, 0, iova, count, 0);
+	if (r < 0) {
+		close(kfd);
+		return fail(r, "edu DMA to unmapped IOVA 0x%" PRIx64 " did not complete", iova);
+	}
+	r = kmsg_wait_fault(kfd, s->bdf, iova, line, sizeof(line));
+	close(kfd);
+	if (r < 0)
+		return fail(r == -ETIMEDOUT ? 0 : r,
+			    "no DMAR fault for IOVA 0x%" PRIx64 " from %s in the kernel log within %d ms",
+			    iova, s->bdf, FAULT_WAIT_MS);
+	ok("kernel: %s", line);
+	for (size_t i = 0; i < count; i++)
+		if (watch->p[watch_off + i] != 0x3c)
+			return fail(0, "DMA to unmapped IOVA 0x%" PRIx64 " changed memfd byte +0x%zx to 0x%02x",
+				    iova, watch_off + i, watch->p[watch_off + i]);
+	ok("DMA to unmapped IOVA 0x%" PRIx64 " faulted and moved no bytes", iova);
+	return 0;
+}
+
+static int get_ranges(struct sess *s, struct dmb_iova_info *ii, bool print)
+{
+	int r = dmb_iova_ranges(s->c, s->ctx, ii);
+
+	if (r < 0)
+		return bfail(s->c, r, "dmb_iova_ranges");
+	if (!print)
+		return 0;
+	for (size_t i = 0; i < ii->n; i++)
+		ok("IOVA range %zu: [0x%" PRIx64 ", 0x%" PRIx64 "]", i, ii->ranges[i].start,
+		   ii->ranges[i].last);
+	ok("IOVA alignment 0x%" PRIx64 ", DMA-mapping limit: max_mappings %" PRIu32
+	   ", mappings_available %" PRIu32, ii->alignment, ii->max_mappings, ii->mappings_available);
+	return 0;
+}
+
+/* ---- scenarios ------------------------------------------------------------------- */
+
+static int run_info(const char *sock, const char *bdf)
+{
+	const struct dmb_server_info *si;
+	struct dmb_iova_info ii;
+	struct dmb_status st;
+	struct sess s = SESS_INIT;
+	int r, ret = -1;
+
+	if (sess_connect(&s, sock, "vm-broker-info") < 0)
+		goto out;
+	si = dmb_server_info(s.c);
+	ok("server %s, protocol %" PRIu32 ", backend %s, features [%s], max packet %" PRIu32
+	   ", max fds %" PRIu32 ", max batch %" PRIu32 ", session %" PRIu64 "%s",
+	   si->server_version, si->protocol_version, si->backend, si->features,
+	   si->max_packet_bytes, si->max_fds, si->max_batch, si->session_id,
+	   si->admin ? ", admin" : "");
+	if (sess_open_edu(&s, bdf) < 0)
+		goto out;
+	if (get_ranges(&s, &ii, true) < 0)
+		goto out;
+	if (ii.n == 0) {
+		fail(0, "the broker reports no IOVA ranges with %s attached", bdf);
+		goto out;
+	}
+	if (ii.max_mappings == 0)
+		ok("note: the backend reports no DMA-mapping limit");
+	r = dmb_status(s.c, &st);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_status");
+		goto out;
+	}
+	ok("status: pid %" PRIu32 ", backend %s, %" PRIu32 " session(s), %" PRIu32 " context(s), %" PRIu32 " device(s), pinned %" PRIu64 " bytes",
+	   st.pid, st.backend, st.sessions, st.totals.contexts, st.totals.devices,
+	   st.totals.pinned_bytes);
+	ret = 0;
+out:
+	sess_close(&s);
+	return ret;
+}
+
+static int run_ram(const char *sock, const char *bdf)
+{
+	/* One 2 MiB memfd, two 1 MiB mappings far apart: A = [0, 1M) at 0x100000,
+	 * B = [1M, 2M) at 0x800000. */
+	const uint64_t ia = 0x100000, ib = 0x800000, len = MiB;
+	const size_t oa = 0, ob = MiB;
+	struct ram m = { .fd = -1 };
+	struct sess s = SESS_INIT;
+	uint64_t region;
+	int ret = -1;
+
+	if (ram_new(&m, 2 * MiB, "vm-broker-ram") < 0)
+		goto out;
+	if (sess_start(&s, sock, "vm-broker-ram", bdf) < 0)
+		goto out;
+	if (reg(&s, &m, &region) < 0 || map(&s, region, oa, ia, len) < 0 ||
+	    map(&s, region, ob, ib, len) < 0)
+		goto out;
+	/* first pages: A -> B and B -> A */
+	if (roundtrip(&s, &m, ia, oa, &m, ib, ob, XFER, 1) < 0 ||
+	    roundtrip(&s, &m, ib + 0x3000, ob + 0x3000, &m, ia + 0x5000, oa + 0x5000, XFER, 2) < 0)
+		goto out;
+	/* across a page boundary, inside each mapping */
+	if (roundtrip(&s, &m, ia + 0x7800, oa + 0x7800, &m, ib + 0x40800, ob + 0x40800, XFER, 3) < 0)
+		goto out;
+	/* the last page of each mapping, up to and including its last byte */
+	if (roundtrip(&s, &m, ia + len - XFER, oa + len - XFER, &m, ib + len - XFER,
+		      ob + len - XFER, XFER, 4) < 0)
+		goto out;
+	ret = 0;
+out:
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
+static int run_unmap(const char *sock, const char *bdf)
+{
+	const uint64_t ia = 0x100000, ib = 0x800000, len = MiB;
+	const size_t oa = 0, ob = MiB;
+	struct ram m = { .fd = -1 };
+	uint64_t region, unmapped = 0;
+	struct sess s = SESS_INIT;
+	int r, ret = -1;
+
+	if (ram_new(&m, 2 * MiB, "vm-broker-unmap") < 0)
+		goto out;
+	if (sess_start(&s, sock, "vm-broker-unmap", bdf) < 0)
+		goto out;
+	if (reg(&s, &m, &region) < 0 || map(&s, region, oa, ia, len) < 0 ||
+	    map(&s, region, ob, ib, len) < 0)
+		goto out;
+	/* the DMA works while B is mapped ... */
+	if (roundtrip(&s, &m, ia, oa, &m, ib + 0x2000, ob + 0x2000, XFER, 5) < 0)
+		goto out;
+	r = dmb_unmap(s.c, s.ctx, ib, len, &unmapped);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_unmap 0x%" PRIx64 "+0x%" PRIx64, ib, len);
+		goto out;
+	}
+	if (unmapped != len) {
+		fail(0, "dmb_unmap 0x%" PRIx64 ": %" PRIu64 " bytes unmapped, want %" PRIu64, ib,
+		     unmapped, len);
+		goto out;
+	}
+	ok("dmb_unmap IOVA 0x%" PRIx64 ": %" PRIu64 " bytes", ib, unmapped);
+	/* ... and the same DMA faults after the unmap (edu still holds the bytes) */
+	if (expect_fault(&s, ib + 0x2000, &m, ob + 0x2000, XFER) < 0)
+		goto out;
+	/* A, not unmapped, still works */
+	if (roundtrip(&s, &m, ia + 0x1000, oa + 0x1000, &m, ia + 0x20000, oa + 0x20000, XFER, 6) < 0)
+		goto out;
+	ret = 0;
+out:
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
+/* The child of run_kill: maps old_iova, proves it with a DMA, says 'R', waits to die. */
+static void kill_child(const char *sock, const char *bdf, struct ram *m, uint64_t old_iova,
+		       int wfd)
+{
+	struct sess s = SESS_INIT;
+	uint64_t region;
+	char c = 'F';
+
+	prog_step = "[child]";
+	if (sess_start(&s, sock, "vm-broker-victim", bdf) == 0 && reg(&s, m, &region) == 0 &&
+	    map(&s, region, 0, old_iova, m->size) == 0 &&
+	    roundtrip(&s, m, old_iova, 0, m, old_iova + 0x10000, 0x10000, XFER, 7) == 0)
+		c = 'R';
+	if (write(wfd, &c, 1) != 1)
+		_exit(3);
+	if (c != 'R')
+		_exit(1);
+	for (;;)
+		pause(); /* until SIGKILL; the parent bounds this */
+}
+
+static int run_kill(const char *sock, const char *bdf)
+{
+	const uint64_t old_iova = 0x200000, new_iova = 0x2000000;
+	struct ram m = { .fd = -1 }, m2 = { .fd = -1 };
+	struct sess s = SESS_INIT;
+	struct dmb_iova_info ii;
+	struct dmb_stats stats;
+	int pfd[2] = { -1, -1 }, status = 0, ret = -1, r;
+	pid_t pid = -1, dpid;
+	uint64_t region;
+	long base_kb;
+	char c = 0;
+
+	/* The victim's guest memory is created here and shared with the child, so this
+	 * process can still watch its bytes after the child is gone. */
+	if (ram_new(&m, MiB, "vm-broker-victim") < 0)
+		goto out;
+	dpid = daemon_pid(sock);
+	if (dpid <= 0)
+		goto out;
+	base_kb = vm_locked_kb(dpid);
+	if (expect_locked(dpid, base_kb, 0, "before the first client") < 0)
+		goto out;
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		fail(-errno, "pipe2");
+		goto out;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0) {
+		fail(-errno, "fork");
+		goto out;
+	}
+	if (pid == 0) {
+		close(pfd[0]);
+		kill_child(sock, bdf, &m, old_iova, pfd[1]);
+		_exit(2);
+	}
+	close(pfd[1]);
+	pfd[1] = -1;
+
+	struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+	r = poll(&p, 1, CHILD_READY_MS);
+	if (r <= 0 || read(pfd[0], &c, 1) != 1 || c != 'R') {
+		fail(r < 0 ? -errno : 0, "the first client did not get ready (%s)",
+		     r == 0 ? "timed out" : c == 'F' ? "it failed" : "it died");
+		goto out;
+	}
+	if (expect_locked(dpid, base_kb, (long)(m.size >> 10), "first client mapped") < 0)
+		goto out;
+	if (kill(pid, SIGKILL) < 0 || waitpid(pid, &status, 0) != pid) {
+		fail(-errno, "kill/wait pid %d", (int)pid);
+		goto out;
+	}
+	pid = -1;
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+		fail(0, "the first client ended with status 0x%x, not by SIGKILL", status);
+		goto out;
+	}
+	ok("first client (IOVA 0x%" PRIx64 " mapped, DMA proven) killed with SIGKILL", old_iova);
+
+	/* A second client: new session, new context, the same device again. */
+	if (sess_start(&s, sock, "vm-broker-survivor", bdf) < 0)
+		goto out;
+	r = dmb_stats(s.c, s.ctx, &stats);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_stats");
+		goto out;
+	}
+	if (get_ranges(&s, &ii, false) < 0)
+		goto out;
+	ok("new context: %" PRIu64 " mappings, %" PRIu64 " pinned bytes; kernel DMA mappings available %" PRIu32 "/%" PRIu32,
+	   stats.mappings, stats.pinned_bytes, ii.mappings_available, ii.max_mappings);
+	/* The device open above needed the first session's device closed: its context
+	 * is gone, and the kernel unpinned its pages. */
+	if (expect_locked(dpid, base_kb, 0, "first client killed") < 0)
+		goto out;
+	if (stats.mappings != 0) {
+		fail(0, "the new context starts with %" PRIu64 " mappings", stats.mappings);
+		goto out;
+	}
+	if (ii.max_mappings != 0 && ii.mappings_available != ii.max_mappings) {
+		fail(0, "the kernel counts %" PRIu32 " DMA mappings in a fresh container",
+		     ii.max_mappings - ii.mappings_available);
+		goto out;
+	}
+	/* The dead client's IOVA: faults, and nothing lands in its memfd. */
+	if (expect_fault(&s, old_iova, &m, 0, XFER) < 0)
+		goto out;
+	/* The daemon keeps serving: map the same IOVA (free now) and another, and move
+	 * bytes through them; the dead client's memfd stays untouched. */
+	if (ram_new(&m2, 2 * MiB, "vm-broker-survivor") < 0 || reg(&s, &m2, &region) < 0 ||
+	    map(&s, region, 0, old_iova, MiB) < 0 || map(&s, region, MiB, new_iova, MiB) < 0)
+		goto out;
+	if (expect_locked(dpid, base_kb, (long)(m2.size >> 10), "second client mapped") < 0)
+		goto out;
+	memset(m.p, 0x3c, XFER);
+	if (roundtrip(&s, &m2, new_iova, MiB, &m2, old_iova, 0, XFER, 8) < 0)
+		goto out;
+	for (size_t i = 0; i < XFER; i++)
+		if (m.p[i] != 0x3c) {
+			fail(0, "a DMA of the second client changed the dead client's memfd (+0x%zx)", i);
+			goto out;
+		}
+	ok("daemon still serving: second client mapped and moved bytes; dead client's memory untouched");
+	ret = 0;
+out:
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	sess_close(&s);
+	ram_free(&m2);
+	ram_free(&m);
+	return ret;
+}
+
+static bool in_ranges(const struct dmb_iova_info *ii, uint64_t first, uint64_t last)
+{
+	for (size_t i = 0; i < ii->n; i++)
+		if (first >= ii->ranges[i].start && last <= ii->ranges[i].last)
+			return true;
+	return false;
+}
+
+static bool overlaps_ranges(const struct dmb_iova_info *ii, uint64_t first, uint64_t last)
+{
+	for (size_t i = 0; i < ii->n; i++)
+		if (first <= ii->ranges[i].last && last >= ii->ranges[i].start)
+			return true;
+	return false;
+}
+
+/* A map that must be refused with DMB_OUT_OF_RANGE. */
+static int expect_out_of_range(struct sess *s, uint64_t region, uint64_t iova, uint64_t len,
+			       const char *what)
+{
+	struct dmb_map_entry me = {
+		.region = region, .offset = 0, .iova = iova, .length = len,
+		.prot = DMB_READ | DMB_WRITE,
+	};
+	const struct dmb_error *e;
+	int r = dmb_map(s->c, s->ctx, &me);
+
+	if (r == 0)
+		return fail(0, "dmb_map at IOVA 0x%" PRIx64 " (%s) was accepted", iova, what);
+	e = dmb_last_error(s->c);
+	if (r != -ERANGE || e->code != DMB_OUT_OF_RANGE)
+		return bfail(s->c, r, "dmb_map at IOVA 0x%" PRIx64 " (%s) refused, but not with out-of-range",
+			     iova, what);
+	ok("map [0x%" PRIx64 ", 0x%" PRIx64 "] (%s) refused: %s: \"%s\"", iova, iova + len - 1,
+	   what, dmb_error_code_name(e->code), e->message);
+	return 0;
+}
+
+static int run_range(const char *sock, const char *bdf)
+{
+	struct ram m = { .fd = -1 };
+	struct dmb_iova_info ii, ii2;
+	struct dmb_stats stats;
+	uint64_t region, top = 0;
+	struct sess s = SESS_INIT;
+	int r, ret = -1;
+
+	if (ram_new(&m, 2 * MiB, "vm-broker-range") < 0)
+		goto out;
+	if (sess_start(&s, sock, "vm-broker-range", bdf) < 0)
+		goto out;
+	if (get_ranges(&s, &ii, true) < 0)
+		goto out;
+	if (overlaps_ranges(&ii, MSI_START, MSI_LAST)) {
+		fail(0, "the reported IOVA ranges include part of the MSI window [0x%llx, 0x%llx]",
+		     MSI_START, MSI_LAST);
+		goto out;
+	}
+	ok("the MSI window [0x%llx, 0x%llx] is outside every reported range", MSI_START, MSI_LAST);
+	if (reg(&s, &m, &region) < 0)
+		goto out;
+	if (expect_out_of_range(&s, region, MSI_START, MiB, "inside the MSI window") < 0 ||
+	    expect_out_of_range(&s, region, MSI_START - MiB, 2 * MiB, "straddling the MSI window start") < 0)
+		goto out;
+	for (size_t i = 0; i < ii.n; i++)
+		if (ii.ranges[i].last > top)
+			top = ii.ranges[i].last;
+	if (top < UINT64_MAX - 2 * MiB) {
+		if (expect_out_of_range(&s, region, top + 1, MiB, "past the top of the IOVA space") < 0)
+			goto out;
+	} else {
+		ok("note: the ranges reach 0x%" PRIx64 ": no IOVA above them to try", top);
+	}
+	/* An IOVA inside the ranges is accepted, and the kernel's own count of DMA mappings
+	 * moves by exactly that one map: none of the refused ones reached it. */
+	if (!in_ranges(&ii, 0x100000, 0x100000 + 2 * MiB - 1)) {
+		fail(0, "0x100000 is not inside the reported ranges");
+		goto out;
+	}
+	if (map(&s, region, 0, 0x100000, 2 * MiB) < 0 || get_ranges(&s, &ii2, false) < 0)
+		goto out;
+	r = dmb_stats(s.c, s.ctx, &stats);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_stats");
+		goto out;
+	}
+	if (stats.mappings != 1) {
+		fail(0, "the context holds %" PRIu64 " mappings after one accepted map", stats.mappings);
+		goto out;
+	}
+	if (ii.max_mappings != 0) {
+		if (ii2.mappings_available + 1 != ii.mappings_available) {
+			fail(0, "kernel DMA mappings available went %" PRIu32 " -> %" PRIu32
+			     " for one accepted map", ii.mappings_available, ii2.mappings_available);
+			goto out;
+		}
+		ok("kernel DMA mappings available %" PRIu32 " -> %" PRIu32 " (max %" PRIu32 ")",
+		   ii.mappings_available, ii2.mappings_available, ii2.max_mappings);
+	}
+	ret = 0;
+out:
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
+static int run_deny(const char *sock, const char *denied, const char *allowed)
+{
+	struct dmb_device_info di;
+	const struct dmb_error *e;
+	struct sess s = SESS_INIT;
+	int fd = -1, r, ret = -1;
+
+	if (sess_connect(&s, sock, "vm-broker-deny") < 0)
+		goto out;
+	r = dmb_device_open(s.c, s.ctx, denied, &fd, &di);
+	if (r == 0) {
+		fail(0, "dmb_device_open %s (not in the allow-list) succeeded, fd %d", denied, fd);
+		if (fd >= 0)
+			close(fd);
+		goto out;
+	}
+	e = dmb_last_error(s.c);
+	if (r != -EPERM || e->code != DMB_PERMISSION_DENIED) {
+		bfail(s.c, r, "dmb_device_open %s refused, but not with permission-denied", denied);
+		goto out;
+	}
+	ok("dmb_device_open %s refused: %s: \"%s\"", denied, dmb_error_code_name(e->code), e->message);
+	/* The allow-list does let the listed device in, on the same session. */
+	if (sess_open_edu(&s, allowed) < 0)
+		goto out;
+	ret = 0;
+out:
+	sess_close(&s);
+	return ret;
+}
+
+static int usage(void)
+{
+	fputs("usage: broker-client info|ram|unmap|kill|range SOCKET BDF\n"
+	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n",
+	      stderr);
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	int r;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	signal(SIGPIPE, SIG_IGN);
+	if (argc == 4 && strcmp(argv[1], "info") == 0)
+		r = run_info(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "ram") == 0)
+		r = run_ram(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "unmap") == 0)
+		r = run_unmap(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "kill") == 0)
+		r = run_kill(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "range") == 0)
+		r = run_range(argv[2], argv[3]);
+	else if (argc == 5 && strcmp(argv[1], "deny") == 0)
+		r = run_deny(argv[2], argv[3], argv[4]);
+	else
+		return usage();
+	return r == 0 ? 0 : 1;
+}
