@@ -120,6 +120,48 @@ struct dmb_stats {
 	uint64_t mapped_bytes;
 	uint64_t pinned_bytes;
 	uint32_t devices;
+	uint64_t p2p_mappings;  /* MMIO (peer BAR) mappings, also counted in mappings */
+	uint64_t p2p_bytes;
+	uint64_t revocations;
+	uint64_t restorations;
+};
+
+/* PCI command register bits (dmb_device_set_command). */
+#define DMB_PCI_MEMORY 0x0002u
+#define DMB_PCI_BUS_MASTER 0x0004u
+
+struct dmb_device_state {
+	uint16_t command;
+	bool memory;
+	bool bus_master;
+	uint32_t importers;     /* P2P mappings targeting the device */
+	uint32_t revoked;       /* of which revoked now */
+	uint64_t revocations;
+	uint64_t restorations;
+};
+
+struct dmb_importer {
+	uint64_t context;
+	uint64_t iova;
+	uint64_t length;
+	uint32_t bar;
+	uint64_t offset;
+	bool revoked;
+	uint32_t owner_uid;
+};
+
+struct dmb_device_listing {
+	uint64_t device;
+	char bdf[16];
+	char group[64];
+	uint64_t context;
+	uint32_t owner_uid;
+	uint16_t vendor_id;
+	uint16_t device_id;
+	struct dmb_device_state state;
+	bool in_reset;
+	size_t n_importers;
+	struct dmb_importer *importers; /* points into the same allocation */
 };
 
 struct dmb_status {
@@ -148,9 +190,13 @@ struct dmb_context_info {
 struct dmb_mapping_info {
 	uint64_t iova;
 	uint64_t length;
-	uint64_t region;
+	uint64_t region;        /* 0 for a P2P mapping */
 	uint64_t offset;
 	uint32_t prot;
+	bool mmio;              /* a peer device's BAR */
+	uint64_t peer_device;
+	uint32_t bar;
+	bool revoked;
 };
 
 struct dmb_event {
@@ -206,6 +252,26 @@ int dmb_unmap_all(struct dmb_client *c, uint64_t context, uint64_t *unmapped_byt
 int dmb_device_open(struct dmb_client *c, uint64_t context, const char *bdf, int *fd_out,
 		    struct dmb_device_info *out);
 int dmb_device_close(struct dmb_client *c, uint64_t device);
+
+/* P2P: map [offset, offset+length) of BAR `bar` of one of this client's
+ * devices at iova in context (peer_bdf NULL), or of the device at peer_bdf
+ * (peer_device 0; another client's device needs policy). */
+int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
+		 const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
+		 uint64_t length, uint32_t prot);
+/* Mediated command-register change: revokes P2P importers before memory
+ * decoding goes off, restores them after it is back on. */
+int dmb_device_set_command(struct dmb_client *c, uint64_t device, uint16_t set_bits,
+			   uint16_t clear_bits, struct dmb_device_state *out);
+int dmb_device_reset(struct dmb_client *c, uint64_t device, struct dmb_device_state *out);
+/* *out is one malloc'ed block; free() it. all: every client's (admin only). */
+int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing **out, size_t *n);
+
+/* Sim backend only: a simulated device's DMA engine (bus mastering on). */
+int dmb_sim_device_dma_read(struct dmb_client *c, uint64_t device, uint64_t iova, void *buf,
+			    size_t len);
+int dmb_sim_device_dma_write(struct dmb_client *c, uint64_t device, uint64_t iova,
+			     const void *buf, size_t len);
 
 /* Sim backend only: DMA through the context's simulated IOMMU. len <= 64 KiB. */
 int dmb_sim_dma_read(struct dmb_client *c, uint64_t context, uint64_t iova, void *buf, size_t len);

@@ -653,6 +653,10 @@ static void stats_from_pb(struct dmb_stats *o, const Dmb__StatsReply *s)
 	o->mapped_bytes = s->mapped_bytes;
 	o->pinned_bytes = s->pinned_bytes;
 	o->devices = s->devices;
+	o->p2p_mappings = s->p2p_mappings;
+	o->p2p_bytes = s->p2p_bytes;
+	o->revocations = s->revocations;
+	o->restorations = s->restorations;
 }
 
 int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out)
@@ -739,8 +743,11 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 		Dmb__ListMappingsReply *b = rep->list_mappings;
 		for (size_t i = 0; i < b->n_mappings && i < cap; i++) {
 			const Dmb__MappingInfo *m = b->mappings[i];
-			out[i] = (struct dmb_mapping_info){ m->iova, m->length, m->region_id, m->offset,
-							    m->prot };
+			out[i] = (struct dmb_mapping_info){
+				.iova = m->iova, .length = m->length, .region = m->region_id,
+				.offset = m->offset, .prot = m->prot, .mmio = m->mmio,
+				.peer_device = m->peer_device_id, .bar = m->bar, .revoked = m->revoked,
+			};
 			(*n)++;
 		}
 		*more = b->more;
@@ -749,4 +756,152 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 	}
 	dmb__reply__free_unpacked(rep, NULL);
 	return 0;
+}
+
+int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
+		 const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
+		 uint64_t length, uint32_t prot)
+{
+	REQ(q, MAP_PEER, map_peer, Dmb__MapPeer, DMB__MAP_PEER__INIT);
+	q.context_id = context;
+	q.peer_device_id = peer_device;
+	q.peer_bdf = (char *)(peer_bdf ? peer_bdf : "");
+	q.bar = bar;
+	q.offset = offset;
+	q.iova = iova;
+	q.length = length;
+	q.prot = prot;
+	return simple_call(c, &req, NULL);
+}
+
+static void state_from_pb(struct dmb_device_state *o, const Dmb__DeviceStateReply *s)
+{
+	memset(o, 0, sizeof(*o));
+	o->command = (uint16_t)s->command;
+	o->memory = s->memory;
+	o->bus_master = s->bus_master;
+	o->importers = s->importers;
+	o->revoked = s->revoked;
+	o->revocations = s->revocations;
+	o->restorations = s->restorations;
+}
+
+static int device_state_call(struct dmb_client *c, Dmb__Request *req, struct dmb_device_state *out)
+{
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, req, &rep);
+	if (r < 0)
+		return r;
+	if (out && rep->body_case == DMB__REPLY__BODY_DEVICE_STATE)
+		state_from_pb(out, rep->device_state);
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_device_set_command(struct dmb_client *c, uint64_t device, uint16_t set_bits,
+			   uint16_t clear_bits, struct dmb_device_state *out)
+{
+	REQ(q, DEVICE_SET_COMMAND, device_set_command, Dmb__DeviceSetCommand,
+	    DMB__DEVICE_SET_COMMAND__INIT);
+	q.device_id = device;
+	q.set_bits = set_bits;
+	q.clear_bits = clear_bits;
+	return device_state_call(c, &req, out);
+}
+
+int dmb_device_reset(struct dmb_client *c, uint64_t device, struct dmb_device_state *out)
+{
+	REQ(q, DEVICE_RESET, device_reset, Dmb__DeviceReset, DMB__DEVICE_RESET__INIT);
+	q.device_id = device;
+	return device_state_call(c, &req, out);
+}
+
+int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing **out, size_t *n)
+{
+	REQ(q, LIST_DEVICES, list_devices, Dmb__ListDevices, DMB__LIST_DEVICES__INIT);
+	q.all = all;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	size_t k = 0, nimp = 0;
+	if (rep->body_case == DMB__REPLY__BODY_LIST_DEVICES) {
+		k = rep->list_devices->n_devices;
+		for (size_t i = 0; i < k; i++)
+			nimp += rep->list_devices->devices[i]->n_importers;
+	}
+	struct dmb_device_listing *arr =
+		calloc(1, (k + 1) * sizeof(*arr) + (nimp + 1) * sizeof(struct dmb_importer));
+	if (!arr) {
+		dmb__reply__free_unpacked(rep, NULL);
+		return -ENOMEM;
+	}
+	struct dmb_importer *imp = (struct dmb_importer *)(arr + k + 1);
+	for (size_t i = 0; i < k; i++) {
+		const Dmb__DeviceListing *d = rep->list_devices->devices[i];
+		struct dmb_device_listing *o = &arr[i];
+		o->device = d->device_id;
+		snprintf(o->bdf, sizeof(o->bdf), "%s", d->bdf);
+		snprintf(o->group, sizeof(o->group), "%s", d->group);
+		o->context = d->context_id;
+		o->owner_uid = d->owner_uid;
+		o->vendor_id = (uint16_t)d->vendor_id;
+		o->device_id = (uint16_t)d->device_id_pci;
+		o->state.command = (uint16_t)d->command;
+		o->state.memory = d->memory;
+		o->state.bus_master = d->bus_master;
+		o->state.importers = (uint32_t)d->n_importers;
+		o->state.revocations = d->revocations;
+		o->state.restorations = d->restorations;
+		o->in_reset = d->in_reset;
+		o->importers = imp;
+		o->n_importers = d->n_importers;
+		for (size_t j = 0; j < d->n_importers; j++, imp++) {
+			const Dmb__Importer *m = d->importers[j];
+			*imp = (struct dmb_importer){ m->context_id, m->iova, m->length, m->bar,
+						      m->offset, m->revoked, m->owner_uid };
+			if (m->revoked)
+				o->state.revoked++;
+		}
+	}
+	*out = arr;
+	*n = k;
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+static int sim_device_dma(struct dmb_client *c, uint64_t device, uint64_t iova, void *rbuf,
+			  const void *wbuf, size_t len)
+{
+	REQ(q, SIM_DEVICE_DMA, sim_device_dma, Dmb__SimDeviceDma, DMB__SIM_DEVICE_DMA__INIT);
+	q.device_id = device;
+	q.iova = iova;
+	q.length = (uint32_t)len;
+	q.to_memory = wbuf != NULL;
+	q.data.data = (uint8_t *)wbuf;
+	q.data.len = wbuf ? len : 0;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rbuf) {
+		if (rep->body_case != DMB__REPLY__BODY_SIM_DMA || rep->sim_dma->data.len != len)
+			r = -EBADMSG;
+		else
+			memcpy(rbuf, rep->sim_dma->data.data, len);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_sim_device_dma_read(struct dmb_client *c, uint64_t device, uint64_t iova, void *buf,
+			    size_t len)
+{
+	return sim_device_dma(c, device, iova, buf, NULL, len);
+}
+
+int dmb_sim_device_dma_write(struct dmb_client *c, uint64_t device, uint64_t iova,
+			     const void *buf, size_t len)
+{
+	return sim_device_dma(c, device, iova, NULL, buf, len);
 }

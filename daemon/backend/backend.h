@@ -82,6 +82,18 @@ struct dmb_bdev {
 	struct dmb_bctx *ctx;
 };
 
+/* PCI command register bits the broker mediates (config offset 4). */
+#define DMB_PCI_COMMAND 0x04
+#define DMB_PCI_COMMAND_MEMORY 0x0002
+#define DMB_PCI_COMMAND_MASTER 0x0004
+#define DMB_PCI_NUM_BARS 6
+
+struct dmb_bar_info {
+	uint64_t size;  /* 0: BAR not implemented */
+	bool mmio;      /* memory space (false: I/O port space) */
+	bool mappable;  /* the backend can map it for P2P (type1: mmap-capable) */
+};
+
 struct dmb_backend_ops {
 	const char *name; /* "sim", "vfio-type1", "iommufd" */
 
@@ -122,6 +134,37 @@ struct dmb_backend_ops {
 	/* The device fd a client may receive a duplicate of; -EOPNOTSUPP if none. */
 	int (*dev_fd)(struct dmb_bdev *d);
 
+	/* Device state (NULL where the backend has no devices). Config space
+	 * access goes to the device itself (VFIO config region; the sim's
+	 * config space), so a change the client makes through its own copy of
+	 * the device fd is visible here. */
+	int (*dev_bar_info)(struct dmb_bdev *d, unsigned bar, struct dmb_bar_info *out,
+			    struct dmb_err *e);
+	int (*dev_config_read)(struct dmb_bdev *d, uint32_t off, void *buf, size_t len,
+			       struct dmb_err *e);
+	int (*dev_config_write)(struct dmb_bdev *d, uint32_t off, const void *buf, size_t len,
+				struct dmb_err *e);
+	/* Function/bus reset. The kernel saves and restores config space around
+	 * it (vfio-pci), so the command register comes back as it was. */
+	int (*dev_reset)(struct dmb_bdev *d, struct dmb_err *e);
+
+	/* P2P: map [offset, offset+length) of BAR `bar` of device `peer` (which
+	 * may be attached to another context) at iova in c, as an MMIO mapping.
+	 * The core has checked the BAR (exists, MMIO, mappable, range inside),
+	 * the IOVA (aligned, free, in range) and that the peer's memory decoding
+	 * is on. Removed with unmap like any mapping. NULL, or -EOPNOTSUPP with a
+	 * sentence naming the missing kernel feature, where P2P is impossible. */
+	int (*map_bar)(struct dmb_bctx *c, struct dmb_bdev *peer, unsigned bar, uint64_t offset,
+		       uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e);
+
+	/* Simulated device DMA (sim only): device d, as bus master, reads or
+	 * writes through its context's page table. Fails with -EFAULT (no
+	 * bytes moved) on a hole or permission miss, -EIO when the target is a
+	 * peer BAR whose memory decoding is off (a decode error), -EPERM when
+	 * d's bus mastering is off. */
+	int (*dev_dma)(struct dmb_bdev *d, uint64_t iova, void *buf, size_t len, bool to_memory,
+		       struct dmb_err *e);
+
 	/* Simulated DMA through the context's page table (sim only, NULL
 	 * elsewhere): to_memory writes buf at iova, else reads into buf.
 	 * A hole or a permission miss is -EFAULT and moves no bytes. */
@@ -143,6 +186,9 @@ struct dmb_backend {
 struct dmb_backend_config {
 	const char *name;          /* "auto", "sim", "vfio-type1", "iommufd" */
 	const char *sysfs_root;    /* "/sys" unless tests say otherwise */
+	/* sim: the simulated PCI functions, e.g. "0000:01:00.0" (each an
+	 * edu-like device 1234:11e8 with a 1 MiB memory BAR0); NULL-terminated. */
+	const char *const *sim_devices;
 	const char *dev_root;      /* "/dev" unless tests say otherwise */
 	bool sim_populate;         /* sim: touch every page on map, as pinning does */
 };
