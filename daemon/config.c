@@ -27,6 +27,7 @@ void config_defaults(struct dmb_config *cfg)
 	};
 	cfg->max_sessions = 4096;
 	cfg->session_queue_bytes = 4u << 20;
+	cfg->p2p_poll_interval_ms = 100;
 	cfg->n_admin_uids = 1;
 	cfg->admin_uids[0] = 0;
 }
@@ -150,6 +151,30 @@ static int on_key(void *user, const char *section, const char *key, const char *
 			if (cfg->n_allow >= DMB_MAX_ALLOW)
 				return WHY("more than %d device entries", DMB_MAX_ALLOW);
 			snprintf(cfg->allow[cfg->n_allow++], sizeof(cfg->allow[0]), "%s", t);
+		}
+	} else if (!strcmp(section, "p2p")) {
+		if (!strcmp(key, "poll_interval_ms")) {
+			if (parse_u64(value, 60000, &u) < 0 || u < 1)
+				return WHY("poll_interval_ms must be from 1 to 60000");
+			cfg->p2p_poll_interval_ms = (uint32_t)u;
+		} else if (!strcmp(key, "cross_client")) {
+			if (!bool_value(value, &cfg->p2p_cross_client))
+				return WHY("cross_client must be yes or no");
+		} else
+			return WHY("unknown key '%s' in [p2p]", key);
+	} else if (!strcmp(section, "sim")) {
+		if (strcmp(key, "devices"))
+			return WHY("unknown key '%s' in [sim]", key);
+		cfg->n_sim_devices = 0;
+		char buf[1024];
+		snprintf(buf, sizeof(buf), "%s", value);
+		for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
+		     t = strtok_r(NULL, " \t,", &save)) {
+			if (!device_bdf_valid(t))
+				return WHY("'%s' is not a PCI address dddd:bb:dd.f", t);
+			if (cfg->n_sim_devices >= 16)
+				return WHY("more than 16 simulated devices");
+			snprintf(cfg->sim_devices[cfg->n_sim_devices++], sizeof(cfg->sim_devices[0]), "%s", t);
 		}
 	} else if (!strcmp(section, "admin")) {
 		if (strcmp(key, "uids"))

@@ -26,6 +26,14 @@ struct dmb_config {
 	size_t n_allow;
 	char allow[DMB_MAX_ALLOW][16];
 
+	/* [p2p] */
+	uint32_t p2p_poll_interval_ms;
+	bool p2p_cross_client;
+
+	/* [sim] devices */
+	size_t n_sim_devices;
+	char sim_devices[16][16];
+
 	/* [admin] uids */
 	size_t n_admin_uids;
 	uid_t admin_uids[DMB_MAX_ADMINS];

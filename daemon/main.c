@@ -113,7 +113,11 @@ static int run(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 
+	const char *simdevs[17] = { 0 };
+	for (size_t i = 0; i < cfg.n_sim_devices; i++)
+		simdevs[i] = cfg.sim_devices[i];
 	struct dmb_backend_config bcfg = {
+		.sim_devices = cfg.n_sim_devices ? simdevs : NULL,
 		.name = cfg.backend,
 		.sysfs_root = "/sys",
 		.dev_root = "/dev",

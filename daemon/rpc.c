@@ -25,7 +25,7 @@ struct rpc_call {
 	int out_fds[4];
 	size_t n_out_fds;
 	/* heap blocks the reply points into; freed after it is sent */
-	void *heap[4];
+	void *heap[8];
 	size_t n_heap;
 	union {
 		Dmb__HelloReply hello;
@@ -40,6 +40,8 @@ struct rpc_call {
 		Dmb__StatusReply status;
 		Dmb__ListContextsReply list_contexts;
 		Dmb__ListMappingsReply list_mappings;
+		Dmb__DeviceStateReply device_state;
+		Dmb__ListDevicesReply list_devices;
 	} body;
 	Dmb__StatsReply totals;
 };
@@ -389,6 +391,200 @@ static int rpc_device_close(struct rpc_call *c, struct dmb_err *e)
 	return 0;
 }
 
+/* ------------------------------------------------------------ P2P */
+
+static struct dmb_device *need_device(struct rpc_call *c, uint64_t id, struct dmb_err *e)
+{
+	struct dmb_device *d = device_lookup(c->s->owner, id);
+	if (!d)
+		dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "device %" PRIu64 " not found", id);
+	return d;
+}
+
+static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__MapPeer *q = c->req->map_peer;
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	bool by_id = q->peer_device_id != 0, by_bdf = q->peer_bdf && q->peer_bdf[0];
+	if (by_id == by_bdf)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"name the peer by exactly one of peer_device_id and peer_bdf");
+	struct dmb_device *peer;
+	if (by_id) {
+		peer = need_device(c, q->peer_device_id, e);
+		if (!peer)
+			return -ENOENT;
+	} else {
+		if (!device_bdf_valid(q->peer_bdf))
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"peer_bdf is not a PCI address dddd:bb:dd.f");
+		peer = device_find_bdf(&c->s->srv->core, q->peer_bdf);
+		if (!peer)
+			return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "no open device %s", q->peer_bdf);
+		if (peer->ctx->owner != c->s->owner && !c->s->srv->core.p2p_cross_client) {
+			log_notice("session %" PRIu64 " (uid %u pid %d): P2P to %s of another client refused",
+				   c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid, peer->bdf);
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+					"%s belongs to another client and the policy does not allow "
+					"P2P across clients", q->peer_bdf);
+		}
+	}
+	struct dmb_map_peer_req mr = {
+		.peer = peer, .bar = q->bar, .offset = q->offset, .iova = q->iova,
+		.length = q->length, .prot = q->prot,
+	};
+	int r = p2p_map(ctx, &mr, e);
+	return r < 0 ? r : reply_mapped(c, 1);
+}
+
+static int reply_device_state(struct rpc_call *c, struct dmb_device *d)
+{
+	Dmb__DeviceStateReply *b = &c->body.device_state;
+	dmb__device_state_reply__init(b);
+	b->command = d->command;
+	b->memory = (d->command & DMB_PCI_COMMAND_MEMORY) != 0;
+	b->bus_master = (d->command & DMB_PCI_COMMAND_MASTER) != 0;
+	b->importers = d->n_importers;
+	b->revoked = d->n_revoked;
+	b->revocations = d->revocations;
+	b->restorations = d->restorations;
+	SET_BODY(c, device_state, DEVICE_STATE);
+	return 0;
+}
+
+static int rpc_device_set_command(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__DeviceSetCommand *q = c->req->device_set_command;
+	struct dmb_device *d = need_device(c, q->device_id, e);
+	if (!d)
+		return -ENOENT;
+	if (q->set_bits > 0xffff || q->clear_bits > 0xffff)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "command bits are 16 bits wide");
+	int r = p2p_set_command(d, (uint16_t)q->set_bits, (uint16_t)q->clear_bits, e);
+	return r < 0 ? r : reply_device_state(c, d);
+}
+
+static int rpc_device_reset(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_device *d = need_device(c, c->req->device_reset->device_id, e);
+	if (!d)
+		return -ENOENT;
+	int r = p2p_reset(d, e);
+	return r < 0 ? r : reply_device_state(c, d);
+}
+
+static int rpc_list_devices(struct rpc_call *c, struct dmb_err *e)
+{
+	struct dmb_core *core = &c->s->srv->core;
+	bool all = c->req->list_devices->all;
+	if (all && !c->s->admin)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"listing every client's devices needs an admin session");
+	size_t n = 0, nimp = 0;
+	struct dmb_ctx *ctx;
+	struct dmb_device *d;
+	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		if (!all && ctx->owner != c->s->owner)
+			continue;
+		TAILQ_FOREACH(d, &ctx->devices, link) {
+			n++;
+			nimp += d->n_importers;
+		}
+	}
+	Dmb__DeviceListing *arr = rpc_alloc(c, n * sizeof(*arr));
+	Dmb__DeviceListing **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
+	Dmb__Importer *imp = rpc_alloc(c, nimp * sizeof(*imp));
+	Dmb__Importer **iptrs = rpc_alloc(c, nimp * sizeof(*iptrs));
+	if (!arr || !ptrs || !imp || !iptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	size_t i = 0, k = 0;
+	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		if (!all && ctx->owner != c->s->owner)
+			continue;
+		TAILQ_FOREACH(d, &ctx->devices, link) {
+			uint16_t cmd;
+			struct dmb_err e2 = { 0 };
+			if (!d->in_reset)
+				(void)p2p_read_command(d, &cmd, &e2);
+			Dmb__DeviceListing *o = &arr[i];
+			dmb__device_listing__init(o);
+			o->device_id = d->id;
+			o->bdf = d->bdf;
+			o->group = d->info.group;
+			o->context_id = ctx->id;
+			o->owner_uid = ctx->owner ? ctx->owner->uid : 0;
+			o->vendor_id = d->info.vendor;
+			o->device_id_pci = d->info.device;
+			o->command = d->command;
+			o->memory = (d->command & DMB_PCI_COMMAND_MEMORY) != 0;
+			o->bus_master = (d->command & DMB_PCI_COMMAND_MASTER) != 0;
+			o->in_reset = d->in_reset;
+			o->revocations = d->revocations;
+			o->restorations = d->restorations;
+			o->importers = &iptrs[k];
+			struct dmb_p2p *p;
+			TAILQ_FOREACH(p, &d->importers, peer_link) {
+				Dmb__Importer *m = &imp[k];
+				dmb__importer__init(m);
+				m->context_id = p->ctx->id;
+				m->iova = p->m.iova;
+				m->length = p->m.length;
+				m->bar = p->bar;
+				m->offset = p->m.offset;
+				m->revoked = (p->m.flags & DMB_MAP_REVOKED) != 0;
+				m->owner_uid = p->ctx->owner ? p->ctx->owner->uid : 0;
+				iptrs[k++] = m;
+				o->n_importers++;
+			}
+			ptrs[i++] = o;
+		}
+	}
+	Dmb__ListDevicesReply *b = &c->body.list_devices;
+	dmb__list_devices_reply__init(b);
+	b->n_devices = i;
+	b->devices = ptrs;
+	SET_BODY(c, list_devices, LIST_DEVICES);
+	return 0;
+}
+
+static int rpc_sim_device_dma(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__SimDeviceDma *q = c->req->sim_device_dma;
+	struct dmb_device *d = need_device(c, q->device_id, e);
+	if (!d)
+		return -ENOENT;
+	if (q->length == 0 || q->length > DMB_MAX_SIM_DMA)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "SimDeviceDma length must be 1..%u bytes",
+				DMB_MAX_SIM_DMA);
+	uint64_t last;
+	if (!dmb_range_last(q->iova, q->length, &last))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
+	Dmb__SimDmaReply *b = &c->body.sim_dma;
+	dmb__sim_dma_reply__init(b);
+	if (q->to_memory) {
+		if (q->data.len != q->length)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"SimDeviceDma to memory carries %zu bytes of data but length %u",
+					q->data.len, q->length);
+		int r = device_sim_dma(d, q->iova, q->data.data, q->length, true, e);
+		if (r < 0)
+			return r;
+	} else {
+		uint8_t *buf = rpc_alloc(c, q->length);
+		if (!buf)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+		int r = device_sim_dma(d, q->iova, buf, q->length, false, e);
+		if (r < 0)
+			return r;
+		b->data.data = buf;
+		b->data.len = q->length;
+	}
+	SET_BODY(c, sim_dma, SIM_DMA);
+	return 0;
+}
+
 /* ------------------------------------------------------------ sim DMA */
 
 static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
@@ -445,8 +641,15 @@ static void stats_add_ctx(Dmb__StatsReply *st, const struct dmb_ctx *ctx)
 	st->regions += ctx->n_regions;
 	st->mappings += ctx->n_mappings;
 	st->mapped_bytes += ctx->mapped_bytes;
-	st->pinned_bytes += ctx->mapped_bytes;
+	st->pinned_bytes += ctx->mapped_bytes - ctx->p2p_bytes;
 	st->devices += ctx->n_devices;
+	st->p2p_mappings += ctx->p2p_mappings;
+	st->p2p_bytes += ctx->p2p_bytes;
+	struct dmb_device *d;
+	TAILQ_FOREACH(d, &ctx->devices, link) {
+		st->revocations += d->revocations;
+		st->restorations += d->restorations;
+	}
 }
 
 static int rpc_stats(struct rpc_call *c, struct dmb_err *e)
@@ -490,6 +693,9 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	c->totals.mapped_bytes = core->mapped_bytes;
 	c->totals.pinned_bytes = core->be->ops->pinned_bytes(core->be);
 	c->totals.devices = core->n_devices;
+	c->totals.p2p_mappings = core->p2p_mappings;
+	c->totals.revocations = core->revocations;
+	c->totals.restorations = core->restorations;
 	b->totals = &c->totals;
 	SET_BODY(c, status, STATUS);
 	return 0;
@@ -566,9 +772,17 @@ static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 		dmb__mapping_info__init(&arr[i]);
 		arr[i].iova = m->iova;
 		arr[i].length = m->length;
-		arr[i].region_id = m->region->id;
 		arr[i].offset = m->offset;
 		arr[i].prot = m->prot;
+		if (m->flags & DMB_MAP_MMIO) {
+			const struct dmb_p2p *p = dmb_container_of(m, struct dmb_p2p, m);
+			arr[i].mmio = true;
+			arr[i].peer_device_id = p->peer ? p->peer->id : 0;
+			arr[i].bar = p->bar;
+			arr[i].revoked = (m->flags & DMB_MAP_REVOKED) != 0;
+		} else {
+			arr[i].region_id = m->region->id;
+		}
 		ptrs[i] = &arr[i];
 	}
 	b->n_mappings = i;
@@ -601,9 +815,14 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(DEVICE_OPEN, "device-open", rpc_device_open, RPC_MUTATES),
 	ROW(DEVICE_CLOSE, "device-close", rpc_device_close, RPC_MUTATES),
 	ROW(SIM_DMA, "sim-dma", rpc_sim_dma, 0),
+	ROW(MAP_PEER, "map-peer", rpc_map_peer, RPC_MUTATES),
+	ROW(DEVICE_SET_COMMAND, "device-set-command", rpc_device_set_command, RPC_MUTATES),
+	ROW(DEVICE_RESET, "device-reset", rpc_device_reset, RPC_MUTATES),
+	ROW(SIM_DEVICE_DMA, "sim-device-dma", rpc_sim_device_dma, 0),
 	ROW(STATUS, "status", rpc_status, RPC_ADMIN),
 	ROW(LIST_CONTEXTS, "list-contexts", rpc_list_contexts, 0),
 	ROW(LIST_MAPPINGS, "list-mappings", rpc_list_mappings, 0),
+	ROW(LIST_DEVICES, "list-devices", rpc_list_devices, 0),
 };
 #undef ROW
 

@@ -101,6 +101,21 @@ static int listen_on_path(struct server *srv, const char *path)
 	return TAKE_FD(fd);
 }
 
+/* The P2P watcher: re-reads the command register of every device that has
+ * importers, so a change a client made through its own device fd is caught
+ * within one interval. Devices without importers cost nothing. */
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct dmb_ctx *ctx;
+	RB_FOREACH(ctx, dmb_ctx_tree, &srv->core.contexts) {
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &ctx->devices, link)
+			if (d->n_importers)
+				p2p_poll(d);
+	}
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be, int inherited_fd)
 {
@@ -114,6 +129,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.event_fn = session_event_cb;
 	srv->core.device_allowed = config_device_allowed;
 	srv->core.policy_opaque = cfg;
+	srv->core.p2p_cross_client = cfg->p2p_cross_client;
 
 	srv->rxbuf = malloc(DMB_MAX_PACKET + 1);
 	srv->txbuf = malloc(DMB_MAX_PACKET);
@@ -140,6 +156,13 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	if (!srv->ev_listen)
 		return -ENOMEM;
 	event_add(srv->ev_listen, NULL);
+
+	srv->ev_poll = event_new(base, -1, EV_PERSIST, poll_cb, srv);
+	if (!srv->ev_poll)
+		return -ENOMEM;
+	struct timeval tv = { cfg->p2p_poll_interval_ms / 1000,
+			      (cfg->p2p_poll_interval_ms % 1000) * 1000 };
+	event_add(srv->ev_poll, &tv);
 	return 0;
 }
 
@@ -151,6 +174,8 @@ void server_fini(struct server *srv)
 	core_fini(&srv->core);
 	if (srv->ev_listen)
 		event_free(srv->ev_listen);
+	if (srv->ev_poll)
+		event_free(srv->ev_poll);
 	if (srv->listen_fd > 0) {
 		close(srv->listen_fd);
 		if (srv->listen_owned)

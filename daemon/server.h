@@ -60,6 +60,7 @@ struct server {
 	int listen_fd;
 	bool listen_owned;      /* we created (and unlink) the socket path */
 	struct event *ev_listen;
+	struct event *ev_poll;  /* P2P watcher */
 	TAILQ_HEAD(, session) sessions;
 	uint32_t n_sessions;
 	uint64_t next_session_id;

@@ -214,14 +214,41 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
 	e.context_id = ev->context_id;
 	e.device_id = ev->device_id;
 	e.message = (char *)(ev->message ? ev->message : "");
+	e.permanent = ev->permanent;
+	Dmb__Range rg[64], *rp[64];
+	Dmb__Range *rgh = NULL;
+	Dmb__Range **rph = NULL;
+	Dmb__Range *ra = rg;
+	Dmb__Range **rpa = rp;
+	if (ev->n_ranges > 64) {
+		rgh = malloc(ev->n_ranges * sizeof(*rgh));
+		rph = malloc(ev->n_ranges * sizeof(*rph));
+		if (!rgh || !rph) {
+			free(rgh);
+			free(rph);
+			return;
+		}
+		ra = rgh;
+		rpa = rph;
+	}
+	for (size_t i = 0; i < ev->n_ranges; i++) {
+		dmb__range__init(&ra[i]);
+		ra[i].iova = ev->ranges[i].iova;
+		ra[i].length = ev->ranges[i].length;
+		rpa[i] = &ra[i];
+	}
+	e.n_ranges = ev->n_ranges;
+	e.ranges = rpa;
 	Dmb__ServerMessage m = DMB__SERVER_MESSAGE__INIT;
 	m.kind_case = DMB__SERVER_MESSAGE__KIND_EVENT;
 	m.event = &e;
 	size_t len = dmb__server_message__get_packed_size(&m);
-	if (len > DMB_MAX_PACKET)
-		return;
-	dmb__server_message__pack(&m, s->srv->txbuf);
-	session_queue(s, s->srv->txbuf, len, NULL, 0);
+	if (len <= DMB_MAX_PACKET) {
+		dmb__server_message__pack(&m, s->srv->txbuf);
+		session_queue(s, s->srv->txbuf, len, NULL, 0);
+	}
+	free(rgh);
+	free(rph);
 }
 
 static void session_read_cb(evutil_socket_t fd, short what, void *arg)

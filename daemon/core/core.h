@@ -34,6 +34,13 @@ struct dmb_limits {
 	uint32_t devices_per_context;
 };
 
+enum {
+	DMB_MAP_MMIO = 1u << 0,    /* a peer BAR (struct dmb_p2p), not RAM */
+	DMB_MAP_REVOKED = 1u << 1, /* MMIO mapping currently absent from the IOMMU */
+};
+
+/* A RAM mapping. MMIO mappings are the first member of a struct dmb_p2p
+ * (flags has DMB_MAP_MMIO, region is NULL, offset is into the BAR). */
 struct dmb_mapping {
 	RB_ENTRY(dmb_mapping) node;
 	uint64_t iova;
@@ -43,6 +50,17 @@ struct dmb_mapping {
 	uint32_t prot;
 	uint32_t flags;
 };
+
+struct dmb_device;
+
+struct dmb_p2p {
+	struct dmb_mapping m;
+	TAILQ_ENTRY(dmb_p2p) peer_link;   /* peer->importers */
+	struct dmb_ctx *ctx;              /* the importing context */
+	struct dmb_device *peer;
+	unsigned bar;
+};
+TAILQ_HEAD(dmb_p2p_list, dmb_p2p);
 RB_HEAD(dmb_map_tree, dmb_mapping);
 RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp)
 
@@ -69,6 +87,16 @@ struct dmb_device {
 	char bdf[16];
 	struct dmb_dev_info info;
 	struct dmb_bdev *bdev;
+
+	/* BAR state, as the broker last saw it (p2p.c) */
+	uint16_t command;
+	bool in_reset;
+	/* P2P mappings (in any context) whose target is this device's BAR */
+	struct dmb_p2p_list importers;
+	uint32_t n_importers;
+	uint32_t n_revoked;
+	uint64_t revocations;
+	uint64_t restorations;
 };
 TAILQ_HEAD(dmb_device_list, dmb_device);
 
@@ -100,7 +128,9 @@ struct dmb_ctx {
 
 	struct dmb_map_tree maps;
 	uint64_t n_mappings;
-	uint64_t mapped_bytes;
+	uint64_t mapped_bytes;          /* RAM and MMIO */
+	uint64_t p2p_mappings;
+	uint64_t p2p_bytes;
 
 	struct dmb_region_tree regions;
 	uint32_t n_regions;
@@ -116,10 +146,15 @@ struct dmb_event {
 	uint64_t context_id;
 	uint64_t device_id;
 	const char *message;
+	const struct dmb_range *ranges;
+	size_t n_ranges;
+	bool permanent;
 };
 
 typedef void (*dmb_event_fn)(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
 typedef bool (*dmb_device_allowed_fn)(void *opaque, const struct dmb_owner *owner, const char *bdf);
+
+struct dmb_range;
 
 struct dmb_core {
 	struct dmb_backend *be;
@@ -137,6 +172,11 @@ struct dmb_core {
 	void *event_opaque;
 	dmb_device_allowed_fn device_allowed;
 	void *policy_opaque;
+	bool p2p_cross_client;  /* policy: MapPeer of another client's device */
+
+	uint64_t revocations;
+	uint64_t restorations;
+	uint64_t p2p_mappings;
 };
 
 /* core.c */
@@ -190,6 +230,9 @@ struct dmb_range {
 	uint64_t iova;
 	uint64_t length;
 };
+/* Inserts / removes a mapping record (counters, region refs, peer links). */
+void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m);
+void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m);
 
 /* Maps n entries, all or nothing: on failure e->index names the entry and
  * the entries already mapped are unmapped again. */
@@ -209,9 +252,38 @@ void map_forget_all(struct dmb_ctx *ctx);
 /* Checks that [iova, last] overlaps no mapping; names the one it overlaps. */
 int map_check_free(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e);
 
+/* p2p.c */
+struct dmb_map_peer_req {
+	struct dmb_device *peer;
+	unsigned bar;
+	uint64_t offset;
+	uint64_t iova;
+	uint64_t length;
+	uint32_t prot;
+};
+int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_err *e);
+/* Mediated command-register change (only memory and bus-master bits):
+ * revokes importers before decoding goes off, restores after it is on. */
+int p2p_set_command(struct dmb_device *d, uint16_t set, uint16_t clear, struct dmb_err *e);
+int p2p_reset(struct dmb_device *d, struct dmb_err *e);
+/* Re-reads the command register (the watcher): revokes importers when
+ * decoding went off behind the broker's back, restores when it is back.
+ * Returns true when something changed. */
+bool p2p_poll(struct dmb_device *d);
+/* The device goes away: every importer is unmapped for good. */
+void p2p_release(struct dmb_device *d);
+/* Unlinks an MMIO mapping from its peer (the mapping is being removed). */
+void p2p_unlink(struct dmb_p2p *p);
+int p2p_read_command(struct dmb_device *d, uint16_t *cmd, struct dmb_err *e);
+
 /* device.c */
+/* Any open device with this BDF, in any context. */
+struct dmb_device *device_find_bdf(struct dmb_core *core, const char *bdf);
 int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e);
 struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id);
 void device_close(struct dmb_device *d);
+/* Sim: device d's own DMA engine. */
+int device_sim_dma(struct dmb_device *d, uint64_t iova, void *buf, size_t len, bool to_memory,
+		   struct dmb_err *e);
 /* Validates "DDDD:BB:DD.F" (lower-case hex). */
 bool device_bdf_valid(const char *bdf);

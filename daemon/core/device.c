@@ -53,16 +53,12 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 
 	/* One broker-wide opener per device: the kernel would refuse a second
 	 * group open anyway, with a less helpful errno. */
-	struct dmb_ctx *c;
-	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
-		struct dmb_device *d;
-		TAILQ_FOREACH(d, &c->devices, link)
-			if (strcmp(d->bdf, bdf) == 0)
-				return dmb_fail(e, c->owner == ctx->owner ? DMB_E_ALREADY_EXISTS
-									  : DMB_E_FAILED_PRECONDITION,
-						EBUSY, "device %s is already open%s", bdf,
-						c->owner == ctx->owner ? " in one of your contexts"
-								       : " by another client");
+	struct dmb_device *other = device_find_bdf(core, bdf);
+	if (other) {
+		bool mine = other->ctx->owner == ctx->owner;
+		return dmb_fail(e, mine ? DMB_E_ALREADY_EXISTS : DMB_E_FAILED_PRECONDITION, EBUSY,
+				"device %s is already open%s", bdf,
+				mine ? " in one of your contexts" : " by another client");
 	}
 
 	_cleanup_free_ struct dmb_device *d = calloc(1, sizeof(*d));
@@ -76,6 +72,7 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 	d->id = core_new_id(core);
 	d->ctx = ctx;
 	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
+	TAILQ_INIT(&d->importers);
 	TAILQ_INSERT_TAIL(&ctx->devices, d, link);
 	ctx->n_devices++;
 	core->n_devices++;
@@ -87,6 +84,18 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 		 d->info.vendor, d->info.device, ctx->id);
 	*out = TAKE_PTR(d);
 	return 0;
+}
+
+struct dmb_device *device_find_bdf(struct dmb_core *core, const char *bdf)
+{
+	struct dmb_ctx *c;
+	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &c->devices, link)
+			if (strcmp(d->bdf, bdf) == 0)
+				return d;
+	}
+	return NULL;
 }
 
 struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id)
@@ -106,6 +115,8 @@ void device_close(struct dmb_device *d)
 	if (!d)
 		return;
 	struct dmb_ctx *ctx = d->ctx;
+	/* Nothing may point at its BARs once it is gone. */
+	p2p_release(d);
 	TAILQ_REMOVE(&ctx->devices, d, link);
 	ctx->n_devices--;
 	ctx->core->n_devices--;
@@ -113,4 +124,14 @@ void device_close(struct dmb_device *d)
 	log_info("device %s detached from context %" PRIu64, d->bdf, ctx->id);
 	free(d);
 	ctx_refresh_iova(ctx);
+}
+
+int device_sim_dma(struct dmb_device *d, uint64_t iova, void *buf, size_t len, bool to_memory,
+		   struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = d->ctx->core->be->ops;
+	if (!ops->dev_dma)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"the %s backend has no simulated device DMA engine", ops->name);
+	return ops->dev_dma(d->bdev, iova, buf, len, to_memory, e);
 }

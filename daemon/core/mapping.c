@@ -127,24 +127,39 @@ static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct
 	return 0;
 }
 
-static void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
+void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 {
 	RB_INSERT(dmb_map_tree, &ctx->maps, m);
-	m->region->map_refs++;
+	if (m->flags & DMB_MAP_MMIO) {
+		ctx->p2p_mappings++;
+		ctx->p2p_bytes += m->length;
+		ctx->core->p2p_mappings++;
+	} else {
+		m->region->map_refs++;
+	}
 	ctx->n_mappings++;
 	ctx->mapped_bytes += m->length;
 	ctx->core->n_mappings++;
 	ctx->core->mapped_bytes += m->length;
 }
 
-static void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
+void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 {
 	RB_REMOVE(dmb_map_tree, &ctx->maps, m);
-	m->region->map_refs--;
 	ctx->n_mappings--;
 	ctx->mapped_bytes -= m->length;
 	ctx->core->n_mappings--;
 	ctx->core->mapped_bytes -= m->length;
+	if (m->flags & DMB_MAP_MMIO) {
+		struct dmb_p2p *p = dmb_container_of(m, struct dmb_p2p, m);
+		ctx->p2p_mappings--;
+		ctx->p2p_bytes -= m->length;
+		ctx->core->p2p_mappings--;
+		p2p_unlink(p);
+		free(p);
+		return;
+	}
+	m->region->map_refs--;
 	free(m);
 }
 
