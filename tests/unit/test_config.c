@@ -1,0 +1,312 @@
+/* Unit tests of the daemon configuration (daemon/config.c): defaults, a full
+ * file, every kind of error (named by file:line, and leaving the previous
+ * configuration untouched), the device allow-list and the admin list. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "dmb-build.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	struct dmb_config cfg;
+	struct dmb_err e;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/dmb-config-test-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/dmabroker.conf", f->dir);
+	config_defaults(&f->cfg);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	unlink(f->path);
+	assert_int_equal(rmdir(f->dir), 0);
+	free(f);
+	return 0;
+}
+
+static void write_file(struct fx *f, const char *text)
+{
+	FILE *fp = fopen(f->path, "we");
+	assert_non_null(fp);
+	assert_int_equal(fputs(text, fp) >= 0, 1);
+	assert_int_equal(fclose(fp), 0);
+}
+
+static int load(struct fx *f, const char *text)
+{
+	write_file(f, text);
+	dmb_err_clear(&f->e);
+	return config_load(&f->cfg, f->path, &f->e);
+}
+
+static const char full[] =
+	"# a full configuration\n"
+	"[daemon]\n"
+	"socket = /run/test/broker.sock\n"
+	"socket_mode = 0600\n"
+	"backend = sim\n"
+	"log_level = debug\n"
+	"sim_populate = yes\n"
+	"\n"
+	"[limits]\n"
+	"contexts_per_client = 3\n"
+	"regions_per_context = 17\n"
+	"mappings_per_context = 0x100000\n"
+	"devices_per_context = 5\n"
+	"sessions = 99\n"
+	"session_queue_bytes = 65536\n"
+	"\n"
+	"[devices]\n"
+	"allow = 0000:01:00.0, 1234:11e8\n"
+	"allow = 0000:3a:1f.7\n"
+	"\n"
+	"[admin]\n"
+	"uids = 0 1000\n";
+
+static void test_defaults(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_config *c = &f->cfg;
+	assert_string_equal(c->socket_path, DMB_DEFAULT_SOCKET);
+	assert_int_equal(c->socket_mode, 0660);
+	assert_string_equal(c->backend, "auto");
+	assert_int_equal(c->log_level, LOG_INFO);
+	assert_false(c->sim_populate);
+	assert_int_equal(c->limits.contexts_per_owner, 64);
+	assert_int_equal(c->limits.regions_per_context, 1024);
+	assert_int_equal(c->limits.mappings_per_context, 4u << 20);
+	assert_int_equal(c->limits.devices_per_context, 32);
+	assert_int_equal(c->max_sessions, 4096);
+	assert_int_equal(c->session_queue_bytes, 4u << 20);
+	/* Default deny: no device, only root is admin. */
+	assert_int_equal(c->n_allow, 0);
+	assert_false(config_device_allowed(&f->cfg, NULL, "0000:00:00.0"));
+	assert_true(config_is_admin(c, 0));
+	assert_false(config_is_admin(c, 1000));
+
+	/* An empty file changes nothing. */
+	struct dmb_config before = f->cfg;
+	assert_int_equal(load(f, ""), 0);
+	assert_memory_equal(&before, &f->cfg, sizeof(before));
+	assert_int_equal(load(f, "# only a comment\n\n; and another\n"), 0);
+	assert_memory_equal(&before, &f->cfg, sizeof(before));
+}
+
+static void test_full_file(void **state)
+{
+	struct fx *f = *state;
+	int r = load(f, full);
+	if (r != 0)
+		fail_msg("load failed: %d %s", r, f->e.msg);
+	const struct dmb_config *c = &f->cfg;
+	assert_string_equal(c->socket_path, "/run/test/broker.sock");
+	assert_int_equal(c->socket_mode, 0600);
+	assert_string_equal(c->backend, "sim");
+	assert_int_equal(c->log_level, LOG_DEBUG);
+	assert_true(c->sim_populate);
+	assert_int_equal(c->limits.contexts_per_owner, 3);
+	assert_int_equal(c->limits.regions_per_context, 17);
+	assert_int_equal(c->limits.mappings_per_context, 0x100000);
+	assert_int_equal(c->limits.devices_per_context, 5);
+	assert_int_equal(c->max_sessions, 99);
+	assert_int_equal(c->session_queue_bytes, 65536);
+	assert_int_equal(c->n_allow, 3);
+	assert_string_equal(c->allow[0], "0000:01:00.0");
+	assert_string_equal(c->allow[1], "1234:11e8");
+	assert_string_equal(c->allow[2], "0000:3a:1f.7");
+	assert_int_equal(c->n_admin_uids, 2);
+	assert_true(config_is_admin(c, 0));
+	assert_true(config_is_admin(c, 1000));
+	assert_false(config_is_admin(c, 1001));
+
+	/* Every log level name, any case. */
+	static const struct { const char *n; int l; } lv[] = {
+		{ "error", LOG_ERR }, { "Warning", LOG_WARNING }, { "NOTICE", LOG_NOTICE },
+		{ "info", LOG_INFO }, { "debug", LOG_DEBUG },
+	};
+	for (size_t i = 0; i < sizeof(lv) / sizeof(lv[0]); i++)
+		assert_int_equal(config_parse_log_level(lv[i].n), lv[i].l);
+	assert_true(config_parse_log_level("verbose") < 0);
+	assert_true(config_parse_log_level("") < 0);
+
+	/* Booleans. */
+	assert_int_equal(load(f, "[daemon]\nsim_populate = off\n"), 0);
+	assert_false(f->cfg.sim_populate);
+	assert_int_equal(load(f, "[daemon]\nsim_populate = TRUE\n"), 0);
+	assert_true(f->cfg.sim_populate);
+}
+
+/* A refused file names file:line, says why, and changes nothing. */
+static void assert_refused(struct fx *f, const char *text, int line, const char *why)
+{
+	struct dmb_config before = f->cfg;
+	int r = load(f, text);
+	if (r >= 0)
+		fail_msg("accepted a file that should be refused at line %d:\n%s", line, text);
+	assert_int_equal(f->e.code, DMB_E_INVALID_ARGUMENT);
+	char where[256];
+	snprintf(where, sizeof(where), "%s:%d: ", f->path, line);
+	if (strncmp(f->e.msg, where, strlen(where)) != 0)
+		fail_msg("error \"%s\" does not start with \"%s\"", f->e.msg, where);
+	if (!strstr(f->e.msg, why))
+		fail_msg("error \"%s\" does not mention \"%s\"", f->e.msg, why);
+	assert_memory_equal(&before, &f->cfg, sizeof(before));
+}
+
+static void test_errors(void **state)
+{
+	struct fx *f = *state;
+	/* Start from a non-default configuration, so "untouched" means something. */
+	assert_int_equal(load(f, full), 0);
+
+	assert_refused(f, "[daemon]\nbackend = sim\n[bogus]\nkey = 1\n", 4, "unknown section [bogus]");
+	assert_refused(f, "[daemon]\nlog_level = error\nsockt = /run/x.sock\n", 3, "unknown key 'sockt'");
+	assert_refused(f, "[limits]\nfoo = 1\n", 2, "unknown key 'foo'");
+	assert_refused(f, "[devices]\ndeny = 0000:01:00.0\n", 2, "unknown key 'deny'");
+	assert_refused(f, "[admin]\ngids = 0\n", 2, "unknown key 'gids'");
+	assert_refused(f, "[limits]\nsessions = 7\ncontexts_per_client = 12abc\n", 3, "contexts_per_client");
+	assert_refused(f, "[limits]\nregions_per_context = -1\n", 2, "regions_per_context");
+	assert_refused(f, "[limits]\nregions_per_context =\n", 2, "regions_per_context");
+	assert_refused(f, "[limits]\ndevices_per_context = 1025\n", 2, "devices_per_context");
+	assert_refused(f, "[limits]\nmappings_per_context = 99999999999999999999999\n", 2,
+		       "mappings_per_context");
+	assert_refused(f, "[daemon]\nsocket_mode = 01777\n", 2, "socket_mode");
+	assert_refused(f, "[daemon]\n\n\nbackend = kvm\n", 4, "backend must be");
+	assert_refused(f, "[daemon]\nbackend = SIM\n", 2, "backend must be");
+	assert_refused(f, "[daemon]\nlog_level = loud\n", 2, "log_level");
+	assert_refused(f, "[daemon]\nsim_populate = maybe\n", 2, "sim_populate");
+	assert_refused(f, "[devices]\nallow = 0000:01:00.0 01:00.0\n", 2, "'01:00.0'");
+	assert_refused(f, "[devices]\nallow = 0000:01:00.8\n", 2, "neither a PCI address");
+	assert_refused(f, "[devices]\nallow = 0000:01:20.0\n", 2, "neither a PCI address");
+	assert_refused(f, "[devices]\nallow = 0000:0A:00.0\n", 2, "neither a PCI address");
+	assert_refused(f, "[devices]\nallow = 1234:11E8\n", 2, "neither a PCI address");
+	assert_refused(f, "[devices]\nallow = 1234:11e\n", 2, "neither a PCI address");
+	assert_refused(f, "[devices]\nallow = 1234-11e8\n", 2, "neither a PCI address");
+	assert_refused(f, "[admin]\nuids = 0 root\n", 2, "'root' is not a uid");
+	assert_refused(f, "[daemon]\nsocket = run/dmabroker.sock\n", 2, "absolute path");
+	char longpath[200];
+	memset(longpath, 'a', sizeof(longpath));
+	longpath[0] = '/';
+	snprintf(longpath + 150, sizeof(longpath) - 150, "\n");
+	char text[300];
+	snprintf(text, sizeof(text), "[daemon]\nsocket = %s", longpath);
+	assert_refused(f, text, 2, "absolute path");
+	/* A line that is not key = value, and a key before any section. */
+	assert_refused(f, "[daemon]\nbackend = sim\nthis is not ini\n", 3, "syntax error");
+	assert_refused(f, "backend = sim\n", 1, "unknown section []");
+
+	/* A file that does not exist. */
+	struct dmb_config before = f->cfg;
+	dmb_err_clear(&f->e);
+	assert_true(config_load(&f->cfg, "/nonexistent/dmabroker.conf", &f->e) < 0);
+	assert_non_null(strstr(f->e.msg, "/nonexistent/dmabroker.conf"));
+	assert_memory_equal(&before, &f->cfg, sizeof(before));
+
+	/* After all that, a good file still loads. */
+	assert_int_equal(load(f, "[daemon]\nbackend = iommufd\n"), 0);
+	assert_string_equal(f->cfg.backend, "iommufd");
+	assert_string_equal(f->cfg.socket_path, "/run/test/broker.sock");
+}
+
+/* Two errors in one file: the first is reported, with its own reason, not
+ * the reason of a later line (inih goes on parsing after an error and
+ * returns the first error's line). */
+static void test_first_error_reported(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(load(f, full), 0);
+	assert_refused(f, "[daemon]\nbackend = kvm\n[limits]\nfoo = 1\n", 2, "backend must be");
+	assert_refused(f, "[daemon]\nthis is not ini\n[limits]\nfoo = 1\n", 2, "syntax error");
+	assert_refused(f, "[daemon]\nlog_level = loud\nbackend = kvm\n", 2, "log_level");
+}
+
+static void test_device_allowed(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(load(f, "[devices]\nallow = 0000:01:00.0 0000:3a:1f.7\n"), 0);
+	assert_true(config_device_allowed(&f->cfg, NULL, "0000:01:00.0"));
+	assert_true(config_device_allowed(&f->cfg, NULL, "0000:3a:1f.7"));
+	assert_false(config_device_allowed(&f->cfg, NULL, "0000:01:00.1"));
+	assert_false(config_device_allowed(&f->cfg, NULL, "0001:01:00.0"));
+	assert_false(config_device_allowed(&f->cfg, NULL, "0000:3a:1f.6"));
+	assert_false(config_device_allowed(&f->cfg, NULL, "0000:01:00.0 "));
+	assert_false(config_device_allowed(&f->cfg, NULL, ""));
+
+	/* A vendor:device entry does not match a BDF that is not there (the ids
+	 * come from sysfs), nor a BDF that happens to spell the same digits. */
+	struct dmb_config c;
+	config_defaults(&c);
+	f->cfg = c;
+	assert_int_equal(load(f, "[devices]\nallow = 1234:11e8\n"), 0);
+	assert_int_equal(f->cfg.n_allow, 1);
+	char bdf[] = "ffff:ff:1f.7";
+	char path[128];
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s", bdf);
+	struct stat st;
+	assert_true(stat(path, &st) < 0); /* the premise */
+	assert_false(config_device_allowed(&f->cfg, NULL, bdf));
+	assert_false(config_device_allowed(&f->cfg, NULL, "1234:11e8"));
+	/* A later BDF entry still matches after a vendor:device miss. */
+	assert_int_equal(load(f, "[devices]\nallow = 0000:05:00.0\n"), 0);
+	assert_int_equal(f->cfg.n_allow, 2);
+	assert_true(config_device_allowed(&f->cfg, NULL, "0000:05:00.0"));
+	assert_false(config_device_allowed(&f->cfg, NULL, bdf));
+}
+
+static void test_admin(void **state)
+{
+	struct fx *f = *state;
+	assert_true(config_is_admin(&f->cfg, 0));
+	/* The list replaces the default: root is admin only when listed. */
+	assert_int_equal(load(f, "[admin]\nuids = 1000, 2000\n"), 0);
+	assert_int_equal(f->cfg.n_admin_uids, 2);
+	assert_true(config_is_admin(&f->cfg, 1000));
+	assert_true(config_is_admin(&f->cfg, 2000));
+	assert_false(config_is_admin(&f->cfg, 0));
+	assert_false(config_is_admin(&f->cfg, 1500));
+	assert_false(config_is_admin(&f->cfg, (uid_t)-1));
+	/* An empty list: nobody. */
+	assert_int_equal(load(f, "[admin]\nuids =\n"), 0);
+	assert_int_equal(f->cfg.n_admin_uids, 0);
+	assert_false(config_is_admin(&f->cfg, 0));
+	assert_false(config_is_admin(&f->cfg, 1000));
+	/* (uid_t)-1 is never a uid. */
+	assert_refused(f, "[admin]\nuids = 4294967295\n", 2, "not a uid");
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(test_defaults),
+		T(test_full_file),
+		T(test_errors),
+		T(test_first_error_reported),
+		T(test_device_allowed),
+		T(test_admin),
+	};
+	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
