@@ -207,6 +207,7 @@ struct dmb_event {
 	size_t n_ranges;
 	const struct dmb_range *ranges;
 	const char *message;
+	bool permanent;         /* revoked for good: the peer device was released */
 };
 
 typedef void (*dmb_event_cb)(const struct dmb_event *ev, void *opaque);

@@ -363,7 +363,7 @@ int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
 		struct dmb_event ev = {
 			.seq = e->seq, .kind = e->kind, .context = e->context_id,
 			.device = e->device_id, .n_ranges = nr, .ranges = rg,
-			.message = e->message,
+			.message = e->message, .permanent = e->permanent,
 		};
 		if (cb)
 			cb(&ev, opaque);

@@ -1,8 +1,10 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -56,9 +58,14 @@ int wire_recv(int sock, void *buf, size_t cap, struct wire_rx *rx, bool nonblock
 
 	if (n == 0 && rx->nfds == 0) {
 		/* A zero-length read is either end of stream or an empty packet:
-		 * SEQPACKET keeps empty messages. A closed peer shows as HUP. */
+		 * SEQPACKET keeps empty messages. End of stream is a hung-up peer
+		 * with nothing left queued (SIOCINQ counts every queued byte on a
+		 * SEQPACKET socket); a peer that sent more and then closed still
+		 * has its packets read first. */
 		struct pollfd p = { .fd = sock, .events = POLLIN | POLLRDHUP };
-		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP)))
+		int queued = 0;
+		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP)) &&
+		    ioctl(sock, SIOCINQ, &queued) == 0 && queued == 0)
 			rx->eof = true;
 	}
 	return 0;

@@ -82,8 +82,22 @@ static bool allow_entry_valid(const char *t)
 
 struct load_state {
 	struct dmb_config *cfg;
+	FILE *f;
+	int line;          /* the line being parsed */
+	int why_line;      /* the line `why` is about (the first bad key) */
 	char why[160];
 };
+
+/* ini_parse_stream reader that counts lines, so a key's error can be tied
+ * to its line: the parser goes on after an error and reports the first. */
+static char *read_line(char *str, int num, void *stream)
+{
+	struct load_state *st = stream;
+	char *r = fgets(str, num, st->f);
+	if (r)
+		st->line++;
+	return r;
+}
 
 static int on_key(void *user, const char *section, const char *key, const char *value)
 {
@@ -91,7 +105,10 @@ static int on_key(void *user, const char *section, const char *key, const char *
 	struct dmb_config *cfg = st->cfg;
 	uint64_t u;
 
-#define WHY(...) (snprintf(st->why, sizeof(st->why), __VA_ARGS__), 0)
+#define WHY(...)                                                          \
+	(st->why_line ? 0                                                 \
+		      : (st->why_line = st->line,                         \
+			 snprintf(st->why, sizeof(st->why), __VA_ARGS__), 0))
 	if (!strcmp(section, "daemon")) {
 		if (!strcmp(key, "socket")) {
 			if (strlen(value) >= sizeof(cfg->socket_path) || value[0] != '/')
@@ -203,11 +220,12 @@ int config_load(struct dmb_config *cfg, const char *path, struct dmb_err *e)
 	FILE *f = fopen(path, "re");
 	if (!f)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, errno, "%s: cannot open: %m", path);
-	int line = ini_parse_file(f, on_key, &st);
+	st.f = f;
+	int line = ini_parse_stream(read_line, &st, on_key, &st);
 	fclose(f);
 	if (line != 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s:%d: %s", path, line,
-				st.why[0] ? st.why : "syntax error");
+				line == st.why_line ? st.why : "syntax error");
 	*cfg = tmp;
 	return 0;
 }
