@@ -37,6 +37,22 @@
  * ctx_close closes the context's devices too (the core must not call
  * dev_close on them afterwards), unmaps everything and destroys the IOAS.
  *
+ * Device state (dev_bar_info, dev_config_*, dev_reset) goes to the device
+ * fd through ksys_vdev (ksys.h), as in the type1 backend.
+ *
+ * P2P (map_bar, feature "p2p-dmabuf"): iommufd cannot map a BAR by address
+ * (pinning a PFNMAP VMA fails, §3.4). Instead the peer's BAR range is
+ * exported as a VFIO dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF, 6.19, §3.5) and
+ * imported with IOMMU_IOAS_MAP_FILE (§3.6); the IOAS keeps its own
+ * reference, so the dma-buf fd is closed at once. Export support is probed
+ * on every device at open (VFIO_DEVICE_FEATURE with PROBE); the feature is
+ * announced once a device has it. The kernel revokes the import by itself
+ * at every memory disable and reset of the peer (the IOVA range stays
+ * occupied) and never restores it: the core unmaps the revoked area and
+ * calls map_bar again once memory is back, so every map_bar exports a
+ * fresh dma-buf (an old one may be revoked for good). Without MAP_FILE or
+ * dma-buf export map_bar is -EOPNOTSUPP naming what is missing.
+ *
  * Accounting: pinned_bytes counts RAM bytes mapped through this backend.
  * (iommufd pins only once a device is attached, and a page mapped twice is
  * pinned once; this counter is the daemon's budget view, not the kernel's.)
@@ -70,7 +86,12 @@ struct ifd_backend {
 	char iommu_path[PATH_MAX];
 	bool map_file;       /* IOMMU_IOAS_MAP_FILE */
 	bool change_process; /* IOMMU_IOAS_CHANGE_PROCESS */
-	const char *features[4];
+	/* features[] is NULL-terminated; "p2p-dmabuf" is added at
+	 * features[n_features] the first time a device can export dma-bufs
+	 * (the slot after it stays NULL). */
+	const char *features[6];
+	size_t n_features;
+	atomic_bool dmabuf_seen;
 	_Atomic uint64_t pinned;
 };
 
@@ -85,6 +106,8 @@ struct ifd_dev {
 	uint32_t hwpt_id; /* the HWPT the kernel attached it to */
 	char name[32];    /* "vfioN" */
 	char bdf[KSYS_BDF_LEN + 1];
+	struct ksys_vdev v; /* borrows fd */
+	int dmabuf_err;   /* 0: exports BARs as dma-bufs; else the probe's -errno */
 };
 
 struct ifd_ctx {
@@ -92,7 +115,8 @@ struct ifd_ctx {
 	struct ifd_backend *be;
 	int fd; /* the iommufd */
 	uint32_t ioas_id;
-	uint64_t mapped; /* bytes mapped in this IOAS */
+	uint64_t mapped; /* RAM bytes mapped in this IOAS */
+	struct ksys_mmio_set mmio; /* peer BAR (dma-buf) mappings, not pinned */
 	struct ifd_dev *devs;
 };
 
@@ -176,9 +200,13 @@ static int ifd_ctx_open(struct dmb_backend *b, struct dmb_bctx **out, struct dmb
 	return 0;
 }
 
-static void account_unmapped(struct ifd_ctx *c, uint64_t bytes)
+/* The kernel removed `bytes` in [iova, iova+length) (length 0: everything),
+ * RAM and MMIO together. */
+static void account_unmapped(struct ifd_ctx *c, uint64_t iova, uint64_t length, uint64_t bytes)
 {
-	if (bytes > c->mapped)
+	uint64_t mmio = ksys_mmio_remove(&c->mmio, iova, length);
+	bytes = bytes > mmio ? bytes - mmio : 0;
+	if (length == 0 || bytes > c->mapped)
 		bytes = c->mapped;
 	c->mapped -= bytes;
 	atomic_fetch_sub(&c->be->pinned, bytes);
@@ -200,7 +228,7 @@ static int ifd_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err
 				r == -EBUSY ? "an area is busy (being mapped or used by the kernel)"
 					    : strerror(-r));
 	*unmapped = u.length;
-	account_unmapped(c, c->mapped);
+	account_unmapped(c, 0, 0, c->mapped);
 	return 0;
 }
 
@@ -243,6 +271,7 @@ static void ifd_ctx_close(struct dmb_bctx *bc)
 		atomic_fetch_sub(&c->be->pinned, c->mapped);
 		c->mapped = 0;
 	}
+	ksys_mmio_free(&c->mmio);
 	safe_close(c->fd);
 	free(c);
 }
@@ -354,6 +383,26 @@ static int attach_error(struct dmb_err *e, const char *bdf, int r)
 			ksys_errno_name(r), why);
 }
 
+/* VFIO_DEVICE_FEATURE(PROBE | GET | DMA_BUF): 0 where the kernel (6.19+,
+ * CONFIG_VFIO_PCI_DMABUF) and the driver export BARs as dma-bufs; ENOTTY
+ * where the feature is unknown, EOPNOTSUPP where the driver lacks it. */
+static void probe_dmabuf(struct ifd_backend *be, struct ifd_dev *d)
+{
+	struct dmb_vfio_dma_buf_one q = {
+		.hdr = {.argsz = sizeof(q),
+			.flags = VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_GET |
+				 DMB_VFIO_DEVICE_FEATURE_DMA_BUF},
+		.buf = {.region_index = 0, .open_flags = O_RDWR | O_CLOEXEC, .nr_ranges = 1},
+		.range = {.offset = 0, .length = ksys_page_size()},
+	};
+	int r = ksys_ioctl(d->fd, VFIO_DEVICE_FEATURE, &q);
+	d->dmabuf_err = r < 0 ? r : 0;
+	log_debug("iommufd: %s: VFIO dma-buf export of BARs: %s", d->bdf,
+		  r < 0 ? ksys_errno_name(r) : "yes");
+	if (r >= 0 && be->map_file && !atomic_exchange(&be->dmabuf_seen, true))
+		be->features[be->n_features] = "p2p-dmabuf";
+}
+
 static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 			struct dmb_dev_info *info, struct dmb_err *e)
 {
@@ -435,6 +484,10 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 	d->hwpt_id = att.pt_id;
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	memcpy(d->bdf, bdf, sizeof(bdf));
+	ksys_vdev_init(&d->v, d->fd, bdf);
+	if (d->v.cfg_err < 0)
+		log_debug("iommufd: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
+	probe_dmabuf(be, d);
 	d->next = c->devs;
 	c->devs = d;
 
@@ -466,6 +519,37 @@ static void ifd_dev_close(struct dmb_bdev *bd)
 static int ifd_dev_fd(struct dmb_bdev *bd)
 {
 	return dmb_container_of(bd, struct ifd_dev, base)->fd;
+}
+
+static inline struct ifd_dev *ifd_dev(struct dmb_bdev *bd)
+{
+	return dmb_container_of(bd, struct ifd_dev, base);
+}
+
+static int ifd_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
+			    struct dmb_err *e)
+{
+	/* mappable as on type1 (VFIO lets the BAR be mmapped): whether this
+	 * kernel can export it as a dma-buf is map_bar's to say, in a sentence
+	 * naming what is missing. */
+	return ksys_vdev_bar_info(&ifd_dev(bd)->v, bar, out, e);
+}
+
+static int ifd_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
+			       struct dmb_err *e)
+{
+	return ksys_vdev_config_read(&ifd_dev(bd)->v, off, buf, len, e);
+}
+
+static int ifd_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
+				struct dmb_err *e)
+{
+	return ksys_vdev_config_write(&ifd_dev(bd)->v, off, buf, len, e);
+}
+
+static int ifd_dev_reset(struct dmb_bdev *bd, struct dmb_err *e)
+{
+	return ksys_vdev_reset(&ifd_dev(bd)->v, e);
 }
 
 /* ---- regions and mappings ---- */
@@ -615,7 +699,131 @@ static int ifd_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64
 				length, iova, ksys_errno_name(r), why);
 	}
 	*unmapped = u.length;
-	account_unmapped(c, u.length);
+	account_unmapped(c, iova, length, u.length);
+	return 0;
+}
+
+/* Exports [offset, offset+length) of BAR `bar` of peer as a new dma-buf;
+ * returns its fd. */
+static int export_dmabuf(struct ifd_dev *peer, unsigned bar, uint64_t offset, uint64_t length,
+			 struct dmb_err *e)
+{
+	struct dmb_vfio_dma_buf_one q = {
+		.hdr = {.argsz = sizeof(q),
+			.flags = VFIO_DEVICE_FEATURE_GET | DMB_VFIO_DEVICE_FEATURE_DMA_BUF},
+		.buf = {.region_index = bar,
+			.open_flags = O_RDWR | O_CLOEXEC,
+			.flags = 0,
+			.nr_ranges = 1},
+		.range = {.offset = offset, .length = length},
+	};
+	int fd = ksys_ioctl(peer->fd, VFIO_DEVICE_FEATURE, &q);
+	if (fd >= 0)
+		return fd;
+	const char *why;
+	int code = dmb_code_from_errno(fd);
+	switch (-fd) {
+	case ENOTTY:
+		why = "VFIO dma-buf export of BARs (Linux 6.19+) is missing";
+		code = DMB_E_UNIMPLEMENTED;
+		break;
+	case EOPNOTSUPP:
+		why = "the peer's VFIO driver cannot export dma-bufs";
+		code = DMB_E_UNIMPLEMENTED;
+		break;
+	case EINVAL:
+		why = "the range is not page-aligned, lies past the BAR, or the BAR is I/O space";
+		break;
+	case ENODEV:
+		why = "not a BAR the kernel exports";
+		break;
+	default:
+		why = strerror(-fd);
+		break;
+	}
+	return dmb_fail(e, code, -fd,
+			"VFIO_DEVICE_FEATURE_DMA_BUF of BAR %u of %s [%#" PRIx64 ", +%#" PRIx64
+			") failed (%s): %s",
+			bar, peer->bdf, offset, length, ksys_errno_name(fd), why);
+}
+
+static int ifd_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar, uint64_t offset,
+		       uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct ifd_dev *peer = ifd_dev(bpeer);
+
+	if (!c->be->map_file)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"P2P through iommufd needs IOMMU_IOAS_MAP_FILE (Linux 6.13+) and VFIO "
+				"dma-buf export of BARs (Linux 6.19+): IOMMU_IOAS_MAP_FILE is missing");
+	if (peer->dmabuf_err == -ENOTTY)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"P2P through iommufd needs VFIO dma-buf export of BARs: VFIO dma-buf "
+				"export of BARs (Linux 6.19+) is missing (%s answered ENOTTY)",
+				peer->bdf);
+	if (peer->dmabuf_err < 0)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"P2P through iommufd needs VFIO dma-buf export of BARs, which %s does "
+				"not offer (%s): its driver lacks it",
+				peer->bdf, ksys_errno_name(peer->dmabuf_err));
+	if (bar >= DMB_PCI_NUM_BARS || length == 0 || !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"P2P mapping of BAR %u [%#" PRIx64 ", +%#" PRIx64 ") is malformed", bar,
+				offset, length);
+	if (ksys_mmio_reserve(&c->mmio) < 0)
+		return oom(e, "a P2P mapping");
+
+	/* A fresh dma-buf every time: one revoked by a reset or by the peer's
+	 * memory going off is never usable again for the IOAS. */
+	_cleanup_close_ int buf = export_dmabuf(peer, bar, offset, length, e);
+	if (buf < 0)
+		return buf;
+	struct dmb_iommu_ioas_map_file m = {
+		.size = sizeof(m),
+		.flags = DMB_IOMMU_IOAS_MAP_FIXED_IOVA |
+			 ((prot & DMB_PROT_READ) ? DMB_IOMMU_IOAS_MAP_READABLE : 0) |
+			 ((prot & DMB_PROT_WRITE) ? DMB_IOMMU_IOAS_MAP_WRITEABLE : 0),
+		.ioas_id = c->ioas_id,
+		.fd = buf,
+		.start = 0,
+		.length = length,
+		.iova = iova,
+	};
+	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_MAP_FILE, &m);
+	if (r < 0) {
+		const char *why;
+		int code = dmb_code_from_errno(r);
+		switch (-r) {
+		case ENODEV:
+			why = "the peer's BAR is revoked (memory decoding off, or a reset in "
+			      "progress)";
+			code = DMB_E_FAILED_PRECONDITION;
+			break;
+		case EOPNOTSUPP:
+			why = "this kernel's iommufd cannot import a VFIO dma-buf";
+			break;
+		case EEXIST:
+			why = "the range overlaps an existing mapping of the IOAS";
+			break;
+		case EINVAL:
+			why = "not aligned to the IOAS, or inside a reserved IOVA region";
+			break;
+		case EBUSY:
+			why = "the IOAS is busy";
+			code = DMB_E_UNAVAILABLE;
+			break;
+		default:
+			why = strerror(-r);
+			break;
+		}
+		return dmb_fail(e, code, -r,
+				"IOMMU_IOAS_MAP_FILE of a dma-buf of BAR %u of %s [%#" PRIx64
+				", +%#" PRIx64 ") at IOVA %#" PRIx64 " failed (%s): %s",
+				bar, peer->bdf, offset, length, iova, ksys_errno_name(r), why);
+	}
+	/* The IOAS holds its own reference: our fd closes on return. */
+	ksys_mmio_add(&c->mmio, iova, length);
 	return 0;
 }
 
@@ -633,6 +841,11 @@ static const struct dmb_backend_ops ifd_ops = {
 	.dev_open = ifd_dev_open,
 	.dev_close = ifd_dev_close,
 	.dev_fd = ifd_dev_fd,
+	.dev_bar_info = ifd_dev_bar_info,
+	.dev_config_read = ifd_dev_config_read,
+	.dev_config_write = ifd_dev_config_write,
+	.dev_reset = ifd_dev_reset,
+	.map_bar = ifd_map_bar,
 	.dma = NULL,
 	.pinned_bytes = ifd_pinned_bytes,
 };
@@ -738,6 +951,7 @@ int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend 
 	if (be->change_process)
 		be->features[n++] = "change-process";
 	be->features[n] = NULL;
+	be->n_features = n; /* "p2p-dmabuf" may go here later (probe_dmabuf) */
 	be->base.ops = &ifd_ops;
 	be->base.features = be->features;
 

@@ -4,8 +4,11 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/vfio.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,4 +274,179 @@ uint64_t ksys_page_size(void)
 {
 	long p = sysconf(_SC_PAGESIZE);
 	return p > 0 ? (uint64_t)p : 4096;
+}
+
+/* ---- VFIO PCI device fds ---- */
+
+int ksys_vfio_region_info(int fd, unsigned index, struct ksys_region *out)
+{
+	struct vfio_region_info ri = {.argsz = sizeof(ri), .index = index};
+	int r = ksys_ioctl(fd, VFIO_DEVICE_GET_REGION_INFO, &ri);
+	if (r < 0)
+		return r;
+	out->size = ri.size;
+	out->offset = ri.offset;
+	out->flags = ri.flags;
+	return 0;
+}
+
+void ksys_vdev_init(struct ksys_vdev *v, int fd, const char *bdf)
+{
+	struct ksys_region cfg = {0};
+	memset(v, 0, sizeof(*v));
+	v->fd = fd;
+	snprintf(v->bdf, sizeof(v->bdf), "%s", bdf);
+	v->cfg_err = ksys_vfio_region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
+	if (v->cfg_err == 0 && cfg.size == 0)
+		v->cfg_err = -ENODEV;
+	v->cfg_offset = cfg.offset;
+	v->cfg_size = cfg.size;
+}
+
+static int config_rw(const struct ksys_vdev *v, uint32_t off, void *buf, size_t len, bool write,
+		     struct dmb_err *e)
+{
+	const char *what = write ? "writing" : "reading";
+	if (v->cfg_err < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -v->cfg_err,
+				"%s config space of %s is impossible: VFIO_DEVICE_GET_REGION_INFO "
+				"(config region) failed (%s)",
+				what, v->bdf, ksys_errno_name(v->cfg_err));
+	if (len == 0 || off >= v->cfg_size || len > v->cfg_size - off)
+		return dmb_fail(e, DMB_E_OUT_OF_RANGE, ERANGE,
+				"config space access [%#x, +%zu) of %s is outside its %#" PRIx64
+				" bytes",
+				off, len, v->bdf, v->cfg_size);
+	if (v->cfg_offset > (uint64_t)INT64_MAX - off)
+		return dmb_fail(e, DMB_E_INTERNAL, EOVERFLOW,
+				"the config region of %s lies at an impossible offset %#" PRIx64, v->bdf,
+				v->cfg_offset);
+	off_t pos = (off_t)(v->cfg_offset + off);
+	ssize_t n = write ? pwrite(v->fd, buf, len, pos) : pread(v->fd, buf, len, pos);
+	if (n < 0) {
+		int err = errno;
+		return dmb_fail(e, dmb_code_from_errno(-err), err,
+				"%s %zu bytes of config space of %s at %#x failed (%s): %s", what, len,
+				v->bdf, off, ksys_errno_name(err), strerror(err));
+	}
+	if ((size_t)n != len)
+		return dmb_fail(e, DMB_E_INTERNAL, EIO,
+				"%s %zu bytes of config space of %s at %#x moved only %zd", what, len,
+				v->bdf, off, n);
+	return 0;
+}
+
+int ksys_vdev_config_read(const struct ksys_vdev *v, uint32_t off, void *buf, size_t len,
+			  struct dmb_err *e)
+{
+	return config_rw(v, off, buf, len, false, e);
+}
+
+int ksys_vdev_config_write(const struct ksys_vdev *v, uint32_t off, const void *buf, size_t len,
+			   struct dmb_err *e)
+{
+	return config_rw(v, off, (void *)buf, len, true, e);
+}
+
+#define PCI_BASE_ADDRESS_0 0x10
+#define PCI_BASE_ADDRESS_SPACE_IO 0x01
+
+int ksys_vdev_bar_info(const struct ksys_vdev *v, unsigned bar, struct dmb_bar_info *out,
+		       struct dmb_err *e)
+{
+	memset(out, 0, sizeof(*out));
+	if (bar >= DMB_PCI_NUM_BARS)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"BAR %u does not exist: a PCI function has BARs 0-5", bar);
+	struct ksys_region ri;
+	int r = ksys_vfio_region_info(v->fd, bar, &ri);
+	if (r < 0)
+		return dmb_fail(e, dmb_code_from_errno(r), -r,
+				"VFIO_DEVICE_GET_REGION_INFO(BAR %u) of %s failed (%s): %s", bar, v->bdf,
+				ksys_errno_name(r), strerror(-r));
+	if (ri.size == 0)
+		return 0; /* not implemented (or the upper half of a 64-bit BAR) */
+
+	uint32_t reg;
+	r = ksys_vdev_config_read(v, PCI_BASE_ADDRESS_0 + 4 * bar, &reg, sizeof(reg), e);
+	if (r < 0)
+		return r;
+	reg = le32toh(reg);
+	out->size = ri.size;
+	out->mmio = !(reg & PCI_BASE_ADDRESS_SPACE_IO);
+	out->mappable = out->mmio && (ri.flags & VFIO_REGION_INFO_FLAG_MMAP);
+	return 0;
+}
+
+int ksys_vdev_reset(const struct ksys_vdev *v, struct dmb_err *e)
+{
+	int r = ksys_ioctl(v->fd, VFIO_DEVICE_RESET, NULL);
+	if (r >= 0)
+		return 0;
+	switch (-r) {
+	case EINVAL:
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EINVAL,
+				"VFIO_DEVICE_RESET of %s failed (EINVAL): the device has no "
+				"function-level reset and no slot or bus reset it could use alone "
+				"(behind its own PCIe root port it would)",
+				v->bdf);
+	case EAGAIN:
+		return dmb_fail(e, DMB_E_UNAVAILABLE, EAGAIN,
+				"VFIO_DEVICE_RESET of %s failed (EAGAIN): the device is busy; try again",
+				v->bdf);
+	default:
+		return dmb_fail(e, dmb_code_from_errno(r), -r, "VFIO_DEVICE_RESET of %s failed (%s): %s",
+				v->bdf, ksys_errno_name(r), strerror(-r));
+	}
+}
+
+/* ---- MMIO mappings of one context ---- */
+
+int ksys_mmio_reserve(struct ksys_mmio_set *s)
+{
+	if (s->n < s->cap)
+		return 0;
+	size_t cap = s->cap ? s->cap * 2 : 8;
+	struct ksys_mmio *v = reallocarray(s->v, cap, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	s->v = v;
+	s->cap = cap;
+	return 0;
+}
+
+void ksys_mmio_add(struct ksys_mmio_set *s, uint64_t iova, uint64_t length)
+{
+	if (s->n >= s->cap)
+		abort(); /* ksys_mmio_reserve was not called */
+	s->v[s->n].iova = iova;
+	s->v[s->n].length = length;
+	s->n++;
+}
+
+uint64_t ksys_mmio_remove(struct ksys_mmio_set *s, uint64_t iova, uint64_t length)
+{
+	uint64_t bytes = 0, last = UINT64_MAX;
+	bool all = length == 0;
+	if (!all && !dmb_range_last(iova, length, &last))
+		last = UINT64_MAX;
+	for (size_t i = 0; i < s->n;) {
+		const struct ksys_mmio *m = &s->v[i];
+		bool inside = all || (m->iova >= iova && m->iova <= last &&
+				      m->length - 1 <= last - m->iova);
+		if (!inside) {
+			i++;
+			continue;
+		}
+		bytes += m->length;
+		s->v[i] = s->v[--s->n];
+	}
+	return bytes;
+}
+
+void ksys_mmio_free(struct ksys_mmio_set *s)
+{
+	free(s->v);
+	s->v = NULL;
+	s->n = s->cap = 0;
 }

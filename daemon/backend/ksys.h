@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h" /* struct dmb_bar_info, struct dmb_err */
+
 struct ksys_ops {
 	/* Returns the ioctl's non-negative result or a negative errno. */
 	int (*ioctl)(int fd, unsigned long req, void *arg);
@@ -79,3 +81,79 @@ int ksys_group_blockers(const char *sysfs_root, unsigned group, char *out, size_
 
 /* The host page size. */
 uint64_t ksys_page_size(void);
+
+/* ---- VFIO PCI device fds (both backends) ----
+ *
+ * What a VFIO device fd (group-obtained or cdev) offers the P2P hooks:
+ * region info, config space through the config region (index 7) with
+ * pread/pwrite, and VFIO_DEVICE_RESET. Config space is read and written on
+ * the device fd itself, so a change a client makes through its own
+ * duplicate of that fd is what the next read sees. */
+
+/* VFIO_DEVICE_GET_REGION_INFO, decoded. */
+struct ksys_region {
+	uint64_t size;   /* 0: not implemented */
+	uint64_t offset; /* file offset on the device fd */
+	uint32_t flags;  /* VFIO_REGION_INFO_FLAG_* */
+};
+
+/* Returns 0 or the ioctl's negative errno. */
+int ksys_vfio_region_info(int fd, unsigned index, struct ksys_region *out);
+
+/* One VFIO PCI device as the backends keep it. Filled by ksys_vdev_init at
+ * open and read-only afterwards, so any thread may use it. */
+struct ksys_vdev {
+	int fd;                     /* borrowed from the backend's device */
+	char bdf[KSYS_BDF_LEN + 1];
+	int cfg_err;                /* 0, or the -errno of GET_REGION_INFO(config) */
+	uint64_t cfg_offset;        /* the config region on fd */
+	uint64_t cfg_size;          /* 256 (PCI) or 4096 (PCIe) */
+};
+
+/* Looks up the config region; a failure is kept in cfg_err (and reported
+ * by the config accessors) rather than failing the open. */
+void ksys_vdev_init(struct ksys_vdev *v, int fd, const char *bdf);
+
+/* Config space [off, off+len): bounds-checked against the region (a
+ * request outside it is -ERANGE, nothing is read or written). */
+int ksys_vdev_config_read(const struct ksys_vdev *v, uint32_t off, void *buf, size_t len,
+			  struct dmb_err *e);
+int ksys_vdev_config_write(const struct ksys_vdev *v, uint32_t off, const void *buf, size_t len,
+			   struct dmb_err *e);
+
+/* BAR 0-5: size and mappable (MMAP flag) from GET_REGION_INFO; memory or
+ * I/O space from bit 0 of the BAR register in config space (vfio-pci keeps
+ * the flag bits of its virtualised BARs). An unimplemented BAR, or the
+ * upper half of a 64-bit BAR, reads size 0. */
+int ksys_vdev_bar_info(const struct ksys_vdev *v, unsigned bar, struct dmb_bar_info *out,
+		       struct dmb_err *e);
+
+/* VFIO_DEVICE_RESET; EINVAL (no FLR, no usable slot/bus reset) and EAGAIN
+ * (device lock contended) get their own sentences. */
+int ksys_vdev_reset(const struct ksys_vdev *v, struct dmb_err *e);
+
+/* ---- MMIO (peer BAR) mappings of one context ----
+ *
+ * The kernel's unmap answers one byte count for RAM and MMIO together;
+ * pinned_bytes must count RAM only, so each context remembers where its
+ * MMIO mappings are. Not thread-safe: it lives in a context, whose calls
+ * are serialised. */
+struct ksys_mmio {
+	uint64_t iova;
+	uint64_t length;
+};
+struct ksys_mmio_set {
+	struct ksys_mmio *v;
+	size_t n, cap;
+};
+
+/* Makes room for one more entry (-ENOMEM), so that recording a mapping the
+ * kernel has already made cannot fail. */
+int ksys_mmio_reserve(struct ksys_mmio_set *s);
+/* Records [iova, iova+length); call ksys_mmio_reserve first. */
+void ksys_mmio_add(struct ksys_mmio_set *s, uint64_t iova, uint64_t length);
+/* Forgets the entries wholly inside [iova, iova+length) (length 0: all of
+ * them) and returns their bytes. */
+uint64_t ksys_mmio_remove(struct ksys_mmio_set *s, uint64_t iova, uint64_t length);
+/* Frees the set; accepts an empty one. */
+void ksys_mmio_free(struct ksys_mmio_set *s);

@@ -41,18 +41,36 @@
  * module (the iommufd compat container has UNMAP_ALL but never VADDR); each
  * context re-checks after SET_IOMMU (t1_ctx.vaddr_update).
  *
+ * Device state (dev_bar_info, dev_config_*, dev_reset) goes to the device
+ * fd through ksys_vdev (ksys.h): region info, the config region, RESET.
+ *
+ * P2P (map_bar, feature "p2p"): native type1 maps a VM_PFNMAP VMA — the
+ * daemon's MAP_SHARED mmap of the peer's BAR region, made from the peer's
+ * device fd on first use and cached on the peer (t1_dev.bars) until the
+ * peer closes — by looking up its PFNs; nothing is pinned or accounted
+ * (kernel-uapi.md §3.4). The peer may sit in another container: only its
+ * device fd is used. Type1 never hears about the peer's BAR state: the core
+ * unmaps before the peer's memory goes off or the peer closes. If memory
+ * decoding is off at MAP_DMA time the kernel says EFAULT. The iommufd
+ * compat container (no vfio_iommu_type1 module) cannot map a PFNMAP VMA
+ * (§2.7): there the feature is absent and map_bar is -EOPNOTSUPP. Each
+ * context remembers its MMIO mappings (ksys_mmio_set) so that unmap keeps
+ * pinned_bytes to RAM.
+ *
  * Ownership: the backend owns every fd it opens (container, groups,
- * devices) and the region mmaps. ctx_close closes the context's devices
- * too: the core must not call dev_close on them afterwards. A device fd the
- * client received a duplicate of keeps the device (and its group) in the
- * container until the client closes it; ctx_close unmaps everything first,
- * so such a device can no longer reach any memory. */
+ * devices), the region mmaps and the peer BAR mmaps. ctx_close closes the
+ * context's devices too: the core must not call dev_close on them
+ * afterwards. A device fd the client received a duplicate of keeps the
+ * device (and its group) in the container until the client closes it;
+ * ctx_close unmaps everything first, so such a device can no longer reach
+ * any memory. */
 #include "vfio_type1.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,7 +91,8 @@ struct t1_backend {
 	char container_path[PATH_MAX];
 	bool unmap_all;    /* VFIO_DMA_UNMAP_FLAG_ALL available */
 	bool vaddr_update; /* predicted at start-up, see the header */
-	const char *features[4];
+	bool native;       /* vfio_iommu_type1, not iommufd's compat container */
+	const char *features[6];
 	_Atomic uint64_t pinned;
 };
 
@@ -86,13 +105,23 @@ struct t1_group {
 
 struct t1_ctx;
 
+/* The daemon's mmap of one BAR of a P2P peer. */
+struct t1_bar {
+	void *addr; /* NULL: not mapped yet */
+	size_t len;
+};
+
 struct t1_dev {
 	struct dmb_bdev base;
 	struct t1_dev *next;
 	struct t1_ctx *ctx;
 	struct t1_group *group;
 	int fd;
-	char bdf[KSYS_BDF_LEN + 1];
+	struct ksys_vdev v; /* borrows fd */
+	/* map_bar of another context may mmap this device's BARs while this
+	 * context runs on another thread: bars[] is under bar_lock. */
+	pthread_mutex_t bar_lock;
+	struct t1_bar bars[DMB_PCI_NUM_BARS];
 };
 
 struct t1_ctx {
@@ -102,7 +131,8 @@ struct t1_ctx {
 	bool iommu_set;     /* SET_IOMMU done; false again once the last group left */
 	bool vaddr_update;  /* CHECK_EXTENSION(VFIO_UPDATE_VADDR) after SET_IOMMU */
 	uint32_t entry_limit; /* dma_entry_limit when the IOMMU was set; 0 unknown */
-	uint64_t mapped;    /* bytes mapped in this container */
+	uint64_t mapped;    /* RAM bytes mapped in this container */
+	struct ksys_mmio_set mmio; /* peer BAR mappings (not pinned) */
 	struct t1_group *groups;
 	struct t1_dev *devs;
 };
@@ -290,7 +320,13 @@ static void group_release(struct t1_ctx *c, struct t1_group *g)
 			atomic_fetch_sub(&c->be->pinned, c->mapped);
 			c->mapped = 0;
 		}
+		ksys_mmio_remove(&c->mmio, 0, 0);
 	}
+}
+
+static bool has_mappings(const struct t1_ctx *c)
+{
+	return c->mapped > 0 || c->mmio.n > 0;
 }
 
 /* Idle groups leave the container, except the last one while mappings
@@ -301,7 +337,7 @@ static void release_idle_groups(struct t1_ctx *c)
 	while (*pp) {
 		struct t1_group *g = *pp;
 		bool last = c->groups == g && !g->next;
-		if (g->users == 0 && !(last && c->mapped > 0)) {
+		if (g->users == 0 && !(last && has_mappings(c))) {
 			group_release(c, g); /* unlinks *pp */
 			continue;
 		}
@@ -450,13 +486,17 @@ static int t1_ctx_open(struct dmb_backend *b, struct dmb_bctx **out, struct dmb_
 	return 0;
 }
 
-static void account_unmapped(struct t1_ctx *c, uint64_t bytes)
+/* The kernel removed `bytes` in [iova, iova+length) (length 0: everything),
+ * RAM and MMIO together. */
+static void account_unmapped(struct t1_ctx *c, uint64_t iova, uint64_t length, uint64_t bytes)
 {
-	if (bytes > c->mapped)
+	uint64_t mmio = ksys_mmio_remove(&c->mmio, iova, length);
+	bytes = bytes > mmio ? bytes - mmio : 0;
+	if (length == 0 || bytes > c->mapped)
 		bytes = c->mapped;
 	c->mapped -= bytes;
 	atomic_fetch_sub(&c->be->pinned, bytes);
-	if (c->mapped == 0)
+	if (!has_mappings(c))
 		release_idle_groups(c);
 }
 
@@ -490,7 +530,8 @@ static int t1_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err 
 			};
 			int r = ksys_ioctl(c->container, VFIO_IOMMU_UNMAP_DMA, &u);
 			if (r < 0) {
-				account_unmapped(c, total);
+				if (half) /* the lower half is gone */
+					account_unmapped(c, 0, UINT64_C(1) << 63, total);
 				return dmb_fail(e, dmb_code_from_errno(r), -r,
 						"VFIO_IOMMU_UNMAP_DMA of [%#" PRIx64 ", +2^63) failed (%s): %s",
 						(uint64_t)u.iova, ksys_errno_name(r), strerror(-r));
@@ -499,12 +540,17 @@ static int t1_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err 
 		}
 	}
 	*unmapped = total;
-	account_unmapped(c, c->mapped); /* everything is gone */
+	account_unmapped(c, 0, 0, c->mapped); /* everything is gone */
 	return 0;
 }
 
 static void t1_dev_free(struct t1_dev *d)
 {
+	/* The BAR mmaps hold the device file open: unmap them first. */
+	for (unsigned i = 0; i < DMB_PCI_NUM_BARS; i++)
+		if (d->bars[i].addr)
+			munmap(d->bars[i].addr, d->bars[i].len);
+	pthread_mutex_destroy(&d->bar_lock);
 	safe_close(d->fd);
 	if (d->group && d->group->users > 0)
 		d->group->users--;
@@ -534,6 +580,7 @@ static void t1_ctx_close(struct dmb_bctx *bc)
 		atomic_fetch_sub(&c->be->pinned, c->mapped);
 		c->mapped = 0;
 	}
+	ksys_mmio_free(&c->mmio);
 	safe_close(c->container);
 	free(c);
 }
@@ -649,7 +696,10 @@ static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev 
 	d->ctx = c;
 	d->group = g;
 	d->base.ctx = bc;
-	memcpy(d->bdf, bdf, sizeof(bdf));
+	pthread_mutex_init(&d->bar_lock, NULL);
+	ksys_vdev_init(&d->v, fd, bdf);
+	if (d->v.cfg_err < 0)
+		log_debug("vfio-type1: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
 	g->users++;
 	d->next = c->devs;
 	c->devs = d;
@@ -691,6 +741,160 @@ static void t1_dev_close(struct dmb_bdev *bd)
 static int t1_dev_fd(struct dmb_bdev *bd)
 {
 	return dmb_container_of(bd, struct t1_dev, base)->fd;
+}
+
+static inline struct t1_dev *t1_dev(struct dmb_bdev *bd)
+{
+	return dmb_container_of(bd, struct t1_dev, base);
+}
+
+static int t1_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
+			   struct dmb_err *e)
+{
+	return ksys_vdev_bar_info(&t1_dev(bd)->v, bar, out, e);
+}
+
+static int t1_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
+			      struct dmb_err *e)
+{
+	return ksys_vdev_config_read(&t1_dev(bd)->v, off, buf, len, e);
+}
+
+static int t1_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
+			       struct dmb_err *e)
+{
+	return ksys_vdev_config_write(&t1_dev(bd)->v, off, buf, len, e);
+}
+
+static int t1_dev_reset(struct dmb_bdev *bd, struct dmb_err *e)
+{
+	return ksys_vdev_reset(&t1_dev(bd)->v, e);
+}
+
+/* The daemon's mmap of BAR `bar` of d, made on first use. */
+static int bar_mmap(struct t1_dev *d, unsigned bar, struct t1_bar *out, struct dmb_err *e)
+{
+	int r = 0;
+	pthread_mutex_lock(&d->bar_lock);
+	struct t1_bar *b = &d->bars[bar];
+	if (b->addr)
+		goto out_unlock;
+
+	struct ksys_region ri;
+	r = ksys_vfio_region_info(d->fd, bar, &ri);
+	if (r < 0) {
+		r = dmb_fail(e, dmb_code_from_errno(r), -r,
+			     "VFIO_DEVICE_GET_REGION_INFO(BAR %u) of %s failed (%s): %s", bar,
+			     d->v.bdf, ksys_errno_name(r), strerror(-r));
+		goto out_unlock;
+	}
+	if (ri.size == 0 || !(ri.flags & VFIO_REGION_INFO_FLAG_MMAP)) {
+		r = dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
+			     "BAR %u of %s cannot be mapped for P2P: VFIO does not allow an mmap of "
+			     "it",
+			     bar, d->v.bdf);
+		goto out_unlock;
+	}
+	uint64_t page = ksys_page_size();
+	uint64_t len = (ri.size + page - 1) & ~(page - 1);
+	if (len < ri.size || len > SIZE_MAX || ri.offset > (uint64_t)INT64_MAX) {
+		r = dmb_fail(e, DMB_E_INTERNAL, EOVERFLOW,
+			     "BAR %u of %s (%#" PRIx64 " bytes at %#" PRIx64 ") cannot be mmapped",
+			     bar, d->v.bdf, ri.size, ri.offset);
+		goto out_unlock;
+	}
+	int prot = ((ri.flags & VFIO_REGION_INFO_FLAG_READ) ? PROT_READ : 0) |
+		   ((ri.flags & VFIO_REGION_INFO_FLAG_WRITE) ? PROT_WRITE : 0);
+	void *addr = mmap(NULL, (size_t)len, prot, MAP_SHARED, d->fd, (off_t)ri.offset);
+	if (addr == MAP_FAILED) {
+		int err = errno;
+		r = dmb_fail(e, err == ENOMEM ? DMB_E_RESOURCE_EXHAUSTED : DMB_E_INTERNAL, err,
+			     "mmap of BAR %u of %s (%#" PRIx64 " bytes) failed (%s): %s", bar,
+			     d->v.bdf, ri.size, ksys_errno_name(err), strerror(err));
+		goto out_unlock;
+	}
+	b->addr = addr;
+	b->len = (size_t)len;
+out_unlock:
+	if (r == 0)
+		*out = *b;
+	pthread_mutex_unlock(&d->bar_lock);
+	return r;
+}
+
+static int t1_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar, uint64_t offset,
+		      uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_dev *peer = t1_dev(bpeer);
+
+	if (!c->be->native)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"%s is iommufd's VFIO compatibility container, which cannot map a peer "
+				"BAR (P2P needs the native vfio_iommu_type1 driver, or the iommufd "
+				"backend with VFIO dma-buf export of BARs, Linux 6.19+)",
+				c->be->container_path);
+	if (!c->iommu_set) {
+		dmb_fail(e, DMB_E_FAILED_PRECONDITION, 0, "%s", no_iommu_yet);
+		return -ENODEV;
+	}
+	if (bar >= DMB_PCI_NUM_BARS || length == 0 || !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"P2P mapping of BAR %u [%#" PRIx64 ", +%#" PRIx64 ") is malformed", bar,
+				offset, length);
+	struct t1_bar b = {0};
+	int r = bar_mmap(peer, bar, &b, e);
+	if (r < 0)
+		return r;
+	if (offset > b.len || length > b.len - offset)
+		return dmb_fail(e, DMB_E_OUT_OF_RANGE, EINVAL,
+				"P2P mapping [%#" PRIx64 ", +%#" PRIx64 ") lies outside BAR %u of %s "
+				"(%#zx bytes)",
+				offset, length, bar, peer->v.bdf, b.len);
+	if (ksys_mmio_reserve(&c->mmio) < 0)
+		return oom(e, "a P2P mapping");
+
+	struct vfio_iommu_type1_dma_map m = {
+		.argsz = sizeof(m),
+		.flags = ((prot & DMB_PROT_READ) ? VFIO_DMA_MAP_FLAG_READ : 0) |
+			 ((prot & DMB_PROT_WRITE) ? VFIO_DMA_MAP_FLAG_WRITE : 0),
+		.vaddr = (uint64_t)(uintptr_t)b.addr + offset,
+		.iova = iova,
+		.size = length,
+	};
+	r = ksys_ioctl(c->container, VFIO_IOMMU_MAP_DMA, &m);
+	if (r < 0) {
+		const char *why;
+		int code = dmb_code_from_errno(r);
+		switch (-r) {
+		case EFAULT:
+			why = "the peer's BAR is not accessible (memory decoding off?)";
+			code = DMB_E_FAILED_PRECONDITION;
+			break;
+		case EEXIST:
+			why = "the range overlaps an existing mapping of the container";
+			break;
+		case ENOSPC:
+			why = "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)";
+			break;
+		case EINVAL:
+			why = "outside the container's IOVA ranges or not aligned to its page size";
+			break;
+		case EBUSY:
+			why = "the container is busy (a vaddr update is in progress)";
+			code = DMB_E_UNAVAILABLE;
+			break;
+		default:
+			why = strerror(-r);
+			break;
+		}
+		return dmb_fail(e, code, -r,
+				"VFIO_IOMMU_MAP_DMA of BAR %u of %s [%#" PRIx64 ", +%#" PRIx64
+				") at IOVA %#" PRIx64 " failed (%s): %s",
+				bar, peer->v.bdf, offset, length, iova, ksys_errno_name(r), why);
+	}
+	ksys_mmio_add(&c->mmio, iova, length);
+	return 0;
 }
 
 /* ---- regions and mappings ---- */
@@ -817,7 +1021,7 @@ static int t1_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64_
 					       "IOMMU page size"
 					     : strerror(-r));
 	*unmapped = u.size;
-	account_unmapped(c, u.size);
+	account_unmapped(c, iova, length, u.size);
 	return 0;
 }
 
@@ -835,6 +1039,11 @@ static const struct dmb_backend_ops t1_ops = {
 	.dev_open = t1_dev_open,
 	.dev_close = t1_dev_close,
 	.dev_fd = t1_dev_fd,
+	.dev_bar_info = t1_dev_bar_info,
+	.dev_config_read = t1_dev_config_read,
+	.dev_config_write = t1_dev_config_write,
+	.dev_reset = t1_dev_reset,
+	.map_bar = t1_map_bar,
 	.dma = NULL,
 	.pinned_bytes = t1_pinned_bytes,
 };
@@ -885,23 +1094,29 @@ int dmb_type1_create(const struct dmb_backend_config *cfg, struct dmb_backend **
 	be->unmap_all = ksys_ioctl(fd, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UNMAP_ALL) > 0;
 	be->vaddr_update =
 		ksys_ioctl(fd, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UPDATE_VADDR) > 0;
-	if (!be->vaddr_update && be->unmap_all) {
-		struct stat st;
-		char mod[PATH_MAX];
-		be->vaddr_update = ksys_path(mod, sizeof(mod), "%s/module/vfio_iommu_type1", sysfs) == 0 &&
-				   stat(mod, &st) == 0;
-	}
+	/* vfio_iommu_type1 exists only when VFIO provides the container itself
+	 * (CONFIG_VFIO_CONTAINER); with iommufd's compat container it is not
+	 * built at all. */
+	struct stat st;
+	char mod[PATH_MAX];
+	be->native = ksys_path(mod, sizeof(mod), "%s/module/vfio_iommu_type1", sysfs) == 0 &&
+		     stat(mod, &st) == 0;
+	if (!be->vaddr_update && be->unmap_all)
+		be->vaddr_update = be->native;
 	size_t n = 0;
 	if (be->unmap_all)
 		be->features[n++] = "unmap-all";
 	if (be->vaddr_update)
 		be->features[n++] = "vaddr-update";
+	if (be->native)
+		be->features[n++] = "p2p";
 	be->features[n] = NULL;
 	be->base.ops = &t1_ops;
 	be->base.features = be->features;
 
-	log_debug("vfio-type1 backend on %s (unmap-all: %s, vaddr-update: %s)", path,
-		 be->unmap_all ? "yes" : "no", be->vaddr_update ? "yes" : "no");
+	log_debug("vfio-type1 backend on %s (unmap-all: %s, vaddr-update: %s, p2p: %s)", path,
+		  be->unmap_all ? "yes" : "no", be->vaddr_update ? "yes" : "no",
+		  be->native ? "yes" : "no (iommufd compat container)");
 	*out = &be->base;
 	return 0;
 }

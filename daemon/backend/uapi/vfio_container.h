@@ -81,4 +81,14 @@ DMB_UAPI_ASSERT_SIZE(struct vfio_iommu_type1_dma_unmap, 24);
 DMB_UAPI_ASSERT_OFF(struct vfio_iommu_type1_dma_unmap, iova, 8);
 DMB_UAPI_ASSERT_OFF(struct vfio_iommu_type1_dma_unmap, size, 16);
 DMB_UAPI_ASSERT_SIZE(struct vfio_region_info, 32);
+DMB_UAPI_ASSERT_OFF(struct vfio_region_info, index, 8);
+DMB_UAPI_ASSERT_OFF(struct vfio_region_info, size, 16);
 DMB_UAPI_ASSERT_OFF(struct vfio_region_info, offset, 24);
+/* Region info and the vfio-pci region indexes (§2.2, §3.1): BARs 0-5,
+ * config space 7. */
+_Static_assert(VFIO_REGION_INFO_FLAG_READ == 0x1 && VFIO_REGION_INFO_FLAG_WRITE == 0x2 &&
+		       VFIO_REGION_INFO_FLAG_MMAP == 0x4,
+	       "VFIO_REGION_INFO flags");
+_Static_assert(VFIO_PCI_BAR0_REGION_INDEX == 0 && VFIO_PCI_BAR5_REGION_INDEX == 5 &&
+		       VFIO_PCI_CONFIG_REGION_INDEX == 7,
+	       "vfio-pci region indexes");

@@ -224,3 +224,68 @@ int fake_memfd(uint64_t size)
 	munmap(p, size);
 	return fd;
 }
+
+void fake_vfio_device_file(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || ftruncate(fd, (off_t)(FAKE_REGION_OFFSET(VFIO_PCI_CONFIG_REGION_INDEX) +
+					     FAKE_CFG_SIZE)) < 0)
+		abort();
+	uint32_t id = FAKE_BAR0_ID, mark = FAKE_BAR0_MARK;
+	uint8_t cfg[FAKE_CFG_SIZE] = {0};
+	uint32_t bars[6] = {0xfea00000u, 0, 0x0000c001u, 0xfeb00000u, 0, 0};
+	cfg[0] = 0x34;
+	cfg[1] = 0x12;
+	cfg[2] = 0xe8;
+	cfg[3] = 0x11;
+	cfg[4] = 0x06; /* memory + bus master */
+	memcpy(cfg + 0x10, bars, sizeof(bars));
+	if (pwrite(fd, &id, 4, (off_t)FAKE_REGION_OFFSET(0)) != 4 ||
+	    pwrite(fd, &mark, 4, (off_t)FAKE_REGION_OFFSET(0) + 0x1000) != 4 ||
+	    pwrite(fd, cfg, sizeof(cfg), (off_t)FAKE_REGION_OFFSET(VFIO_PCI_CONFIG_REGION_INDEX)) !=
+		    (ssize_t)sizeof(cfg))
+		abort();
+	close(fd);
+}
+
+int fake_vfio_region_info(void *arg)
+{
+	struct vfio_region_info *ri = arg;
+	static const struct {
+		uint64_t size;
+		uint32_t flags;
+	} regions[VFIO_PCI_CONFIG_REGION_INDEX + 1] = {
+		[0] = {0x100000, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
+					 VFIO_REGION_INFO_FLAG_MMAP},
+		[2] = {0x100, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE},
+		[3] = {0x4000, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE},
+		[VFIO_PCI_CONFIG_REGION_INDEX] = {FAKE_CFG_SIZE, VFIO_REGION_INFO_FLAG_READ |
+								 VFIO_REGION_INFO_FLAG_WRITE},
+	};
+	if (ri->argsz < sizeof(*ri) || ri->index > VFIO_PCI_CONFIG_REGION_INDEX)
+		return -EINVAL;
+	ri->size = regions[ri->index].size;
+	ri->flags = regions[ri->index].flags;
+	ri->offset = FAKE_REGION_OFFSET(ri->index);
+	ri->cap_offset = 0;
+	return 0;
+}
+
+uint16_t fake_cfg_read16(const char *path, uint32_t off)
+{
+	uint16_t v = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || pread(fd, &v, 2, (off_t)(FAKE_REGION_OFFSET(VFIO_PCI_CONFIG_REGION_INDEX) + off)) != 2)
+		abort();
+	close(fd);
+	return v;
+}
+
+void fake_cfg_write16(const char *path, uint32_t off, uint16_t v)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 ||
+	    pwrite(fd, &v, 2, (off_t)(FAKE_REGION_OFFSET(VFIO_PCI_CONFIG_REGION_INDEX) + off)) != 2)
+		abort();
+	close(fd);
+}

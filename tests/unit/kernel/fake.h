@@ -61,3 +61,25 @@ void fake_pci(const char *root, const char *bdf, unsigned vendor, unsigned devic
 
 /* A memfd of `size` bytes filled with a pattern (byte i = i * 7 + 1). */
 int fake_memfd(uint64_t size);
+
+/* A fake vfio-pci device, edu-like, as a regular file that a fake
+ * GET_DEVICE_FD (or the cdev path itself) opens: region i lives at file
+ * offset FAKE_REGION_OFFSET(i) (deliberately not the kernel's i << 40, so a
+ * backend that does not use the reported offset fails).
+ *   BAR0: 1 MiB memory, mmap-able; 0x010000ed at 0, FAKE_BAR0_MARK at 0x1000
+ *   BAR1: not implemented (size 0)
+ *   BAR2: 256 bytes of I/O space (no mmap)
+ *   BAR3: 16 KiB memory without the MMAP flag
+ *   config: 256 bytes; IDs 1234:11e8, command 0x0006, the BAR registers */
+#define FAKE_REGION_OFFSET(i) ((uint64_t)(i) << 21)
+#define FAKE_CFG_SIZE 256u
+#define FAKE_BAR0_ID 0x010000edu
+#define FAKE_BAR0_MARK 0x5a5a1234u
+void fake_vfio_device_file(const char *path);
+/* Answers VFIO_DEVICE_GET_REGION_INFO for that layout (arg is the
+ * struct vfio_region_info); -EINVAL for an index past the config region. */
+int fake_vfio_region_info(void *arg);
+/* Reads/writes the config space of such a file directly (the client's
+ * own fd, behind the backend's back). */
+uint16_t fake_cfg_read16(const char *path, uint32_t off);
+void fake_cfg_write16(const char *path, uint32_t off, uint16_t v);

@@ -1,7 +1,8 @@
 /* The iommufd backend against a fake kernel (no machine here has
  * /dev/iommu): the exact bytes of every command — feature probes, IOAS
  * alloc, the IOVA_RANGES two-call negotiation, MAP_FILE, MAP, UNMAP,
- * unmap-all, cdev bind/attach/detach — and the failure sentences. */
+ * unmap-all, cdev bind/attach/detach, the device-state hooks, the dma-buf
+ * probe, and P2P by dma-buf export + MAP_FILE — and the failure sentences. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -27,6 +28,10 @@ static struct {
 	int map_errno;
 	int bind_errno;
 	uint64_t unmap_len;
+	int dmabuf_errno;  /* VFIO_DEVICE_FEATURE(DMA_BUF): ENOTTY before 6.19 */
+	int map_file_errno; /* MAP_FILE of a dma-buf */
+	int last_dmabuf;   /* the fd the last export returned */
+	int exports;
 } k;
 
 static const struct dmb_iommu_iova_range ranges[] = {
@@ -53,7 +58,25 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 		struct dmb_iommu_ioas_map_file *m = arg;
 		if (!(m->flags & (DMB_IOMMU_IOAS_MAP_READABLE | DMB_IOMMU_IOAS_MAP_WRITEABLE)))
 			return -EINVAL;
+		if (m->fd == k.last_dmabuf && k.last_dmabuf >= 0)
+			return -k.map_file_errno;
 		return -k.map_errno;
+	}
+	case VFIO_DEVICE_GET_REGION_INFO:
+		return fake_vfio_region_info(arg);
+	case VFIO_DEVICE_RESET:
+		return 0;
+	case VFIO_DEVICE_FEATURE: {
+		struct dmb_vfio_dma_buf_one *q = arg;
+		if ((q->hdr.flags & VFIO_DEVICE_FEATURE_MASK) != DMB_VFIO_DEVICE_FEATURE_DMA_BUF)
+			return -ENOTTY;
+		if (k.dmabuf_errno)
+			return -k.dmabuf_errno;
+		if (q->hdr.flags & VFIO_DEVICE_FEATURE_PROBE)
+			return 0;
+		k.exports++;
+		k.last_dmabuf = open("/dev/null", O_RDWR | O_CLOEXEC);
+		return k.last_dmabuf;
 	}
 	case DMB_IOMMU_IOAS_CHANGE_PROCESS: {
 		struct dmb_iommu_ioas_change_process *c = arg;
@@ -119,14 +142,21 @@ static int setup_common(void **state, bool old_kernel)
 	struct fx *f = calloc(1, sizeof(*f));
 	f->root = fake_tree_new();
 	fake_write(f->root, "dev/iommu", "");
-	fake_write(f->root, "dev/vfio/devices/vfio3", "");
+	char p[700];
+	fake_mkdirs(f->root, "dev/vfio/devices");
+	snprintf(p, sizeof(p), "%s/dev/vfio/devices/vfio3", f->root);
+	fake_vfio_device_file(p);
+	snprintf(p, sizeof(p), "%s/dev/vfio/devices/vfio4", f->root);
+	fake_vfio_device_file(p);
 	fake_pci(f->root, "0000:00:03.0", 0x1234, 0x11e8, "vfio-pci", 5, "vfio3");
+	fake_pci(f->root, "0000:00:04.0", 0x1234, 0x11e8, "vfio-pci", 6, "vfio4");
 	fake_pci(f->root, "0000:00:05.0", 0x8086, 0x10d3, "e1000e", 7, NULL);
 	snprintf(f->sys, sizeof(f->sys), "%s/sys", f->root);
 	snprintf(f->dev, sizeof(f->dev), "%s/dev", f->root);
 	memset(&k, 0, sizeof(k));
 	k.old_kernel = old_kernel;
 	k.next_id = 1;
+	k.last_dmabuf = -1;
 	k.nranges = 3;
 	fake_install(kernel);
 
@@ -511,6 +541,232 @@ static void test_ctx_close(void **state)
 	ops->region_close(r);
 }
 
+
+/* BAR info, config space, reset: the same ksys_vdev code as type1, on the
+ * cdev fd. */
+static void test_dev_state(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_bar_info bi;
+	char path[700];
+	snprintf(path, sizeof(path), "%s/vfio/devices/vfio3", f->dev);
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	int dfd = ops->dev_fd(dev);
+	fake_reset();
+	assert_int_equal(ops->dev_bar_info(dev, 0, &bi, &e), 0);
+	assert_int_equal(bi.size, 0x100000);
+	assert_true(bi.mmio && bi.mappable);
+	const struct fake_call *c = fake_find(VFIO_DEVICE_GET_REGION_INFO, 0);
+	assert_int_equal(c->fd, dfd);
+	assert_int_equal(ops->dev_bar_info(dev, 2, &bi, &e), 0);
+	assert_false(bi.mmio);
+
+	uint16_t cmd = 0;
+	assert_int_equal(ops->dev_config_read(dev, DMB_PCI_COMMAND, &cmd, 2, &e), 0);
+	assert_int_equal(cmd, 0x0006);
+	cmd = 0x0004;
+	assert_int_equal(ops->dev_config_write(dev, DMB_PCI_COMMAND, &cmd, 2, &e), 0);
+	assert_int_equal(fake_cfg_read16(path, DMB_PCI_COMMAND), 0x0004);
+	assert_int_equal(ops->dev_config_read(dev, FAKE_CFG_SIZE, &cmd, 1, NULL), -ERANGE);
+
+	fake_reset();
+	assert_int_equal(ops->dev_reset(dev, &e), 0);
+	c = fake_find(VFIO_DEVICE_RESET, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, dfd);
+	ops->dev_close(dev);
+}
+
+static void test_dmabuf_probe(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+
+	assert_false(has_feature(f->be, "p2p-dmabuf")); /* no device seen yet */
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	const struct fake_call *c = fake_find(VFIO_DEVICE_FEATURE, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, ops->dev_fd(dev));
+	assert_int_equal(c->len, 40);
+	const struct dmb_vfio_dma_buf_one *q = (const void *)c->bytes;
+	assert_int_equal(q->hdr.argsz, 40);
+	assert_int_equal(q->hdr.flags, 0x5000B); /* PROBE | GET | DMA_BUF */
+	assert_int_equal(q->buf.nr_ranges, 1);
+	assert_int_equal(q->buf.flags, 0);
+	assert_int_equal(k.exports, 0);
+	assert_true(has_feature(f->be, "p2p-dmabuf"));
+	assert_true(has_feature(f->be, "map-file"));
+	/* announced once */
+	struct dmb_bdev *dev2;
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:04.0", &dev2, NULL, &e), 0);
+	int n = 0;
+	for (size_t i = 0; f->be->features[i]; i++)
+		n += strcmp(f->be->features[i], "p2p-dmabuf") == 0;
+	assert_int_equal(n, 1);
+	ops->dev_close(dev2);
+	ops->dev_close(dev);
+}
+
+static void test_dmabuf_probe_missing(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *a, *b;
+
+	k.dmabuf_errno = ENOTTY; /* 6.13-6.18 */
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &a, NULL, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:04.0", &b, NULL, &e), 0);
+	assert_false(has_feature(f->be, "p2p-dmabuf"));
+	fake_reset();
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e),
+			 -EOPNOTSUPP);
+	assert_int_equal(e.code, DMB_E_UNIMPLEMENTED);
+	assert_non_null(strstr(e.msg, "VFIO dma-buf export of BARs (Linux 6.19+) is missing"));
+	assert_int_equal(fake_ncalls, 0);
+
+	/* a driver without the hook */
+	ops->dev_close(b);
+	k.dmabuf_errno = EOPNOTSUPP;
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:04.0", &b, NULL, &e), 0);
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e),
+			 -EOPNOTSUPP);
+	assert_non_null(strstr(e.msg, "which 0000:00:04.0 does not offer (EOPNOTSUPP)"));
+	ops->dev_close(b);
+	ops->dev_close(a);
+}
+
+static void test_map_bar_old_kernel(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *b;
+
+	k.dmabuf_errno = ENOTTY;
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:04.0", &b, NULL, &e), 0);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e),
+			 -EOPNOTSUPP);
+	assert_non_null(strstr(e.msg, "IOMMU_IOAS_MAP_FILE is missing"));
+	ops->dev_close(b);
+}
+
+/* P2P: export a fresh one-range dma-buf of B's BAR, MAP_FILE it into A's
+ * IOAS, close our fd. B sits in another context. */
+static void test_map_bar(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *a, *b;
+	struct dmb_bctx *ctx_b;
+
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0); /* IOAS 2 */
+	assert_int_equal(ops->ctx_open(f->be, &ctx_b, &e), 0);  /* IOAS 3 */
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &a, NULL, &e), 0);
+	assert_int_equal(ops->dev_open(ctx_b, "0000:00:04.0", &b, NULL, &e), 0);
+
+	fake_reset();
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0x2000, 0x4000000, 0x3000,
+				      DMB_PROT_READ | DMB_PROT_WRITE, &e), 0);
+	const struct fake_call *x = fake_find(VFIO_DEVICE_FEATURE, 0);
+	assert_non_null(x);
+	assert_int_equal(x->fd, ops->dev_fd(b)); /* the peer's cdev */
+	assert_true(fake_path_endswith(x->path, "/dev/vfio/devices/vfio4"));
+	assert_int_equal(x->len, 40);
+	const struct dmb_vfio_dma_buf_one *q = (const void *)x->bytes;
+	assert_int_equal(q->hdr.argsz, 40);
+	assert_int_equal(q->hdr.flags, 0x1000B); /* GET | DMA_BUF */
+	assert_int_equal(q->buf.region_index, 0);
+	assert_int_equal(q->buf.open_flags, O_RDWR | O_CLOEXEC);
+	assert_int_equal(q->buf.flags, 0);
+	assert_int_equal(q->buf.nr_ranges, 1);
+	assert_int_equal(q->range.offset, 0x2000);
+	assert_int_equal(q->range.length, 0x3000);
+
+	const struct fake_call *mc = fake_find(DMB_IOMMU_IOAS_MAP_FILE, 0);
+	assert_non_null(mc);
+	assert_true(mc > x);
+	assert_true(fake_path_endswith(mc->path, "/dev/iommu"));
+	const struct dmb_iommu_ioas_map_file *m = (const void *)mc->bytes;
+	assert_int_equal(m->size, 40);
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_READABLE |
+					   DMB_IOMMU_IOAS_MAP_WRITEABLE);
+	assert_int_equal(m->ioas_id, 2); /* A's IOAS */
+	assert_int_equal(m->fd, k.last_dmabuf);
+	assert_int_equal(m->start, 0);
+	assert_int_equal(m->length, 0x3000);
+	assert_int_equal(m->iova, 0x4000000);
+	/* the IOAS keeps its own reference: our dma-buf fd is closed */
+	assert_int_equal(fcntl(k.last_dmabuf, F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	/* revoked by the kernel, unmapped by the core, mapped again: a fresh
+	 * dma-buf each time */
+	uint64_t n;
+	k.unmap_len = 0x3000;
+	assert_int_equal(ops->unmap(f->ctx, 0x4000000, 0x3000, &n, &e), 0);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0x2000, 0x4000000, 0x3000, DMB_PROT_READ, &e),
+			 0);
+	assert_int_equal(k.exports, 2);
+	assert_int_equal(fake_count(VFIO_DEVICE_FEATURE), 2);
+	m = (const void *)fake_find(DMB_IOMMU_IOAS_MAP_FILE, 1)->bytes;
+	assert_int_equal(m->flags, DMB_IOMMU_IOAS_MAP_FIXED_IOVA | DMB_IOMMU_IOAS_MAP_READABLE);
+
+	/* still revoked (memory off again): ENODEV, and the fd is closed */
+	k.map_file_errno = ENODEV;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x5000000, 0x1000, DMB_PROT_READ, &e),
+			 -ENODEV);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "IOMMU_IOAS_MAP_FILE of a dma-buf of BAR 0 of 0000:00:04.0 "
+				      "[0, +0x1000) at IOVA 0x5000000 failed (ENODEV): the peer's "
+				      "BAR is revoked"));
+	assert_int_equal(fcntl(k.last_dmabuf, F_GETFD), -1);
+	k.map_file_errno = 0;
+
+	/* the export refuses (range past the BAR) */
+	k.dmabuf_errno = EINVAL;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x5000000, 0x1000, DMB_PROT_READ, &e),
+			 -EINVAL);
+	assert_non_null(strstr(e.msg, "VFIO_DEVICE_FEATURE_DMA_BUF of BAR 0 of 0000:00:04.0 [0, "
+				      "+0x1000) failed (EINVAL)"));
+	k.dmabuf_errno = 0;
+
+	/* RAM beside MMIO: unmap and unmap-all keep pinned_bytes to RAM */
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	close(d.fd);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x10000, DMB_PROT_READ, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+	k.unmap_len = 0x3000;
+	assert_int_equal(ops->unmap(f->ctx, 0x4000000, 0x3000, &n, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e), 0);
+	k.unmap_len = 0x11000;
+	assert_int_equal(ops->unmap_all(f->ctx, &n, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	ops->ctx_close(ctx_b);
+	ops->region_close(r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -521,6 +777,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_map_by_address, setup_old, teardown),
 		cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ctx_close, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dev_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dmabuf_probe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dmabuf_probe_missing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_bar_old_kernel, setup_old, teardown),
+		cmocka_unit_test_setup_teardown(test_map_bar, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -89,12 +89,41 @@ static void test_errno_name(void **state)
 	assert_string_equal(ksys_errno_name(EMSGSIZE), "EMSGSIZE");
 }
 
+/* The per-context record of MMIO mappings that keeps pinned_bytes to RAM. */
+static void test_mmio_set(void **state)
+{
+	(void)state;
+	struct ksys_mmio_set s = {0};
+	assert_int_equal(ksys_mmio_remove(&s, 0, 0), 0);
+	for (uint64_t i = 0; i < 20; i++) {
+		assert_int_equal(ksys_mmio_reserve(&s), 0);
+		ksys_mmio_add(&s, 0x100000 * (i + 1), 0x1000);
+	}
+	/* wholly inside only: a range that cuts one leaves it */
+	assert_int_equal(ksys_mmio_remove(&s, 0x100800, 0x1000), 0);
+	assert_int_equal(ksys_mmio_remove(&s, 0x100000, 0xfff), 0);
+	assert_int_equal(ksys_mmio_remove(&s, 0x100000, 0x1000), 0x1000);
+	assert_int_equal(s.n, 19);
+	assert_int_equal(ksys_mmio_remove(&s, 0x200000, 0x300000), 0x3000); /* 2, 3, 4 */
+	assert_int_equal(s.n, 16);
+	/* a range to the top of the address space, without wrapping */
+	assert_int_equal(ksys_mmio_reserve(&s), 0);
+	ksys_mmio_add(&s, UINT64_MAX - 0xfff, 0x1000);
+	assert_int_equal(ksys_mmio_remove(&s, UINT64_C(1) << 63, UINT64_C(1) << 63), 0x1000);
+	assert_int_equal(ksys_mmio_remove(&s, 0x1000000, UINT64_MAX), 0x5000); /* 16-20 */
+	assert_int_equal(ksys_mmio_remove(&s, 0, 0), 11 * 0x1000);
+	assert_int_equal(s.n, 0);
+	ksys_mmio_free(&s);
+	ksys_mmio_free(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_bdf),
 		cmocka_unit_test(test_sysfs),
 		cmocka_unit_test(test_errno_name),
+		cmocka_unit_test(test_mmio_set),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,9 @@
 /* The vfio-type1 backend against a fake kernel: a temp /sys and /dev and a
  * fake ioctl that plays the VFIO container/group driver. Checks the exact
  * arguments of every command, the "unset container" rules, group sharing
- * and the lingering last group, and the sentences of the failures. */
+ * and the lingering last group, the device-state hooks (BAR info, config
+ * space, reset), P2P map_bar of a peer's BAR mmap, and the sentences of the
+ * failures. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -10,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -24,7 +27,12 @@ static struct {
 	int map_errno;
 	uint64_t unmap_size;
 	uint32_t avail;
+	int reset_errno;
+	uint32_t map_word; /* the first 4 bytes at MAP_DMA's vaddr */
 } k;
+
+/* <root>/devstate/<bdf>: the fake device files GET_DEVICE_FD opens */
+static char devstate[700];
 
 #define INFO_TOTAL (24 + 16 + 16 + 2 * 16)
 
@@ -55,8 +63,16 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 	case VFIO_GROUP_SET_CONTAINER:
 	case VFIO_GROUP_UNSET_CONTAINER:
 		return 0;
-	case VFIO_GROUP_GET_DEVICE_FD:
-		return open("/dev/null", O_RDWR | O_CLOEXEC);
+	case VFIO_GROUP_GET_DEVICE_FD: {
+		char p[800];
+		snprintf(p, sizeof(p), "%s/%s", devstate, (const char *)arg);
+		int dfd = open(p, O_RDWR | O_CLOEXEC);
+		return dfd < 0 ? -errno : dfd;
+	}
+	case VFIO_DEVICE_GET_REGION_INFO:
+		return fake_vfio_region_info(arg);
+	case VFIO_DEVICE_RESET:
+		return -k.reset_errno;
 	case VFIO_IOMMU_GET_INFO: {
 		struct vfio_iommu_type1_info *i = arg;
 		uint32_t given = i->argsz;
@@ -84,8 +100,13 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 		r->iova_ranges[1].end = 0x7FFFFFFFFF;
 		return 0;
 	}
-	case VFIO_IOMMU_MAP_DMA:
-		return -k.map_errno;
+	case VFIO_IOMMU_MAP_DMA: {
+		const struct vfio_iommu_type1_dma_map *m = arg;
+		if (k.map_errno)
+			return -k.map_errno;
+		memcpy(&k.map_word, (const void *)(uintptr_t)m->vaddr, sizeof(k.map_word));
+		return 0;
+	}
 	case VFIO_IOMMU_UNMAP_DMA: {
 		struct vfio_iommu_type1_dma_unmap *u = arg;
 		u->size = k.unmap_size;
@@ -119,6 +140,13 @@ static void tree(const char *root)
 	fake_pci(root, "0000:00:0b.0", 0x1234, 0x11e8, "vfio-pci", 10, NULL);
 	fake_write(root, "dev/vfio/noiommu-10", "");
 	fake_pci(root, "0000:00:0c.0", 0x1234, 0x11e8, "vfio-pci", 11, NULL);
+	const char *devs[] = {"0000:00:03.0", "0000:00:08.0", "0000:00:08.1", NULL};
+	fake_mkdirs(root, "devstate");
+	for (int i = 0; devs[i]; i++) {
+		char p[800];
+		snprintf(p, sizeof(p), "%s/devstate/%s", root, devs[i]);
+		fake_vfio_device_file(p);
+	}
 }
 
 static int setup(void **state)
@@ -126,6 +154,7 @@ static int setup(void **state)
 	struct fx *f = calloc(1, sizeof(*f));
 	f->root = fake_tree_new();
 	tree(f->root);
+	snprintf(devstate, sizeof(devstate), "%s/devstate", f->root);
 	snprintf(f->sys, sizeof(f->sys), "%s/sys", f->root);
 	snprintf(f->dev, sizeof(f->dev), "%s/dev", f->root);
 	memset(&k, 0, sizeof(k));
@@ -178,13 +207,19 @@ static void test_create(void **state)
 	c = fake_find(VFIO_CHECK_EXTENSION, 0);
 	assert_int_equal(c->argval, VFIO_TYPE1v2_IOMMU);
 
+	/* a native vfio_iommu_type1: P2P by BAR mmap */
+	assert_true(has_feature(f->be, "p2p"));
+	assert_non_null(f->be->ops->map_bar);
+
 	/* Without UNMAP_ALL: neither feature. */
 	struct dmb_backend *be2;
 	struct dmb_err e = {0};
 	struct dmb_backend_config cfg = {.sysfs_root = f->sys, .dev_root = f->dev};
 	k.unmap_all_ext = false;
 	assert_int_equal(dmb_type1_create(&cfg, &be2, &e), 0);
-	assert_null(be2->features[0]);
+	assert_false(has_feature(be2, "unmap-all"));
+	assert_false(has_feature(be2, "vaddr-update"));
+	assert_true(has_feature(be2, "p2p"));
 	dmb_backend_destroy(be2);
 }
 
@@ -535,6 +570,296 @@ static void test_unmap_all_without_flag(void **state)
 	dmb_backend_destroy(be2);
 }
 
+
+/* BAR info, config space and reset, on the device fd. */
+static void test_dev_state(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_bar_info bi;
+	char path[800];
+	snprintf(path, sizeof(path), "%s/0000:00:03.0", devstate);
+
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	int dfd = ops->dev_fd(dev);
+	/* the config region is looked up at open */
+	const struct fake_call *c = fake_find(VFIO_DEVICE_GET_REGION_INFO, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, dfd);
+	assert_int_equal(c->len, 32);
+	const struct vfio_region_info *ri = (const void *)c->bytes;
+	assert_int_equal(ri->argsz, 32);
+	assert_int_equal(ri->index, VFIO_PCI_CONFIG_REGION_INDEX);
+
+	fake_reset();
+	assert_int_equal(ops->dev_bar_info(dev, 0, &bi, &e), 0);
+	assert_int_equal(bi.size, 0x100000);
+	assert_true(bi.mmio);
+	assert_true(bi.mappable);
+	ri = (const void *)fake_find(VFIO_DEVICE_GET_REGION_INFO, 0)->bytes;
+	assert_int_equal(ri->index, 0);
+	assert_int_equal(ops->dev_bar_info(dev, 1, &bi, &e), 0);
+	assert_int_equal(bi.size, 0);
+	assert_false(bi.mmio);
+	assert_false(bi.mappable);
+	assert_int_equal(ops->dev_bar_info(dev, 2, &bi, &e), 0); /* I/O space */
+	assert_int_equal(bi.size, 0x100);
+	assert_false(bi.mmio);
+	assert_false(bi.mappable);
+	assert_int_equal(ops->dev_bar_info(dev, 3, &bi, &e), 0); /* no MMAP flag */
+	assert_int_equal(bi.size, 0x4000);
+	assert_true(bi.mmio);
+	assert_false(bi.mappable);
+	assert_int_equal(ops->dev_bar_info(dev, 6, &bi, &e), -EINVAL);
+	assert_non_null(strstr(e.msg, "BAR 6 does not exist"));
+
+	/* config space: the command register, read and written on the fd */
+	uint16_t cmd = 0;
+	assert_int_equal(ops->dev_config_read(dev, DMB_PCI_COMMAND, &cmd, 2, &e), 0);
+	assert_int_equal(cmd, DMB_PCI_COMMAND_MEMORY | DMB_PCI_COMMAND_MASTER);
+	uint32_t ids = 0;
+	assert_int_equal(ops->dev_config_read(dev, 0, &ids, 4, &e), 0);
+	assert_int_equal(ids, 0x11e81234);
+	cmd = DMB_PCI_COMMAND_MASTER;
+	assert_int_equal(ops->dev_config_write(dev, DMB_PCI_COMMAND, &cmd, 2, &e), 0);
+	assert_int_equal(fake_cfg_read16(path, DMB_PCI_COMMAND), DMB_PCI_COMMAND_MASTER);
+	/* a change made through another fd (the client's) is what we read */
+	fake_cfg_write16(path, DMB_PCI_COMMAND, 0x0007);
+	assert_int_equal(ops->dev_config_read(dev, DMB_PCI_COMMAND, &cmd, 2, &e), 0);
+	assert_int_equal(cmd, 0x0007);
+	uint8_t last = 0;
+	assert_int_equal(ops->dev_config_read(dev, FAKE_CFG_SIZE - 1, &last, 1, &e), 0);
+
+	/* bounds: nothing outside the config region */
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_config_read(dev, FAKE_CFG_SIZE - 1, &cmd, 2, &e), -ERANGE);
+	assert_int_equal(e.code, DMB_E_OUT_OF_RANGE);
+	assert_non_null(strstr(e.msg, "config space access [0xff, +2) of 0000:00:03.0 is outside "
+				      "its 0x100 bytes"));
+	assert_int_equal(ops->dev_config_write(dev, FAKE_CFG_SIZE, &cmd, 2, NULL), -ERANGE);
+	assert_int_equal(ops->dev_config_write(dev, UINT32_MAX, &cmd, 2, NULL), -ERANGE);
+	assert_int_equal(ops->dev_config_read(dev, 0, &cmd, 0, NULL), -ERANGE);
+	uint8_t big[FAKE_CFG_SIZE + 1];
+	assert_int_equal(ops->dev_config_read(dev, 0, big, sizeof(big), NULL), -ERANGE);
+	assert_int_equal(ops->dev_config_read(dev, 0, big, FAKE_CFG_SIZE, NULL), 0);
+
+	/* reset */
+	fake_reset();
+	assert_int_equal(ops->dev_reset(dev, &e), 0);
+	c = fake_find(VFIO_DEVICE_RESET, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, dfd);
+	assert_int_equal(c->argval, 0);
+	k.reset_errno = EINVAL;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_reset(dev, &e), -EINVAL);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "VFIO_DEVICE_RESET of 0000:00:03.0 failed (EINVAL): the "
+				      "device has no function-level reset"));
+	k.reset_errno = EAGAIN;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->dev_reset(dev, &e), -EAGAIN);
+	assert_int_equal(e.code, DMB_E_UNAVAILABLE);
+	k.reset_errno = 0;
+	ops->dev_close(dev);
+}
+
+/* A device whose config region cannot be looked up still opens; its
+ * config accessors say why they cannot work. */
+static int kernel_no_regions(int fd, unsigned long req, void *arg, const char *path)
+{
+	if (req == VFIO_DEVICE_GET_REGION_INFO)
+		return -ENOTTY;
+	return kernel(fd, req, arg, path);
+}
+
+static void test_dev_no_config(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	uint16_t cmd;
+
+	fake_install(kernel_no_regions);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
+	assert_int_equal(ops->dev_config_read(dev, DMB_PCI_COMMAND, &cmd, 2, &e), -ENOTTY);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "reading config space of 0000:00:03.0 is impossible"));
+	fake_install(kernel);
+	ops->dev_close(dev);
+}
+
+static bool is_mapped(const void *addr)
+{
+	unsigned char vec;
+	return mincore((void *)((uintptr_t)addr & ~(uintptr_t)4095), 4096, &vec) == 0;
+}
+
+/* P2P: A's container maps the daemon's mmap of B's BAR; B sits in another
+ * context (its own container). */
+static void test_map_bar(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *a, *b;
+	struct dmb_bctx *ctx_b;
+	struct dmb_iova_info info;
+
+	assert_int_equal(ops->ctx_open(f->be, &ctx_b, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &a, NULL, &e), 0);
+	assert_int_equal(ops->dev_open(ctx_b, "0000:00:08.0", &b, NULL, &e), 0);
+	int cfd; /* A's container: A joined first */
+	memcpy(&cfd, fake_find(VFIO_GROUP_SET_CONTAINER, 0)->bytes, sizeof(cfd));
+
+	fake_reset();
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x100000,
+				      DMB_PROT_READ | DMB_PROT_WRITE, &e), 0);
+	const struct fake_call *c = fake_find(VFIO_DEVICE_GET_REGION_INFO, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, ops->dev_fd(b)); /* the peer's fd */
+	assert_int_equal(((const struct vfio_region_info *)c->bytes)->index, 0);
+	c = fake_find(VFIO_IOMMU_MAP_DMA, 0);
+	assert_non_null(c);
+	assert_int_equal(c->fd, cfd); /* A's container */
+	const struct vfio_iommu_type1_dma_map *m = (const void *)c->bytes;
+	assert_int_equal(m->argsz, 32);
+	assert_int_equal(m->flags, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
+	assert_int_equal(m->iova, 0x4000000);
+	assert_int_equal(m->size, 0x100000);
+	/* vaddr is a MAP_SHARED mmap of the BAR region of B's fd */
+	assert_int_equal(k.map_word, FAKE_BAR0_ID);
+	uint64_t va0 = m->vaddr;
+	assert_int_equal(va0 % 4096, 0);
+	/* P2P is not pinned memory */
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	/* a second range of the same BAR reuses the cached mmap */
+	fake_reset();
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0x1000, 0x5000000, 0x1000, DMB_PROT_READ, &e),
+			 0);
+	assert_int_equal(fake_count(VFIO_DEVICE_GET_REGION_INFO), 0);
+	m = (const void *)fake_find(VFIO_IOMMU_MAP_DMA, 0)->bytes;
+	assert_int_equal(m->flags, VFIO_DMA_MAP_FLAG_READ);
+	assert_int_equal(m->vaddr, va0 + 0x1000);
+	assert_int_equal(k.map_word, FAKE_BAR0_MARK);
+
+	/* EFAULT: B's memory decoding went off under us */
+	k.map_errno = EFAULT;
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0x2000, 0x6000000, 0x1000, DMB_PROT_READ, &e),
+			 -EFAULT);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "VFIO_IOMMU_MAP_DMA of BAR 0 of 0000:00:08.0 [0x2000, "
+				      "+0x1000) at IOVA 0x6000000 failed (EFAULT): the peer's BAR "
+				      "is not accessible (memory decoding off?)"));
+	k.map_errno = 0;
+
+	/* a BAR VFIO will not let us mmap; a range past the BAR */
+	fake_reset();
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 3, 0, 0x6000000, 0x1000, DMB_PROT_READ, &e),
+			 -EOPNOTSUPP);
+	assert_non_null(strstr(e.msg, "BAR 3 of 0000:00:08.0 cannot be mapped for P2P"));
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0xff000, 0x6000000, 0x2000, DMB_PROT_READ, &e),
+			 -EINVAL);
+	assert_int_equal(e.code, DMB_E_OUT_OF_RANGE);
+	assert_int_equal(fake_count(VFIO_IOMMU_MAP_DMA), 0);
+
+	/* RAM beside MMIO: unmap keeps pinned_bytes to RAM */
+	struct dmb_region_desc d = {.fd = fake_memfd(0x10000), .size = 0x10000, .page_size = 4096,
+				    .writable = true};
+	struct dmb_bregion *r;
+	uint64_t n;
+	assert_int_equal(ops->region_open(f->be, &d, &r, &e), 0);
+	assert_int_equal(ops->map(f->ctx, r, 0, 0x100000, 0x10000, DMB_PROT_READ, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+	k.unmap_size = 0x1000;
+	assert_int_equal(ops->unmap(f->ctx, 0x5000000, 0x1000, &n, &e), 0);
+	assert_int_equal(n, 0x1000);
+	assert_int_equal(ops->pinned_bytes(f->be), 0x10000);
+	k.unmap_size = 0x110000; /* one range over both */
+	assert_int_equal(ops->unmap(f->ctx, 0, 0x8000000, &n, &e), 0);
+	assert_int_equal(ops->pinned_bytes(f->be), 0);
+
+	/* only a P2P mapping left: A's last group still stays with it */
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x100000, DMB_PROT_READ, &e), 0);
+	fake_reset();
+	ops->dev_close(a);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 0);
+	assert_int_equal(ops->iova_info(f->ctx, &info, &e), 0);
+	k.unmap_size = 0x100000;
+	assert_int_equal(ops->unmap(f->ctx, 0x4000000, 0x100000, &n, &e), 0);
+	assert_int_equal(fake_count(VFIO_GROUP_UNSET_CONTAINER), 1);
+
+	/* closing B drops its BAR mmap */
+	const void *bar = (const void *)(uintptr_t)va0;
+	assert_true(is_mapped(bar));
+	ops->dev_close(b);
+	assert_false(is_mapped(bar));
+
+	/* no IOMMU in A's container any more */
+	assert_int_equal(ops->dev_open(ctx_b, "0000:00:08.0", &b, NULL, &e), 0);
+	dmb_err_clear(&e);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e),
+			 -ENODEV);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+
+	/* a context closing unmaps its devices' BARs too */
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &a, NULL, &e), 0);
+	assert_int_equal(ops->map_bar(f->ctx, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e), 0);
+	bar = (const void *)(uintptr_t)((const struct vfio_iommu_type1_dma_map *)fake_find(
+						VFIO_IOMMU_MAP_DMA, fake_count(VFIO_IOMMU_MAP_DMA) - 1)
+						->bytes)
+		      ->vaddr;
+	assert_true(is_mapped(bar));
+	ops->ctx_close(ctx_b);
+	assert_false(is_mapped(bar));
+	ops->region_close(r);
+	close(d.fd);
+}
+
+/* iommufd's compat container (no vfio_iommu_type1 module) cannot map a
+ * PFNMAP VMA: no "p2p", and map_bar says why. */
+static void test_map_bar_compat(void **state)
+{
+	struct fx *f = *state;
+	struct dmb_err e = {0};
+	struct dmb_backend *be2;
+	struct dmb_bctx *ctx2;
+	struct dmb_bdev *a, *b;
+	char mod[700];
+	snprintf(mod, sizeof(mod), "%s/module/vfio_iommu_type1/parameters/dma_entry_limit", f->sys);
+	assert_int_equal(unlink(mod), 0);
+	snprintf(mod, sizeof(mod), "%s/module/vfio_iommu_type1/parameters", f->sys);
+	assert_int_equal(rmdir(mod), 0);
+	snprintf(mod, sizeof(mod), "%s/module/vfio_iommu_type1", f->sys);
+	assert_int_equal(rmdir(mod), 0);
+
+	struct dmb_backend_config cfg = {.sysfs_root = f->sys, .dev_root = f->dev};
+	assert_int_equal(dmb_type1_create(&cfg, &be2, &e), 0);
+	assert_false(has_feature(be2, "p2p"));
+	assert_false(has_feature(be2, "vaddr-update"));
+	const struct dmb_backend_ops *ops = be2->ops;
+	assert_int_equal(ops->ctx_open(be2, &ctx2, &e), 0);
+	assert_int_equal(ops->dev_open(ctx2, "0000:00:03.0", &a, NULL, &e), 0);
+	assert_int_equal(ops->dev_open(ctx2, "0000:00:08.0", &b, NULL, &e), 0);
+	fake_reset();
+	assert_int_equal(ops->map_bar(ctx2, b, 0, 0, 0x4000000, 0x1000, DMB_PROT_READ, &e),
+			 -EOPNOTSUPP);
+	assert_int_equal(e.code, DMB_E_UNIMPLEMENTED);
+	assert_non_null(strstr(e.msg, "iommufd's VFIO compatibility container, which cannot map a "
+				      "peer BAR"));
+	assert_int_equal(fake_count(VFIO_IOMMU_MAP_DMA), 0);
+	ops->ctx_close(ctx2);
+	dmb_backend_destroy(be2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -546,6 +871,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_open_failures, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmap_all_without_flag, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dev_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dev_no_config, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_bar, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_bar_compat, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

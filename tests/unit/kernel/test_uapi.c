@@ -128,6 +128,14 @@ static void test_vfio_numbers(void **state)
 	NUM(VFIO_GROUP_FLAGS_VIABLE, 0x1);
 	NUM(DMB_VFIO_DEVICE_FEATURE_DMA_BUF, 11);
 	NUM(VFIO_DEVICE_FEATURE_GET | DMB_VFIO_DEVICE_FEATURE_DMA_BUF, 0x1000B);
+	NUM(VFIO_DEVICE_FEATURE_PROBE, 0x40000);
+	/* §2.2 region info, §3.1 config region */
+	NUM(VFIO_REGION_INFO_FLAG_READ, 0x1);
+	NUM(VFIO_REGION_INFO_FLAG_WRITE, 0x2);
+	NUM(VFIO_REGION_INFO_FLAG_MMAP, 0x4);
+	NUM(VFIO_PCI_BAR0_REGION_INDEX, 0);
+	NUM(VFIO_PCI_BAR5_REGION_INDEX, 5);
+	NUM(VFIO_PCI_CONFIG_REGION_INDEX, 7);
 	NUM(DMB_VFIO_DEVICE_BIND_FLAG_TOKEN, 0x1);
 	NUM(DMB_VFIO_DEVICE_ATTACH_PASID, 0x1);
 	NUM(DMB_VFIO_PCI_HOT_RESET_FLAG_DEV_ID, 0x1);
@@ -183,6 +191,12 @@ static void test_vfio_layouts(void **state)
 	SIZE(struct vfio_iommu_type1_dma_unmap, 24);
 	OFF(struct vfio_iommu_type1_dma_unmap, iova, 8);
 	OFF(struct vfio_iommu_type1_dma_unmap, size, 16);
+	SIZE(struct vfio_region_info, 32);
+	OFF(struct vfio_region_info, flags, 4);
+	OFF(struct vfio_region_info, index, 8);
+	OFF(struct vfio_region_info, cap_offset, 12);
+	OFF(struct vfio_region_info, size, 16);
+	OFF(struct vfio_region_info, offset, 24);
 }
 
 int main(void)
