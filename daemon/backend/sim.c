@@ -186,7 +186,7 @@ struct sim_ctx {
 	uint64_t mapped;                 /* bytes mapped in this context (RAM + MMIO) */
 	struct sim_area *cache;          /* free area nodes */
 	unsigned n_cache;
-	LIST_HEAD(, sim_dev) devs;       /* attached devices (dev_lock) */
+	LIST_HEAD(sim_dev_list, sim_dev) devs; /* attached devices (dev_lock) */
 	/* Sorted by start, non-overlapping. Fixed: devices add none. */
 	struct sim_reserved reserved[SIM_MAX_RESERVED];
 	size_t n_reserved;
@@ -1093,7 +1093,9 @@ static void bar_zero(struct sim_dev *d)
  * device state from this one (the BAR memory reads as zeroes). Areas of
  * other contexts that still map the BAR keep its memory alive; DMA through
  * them answers a decode error until the device's memory decoding is turned
- * on again. Caller holds dev_lock exclusive. */
+ * on again. Takes dev_lock exclusive. A handle that was closed already is
+ * logged and ignored (one closed and reopened since cannot be told apart:
+ * the core must not keep handles past dev_close or ctx_close). */
 static void sim_dev_close(struct dmb_bdev *bd)
 {
 	if (!bd)

@@ -929,7 +929,7 @@ static void test_closed_and_null(void **state)
 struct dma_worker {
 	struct fx *f;
 	atomic_bool stop;
-	unsigned ok, decode_errors, other;
+	atomic_uint ok, decode_errors, other;
 };
 
 static void *dma_worker_run(void *arg)
@@ -943,12 +943,12 @@ static void *dma_worker_run(void *arg)
 		int r = w->f->ops->dev_dma(w->f->a, P2P, out, sizeof(out), true, NULL);
 		if (r == 0) {
 			r = w->f->ops->dev_dma(w->f->a, P2P, in, sizeof(in), false, NULL);
-			w->ok++;
+			atomic_fetch_add(&w->ok, 1);
 		}
 		if (r == -EIO)
-			w->decode_errors++;
+			atomic_fetch_add(&w->decode_errors, 1);
 		else if (r != 0)
-			w->other++;
+			atomic_fetch_add(&w->other, 1);
 		i++;
 	}
 	return NULL;
@@ -972,13 +972,53 @@ static void test_state_changes_on_threads(void **state)
 	}
 	assert_int_equal(set_cmd(f, f->b, MEM), 0);
 	/* Let the worker succeed at least once after the last change. */
-	unsigned ok0 = w.ok;
-	for (unsigned spin = 0; spin < 10000 && w.ok == ok0; spin++)
+	unsigned ok0 = atomic_load(&w.ok);
+	for (unsigned spin = 0; spin < 10000 && atomic_load(&w.ok) == ok0; spin++)
 		usleep(100);
 	atomic_store(&w.stop, true);
 	assert_int_equal(pthread_join(t, NULL), 0);
-	assert_int_equal(w.other, 0);
-	assert_true(w.ok > 0);
+	assert_int_equal(atomic_load(&w.other), 0);
+	assert_true(atomic_load(&w.ok) > 0);
+}
+
+static unsigned count_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	assert_non_null(dir);
+	unsigned n = 0;
+	while (readdir(dir))
+		n++;
+	closedir(dir);
+	return n;
+}
+
+/* Two memfds per device, the region dups: all closed again by destroy,
+ * also when devices are left attached to a context closed before it. */
+static void test_no_fd_leak(void **state)
+{
+	(void)state;
+	unsigned before = count_fds();
+	struct dmb_backend_config cfg = { .name = "sim" };
+	struct dmb_backend *be = NULL;
+	struct dmb_bctx *c = NULL, *c2 = NULL;
+	struct dmb_bdev *a = NULL, *b = NULL;
+	struct dmb_err e = { 0 };
+	uint8_t cmd[2] = { MEM | MASTER, 0 }, v = 1;
+
+	assert_int_equal(dmb_sim_create(&cfg, &be, &e), 0);
+	assert_true(count_fds() >= before + 8);
+	assert_int_equal(be->ops->ctx_open(be, &c, &e), 0);
+	assert_int_equal(be->ops->ctx_open(be, &c2, &e), 0);
+	assert_int_equal(be->ops->dev_open(c, BDF_A, &a, NULL, &e), 0);
+	assert_int_equal(be->ops->dev_open(c2, BDF_B, &b, NULL, &e), 0);
+	assert_int_equal(be->ops->dev_config_write(a, DMB_PCI_COMMAND, cmd, 2, &e), 0);
+	assert_int_equal(be->ops->dev_config_write(b, DMB_PCI_COMMAND, cmd, 2, &e), 0);
+	assert_int_equal(be->ops->map_bar(c, b, 0, 0, P2P, PG, RW, &e), 0);
+	assert_int_equal(be->ops->dev_dma(a, P2P, &v, 1, true, &e), 0);
+	be->ops->ctx_close(c2); /* B goes first, its importer stays */
+	be->ops->ctx_close(c);
+	dmb_backend_destroy(be);
+	assert_int_equal(count_fds(), before);
 }
 
 int main(void)
@@ -986,6 +1026,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_features_and_default_devices, setup, teardown),
 		cmocka_unit_test(test_custom_device_list),
+		cmocka_unit_test(test_no_fd_leak),
 		cmocka_unit_test_setup_teardown(test_open_busy_unknown, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_clears_command, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ctx_close_closes_devices, setup, teardown),
