@@ -99,7 +99,7 @@ expect_err() {
 # json PYTHON: runs PYTHON with d = the JSON document in $TMP/out; the code
 # exits non-zero with a message (sys.exit("...")) when a check fails.
 json() {
-	python3 - "$TMP/out" "$@" 2>"$TMP/py.err" <<EOF
+	python3 - "$TMP/out" 2>"$TMP/py.err" <<EOF
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
