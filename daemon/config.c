@@ -1,6 +1,7 @@
 #include "config.h"
 #include "dmb-build.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -11,6 +12,7 @@
 #include <syslog.h>
 
 #include "util/log.h"
+#include "util/macro.h"
 
 void config_defaults(struct dmb_config *cfg)
 {
@@ -28,6 +30,8 @@ void config_defaults(struct dmb_config *cfg)
 	cfg->max_sessions = 4096;
 	cfg->session_queue_bytes = 4u << 20;
 	cfg->p2p_poll_interval_ms = 100;
+	cfg->p2p = false;
+	cfg->p2p_cross_context = true;
 	cfg->n_admin_uids = 1;
 	cfg->admin_uids[0] = 0;
 }
@@ -80,9 +84,39 @@ static bool allow_entry_valid(const char *t)
 	return true;
 }
 
+enum {
+	R_CONTEXTS = 1u << 0, R_REGIONS = 1u << 1, R_MAPPINGS = 1u << 2, R_DEVMAX = 1u << 3,
+	R_PINNED = 1u << 4, R_ADMIN = 1u << 5, R_P2P = 1u << 6, R_XCTX = 1u << 7,
+	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9,
+};
+
+/* "8G", "512M", "4096": bytes with an optional K/M/G/T suffix (powers of 2). */
+static int parse_size(const char *v, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long x = strtoull(v, &end, 0);
+	if (errno || end == v || v[0] == '-')
+		return -EINVAL;
+	unsigned shift = 0;
+	switch (*end) {
+	case 'K': case 'k': shift = 10; end++; break;
+	case 'M': case 'm': shift = 20; end++; break;
+	case 'G': case 'g': shift = 30; end++; break;
+	case 'T': case 't': shift = 40; end++; break;
+	default: break;
+	}
+	if (*end || (shift && x > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)x << shift;
+	return 0;
+}
+
 struct load_state {
 	struct dmb_config *cfg;
 	FILE *f;
+	char section[64];    /* the rule section being filled, if any */
+	struct dmb_rule *rule;
 	int line;          /* the line being parsed */
 	int why_line;      /* the line `why` is about (the first bad key) */
 	char why[160];
@@ -142,6 +176,8 @@ static int on_key(void *user, const char *section, const char *key, const char *
 			{ "devices_per_context", 1024, &cfg->limits.devices_per_context, 32 },
 			{ "sessions", 1u << 20, &cfg->max_sessions, 32 },
 			{ "session_queue_bytes", 1ull << 32, &cfg->session_queue_bytes, 64 },
+			{ "pinned_bytes", UINT64_MAX, &cfg->limits.pinned_bytes, 64 },
+			{ "pinned_bytes_total", UINT64_MAX, &cfg->pinned_bytes_total, 64 },
 		};
 		size_t i;
 		for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
@@ -149,7 +185,8 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				break;
 		if (i == sizeof(keys) / sizeof(keys[0]))
 			return WHY("unknown key '%s' in [limits]", key);
-		if (parse_u64(value, keys[i].max, &u) < 0)
+		if (!strncmp(key, "pinned_bytes", 12) ? parse_size(value, &u) < 0
+						       : parse_u64(value, keys[i].max, &u) < 0)
 			return WHY("%s must be a number from 0 to %llu", key,
 				   (unsigned long long)keys[i].max);
 		if (keys[i].bits == 32)
@@ -169,6 +206,83 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				return WHY("more than %d device entries", DMB_MAX_ALLOW);
 			snprintf(cfg->allow[cfg->n_allow++], sizeof(cfg->allow[0]), "%s", t);
 		}
+	} else if (!strcmp(section, "default") || !strncmp(section, "uid ", 4) ||
+		   !strncmp(section, "gid ", 4)) {
+		if (!st->rule || strcmp(st->section, section)) {
+			/* a new policy section */
+			if (cfg->n_rules >= DMB_MAX_RULES)
+				return WHY("more than %d policy sections", DMB_MAX_RULES);
+			struct dmb_rule *r = &cfg->rules[cfg->n_rules];
+			memset(r, 0, sizeof(*r));
+			if (!strcmp(section, "default")) {
+				r->kind = DMB_RULE_DEFAULT;
+			} else {
+				if (parse_u64(section + 4, UINT32_MAX - 1, &u) < 0)
+					return WHY("[%s]: the id must be a number", section);
+				r->kind = section[0] == 'u' ? DMB_RULE_UID : DMB_RULE_GID;
+				r->id = (uint32_t)u;
+			}
+			cfg->n_rules++;
+			st->rule = r;
+			snprintf(st->section, sizeof(st->section), "%s", section);
+		}
+		struct dmb_rule *r = st->rule;
+		bool b;
+		if (!strcmp(key, "devices")) {
+			char buf[2048];
+			r->n_allow = 0;
+			snprintf(buf, sizeof(buf), "%s", value);
+			for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
+			     t = strtok_r(NULL, " \t,", &save)) {
+				if (!allow_entry_valid(t))
+					return WHY("'%s' is neither a PCI address dddd:bb:dd.f nor vendor:device", t);
+				if (r->n_allow >= DMB_MAX_RULE_ALLOW)
+					return WHY("more than %d devices in one section", DMB_MAX_RULE_ALLOW);
+				snprintf(r->allow[r->n_allow++], sizeof(r->allow[0]), "%s", t);
+			}
+			r->set |= R_ALLOW;
+		} else if (!strcmp(key, "pinned_bytes")) {
+			if (parse_size(value, &r->lim.pinned_bytes) < 0)
+				return WHY("pinned_bytes must be a size such as 8G (0: no limit)");
+			r->set |= R_PINNED;
+		} else if (!strcmp(key, "contexts") || !strcmp(key, "regions_per_context") ||
+			   !strcmp(key, "devices_per_context")) {
+			if (parse_u64(value, 1u << 20, &u) < 0)
+				return WHY("%s must be a number from 0 to %u", key, 1u << 20);
+			if (key[0] == 'c') {
+				r->lim.contexts_per_owner = (uint32_t)u;
+				r->set |= R_CONTEXTS;
+			} else if (key[0] == 'r') {
+				r->lim.regions_per_context = (uint32_t)u;
+				r->set |= R_REGIONS;
+			} else {
+				r->lim.devices_per_context = (uint32_t)u;
+				r->set |= R_DEVMAX;
+			}
+		} else if (!strcmp(key, "mappings_per_context")) {
+			if (parse_u64(value, 1ull << 32, &u) < 0)
+				return WHY("mappings_per_context must be a number from 0 to %llu", 1ull << 32);
+			r->lim.mappings_per_context = u;
+			r->set |= R_MAPPINGS;
+		} else if (!strcmp(key, "admin") || !strcmp(key, "p2p") ||
+			   !strcmp(key, "p2p_cross_context") || !strcmp(key, "p2p_cross_client")) {
+			if (!bool_value(value, &b))
+				return WHY("%s must be yes or no", key);
+			if (!strcmp(key, "admin")) {
+				r->admin = b;
+				r->set |= R_ADMIN;
+			} else if (!strcmp(key, "p2p")) {
+				r->p2p = b;
+				r->set |= R_P2P;
+			} else if (!strcmp(key, "p2p_cross_context")) {
+				r->p2p_cross_context = b;
+				r->set |= R_XCTX;
+			} else {
+				r->p2p_cross_client = b;
+				r->set |= R_XCLIENT;
+			}
+		} else
+			return WHY("unknown key '%s' in [%s]", key, section);
 	} else if (!strcmp(section, "p2p")) {
 		if (!strcmp(key, "poll_interval_ms")) {
 			if (parse_u64(value, 60000, &u) < 0 || u < 1)
@@ -177,6 +291,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		} else if (!strcmp(key, "cross_client")) {
 			if (!bool_value(value, &cfg->p2p_cross_client))
 				return WHY("cross_client must be yes or no");
+		} else if (!strcmp(key, "allow")) {
+			if (!bool_value(value, &cfg->p2p))
+				return WHY("allow must be yes or no");
+		} else if (!strcmp(key, "cross_context")) {
+			if (!bool_value(value, &cfg->p2p_cross_context))
+				return WHY("cross_context must be yes or no");
 		} else
 			return WHY("unknown key '%s' in [p2p]", key);
 	} else if (!strcmp(section, "sim")) {
@@ -215,8 +335,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
 
 int config_load(struct dmb_config *cfg, const char *path, struct dmb_err *e)
 {
-	struct dmb_config tmp = *cfg;
-	struct load_state st = { .cfg = &tmp };
+	/* Parse into a copy: a bad file leaves cfg exactly as it was. */
+	_cleanup_free_ struct dmb_config *tmp = malloc(sizeof(*tmp));
+	if (!tmp)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	*tmp = *cfg;
+	struct load_state st = { .cfg = tmp };
 	FILE *f = fopen(path, "re");
 	if (!f)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, errno, "%s: cannot open: %m", path);
@@ -226,8 +350,86 @@ int config_load(struct dmb_config *cfg, const char *path, struct dmb_err *e)
 	if (line != 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s:%d: %s", path, line,
 				line == st.why_line ? st.why : "syntax error");
-	*cfg = tmp;
+	*cfg = *tmp;
 	return 0;
+}
+
+static int conf_filter(const struct dirent *d)
+{
+	size_t n = strlen(d->d_name);
+	return d->d_name[0] != '.' && n > 5 && !strcmp(d->d_name + n - 5, ".conf");
+}
+
+int config_load_tree(struct dmb_config *cfg, const char *path, struct dmb_err *e)
+{
+	struct dmb_config *tmp = malloc(sizeof(*tmp));
+	if (!tmp)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	*tmp = *cfg;
+	int r = config_load(tmp, path, e);
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s.d", path);
+	struct dirent **names = NULL;
+	int n = r < 0 ? 0 : scandir(dir, &names, conf_filter, alphasort);
+	for (int i = 0; i < n; i++) {
+		char file[1024];
+		snprintf(file, sizeof(file), "%s/%s", dir, names[i]->d_name);
+		if (r == 0)
+			r = config_load(tmp, file, e);
+		free(names[i]);
+	}
+	free(names);
+	if (r == 0)
+		*cfg = *tmp;
+	free(tmp);
+	return r;
+}
+
+void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
+		    struct dmb_client_policy *p)
+{
+	*p = (struct dmb_client_policy){
+		.limits = cfg->limits,
+		.admin = config_is_admin(cfg, uid),
+		.p2p = cfg->p2p,
+		.p2p_cross_context = cfg->p2p_cross_context,
+		.p2p_cross_client = cfg->p2p_cross_client,
+		.n_allow = cfg->n_allow,
+		.allow = cfg->allow,
+	};
+	/* least specific first: [default], then [gid N], then [uid N] */
+	for (int pass = DMB_RULE_DEFAULT; pass <= DMB_RULE_UID; pass++) {
+		for (size_t i = 0; i < cfg->n_rules; i++) {
+			const struct dmb_rule *r = &cfg->rules[i];
+			if ((int)r->kind != pass)
+				continue;
+			if ((r->kind == DMB_RULE_UID && r->id != (uint32_t)uid) ||
+			    (r->kind == DMB_RULE_GID && r->id != (uint32_t)gid))
+				continue;
+			if (r->set & R_CONTEXTS)
+				p->limits.contexts_per_owner = r->lim.contexts_per_owner;
+			if (r->set & R_REGIONS)
+				p->limits.regions_per_context = r->lim.regions_per_context;
+			if (r->set & R_MAPPINGS)
+				p->limits.mappings_per_context = r->lim.mappings_per_context;
+			if (r->set & R_DEVMAX)
+				p->limits.devices_per_context = r->lim.devices_per_context;
+			if (r->set & R_PINNED)
+				p->limits.pinned_bytes = r->lim.pinned_bytes;
+			if (r->set & R_ADMIN)
+				p->admin = r->admin;
+			if (r->set & R_P2P)
+				p->p2p = r->p2p;
+			if (r->set & R_XCTX)
+				p->p2p_cross_context = r->p2p_cross_context;
+			if (r->set & R_XCLIENT)
+				p->p2p_cross_client = r->p2p_cross_client;
+			if (r->set & R_ALLOW) {
+				p->n_allow = r->n_allow;
+				p->allow = r->allow;
+			}
+		}
+	}
 }
 
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid)
@@ -255,12 +457,12 @@ static bool read_id(const char *bdf, const char *what, char out[5])
 
 bool config_device_allowed(void *opaque, const struct dmb_owner *owner, const char *bdf)
 {
-	const struct dmb_config *cfg = opaque;
+	const struct dmb_client_policy *pol = &owner->pol;
 	char ven[5] = "", dev[5] = "", vd[10] = "";
 	bool have_ids = false, tried = false;
 
-	for (size_t i = 0; i < cfg->n_allow; i++) {
-		const char *a = cfg->allow[i];
+	for (size_t i = 0; i < pol->n_allow; i++) {
+		const char *a = pol->allow[i];
 		if (strlen(a) == 12) {
 			if (!strcmp(a, bdf))
 				return true;

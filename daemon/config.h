@@ -11,6 +11,20 @@
 
 #define DMB_MAX_ALLOW 256
 #define DMB_MAX_ADMINS 32
+#define DMB_MAX_RULES 64
+#define DMB_MAX_RULE_ALLOW 32
+
+/* A policy section: [default], [gid N] or [uid N]. Only the keys it names
+ * (bits in `set`) override what less specific sections granted. */
+struct dmb_rule {
+	enum { DMB_RULE_DEFAULT, DMB_RULE_GID, DMB_RULE_UID } kind;
+	uint32_t id;
+	unsigned set;
+	struct dmb_limits lim;
+	bool admin, p2p, p2p_cross_context, p2p_cross_client;
+	size_t n_allow;
+	char allow[DMB_MAX_RULE_ALLOW][16];
+};
 
 struct dmb_config {
 	char socket_path[108];
@@ -28,7 +42,14 @@ struct dmb_config {
 
 	/* [p2p] */
 	uint32_t p2p_poll_interval_ms;
+	bool p2p;
+	bool p2p_cross_context;
 	bool p2p_cross_client;
+	uint64_t pinned_bytes_total;  /* [limits] pinned_bytes_total, 0 = none */
+
+	/* policy sections, in file order (drop-ins after the main file) */
+	size_t n_rules;
+	struct dmb_rule rules[DMB_MAX_RULES];
 
 	/* [sim] devices */
 	size_t n_sim_devices;
@@ -43,6 +64,12 @@ void config_defaults(struct dmb_config *cfg);
 /* Loads an INI file over cfg. On a syntax or value error returns a negative
  * errno and names file:line in e. */
 int config_load(struct dmb_config *cfg, const char *path, struct dmb_err *e);
+/* The main file, then every *.conf in PATH.d/ in name order. */
+int config_load_tree(struct dmb_config *cfg, const char *path, struct dmb_err *e);
+/* What the policy grants a client with this uid and primary gid:
+ * defaults, then [default], then matching [gid N], then [uid N]. */
+void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
+		    struct dmb_client_policy *out);
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid);
 /* Policy hook for the core: may this owner open the device at bdf? */
 bool config_device_allowed(void *cfg, const struct dmb_owner *owner, const char *bdf);

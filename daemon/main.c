@@ -82,6 +82,19 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(arg);
 }
 
+struct reload_ctx {
+	struct server *srv;
+	const char *path;
+};
+
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+	struct reload_ctx *rc = arg;
+	struct dmb_err e = { 0 };
+	log_info("received SIGHUP; reloading the configuration");
+	(void)server_reload(rc->srv, rc->path, &e);
+}
+
 static int run(int argc, char **argv)
 {
 	struct opts o = { 0 };
@@ -99,7 +112,7 @@ static int run(int argc, char **argv)
 		if (access(deflt, F_OK) == 0)
 			cfgfile = deflt;
 	}
-	if (cfgfile && config_load(&cfg, cfgfile, &e) < 0)
+	if (cfgfile && config_load_tree(&cfg, cfgfile, &e) < 0)
 		return log_error_errno(-EINVAL, "configuration: %s", e.msg);
 	if (o.socket)
 		snprintf(cfg.socket_path, sizeof(cfg.socket_path), "%s", o.socket);
@@ -159,10 +172,14 @@ static int run(int argc, char **argv)
 		return r;
 	}
 
-	struct event *sigs[2];
+	static struct reload_ctx rc;
+	rc.srv = &srv;
+	rc.path = cfgfile;
+	struct event *sigs[3];
 	sigs[0] = evsignal_new(base, SIGTERM, on_stop, base);
 	sigs[1] = evsignal_new(base, SIGINT, on_stop, base);
-	for (int i = 0; i < 2; i++)
+	sigs[2] = evsignal_new(base, SIGHUP, on_reload, &rc);
+	for (int i = 0; i < 3; i++)
 		event_add(sigs[i], NULL);
 
 	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, backend %s", cfg.socket_path, be->ops->name);
@@ -170,7 +187,7 @@ static int run(int argc, char **argv)
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");
 
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);
 	server_fini(&srv);
 	event_base_free(base);

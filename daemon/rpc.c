@@ -423,7 +423,7 @@ static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
 		peer = device_find_bdf(&c->s->srv->core, q->peer_bdf);
 		if (!peer)
 			return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "no open device %s", q->peer_bdf);
-		if (peer->ctx->owner != c->s->owner && !c->s->srv->core.p2p_cross_client) {
+		if (peer->ctx->owner != c->s->owner && !c->s->owner->pol.p2p_cross_client) {
 			log_notice("session %" PRIu64 " (uid %u pid %d): P2P to %s of another client refused",
 				   c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid, peer->bdf);
 			return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,

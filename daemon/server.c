@@ -129,7 +129,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.event_fn = session_event_cb;
 	srv->core.device_allowed = config_device_allowed;
 	srv->core.policy_opaque = cfg;
-	srv->core.p2p_cross_client = cfg->p2p_cross_client;
+	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
 
 	srv->rxbuf = malloc(DMB_MAX_PACKET + 1);
 	srv->txbuf = malloc(DMB_MAX_PACKET);
@@ -163,6 +163,48 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	struct timeval tv = { cfg->p2p_poll_interval_ms / 1000,
 			      (cfg->p2p_poll_interval_ms % 1000) * 1000 };
 	event_add(srv->ev_poll, &tv);
+	return 0;
+}
+
+int server_reload(struct server *srv, const char *path, struct dmb_err *e)
+{
+	struct dmb_config *fresh = malloc(sizeof(*fresh));
+	if (!fresh)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	config_defaults(fresh);
+	int r = path ? config_load_tree(fresh, path, e) : 0;
+	if (r < 0) {
+		free(fresh);
+		log_error("policy reload refused, the old policy stays in force: %s", e->msg);
+		return r;
+	}
+	/* What a running daemon cannot change keeps its value (and says so). */
+	struct dmb_config *cur = srv->cfg;
+	if (strcmp(fresh->socket_path, cur->socket_path) || strcmp(fresh->backend, cur->backend))
+		log_warning("reload: socket and backend changes take effect at the next start");
+	snprintf(fresh->socket_path, sizeof(fresh->socket_path), "%s", cur->socket_path);
+	snprintf(fresh->backend, sizeof(fresh->backend), "%s", cur->backend);
+	fresh->sim_populate = cur->sim_populate;
+	fresh->n_sim_devices = cur->n_sim_devices;
+	memcpy(fresh->sim_devices, cur->sim_devices, sizeof(cur->sim_devices));
+	fresh->log_level = cur->log_level; /* the command line may have set it */
+	*cur = *fresh; /* policies point into *cur: re-resolve every session now */
+	free(fresh);
+
+	srv->core.limits = cur->limits;
+	srv->core.pinned_bytes_limit = cur->pinned_bytes_total;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link) {
+		config_resolve(cur, s->cred.uid, s->cred.gid, &s->owner->pol);
+		s->owner->admin = s->admin = s->owner->pol.admin;
+	}
+	if (srv->ev_poll) {
+		struct timeval tv = { cur->p2p_poll_interval_ms / 1000,
+				      (cur->p2p_poll_interval_ms % 1000) * 1000 };
+		event_add(srv->ev_poll, &tv);
+	}
+	log_notice("policy reloaded from %s (%zu policy sections); %u sessions updated, mappings "
+		   "unchanged", path ? path : "defaults", cur->n_rules, srv->n_sessions);
 	return 0;
 }
 

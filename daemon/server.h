@@ -74,6 +74,9 @@ struct server {
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be, int inherited_fd);
 void server_fini(struct server *srv);
+/* Re-reads the configuration (main file and drop-ins) and applies its policy
+ * to every session; existing mappings stay. A bad file changes nothing. */
+int server_reload(struct server *srv, const char *path, struct dmb_err *e);
 uint64_t server_now_ms(void);
 
 /* session.c */

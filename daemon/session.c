@@ -40,8 +40,10 @@ struct session *session_new(struct server *srv, int fd)
 		free(s);
 		return NULL;
 	}
-	s->admin = config_is_admin(srv->cfg, s->cred.uid);
-	s->owner = owner_new(&srv->core, s->id, s->cred.uid, s->cred.gid, s->cred.pid, s->admin, s);
+	struct dmb_client_policy pol;
+	config_resolve(srv->cfg, s->cred.uid, s->cred.gid, &pol);
+	s->admin = pol.admin;
+	s->owner = owner_new(&srv->core, s->id, s->cred.uid, s->cred.gid, s->cred.pid, &pol, s);
 	s->ev_read = event_new(srv->base, fd, EV_READ | EV_PERSIST, session_read_cb, s);
 	s->ev_write = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, session_write_cb, s);
 	if (!s->owner || !s->ev_read || !s->ev_write) {

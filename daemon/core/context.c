@@ -17,10 +17,10 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 	if (persistent)
 		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
 				"persistent contexts are not supported by this version of dmabrokerd");
-	if (owner->n_contexts >= core->limits.contexts_per_owner)
+	if (owner->n_contexts >= owner->pol.limits.contexts_per_owner)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
 				"limit contexts_per_client (%u) reached",
-				core->limits.contexts_per_owner);
+				owner->pol.limits.contexts_per_owner);
 
 	struct dmb_ctx *ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)

@@ -39,7 +39,7 @@ void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_
 }
 
 struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
-			    pid_t pid, bool admin, void *opaque)
+			    pid_t pid, const struct dmb_client_policy *pol, void *opaque)
 {
 	struct dmb_owner *o = calloc(1, sizeof(*o));
 	if (!o)
@@ -49,7 +49,16 @@ struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t ui
 	o->uid = uid;
 	o->gid = gid;
 	o->pid = pid;
-	o->admin = admin;
+	if (pol) {
+		o->pol = *pol;
+	} else {
+		/* No policy given (in-process users: tests, benchmarks): the
+		 * core's limits, no devices, no admin. */
+		o->pol = (struct dmb_client_policy){
+			.limits = core->limits, .p2p = true, .p2p_cross_context = true,
+		};
+	}
+	o->admin = o->pol.admin;
 	o->opaque = opaque;
 	TAILQ_INIT(&o->contexts);
 	return o;

@@ -32,6 +32,20 @@ struct dmb_limits {
 	uint32_t regions_per_context;
 	uint64_t mappings_per_context;
 	uint32_t devices_per_context;
+	uint64_t pinned_bytes;      /* RAM mapped by one client; 0 = no limit */
+};
+
+/* What the policy grants one client, resolved from the configuration's
+ * [default], [gid N] and [uid N] sections when it connects and again at
+ * every reload. */
+struct dmb_client_policy {
+	struct dmb_limits limits;
+	bool admin;
+	bool p2p;                   /* may map peer BARs at all */
+	bool p2p_cross_context;     /* peer attached to another of its contexts */
+	bool p2p_cross_client;      /* peer of another client, by address */
+	size_t n_allow;
+	const char (*allow)[16];    /* BDFs and vendor:device; into the loaded config */
 };
 
 enum {
@@ -110,6 +124,8 @@ struct dmb_owner {
 	void *opaque;           /* the session, for events */
 	TAILQ_HEAD(, dmb_ctx) contexts;
 	uint32_t n_contexts;
+	struct dmb_client_policy pol;
+	uint64_t pinned_bytes;  /* RAM mapped by this client's contexts */
 };
 
 struct dmb_ctx {
@@ -172,7 +188,8 @@ struct dmb_core {
 	void *event_opaque;
 	dmb_device_allowed_fn device_allowed;
 	void *policy_opaque;
-	bool p2p_cross_client;  /* policy: MapPeer of another client's device */
+	uint64_t pinned_bytes;        /* RAM mapped, all clients */
+	uint64_t pinned_bytes_limit;  /* 0 = no limit */
 
 	uint64_t revocations;
 	uint64_t restorations;
@@ -186,8 +203,9 @@ void core_fini(struct dmb_core *core);
 uint64_t core_new_id(struct dmb_core *core);
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
 
+/* pol NULL: the core's default limits, no devices, not admin. */
 struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
-			    pid_t pid, bool admin, void *opaque);
+			    pid_t pid, const struct dmb_client_policy *pol, void *opaque);
 /* Destroys the owner's non-persistent contexts and frees it. */
 void owner_free(struct dmb_owner *owner);
 

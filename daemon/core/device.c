@@ -47,9 +47,10 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 	if (!ops->dev_open)
 		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP, "the %s backend has no devices",
 				ops->name);
-	if (ctx->n_devices >= core->limits.devices_per_context)
+	uint32_t max_devices = ctx->owner->pol.limits.devices_per_context;
+	if (ctx->n_devices >= max_devices)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit devices_per_context (%u) reached", core->limits.devices_per_context);
+				"limit devices_per_context (%u) reached", max_devices);
 
 	/* One broker-wide opener per device: the kernel would refuse a second
 	 * group open anyway, with a less helpful errno. */

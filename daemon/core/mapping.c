@@ -136,6 +136,9 @@ void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 		ctx->core->p2p_mappings++;
 	} else {
 		m->region->map_refs++;
+		ctx->core->pinned_bytes += m->length;
+		if (ctx->owner)
+			ctx->owner->pinned_bytes += m->length;
 	}
 	ctx->n_mappings++;
 	ctx->mapped_bytes += m->length;
@@ -160,6 +163,9 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 		return;
 	}
 	m->region->map_refs--;
+	ctx->core->pinned_bytes -= m->length;
+	if (ctx->owner)
+		ctx->owner->pinned_bytes -= m->length;
 	free(m);
 }
 
@@ -188,11 +194,31 @@ static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, si
 int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e)
 {
 	const struct dmb_backend_ops *ops = ctx->core->be->ops;
-	uint64_t limit = ctx->core->limits.mappings_per_context;
+	const struct dmb_limits *lim = &ctx->owner->pol.limits;
+	uint64_t limit = lim->mappings_per_context;
 
 	if (ctx->n_mappings + n > limit || ctx->n_mappings + n < ctx->n_mappings)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
 				"limit mappings_per_context (%" PRIu64 ") would be exceeded", limit);
+	/* Pinned-memory limits, per client and for the whole broker, before
+	 * any kernel work. */
+	uint64_t want = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (want + reqs[i].length < want)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "batch length overflows");
+		want += reqs[i].length;
+	}
+	if (lim->pinned_bytes && (ctx->owner->pinned_bytes + want > lim->pinned_bytes ||
+				  ctx->owner->pinned_bytes + want < want))
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
+				"limit pinned_bytes (%" PRIu64 ") would be exceeded: this client has "
+				"%" PRIu64 " bytes mapped and asks for %" PRIu64 " more",
+				lim->pinned_bytes, ctx->owner->pinned_bytes, want);
+	uint64_t glim = ctx->core->pinned_bytes_limit;
+	if (glim && (ctx->core->pinned_bytes + want > glim || ctx->core->pinned_bytes + want < want))
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
+				"limit pinned_bytes_total (%" PRIu64 ") of the broker would be exceeded",
+				glim);
 
 	for (size_t i = 0; i < n; i++) {
 		const struct dmb_map_req *q = &reqs[i];

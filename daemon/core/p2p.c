@@ -183,6 +183,14 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 	struct dmb_device *peer = q->peer;
 	uint64_t last, blast;
 
+	const struct dmb_client_policy *pol = &ctx->owner->pol;
+	if (!pol->p2p)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"the broker's policy does not allow this client P2P mappings");
+	if (peer->ctx != ctx && peer->ctx->owner == ctx->owner && !pol->p2p_cross_context)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"%s is attached to another context and the policy does not allow P2P "
+				"across contexts", peer->bdf);
 	if (!ops->map_bar || !ops->dev_bar_info)
 		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
 				"the %s backend cannot map a peer device's BAR (no P2P support)", ops->name);
@@ -228,10 +236,10 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 	r = map_check_free(ctx, q->iova, last, e);
 	if (r < 0)
 		return r;
-	if (ctx->n_mappings >= core->limits.mappings_per_context)
+	if (ctx->n_mappings >= ctx->owner->pol.limits.mappings_per_context)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
 				"limit mappings_per_context (%" PRIu64 ") reached",
-				core->limits.mappings_per_context);
+				ctx->owner->pol.limits.mappings_per_context);
 	if (peer->in_reset)
 		return dmb_fail(e, DMB_E_UNAVAILABLE, EAGAIN, "%s is being reset; retry", peer->bdf);
 	uint16_t cmd;

@@ -134,9 +134,10 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 	_cleanup_close_ int owned = fd;
 	struct dmb_core *core = ctx->core;
 
-	if (ctx->n_regions >= core->limits.regions_per_context)
+	uint32_t max_regions = ctx->owner->pol.limits.regions_per_context;
+	if (ctx->n_regions >= max_regions)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit regions_per_context (%u) reached", core->limits.regions_per_context);
+				"limit regions_per_context (%u) reached", max_regions);
 
 	struct dmb_region_desc d = { .fd = owned, .size = size };
 	const char *kind = NULL;

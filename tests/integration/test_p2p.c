@@ -422,7 +422,7 @@ int main(void)
 	};
 	setenv("DMB_TEST_EXTRA_CONFIG",
 	       "[devices]\nallow = 0000:01:00.0 0000:02:00.0 0000:03:00.0\n"
-	       "[p2p]\npoll_interval_ms = 20\n"
+	       "[p2p]\npoll_interval_ms = 20\nallow = yes\n"
 	       "[sim]\ndevices = 0000:01:00.0 0000:02:00.0 0000:03:00.0 0000:04:00.0\n",
 	       1);
 	return cmocka_run_group_tests_name("p2p", tests, group_start_daemon, group_stop_daemon);

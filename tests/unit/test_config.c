@@ -26,6 +26,17 @@ struct fx {
 	struct dmb_err e;
 };
 
+
+/* The device decision for a client of uid/gid 1000, as the daemon makes it:
+ * resolve the client's policy from the configuration, then ask. */
+static bool allowed(const struct dmb_config *c, const char *bdf)
+{
+	struct dmb_owner o;
+	memset(&o, 0, sizeof(o));
+	config_resolve(c, 1000, 1000, &o.pol);
+	return config_device_allowed((void *)c, &o, bdf);
+}
+
 static int setup(void **state)
 {
 	struct fx *f = calloc(1, sizeof(*f));
@@ -103,7 +114,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c->session_queue_bytes, 4u << 20);
 	/* Default deny: no device, only root is admin. */
 	assert_int_equal(c->n_allow, 0);
-	assert_false(config_device_allowed(&f->cfg, NULL, "0000:00:00.0"));
+	assert_false(allowed(&f->cfg, "0000:00:00.0"));
 	assert_true(config_is_admin(c, 0));
 	assert_false(config_is_admin(c, 1000));
 
@@ -247,13 +258,13 @@ static void test_device_allowed(void **state)
 {
 	struct fx *f = *state;
 	assert_int_equal(load(f, "[devices]\nallow = 0000:01:00.0 0000:3a:1f.7\n"), 0);
-	assert_true(config_device_allowed(&f->cfg, NULL, "0000:01:00.0"));
-	assert_true(config_device_allowed(&f->cfg, NULL, "0000:3a:1f.7"));
-	assert_false(config_device_allowed(&f->cfg, NULL, "0000:01:00.1"));
-	assert_false(config_device_allowed(&f->cfg, NULL, "0001:01:00.0"));
-	assert_false(config_device_allowed(&f->cfg, NULL, "0000:3a:1f.6"));
-	assert_false(config_device_allowed(&f->cfg, NULL, "0000:01:00.0 "));
-	assert_false(config_device_allowed(&f->cfg, NULL, ""));
+	assert_true(allowed(&f->cfg, "0000:01:00.0"));
+	assert_true(allowed(&f->cfg, "0000:3a:1f.7"));
+	assert_false(allowed(&f->cfg, "0000:01:00.1"));
+	assert_false(allowed(&f->cfg, "0001:01:00.0"));
+	assert_false(allowed(&f->cfg, "0000:3a:1f.6"));
+	assert_false(allowed(&f->cfg, "0000:01:00.0 "));
+	assert_false(allowed(&f->cfg, ""));
 
 	/* A vendor:device entry does not match a BDF that is not there (the ids
 	 * come from sysfs), nor a BDF that happens to spell the same digits. */
@@ -267,13 +278,13 @@ static void test_device_allowed(void **state)
 	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s", bdf);
 	struct stat st;
 	assert_true(stat(path, &st) < 0); /* the premise */
-	assert_false(config_device_allowed(&f->cfg, NULL, bdf));
-	assert_false(config_device_allowed(&f->cfg, NULL, "1234:11e8"));
+	assert_false(allowed(&f->cfg, bdf));
+	assert_false(allowed(&f->cfg, "1234:11e8"));
 	/* A later BDF entry still matches after a vendor:device miss. */
 	assert_int_equal(load(f, "[devices]\nallow = 0000:05:00.0\n"), 0);
 	assert_int_equal(f->cfg.n_allow, 2);
-	assert_true(config_device_allowed(&f->cfg, NULL, "0000:05:00.0"));
-	assert_false(config_device_allowed(&f->cfg, NULL, bdf));
+	assert_true(allowed(&f->cfg, "0000:05:00.0"));
+	assert_false(allowed(&f->cfg, bdf));
 }
 
 static void test_admin(void **state)
