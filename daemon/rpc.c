@@ -71,6 +71,46 @@ static void *rpc_alloc(struct rpc_call *c, size_t size)
 	return p;
 }
 
+/* Free-text names end up in logs and in other people's terminals: at most
+ * DMB_MAX_NAME bytes of printable ASCII or well-formed UTF-8, no control
+ * characters. */
+static int check_name(const char *what, const char *s, struct dmb_err *e)
+{
+	size_t n = strlen(s);
+	if (n > DMB_MAX_NAME)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s is longer than %u bytes", what,
+				DMB_MAX_NAME);
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < n;) {
+		unsigned char b = p[i];
+		size_t extra;
+		bool ok = true;
+		if (b < 0x20 || b == 0x7f)
+			ok = false;
+		else if (b < 0x80)
+			extra = 0;
+		else if (b >= 0xc2 && b <= 0xdf)
+			extra = 1;
+		else if ((b & 0xf0) == 0xe0)
+			extra = 2;
+		else if (b >= 0xf0 && b <= 0xf4)
+			extra = 3;
+		else
+			ok = false;
+		if (ok && i + extra >= n && extra)
+			ok = false;
+		for (size_t j = 1; ok && j <= extra; j++)
+			ok = (p[i + j] & 0xc0) == 0x80;
+		if (ok && b == 0xc2 && p[i + 1] < 0xa0)
+			ok = false; /* C1 control characters */
+		if (!ok)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"%s must be printable UTF-8 without control characters", what);
+		i += extra + 1;
+	}
+	return 0;
+}
+
 static struct dmb_ctx *need_ctx(struct rpc_call *c, uint64_t id, struct dmb_err *e)
 {
 	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, id);
@@ -109,9 +149,8 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPROTONOSUPPORT,
 				"protocol version %u is not supported; this server speaks version %u",
 				h->protocol_version, DMB_PROTOCOL_VERSION);
-	if (strlen(h->client_name) > DMB_MAX_NAME)
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "client_name is longer than %u bytes",
-				DMB_MAX_NAME);
+	if (check_name("client_name", h->client_name, e) < 0)
+		return -EINVAL;
 
 	s->hello_done = true;
 	snprintf(s->name, sizeof(s->name), "%s", h->client_name);
@@ -139,11 +178,11 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 static int rpc_context_create(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__ContextCreate *q = c->req->context_create;
-	if (strlen(q->name) > DMB_MAX_NAME)
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "name is longer than %u bytes",
-				DMB_MAX_NAME);
+	int r = check_name("name", q->name, e);
+	if (r < 0)
+		return r;
 	struct dmb_ctx *ctx;
-	int r = ctx_create(c->s->owner, q->name, q->persistent, &ctx, e);
+	r = ctx_create(c->s->owner, q->name, q->persistent, &ctx, e);
 	if (r < 0)
 		return r;
 	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " '%s' created", c->s->id,
@@ -210,7 +249,11 @@ static int rpc_region_unregister(struct rpc_call *c, struct dmb_err *e)
 
 static int rpc_iova_ranges(struct rpc_call *c, struct dmb_err *e)
 {
-	struct dmb_ctx *ctx = need_ctx(c, c->req->iova_ranges->context_id, e);
+	uint64_t id = c->req->iova_ranges->context_id;
+	/* Read-only: admins may inspect any context, like ListMappings. */
+	struct dmb_ctx *ctx = c->s->admin ? ctx_lookup_any(&c->s->srv->core, id) : NULL;
+	if (!ctx)
+		ctx = need_ctx(c, id, e);
 	if (!ctx)
 		return -ENOENT;
 	ctx_refresh_iova(ctx);

@@ -68,6 +68,7 @@ static void test_handshake_required(void **state)
 	memset(name, 'x', sizeof(name) - 1);
 	name[sizeof(name) - 1] = 0;
 	assert_code(c2, dmb_hello(c2, DMB_PROTOCOL_VERSION, name), DMB_INVALID_ARGUMENT);
+	assert_code(c2, dmb_hello(c2, DMB_PROTOCOL_VERSION, "log\ninjection"), DMB_INVALID_ARGUMENT);
 	dmb_close(c2);
 	still_serving(c);
 	dmb_close(c);

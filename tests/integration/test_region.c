@@ -170,6 +170,13 @@ static void test_context_requests(void **state)
 	name[sizeof(name) - 1] = 0;
 	uint64_t ctx;
 	assert_code(f->c, dmb_context_create(f->c, name, &ctx), DMB_INVALID_ARGUMENT);
+	/* Names reach logs and terminals: printable UTF-8 only. */
+	assert_code(f->c, dmb_context_create(f->c, "evil\033[2J", &ctx), DMB_INVALID_ARGUMENT);
+	assert_code(f->c, dmb_context_create(f->c, "bad\xff", &ctx), DMB_INVALID_ARGUMENT);
+	assert_code(f->c, dmb_context_create(f->c, "trunc\xc3", &ctx), DMB_INVALID_ARGUMENT);
+	assert_code(f->c, dmb_context_create(f->c, "c1\xc2\x85", &ctx), DMB_INVALID_ARGUMENT);
+	assert_ok(f->c, dmb_context_create(f->c, "vm-\xc3\xa9t\xc3\xa9", &ctx));
+	assert_ok(f->c, dmb_context_destroy(f->c, ctx));
 	assert_code(f->c, dmb_context_destroy(f->c, 0), DMB_NOT_FOUND);
 	assert_code(f->c, dmb_context_destroy(f->c, UINT64_MAX), DMB_NOT_FOUND);
 
