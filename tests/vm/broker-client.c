@@ -27,6 +27,18 @@
  *   broker-client deny  SOCK DENIED_BDF ALLOWED_BDF
  *                                   DENIED_BDF refused with DMB_PERMISSION_DENIED; the
  *                                   allowed one opens
+ *   broker-client p2p   SOCK BDF_A BDF_B POLL_MS
+ *                                   A (context 1) reads B's ID register (B in context 2)
+ *                                   through a broker P2P mapping of B's BAR0; the mapping
+ *                                   is revoked (DMAR fault, MAPPINGS_REVOKED queued
+ *                                   before the reply) and restored (ID again,
+ *                                   MAPPINGS_RESTORED) around a mediated memory-disable
+ *                                   and a mediated reset; a memory-disable written
+ *                                   through the client's own device fd is revoked by the
+ *                                   watcher within POLL_MS (the daemon's
+ *                                   [p2p] poll_interval_ms) and restored when the bit is
+ *                                   back; closing B revokes for good (permanent event,
+ *                                   fault, mapping gone from the listing)
  *
  * Prints "broker-client: ok: ..." per step, "broker-client: FAIL: ..." on the first
  * failure, and exits 0 only if every step passed. Never reads stdin.
@@ -55,6 +67,24 @@
 #define CHILD_READY_MS 30000
 #define MSI_START 0xfee00000ull
 #define MSI_LAST 0xfeefffffull
+#define P2P_IOVA 0x4000000ull  /* B's BAR0 in A's context (edu: IOVAs below 256 MiB) */
+#define P2P_RAM_IOVA 0x100000ull
+#define P2P_SLOT 0x100u          /* A's buffer slot and RAM offset of the word read */
+#define P2P_SENTINEL 0xc3c3c3c3u
+/*
+ * DMAR fault lines are rate limited by a fixed 5 s window of 10 tokens (Linux 6.1
+ * dmar_fault()), and each fault costs 3: the "handling fault status" line, the fault
+ * record, and the loop's last pass that finds no more records. So only the first 3
+ * faults of a window are reported (the earlier checks' faults count too: a 4th one
+ * here showed its "handling" line and no fault line). This scenario provokes exactly
+ * 3, so it waits until the window of the last DMAR line logged so far has ended: its
+ * first fault then opens a fresh window.
+ */
+#define DMAR_WINDOW_MS 5000
+#define P2P_MAX_FAULTS 3
+/* Scheduling slack under TCG on top of one watcher period. */
+#define P2P_WATCH_SLACK_MS 400
+#define P2P_WATCH_WAIT_MS 5000
 
 static const char *prog_step = "";
 
@@ -910,10 +940,523 @@ out:
 	return ret;
 }
 
+
+/* ---- p2p ------------------------------------------------------------------------- */
+
+struct evrec {
+	uint32_t kind;
+	uint64_t context, device;
+	bool permanent;
+	size_t n_ranges;
+	struct dmb_range r0;
+	int64_t at_ms;
+	char msg[200];
+};
+
+struct evlog {
+	size_t n;
+	struct evrec ev[16];
+};
+
+static void ev_collect(const struct dmb_event *ev, void *opaque)
+{
+	struct evlog *l = opaque;
+
+	if (l->n >= sizeof(l->ev) / sizeof(l->ev[0]))
+		return;
+	struct evrec *r = &l->ev[l->n++];
+	memset(r, 0, sizeof(*r));
+	r->kind = ev->kind;
+	r->context = ev->context;
+	r->device = ev->device;
+	r->permanent = ev->permanent;
+	r->n_ranges = ev->n_ranges;
+	if (ev->n_ranges)
+		r->r0 = ev->ranges[0];
+	r->at_ms = mono_ms();
+	snprintf(r->msg, sizeof(r->msg), "%s", ev->message ? ev->message : "");
+}
+
+static const char *ev_name(uint32_t kind)
+{
+	switch (kind) {
+	case DMB_EV_MAPPINGS_REVOKED:
+		return "MAPPINGS_REVOKED";
+	case DMB_EV_MAPPINGS_RESTORED:
+		return "MAPPINGS_RESTORED";
+	case DMB_EV_CONTEXT_LOST:
+		return "CONTEXT_LOST";
+	case DMB_EV_DEVICE_STATE:
+		return "DEVICE_STATE";
+	default:
+		return "?";
+	}
+}
+
+struct p2p {
+	struct sess a;          /* session; context 1 with edu A */
+	uint64_t ctx_b;         /* context 2 with edu B */
+	uint64_t dev_b;
+	int fd_b;               /* our duplicate of B's device fd */
+	struct edu eb;
+	struct ram m;           /* A's RAM at P2P_RAM_IOVA */
+	const char *bdf_b;
+	int faults;             /* provoked so far (at most P2P_MAX_FAULTS) */
+};
+
+/* Monotonic ms of the last DMAR record in the kernel log, 0 if there is none. Kernel
+ * log timestamps are the local clock, close enough to CLOCK_MONOTONIC here. */
+static int64_t kmsg_last_dmar_ms(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	char rec[8192];
+	int64_t last = 0;
+
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		ssize_t n = read(fd, rec, sizeof(rec) - 1);
+		unsigned long long usec;
+		char *msg;
+
+		if (n < 0 && errno == EPIPE)
+			continue;
+		if (n <= 0)
+			break;
+		rec[n] = '\0';
+		msg = strchr(rec, ';');
+		if (msg && strstr(msg, "DMAR") && sscanf(rec, "%*u,%*u,%llu", &usec) == 1)
+			last = (int64_t)(usec / 1000);
+	}
+	close(fd);
+	return last;
+}
+
+/*
+ * The events of the call that just returned: libdmabroker queues the events that
+ * arrive while a call waits for its reply, so with the socket idle now, whatever
+ * dmb_dispatch delivers was sent before the reply.
+ */
+static int events_before_reply(struct p2p *t, struct evlog *l, const char *call)
+{
+	struct pollfd p = { .fd = dmb_fd(t->a.c), .events = POLLIN };
+	int r = poll(&p, 1, 0);
+
+	if (r != 0)
+		return fail(r < 0 ? -errno : 0, "%s: the socket has more data right after the reply; "
+			    "cannot tell which events came before it", call);
+	memset(l, 0, sizeof(*l));
+	r = dmb_dispatch(t->a.c, ev_collect, l);
+	if (r < 0)
+		return bfail(t->a.c, r, "dmb_dispatch after %s", call);
+	return 0;
+}
+
+/* Waits up to wait_ms for an event of `kind` (dispatching whatever comes). */
+static int wait_event(struct p2p *t, struct evlog *l, uint32_t kind, int wait_ms)
+{
+	int64_t deadline = mono_ms() + wait_ms;
+
+	memset(l, 0, sizeof(*l));
+	for (;;) {
+		int r = dmb_dispatch(t->a.c, ev_collect, l);
+
+		if (r < 0)
+			return bfail(t->a.c, r, "dmb_dispatch");
+		for (size_t i = 0; i < l->n; i++)
+			if (l->ev[i].kind == kind)
+				return (int)i;
+		int left = (int)(deadline - mono_ms());
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = dmb_fd(t->a.c), .events = POLLIN };
+		poll(&p, 1, left);
+	}
+}
+
+/* ev must be `kind` for A's context, device B, B's whole BAR0 range at P2P_IOVA. */
+static int check_event(const struct p2p *t, const struct evrec *ev, uint32_t kind, bool permanent)
+{
+	if (ev->kind != kind || ev->context != t->a.ctx || ev->device != t->dev_b ||
+	    ev->permanent != permanent || ev->n_ranges != 1 || ev->r0.iova != P2P_IOVA ||
+	    ev->r0.length != MiB)
+		return fail(0, "event %s (context %" PRIu64 ", device %" PRIu64 ", %zu range(s), first [0x%" PRIx64 ", +0x%" PRIx64 "), permanent %d) is not %s%s for context %" PRIu64 ", device %" PRIu64 ", [0x%llx, +0x%llx)",
+			    ev_name(ev->kind), ev->context, ev->device, ev->n_ranges, ev->r0.iova,
+			    ev->r0.length, ev->permanent, permanent ? "permanent " : "",
+			    ev_name(kind), t->a.ctx, t->dev_b, P2P_IOVA, MiB);
+	ok("event %s%s: context %" PRIu64 ", device %" PRIu64 ", [0x%" PRIx64 ", +0x%" PRIx64 "): \"%s\"",
+	   permanent ? "(permanent) " : "", ev_name(kind), ev->context, ev->device, ev->r0.iova,
+	   ev->r0.length, ev->msg);
+	return 0;
+}
+
+/* Exactly the listed kinds, in order, all about B's mapping in A's context. */
+static int expect_events(const struct p2p *t, const struct evlog *l, const char *call,
+			 uint32_t k1, uint32_t k2, bool permanent)
+{
+	size_t want = k2 ? 2 : 1;
+
+	if (l->n != want) {
+		fail(0, "%s: %zu event(s) came with the reply, want %zu (%s%s%s)", call, l->n, want,
+		     ev_name(k1), k2 ? " then " : "", k2 ? ev_name(k2) : "");
+		for (size_t i = 0; i < l->n; i++)
+			printf("  event %zu: %s \"%s\"\n", i, ev_name(l->ev[i].kind), l->ev[i].msg);
+		return -1;
+	}
+	if (check_event(t, &l->ev[0], k1, permanent) < 0)
+		return -1;
+	if (k2 && check_event(t, &l->ev[1], k2, permanent) < 0)
+		return -1;
+	ok("%s: %s%s%s queued before the reply", call, ev_name(k1), k2 ? " then " : "",
+	   k2 ? ev_name(k2) : "");
+	return 0;
+}
+
+/* A reads 4 bytes at P2P_IOVA (B's ID register) into its buffer, then writes them to
+ * its RAM; returns the word that landed in RAM (P2P_SENTINEL if nothing did). */
+static int p2p_read(struct p2p *t, uint32_t *word)
+{
+	volatile uint32_t *w = (volatile uint32_t *)(t->m.p + P2P_SLOT);
+	int r;
+
+	*w = P2P_SENTINEL;
+	r = edu_dma_to_device(&t->a.e, P2P_IOVA + EDU_REG_ID, P2P_SLOT, 4, 0);
+	if (r == 0)
+		r = edu_dma_from_device(&t->a.e, P2P_SLOT, P2P_RAM_IOVA + P2P_SLOT, 4, 0);
+	if (r < 0)
+		return fail(r, "edu A DMA from IOVA 0x%llx", P2P_IOVA);
+	*word = *w;
+	return 0;
+}
+
+static int expect_p2p_id(struct p2p *t, const char *when)
+{
+	uint32_t word = 0;
+
+	if (p2p_read(t, &word) < 0)
+		return -1;
+	if (word != EDU_ID_VALUE)
+		return fail(0, "%s: A's DMA read of B's ID register through IOVA 0x%llx gave 0x%08" PRIx32 ", want 0x%08x",
+			    when, P2P_IOVA, word, EDU_ID_VALUE);
+	ok("%s: edu A read B's ID register through the P2P mapping at IOVA 0x%llx: 0x%08" PRIx32,
+	   when, P2P_IOVA, word);
+	return 0;
+}
+
+/* The same DMA must fault in the IOMMU: a DMAR line for P2P_IOVA from A, and no ID. */
+static int expect_p2p_fault(struct p2p *t, const char *when)
+{
+	char line[512];
+	uint32_t word = 0;
+	int kfd, r;
+
+	if (++t->faults > P2P_MAX_FAULTS)
+		return fail(0, "%s: more than %d DMAR faults would be rate limited", when,
+			    P2P_MAX_FAULTS);
+	kfd = kmsg_open();
+	if (kfd < 0)
+		return -1;
+	r = p2p_read(t, &word);
+	if (r == 0)
+		r = kmsg_wait_fault(kfd, t->a.bdf, P2P_IOVA + EDU_REG_ID, line, sizeof(line));
+	close(kfd);
+	if (r == -ETIMEDOUT)
+		return fail(0, "%s: no DMAR fault for IOVA 0x%llx from %s within %d ms (DMA read 0x%08" PRIx32 ")",
+			    when, P2P_IOVA, t->a.bdf, FAULT_WAIT_MS, word);
+	if (r < 0)
+		return -1;
+	ok("%s: kernel: %s", when, line);
+	if (word == EDU_ID_VALUE)
+		return fail(0, "%s: the DMA faulted but still read B's ID", when);
+	ok("%s: A's DMA from IOVA 0x%llx faulted in the IOMMU (read 0x%08" PRIx32 ", not the ID)",
+	   when, P2P_IOVA, word);
+	return 0;
+}
+
+/* The P2P mapping as dmb_list_mappings of A's context shows it (found: false if
+ * it is not listed). */
+static int p2p_listed(struct p2p *t, bool *found, struct dmb_mapping_info *out)
+{
+	struct dmb_mapping_info mi[16];
+	size_t n = 0;
+	bool more = false;
+	uint64_t next = 0;
+	int r = dmb_list_mappings(t->a.c, t->a.ctx, 0, mi, 16, &n, &more, &next);
+
+	if (r < 0)
+		return bfail(t->a.c, r, "dmb_list_mappings");
+	*found = false;
+	for (size_t i = 0; i < n; i++)
+		if (mi[i].iova == P2P_IOVA) {
+			*found = true;
+			*out = mi[i];
+		}
+	return 0;
+}
+
+static int expect_listed(struct p2p *t, bool revoked)
+{
+	struct dmb_mapping_info mi;
+	bool found;
+
+	if (p2p_listed(t, &found, &mi) < 0)
+		return -1;
+	if (!found || !mi.mmio || mi.peer_device != t->dev_b || mi.bar != 0 || mi.length != MiB ||
+	    mi.revoked != revoked)
+		return fail(0, "dmb_list_mappings: IOVA 0x%llx %s (mmio %d, peer %" PRIu64 ", BAR %u, length 0x%" PRIx64 ", revoked %d), want an MMIO mapping of BAR0 of device %" PRIu64 ", revoked %d",
+			    P2P_IOVA, found ? "listed" : "not listed", found && mi.mmio,
+			    found ? mi.peer_device : 0, found ? mi.bar : 0, found ? mi.length : 0,
+			    found && mi.revoked, t->dev_b, revoked);
+	ok("dmb_list_mappings: IOVA 0x%llx is an MMIO mapping of BAR0 of device %" PRIu64 ", %s",
+	   P2P_IOVA, t->dev_b, revoked ? "revoked" : "live");
+	return 0;
+}
+
+static int set_command(struct p2p *t, uint16_t set, uint16_t clear, const char *call,
+		       uint32_t k1, uint32_t k2)
+{
+	struct dmb_device_state st;
+	struct evlog l;
+	int64_t t0 = mono_ms();
+	int r = dmb_device_set_command(t->a.c, t->dev_b, set, clear, &st);
+
+	if (r < 0)
+		return bfail(t->a.c, r, "%s", call);
+	ok("%s: %" PRId64 " ms; command 0x%04x, importers %" PRIu32 ", revoked %" PRIu32 ", revocations %" PRIu64 ", restorations %" PRIu64,
+	   call, mono_ms() - t0, st.command, st.importers, st.revoked, st.revocations, st.restorations);
+	if (st.importers != 1 || st.revoked != (k1 == DMB_EV_MAPPINGS_REVOKED && !k2 ? 1u : 0u) ||
+	    st.memory != !!(set & DMB_PCI_MEMORY))
+		return fail(0, "%s: the reply says memory %d, %" PRIu32 " importer(s), %" PRIu32 " revoked",
+			    call, st.memory, st.importers, st.revoked);
+	if (events_before_reply(t, &l, call) < 0 || expect_events(t, &l, call, k1, k2, false) < 0)
+		return -1;
+	return 0;
+}
+
+/* Writes B's command register through our own device fd (not the broker) and waits
+ * for the watcher's event; the latency must be within one poll period + slack. */
+static int behind_back(struct p2p *t, uint16_t set, uint16_t clear, uint32_t kind,
+		       int poll_ms)
+{
+	struct evlog l;
+	uint16_t cmd = 0;
+	int64_t t0;
+	int i, r;
+
+	/* Nothing may be pending before the write. */
+	memset(&l, 0, sizeof(l));
+	if (dmb_dispatch(t->a.c, ev_collect, &l) < 0 || l.n)
+		return fail(0, "%zu unexpected event(s) pending before the write", l.n);
+	r = edu_update_command(&t->eb, set, clear);
+	t0 = mono_ms();
+	if (r == 0)
+		r = edu_get_command(&t->eb, &cmd);
+	if (r < 0)
+		return fail(r, "pwrite of B's command register through the client's device fd");
+	ok("B's command register written through the client's own device fd: 0x%04x", cmd);
+	i = wait_event(t, &l, kind, P2P_WATCH_WAIT_MS);
+	if (i == -ETIMEDOUT)
+		return fail(0, "no %s within %d ms of the write (poll_interval_ms %d)",
+			    ev_name(kind), P2P_WATCH_WAIT_MS, poll_ms);
+	if (i < 0)
+		return -1;
+	int64_t lat = l.ev[i].at_ms - t0;
+	if (check_event(t, &l.ev[i], kind, false) < 0)
+		return -1;
+	if (l.n != 1)
+		return fail(0, "%zu events came, want only %s", l.n, ev_name(kind));
+	if (lat > poll_ms + P2P_WATCH_SLACK_MS)
+		return fail(0, "the watcher took %" PRId64 " ms, more than poll_interval_ms %d + %d ms",
+			    lat, poll_ms, P2P_WATCH_SLACK_MS);
+	ok("the watcher caught it: %s %" PRId64 " ms after the write (poll_interval_ms %d)",
+	   ev_name(kind), lat, poll_ms);
+	return 0;
+}
+
+static int print_device(struct p2p *t)
+{
+	struct dmb_device_listing *dl = NULL;
+	size_t n = 0;
+	int r = dmb_list_devices(t->a.c, false, &dl, &n);
+
+	if (r < 0)
+		return bfail(t->a.c, r, "dmb_list_devices");
+	for (size_t i = 0; i < n; i++) {
+		if (dl[i].device != t->dev_b)
+			continue;
+		ok("dmb_list_devices: %s (device %" PRIu64 ", context %" PRIu64 "): command 0x%04x, %zu importer(s), revocations %" PRIu64 ", restorations %" PRIu64,
+		   dl[i].bdf, dl[i].device, dl[i].context, dl[i].state.command, dl[i].n_importers,
+		   dl[i].state.revocations, dl[i].state.restorations);
+		for (size_t k = 0; k < dl[i].n_importers; k++)
+			ok("  importer: context %" PRIu64 ", IOVA [0x%" PRIx64 ", +0x%" PRIx64 "), BAR %u +0x%" PRIx64 "%s",
+			   dl[i].importers[k].context, dl[i].importers[k].iova,
+			   dl[i].importers[k].length, dl[i].importers[k].bar,
+			   dl[i].importers[k].offset, dl[i].importers[k].revoked ? ", revoked" : "");
+	}
+	free(dl);
+	return 0;
+}
+
+static int run_p2p(const char *sock, const char *bdf_a, const char *bdf_b, int poll_ms)
+{
+	struct p2p t = { .a = SESS_INIT, .fd_b = -1, .eb = { .device_fd = -1 },
+			 .m = { .fd = -1 }, .bdf_b = bdf_b };
+	struct dmb_device_info di;
+	struct dmb_device_state st;
+	struct dmb_mapping_info mi;
+	struct evlog l;
+	uint64_t region;
+	uint32_t id = 0;
+	bool found;
+	int64_t t0;
+	int r, ret = -1;
+
+	if (ram_new(&t.m, MiB, "vm-broker-p2p") < 0)
+		goto out;
+	int64_t quiet = kmsg_last_dmar_ms();
+	if (quiet > 0 && quiet + DMAR_WINDOW_MS + 200 > mono_ms()) {
+		int64_t wait = quiet + DMAR_WINDOW_MS + 200 - mono_ms();
+
+		ok("waiting %" PRId64 " ms for the DMAR rate-limit window of the last fault to end", wait);
+		usleep((useconds_t)wait * 1000);
+	}
+	if (sess_start(&t.a, sock, "vm-broker-p2p", bdf_a) < 0)
+		goto out;
+	if (reg(&t.a, &t.m, &region) < 0 || map(&t.a, region, 0, P2P_RAM_IOVA, MiB) < 0)
+		goto out;
+
+	/* B in a context of its own (its own type1 container), same session. */
+	r = dmb_context_create(t.a.c, "vm-broker-p2p-b", &t.ctx_b);
+	if (r < 0) {
+		bfail(t.a.c, r, "dmb_context_create for B");
+		goto out;
+	}
+	r = dmb_device_open(t.a.c, t.ctx_b, bdf_b, &t.fd_b, &di);
+	if (r < 0) {
+		t.fd_b = -1;
+		bfail(t.a.c, r, "dmb_device_open %s", bdf_b);
+		goto out;
+	}
+	t.dev_b = di.device;
+	r = edu_open(&t.eb, t.fd_b);
+	if (r < 0) {
+		fail(r, "edu_open on B's device fd");
+		goto out;
+	}
+	r = dmb_device_set_command(t.a.c, t.dev_b, DMB_PCI_MEMORY, 0, &st);
+	if (r < 0) {
+		bfail(t.a.c, r, "dmb_device_set_command B +memory");
+		goto out;
+	}
+	r = edu_read_id(&t.eb, &id);
+	if (r < 0 || id != EDU_ID_VALUE) {
+		fail(r, "B's ID register reads 0x%08" PRIx32 " through its own BAR mmap", id);
+		goto out;
+	}
+	ok("context %" PRIu64 ": device %s opened (id %" PRIu64 ", group %s), command 0x%04x, ID 0x%08" PRIx32,
+	   t.ctx_b, bdf_b, t.dev_b, di.group, st.command, id);
+
+	/* 1. A reads B's ID register through a broker P2P mapping of B's BAR0. */
+	r = dmb_map_peer(t.a.c, t.a.ctx, t.dev_b, NULL, 0, 0, P2P_IOVA, MiB, DMB_READ | DMB_WRITE);
+	if (r < 0) {
+		bfail(t.a.c, r, "dmb_map_peer BAR0 of %s at IOVA 0x%llx", bdf_b, P2P_IOVA);
+		goto out;
+	}
+	ok("dmb_map_peer: BAR0 of %s (device %" PRIu64 ", context %" PRIu64 ") at IOVA [0x%llx, 0x%llx) of context %" PRIu64,
+	   bdf_b, t.dev_b, t.ctx_b, P2P_IOVA, P2P_IOVA + MiB, t.a.ctx);
+	if (expect_listed(&t, false) < 0 || print_device(&t) < 0 ||
+	    expect_p2p_id(&t, "step 1 (mapped)") < 0)
+		goto out;
+
+	/* 2. Memory decoding off at the client's request: revoked before the reply. */
+	if (set_command(&t, 0, DMB_PCI_MEMORY, "step 2: dmb_device_set_command(B, -memory)",
+			DMB_EV_MAPPINGS_REVOKED, 0) < 0 ||
+	    expect_listed(&t, true) < 0 || expect_p2p_fault(&t, "step 2 (memory off)") < 0)
+		goto out;
+
+	/* 3. On again: restored at the same IOVA. */
+	if (set_command(&t, DMB_PCI_MEMORY, 0, "step 3: dmb_device_set_command(B, +memory)",
+			DMB_EV_MAPPINGS_RESTORED, 0) < 0 ||
+	    expect_listed(&t, false) < 0 || expect_p2p_id(&t, "step 3 (memory on)") < 0)
+		goto out;
+
+	/* 4. A mediated reset: revoked, reset, restored, all before the reply. */
+	t0 = mono_ms();
+	r = dmb_device_reset(t.a.c, t.dev_b, &st);
+	if (r < 0) {
+		bfail(t.a.c, r, "step 4: dmb_device_reset(B)");
+		goto out;
+	}
+	ok("step 4: dmb_device_reset(B): %" PRId64 " ms; command 0x%04x, importers %" PRIu32 ", revoked %" PRIu32 ", revocations %" PRIu64 ", restorations %" PRIu64,
+	   mono_ms() - t0, st.command, st.importers, st.revoked, st.revocations, st.restorations);
+	if (st.revoked != 0 || !st.memory) {
+		fail(0, "step 4: after the reset memory %d, %" PRIu32 " revoked", st.memory, st.revoked);
+		goto out;
+	}
+	if (events_before_reply(&t, &l, "step 4: dmb_device_reset(B)") < 0 ||
+	    expect_events(&t, &l, "step 4: dmb_device_reset(B)", DMB_EV_MAPPINGS_REVOKED,
+			  DMB_EV_MAPPINGS_RESTORED, false) < 0 ||
+	    expect_listed(&t, false) < 0 || expect_p2p_id(&t, "step 4 (after the reset)") < 0)
+		goto out;
+	r = edu_read_id(&t.eb, &id);
+	if (r < 0 || id != EDU_ID_VALUE) {
+		fail(r, "B's ID through its own BAR mmap after the reset: 0x%08" PRIx32, id);
+		goto out;
+	}
+
+	/* 5. Behind the broker's back: the client clears the bit through its own fd. */
+	if (behind_back(&t, 0, EDU_CMD_MEMORY, DMB_EV_MAPPINGS_REVOKED, poll_ms) < 0 ||
+	    expect_listed(&t, true) < 0 || expect_p2p_fault(&t, "step 5 (memory off behind the broker's back)") < 0)
+		goto out;
+	/* ... and sets it again the same way: restored by the watcher. */
+	if (behind_back(&t, EDU_CMD_MEMORY, 0, DMB_EV_MAPPINGS_RESTORED, poll_ms) < 0 ||
+	    expect_listed(&t, false) < 0 || expect_p2p_id(&t, "step 5 (memory back on)") < 0)
+		goto out;
+	if (print_device(&t) < 0)
+		goto out;
+
+	/* 6. Closing B revokes for good. */
+	edu_close(&t.eb);
+	close(t.fd_b);
+	t.fd_b = -1;
+	r = dmb_device_close(t.a.c, t.dev_b);
+	if (r < 0) {
+		bfail(t.a.c, r, "step 6: dmb_device_close(B)");
+		goto out;
+	}
+	ok("step 6: dmb_device_close(B)");
+	if (events_before_reply(&t, &l, "step 6: dmb_device_close(B)") < 0 ||
+	    expect_events(&t, &l, "step 6: dmb_device_close(B)", DMB_EV_MAPPINGS_REVOKED, 0,
+			  true) < 0 ||
+	    expect_p2p_fault(&t, "step 6 (B closed)") < 0)
+		goto out;
+	if (p2p_listed(&t, &found, &mi) < 0)
+		goto out;
+	if (found) {
+		fail(0, "step 6: IOVA 0x%llx is still listed after B was closed (revoked %d)",
+		     P2P_IOVA, mi.revoked);
+		goto out;
+	}
+	ok("step 6: IOVA 0x%llx is gone from dmb_list_mappings", P2P_IOVA);
+	/* The RAM mapping beside it was never touched. */
+	if (roundtrip(&t.a, &t.m, P2P_RAM_IOVA + 0x1000, 0x1000, &t.m, P2P_RAM_IOVA + 0x20000,
+		      0x20000, XFER, 9) < 0)
+		goto out;
+	ret = 0;
+out:
+	edu_close(&t.eb);
+	if (t.fd_b >= 0)
+		close(t.fd_b);
+	sess_close(&t.a);
+	ram_free(&t.m);
+	return ret;
+}
+
 static int usage(void)
 {
 	fputs("usage: broker-client info|ram|unmap|kill|range SOCKET BDF\n"
-	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n",
+	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n"
+	      "       broker-client p2p SOCKET BDF_A BDF_B POLL_MS\n",
 	      stderr);
 	return 2;
 }
@@ -936,6 +1479,8 @@ int main(int argc, char **argv)
 		r = run_range(argv[2], argv[3]);
 	else if (argc == 5 && strcmp(argv[1], "deny") == 0)
 		r = run_deny(argv[2], argv[3], argv[4]);
+	else if (argc == 6 && strcmp(argv[1], "p2p") == 0 && atoi(argv[5]) > 0)
+		r = run_p2p(argv[2], argv[3], argv[4], atoi(argv[5]));
 	else
 		return usage();
 	return r == 0 ? 0 : 1;

@@ -52,6 +52,11 @@ check broker-unmap-fault broker-client unmap "$SOCK" "$EDU_A_BDF"
 check broker-client-killed broker-client kill "$SOCK" "$EDU_A_BDF"
 check broker-out-of-range broker-client range "$SOCK" "$EDU_A_BDF"
 check broker-device-denied broker-client deny "$SOCK" 0000:00:00.0 "$EDU_B_BDF"
+# P2P: edu A reads edu B's ID register through the broker; revocation and restoration
+# around mediated and unmediated memory-disable and reset; release. The watcher's
+# period comes from $CONF.
+POLL_MS=$(sed -n 's/^poll_interval_ms *= *\([0-9][0-9]*\).*/\1/p' "$CONF")
+check broker-p2p broker-client p2p "$SOCK" "$EDU_A_BDF" "$EDU_B_BDF" "${POLL_MS:-100}"
 
 # The daemon survived all of that and stops cleanly on SIGTERM.
 broker_stop() {
