@@ -249,11 +249,9 @@ static int rpc_region_unregister(struct rpc_call *c, struct dmb_err *e)
 
 static int rpc_iova_ranges(struct rpc_call *c, struct dmb_err *e)
 {
-	uint64_t id = c->req->iova_ranges->context_id;
-	/* Read-only: admins may inspect any context, like ListMappings. */
-	struct dmb_ctx *ctx = c->s->admin ? ctx_lookup_any(&c->s->srv->core, id) : NULL;
-	if (!ctx)
-		ctx = need_ctx(c, id, e);
+	/* Only the owner's: refreshing asks the backend, and the answer is the
+	 * owner's business (dmabrokerctl says so for other contexts). */
+	struct dmb_ctx *ctx = need_ctx(c, c->req->iova_ranges->context_id, e);
 	if (!ctx)
 		return -ENOENT;
 	ctx_refresh_iova(ctx);
