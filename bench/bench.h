@@ -32,6 +32,7 @@ struct bench_opts {
 	const char *daemon;   /* dmabrokerd binary */
 	const char *perf_dir; /* record the daemon with perf during chosen phases */
 	const char *daemon_prefix; /* run the daemon under this command (valgrind ...) */
+	const char *daemon_args;   /* extra daemon arguments (shell words) */
 	unsigned only;        /* BENCH_* bits; 0 = all */
 	bool verbose;
 };

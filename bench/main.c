@@ -1,7 +1,8 @@
 /* dmb-bench: the benchmark suite (bench/run is the one command to use).
  *
  *   dmb-bench [--quick] [--smoke] [--json] [--only LIST] [--perf DIR]
- *             [--daemon PATH] [--daemon-prefix CMD] [--verbose]
+ *             [--daemon PATH] [--daemon-prefix CMD] [--daemon-args ARGS]
+ *             [--verbose]
  *
  * Prints a table (stdout; with --json the table goes to stderr and stdout
  * gets JSON). Exit status: 0, or 1 when a correctness check failed (a
@@ -50,6 +51,7 @@ static void usage(FILE *f)
 		"  --perf DIR      record the daemon with perf during the main phases\n"
 		"  --daemon PATH   the dmabrokerd binary (default: the build's; $DMABROKERD)\n"
 		"  --daemon-prefix CMD  run the daemon under CMD, e.g. 'valgrind --tool=callgrind'\n"
+		"  --daemon-args ARGS   extra daemon arguments, e.g. '--seccomp=off' (valgrind)\n"
 		"  --verbose       progress on stderr\n"
 		"  -h, --help      this text\n");
 }
@@ -83,6 +85,7 @@ int main(int argc, char **argv)
 		{ "perf", required_argument, NULL, 'p' },
 		{ "daemon", required_argument, NULL, 'd' },
 		{ "daemon-prefix", required_argument, NULL, 'P' },
+		{ "daemon-args", required_argument, NULL, 'A' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -102,6 +105,7 @@ int main(int argc, char **argv)
 		case 'p': o.perf_dir = optarg; break;
 		case 'd': o.daemon = optarg; break;
 		case 'P': o.daemon_prefix = optarg; break;
+		case 'A': o.daemon_args = optarg; break;
 		case 'v': o.verbose = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

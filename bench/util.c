@@ -479,9 +479,11 @@ int bdaemon_start(struct bdaemon *d, const struct bench_opts *o, bool populate)
 		unsetenv("NOTIFY_SOCKET");
 		/* Unpinned unless a benchmark pins it. */
 		set_affinity(0, -1);
-		if (o->daemon_prefix) {
-			char script[512];
-			snprintf(script, sizeof(script), "exec %s \"$@\"", o->daemon_prefix);
+		if (o->daemon_prefix || o->daemon_args) {
+			char script[1024];
+			snprintf(script, sizeof(script), "exec %s \"$@\" %s",
+				 o->daemon_prefix ? o->daemon_prefix : "",
+				 o->daemon_args ? o->daemon_args : "");
 			execl("/bin/sh", "sh", "-c", script, "sh", bin, "--config", d->cfg, (char *)NULL);
 		}
 		execl(bin, bin, "--config", d->cfg, (char *)NULL);
