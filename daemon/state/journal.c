@@ -1,0 +1,1804 @@
+/* The state journal (journal.h): a memfd of append-only records, replay,
+ * the state model a replay builds, and compaction.
+ *
+ * ---------------------------------------------------------------------------
+ * Format, version 1.0. All integers little-endian. (docs/journal.md explains
+ * it; this block is the specification.)
+ *
+ * File
+ *   [0, header_size)                      header
+ *   [header_size, header_size+committed)  records, back to back, each 8-aligned
+ *   beyond                                free space: zeroes, or the debris of
+ *                                         an append that was never committed
+ *
+ * Header (64 bytes in v1.0)
+ *   off len
+ *    0   8  magic "DMBJRNL\0"
+ *    8   4  version: major << 16 | minor (1.0 = 0x00010000)
+ *   12   4  header_size: >= 64, multiple of 8 (records start there)
+ *   16   8  generation: 1 for a new journal, +1 for each compaction
+ *   24   8  base_seq: seq of the first record
+ *   32   8  reserved, 0
+ *   40   4  reserved, 0
+ *   44   4  header_crc: CRC-32C of bytes [0, 44)
+ *   48   8  commit word: bits 0-47 committed (bytes of records),
+ *           bits 48-63 the low 16 bits of CRC-32C of committed's 6 low bytes
+ *   56   8  reserved, 0
+ * The header_crc covers only what never changes; the commit word changes on
+ * every append and is written with ONE aligned 8-byte atomic store, so it is
+ * never torn, and it carries its own check, so a stray write to it is
+ * refused at open instead of silently dropping (or inventing) records.
+ *
+ * Record
+ *   off   len
+ *    0     4  length: 16 + payload + 4 (the record occupies align8(length))
+ *    4     4  type (enum jrnl_type; bit 31 = optional, see below)
+ *    8     8  seq: base_seq for the first record, then +1 each
+ *   16     n  payload (n = length - 20), laid out per type below
+ *   16+n   4  crc: CRC-32C of bytes [0, 16+n)
+ *   20+n      zero bytes up to the next multiple of 8
+ * A record is valid when: 20 <= length <= JRNL_RECORD_MAX, it ends inside
+ * the committed part, its crc matches, its padding is zero, its seq is the
+ * expected one and its payload decodes exactly (every length, count,
+ * reserved field and string checked). Replay delivers valid records in order
+ * and stops at the first one that is not: one that runs past the committed
+ * end is a torn tail (ignored; it cannot happen except by truncation, since
+ * the commit point only ever moves to record ends); any other is corruption.
+ *
+ * Commit protocol (the append): write the record bytes past the committed
+ * end, then publish the new committed length in the commit word with a
+ * release store. A SIGKILL before the store leaves the old journal (the
+ * partial bytes lie beyond `committed` and are never read); after it, the new
+ * one. The next writer appends at the end of the last valid record,
+ * overwriting any debris. A memfd's shared mapping IS the file, so nothing
+ * has to be flushed for a restart or a LUO handoff.
+ *
+ * Payloads (v1.0); strings are length-prefixed, no NUL, no terminator
+ *   CONTEXT_CREATE   u64 ctx, u64 session, u32 uid, u32 gid, u32 flags,
+ *                    u16 name_len (<= 64), u16 0, u8 token[32], name
+ *   CONTEXT_DESTROY  u64 ctx
+ *   CONTEXT_RECLAIM  u64 ctx, u64 session, u32 uid, u32 gid, u8 token[32]
+ *   REGION_ADD       u64 ctx, u64 region, u64 size, u64 page_size, u32 flags,
+ *                    u16 fd_name_len (1..255), u16 0, fd_name
+ *   REGION_REMOVE    u64 ctx, u64 region
+ *   MAP              u64 ctx, u32 n (1..16384), u32 0,
+ *                    n x { u64 iova, u64 length, u64 region, u64 offset,
+ *                          u32 prot, u32 flags }      (length > 0, no wrap)
+ *   UNMAP            u64 ctx, u32 n (1..16384), u32 0,
+ *                    n x { u64 iova, u64 length }     (length > 0, no wrap)
+ *   UNMAP_ALL        u64 ctx
+ *   DEVICE_ADD       u64 ctx, u64 device, u16 bdf_len (1..15), bdf
+ *   DEVICE_REMOVE    u64 ctx, u64 device
+ *   SESSION_END      u64 session
+ *   ID_WATERMARK     u64 next_id
+ *   HANDOFF_STATE    u32 state (0..3), u32 0
+ *
+ * Versions: a reader refuses another major. A newer minor may add record
+ * types (with bit 31 set, which an older reader skips) and append fields at
+ * the end of a payload (which an older reader ignores); reserved fields and
+ * unknown flags are only checked in journals of this minor or older.
+ * ---------------------------------------------------------------------------
+ */
+#include "journal.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/macro.h"
+
+#define HDR_MAGIC "DMBJRNL\0"
+#define HDR_OFF_VERSION 8
+#define HDR_OFF_HSIZE 12
+#define HDR_OFF_GEN 16
+#define HDR_OFF_BASESEQ 24
+#define HDR_OFF_RES0 32
+#define HDR_OFF_RES1 40
+#define HDR_OFF_CRC 44
+#define HDR_OFF_COMMIT 48
+#define HDR_OFF_RES2 56
+
+#define REC_HDR 16u
+#define REC_OVERHEAD 20u            /* header + crc */
+#define COMMITTED_MAX ((UINT64_C(1) << 48) - 1)
+#define FILE_MAX (UINT64_C(1) << 44) /* 16 TiB: far beyond any sane journal */
+#define INITIAL_SIZE (UINT64_C(64) << 10)
+#define SNAP_BATCH 1024u             /* mappings per MAP record in a snapshot */
+
+#define MAP_ENTRY_SIZE 40u
+#define RANGE_SIZE 16u
+
+struct jrnl {
+	int fd;
+	uint8_t *map;
+	uint64_t size;          /* bytes mapped == the file's size */
+	uint32_t hsize;
+	uint32_t version;
+	uint64_t generation;
+	uint64_t base_seq;
+	uint64_t tail;          /* absolute offset of the next record */
+	uint64_t next_seq;
+	uint64_t n_records;
+	char *damage;           /* NULL, or why appends are refused */
+};
+
+/* ---- CRC-32C, slicing-by-8, from the definition ---- */
+
+static uint32_t crc_table[8][256];
+
+__attribute__((constructor)) static void crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+		crc_table[0][i] = c;
+	}
+	for (uint32_t i = 0; i < 256; i++)
+		for (int t = 1; t < 8; t++)
+			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
+					  crc_table[0][crc_table[t - 1][i] & 0xff];
+}
+
+uint32_t jrnl_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	uint32_t c = ~crc;
+	while (len && ((uintptr_t)p & 7)) {
+		c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+		len--;
+	}
+	while (len >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		w = le64toh(w) ^ c;
+		c = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^
+		    crc_table[5][(w >> 16) & 0xff] ^ crc_table[4][(w >> 24) & 0xff] ^
+		    crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
+		    crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
+		p += 8;
+		len -= 8;
+	}
+	while (len--)
+		c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+	return ~c;
+}
+
+/* ---- little-endian put/get ---- */
+
+static inline void put16(uint8_t *p, uint16_t v)
+{
+	v = htole16(v);
+	memcpy(p, &v, 2);
+}
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(p, &v, 4);
+}
+static inline void put64(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+static inline uint16_t get16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return le16toh(v);
+}
+static inline uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return le32toh(v);
+}
+static inline uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+static inline uint64_t align8(uint64_t v)
+{
+	return (v + 7) & ~UINT64_C(7);
+}
+
+/* A reading cursor: every get checks the bounds first; `bad` sticks. */
+struct rd {
+	const uint8_t *p, *end;
+	bool bad;
+};
+
+static const uint8_t *rd_take(struct rd *r, size_t n)
+{
+	if (r->bad || (size_t)(r->end - r->p) < n) {
+		r->bad = true;
+		return NULL;
+	}
+	const uint8_t *q = r->p;
+	r->p += n;
+	return q;
+}
+static uint16_t rd16(struct rd *r)
+{
+	const uint8_t *q = rd_take(r, 2);
+	return q ? get16(q) : 0;
+}
+static uint32_t rd32(struct rd *r)
+{
+	const uint8_t *q = rd_take(r, 4);
+	return q ? get32(q) : 0;
+}
+static uint64_t rd64(struct rd *r)
+{
+	const uint8_t *q = rd_take(r, 8);
+	return q ? get64(q) : 0;
+}
+/* A length-prefixed string into dst (NUL-terminated); refuses NUL bytes. */
+static bool rd_str(struct rd *r, size_t len, char *dst)
+{
+	const uint8_t *q = rd_take(r, len);
+	if (!q || memchr(q, '\0', len))
+		return false;
+	memcpy(dst, q, len);
+	dst[len] = '\0';
+	return true;
+}
+
+/* ---- the commit word ---- */
+
+static uint64_t commit_word(uint64_t committed)
+{
+	uint8_t b[8];
+	put64(b, committed);
+	uint64_t check = jrnl_crc32c(0, b, 6) & 0xffff;
+	return committed | (check << 48);
+}
+
+static void publish(struct jrnl *j, uint64_t committed)
+{
+	uint64_t *w = (uint64_t *)(void *)(j->map + HDR_OFF_COMMIT);
+	__atomic_store_n(w, htole64(commit_word(committed)), __ATOMIC_RELEASE);
+}
+
+/* The committed length, or -1 if the word's check does not match. */
+static int64_t read_committed(const uint8_t *map)
+{
+	const uint64_t *w = (const uint64_t *)(const void *)(map + HDR_OFF_COMMIT);
+	uint64_t word = le64toh(__atomic_load_n(w, __ATOMIC_ACQUIRE));
+	uint64_t committed = word & COMMITTED_MAX;
+	return commit_word(committed) == word ? (int64_t)committed : -1;
+}
+
+/* ---- record validation (shared by append and decode) ---- */
+
+static bool range_ok(uint64_t start, uint64_t len)
+{
+	uint64_t last;
+	return dmb_range_last(start, len, &last);
+}
+
+/* Checks a record's contents; `newer` relaxes flags for a newer minor. */
+static int rec_check(const struct jrnl_rec *r, bool newer, char *why, size_t n)
+{
+#define BAD(...) (snprintf(why, n, __VA_ARGS__), -EINVAL)
+	switch (r->type) {
+	case JRNL_CONTEXT_CREATE:
+		if (strnlen(r->u.ctx_create.name, JRNL_NAME_MAX + 1) > JRNL_NAME_MAX)
+			return BAD("context name longer than %u bytes", JRNL_NAME_MAX);
+		if (!newer && (r->u.ctx_create.flags & ~JRNL_CTX_FLAGS_ALL))
+			return BAD("unknown context flags 0x%" PRIx32, r->u.ctx_create.flags);
+		/* a non-persistent context dies with its session: never detached */
+		if ((r->u.ctx_create.flags & JRNL_CTX_DETACHED) &&
+		    !(r->u.ctx_create.flags & JRNL_CTX_PERSISTENT))
+			return BAD("a detached context must be persistent");
+		return 0;
+	case JRNL_REGION_ADD: {
+		size_t l = strnlen(r->u.region_add.fd_name, JRNL_FDNAME_MAX + 1);
+		if (l == 0 || l > JRNL_FDNAME_MAX)
+			return BAD("region fd name must be 1 to %u bytes", JRNL_FDNAME_MAX);
+		if (!newer && (r->u.region_add.flags & ~JRNL_REGION_FLAGS_ALL))
+			return BAD("unknown region flags 0x%" PRIx32, r->u.region_add.flags);
+		return 0;
+	}
+	case JRNL_MAP:
+		if (r->u.map.n == 0 || r->u.map.n > JRNL_BATCH_MAX)
+			return BAD("a MAP record holds 1 to %u entries, not %" PRIu32,
+				   JRNL_BATCH_MAX, r->u.map.n);
+		for (uint32_t i = 0; i < r->u.map.n; i++) {
+			const struct jrnl_map_entry *m = &r->u.map.e[i];
+			if (!range_ok(m->iova, m->length) || !range_ok(m->offset, m->length))
+				return BAD("MAP entry %" PRIu32 " (iova 0x%" PRIx64 ", length 0x%" PRIx64
+					   ", offset 0x%" PRIx64 ") is empty or wraps",
+					   i, m->iova, m->length, m->offset);
+		}
+		return 0;
+	case JRNL_UNMAP:
+		if (r->u.unmap.n == 0 || r->u.unmap.n > JRNL_BATCH_MAX)
+			return BAD("an UNMAP record holds 1 to %u ranges, not %" PRIu32,
+				   JRNL_BATCH_MAX, r->u.unmap.n);
+		for (uint32_t i = 0; i < r->u.unmap.n; i++)
+			if (!range_ok(r->u.unmap.r[i].iova, r->u.unmap.r[i].length))
+				return BAD("UNMAP range %" PRIu32 " (iova 0x%" PRIx64
+					   ", length 0x%" PRIx64 ") is empty or wraps",
+					   i, r->u.unmap.r[i].iova, r->u.unmap.r[i].length);
+		return 0;
+	case JRNL_DEVICE_ADD: {
+		size_t l = strnlen(r->u.device_add.bdf, JRNL_BDF_MAX + 1);
+		if (l == 0 || l > JRNL_BDF_MAX)
+			return BAD("device address must be 1 to %u bytes", JRNL_BDF_MAX);
+		return 0;
+	}
+	case JRNL_HANDOFF_STATE:
+		if (!newer && r->u.handoff.state > JRNL_HANDOFF_LAST)
+			return BAD("unknown handoff state %" PRIu32, r->u.handoff.state);
+		return 0;
+	case JRNL_CONTEXT_DESTROY:
+	case JRNL_CONTEXT_RECLAIM:
+	case JRNL_REGION_REMOVE:
+	case JRNL_UNMAP_ALL:
+	case JRNL_DEVICE_REMOVE:
+	case JRNL_SESSION_END:
+	case JRNL_ID_WATERMARK:
+		return 0;
+	default:
+		return BAD("unknown record type %" PRIu32, r->type);
+	}
+#undef BAD
+}
+
+/* Payload bytes of a (checked) record. */
+static uint32_t payload_size(const struct jrnl_rec *r)
+{
+	switch (r->type) {
+	case JRNL_CONTEXT_CREATE:
+		return 64 + (uint32_t)strlen(r->u.ctx_create.name);
+	case JRNL_CONTEXT_RECLAIM:
+		return 56;
+	case JRNL_REGION_ADD:
+		return 40 + (uint32_t)strlen(r->u.region_add.fd_name);
+	case JRNL_MAP:
+		return 16 + MAP_ENTRY_SIZE * r->u.map.n;
+	case JRNL_UNMAP:
+		return 16 + RANGE_SIZE * r->u.unmap.n;
+	case JRNL_DEVICE_ADD:
+		return 18 + (uint32_t)strlen(r->u.device_add.bdf);
+	case JRNL_REGION_REMOVE:
+	case JRNL_DEVICE_REMOVE:
+		return 16;
+	case JRNL_HANDOFF_STATE:
+	case JRNL_CONTEXT_DESTROY:
+	case JRNL_UNMAP_ALL:
+	case JRNL_SESSION_END:
+	case JRNL_ID_WATERMARK:
+	default:
+		return 8;
+	}
+}
+
+static void encode_map_entry(uint8_t *p, const struct jrnl_map_entry *m)
+{
+	put64(p, m->iova);
+	put64(p + 8, m->length);
+	put64(p + 16, m->region);
+	put64(p + 24, m->offset);
+	put32(p + 32, m->prot);
+	put32(p + 36, m->flags);
+}
+
+static void encode(uint8_t *p, const struct jrnl_rec *r)
+{
+	switch (r->type) {
+	case JRNL_CONTEXT_CREATE: {
+		size_t l = strlen(r->u.ctx_create.name);
+		put64(p, r->u.ctx_create.ctx);
+		put64(p + 8, r->u.ctx_create.session);
+		put32(p + 16, r->u.ctx_create.uid);
+		put32(p + 20, r->u.ctx_create.gid);
+		put32(p + 24, r->u.ctx_create.flags);
+		put16(p + 28, (uint16_t)l);
+		put16(p + 30, 0);
+		memcpy(p + 32, r->u.ctx_create.token, JRNL_TOKEN_SIZE);
+		memcpy(p + 64, r->u.ctx_create.name, l);
+		break;
+	}
+	case JRNL_CONTEXT_RECLAIM:
+		put64(p, r->u.ctx_reclaim.ctx);
+		put64(p + 8, r->u.ctx_reclaim.session);
+		put32(p + 16, r->u.ctx_reclaim.uid);
+		put32(p + 20, r->u.ctx_reclaim.gid);
+		memcpy(p + 24, r->u.ctx_reclaim.token, JRNL_TOKEN_SIZE);
+		break;
+	case JRNL_REGION_ADD: {
+		size_t l = strlen(r->u.region_add.fd_name);
+		put64(p, r->u.region_add.ctx);
+		put64(p + 8, r->u.region_add.region);
+		put64(p + 16, r->u.region_add.size);
+		put64(p + 24, r->u.region_add.page_size);
+		put32(p + 32, r->u.region_add.flags);
+		put16(p + 36, (uint16_t)l);
+		put16(p + 38, 0);
+		memcpy(p + 40, r->u.region_add.fd_name, l);
+		break;
+	}
+	case JRNL_REGION_REMOVE:
+		put64(p, r->u.region_remove.ctx);
+		put64(p + 8, r->u.region_remove.region);
+		break;
+	case JRNL_MAP:
+		put64(p, r->u.map.ctx);
+		put32(p + 8, r->u.map.n);
+		put32(p + 12, 0);
+		for (uint32_t i = 0; i < r->u.map.n; i++)
+			encode_map_entry(p + 16 + (size_t)i * MAP_ENTRY_SIZE, &r->u.map.e[i]);
+		break;
+	case JRNL_UNMAP:
+		put64(p, r->u.unmap.ctx);
+		put32(p + 8, r->u.unmap.n);
+		put32(p + 12, 0);
+		for (uint32_t i = 0; i < r->u.unmap.n; i++) {
+			put64(p + 16 + (size_t)i * RANGE_SIZE, r->u.unmap.r[i].iova);
+			put64(p + 24 + (size_t)i * RANGE_SIZE, r->u.unmap.r[i].length);
+		}
+		break;
+	case JRNL_DEVICE_ADD: {
+		size_t l = strlen(r->u.device_add.bdf);
+		put64(p, r->u.device_add.ctx);
+		put64(p + 8, r->u.device_add.device);
+		put16(p + 16, (uint16_t)l);
+		memcpy(p + 18, r->u.device_add.bdf, l);
+		break;
+	}
+	case JRNL_DEVICE_REMOVE:
+		put64(p, r->u.device_remove.ctx);
+		put64(p + 8, r->u.device_remove.device);
+		break;
+	case JRNL_CONTEXT_DESTROY:
+		put64(p, r->u.ctx_destroy.ctx);
+		break;
+	case JRNL_UNMAP_ALL:
+		put64(p, r->u.unmap_all.ctx);
+		break;
+	case JRNL_SESSION_END:
+		put64(p, r->u.session_end.session);
+		break;
+	case JRNL_ID_WATERMARK:
+		put64(p, r->u.id_watermark.next_id);
+		break;
+	case JRNL_HANDOFF_STATE:
+		put32(p, r->u.handoff.state);
+		put32(p + 4, 0);
+		break;
+	}
+}
+
+/* ---- the file ---- */
+
+static void write_header(uint8_t *h, uint64_t generation, uint64_t base_seq)
+{
+	memset(h, 0, JRNL_HEADER_SIZE);
+	memcpy(h, HDR_MAGIC, 8);
+	put32(h + HDR_OFF_VERSION, JRNL_VERSION);
+	put32(h + HDR_OFF_HSIZE, JRNL_HEADER_SIZE);
+	put64(h + HDR_OFF_GEN, generation);
+	put64(h + HDR_OFF_BASESEQ, base_seq);
+	put32(h + HDR_OFF_CRC, jrnl_crc32c(0, h, HDR_OFF_CRC));
+}
+
+/* Grows the file and the mapping so that [0, need) is inside (doubling). */
+static int grow(struct jrnl *j, uint64_t need, struct dmb_err *e)
+{
+	if (need <= j->size)
+		return 0;
+	if (need > FILE_MAX || need - j->hsize > COMMITTED_MAX)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"the state journal would grow past %" PRIu64 " bytes; compact it",
+				FILE_MAX);
+	uint64_t n = j->size ? j->size : INITIAL_SIZE;
+	while (n < need)
+		n *= 2;
+	if (n > FILE_MAX)
+		n = FILE_MAX;
+	/* An earlier failed grow may have left the file longer than the
+	 * mapping; the shrink seal forbids going back, so never ask to. */
+	struct stat st;
+	if (fstat(j->fd, &st) < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "cannot stat the state journal: %m");
+	if ((uint64_t)st.st_size < n && ftruncate(j->fd, (off_t)n) < 0) {
+		int err = errno;
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, err,
+				"cannot grow the state journal to %" PRIu64 " bytes: %s%s", n,
+				strerror(err),
+				err == EPERM ? " (its size is frozen: sealed, or preserved for "
+					       "a live update; reserve room before preserving)"
+					     : "");
+	}
+	void *m = mremap(j->map, j->size, n, MREMAP_MAYMOVE);
+	if (m == MAP_FAILED)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, errno,
+				"cannot map %" PRIu64 " bytes of the state journal: %m", n);
+	j->map = m;
+	j->size = n;
+	return 0;
+}
+
+static int jrnl_new(uint64_t generation, uint64_t base_seq, uint64_t size, struct jrnl **out,
+		    struct dmb_err *e)
+{
+	_cleanup_close_ int fd = memfd_create("dmabroker-journal", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "cannot create the state journal memfd: %m");
+	if (ftruncate(fd, (off_t)size) < 0)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, errno,
+				"cannot size the state journal to %" PRIu64 " bytes: %m", size);
+	/* Nobody may shrink it under our mapping (SIGBUS); LUO keeps seals. */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "cannot seal the state journal: %m");
+	uint8_t *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, errno,
+				"cannot map the state journal: %m");
+	struct jrnl *j = calloc(1, sizeof(*j));
+	if (!j) {
+		munmap(map, size);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	*j = (struct jrnl){
+		.fd = TAKE_FD(fd),
+		.map = map,
+		.size = size,
+		.hsize = JRNL_HEADER_SIZE,
+		.version = JRNL_VERSION,
+		.generation = generation,
+		.base_seq = base_seq,
+		.tail = JRNL_HEADER_SIZE,
+		.next_seq = base_seq,
+	};
+	write_header(map, generation, base_seq);
+	publish(j, 0);
+	*out = j;
+	return 0;
+}
+
+int jrnl_create(struct jrnl **out, struct dmb_err *e)
+{
+	return jrnl_new(1, 1, INITIAL_SIZE, out, e);
+}
+
+void jrnl_close(struct jrnl *j)
+{
+	if (!j)
+		return;
+	if (j->map)
+		munmap(j->map, j->size);
+	safe_close(j->fd);
+	free(j->damage);
+	free(j);
+}
+
+int jrnl_fd(const struct jrnl *j)
+{
+	return j->fd;
+}
+uint64_t jrnl_generation(const struct jrnl *j)
+{
+	return j->generation;
+}
+uint64_t jrnl_committed(const struct jrnl *j)
+{
+	return j->tail - j->hsize;
+}
+uint64_t jrnl_records(const struct jrnl *j)
+{
+	return j->n_records;
+}
+uint64_t jrnl_next_seq(const struct jrnl *j)
+{
+	return j->next_seq;
+}
+const char *jrnl_damaged(const struct jrnl *j)
+{
+	return j->damage;
+}
+
+int jrnl_reserve(struct jrnl *j, uint64_t bytes, struct dmb_err *e)
+{
+	if (bytes > FILE_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "cannot reserve %" PRIu64 " bytes",
+				bytes);
+	return grow(j, j->tail + bytes, e);
+}
+
+int jrnl_sync_point(struct jrnl *j)
+{
+	(void)j;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return 0;
+}
+
+/* ---- appending ---- */
+
+/* Room for a record with `payload` bytes at the tail; returns its start. */
+static inline int begin(struct jrnl *j, uint32_t payload, uint8_t **rec, struct dmb_err *e)
+{
+	if (DMB_UNLIKELY(j->damage))
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EBADMSG,
+				"the state journal is damaged (%s); compact it before appending",
+				j->damage);
+	uint64_t need = j->tail + align8(REC_OVERHEAD + (uint64_t)payload);
+	if (DMB_UNLIKELY(need > j->size)) {
+		int r = grow(j, need, e);
+		if (r < 0)
+			return r;
+	}
+	*rec = j->map + j->tail;
+	return 0;
+}
+
+/* Frames the payload already written at rec + 16 and commits the record. */
+static inline void commit(struct jrnl *j, uint8_t *rec, uint32_t type, uint32_t payload)
+{
+	uint32_t length = REC_OVERHEAD + payload;
+	uint32_t body = REC_HDR + payload;
+	put32(rec, length);
+	put32(rec + 4, type);
+	put64(rec + 8, j->next_seq);
+	put32(rec + body, jrnl_crc32c(0, rec, body));
+	uint32_t padded = (uint32_t)align8(length);
+	for (uint32_t i = length; i < padded; i++)
+		rec[i] = 0;
+	j->tail += padded;
+	/* The commit point: the release store orders every byte above before
+	 * the new length; a crash before it leaves the record uncommitted. */
+	publish(j, j->tail - j->hsize);
+	j->next_seq++;
+	j->n_records++;
+}
+
+int jrnl_append(struct jrnl *j, const struct jrnl_rec *rec, struct dmb_err *e)
+{
+	char why[160];
+	if (rec_check(rec, false, why, sizeof(why)) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"refusing to journal a malformed record: %s", why);
+	uint32_t payload = payload_size(rec);
+	uint8_t *p = NULL;
+	int r = begin(j, payload, &p, e);
+	if (r < 0)
+		return r;
+	encode(p + REC_HDR, rec);
+	commit(j, p, rec->type, payload);
+	return 0;
+}
+
+int jrnl_append_ctx_create(struct jrnl *j, uint64_t ctx, uint64_t session, uint32_t uid,
+			   uint32_t gid, uint32_t flags, const char *name,
+			   const uint8_t token[JRNL_TOKEN_SIZE], struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_CONTEXT_CREATE };
+	r.u.ctx_create.ctx = ctx;
+	r.u.ctx_create.session = session;
+	r.u.ctx_create.uid = uid;
+	r.u.ctx_create.gid = gid;
+	r.u.ctx_create.flags = flags;
+	memcpy(r.u.ctx_create.token, token, JRNL_TOKEN_SIZE);
+	if (!name || strlen(name) > JRNL_NAME_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"refusing to journal a malformed record: context name longer "
+				"than %u bytes", JRNL_NAME_MAX);
+	strcpy(r.u.ctx_create.name, name);
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_ctx_destroy(struct jrnl *j, uint64_t ctx, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_CONTEXT_DESTROY, .u.ctx_destroy.ctx = ctx };
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_ctx_reclaim(struct jrnl *j, uint64_t ctx, uint64_t session, uint32_t uid,
+			    uint32_t gid, const uint8_t token[JRNL_TOKEN_SIZE], struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_CONTEXT_RECLAIM };
+	r.u.ctx_reclaim.ctx = ctx;
+	r.u.ctx_reclaim.session = session;
+	r.u.ctx_reclaim.uid = uid;
+	r.u.ctx_reclaim.gid = gid;
+	memcpy(r.u.ctx_reclaim.token, token, JRNL_TOKEN_SIZE);
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_region_add(struct jrnl *j, uint64_t ctx, uint64_t region, uint64_t size,
+			   uint64_t page_size, uint32_t flags, const char *fd_name,
+			   struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_REGION_ADD };
+	r.u.region_add.ctx = ctx;
+	r.u.region_add.region = region;
+	r.u.region_add.size = size;
+	r.u.region_add.page_size = page_size;
+	r.u.region_add.flags = flags;
+	if (!fd_name || strlen(fd_name) > JRNL_FDNAME_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"refusing to journal a malformed record: region fd name must be "
+				"1 to %u bytes", JRNL_FDNAME_MAX);
+	strcpy(r.u.region_add.fd_name, fd_name);
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_region_remove(struct jrnl *j, uint64_t ctx, uint64_t region, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_REGION_REMOVE };
+	r.u.region_remove.ctx = ctx;
+	r.u.region_remove.region = region;
+	return jrnl_append(j, &r, e);
+}
+
+/* The hot path: no jrnl_rec, no loop, one CRC over 64 bytes. */
+int jrnl_append_map(struct jrnl *j, uint64_t ctx, uint64_t iova, uint64_t length,
+		    uint64_t region, uint64_t offset, uint32_t prot, uint32_t flags,
+		    struct dmb_err *e)
+{
+	if (DMB_UNLIKELY(!range_ok(iova, length) || !range_ok(offset, length)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"refusing to journal a malformed record: MAP entry 0 (iova 0x%" PRIx64
+				", length 0x%" PRIx64 ", offset 0x%" PRIx64 ") is empty or wraps",
+				iova, length, offset);
+	const uint32_t payload = 16 + MAP_ENTRY_SIZE;
+	uint8_t *p = NULL;
+	int r = begin(j, payload, &p, e);
+	if (r < 0)
+		return r;
+	uint8_t *q = p + REC_HDR;
+	put64(q, ctx);
+	put32(q + 8, 1);
+	put32(q + 12, 0);
+	struct jrnl_map_entry m = { iova, length, region, offset, prot, flags };
+	encode_map_entry(q + 16, &m);
+	commit(j, p, JRNL_MAP, payload);
+	return 0;
+}
+
+int jrnl_append_map_batch(struct jrnl *j, uint64_t ctx, const struct jrnl_map_entry *ents,
+			  uint32_t n, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_MAP };
+	r.u.map.ctx = ctx;
+	r.u.map.n = n;
+	r.u.map.e = ents;
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_unmap(struct jrnl *j, uint64_t ctx, uint64_t iova, uint64_t length,
+		      struct dmb_err *e)
+{
+	struct jrnl_range range = { iova, length };
+	return jrnl_append_unmap_ranges(j, ctx, &range, 1, e);
+}
+
+int jrnl_append_unmap_ranges(struct jrnl *j, uint64_t ctx, const struct jrnl_range *ranges,
+			     uint32_t n, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_UNMAP };
+	r.u.unmap.ctx = ctx;
+	r.u.unmap.n = n;
+	r.u.unmap.r = ranges;
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_unmap_all(struct jrnl *j, uint64_t ctx, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_UNMAP_ALL, .u.unmap_all.ctx = ctx };
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_device_add(struct jrnl *j, uint64_t ctx, uint64_t device, const char *bdf,
+			   struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_DEVICE_ADD };
+	r.u.device_add.ctx = ctx;
+	r.u.device_add.device = device;
+	if (!bdf || strlen(bdf) > JRNL_BDF_MAX)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"refusing to journal a malformed record: device address must be "
+				"1 to %u bytes", JRNL_BDF_MAX);
+	strcpy(r.u.device_add.bdf, bdf);
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_device_remove(struct jrnl *j, uint64_t ctx, uint64_t device, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_DEVICE_REMOVE };
+	r.u.device_remove.ctx = ctx;
+	r.u.device_remove.device = device;
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_session_end(struct jrnl *j, uint64_t session, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_SESSION_END, .u.session_end.session = session };
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_id_watermark(struct jrnl *j, uint64_t next_id, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_ID_WATERMARK, .u.id_watermark.next_id = next_id };
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_handoff(struct jrnl *j, uint32_t state, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = JRNL_HANDOFF_STATE, .u.handoff.state = state };
+	return jrnl_append(j, &r, e);
+}
+
+/* ---- reading records ---- */
+
+/* Walks the records of a mapped journal; owns the arrays MAP and UNMAP
+ * records are decoded into. */
+struct walker {
+	const uint8_t *map;
+	uint64_t hsize;
+	uint64_t end;            /* absolute end of the committed part */
+	uint64_t off;            /* next record */
+	uint64_t seq;            /* its expected seq */
+	bool newer;              /* journal of a newer minor version */
+	struct jrnl_map_entry *ents;
+	struct jrnl_range *ranges;
+	uint32_t ents_cap, ranges_cap;
+	enum jrnl_stop stop;
+	char why[160];
+};
+
+static void walker_fini(struct walker *w)
+{
+	free(w->ents);
+	free(w->ranges);
+}
+
+#define W_STOP(w, kind, ...)                                               \
+	({                                                                 \
+		(w)->stop = (kind);                                        \
+		snprintf((w)->why, sizeof((w)->why), __VA_ARGS__);         \
+		0;                                                         \
+	})
+
+/* Decodes a payload into rec; false if malformed. */
+static int decode(struct walker *w, const uint8_t *p, uint32_t n, struct jrnl_rec *rec,
+		  char *why, size_t why_n)
+{
+	struct rd r = { p, p + n, false };
+	uint16_t l = 0;
+	bool ok = true;
+	uint32_t res = 0;
+
+	switch (rec->type) {
+	case JRNL_CONTEXT_CREATE:
+		rec->u.ctx_create.ctx = rd64(&r);
+		rec->u.ctx_create.session = rd64(&r);
+		rec->u.ctx_create.uid = rd32(&r);
+		rec->u.ctx_create.gid = rd32(&r);
+		rec->u.ctx_create.flags = rd32(&r);
+		l = rd16(&r);
+		res = rd16(&r);
+		{
+			const uint8_t *t = rd_take(&r, JRNL_TOKEN_SIZE);
+			if (t)
+				memcpy(rec->u.ctx_create.token, t, JRNL_TOKEN_SIZE);
+		}
+		ok = l <= JRNL_NAME_MAX && rd_str(&r, l, rec->u.ctx_create.name);
+		break;
+	case JRNL_CONTEXT_DESTROY:
+		rec->u.ctx_destroy.ctx = rd64(&r);
+		break;
+	case JRNL_CONTEXT_RECLAIM: {
+		rec->u.ctx_reclaim.ctx = rd64(&r);
+		rec->u.ctx_reclaim.session = rd64(&r);
+		rec->u.ctx_reclaim.uid = rd32(&r);
+		rec->u.ctx_reclaim.gid = rd32(&r);
+		const uint8_t *t = rd_take(&r, JRNL_TOKEN_SIZE);
+		if (t)
+			memcpy(rec->u.ctx_reclaim.token, t, JRNL_TOKEN_SIZE);
+		break;
+	}
+	case JRNL_REGION_ADD:
+		rec->u.region_add.ctx = rd64(&r);
+		rec->u.region_add.region = rd64(&r);
+		rec->u.region_add.size = rd64(&r);
+		rec->u.region_add.page_size = rd64(&r);
+		rec->u.region_add.flags = rd32(&r);
+		l = rd16(&r);
+		res = rd16(&r);
+		ok = l <= JRNL_FDNAME_MAX && rd_str(&r, l, rec->u.region_add.fd_name);
+		break;
+	case JRNL_REGION_REMOVE:
+		rec->u.region_remove.ctx = rd64(&r);
+		rec->u.region_remove.region = rd64(&r);
+		break;
+	case JRNL_MAP: {
+		rec->u.map.ctx = rd64(&r);
+		uint32_t cnt = rd32(&r);
+		res = rd32(&r);
+		if (r.bad || cnt == 0 || cnt > JRNL_BATCH_MAX ||
+		    (size_t)(r.end - r.p) / MAP_ENTRY_SIZE < cnt) {
+			ok = false;
+			break;
+		}
+		if (cnt > w->ents_cap) {
+			struct jrnl_map_entry *ne = realloc(w->ents, cnt * sizeof(*ne));
+			if (!ne)
+				return -ENOMEM;
+			w->ents = ne;
+			w->ents_cap = cnt;
+		}
+		for (uint32_t i = 0; i < cnt; i++) {
+			struct jrnl_map_entry *m = &w->ents[i];
+			m->iova = rd64(&r);
+			m->length = rd64(&r);
+			m->region = rd64(&r);
+			m->offset = rd64(&r);
+			m->prot = rd32(&r);
+			m->flags = rd32(&r);
+		}
+		rec->u.map.n = cnt;
+		rec->u.map.e = w->ents;
+		break;
+	}
+	case JRNL_UNMAP: {
+		rec->u.unmap.ctx = rd64(&r);
+		uint32_t cnt = rd32(&r);
+		res = rd32(&r);
+		if (r.bad || cnt == 0 || cnt > JRNL_BATCH_MAX ||
+		    (size_t)(r.end - r.p) / RANGE_SIZE < cnt) {
+			ok = false;
+			break;
+		}
+		if (cnt > w->ranges_cap) {
+			struct jrnl_range *nr = realloc(w->ranges, cnt * sizeof(*nr));
+			if (!nr)
+				return -ENOMEM;
+			w->ranges = nr;
+			w->ranges_cap = cnt;
+		}
+		for (uint32_t i = 0; i < cnt; i++) {
+			w->ranges[i].iova = rd64(&r);
+			w->ranges[i].length = rd64(&r);
+		}
+		rec->u.unmap.n = cnt;
+		rec->u.unmap.r = w->ranges;
+		break;
+	}
+	case JRNL_UNMAP_ALL:
+		rec->u.unmap_all.ctx = rd64(&r);
+		break;
+	case JRNL_DEVICE_ADD:
+		rec->u.device_add.ctx = rd64(&r);
+		rec->u.device_add.device = rd64(&r);
+		l = rd16(&r);
+		ok = l <= JRNL_BDF_MAX && rd_str(&r, l, rec->u.device_add.bdf);
+		break;
+	case JRNL_DEVICE_REMOVE:
+		rec->u.device_remove.ctx = rd64(&r);
+		rec->u.device_remove.device = rd64(&r);
+		break;
+	case JRNL_SESSION_END:
+		rec->u.session_end.session = rd64(&r);
+		break;
+	case JRNL_ID_WATERMARK:
+		rec->u.id_watermark.next_id = rd64(&r);
+		break;
+	case JRNL_HANDOFF_STATE:
+		rec->u.handoff.state = rd32(&r);
+		res = rd32(&r);
+		break;
+	default:
+		snprintf(why, why_n, "unknown record type %" PRIu32, rec->type);
+		return 0;
+	}
+	if (!ok || r.bad) {
+		snprintf(why, why_n, "payload of type %" PRIu32 " is malformed", rec->type);
+		return 0;
+	}
+	/* An older reader ignores what a newer minor appended or reserved. */
+	if (!w->newer && (r.p != r.end || res != 0)) {
+		snprintf(why, why_n, "payload of type %" PRIu32 " has %s", rec->type,
+			 res ? "a non-zero reserved field" : "trailing bytes");
+		return 0;
+	}
+	if (rec_check(rec, w->newer, why, why_n) < 0)
+		return 0;
+	return 1;
+}
+
+/* The next valid record into rec: 1, or 0 at the end (w->stop says why),
+ * or -ENOMEM. A skipped optional record of a newer minor returns 2. */
+static int walker_next(struct walker *w, struct jrnl_rec *rec)
+{
+	if (w->off == w->end)
+		return W_STOP(w, JRNL_STOP_END, "end of the committed records");
+	uint64_t left = w->end - w->off;
+	if (left < REC_OVERHEAD)
+		return W_STOP(w, JRNL_STOP_TORN,
+			      "record at offset %" PRIu64 " runs past the committed end", w->off);
+	const uint8_t *p = w->map + w->off;
+	uint32_t length = get32(p);
+	if (length < REC_OVERHEAD || length > JRNL_RECORD_MAX)
+		return W_STOP(w, JRNL_STOP_CORRUPT,
+			      "record at offset %" PRIu64 " has an impossible length %" PRIu32,
+			      w->off, length);
+	uint64_t padded = align8(length);
+	if (padded > left)
+		return W_STOP(w, JRNL_STOP_TORN,
+			      "record at offset %" PRIu64 " (%" PRIu32
+			      " bytes) runs past the committed end",
+			      w->off, length);
+	uint32_t body = length - 4;
+	if (jrnl_crc32c(0, p, body) != get32(p + body))
+		return W_STOP(w, JRNL_STOP_CORRUPT,
+			      "record at offset %" PRIu64 " has a bad checksum", w->off);
+	for (uint64_t i = length; i < padded; i++)
+		if (p[i])
+			return W_STOP(w, JRNL_STOP_CORRUPT,
+				      "record at offset %" PRIu64 " has non-zero padding", w->off);
+	uint64_t seq = get64(p + 8);
+	if (seq != w->seq)
+		return W_STOP(w, JRNL_STOP_CORRUPT,
+			      "record at offset %" PRIu64 " has seq %" PRIu64 ", expected %" PRIu64,
+			      w->off, seq, w->seq);
+	rec->type = get32(p + 4);
+	rec->seq = seq;
+	int r;
+	if (w->newer && (rec->type & JRNL_TYPE_OPTIONAL) &&
+	    (rec->type & ~JRNL_TYPE_OPTIONAL) > JRNL_TYPE_LAST_V1_0) {
+		r = 2;
+	} else {
+		char why[120];
+		r = decode(w, p + REC_HDR, length - REC_OVERHEAD, rec, why, sizeof(why));
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return W_STOP(w, JRNL_STOP_CORRUPT, "record %" PRIu64 " at offset %" PRIu64
+				      ": %s", seq, w->off, why);
+	}
+	w->off += padded;
+	w->seq++;
+	return r;
+}
+
+static void walker_init(struct walker *w, const struct jrnl *j)
+{
+	int64_t committed = read_committed(j->map);
+	*w = (struct walker){
+		.map = j->map,
+		.hsize = j->hsize,
+		/* open checked the word; a writer in this process keeps it valid */
+		.end = j->hsize + (committed < 0 ? 0 : (uint64_t)committed),
+		.off = j->hsize,
+		.seq = j->base_seq,
+		.newer = (j->version & 0xffff) > JRNL_VERSION_MINOR,
+	};
+}
+
+/* ---- opening ---- */
+
+static int refuse(struct dmb_err *e, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int refuse(struct dmb_err *e, int err, const char *fmt, ...)
+{
+	char m[200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof(m), fmt, ap);
+	va_end(ap);
+	return dmb_fail(e, DMB_E_FAILED_PRECONDITION, err, "refusing the state journal: %s", m);
+}
+
+static int check_header(const uint8_t *h, uint64_t size, struct dmb_err *e)
+{
+	if (memcmp(h, HDR_MAGIC, 8) != 0)
+		return refuse(e, EBADMSG, "it does not start with the journal magic");
+	if (jrnl_crc32c(0, h, HDR_OFF_CRC) != get32(h + HDR_OFF_CRC))
+		return refuse(e, EBADMSG, "its header checksum does not match");
+	uint32_t version = get32(h + HDR_OFF_VERSION);
+	if (version >> 16 != JRNL_VERSION_MAJOR)
+		return refuse(e, EPROTONOSUPPORT,
+			      "it has format version %u.%u, this daemon reads %u.x",
+			      version >> 16, version & 0xffff, JRNL_VERSION_MAJOR);
+	bool newer = (version & 0xffff) > JRNL_VERSION_MINOR;
+	uint32_t hsize = get32(h + HDR_OFF_HSIZE);
+	if (hsize < JRNL_HEADER_SIZE || hsize % 8 || hsize > size || (!newer && hsize != JRNL_HEADER_SIZE))
+		return refuse(e, EBADMSG, "its header size %u is impossible", hsize);
+	if (get64(h + HDR_OFF_GEN) == 0)
+		return refuse(e, EBADMSG, "its generation is 0");
+	if (!newer && (get64(h + HDR_OFF_RES0) || get32(h + HDR_OFF_RES1) ||
+		       get64(h + HDR_OFF_RES2)))
+		return refuse(e, EBADMSG, "a reserved header field is not zero");
+	int64_t committed = read_committed(h);
+	if (committed < 0)
+		return refuse(e, EBADMSG, "its committed length fails its check");
+	if ((uint64_t)committed > size - hsize)
+		return refuse(e, EBADMSG,
+			      "it claims %" PRId64 " bytes of records but the file holds %" PRIu64,
+			      committed, size - hsize);
+	return 0;
+}
+
+int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e)
+{
+	struct stat st;
+	if (fd < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADF, "no state journal fd");
+	if (fstat(fd, &st) < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "cannot stat the state journal fd: %m");
+	if (!S_ISREG(st.st_mode))
+		return refuse(e, EBADMSG, "it is not a regular file (a memfd)");
+	uint64_t size = (uint64_t)st.st_size;
+	if (size < JRNL_HEADER_SIZE)
+		return refuse(e, EBADMSG, "it is %" PRIu64 " bytes long, shorter than its header",
+			      size);
+	if (size > FILE_MAX)
+		return refuse(e, EFBIG, "it is %" PRIu64 " bytes long", size);
+	uint8_t *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return dmb_fail(e, DMB_E_INTERNAL, errno,
+				"cannot map the state journal read-write: %m");
+	int r = check_header(map, size, e);
+	if (r < 0) {
+		munmap(map, size);
+		return r;
+	}
+	struct jrnl *j = calloc(1, sizeof(*j));
+	if (!j) {
+		munmap(map, size);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	*j = (struct jrnl){
+		.fd = -1,
+		.map = map,
+		.size = size,
+		.hsize = get32(map + HDR_OFF_HSIZE),
+		.version = get32(map + HDR_OFF_VERSION),
+		.generation = get64(map + HDR_OFF_GEN),
+		.base_seq = get64(map + HDR_OFF_BASESEQ),
+	};
+
+	/* Find where the valid records end: appends go there. */
+	struct walker w;
+	struct jrnl_rec rec;
+	walker_init(&w, j);
+	while ((r = walker_next(&w, &rec)) > 0)
+		j->n_records++;
+	walker_fini(&w);
+	if (r < 0) {
+		j->fd = -1;
+		jrnl_close(j);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory reading the journal");
+	}
+	j->tail = w.off;
+	j->next_seq = w.seq;
+	if (w.stop == JRNL_STOP_CORRUPT && !(j->damage = strdup(w.why))) {
+		jrnl_close(j);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	j->fd = fd;
+	*out = j;
+	return 0;
+}
+
+/* ---- replay ---- */
+
+int jrnl_replay(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
+		struct jrnl_replay_result *res, struct dmb_err *e)
+{
+	struct jrnl_replay_result local;
+	if (!res)
+		res = &local;
+	*res = (struct jrnl_replay_result){ 0 };
+
+	struct walker w;
+	struct jrnl_rec rec;
+	int r;
+	walker_init(&w, j);
+	res->end = w.off;
+	while ((r = walker_next(&w, &rec)) > 0) {
+		if (r == 2) {
+			if (ops->skipped)
+				ops->skipped(opaque, rec.type, rec.seq);
+		} else {
+			r = ops->record(opaque, &rec);
+			if (r < 0) {
+				walker_fini(&w);
+				res->stop_offset = res->end;
+				return dmb_fail(e, dmb_code_from_errno(r), -r,
+						"replaying state journal record %" PRIu64 " failed: %s",
+						rec.seq, strerror(-r));
+			}
+			res->records++;
+		}
+		res->last_seq = rec.seq;
+		res->end = w.off;
+	}
+	walker_fini(&w);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory replaying the journal");
+	res->stop = w.stop;
+	res->stop_offset = w.off;
+	if (w.stop != JRNL_STOP_END)
+		snprintf(res->why, sizeof(res->why), "%s", w.why);
+	if (w.stop == JRNL_STOP_CORRUPT)
+		return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
+				"the state journal is damaged: %s; replay stopped there after %" PRIu64
+				" records", w.why, res->records);
+	return 0;
+}
+
+/* ---- the state model ---- */
+
+static int ctx_cmp(const struct jrnl_ctx *a, const struct jrnl_ctx *b)
+{
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+static int region_cmp(const struct jrnl_region *a, const struct jrnl_region *b)
+{
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+static int dev_cmp(const struct jrnl_dev *a, const struct jrnl_dev *b)
+{
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+static int jmap_cmp(const struct jrnl_map *a, const struct jrnl_map *b)
+{
+	return a->iova < b->iova ? -1 : a->iova > b->iova;
+}
+RB_GENERATE_INTERNAL(jrnl_ctx_tree, jrnl_ctx, node, ctx_cmp, __attribute__((unused)) static)
+RB_GENERATE_INTERNAL(jrnl_region_tree, jrnl_region, node, region_cmp,
+		     __attribute__((unused)) static)
+RB_GENERATE_INTERNAL(jrnl_dev_tree, jrnl_dev, node, dev_cmp, __attribute__((unused)) static)
+RB_GENERATE_INTERNAL(jrnl_map_tree, jrnl_map, node, jmap_cmp, __attribute__((unused)) static)
+
+static inline uint64_t map_last(const struct jrnl_map *m)
+{
+	return m->iova + (m->length - 1);
+}
+
+void jrnl_state_init(struct jrnl_state *s)
+{
+	*s = (struct jrnl_state){ .next_id = 1 };
+	RB_INIT(&s->ctxs);
+}
+
+static void anomaly(struct jrnl_state *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void anomaly(struct jrnl_state *s, const char *fmt, ...)
+{
+	if (s->anomalies++ == 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(s->anomaly, sizeof(s->anomaly), fmt, ap);
+		va_end(ap);
+	}
+}
+
+static void see_id(struct jrnl_state *s, uint64_t id)
+{
+	if (id >= s->next_id && id != UINT64_MAX)
+		s->next_id = id + 1;
+}
+
+static void map_remove(struct jrnl_state *s, struct jrnl_ctx *c, struct jrnl_map *m)
+{
+	RB_REMOVE(jrnl_map_tree, &c->maps, m);
+	struct jrnl_region *r = jrnl_ctx_region(c, m->region);
+	if (r)
+		r->map_refs--;
+	c->n_maps--;
+	c->mapped_bytes -= m->length;
+	s->n_maps--;
+	free(m);
+}
+
+static void ctx_free(struct jrnl_state *s, struct jrnl_ctx *c)
+{
+	struct jrnl_map *m, *mt;
+	RB_FOREACH_SAFE(m, jrnl_map_tree, &c->maps, mt) {
+		RB_REMOVE(jrnl_map_tree, &c->maps, m);
+		free(m);
+	}
+	s->n_maps -= c->n_maps;
+	struct jrnl_region *r, *rt;
+	RB_FOREACH_SAFE(r, jrnl_region_tree, &c->regions, rt) {
+		RB_REMOVE(jrnl_region_tree, &c->regions, r);
+		free(r);
+	}
+	struct jrnl_dev *d, *dt;
+	RB_FOREACH_SAFE(d, jrnl_dev_tree, &c->devs, dt) {
+		RB_REMOVE(jrnl_dev_tree, &c->devs, d);
+		free(d);
+	}
+	RB_REMOVE(jrnl_ctx_tree, &s->ctxs, c);
+	s->n_ctxs--;
+	free(c);
+}
+
+void jrnl_state_fini(struct jrnl_state *s)
+{
+	if (!s)
+		return;
+	struct jrnl_ctx *c, *ct;
+	RB_FOREACH_SAFE(c, jrnl_ctx_tree, &s->ctxs, ct)
+		ctx_free(s, c);
+	jrnl_state_init(s);
+}
+
+struct jrnl_ctx *jrnl_state_ctx(const struct jrnl_state *s, uint64_t id)
+{
+	struct jrnl_ctx key = { .id = id };
+	return RB_FIND(jrnl_ctx_tree, (struct jrnl_ctx_tree *)&s->ctxs, &key);
+}
+struct jrnl_ctx *jrnl_state_ctx_first(const struct jrnl_state *s)
+{
+	return RB_MIN(jrnl_ctx_tree, (struct jrnl_ctx_tree *)&s->ctxs);
+}
+struct jrnl_ctx *jrnl_state_ctx_next(struct jrnl_ctx *c)
+{
+	return jrnl_ctx_tree_RB_NEXT(c);
+}
+struct jrnl_region *jrnl_ctx_region(const struct jrnl_ctx *c, uint64_t id)
+{
+	struct jrnl_region key = { .id = id };
+	return RB_FIND(jrnl_region_tree, (struct jrnl_region_tree *)&c->regions, &key);
+}
+struct jrnl_region *jrnl_ctx_region_first(const struct jrnl_ctx *c)
+{
+	return RB_MIN(jrnl_region_tree, (struct jrnl_region_tree *)&c->regions);
+}
+struct jrnl_region *jrnl_ctx_region_next(struct jrnl_region *r)
+{
+	return jrnl_region_tree_RB_NEXT(r);
+}
+struct jrnl_map *jrnl_ctx_map_first(const struct jrnl_ctx *c)
+{
+	return RB_MIN(jrnl_map_tree, (struct jrnl_map_tree *)&c->maps);
+}
+struct jrnl_map *jrnl_ctx_map_next(struct jrnl_map *m)
+{
+	return jrnl_map_tree_RB_NEXT(m);
+}
+struct jrnl_dev *jrnl_ctx_dev_first(const struct jrnl_ctx *c)
+{
+	return RB_MIN(jrnl_dev_tree, (struct jrnl_dev_tree *)&c->devs);
+}
+struct jrnl_dev *jrnl_ctx_dev_next(struct jrnl_dev *d)
+{
+	return jrnl_dev_tree_RB_NEXT(d);
+}
+
+/* The first mapping at or after iova, and the one before it. */
+static struct jrnl_map *map_from(const struct jrnl_ctx *c, uint64_t iova, struct jrnl_map **before)
+{
+	struct jrnl_map key = { .iova = iova };
+	struct jrnl_map_tree *t = (struct jrnl_map_tree *)&c->maps;
+	struct jrnl_map *n = RB_NFIND(jrnl_map_tree, t, &key);
+	*before = n ? RB_PREV(jrnl_map_tree, t, n) : RB_MAX(jrnl_map_tree, t);
+	return n;
+}
+
+struct jrnl_map *jrnl_ctx_map_find(const struct jrnl_ctx *c, uint64_t iova)
+{
+	struct jrnl_map *p, *n = map_from(c, iova, &p);
+	if (n && n->iova == iova)
+		return n;
+	return p && map_last(p) >= iova ? p : NULL;
+}
+
+static int apply_map(struct jrnl_state *s, struct jrnl_ctx *c, const struct jrnl_map_entry *e)
+{
+	struct jrnl_region *r = jrnl_ctx_region(c, e->region);
+	if (!r) {
+		anomaly(s, "MAP at 0x%" PRIx64 " in context %" PRIu64 " names unknown region %" PRIu64,
+			e->iova, c->id, e->region);
+		return 0;
+	}
+	uint64_t last = e->iova + (e->length - 1);
+	struct jrnl_map *p, *n = map_from(c, e->iova, &p);
+	if (n && n->iova == e->iova && n->length == e->length && n->region == e->region &&
+	    n->offset == e->offset && n->prot == e->prot && n->flags == e->flags)
+		return 0; /* already there */
+	if (p && map_last(p) >= e->iova) {
+		anomaly(s, "MAP at 0x%" PRIx64 " in context %" PRIu64 " evicts the mapping at 0x%" PRIx64,
+			e->iova, c->id, p->iova);
+		map_remove(s, c, p);
+	}
+	while (n && n->iova <= last) {
+		struct jrnl_map *next = RB_NEXT(jrnl_map_tree, &c->maps, n);
+		anomaly(s, "MAP at 0x%" PRIx64 " in context %" PRIu64 " evicts the mapping at 0x%" PRIx64,
+			e->iova, c->id, n->iova);
+		map_remove(s, c, n);
+		n = next;
+	}
+	struct jrnl_map *m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	*m = (struct jrnl_map){ .iova = e->iova, .length = e->length, .region = e->region,
+				.offset = e->offset, .prot = e->prot, .flags = e->flags };
+	if (RB_INSERT(jrnl_map_tree, &c->maps, m)) { /* cannot happen: evicted above */
+		free(m);
+		return -EEXIST;
+	}
+	r->map_refs++;
+	c->n_maps++;
+	c->mapped_bytes += m->length;
+	s->n_maps++;
+	return 0;
+}
+
+static void apply_unmap(struct jrnl_state *s, struct jrnl_ctx *c, const struct jrnl_range *rg)
+{
+	uint64_t last = rg->iova + (rg->length - 1);
+	struct jrnl_map *p, *n = map_from(c, rg->iova, &p);
+	if (p && map_last(p) >= rg->iova)
+		anomaly(s, "UNMAP of [0x%" PRIx64 ", +0x%" PRIx64 ") in context %" PRIu64
+			" cuts the mapping at 0x%" PRIx64, rg->iova, rg->length, c->id, p->iova);
+	while (n && n->iova <= last) {
+		struct jrnl_map *next = RB_NEXT(jrnl_map_tree, &c->maps, n);
+		if (map_last(n) <= last)
+			map_remove(s, c, n);
+		else
+			anomaly(s, "UNMAP of [0x%" PRIx64 ", +0x%" PRIx64 ") in context %" PRIu64
+				" cuts the mapping at 0x%" PRIx64, rg->iova, rg->length, c->id, n->iova);
+		n = next;
+	}
+}
+
+static struct jrnl_ctx *need_ctx(struct jrnl_state *s, uint64_t id, const char *what)
+{
+	struct jrnl_ctx *c = jrnl_state_ctx(s, id);
+	if (!c)
+		anomaly(s, "%s names unknown context %" PRIu64, what, id);
+	return c;
+}
+
+int jrnl_state_apply(struct jrnl_state *s, const struct jrnl_rec *rec)
+{
+	struct jrnl_ctx *c;
+	switch (rec->type) {
+	case JRNL_CONTEXT_CREATE: {
+		const __typeof__(rec->u.ctx_create) *a = &rec->u.ctx_create;
+		c = jrnl_state_ctx(s, a->ctx);
+		if (!c) {
+			if (!(c = calloc(1, sizeof(*c))))
+				return -ENOMEM;
+			c->id = a->ctx;
+			RB_INIT(&c->regions);
+			RB_INIT(&c->maps);
+			RB_INIT(&c->devs);
+			RB_INSERT(jrnl_ctx_tree, &s->ctxs, c);
+			s->n_ctxs++;
+		}
+		c->session = a->session;
+		c->uid = a->uid;
+		c->gid = a->gid;
+		c->persistent = a->flags & JRNL_CTX_PERSISTENT;
+		c->detached = a->flags & JRNL_CTX_DETACHED;
+		memcpy(c->token, a->token, JRNL_TOKEN_SIZE);
+		snprintf(c->name, sizeof(c->name), "%s", a->name);
+		see_id(s, a->ctx);
+		see_id(s, a->session);
+		return 0;
+	}
+	case JRNL_CONTEXT_DESTROY:
+		if ((c = jrnl_state_ctx(s, rec->u.ctx_destroy.ctx)))
+			ctx_free(s, c);
+		return 0;
+	case JRNL_CONTEXT_RECLAIM: {
+		const __typeof__(rec->u.ctx_reclaim) *a = &rec->u.ctx_reclaim;
+		if (!(c = need_ctx(s, a->ctx, "CONTEXT_RECLAIM")))
+			return 0;
+		c->session = a->session;
+		c->uid = a->uid;
+		c->gid = a->gid;
+		c->detached = false;
+		memcpy(c->token, a->token, JRNL_TOKEN_SIZE);
+		see_id(s, a->session);
+		return 0;
+	}
+	case JRNL_REGION_ADD: {
+		const __typeof__(rec->u.region_add) *a = &rec->u.region_add;
+		if (!(c = need_ctx(s, a->ctx, "REGION_ADD")))
+			return 0;
+		struct jrnl_region *r = jrnl_ctx_region(c, a->region);
+		if (!r) {
+			if (!(r = calloc(1, sizeof(*r))))
+				return -ENOMEM;
+			r->id = a->region;
+			RB_INSERT(jrnl_region_tree, &c->regions, r);
+			c->n_regions++;
+		}
+		r->size = a->size;
+		r->page_size = a->page_size;
+		r->flags = a->flags;
+		snprintf(r->fd_name, sizeof(r->fd_name), "%s", a->fd_name);
+		see_id(s, a->region);
+		return 0;
+	}
+	case JRNL_REGION_REMOVE: {
+		c = jrnl_state_ctx(s, rec->u.region_remove.ctx);
+		struct jrnl_region *r = c ? jrnl_ctx_region(c, rec->u.region_remove.region) : NULL;
+		if (!r)
+			return 0;
+		if (r->map_refs) {
+			anomaly(s, "REGION_REMOVE of region %" PRIu64 " in context %" PRIu64
+				" while %" PRIu64 " mappings use it", r->id, c->id, r->map_refs);
+			struct jrnl_map *m, *mt;
+			RB_FOREACH_SAFE(m, jrnl_map_tree, &c->maps, mt)
+				if (m->region == r->id)
+					map_remove(s, c, m);
+		}
+		RB_REMOVE(jrnl_region_tree, &c->regions, r);
+		c->n_regions--;
+		free(r);
+		return 0;
+	}
+	case JRNL_MAP:
+		if (!(c = need_ctx(s, rec->u.map.ctx, "MAP")))
+			return 0;
+		for (uint32_t i = 0; i < rec->u.map.n; i++) {
+			int r = apply_map(s, c, &rec->u.map.e[i]);
+			if (r < 0)
+				return r;
+		}
+		return 0;
+	case JRNL_UNMAP:
+		if ((c = jrnl_state_ctx(s, rec->u.unmap.ctx)))
+			for (uint32_t i = 0; i < rec->u.unmap.n; i++)
+				apply_unmap(s, c, &rec->u.unmap.r[i]);
+		return 0;
+	case JRNL_UNMAP_ALL:
+		if ((c = jrnl_state_ctx(s, rec->u.unmap_all.ctx))) {
+			struct jrnl_map *m, *mt;
+			RB_FOREACH_SAFE(m, jrnl_map_tree, &c->maps, mt)
+				map_remove(s, c, m);
+		}
+		return 0;
+	case JRNL_DEVICE_ADD: {
+		const __typeof__(rec->u.device_add) *a = &rec->u.device_add;
+		if (!(c = need_ctx(s, a->ctx, "DEVICE_ADD")))
+			return 0;
+		struct jrnl_dev key = { .id = a->device };
+		struct jrnl_dev *d = RB_FIND(jrnl_dev_tree, &c->devs, &key);
+		if (!d) {
+			if (!(d = calloc(1, sizeof(*d))))
+				return -ENOMEM;
+			d->id = a->device;
+			RB_INSERT(jrnl_dev_tree, &c->devs, d);
+			c->n_devs++;
+		}
+		snprintf(d->bdf, sizeof(d->bdf), "%s", a->bdf);
+		see_id(s, a->device);
+		return 0;
+	}
+	case JRNL_DEVICE_REMOVE: {
+		c = jrnl_state_ctx(s, rec->u.device_remove.ctx);
+		struct jrnl_dev key = { .id = rec->u.device_remove.device };
+		struct jrnl_dev *d = c ? RB_FIND(jrnl_dev_tree, &c->devs, &key) : NULL;
+		if (d) {
+			RB_REMOVE(jrnl_dev_tree, &c->devs, d);
+			c->n_devs--;
+			free(d);
+		}
+		return 0;
+	}
+	case JRNL_SESSION_END: {
+		struct jrnl_ctx *ct;
+		RB_FOREACH_SAFE(c, jrnl_ctx_tree, &s->ctxs, ct) {
+			if (c->session != rec->u.session_end.session || c->detached)
+				continue;
+			if (c->persistent)
+				c->detached = true;
+			else
+				ctx_free(s, c);
+		}
+		see_id(s, rec->u.session_end.session);
+		return 0;
+	}
+	case JRNL_ID_WATERMARK:
+		if (rec->u.id_watermark.next_id > s->next_id)
+			s->next_id = rec->u.id_watermark.next_id;
+		return 0;
+	case JRNL_HANDOFF_STATE:
+		s->handoff = rec->u.handoff.state;
+		return 0;
+	default:
+		anomaly(s, "unknown record type %" PRIu32, rec->type);
+		return 0;
+	}
+}
+
+static int state_visit(void *opaque, const struct jrnl_rec *rec)
+{
+	return jrnl_state_apply(opaque, rec);
+}
+
+const struct jrnl_ops jrnl_state_ops = { .record = state_visit };
+
+int jrnl_state_replay(struct jrnl *j, struct jrnl_state *s, struct jrnl_replay_result *res,
+		      struct dmb_err *e)
+{
+	return jrnl_replay(j, &jrnl_state_ops, s, res, e);
+}
+
+#define DIFF(...) (snprintf(why, why_size, __VA_ARGS__), false)
+
+static bool ctx_equal(const struct jrnl_ctx *a, const struct jrnl_ctx *b, char *why,
+		      size_t why_size)
+{
+	if (a->session != b->session || a->uid != b->uid || a->gid != b->gid ||
+	    a->persistent != b->persistent || a->detached != b->detached ||
+	    memcmp(a->token, b->token, JRNL_TOKEN_SIZE) || strcmp(a->name, b->name))
+		return DIFF("context %" PRIu64 ": attributes differ", a->id);
+	if (a->n_regions != b->n_regions || a->n_maps != b->n_maps || a->n_devs != b->n_devs ||
+	    a->mapped_bytes != b->mapped_bytes)
+		return DIFF("context %" PRIu64 ": counts differ (regions %u/%u, mappings %" PRIu64
+			    "/%" PRIu64 ", devices %u/%u)", a->id, a->n_regions, b->n_regions,
+			    a->n_maps, b->n_maps, a->n_devs, b->n_devs);
+	for (struct jrnl_region *x = jrnl_ctx_region_first(a), *y = jrnl_ctx_region_first(b); x;
+	     x = jrnl_ctx_region_next(x), y = jrnl_ctx_region_next(y))
+		if (x->id != y->id || x->size != y->size || x->page_size != y->page_size ||
+		    x->flags != y->flags || x->map_refs != y->map_refs || strcmp(x->fd_name, y->fd_name))
+			return DIFF("context %" PRIu64 ": region %" PRIu64 " differs", a->id, x->id);
+	for (struct jrnl_map *x = jrnl_ctx_map_first(a), *y = jrnl_ctx_map_first(b); x;
+	     x = jrnl_ctx_map_next(x), y = jrnl_ctx_map_next(y))
+		if (x->iova != y->iova || x->length != y->length || x->region != y->region ||
+		    x->offset != y->offset || x->prot != y->prot || x->flags != y->flags)
+			return DIFF("context %" PRIu64 ": mapping at 0x%" PRIx64 " differs", a->id,
+				    x->iova);
+	for (struct jrnl_dev *x = jrnl_ctx_dev_first(a), *y = jrnl_ctx_dev_first(b); x;
+	     x = jrnl_ctx_dev_next(x), y = jrnl_ctx_dev_next(y))
+		if (x->id != y->id || strcmp(x->bdf, y->bdf))
+			return DIFF("context %" PRIu64 ": device %" PRIu64 " differs", a->id, x->id);
+	return true;
+}
+
+bool jrnl_state_equal(const struct jrnl_state *a, const struct jrnl_state *b, char *why,
+		      size_t why_size)
+{
+	char dummy[1];
+	if (!why) {
+		why = dummy;
+		why_size = sizeof(dummy);
+	}
+	if (a->n_ctxs != b->n_ctxs || a->n_maps != b->n_maps)
+		return DIFF("counts differ: contexts %u/%u, mappings %" PRIu64 "/%" PRIu64,
+			    a->n_ctxs, b->n_ctxs, a->n_maps, b->n_maps);
+	if (a->next_id != b->next_id)
+		return DIFF("next id differs: %" PRIu64 "/%" PRIu64, a->next_id, b->next_id);
+	if (a->handoff != b->handoff)
+		return DIFF("handoff state differs: %u/%u", a->handoff, b->handoff);
+	for (struct jrnl_ctx *x = jrnl_state_ctx_first(a), *y = jrnl_state_ctx_first(b); x;
+	     x = jrnl_state_ctx_next(x), y = jrnl_state_ctx_next(y)) {
+		if (x->id != y->id)
+			return DIFF("context %" PRIu64 " / %" PRIu64 ": different ids", x->id, y->id);
+		if (!ctx_equal(x, y, why, why_size))
+			return false;
+	}
+	return true;
+}
+#undef DIFF
+
+/* ---- compaction ---- */
+
+static uint64_t rec_bytes(uint64_t payload)
+{
+	return align8(REC_OVERHEAD + payload);
+}
+
+uint64_t jrnl_state_snapshot_bytes(const struct jrnl_state *s)
+{
+	uint64_t n = rec_bytes(8) + rec_bytes(8); /* watermark, handoff */
+	for (struct jrnl_ctx *c = jrnl_state_ctx_first(s); c; c = jrnl_state_ctx_next(c)) {
+		n += rec_bytes(64 + strlen(c->name));
+		for (struct jrnl_region *r = jrnl_ctx_region_first(c); r; r = jrnl_ctx_region_next(r))
+			n += rec_bytes(40 + strlen(r->fd_name));
+		for (struct jrnl_dev *d = jrnl_ctx_dev_first(c); d; d = jrnl_ctx_dev_next(d))
+			n += rec_bytes(18 + strlen(d->bdf));
+		uint64_t full = c->n_maps / SNAP_BATCH, rest = c->n_maps % SNAP_BATCH;
+		n += full * rec_bytes(16 + (uint64_t)MAP_ENTRY_SIZE * SNAP_BATCH);
+		if (rest)
+			n += rec_bytes(16 + MAP_ENTRY_SIZE * rest);
+	}
+	return n;
+}
+
+uint64_t jrnl_snapshot_estimate(uint64_t contexts, uint64_t regions, uint64_t devices,
+				uint64_t mappings)
+{
+	return rec_bytes(8) * 2 + contexts * (rec_bytes(64 + JRNL_NAME_MAX) + rec_bytes(16)) +
+	       regions * rec_bytes(40 + JRNL_FDNAME_MAX) + devices * rec_bytes(18 + JRNL_BDF_MAX) +
+	       mappings * MAP_ENTRY_SIZE + (mappings / SNAP_BATCH + 1) * rec_bytes(16);
+}
+
+bool jrnl_should_compact(const struct jrnl *j, uint64_t live_bytes)
+{
+	uint64_t committed = jrnl_committed(j);
+	if (j->damage)
+		return true;
+	return committed > (UINT64_C(1) << 20) && committed / 4 > live_bytes;
+}
+
+static int snapshot(struct jrnl *n, const struct jrnl_state *s, struct dmb_err *e)
+{
+	int r;
+	if ((r = jrnl_append_id_watermark(n, s->next_id, e)) < 0 ||
+	    (r = jrnl_append_handoff(n, s->handoff, e)) < 0)
+		return r;
+	_cleanup_free_ struct jrnl_map_entry *ents = malloc(SNAP_BATCH * sizeof(*ents));
+	if (!ents)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	for (struct jrnl_ctx *c = jrnl_state_ctx_first(s); c; c = jrnl_state_ctx_next(c)) {
+		uint32_t flags = (c->persistent ? JRNL_CTX_PERSISTENT : 0) |
+				 (c->detached ? JRNL_CTX_DETACHED : 0);
+		if ((r = jrnl_append_ctx_create(n, c->id, c->session, c->uid, c->gid, flags, c->name,
+						c->token, e)) < 0)
+			return r;
+		for (struct jrnl_region *g = jrnl_ctx_region_first(c); g; g = jrnl_ctx_region_next(g))
+			if ((r = jrnl_append_region_add(n, c->id, g->id, g->size, g->page_size, g->flags,
+							g->fd_name, e)) < 0)
+				return r;
+		for (struct jrnl_dev *d = jrnl_ctx_dev_first(c); d; d = jrnl_ctx_dev_next(d))
+			if ((r = jrnl_append_device_add(n, c->id, d->id, d->bdf, e)) < 0)
+				return r;
+		uint32_t k = 0;
+		for (struct jrnl_map *m = jrnl_ctx_map_first(c); m; m = jrnl_ctx_map_next(m)) {
+			ents[k++] = (struct jrnl_map_entry){ m->iova, m->length, m->region, m->offset,
+							     m->prot, m->flags };
+			if (k == SNAP_BATCH || !jrnl_ctx_map_next(m)) {
+				if ((r = jrnl_append_map_batch(n, c->id, ents, k, e)) < 0)
+					return r;
+				k = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+int jrnl_compact(struct jrnl *j, const struct jrnl_state *s, struct jrnl **out,
+		 struct dmb_err *e)
+{
+	struct jrnl_state own;
+	int r;
+	jrnl_state_init(&own);
+	if (!s) {
+		/* A damaged journal compacts to its valid prefix: that is the repair. */
+		struct dmb_err ignored = { 0 };
+		r = jrnl_state_replay(j, &own, NULL, &ignored);
+		if (r < 0 && r != -EBADMSG) {
+			jrnl_state_fini(&own);
+			return dmb_fail(e, ignored.code, ignored.sys_errno, "%s", ignored.msg);
+		}
+		s = &own;
+	}
+	uint64_t need = JRNL_HEADER_SIZE + jrnl_state_snapshot_bytes(s);
+	uint64_t size = INITIAL_SIZE;
+	while (size < 2 * need && size < FILE_MAX)
+		size *= 2;
+	struct jrnl *n = NULL;
+	r = jrnl_new(j->generation + 1, j->next_seq, size, &n, e);
+	if (r >= 0)
+		r = snapshot(n, s, e);
+	jrnl_state_fini(&own);
+	if (r < 0) {
+		jrnl_close(n);
+		return r;
+	}
+	*out = n;
+	return 0;
+}
