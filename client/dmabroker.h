@@ -11,7 +11,10 @@
  * UNAVAILABLE -> -EAGAIN, UNIMPLEMENTED -> -EOPNOTSUPP, OUT_OF_RANGE ->
  * -ERANGE, INVALID_ARGUMENT -> -EINVAL, INTERNAL -> -EIO) and
  * dmb_last_error() has the broker's code, errno and sentence. Transport
- * failures return the socket's errno (e.g. -EPIPE, -ECONNRESET). */
+ * failures return the socket's errno (e.g. -EPIPE, -ECONNRESET), -ETIMEDOUT
+ * after dmb_set_timeout()'s limit, and -EBADMSG when the broker's reply does
+ * not decode or carries a body of another kind than the request's; then
+ * dmb_last_error() has code 0 (DMB_OK), that errno and a sentence. */
 #ifndef DMABROKER_H
 #define DMABROKER_H
 
@@ -213,9 +216,25 @@ struct dmb_event {
 typedef void (*dmb_event_cb)(const struct dmb_event *ev, void *opaque);
 
 /* Connects to the broker at path (NULL: $DMABROKER_SOCKET or the default)
- * and performs the handshake. */
+ * and performs the handshake. On failure nothing is left to close, so the
+ * reason is lost: use dmb_connect_error() to learn it. */
 int dmb_connect(const char *path, const char *client_name, struct dmb_client **out);
+/* dmb_connect(), and on failure *err (if not NULL) says why: the broker's
+ * refusal of the handshake (code != 0, e.g. FAILED_PRECONDITION for an
+ * unsupported protocol version, with its errno and sentence), or a transport
+ * failure (code 0, sys_errno, "cannot connect to PATH: ..."). Zeroed on
+ * success. The handshake waits for the broker without a time limit. */
+int dmb_connect_error(const char *path, const char *client_name, struct dmb_client **out,
+		      struct dmb_error *err);
 void dmb_close(struct dmb_client *c);
+
+/* Bounds every later call: a request the broker does not accept within ms,
+ * or whose reply has not arrived ms after it was sent (events that arrive
+ * meanwhile do not extend it), fails with -ETIMEDOUT and dmb_last_error()
+ * says so. The broker may still carry the request out; its late reply is
+ * discarded. ms 0: wait forever (the default); negative: -EINVAL. Sets
+ * SO_SNDTIMEO and SO_RCVTIMEO on the socket. */
+int dmb_set_timeout(struct dmb_client *c, int ms);
 
 const struct dmb_error *dmb_last_error(const struct dmb_client *c);
 const struct dmb_server_info *dmb_server_info(const struct dmb_client *c);

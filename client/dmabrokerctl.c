@@ -4,8 +4,14 @@
  *
  *   status                    server version, backend, features, uptime, totals (admin)
  *   list contexts [--all]     contexts; --all (every client's) is the default for admins
- *   list mappings CONTEXT     the mappings of one context (admins: any client's)
+ *   list mappings CONTEXT     the mappings of one context (admins: any client's),
+ *                             P2P (peer BAR) mappings marked as such
+ *   list devices [--all]      open devices: command register, reset, revocation
+ *                             counters and the P2P mappings importing their BARs
  *   iova-ranges CONTEXT       usable IOVA ranges, alignment and the backend's mapping limit
+ *   policy check FILE [--uid N --gid N]
+ *                             validates a configuration file and its FILE.d/ drop-ins
+ *                             with the daemon's own parser, without a daemon
  *
  * Humans get aligned tables with sizes in binary units; --json prints exactly
  * one JSON document on stdout with raw integers (bytes, milliseconds), and
@@ -16,7 +22,8 @@
  * Exit codes (a stable contract for scripts; repeated in --help):
  *   0  success
  *   1  the broker refused the request; stderr has
- *      "dmabrokerctl: <code-name>: <message>" (code names as in dmb_error_code_name)
+ *      "dmabrokerctl: <code-name>: <message>" (code names as in dmb_error_code_name);
+ *      policy check: the file is invalid, stderr has "file:line: reason"
  *   2  usage error
  *   3  cannot connect to the broker, the connection failed or timed out, or the
  *      output could not be written
@@ -27,26 +34,17 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 
+#include "ctl-output.h"
+#include "ctl-policy.h"
 #include "dmabroker-internal.h"
 #include "protocol.h"
 
-enum {
-	EXIT_OK = 0,
-	EXIT_REFUSED = 1,
-	EXIT_USAGE = 2,
-	EXIT_TRANSPORT = 3,
-};
-
-#define PROG "dmabrokerctl"
 #define DEFAULT_TIMEOUT_S 30u
 
 struct ctl {
@@ -54,114 +52,14 @@ struct ctl {
 	bool json;
 	bool all;
 	unsigned timeout_s;
-	uint64_t context; /* the CONTEXT operand, if the command takes one */
+	bool have_uid, have_gid; /* policy check --uid/--gid */
+	struct ctl_ident ident;
+	uint64_t context;        /* the CONTEXT operand, if the command takes one */
+	const char *file;        /* the FILE operand of policy check */
 	struct dmb_client *c;
 };
 
-/* ------------------------------------------------------------ text helpers */
-
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if s does not start
- * one (stray continuation, overlong form, surrogate, > U+10FFFF, cut short). */
-static size_t utf8_seq_len(const unsigned char *s)
-{
-	unsigned char c = s[0];
-	size_t n;
-	unsigned char lo = 0x80, hi = 0xbf;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		n = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		n = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (c == 0xe0)
-		lo = 0xa0;
-	else if (c == 0xed)
-		hi = 0x9f;
-	else if (c == 0xf0)
-		lo = 0x90;
-	else if (c == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < n; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return n;
-}
-
-/* Copies untrusted text (another client's context name) into a table cell:
- * control characters (C0, DEL, C1) and invalid UTF-8 become '?', so a name
- * cannot move the cursor or recolour the operator's terminal. */
-static void sanitize(char *dst, size_t cap, const char *src)
-{
-	const unsigned char *s = (const unsigned char *)src;
-	size_t o = 0;
-
-	while (*s && o + 1 < cap) {
-		size_t n = utf8_seq_len(s);
-		bool bad = n == 0 || s[0] < 0x20 || s[0] == 0x7f || (s[0] == 0xc2 && s[1] < 0xa0);
-		if (bad) {
-			dst[o++] = '?';
-			s++;
-			continue;
-		}
-		if (o + n >= cap)
-			break;
-		memcpy(dst + o, s, n);
-		o += n;
-		s += n;
-	}
-	dst[o] = '\0';
-}
-
-/* Display width of valid UTF-8: one column per code point. */
-static size_t text_width(const char *s)
-{
-	size_t w = 0;
-	for (; *s; s++)
-		if (((unsigned char)*s & 0xc0) != 0x80)
-			w++;
-	return w;
-}
-
-static const char *fmt_bytes(uint64_t v, char *buf, size_t cap)
-{
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
-	double d = (double)v;
-	size_t u = 0;
-
-	if (v < 1024) {
-		snprintf(buf, cap, "%" PRIu64 " B", v);
-		return buf;
-	}
-	/* 1023.97 KiB would print as "1024.0 KiB": move up a unit first. */
-	while (d >= 1024.0 - 0.05 && u + 1 < sizeof(units) / sizeof(units[0])) {
-		d /= 1024.0;
-		u++;
-	}
-	snprintf(buf, cap, "%.1f %s", d, units[u]);
-	return buf;
-}
-
-static const char *fmt_uptime(uint64_t ms, char *buf, size_t cap)
-{
-	uint64_t s = ms / 1000, d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60;
-
-	if (d)
-		snprintf(buf, cap, "%" PRIu64 "d %02" PRIu64 "h %02" PRIu64 "m", d, h, m);
-	else if (h)
-		snprintf(buf, cap, "%" PRIu64 "h %02" PRIu64 "m %02" PRIu64 "s", h, m, s % 60);
-	else if (m)
-		snprintf(buf, cap, "%" PRIu64 "m %02" PRIu64 "s", m, s % 60);
-	else
-		snprintf(buf, cap, "%" PRIu64 ".%03" PRIu64 "s", s, ms % 1000);
-	return buf;
-}
+/* ------------------------------------------------------------ helpers */
 
 static const char *prot_name(uint32_t prot)
 {
@@ -169,187 +67,7 @@ static const char *prot_name(uint32_t prot)
 	return names[prot & (DMB_READ | DMB_WRITE)];
 }
 
-/* ------------------------------------------------------------ JSON emitter */
-
-/* Writes one JSON document, pretty-printed with two-space indents. Strings
- * are escaped per RFC 8259; bytes that are not valid UTF-8 become U+FFFD so
- * the output is always valid JSON whatever a client named its context. */
-#define JSON_MAX_DEPTH 8
-
-struct json {
-	FILE *f;
-	int depth;
-	bool used[JSON_MAX_DEPTH]; /* the container at this depth has a member */
-};
-
-static void json_string(FILE *f, const char *str)
-{
-	const unsigned char *s = (const unsigned char *)str;
-
-	fputc('"', f);
-	while (*s) {
-		size_t n = utf8_seq_len(s);
-		if (n == 0) {
-			fputs("\\ufffd", f);
-			s++;
-			continue;
-		}
-		switch (*s) {
-		case '"': fputs("\\\"", f); break;
-		case '\\': fputs("\\\\", f); break;
-		case '\b': fputs("\\b", f); break;
-		case '\f': fputs("\\f", f); break;
-		case '\n': fputs("\\n", f); break;
-		case '\r': fputs("\\r", f); break;
-		case '\t': fputs("\\t", f); break;
-		default:
-			if (*s < 0x20 || *s == 0x7f)
-				fprintf(f, "\\u%04x", *s);
-			else
-				fwrite(s, 1, n, f);
-		}
-		s += n;
-	}
-	fputc('"', f);
-}
-
-/* Separator, newline, indent and "key": for the next member (key NULL in arrays). */
-static void json_member(struct json *j, const char *key)
-{
-	if (j->depth > 0) {
-		fputs(j->used[j->depth] ? ",\n" : "\n", j->f);
-		j->used[j->depth] = true;
-		fprintf(j->f, "%*s", 2 * j->depth, "");
-	}
-	if (key) {
-		json_string(j->f, key);
-		fputs(": ", j->f);
-	}
-}
-
-static void json_open(struct json *j, const char *key, char bracket)
-{
-	json_member(j, key);
-	fputc(bracket, j->f);
-	if (j->depth + 1 < JSON_MAX_DEPTH)
-		j->depth++;
-	j->used[j->depth] = false;
-}
-
-static void json_close(struct json *j, char bracket)
-{
-	bool had_members = j->used[j->depth];
-	if (j->depth > 0)
-		j->depth--;
-	if (had_members)
-		fprintf(j->f, "\n%*s", 2 * j->depth, "");
-	fputc(bracket, j->f);
-	if (j->depth == 0)
-		fputc('\n', j->f);
-}
-
-static void json_u64(struct json *j, const char *key, uint64_t v)
-{
-	json_member(j, key);
-	fprintf(j->f, "%" PRIu64, v);
-}
-
-static void json_bool(struct json *j, const char *key, bool v)
-{
-	json_member(j, key);
-	fputs(v ? "true" : "false", j->f);
-}
-
-static void json_str(struct json *j, const char *key, const char *s)
-{
-	json_member(j, key);
-	json_string(j->f, s);
-}
-
-/* A space-separated list (server features) as an array of strings. */
-static void json_words(struct json *j, const char *key, const char *words)
-{
-	char buf[256];
-	char *save = NULL;
-
-	snprintf(buf, sizeof(buf), "%s", words);
-	json_open(j, key, '[');
-	for (char *w = strtok_r(buf, " ", &save); w; w = strtok_r(NULL, " ", &save))
-		json_str(j, NULL, w);
-	json_close(j, ']');
-}
-
-/* ------------------------------------------------------------ tables */
-
-#define TABLE_MAX_COLS 10
-#define CELL_MAX 128
-
-struct column {
-	const char *header;
-	bool right; /* numbers are right-aligned */
-};
-
-/* Fills the cells of row i. */
-typedef void (*row_fn)(const void *rows, size_t i, char cells[][CELL_MAX]);
-
-static void table_line(const struct column *cols, size_t ncols, const size_t *width,
-		       char cells[][CELL_MAX])
-{
-	for (size_t k = 0; k < ncols; k++) {
-		size_t pad = width[k] - text_width(cells[k]);
-		const char *sep = k + 1 < ncols ? "  " : "";
-		if (cols[k].right)
-			printf("%*s%s%s", (int)pad, "", cells[k], sep);
-		else if (k + 1 < ncols)
-			printf("%s%*s%s", cells[k], (int)pad, "", sep);
-		else
-			fputs(cells[k], stdout); /* no trailing blanks */
-	}
-	putchar('\n');
-}
-
-/* Two passes over the rows: widths first, then the lines. */
-static void table_print(const struct column *cols, size_t ncols, const void *rows, size_t nrows,
-			row_fn fill)
-{
-	char cells[TABLE_MAX_COLS][CELL_MAX];
-	size_t width[TABLE_MAX_COLS];
-
-	for (size_t k = 0; k < ncols; k++) {
-		snprintf(cells[k], CELL_MAX, "%s", cols[k].header);
-		width[k] = text_width(cells[k]);
-	}
-	for (size_t i = 0; i < nrows; i++) {
-		fill(rows, i, cells);
-		for (size_t k = 0; k < ncols; k++) {
-			size_t w = text_width(cells[k]);
-			if (w > width[k])
-				width[k] = w;
-		}
-	}
-	for (size_t k = 0; k < ncols; k++)
-		snprintf(cells[k], CELL_MAX, "%s", cols[k].header);
-	table_line(cols, ncols, width, cells);
-	for (size_t i = 0; i < nrows; i++) {
-		fill(rows, i, cells);
-		table_line(cols, ncols, width, cells);
-	}
-}
-
 /* ------------------------------------------------------------ errors */
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputs("\nTry '" PROG " --help'.\n", stderr);
-	return EXIT_USAGE;
-}
 
 /* Turns a failed library call into the exit code, saying why on stderr. */
 static int call_failed(const struct ctl *ctl, int r, const char *what)
@@ -361,23 +79,11 @@ static int call_failed(const struct ctl *ctl, int r, const char *what)
 			e->message[0] ? e->message : strerror(-r));
 		return EXIT_REFUSED;
 	}
-	if (r == -EAGAIN || r == -EWOULDBLOCK)
-		fprintf(stderr, PROG ": %s: no reply from the broker within %u s\n", what,
-			ctl->timeout_s);
-	else if (e->message[0] && e->sys_errno == -r)
+	if (e->message[0] && e->sys_errno == -r)
 		fprintf(stderr, PROG ": %s: %s\n", what, e->message);
 	else
 		fprintf(stderr, PROG ": %s: %s\n", what, strerror(-r));
 	return EXIT_TRANSPORT;
-}
-
-static int finish_output(void)
-{
-	if (fflush(stdout) != 0 || ferror(stdout)) {
-		fprintf(stderr, PROG ": writing the output: %s\n", strerror(errno));
-		return EXIT_TRANSPORT;
-	}
-	return EXIT_OK;
 }
 
 /* ------------------------------------------------------------ connection */
@@ -393,20 +99,6 @@ static const char *socket_path(const struct ctl *ctl)
 	return DMB_DEFAULT_SOCKET_PATH;
 }
 
-/* A broker that accepts but never answers must not hang a script: every
- * send and receive gives up after the timeout (the library then reports
- * -EAGAIN as a transport error). */
-static void set_timeouts(const struct ctl *ctl)
-{
-	struct timeval tv = { .tv_sec = ctl->timeout_s };
-	int fd = dmb_socket(ctl->c);
-
-	if (!ctl->timeout_s)
-		return;
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
 /* Connects in two steps (the internal API) so that the timeout covers the
  * handshake and a refused handshake is reported with the broker's words. */
 static int ctl_connect(struct ctl *ctl)
@@ -419,7 +111,11 @@ static int ctl_connect(struct ctl *ctl)
 			r == -ENOENT || r == -ECONNREFUSED ? " (is dmabrokerd running?)" : "");
 		return EXIT_TRANSPORT;
 	}
-	set_timeouts(ctl);
+	/* A broker that accepts but never answers must not hang a script: every
+	 * call, the handshake included, gives up after the timeout (-ETIMEDOUT,
+	 * exit 3). */
+	if (ctl->timeout_s && (r = dmb_set_timeout(ctl->c, (int)ctl->timeout_s * 1000)) < 0)
+		return call_failed(ctl, r, "setting the timeout");
 	r = dmb_hello(ctl->c, DMB_PROTOCOL_VERSION, PROG);
 	if (r < 0)
 		return call_failed(ctl, r, "handshake");
@@ -462,6 +158,10 @@ static void status_json(const struct ctl *ctl, const struct dmb_status *st)
 	json_u64(&j, "mapped_bytes", t->mapped_bytes);
 	json_u64(&j, "pinned_bytes", t->pinned_bytes);
 	json_u64(&j, "devices", t->devices);
+	/* Not p2p_bytes: the broker's Status does not fill it (Stats does). */
+	json_u64(&j, "p2p_mappings", t->p2p_mappings);
+	json_u64(&j, "revocations", t->revocations);
+	json_u64(&j, "restorations", t->restorations);
 	json_close(&j, '}');
 	json_close(&j, '}');
 }
@@ -486,6 +186,11 @@ static void status_human(const struct ctl *ctl, const struct dmb_status *st)
 	printf("Pinned:    %s (%" PRIu64 " bytes)\n", fmt_bytes(t->pinned_bytes, b2, sizeof(b2)),
 	       t->pinned_bytes);
 	printf("Devices:   %" PRIu32 "\n", t->devices);
+	printf("P2P:       %" PRIu64 " mapping%s (peer BARs; also counted in Mappings)\n",
+	       t->p2p_mappings, t->p2p_mappings == 1 ? "" : "s");
+	printf("Revoked:   %" PRIu64 " revocation%s, %" PRIu64 " restoration%s (since start)\n",
+	       t->revocations, t->revocations == 1 ? "" : "s", t->restorations,
+	       t->restorations == 1 ? "" : "s");
 }
 
 static int cmd_status(struct ctl *ctl)
@@ -514,7 +219,7 @@ static void context_row(const void *rows, size_t i, char cells[][CELL_MAX])
 	const struct dmb_context_info *x = (const struct dmb_context_info *)rows + i;
 
 	snprintf(cells[0], CELL_MAX, "%" PRIu64, x->context);
-	sanitize(cells[1], CELL_MAX, x->name[0] ? x->name : "-");
+	text_sanitize(cells[1], CELL_MAX, x->name[0] ? x->name : "-");
 	snprintf(cells[2], CELL_MAX, "%" PRIu32, x->owner_uid);
 	snprintf(cells[3], CELL_MAX, "%" PRIu32, x->owner_pid);
 	snprintf(cells[4], CELL_MAX, "%" PRIu64, x->session);
@@ -570,7 +275,7 @@ static int cmd_list_contexts(struct ctl *ctl)
 	if (ctl->json)
 		contexts_json(v, n, all);
 	else
-		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, context_row);
+		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, context_row, NULL, NULL);
 	free(v);
 	return finish_output();
 }
@@ -632,6 +337,8 @@ static int fetch_mappings(struct ctl *ctl, uint64_t context, struct mapping_list
 	}
 }
 
+/* A P2P mapping's REGION cell names the peer's BAR ("bar0@dev7": BAR 0 of the
+ * broker's device 7, as in 'list devices'); OFFSET is then into the BAR. */
 static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
 {
 	const struct dmb_mapping_info *m = (const struct dmb_mapping_info *)rows + i;
@@ -639,9 +346,13 @@ static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
 	snprintf(cells[0], CELL_MAX, "0x%016" PRIx64 "-0x%016" PRIx64, m->iova,
 		 m->iova + m->length - 1);
 	fmt_bytes(m->length, cells[1], CELL_MAX);
-	snprintf(cells[2], CELL_MAX, "%" PRIu64, m->region);
+	if (m->mmio)
+		snprintf(cells[2], CELL_MAX, "bar%" PRIu32 "@dev%" PRIu64, m->bar, m->peer_device);
+	else
+		snprintf(cells[2], CELL_MAX, "%" PRIu64, m->region);
 	snprintf(cells[3], CELL_MAX, "0x%" PRIx64, m->offset);
 	snprintf(cells[4], CELL_MAX, "%s", prot_name(m->prot));
+	snprintf(cells[5], CELL_MAX, "%s", !m->mmio ? "-" : m->revoked ? "revoked" : "live");
 }
 
 static void mappings_json(uint64_t context, const struct mapping_list *l)
@@ -657,28 +368,41 @@ static void mappings_json(uint64_t context, const struct mapping_list *l)
 		json_u64(&j, "iova", m->iova);
 		json_u64(&j, "last", m->iova + m->length - 1);
 		json_u64(&j, "length", m->length);
-		json_u64(&j, "region", m->region);
-		json_u64(&j, "offset", m->offset);
+		json_u64(&j, "region", m->region); /* 0 for P2P */
+		json_u64(&j, "offset", m->offset); /* into the region, or the BAR */
 		json_str(&j, "prot", prot_name(m->prot));
+		json_bool(&j, "mmio", m->mmio);
+		json_u64(&j, "peer_device", m->peer_device); /* P2P only, else 0 */
+		json_u64(&j, "bar", m->bar);                 /* P2P only, else 0 */
+		json_bool(&j, "revoked", m->revoked);
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
 	json_close(&j, '}');
 }
 
+/* The P2P column appears only when the context has P2P mappings, so a plain
+ * VMM's table stays as it was. */
 static void mappings_human(const struct mapping_list *l)
 {
 	static const struct column cols[] = {
 		{ "IOVA", false }, { "LENGTH", true }, { "REGION", true },
-		{ "OFFSET", true }, { "PROT", false },
+		{ "OFFSET", true }, { "PROT", false }, { "P2P", false },
 	};
 	uint64_t total = 0;
+	size_t p2p = 0, revoked = 0;
 	char b[32];
 
-	table_print(cols, sizeof(cols) / sizeof(cols[0]), l->v, l->n, mapping_row);
-	for (size_t i = 0; i < l->n; i++)
+	for (size_t i = 0; i < l->n; i++) {
 		total += l->v[i].length;
-	printf("\n%zu mapping%s, %s\n", l->n, l->n == 1 ? "" : "s", fmt_bytes(total, b, sizeof(b)));
+		p2p += l->v[i].mmio;
+		revoked += l->v[i].mmio && l->v[i].revoked;
+	}
+	table_print(cols, p2p ? 6 : 5, l->v, l->n, mapping_row, NULL, NULL);
+	printf("\n%zu mapping%s, %s", l->n, l->n == 1 ? "" : "s", fmt_bytes(total, b, sizeof(b)));
+	if (p2p)
+		printf(" (%zu P2P, %zu revoked)", p2p, revoked);
+	putchar('\n');
 }
 
 static int cmd_list_mappings(struct ctl *ctl)
@@ -695,6 +419,150 @@ static int cmd_list_mappings(struct ctl *ctl)
 	}
 	free(l.v);
 	return rc;
+}
+
+/* ------------------------------------------------------------ list devices */
+
+/* "0x0006 mem+ bm+": the command register and its two mediated bits. */
+static void command_cell(const struct dmb_device_state *st, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "0x%04x mem%c bm%c", st->command, st->memory ? '+' : '-',
+		 st->bus_master ? '+' : '-');
+}
+
+static void device_row(const void *rows, size_t i, char cells[][CELL_MAX])
+{
+	const struct dmb_device_listing *d = (const struct dmb_device_listing *)rows + i;
+
+	snprintf(cells[0], CELL_MAX, "%" PRIu64, d->device);
+	text_sanitize(cells[1], CELL_MAX, d->bdf);
+	snprintf(cells[2], CELL_MAX, "%04x:%04x", d->vendor_id, d->device_id);
+	text_sanitize(cells[3], CELL_MAX, d->group[0] ? d->group : "-");
+	snprintf(cells[4], CELL_MAX, "%" PRIu64, d->context);
+	snprintf(cells[5], CELL_MAX, "%" PRIu32, d->owner_uid);
+	command_cell(&d->state, cells[6], CELL_MAX);
+	snprintf(cells[7], CELL_MAX, "%s", d->in_reset ? "in-reset" : "-");
+	snprintf(cells[8], CELL_MAX, "%" PRIu64, d->state.revocations);
+	snprintf(cells[9], CELL_MAX, "%" PRIu64, d->state.restorations);
+}
+
+/* Importers are printed as indented rows under their device, aligned with
+ * each other across the whole listing:
+ *     importer  context 3  uid 1000  0x...-0x...  64.0 KiB  bar0+0x10000  live */
+#define IMP_COLS 6
+
+static const struct column importer_cols[IMP_COLS] = {
+	{ "", false }, { "", false }, { "", false }, { "", true }, { "", false }, { "", false },
+};
+
+static void importer_cells(const struct dmb_importer *m, char cells[][CELL_MAX])
+{
+	snprintf(cells[0], CELL_MAX, "context %" PRIu64, m->context);
+	snprintf(cells[1], CELL_MAX, "uid %" PRIu32, m->owner_uid);
+	snprintf(cells[2], CELL_MAX, "0x%016" PRIx64 "-0x%016" PRIx64, m->iova,
+		 m->iova + m->length - 1);
+	fmt_bytes(m->length, cells[3], CELL_MAX);
+	snprintf(cells[4], CELL_MAX, "bar%" PRIu32 "+0x%" PRIx64, m->bar, m->offset);
+	snprintf(cells[5], CELL_MAX, "%s", m->revoked ? "revoked" : "live");
+}
+
+static void device_importers(const void *rows, size_t i, void *opaque)
+{
+	const struct dmb_device_listing *d = (const struct dmb_device_listing *)rows + i;
+	const size_t *width = opaque;
+	char cells[IMP_COLS][CELL_MAX];
+
+	for (size_t k = 0; k < d->n_importers; k++) {
+		importer_cells(&d->importers[k], cells);
+		fputs("    importer  ", stdout);
+		table_line(importer_cols, IMP_COLS, width, cells);
+	}
+}
+
+static void devices_human(const struct dmb_device_listing *v, size_t n)
+{
+	static const struct column cols[] = {
+		{ "ID", true }, { "BDF", false }, { "PCI-ID", false }, { "GROUP", false },
+		{ "CONTEXT", true }, { "UID", true }, { "COMMAND", false }, { "RESET", false },
+		{ "REVOCATIONS", true }, { "RESTORATIONS", true },
+	};
+	size_t width[IMP_COLS] = { 0 }, nimp = 0, revoked = 0;
+	char cells[IMP_COLS][CELL_MAX];
+
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < v[i].n_importers; k++) {
+			importer_cells(&v[i].importers[k], cells);
+			table_widen(IMP_COLS, width, cells);
+			nimp++;
+			revoked += v[i].importers[k].revoked;
+		}
+	table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, device_row, device_importers, width);
+	printf("\n%zu device%s, %zu P2P importer%s (%zu revoked)\n", n, n == 1 ? "" : "s", nimp,
+	       nimp == 1 ? "" : "s", revoked);
+}
+
+static void devices_json(const struct dmb_device_listing *v, size_t n, bool all)
+{
+	struct json j = { .f = stdout };
+
+	json_open(&j, NULL, '{');
+	json_bool(&j, "all", all);
+	json_open(&j, "devices", '[');
+	for (size_t i = 0; i < n; i++) {
+		const struct dmb_device_listing *d = &v[i];
+		json_open(&j, NULL, '{');
+		json_u64(&j, "id", d->device);
+		json_str(&j, "bdf", d->bdf);
+		json_u64(&j, "vendor_id", d->vendor_id);
+		json_u64(&j, "pci_device_id", d->device_id);
+		json_str(&j, "group", d->group);
+		json_u64(&j, "context", d->context);
+		json_u64(&j, "owner_uid", d->owner_uid);
+		json_u64(&j, "command", d->state.command);
+		json_bool(&j, "memory", d->state.memory);
+		json_bool(&j, "bus_master", d->state.bus_master);
+		json_bool(&j, "in_reset", d->in_reset);
+		json_u64(&j, "revocations", d->state.revocations);
+		json_u64(&j, "restorations", d->state.restorations);
+		json_open(&j, "importers", '[');
+		for (size_t k = 0; k < d->n_importers; k++) {
+			const struct dmb_importer *m = &d->importers[k];
+			json_open(&j, NULL, '{');
+			json_u64(&j, "context", m->context);
+			json_u64(&j, "owner_uid", m->owner_uid);
+			json_u64(&j, "iova", m->iova);
+			json_u64(&j, "last", m->iova + m->length - 1);
+			json_u64(&j, "length", m->length);
+			json_u64(&j, "bar", m->bar);
+			json_u64(&j, "offset", m->offset);
+			json_bool(&j, "revoked", m->revoked);
+			json_close(&j, '}');
+		}
+		json_close(&j, ']');
+		json_close(&j, '}');
+	}
+	json_close(&j, ']');
+	json_close(&j, '}');
+}
+
+static int cmd_list_devices(struct ctl *ctl)
+{
+	bool all = ctl->all || dmb_server_info(ctl->c)->admin;
+	struct dmb_device_listing *v = NULL;
+	size_t n = 0;
+	int r = dmb_list_devices(ctl->c, all, &v, &n);
+
+	if (r < 0)
+		return call_failed(ctl, r, "list devices");
+	if (!all)
+		fprintf(stderr, PROG ": note: not an admin session: only this session's own "
+				"devices are listed (none: the CLI opens no devices)\n");
+	if (ctl->json)
+		devices_json(v, n, all);
+	else
+		devices_human(v, n);
+	free(v);
+	return finish_output();
 }
 
 /* ------------------------------------------------------------ iova-ranges */
@@ -737,7 +605,8 @@ static void iova_human(const struct dmb_iova_info *info)
 	};
 	char b[32];
 
-	table_print(cols, sizeof(cols) / sizeof(cols[0]), info->ranges, info->n, iova_row);
+	table_print(cols, sizeof(cols) / sizeof(cols[0]), info->ranges, info->n, iova_row, NULL,
+		    NULL);
 	printf("\nAlignment: %" PRIu64 " (%s)\n", info->alignment,
 	       fmt_bytes(info->alignment, b, sizeof(b)));
 	if (info->max_mappings)
@@ -763,20 +632,32 @@ static int cmd_iova_ranges(struct ctl *ctl)
 	return finish_output();
 }
 
+/* ------------------------------------------------------------ policy check */
+
+static int cmd_policy_check(struct ctl *ctl)
+{
+	return ctl_policy_check(ctl->file, ctl->json, ctl->have_uid ? &ctl->ident : NULL);
+}
+
 /* ------------------------------------------------------------ dispatch */
+
+enum operand { OP_NONE, OP_CONTEXT, OP_FILE };
 
 struct command {
 	const char *words[2]; /* the command's fixed words; words[1] may be NULL */
-	size_t nargs;          /* operands after the words: 0, or 1 for CONTEXT */
+	enum operand operand; /* at most one operand after the words */
 	bool takes_all;
+	bool offline;         /* runs without a broker */
 	int (*fn)(struct ctl *ctl);
 };
 
 static const struct command commands[] = {
-	{ { "status", NULL }, 0, false, cmd_status },
-	{ { "list", "contexts" }, 0, true, cmd_list_contexts },
-	{ { "list", "mappings" }, 1, false, cmd_list_mappings },
-	{ { "iova-ranges", NULL }, 1, false, cmd_iova_ranges },
+	{ { "status", NULL }, OP_NONE, false, false, cmd_status },
+	{ { "list", "contexts" }, OP_NONE, true, false, cmd_list_contexts },
+	{ { "list", "mappings" }, OP_CONTEXT, false, false, cmd_list_mappings },
+	{ { "list", "devices" }, OP_NONE, true, false, cmd_list_devices },
+	{ { "iova-ranges", NULL }, OP_CONTEXT, false, false, cmd_iova_ranges },
+	{ { "policy", "check" }, OP_FILE, false, true, cmd_policy_check },
 };
 
 static void usage(FILE *f)
@@ -785,26 +666,51 @@ static void usage(FILE *f)
 		"Usage: " PROG " [OPTIONS] COMMAND\n"
 		"Inspect dmabrokerd, the IOMMU DMA-mapping broker.\n\n"
 		"Commands:\n"
-		"  status                  server version, backend, features, uptime, totals (admin)\n"
+		"  status                  server version, backend, features, uptime, totals with\n"
+		"                          P2P mappings and revocations (admin)\n"
 		"  list contexts [--all]   contexts with owner, regions, mappings, mapped bytes;\n"
 		"                          --all (every client's, admin) is the default for admins\n"
 		"  list mappings CONTEXT   the mappings of a context: IOVA range, length, region,\n"
-		"                          offset, prot (admins may name any client's context)\n"
+		"                          offset, prot; P2P ones as REGION barN@devID with their\n"
+		"                          state, live or revoked (admins: any client's context)\n"
+		"  list devices [--all]    open devices: BDF, PCI ids, group, context, owner,\n"
+		"                          command register (mem+/- bm+/-), reset, revocations,\n"
+		"                          restorations, and the P2P mappings importing their BARs;\n"
+		"                          --all (every client's, admin) is the default for admins\n"
 		"  iova-ranges CONTEXT     usable IOVA ranges, alignment, backend mapping limit\n"
-		"                          (only contexts of this session)\n\n"
+		"                          (only contexts of this session)\n"
+		"  policy check FILE [--uid N --gid N]\n"
+		"                          validate a configuration and its FILE.d/*.conf drop-ins\n"
+		"                          with the daemon's parser (no broker needed); with --uid\n"
+		"                          and --gid, show what that client would be granted\n\n"
 		"Options:\n"
 		"  -s, --socket=PATH       broker socket (default $DMABROKER_SOCKET, else %s)\n"
 		"  -j, --json              print one JSON document with raw integers\n"
-		"  -a, --all               with 'list contexts': every client's contexts\n"
+		"  -a, --all               with 'list contexts' / 'list devices': every client's\n"
 		"  -t, --timeout=SECONDS   give up on a silent broker (default %u; 0: wait forever)\n"
+		"      --uid=N, --gid=N    with 'policy check': the client to resolve the policy for\n"
 		"  -V, --version           print the version and exit\n"
 		"  -h, --help              this text\n\n"
 		"Exit status:\n"
 		"  0  success\n"
-		"  1  the broker refused the request (stderr: '" PROG ": <code>: <message>')\n"
+		"  1  the broker refused the request (stderr: '" PROG ": <code>: <message>');\n"
+		"     policy check: the file is invalid (stderr: 'file:line: reason')\n"
 		"  2  usage error\n"
 		"  3  cannot connect, the connection failed or timed out, or output failed\n",
 		DMB_DEFAULT_SOCKET_PATH, DEFAULT_TIMEOUT_S);
+}
+
+static int parse_id(const char *s, uint32_t *out)
+{
+	char *end;
+
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	/* (uid_t)-1 means "no id" to the kernel; the daemon refuses it too. */
+	if (!s[0] || s[0] == '-' || s[0] == '+' || errno || *end || v >= UINT32_MAX)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
 }
 
 static int parse_timeout(const char *s, unsigned *out)
@@ -827,6 +733,8 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 		{ "json", no_argument, NULL, 'j' },
 		{ "all", no_argument, NULL, 'a' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "uid", required_argument, NULL, 'U' },
+		{ "gid", required_argument, NULL, 'G' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -846,6 +754,16 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 			if (parse_timeout(optarg, &ctl->timeout_s) < 0)
 				return usage_error("--timeout takes seconds from 0 to 86400, not '%s'",
 						   optarg);
+			break;
+		case 'U':
+			if (parse_id(optarg, &ctl->ident.uid) < 0)
+				return usage_error("--uid takes a number, not '%s'", optarg);
+			ctl->have_uid = true;
+			break;
+		case 'G':
+			if (parse_id(optarg, &ctl->ident.gid) < 0)
+				return usage_error("--gid takes a number, not '%s'", optarg);
+			ctl->have_gid = true;
 			break;
 		case 'V': printf(PROG " (libdmabroker, protocol %u)\n", DMB_PROTOCOL_VERSION); return EXIT_OK;
 		case 'h': usage(stdout); return finish_output();
@@ -885,19 +803,34 @@ static int run(int argc, char **argv)
 		return usage_error("no command given");
 	const struct command *cmd = find_command(argc, argv, &args);
 	if (!cmd && strcmp(argv[0], "list") == 0)
-		return usage_error("list what? 'list contexts' or 'list mappings CONTEXT'");
+		return usage_error("list what? 'list contexts', 'list mappings CONTEXT' or "
+				   "'list devices'");
+	if (!cmd && strcmp(argv[0], "policy") == 0)
+		return usage_error("policy what? 'policy check FILE'");
 	if (!cmd)
 		return usage_error("unknown command '%s'", argv[0]);
-	size_t given = (size_t)argc - (size_t)(args - argv);
-	if (given != cmd->nargs)
+	size_t given = (size_t)argc - (size_t)(args - argv), want = cmd->operand != OP_NONE;
+	if (given != want)
 		return usage_error("'%s%s%s' takes %zu operand%s, got %zu", cmd->words[0],
 				   cmd->words[1] ? " " : "", cmd->words[1] ? cmd->words[1] : "",
-				   cmd->nargs, cmd->nargs == 1 ? "" : "s", given);
+				   want, want == 1 ? "" : "s", given);
 	if (ctl.all && !cmd->takes_all)
-		return usage_error("--all only goes with 'list contexts'");
+		return usage_error("--all only goes with 'list contexts' and 'list devices'");
+	if ((ctl.have_uid || ctl.have_gid) && cmd->fn != cmd_policy_check)
+		return usage_error("--uid and --gid only go with 'policy check'");
+	if (ctl.have_uid != ctl.have_gid)
+		return usage_error("--uid and --gid go together: the policy matches both");
 	/* Operands are checked before connecting: a usage error is never 3. */
-	if (cmd->nargs == 1 && parse_context(args[0], &ctl.context) < 0)
+	if (cmd->operand == OP_CONTEXT && parse_context(args[0], &ctl.context) < 0)
 		return usage_error("'%s' is not a context id", args[0]);
+	if (cmd->operand == OP_FILE) {
+		if (!args[0][0])
+			return usage_error("'%s%s%s' needs a file name", cmd->words[0], " ",
+					   cmd->words[1]);
+		ctl.file = args[0];
+	}
+	if (cmd->offline)
+		return cmd->fn(&ctl);
 
 	rc = ctl_connect(&ctl);
 	if (rc == EXIT_OK)

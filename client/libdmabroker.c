@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dmabroker-internal.h"
@@ -28,6 +29,7 @@ struct dmb_client {
 	struct evq_item *evq_head, *evq_tail;
 	size_t evq_len;
 	uint64_t events_dropped;
+	int timeout_ms;               /* per call; 0: wait forever (dmb_set_timeout) */
 };
 
 static const char *const code_names[] = {
@@ -69,6 +71,25 @@ static int transport_error(struct dmb_client *c, int r, const char *what)
 	return r;
 }
 
+/* The broker answered, but with a body of another kind than the request's
+ * (or none): a broken or foreign server. Reported like a transport error. */
+static int bad_body(struct dmb_client *c, const Dmb__Reply *rep, const char *what)
+{
+	c->err = (struct dmb_error){ .code = 0, .sys_errno = EBADMSG };
+	snprintf(c->err.message, sizeof(c->err.message),
+		 "the broker answered %s with a reply of the wrong kind (body %d)", what,
+		 (int)rep->body_case);
+	return -EBADMSG;
+}
+
+static int timed_out(struct dmb_client *c, const char *what)
+{
+	c->err = (struct dmb_error){ .code = 0, .sys_errno = ETIMEDOUT };
+	snprintf(c->err.message, sizeof(c->err.message), "%s: no answer from the broker within %d ms",
+		 what, c->timeout_ms);
+	return -ETIMEDOUT;
+}
+
 const struct dmb_error *dmb_last_error(const struct dmb_client *c)
 {
 	return &c->err;
@@ -87,6 +108,25 @@ int dmb_fd(const struct dmb_client *c)
 int dmb_socket(const struct dmb_client *c)
 {
 	return c->fd;
+}
+
+int dmb_set_timeout(struct dmb_client *c, int ms)
+{
+	if (ms < 0)
+		return -EINVAL;
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return transport_error(c, -errno, "setting the socket timeouts");
+	c->timeout_ms = ms;
+	return 0;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int dmb_connect_raw(const char *path, struct dmb_client **out)
@@ -197,14 +237,30 @@ static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int
 	return 0;
 }
 
+/* With a timeout, the whole wait (events that arrive meanwhile included) is
+ * bounded by one deadline; SO_RCVTIMEO is the backstop for each receive. */
 static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **reply, int *rfds,
 		      size_t *nrfds)
 {
 	size_t cap = nrfds ? *nrfds : 0;
+	int64_t deadline = c->timeout_ms ? now_ms() + c->timeout_ms : 0;
 	for (;;) {
 		size_t n = cap;
 		Dmb__Reply *rep;
+		if (deadline) {
+			int64_t left = deadline - now_ms();
+			struct pollfd p = { .fd = c->fd, .events = POLLIN };
+			int pr = left > 0 ? poll(&p, 1, (int)left) : 0;
+			if (pr < 0 && errno == EINTR)
+				continue;
+			if (pr < 0)
+				return transport_error(c, -errno, "waiting for the reply");
+			if (pr == 0)
+				return timed_out(c, "waiting for the reply");
+		}
 		int r = recv_one(c, false, &rep, rfds, nrfds ? &n : NULL);
+		if ((r == -EAGAIN || r == -EWOULDBLOCK) && c->timeout_ms)
+			return timed_out(c, "waiting for the reply");
 		if (r < 0)
 			return transport_error(c, r, "receiving the reply");
 		if (!rep)
@@ -236,6 +292,8 @@ int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfd
 	}
 	dmb__request__pack(req, c->buf);
 	int r = wire_send(c->fd, c->buf, len, fds, nfds, false);
+	if ((r == -EAGAIN || r == -EWOULDBLOCK) && c->timeout_ms)
+		return timed_out(c, "sending the request");
 	if (r < 0)
 		return transport_error(c, r, "sending the request");
 	return wait_reply(c, req->id, false, reply, rfds, nrfds);
@@ -245,6 +303,8 @@ int dmb_call_bytes(struct dmb_client *c, const void *buf, size_t len, const int 
 		   Dmb__Reply **reply)
 {
 	int r = wire_send(c->fd, buf, len, fds, nfds, false);
+	if ((r == -EAGAIN || r == -EWOULDBLOCK) && c->timeout_ms)
+		return timed_out(c, "sending the request");
 	if (r < 0)
 		return transport_error(c, r, "sending the request");
 	return wait_reply(c, 0, true, reply, NULL, NULL);
@@ -302,7 +362,9 @@ int dmb_hello(struct dmb_client *c, uint32_t version, const char *name)
 	int r = simple_call(c, &req, &rep);
 	if (r < 0)
 		return r;
-	if (rep->body_case == DMB__REPLY__BODY_HELLO) {
+	if (rep->body_case != DMB__REPLY__BODY_HELLO) {
+		r = bad_body(c, rep, "Hello");
+	} else {
 		Dmb__HelloReply *hr = rep->hello;
 		struct dmb_server_info *i = &c->info;
 		i->protocol_version = hr->protocol_version;
@@ -316,22 +378,39 @@ int dmb_hello(struct dmb_client *c, uint32_t version, const char *name)
 		i->admin = hr->admin;
 	}
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
-int dmb_connect(const char *path, const char *client_name, struct dmb_client **out)
+int dmb_connect_error(const char *path, const char *client_name, struct dmb_client **out,
+		      struct dmb_error *err)
 {
 	struct dmb_client *c;
+	struct dmb_error scratch;
+	if (!err)
+		err = &scratch;
+	memset(err, 0, sizeof(*err));
+	*out = NULL;
 	int r = dmb_connect_raw(path, &c);
-	if (r < 0)
+	if (r < 0) {
+		const char *p = path ? path : getenv("DMABROKER_SOCKET");
+		err->sys_errno = -r;
+		snprintf(err->message, sizeof(err->message), "cannot connect to %s: %s",
+			 p ? p : DMB_DEFAULT_SOCKET_PATH, strerror(-r));
 		return r;
+	}
 	r = dmb_hello(c, DMB_PROTOCOL_VERSION, client_name);
 	if (r < 0) {
+		*err = c->err;
 		dmb_close(c);
 		return r;
 	}
 	*out = c;
 	return 0;
+}
+
+int dmb_connect(const char *path, const char *client_name, struct dmb_client **out)
+{
+	return dmb_connect_error(path, client_name, out, NULL);
 }
 
 int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
@@ -397,7 +476,7 @@ int dmb_context_create(struct dmb_client *c, const char *name, uint64_t *context
 	if (rep->body_case == DMB__REPLY__BODY_CONTEXT_CREATE)
 		*context = rep->context_create->context_id;
 	else
-		r = -EBADMSG;
+		r = bad_body(c, rep, "ContextCreate");
 	dmb__reply__free_unpacked(rep, NULL);
 	return r;
 }
@@ -421,7 +500,9 @@ int dmb_region_register(struct dmb_client *c, uint64_t context, int fd, uint64_t
 	if (r < 0)
 		return r;
 	r = dmb_reply_status(c, rep);
-	if (r == 0 && rep->body_case == DMB__REPLY__BODY_REGION_REGISTER && out) {
+	if (r == 0 && rep->body_case != DMB__REPLY__BODY_REGION_REGISTER)
+		r = bad_body(c, rep, "RegionRegister");
+	if (r == 0 && out) {
 		Dmb__RegionRegisterReply *b = rep->region_register;
 		out->region = b->region_id;
 		out->size = b->size;
@@ -451,7 +532,9 @@ int dmb_iova_ranges(struct dmb_client *c, uint64_t context, struct dmb_iova_info
 	if (r < 0)
 		return r;
 	memset(out, 0, sizeof(*out));
-	if (rep->body_case == DMB__REPLY__BODY_IOVA_RANGES) {
+	if (rep->body_case != DMB__REPLY__BODY_IOVA_RANGES) {
+		r = bad_body(c, rep, "IovaRanges");
+	} else {
 		Dmb__IovaRangesReply *b = rep->iova_ranges;
 		size_t max = sizeof(out->ranges) / sizeof(out->ranges[0]);
 		out->n = b->n_ranges < max ? b->n_ranges : max;
@@ -462,7 +545,7 @@ int dmb_iova_ranges(struct dmb_client *c, uint64_t context, struct dmb_iova_info
 		out->mappings_available = b->mappings_available;
 	}
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 static void entry_to_pb(Dmb__MapEntry *m, const struct dmb_map_entry *e)
@@ -514,10 +597,12 @@ static int unmapped_reply(struct dmb_client *c, Dmb__Request *req, uint64_t *byt
 	int r = simple_call(c, req, &rep);
 	if (r < 0)
 		return r;
-	if (bytes)
-		*bytes = rep->body_case == DMB__REPLY__BODY_UNMAP ? rep->unmap->unmapped_bytes : 0;
+	if (rep->body_case != DMB__REPLY__BODY_UNMAP)
+		r = bad_body(c, rep, "Unmap");
+	else if (bytes)
+		*bytes = rep->unmap->unmapped_bytes;
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 int dmb_unmap(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t length,
@@ -580,7 +665,9 @@ int dmb_device_open(struct dmb_client *c, uint64_t context, const char *bdf, int
 		return r;
 	r = dmb_reply_status(c, rep);
 	int keep = -1;
-	if (r == 0 && rep->body_case == DMB__REPLY__BODY_DEVICE_OPEN) {
+	if (r == 0 && rep->body_case != DMB__REPLY__BODY_DEVICE_OPEN)
+		r = bad_body(c, rep, "DeviceOpen");
+	if (r == 0) {
 		Dmb__DeviceOpenReply *b = rep->device_open;
 		if (out) {
 			memset(out, 0, sizeof(*out));
@@ -622,7 +709,7 @@ int dmb_sim_dma_read(struct dmb_client *c, uint64_t context, uint64_t iova, void
 	if (r < 0)
 		return r;
 	if (rep->body_case != DMB__REPLY__BODY_SIM_DMA || rep->sim_dma->data.len != len)
-		r = -EBADMSG;
+		r = bad_body(c, rep, "SimDma");
 	else
 		memcpy(buf, rep->sim_dma->data.data, len);
 	dmb__reply__free_unpacked(rep, NULL);
@@ -667,9 +754,12 @@ int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out)
 	int r = simple_call(c, &req, &rep);
 	if (r < 0)
 		return r;
-	stats_from_pb(out, rep->body_case == DMB__REPLY__BODY_STATS ? rep->stats : NULL);
+	if (rep->body_case != DMB__REPLY__BODY_STATS)
+		r = bad_body(c, rep, "Stats");
+	else
+		stats_from_pb(out, rep->stats);
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 int dmb_status(struct dmb_client *c, struct dmb_status *out)
@@ -680,7 +770,9 @@ int dmb_status(struct dmb_client *c, struct dmb_status *out)
 	if (r < 0)
 		return r;
 	memset(out, 0, sizeof(*out));
-	if (rep->body_case == DMB__REPLY__BODY_STATUS) {
+	if (rep->body_case != DMB__REPLY__BODY_STATUS) {
+		r = bad_body(c, rep, "Status");
+	} else {
 		Dmb__StatusReply *s = rep->status;
 		snprintf(out->server_version, sizeof(out->server_version), "%s", s->server_version);
 		snprintf(out->backend, sizeof(out->backend), "%s", s->backend);
@@ -691,7 +783,7 @@ int dmb_status(struct dmb_client *c, struct dmb_status *out)
 		stats_from_pb(&out->totals, s->totals);
 	}
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **out, size_t *n)
@@ -702,7 +794,12 @@ int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **
 	int r = simple_call(c, &req, &rep);
 	if (r < 0)
 		return r;
-	size_t k = rep->body_case == DMB__REPLY__BODY_LIST_CONTEXTS ? rep->list_contexts->n_contexts : 0;
+	if (rep->body_case != DMB__REPLY__BODY_LIST_CONTEXTS) {
+		r = bad_body(c, rep, "ListContexts");
+		dmb__reply__free_unpacked(rep, NULL);
+		return r;
+	}
+	size_t k = rep->list_contexts->n_contexts;
 	struct dmb_context_info *arr = calloc(k + 1, sizeof(*arr));
 	if (!arr) {
 		dmb__reply__free_unpacked(rep, NULL);
@@ -739,7 +836,9 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 		return r;
 	*n = 0;
 	*more = false;
-	if (rep->body_case == DMB__REPLY__BODY_LIST_MAPPINGS) {
+	if (rep->body_case != DMB__REPLY__BODY_LIST_MAPPINGS) {
+		r = bad_body(c, rep, "ListMappings");
+	} else {
 		Dmb__ListMappingsReply *b = rep->list_mappings;
 		for (size_t i = 0; i < b->n_mappings && i < cap; i++) {
 			const Dmb__MappingInfo *m = b->mappings[i];
@@ -755,7 +854,7 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 			*next = b->next_iova;
 	}
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
@@ -792,10 +891,12 @@ static int device_state_call(struct dmb_client *c, Dmb__Request *req, struct dmb
 	int r = simple_call(c, req, &rep);
 	if (r < 0)
 		return r;
-	if (out && rep->body_case == DMB__REPLY__BODY_DEVICE_STATE)
+	if (rep->body_case != DMB__REPLY__BODY_DEVICE_STATE)
+		r = bad_body(c, rep, "a device-state request");
+	else if (out)
 		state_from_pb(out, rep->device_state);
 	dmb__reply__free_unpacked(rep, NULL);
-	return 0;
+	return r;
 }
 
 int dmb_device_set_command(struct dmb_client *c, uint64_t device, uint16_t set_bits,
@@ -824,12 +925,14 @@ int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing *
 	int r = simple_call(c, &req, &rep);
 	if (r < 0)
 		return r;
-	size_t k = 0, nimp = 0;
-	if (rep->body_case == DMB__REPLY__BODY_LIST_DEVICES) {
-		k = rep->list_devices->n_devices;
-		for (size_t i = 0; i < k; i++)
-			nimp += rep->list_devices->devices[i]->n_importers;
+	if (rep->body_case != DMB__REPLY__BODY_LIST_DEVICES) {
+		r = bad_body(c, rep, "ListDevices");
+		dmb__reply__free_unpacked(rep, NULL);
+		return r;
 	}
+	size_t k = rep->list_devices->n_devices, nimp = 0;
+	for (size_t i = 0; i < k; i++)
+		nimp += rep->list_devices->devices[i]->n_importers;
 	struct dmb_device_listing *arr =
 		calloc(1, (k + 1) * sizeof(*arr) + (nimp + 1) * sizeof(struct dmb_importer));
 	if (!arr) {
@@ -886,7 +989,7 @@ static int sim_device_dma(struct dmb_client *c, uint64_t device, uint64_t iova, 
 		return r;
 	if (rbuf) {
 		if (rep->body_case != DMB__REPLY__BODY_SIM_DMA || rep->sim_dma->data.len != len)
-			r = -EBADMSG;
+			r = bad_body(c, rep, "SimDeviceDma");
 		else
 			memcpy(rbuf, rep->sim_dma->data.data, len);
 	}

@@ -2,24 +2,28 @@
 # Integration test of dmabrokerctl and the example VMM against a real
 # dmabrokerd on the sim backend.
 #
-#   test_cli.sh DMABROKERD DMABROKERCTL DMABROKER-EXAMPLE
+#   test_cli.sh DMABROKERD DMABROKERCTL DMABROKER-EXAMPLE P2P-SETUP
 #
 # The example maps 64 MiB of memfd guest RAM (2 MiB at IOVA 0, 62 MiB at
 # 1 GiB), proves it with sim DMA and holds its session for a few seconds;
 # meanwhile dmabrokerctl must show that context and those mappings, as JSON
-# and as tables. Also checked: status, the exit codes (1 refused, 2 usage,
-# 3 no broker), $DMABROKER_SOCKET, and a non-admin session's refusals.
+# and as tables. P2P-SETUP (p2p-setup.c) opens two sim devices and maps 64 KiB
+# of one's BAR0 into their context; list devices must show the importer under
+# its device, list mappings the P2P mapping, and both must follow it through
+# a revocation (memory decoding off) and back. Also checked: status, policy
+# check (no daemon), the exit codes (1 refused, 2 usage, 3 no broker or a
+# silent one), $DMABROKER_SOCKET, and a non-admin session's refusals.
 #
 # Every wait is bounded and every client call runs under timeout(1); the
 # EXIT trap stops whatever this script started.
 set -u
 
-if [ $# -ne 3 ]; then
-	echo "usage: $0 DMABROKERD DMABROKERCTL DMABROKER-EXAMPLE" >&2
+if [ $# -ne 4 ]; then
+	echo "usage: $0 DMABROKERD DMABROKERCTL DMABROKER-EXAMPLE P2P-SETUP" >&2
 	exit 2
 fi
-DAEMON=$1 CTL=$2 EXAMPLE=$3
-for p in "$DAEMON" "$CTL" "$EXAMPLE"; do
+DAEMON=$1 CTL=$2 EXAMPLE=$3 P2P_SETUP=$4
+for p in "$DAEMON" "$CTL" "$EXAMPLE" "$P2P_SETUP"; do
 	[ -x "$p" ] || { echo "FAIL: $p is not an executable" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "FAIL: python3 is needed to parse JSON" >&2; exit 1; }
@@ -55,7 +59,7 @@ trap 'exit 143' TERM
 
 dump_logs() {
 	local f
-	for f in "$TMP"/daemon*.log "$TMP"/example.log; do
+	for f in "$TMP"/daemon*.log "$TMP"/example.log "$TMP"/p2p.log; do
 		[ -f "$f" ] || continue
 		echo "----- ${f##*/} (last 30 lines)" >&2
 		tail -n 30 "$f" >&2
@@ -112,10 +116,12 @@ EOF
 	return $rc
 }
 
-# start_daemon NAME SOCKET ADMIN_UID: a sim broker whose only admin is ADMIN_UID
+# start_daemon NAME SOCKET ADMIN_UID: a sim broker whose only admin is
+# ADMIN_UID; it lets its clients open sim devices 1 and 2 and map P2P.
 start_daemon() {
 	local name=$1 sock=$2 admin=$3 n pid
-	printf '[admin]\nuids = %s\n' "$admin" >"$TMP/$name.conf"
+	printf '[admin]\nuids = %s\n[devices]\nallow = %s %s\n[p2p]\nallow = yes\n' \
+		"$admin" "$BDF_A" "$BDF_B" >"$TMP/$name.conf"
 	"$DAEMON" --backend=sim --socket="$sock" --config="$TMP/$name.conf" \
 		--log-level=info >"$TMP/$name.log" 2>&1 &
 	pid=$!
@@ -128,6 +134,43 @@ start_daemon() {
 	[ -S "$sock" ] || fail "$name: no socket at $sock after 5 s"
 }
 
+# p2p_start SOCKET: runs p2p-setup with its stdin and stdout on fifos (fds 7
+# and 8) and waits for "ready context=C a=A b=B": sets P2P_CTX, P2P_A, P2P_B.
+p2p_start() {
+	local line
+	rm -f "$TMP/p2p.in" "$TMP/p2p.out"
+	mkfifo "$TMP/p2p.in" "$TMP/p2p.out" || fail "mkfifo"
+	"$P2P_SETUP" "$1" <"$TMP/p2p.in" >"$TMP/p2p.out" 2>"$TMP/p2p.log" &
+	P2P_PID=$!
+	PIDS+=("$P2P_PID")
+	exec 7>"$TMP/p2p.in" 8<"$TMP/p2p.out"
+	read -r -t 10 -u 8 line || fail "p2p-setup: no 'ready' line within 10 s"
+	[[ $line =~ ^ready\ context=([0-9]+)\ a=([0-9]+)\ b=([0-9]+)$ ]] ||
+		fail "p2p-setup: expected 'ready context=C a=A b=B', got '$line'"
+	P2P_CTX=${BASH_REMATCH[1]} P2P_A=${BASH_REMATCH[2]} P2P_B=${BASH_REMATCH[3]}
+}
+
+# p2p_cmd revoke|restore: one command; its answer line in P2P_REPLY
+p2p_cmd() {
+	echo "$1" >&7
+	read -r -t 10 -u 8 P2P_REPLY || fail "p2p-setup: no answer to '$1' within 10 s"
+}
+
+# p2p_stop: end of input ends p2p-setup's session; it must exit 0
+p2p_stop() {
+	local n rc
+	exec 7>&- 8<&-
+	for ((n = 0; n < 100; n++)); do
+		kill -0 "$P2P_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	wait "$P2P_PID"
+	rc=$?
+	[ "$rc" -eq 0 ] || fail "p2p-setup: expected exit code 0, got $rc"
+}
+
+BDF_A=0000:01:00.0
+BDF_B=0000:02:00.0
 ME=$(id -u)
 if [ "$ME" -eq 0 ]; then OTHER=65534; else OTHER=0; fi
 
@@ -149,6 +192,19 @@ ctl_raw status extra
 expect_rc 2 "'status' with an operand"
 ctl_raw --all status
 expect_rc 2 "--all with status"
+ctl_raw list devices extra
+expect_rc 2 "'list devices' with an operand"
+ctl_raw policy
+expect_rc 2 "'policy' alone"
+expect_err "policy what" "'policy' alone"
+ctl_raw policy check
+expect_rc 2 "'policy check' without a file"
+ctl_raw --uid 5 --gid 5 status
+expect_rc 2 "--uid/--gid with status"
+ctl_raw --uid 5 policy check /dev/null
+expect_rc 2 "--uid without --gid"
+ctl_raw --uid -1 --gid 0 policy check /dev/null
+expect_rc 2 "a negative --uid"
 ctl_raw --no-such-option status
 expect_rc 2 "unknown option"
 ctl_raw --help
@@ -163,6 +219,97 @@ DMABROKER_SOCKET=$TMP/nope ctl_raw --json list contexts
 expect_rc 3 "missing socket from \$DMABROKER_SOCKET"
 [ -s "$TMP/out" ] && fail "missing socket: expected nothing on stdout with --json"
 pass "no broker exits 3"
+
+# A broker that accepts and never answers: --timeout turns the wait into exit 3.
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind(sys.argv[1]); s.listen(8)
+held = []
+while True:
+    held.append(s.accept()[0])
+' "$TMP/silent" 2>"$TMP/silent.log" &
+PIDS+=("$!")
+for ((n = 0; n < 50; n++)); do
+	[ -S "$TMP/silent" ] && break
+	sleep 0.1
+done
+[ -S "$TMP/silent" ] || fail "the silent broker did not create its socket"
+T0=$(date +%s%N)
+ctl_raw --socket "$TMP/silent" --timeout 1 --json status
+T1=$(date +%s%N)
+expect_rc 3 "a silent broker with --timeout 1"
+expect_err '^dmabrokerctl: handshake: .*no answer from the broker within 1000 ms$' "a silent broker"
+[ -s "$TMP/out" ] && fail "a silent broker: expected nothing on stdout with --json"
+MS=$(((T1 - T0) / 1000000))
+((MS >= 900 && MS < 5000)) || fail "a silent broker: expected to give up after ~1 s, took $MS ms"
+pass "a silent broker: --timeout 1 gives up after ${MS} ms (exit 3)"
+
+# ------------------------------------------------------------ policy check (no broker)
+
+POL=$TMP/policy.conf
+cat >"$POL" <<'EOF'
+[admin]
+uids = 0
+
+[devices]
+allow = 0000:01:00.0
+
+[default]
+contexts = 4
+
+[gid 100]
+p2p = yes
+devices = 0000:01:00.0 0000:02:00.0
+
+[uid 1000]
+pinned_bytes = 8G
+EOF
+mkdir "$POL.d"
+printf '[uid 1001]\nadmin = yes\n' >"$POL.d/10-ops.conf"
+printf '[limits]\nfrob = 9\n' >"$POL.d/ignored.txt" # not *.conf: not read
+
+ctl_raw policy check "$POL"
+expect_rc 0 "policy check of a good file"
+[ "$(cat "$TMP/out")" = "$POL: ok (4 policy sections)" ] ||
+	fail "policy check: expected exactly '$POL: ok (4 policy sections)' (3 + 1 drop-in)"
+ctl_raw --json policy check "$POL" --uid 1000 --gid 100
+expect_rc 0 "policy check --uid 1000 --gid 100"
+JSON_CODE="
+if d.get('ok') is not True or d.get('policy_sections') != 4: sys.exit('expected ok and 4 sections: %r' % d)
+g = d['grant']
+want = dict(uid=1000, gid=100, sections=['default', 'gid 100', 'uid 1000'], admin=False,
+            devices=['$BDF_A', '$BDF_B'], p2p=True, p2p_cross_client=False)
+for k, v in want.items():
+    if g.get(k) != v: sys.exit('grant: expected %s=%r, got %r' % (k, v, g.get(k)))
+if g['limits'].get('contexts') != 4 or g['limits'].get('pinned_bytes') != 8 << 30:
+    sys.exit('grant: expected 4 contexts and 8 GiB pinned, got %r' % g['limits'])
+"
+json || fail "policy check --json --uid 1000 --gid 100: $PY_MSG"
+ctl_raw policy check "$POL" --uid 1001 --gid 5
+expect_rc 0 "policy check --uid 1001 --gid 5"
+grep -Eq '^  admin: +yes$' "$TMP/out" || fail "policy check: uid 1001 is admin by its drop-in"
+grep -Eq '^  devices: +0000:01:00\.0$' "$TMP/out" || fail "policy check: uid 1001 gets [devices] allow"
+grep -Eq '^  pinned bytes: +no limit$' "$TMP/out" || fail "policy check: uid 1001 has no pinned limit"
+pass "policy check: a good file with a drop-in, and what uid 1000 / 1001 would get"
+
+BAD=$TMP/bad.conf
+printf '[default]\ncontexts = 4\n\n[uid 7]\np2p = maybe\n' >"$BAD"
+ctl_raw --json policy check "$BAD"
+expect_rc 1 "policy check of a bad file"
+[ "$(cat "$TMP/err")" = "$BAD:5: p2p must be yes or no" ] ||
+	fail "policy check of a bad file: expected exactly '$BAD:5: p2p must be yes or no' on stderr"
+[ -s "$TMP/out" ] && fail "policy check of a bad file: expected nothing on stdout"
+printf '[uid 1]\n\nfrob = 1\n' >"$POL.d/20-bad.conf"
+ctl_raw policy check "$POL"
+expect_rc 1 "policy check with a bad drop-in"
+[ "$(cat "$TMP/err")" = "$POL.d/20-bad.conf:3: unknown key 'frob' in [uid 1]" ] ||
+	fail "policy check with a bad drop-in: expected the drop-in's file:line on stderr"
+rm "$POL.d/20-bad.conf"
+ctl_raw policy check "$TMP/missing.conf"
+expect_rc 1 "policy check of a missing file"
+expect_err "^$TMP/missing.conf: cannot open: " "policy check of a missing file"
+pass "policy check: a bad file, a bad drop-in and a missing file exit 1 with file:line"
 
 # ------------------------------------------------------------ broker up
 
@@ -298,22 +445,172 @@ if any(c['id'] == $CTX for c in d['contexts']): sys.exit('expected context $CTX 
 json || fail "list contexts after the example: $PY_MSG"
 pass "the example's context is gone with its session"
 
+# ------------------------------------------------------------ P2P: list devices, revocation
+
+p2p_start "$SOCK"
+pass "p2p-setup: context $P2P_CTX, device A $P2P_A, device B $P2P_B (B's BAR0 mapped)"
+IMP_RANGE='0x0000000040000000-0x000000004000ffff'
+
+# check_devices MEMORY_B REVOKED REVOCATIONS RESTORATIONS: the JSON listing
+check_devices() {
+	ctl --json list devices
+	expect_rc 0 "list devices --json"
+	JSON_CODE="
+if d.get('all') is not True: sys.exit('expected all=true for an admin')
+devs = {x['id']: x for x in d['devices']}
+if set(devs) != {$P2P_A, $P2P_B}: sys.exit('expected devices $P2P_A and $P2P_B, got %r' % sorted(devs))
+a, b = devs[$P2P_A], devs[$P2P_B]
+for x, bdf in ((a, '$BDF_A'), (b, '$BDF_B')):
+    want = dict(bdf=bdf, context=$P2P_CTX, owner_uid=$ME, in_reset=False)
+    for k, v in want.items():
+        if x.get(k) != v: sys.exit('device %s: expected %s=%r, got %r' % (x['id'], k, v, x.get(k)))
+if not (a['memory'] and a['bus_master'] and a['command'] == 6): sys.exit('A: expected mem+ bm+ (6): %r' % a)
+if a['importers'] != []: sys.exit('A: expected no importers, got %r' % a['importers'])
+if b['memory'] != $1 or b['bus_master'] or b['command'] != (2 if $1 else 0):
+    sys.exit('B: expected memory=%s bus_master=False: %r' % ($1, b))
+if (b['revocations'], b['restorations']) != ($3, $4):
+    sys.exit('B: expected %d revocations, %d restorations, got %r' % ($3, $4, (b['revocations'], b['restorations'])))
+want = [dict(context=$P2P_CTX, owner_uid=$ME, iova=1 << 30, last=(1 << 30) + 0xffff, length=0x10000,
+             bar=0, offset=0x10000, revoked=$2)]
+if b['importers'] != want: sys.exit('B: expected importers %r, got %r' % (want, b['importers']))
+"
+	json || fail "list devices --json: $PY_MSG"
+}
+
+# check_devices_table STATE_B CMD_B: the table, B's importer on the line under B
+check_devices_table() {
+	ctl list devices
+	expect_rc 0 "list devices (table)"
+	head -n1 "$TMP/out" | grep -Eq '^ *ID +BDF +PCI-ID +GROUP +CONTEXT +UID +COMMAND +RESET +REVOCATIONS +RESTORATIONS$' ||
+		fail "list devices: expected the header 'ID BDF PCI-ID GROUP CONTEXT UID COMMAND RESET REVOCATIONS RESTORATIONS'"
+	grep -Eq "^ *$P2P_A +$BDF_A +1234:11e8 +[^ ]+ +$P2P_CTX +$ME +0x0006 mem\+ bm\+ +- +0 +0\$" "$TMP/out" ||
+		fail "list devices: expected A's row '$P2P_A $BDF_A 1234:11e8 <group> $P2P_CTX $ME 0x0006 mem+ bm+ - 0 0'"
+	grep -A1 -E "^ *$P2P_B +$BDF_B " "$TMP/out" | tail -n1 |
+		grep -Eq "^    importer +context $P2P_CTX +uid $ME +$IMP_RANGE +64\.0 KiB +bar0\+0x10000 +$1\$" ||
+		fail "list devices: expected under B's row '    importer  context $P2P_CTX  uid $ME  $IMP_RANGE  64.0 KiB  bar0+0x10000  $1'"
+	grep -Eq "^ *$P2P_B +$BDF_B .* $2 +- " "$TMP/out" || fail "list devices: expected B's command '$2'"
+	grep -q "^2 devices, 1 P2P importer ($3 revoked)\$" "$TMP/out" ||
+		fail "list devices: expected the footer '2 devices, 1 P2P importer ($3 revoked)'"
+}
+
+# check_mappings STATE REVOKED: the P2P mapping in list mappings, JSON and table
+check_mappings() {
+	ctl --json list mappings "$P2P_CTX"
+	expect_rc 0 "list mappings --json of the P2P context"
+	JSON_CODE="
+m = d['mappings']
+if len(m) != 2: sys.exit('expected 2 mappings (RAM and P2P), got %r' % m)
+ram, p2p = m
+if ram['mmio'] or ram['revoked'] or ram['region'] == 0 or (ram['iova'], ram['length']) != (0, 2 << 20):
+    sys.exit('expected 2 MiB of RAM at IOVA 0: %r' % ram)
+want = dict(iova=1 << 30, length=0x10000, region=0, offset=0x10000, prot='rw', mmio=True,
+            peer_device=$P2P_B, bar=0, revoked=$2)
+for k, v in want.items():
+    if p2p.get(k) != v: sys.exit('P2P mapping: expected %s=%r, got %r' % (k, v, p2p.get(k)))
+"
+	json || fail "list mappings --json of the P2P context: $PY_MSG"
+	ctl list mappings "$P2P_CTX"
+	expect_rc 0 "list mappings of the P2P context"
+	head -n1 "$TMP/out" | grep -Eq '^IOVA +LENGTH +REGION +OFFSET +PROT +P2P$' ||
+		fail "list mappings: expected the header 'IOVA LENGTH REGION OFFSET PROT P2P'"
+	grep -Eq "^0x0000000000000000-0x00000000001fffff +2\.0 MiB +[0-9]+ +0x0 +rw +-\$" "$TMP/out" ||
+		fail "list mappings: expected the RAM row with P2P '-'"
+	grep -Eq "^$IMP_RANGE +64\.0 KiB +bar0@dev$P2P_B +0x10000 +rw +$1\$" "$TMP/out" ||
+		fail "list mappings: expected the row '$IMP_RANGE 64.0 KiB bar0@dev$P2P_B 0x10000 rw $1'"
+	grep -q "^2 mappings, 2\.1 MiB (1 P2P, $3 revoked)\$" "$TMP/out" ||
+		fail "list mappings: expected the footer '2 mappings, 2.1 MiB (1 P2P, $3 revoked)'"
+}
+
+check_devices True False 0 0
+check_devices_table live '0x0002 mem\+ bm-' 0
+check_mappings live False 0
+pass "list devices / list mappings show B's BAR0 imported by context $P2P_CTX, live"
+
+ctl --json status
+JSON_CODE="
+t = d['totals']
+if t.get('p2p_mappings') != 1 or t.get('devices') != 2: sys.exit('expected 1 P2P mapping, 2 devices: %r' % t)
+if not isinstance(t.get('revocations'), int) or not isinstance(t.get('restorations'), int):
+    sys.exit('expected integer revocations and restorations: %r' % t)
+"
+json || fail "status --json with a P2P mapping: $PY_MSG"
+REV0=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["revocations"])' "$TMP/out")
+RES0=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["restorations"])' "$TMP/out")
+
+p2p_cmd revoke
+[ "$P2P_REPLY" = "ok memory=0 importers=1 revoked=1 revocations=1 restorations=0" ] ||
+	fail "p2p-setup revoke: expected 'ok memory=0 importers=1 revoked=1 revocations=1 restorations=0', got '$P2P_REPLY'"
+check_devices False True 1 0
+check_devices_table revoked '0x0000 mem- bm-' 1
+check_mappings revoked True 1
+ctl status
+expect_rc 0 "status after the revocation"
+grep -Eq '^P2P: +1 mapping ' "$TMP/out" || fail "status: expected 'P2P: 1 mapping ...'"
+grep -Eq "^Revoked: +$((REV0 + 1)) revocations?, $RES0 restorations? " "$TMP/out" ||
+	fail "status: expected 'Revoked: $((REV0 + 1)) revocation(s), $RES0 restoration(s) ...'"
+pass "memory decoding off: the importer and the mapping show revoked, status counts it"
+
+p2p_cmd restore
+[ "$P2P_REPLY" = "ok memory=1 importers=1 revoked=0 revocations=1 restorations=1" ] ||
+	fail "p2p-setup restore: expected 'ok memory=1 importers=1 revoked=0 revocations=1 restorations=1', got '$P2P_REPLY'"
+check_devices True False 1 1
+check_devices_table live '0x0002 mem\+ bm-' 0
+check_mappings live False 0
+ctl --json status
+JSON_CODE="
+t = d['totals']
+if (t['revocations'], t['restorations']) != ($REV0 + 1, $RES0 + 1):
+    sys.exit('expected %d revocations, %d restorations, got %r' % ($REV0 + 1, $RES0 + 1, t))
+"
+json || fail "status --json after the restoration: $PY_MSG"
+pass "memory decoding back on: live again, 1 revocation and 1 restoration counted"
+
+p2p_stop
+ctl --json list devices
+expect_rc 0 "list devices after p2p-setup"
+JSON_CODE='
+if d["devices"] != []: sys.exit("expected no devices, got %r" % d["devices"])
+'
+json || fail "list devices after p2p-setup: $PY_MSG"
+ctl list devices
+grep -q '^0 devices, 0 P2P importers (0 revoked)$' "$TMP/out" || fail "list devices: expected the footer '0 devices, ...'"
+pass "p2p-setup's devices are gone with its session"
+
 # ------------------------------------------------------------ a non-admin session
 
 SOCK2=$TMP/s2
 start_daemon daemon-nonadmin "$SOCK2" "$OTHER"
+p2p_start "$SOCK2"
 ctl_raw --socket "$SOCK2" status
 expect_rc 1 "status from a non-admin session"
 expect_err '^dmabrokerctl: permission-denied: ' "status from a non-admin session"
 ctl_raw --socket "$SOCK2" list contexts --all
 expect_rc 1 "list contexts --all from a non-admin session"
 expect_err '^dmabrokerctl: permission-denied: ' "list contexts --all from a non-admin session"
+ctl_raw --socket "$SOCK2" list devices --all
+expect_rc 1 "list devices --all from a non-admin session"
+expect_err '^dmabrokerctl: permission-denied: ' "list devices --all from a non-admin session"
 ctl_raw --socket "$SOCK2" --json list contexts
 expect_rc 0 "list contexts from a non-admin session"
 JSON_CODE='
 if d != {"all": False, "contexts": []}: sys.exit("expected no contexts and all=false, got %r" % d)
 '
 json || fail "list contexts from a non-admin session: $PY_MSG"
-pass "a non-admin session is refused status and --all (exit 1)"
+ctl_raw --socket "$SOCK2" --json list devices
+expect_rc 0 "list devices from a non-admin session"
+JSON_CODE='
+if d != {"all": False, "devices": []}: sys.exit("expected no devices and all=false, got %r" % d)
+'
+json || fail "list devices from a non-admin session: $PY_MSG"
+expect_err 'note: not an admin session' "list devices from a non-admin session"
+ctl_raw --socket "$SOCK2" --json iova-ranges "$P2P_CTX"
+expect_rc 1 "iova-ranges of another session's context from a non-admin session"
+expect_err '^dmabrokerctl: not-found: ' "iova-ranges of another session's context from a non-admin session"
+[ -s "$TMP/out" ] && fail "a refused --json request: expected nothing on stdout"
+ctl_raw --socket "$SOCK2" list mappings "$P2P_CTX"
+expect_rc 1 "list mappings of another session's context from a non-admin session"
+expect_err '^dmabrokerctl: not-found: ' "list mappings of another session's context from a non-admin session"
+p2p_stop
+pass "a non-admin session is refused status and --all, and sees no other session's context (exit 1)"
 
 echo "all CLI checks passed"
