@@ -735,6 +735,7 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	c->totals.pinned_bytes = core->be->ops->pinned_bytes(core->be);
 	c->totals.devices = core->n_devices;
 	c->totals.p2p_mappings = core->p2p_mappings;
+	c->totals.p2p_bytes = core->p2p_bytes;
 	c->totals.revocations = core->revocations;
 	c->totals.restorations = core->restorations;
 	b->totals = &c->totals;

@@ -194,6 +194,7 @@ struct dmb_core {
 	uint64_t revocations;
 	uint64_t restorations;
 	uint64_t p2p_mappings;
+	uint64_t p2p_bytes;
 };
 
 /* core.c */

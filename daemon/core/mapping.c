@@ -134,6 +134,7 @@ void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 		ctx->p2p_mappings++;
 		ctx->p2p_bytes += m->length;
 		ctx->core->p2p_mappings++;
+		ctx->core->p2p_bytes += m->length;
 	} else {
 		m->region->map_refs++;
 		ctx->core->pinned_bytes += m->length;
@@ -158,6 +159,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 		ctx->p2p_mappings--;
 		ctx->p2p_bytes -= m->length;
 		ctx->core->p2p_mappings--;
+		ctx->core->p2p_bytes -= m->length;
 		p2p_unlink(p);
 		free(p);
 		return;

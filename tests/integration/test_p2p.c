@@ -142,6 +142,10 @@ static void test_p2p_reaches_peer_bar(void **state)
 	assert_int_equal(st.p2p_mappings, 1);
 	assert_int_equal(st.p2p_bytes, 64 * 1024);
 	assert_int_equal(st.pinned_bytes, 0);
+	struct dmb_stats tot = daemon_totals(&g_daemon);
+	assert_int_equal(tot.p2p_mappings, 2);
+	assert_int_equal(tot.p2p_bytes, 64 * 1024 + PG);
+	assert_int_equal(tot.pinned_bytes, 0);
 	struct dmb_mapping_info mi[4];
 	size_t n;
 	bool more;
