@@ -15,6 +15,7 @@
 struct batch_rate {
 	double map, unmap;         /* entries/s, wall clock */
 	double map_cpu, unmap_cpu; /* the daemon's CPU ns per entry (schedstat) */
+	double cmap_cpu, cunmap_cpu; /* the client's (this thread's) CPU ns per entry */
 };
 
 static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
@@ -29,7 +30,7 @@ static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
 	}
 	uint64_t deadline = now_ns() + budget_ns, done = 0;
 	int r = 0;
-	uint64_t d0 = proc_cpu_ns(daemon), t0 = now_ns();
+	uint64_t d0 = proc_cpu_ns(daemon), k0 = thread_cpu_ns(), t0 = now_ns();
 	while (done < n && r == 0 && now_ns() < deadline) {
 		size_t k = n - done < b ? (size_t)(n - done) : b;
 		for (size_t j = 0; j < k; j++) {
@@ -41,7 +42,7 @@ static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
 		if (r == 0)
 			done += k;
 	}
-	uint64_t t1 = now_ns(), d1 = proc_cpu_ns(daemon);
+	uint64_t t1 = now_ns(), d1 = proc_cpu_ns(daemon), k1 = thread_cpu_ns();
 	if (r < 0)
 		check_fail("batch %zu map: %s", b, dmb_last_error(s->c)->message);
 	uint64_t mapped = done;
@@ -52,7 +53,7 @@ static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
 
 	done = 0;
 	deadline = now_ns() + budget_ns;
-	uint64_t d2 = proc_cpu_ns(daemon), t2 = now_ns();
+	uint64_t d2 = proc_cpu_ns(daemon), k2 = thread_cpu_ns(), t2 = now_ns();
 	while (done < mapped && r == 0 && now_ns() < deadline) {
 		size_t k = mapped - done < b ? (size_t)(mapped - done) : b;
 		for (size_t j = 0; j < k; j++)
@@ -61,7 +62,7 @@ static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
 		if (r == 0)
 			done += k;
 	}
-	uint64_t t3 = now_ns(), d3 = proc_cpu_ns(daemon);
+	uint64_t t3 = now_ns(), d3 = proc_cpu_ns(daemon), k3 = thread_cpu_ns();
 	if (r < 0)
 		check_fail("batch %zu unmap: %s", b, dmb_last_error(s->c)->message);
 	if (mapped)
@@ -72,6 +73,8 @@ static int run_broker(struct bsession *s, pid_t daemon, size_t b, uint64_t n,
 	out->unmap = (double)done / ((double)(t3 - t2) / 1e9);
 	out->map_cpu = mapped ? (double)(d1 - d0) / (double)mapped : 0;
 	out->unmap_cpu = done ? (double)(d3 - d2) / (double)done : 0;
+	out->cmap_cpu = mapped ? (double)(k1 - k0) / (double)mapped : 0;
+	out->cunmap_cpu = done ? (double)(k3 - k2) / (double)done : 0;
 	free(e);
 	free(rg);
 	return r;
@@ -152,7 +155,7 @@ void bench_batch(const struct bench_opts *o)
 			   : b == 64 ? (o->smoke ? 64 * 8 : o->quick ? 64 * 200 : 64 * 1000)
 				     : (o->smoke ? 4096 * 2 : 4096 * 32);
 		double bm[5], bu[5], dm[5], du[5], cm[5], cu[5];
-		double bmc[5], buc[5], dmc[5], duc[5], cmc[5], cuc[5];
+		double bmc[5], buc[5], dmc[5], duc[5], cmc[5], cuc[5], kmc[5], kuc[5];
 		pid_t perf = 0;
 		if (b == 4096) {
 			pid_t pids[2] = { d.pid, getpid() };
@@ -160,7 +163,7 @@ void bench_batch(const struct bench_opts *o)
 		}
 		/* Broker and floor alternate, so both see the same machine. */
 		for (unsigned rep = 0; rep < reps; rep++) {
-			struct batch_rate br = { 0, 0, 0, 0 };
+			struct batch_rate br = { 0, 0, 0, 0, 0, 0 };
 			struct direct_result dr = { 0, 0, 0, 0, 0 }, cr = { 0, 0, 0, 0, 0 };
 			run_broker(&s, d.pid, b, n, &br, budget);
 			if (inproc_direct(n, BATCH_PAGES, 1, &dr) < 0)
@@ -175,6 +178,8 @@ void bench_batch(const struct bench_opts *o)
 			duc[rep] = dr.unmap_cpu;
 			cmc[rep] = cr.map_cpu;
 			cuc[rep] = cr.unmap_cpu;
+			kmc[rep] = br.cmap_cpu;
+			kuc[rep] = br.cunmap_cpu;
 			bm[rep] = br.map;
 			bu[rep] = br.unmap;
 			dm[rep] = dr.map_rate;
@@ -187,8 +192,8 @@ void bench_batch(const struct bench_opts *o)
 		qsort(du, reps, sizeof(double), dbl_cmp);
 		qsort(cm, reps, sizeof(double), dbl_cmp);
 		qsort(cu, reps, sizeof(double), dbl_cmp);
-		double *cpu[] = { bmc, buc, dmc, duc, cmc, cuc };
-		for (size_t k = 0; k < 6; k++)
+		double *cpu[] = { bmc, buc, dmc, duc, cmc, cuc, kmc, kuc };
+		for (size_t k = 0; k < 8; k++)
 			qsort(cpu[k], reps, sizeof(double), dbl_cmp);
 		char name[64];
 		snprintf(name, sizeof(name), "batch %zu map", b);
@@ -207,12 +212,15 @@ void bench_batch(const struct bench_opts *o)
 		snprintf(name, sizeof(name), "batch %zu map: daemon CPU/entry", b);
 		r = result_add("batch throughput", name, "unpinned", bmc[reps / 2], "ns", cmc[reps / 2],
 			       "core map_batch in-process");
-		result_note(r, "sim ops->map alone: %.0f ns/entry (thread CPU clocks, medians)",
-			    dmc[reps / 2]);
+		result_note(r, "client %.0f ns/entry; CPU-bound rate 1/(daemon+client) = %.2f M/s; "
+			    "sim ops->map alone %.0f ns", kmc[reps / 2],
+			    1e3 / (bmc[reps / 2] + kmc[reps / 2]), dmc[reps / 2]);
 		snprintf(name, sizeof(name), "batch %zu unmap: daemon CPU/entry", b);
 		r = result_add("batch throughput", name, "unpinned", buc[reps / 2], "ns", cuc[reps / 2],
 			       "core unmap_ranges in-process");
-		result_note(r, "sim ops->unmap alone: %.0f ns/entry", duc[reps / 2]);
+		result_note(r, "client %.0f ns/entry; CPU-bound rate 1/(daemon+client) = %.2f M/s; "
+			    "sim ops->unmap alone %.0f ns", kuc[reps / 2],
+			    1e3 / (buc[reps / 2] + kuc[reps / 2]), duc[reps / 2]);
 	}
 	double codec = codec_batch_ns(4096, o->smoke ? 3 : 50);
 	struct result *r = result_add("batch throughput", "protobuf codec per entry (batch 4096)", "",
