@@ -90,6 +90,10 @@ struct result {
 struct result *result_add(const char *bench, const char *name, const char *placement,
 			  double value, const char *unit, double base, const char *base_name);
 void result_note(struct result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t results_count(void);
+struct result *result_at(size_t i);
+/* Sets (or replaces) the baseline and recomputes the ratio. */
+void result_set_base(struct result *r, double base);
 /* Target "value/base <= max" (latency ratios). */
 void result_target_ratio_max(struct result *r, double max);
 /* Target "value <= max" / "value >= min" in the row's unit. */

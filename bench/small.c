@@ -197,7 +197,7 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
 /* What the protobuf codec costs one small map, both sides, in-process:
  * the client packs the Request, the daemon unpacks and frees it, sizes and
  * packs the ServerMessage reply, the client unpacks and frees that. */
-static double codec_ns(uint64_t ctx, uint64_t region, unsigned n)
+static double codec_once(uint64_t ctx, uint64_t region, unsigned n)
 {
 	uint8_t buf[256];
 	uint64_t sink = 0, t0 = now_ns();
@@ -244,6 +244,18 @@ static double codec_ns(uint64_t ctx, uint64_t region, unsigned n)
 	return sink ? (double)(t1 - t0) / n : 0;
 }
 
+/* Best of five: the least disturbed by other tenants. */
+static double codec_ns(uint64_t ctx, uint64_t region, unsigned n)
+{
+	double best = 0;
+	for (int i = 0; i < 5; i++) {
+		double v = codec_once(ctx, region, n / 5 ? n / 5 : 1);
+		if (v > 0 && (best == 0 || v < best))
+			best = v;
+	}
+	return best;
+}
+
 void bench_small(const struct bench_opts *o)
 {
 	struct bdaemon d;
@@ -266,7 +278,7 @@ void bench_small(const struct bench_opts *o)
 	double codec = codec_ns(s.ctx, s.region, o->smoke ? 1000 : 200000);
 	struct result *cr = result_add("small map round trip", "protobuf codec per map RTT", "",
 				       codec / 1e3, "us", -1, NULL);
-	result_note(cr, "in-process: request pack+unpack+free, reply size+pack+unpack+free");
+	result_note(cr, "in-process, best of 5: request pack+unpack+free, reply size+pack+unpack+free");
 
 	struct pingpong pp;
 	if (pp_start(&pp) < 0) {

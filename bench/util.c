@@ -126,6 +126,22 @@ struct result *result_add(const char *bench, const char *name, const char *place
 	return r;
 }
 
+size_t results_count(void)
+{
+	return n_results;
+}
+
+struct result *result_at(size_t i)
+{
+	return i < n_results ? &results[i] : NULL;
+}
+
+void result_set_base(struct result *r, double base)
+{
+	r->base = base;
+	r->ratio = base > 0 ? r->value / base : -1;
+}
+
 void result_note(struct result *r, const char *fmt, ...)
 {
 	va_list ap;
