@@ -146,6 +146,8 @@ int bdaemon_stop(struct bdaemon *d);
 long proc_rss_kb(pid_t pid);
 /* utime + stime of pid, in clock ticks. */
 uint64_t proc_cpu_ticks(pid_t pid);
+/* utime and stime of pid separately, in clock ticks; false if unreadable. */
+bool proc_user_sys_ticks(pid_t pid, uint64_t *user, uint64_t *sys);
 /* Voluntary + involuntary context switches of pid (/proc/PID/status). */
 uint64_t proc_ctxt_switches(pid_t pid);
 /* Time pid has spent on a CPU (ns, /proc/PID/schedstat), or 0. */

@@ -15,6 +15,7 @@ struct small_run {
 	/* CPU time spent in the timed blocks: the server side (daemon, echo)
 	 * from /proc/PID/schedstat, the client side from its thread clock. */
 	uint64_t daemon_ns, echo_ns, client_br_ns, client_pp_ns;
+	uint64_t daemon_user_ticks, daemon_sys_ticks; /* 10 ms resolution */
 	uint64_t br_requests, pp_exchanges;
 };
 
@@ -93,6 +94,7 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
 	unsigned errors = 0;
 	r.daemon_ns = r.echo_ns = r.client_br_ns = r.client_pp_ns = 0;
 	r.br_requests = r.pp_exchanges = 0;
+	r.daemon_user_ticks = r.daemon_sys_ticks = 0;
 	for (unsigned rd = 0; rd < rounds && now_ns() < deadline; rd++) {
 		uint64_t e0 = proc_cpu_ns(pp->pid), c0 = thread_cpu_ns();
 		size_t n0 = r.pp_map.n;
@@ -110,7 +112,8 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
 		r.echo_ns += proc_cpu_ns(pp->pid) - e0;
 		r.client_pp_ns += thread_cpu_ns() - c0;
 		r.pp_exchanges += 2 * (r.pp_map.n - n0);
-		uint64_t d0 = proc_cpu_ns(d->pid);
+		uint64_t d0 = proc_cpu_ns(d->pid), du0 = 0, ds0 = 0, du1 = 0, ds1 = 0;
+		proc_user_sys_ticks(d->pid, &du0, &ds0);
 		c0 = thread_cpu_ns();
 		n0 = r.br_map.n;
 		for (unsigned i = 0; i < per; i++) {
@@ -130,6 +133,10 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
 			samples_add(&r.br_pair, t2 - t0);
 		}
 		r.daemon_ns += proc_cpu_ns(d->pid) - d0;
+		if (proc_user_sys_ticks(d->pid, &du1, &ds1)) {
+			r.daemon_user_ticks += du1 - du0;
+			r.daemon_sys_ticks += ds1 - ds0;
+		}
 		r.client_br_ns += thread_cpu_ns() - c0;
 		r.br_requests += 2 * (r.br_map.n - n0);
 	}
@@ -173,7 +180,10 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
 		x = result_add("small map round trip", "daemon CPU per request", place,
 			       (double)r.daemon_ns / per_br / 1e3, "us", (double)r.echo_ns / per_pp / 1e3,
 			       "echo server per exchange");
-		result_note(x, "on-CPU time (/proc/PID/schedstat) over the timed blocks, kernel included");
+		uint64_t tk = r.daemon_user_ticks + r.daemon_sys_ticks;
+		result_note(x, "on-CPU time (/proc/PID/schedstat) over the timed blocks; user space %.0f%% "
+			       "(utime/stime, %llu ticks)", tk ? 100.0 * (double)r.daemon_user_ticks / (double)tk : 0,
+			    (unsigned long long)tk);
 		x = result_add("small map round trip", "client CPU per request", place,
 			       (double)r.client_br_ns / per_br / 1e3, "us",
 			       (double)r.client_pp_ns / per_pp / 1e3, "ping-pong client per exchange");

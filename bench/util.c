@@ -569,6 +569,12 @@ long proc_rss_kb(pid_t pid)
 
 uint64_t proc_cpu_ticks(pid_t pid)
 {
+	uint64_t u, st;
+	return proc_user_sys_ticks(pid, &u, &st) ? u + st : 0;
+}
+
+bool proc_user_sys_ticks(pid_t pid, uint64_t *user, uint64_t *sys)
+{
 	char path[64], buf[1024];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -577,17 +583,19 @@ uint64_t proc_cpu_ticks(pid_t pid)
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
-		return 0;
+		return false;
 	buf[n] = '\0';
 	/* Fields after the command (which may hold spaces): state is field 3,
 	 * utime 14, stime 15. */
 	char *p = strrchr(buf, ')');
 	if (!p)
-		return 0;
+		return false;
 	unsigned long long ut = 0, st = 0;
 	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-		return 0;
-	return ut + st;
+		return false;
+	*user = ut;
+	*sys = st;
+	return true;
 }
 
 uint64_t proc_ctxt_switches(pid_t pid)
