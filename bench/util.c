@@ -173,7 +173,7 @@ void result_target_min(struct result *r, double min, const char *text)
 	snprintf(r->target, sizeof(r->target), "%s", text);
 	r->verdict = r->value >= min ? V_PASS : V_MISS;
 	if (r->verdict == V_MISS)
-		snprintf(r->by, sizeof(r->by), "%.0f%% of it", 100.0 * r->value / min);
+		snprintf(r->by, sizeof(r->by), "%.1f%% of it", 100.0 * r->value / min);
 }
 
 void results_set_info(const char *key, const char *fmt, ...)
