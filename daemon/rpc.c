@@ -465,7 +465,7 @@ static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
 		if (!peer)
 			return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "no open device %s", q->peer_bdf);
 		if (peer->ctx->owner != c->s->owner && !c->s->owner->pol.p2p_cross_client) {
-			log_notice("session %" PRIu64 " (uid %u pid %d): P2P to %s of another client refused",
+			log_ratelimited(LOG_NOTICE, "session %" PRIu64 " (uid %u pid %d): P2P to %s of another client refused",
 				   c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid, peer->bdf);
 			return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
 					"%s belongs to another client and the policy does not allow "
@@ -952,7 +952,7 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 		r = dmb_fail(&e, DMB_E_FAILED_PRECONDITION, EPROTO,
 			     "%s before the handshake: send Hello first", ent->name);
 	} else if ((ent->flags & RPC_ADMIN) && !s->admin) {
-		log_notice("session %" PRIu64 " (uid %u pid %d): admin request %s refused", s->id,
+		log_ratelimited(LOG_NOTICE, "session %" PRIu64 " (uid %u pid %d): admin request %s refused", s->id,
 			   (unsigned)s->cred.uid, (int)s->cred.pid, ent->name);
 		r = dmb_fail(&e, DMB_E_PERMISSION_DENIED, EPERM, "%s needs an admin session", ent->name);
 	} else if (rx->nfds && !(ent->flags & RPC_FDS)) {

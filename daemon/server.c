@@ -33,13 +33,13 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE)
-				log_warning("accept: out of file descriptors; clients wait");
+				log_ratelimited(LOG_WARNING, "accept: out of file descriptors; clients wait");
 			else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				log_warning("accept: %m");
 			return;
 		}
 		if (srv->n_sessions >= srv->cfg->max_sessions) {
-			log_warning("refusing a connection: limit sessions (%u) reached",
+			log_ratelimited(LOG_WARNING, "refusing a connection: limit sessions (%u) reached",
 				    srv->cfg->max_sessions);
 			close(fd);
 			continue;

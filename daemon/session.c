@@ -155,7 +155,7 @@ static void session_queue(struct session *s, const uint8_t *buf, size_t len, con
 		}
 	}
 	if (s->outq_bytes + len > s->srv->cfg->session_queue_bytes) {
-		log_warning("session %" PRIu64 " (uid %u pid %d): %zu bytes of output not read by the "
+		log_ratelimited(LOG_WARNING, "session %" PRIu64 " (uid %u pid %d): %zu bytes of output not read by the "
 			    "client; disconnecting it", s->id, (unsigned)s->cred.uid, (int)s->cred.pid,
 			    s->outq_bytes);
 		s->srv->n_disconnects_abuse++;
@@ -277,7 +277,7 @@ static void session_read_cb(evutil_socket_t fd, short what, void *arg)
 		if (s->n_bad_packets == bad_before)
 			s->n_bad_packets = 0;
 		else if (s->n_bad_packets >= MAX_BAD_PACKETS) {
-			log_warning("session %" PRIu64 " (uid %u pid %d): %u malformed packets in a row; "
+			log_ratelimited(LOG_WARNING, "session %" PRIu64 " (uid %u pid %d): %u malformed packets in a row; "
 				    "disconnecting it", s->id, (unsigned)s->cred.uid, (int)s->cred.pid,
 				    s->n_bad_packets);
 			srv->n_disconnects_abuse++;

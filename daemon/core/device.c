@@ -39,7 +39,7 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 				"'%.16s' is not a PCI address of the form dddd:bb:dd.f (lower-case hex)",
 				bdf ? bdf : "");
 	if (!core->device_allowed || !core->device_allowed(core->policy_opaque, ctx->owner, bdf)) {
-		log_notice("session %" PRIu64 " (uid %u pid %d): device %s denied by policy",
+		log_ratelimited(LOG_NOTICE, "session %" PRIu64 " (uid %u pid %d): device %s denied by policy",
 			   ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, bdf);
 		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
 				"device %s is not allowed for this client by the broker's policy", bdf);

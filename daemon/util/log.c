@@ -38,3 +38,24 @@ void dmb_log(int prio, const char *fmt, ...)
 	}
 	errno = saved;
 }
+
+bool dmb_ratelimit_ok(struct dmb_ratelimit *rl, unsigned burst, unsigned interval_ms,
+		      unsigned *suppressed)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	*suppressed = 0;
+	if (now - rl->window_start_ms >= interval_ms) {
+		rl->window_start_ms = now;
+		rl->count = 0;
+	}
+	if (rl->count < burst) {
+		rl->count++;
+		*suppressed = rl->suppressed;
+		rl->suppressed = 0;
+		return true;
+	}
+	rl->suppressed++;
+	return false;
+}

@@ -2,6 +2,8 @@
  * journald (JOURNAL_STREAM set) lines carry the <N> priority prefix. */
 #pragma once
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <syslog.h>
 
 extern int dmb_log_max_level;
@@ -18,3 +20,30 @@ void dmb_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 /* Logs and returns r (a negative errno) for `return log_error_errno(r, ...)`. */
 #define log_error_errno(r, fmt, ...) \
 	({ int _r = (r); errno = -_r; dmb_log(LOG_ERR, fmt, ##__VA_ARGS__); _r; })
+
+/* Rate limiting for what clients can trigger: at most `burst` lines per
+ * `interval_ms` from one call site; the first line after a quiet spell says
+ * how many were suppressed. */
+struct dmb_ratelimit {
+	uint64_t window_start_ms;
+	unsigned count;
+	unsigned suppressed;
+};
+
+/* True when a line may be printed now; *suppressed gets the number dropped
+ * since the last printed line. */
+bool dmb_ratelimit_ok(struct dmb_ratelimit *rl, unsigned burst, unsigned interval_ms,
+		      unsigned *suppressed);
+
+#define log_ratelimited(prio, fmt, ...)                                                \
+	do {                                                                           \
+		static struct dmb_ratelimit _rl;                                       \
+		unsigned _sup;                                                         \
+		if (dmb_ratelimit_ok(&_rl, 10, 5000, &_sup)) {                         \
+			if (_sup)                                                      \
+				dmb_log(prio, fmt " (%u similar messages suppressed)",  \
+					##__VA_ARGS__, _sup);                          \
+			else                                                           \
+				dmb_log(prio, fmt, ##__VA_ARGS__);                     \
+		}                                                                      \
+	} while (0)
