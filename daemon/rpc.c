@@ -892,6 +892,60 @@ static void reply_bad_packet(struct session *s, uint64_t id, const struct dmb_er
 	session_send_reply(s, &c.reply, NULL, 0);
 }
 
+struct arena_big {
+	struct arena_big *next;
+	max_align_t data[];
+};
+
+static void *arena_alloc(void *opaque, size_t size)
+{
+	struct arena *a = opaque;
+	size = (size + 15) & ~(size_t)15;
+	if (size <= a->cap - a->used) {
+		void *p = a->buf + a->used;
+		a->used += size;
+		return p;
+	}
+	struct arena_big *b = malloc(sizeof(*b) + size);
+	if (!b)
+		return NULL;
+	b->next = a->big;
+	a->big = b;
+	return b->data;
+}
+
+static void arena_free(void *opaque, void *p)
+{
+	/* everything goes at arena_reset */
+}
+
+static void arena_reset(struct arena *a)
+{
+	a->used = 0;
+	while (a->big) {
+		struct arena_big *b = a->big;
+		a->big = b->next;
+		free(b);
+	}
+}
+
+int arena_init(struct arena *a, size_t cap)
+{
+	a->buf = malloc(cap);
+	a->cap = a->buf ? cap : 0;
+	a->used = 0;
+	a->big = NULL;
+	return a->buf ? 0 : -ENOMEM;
+}
+
+void arena_fini(struct arena *a)
+{
+	arena_reset(a);
+	free(a->buf);
+	a->buf = NULL;
+	a->cap = 0;
+}
+
 static uint32_t first_unknown_field(const Dmb__Request *req)
 {
 	for (unsigned i = 0; i < req->base.n_unknown_fields; i++)
@@ -922,8 +976,11 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 		return;
 	}
 
-	Dmb__Request *req = dmb__request__unpack(NULL, rx->len, buf);
+	struct arena *ar = &s->srv->arena;
+	ProtobufCAllocator alloc = { .alloc = arena_alloc, .free = arena_free, .allocator_data = ar };
+	Dmb__Request *req = dmb__request__unpack(&alloc, rx->len, buf);
 	if (!req) {
+		arena_reset(ar);
 		dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EBADMSG,
 			 "malformed packet: not a dmabroker Request message (%zu bytes)", rx->len);
 		reply_bad_packet(s, 0, &e);
@@ -971,5 +1028,5 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 
 	for (size_t i = 0; i < c.n_heap; i++)
 		free(c.heap[i]);
-	dmb__request__free_unpacked(req, NULL);
+	arena_reset(ar); /* frees the request */
 }

@@ -148,7 +148,9 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 
 	srv->rxbuf = malloc(DMB_MAX_PACKET + 1);
 	srv->txbuf = malloc(DMB_MAX_PACKET);
-	if (!srv->rxbuf || !srv->txbuf)
+	/* A full packet of the smallest fields decodes to about 4x its size;
+	 * beyond this the arena falls back to malloc. */
+	if (!srv->rxbuf || !srv->txbuf || arena_init(&srv->arena, 4 * DMB_MAX_PACKET) < 0)
 		return -ENOMEM;
 
 	if (inherited_fd >= 0) {
@@ -240,4 +242,5 @@ void server_fini(struct server *srv)
 	}
 	free(srv->rxbuf);
 	free(srv->txbuf);
+	arena_fini(&srv->arena);
 }

@@ -53,6 +53,17 @@ struct session {
 	uint32_t n_bad_packets;
 };
 
+/* Bump allocator for decoding requests: everything a request's decode
+ * allocates is dropped at once when the request is done, so the hot path
+ * does no malloc/free per field (protobuf-c takes it as its allocator). */
+struct arena_big;
+struct arena {
+	uint8_t *buf;
+	size_t cap;
+	size_t used;
+	struct arena_big *big;   /* allocations that did not fit */
+};
+
 struct server {
 	struct event_base *base;
 	struct dmb_config *cfg;
@@ -67,6 +78,7 @@ struct server {
 	uint64_t start_ms;
 	uint8_t *rxbuf;         /* DMB_MAX_PACKET + 1 */
 	uint8_t *txbuf;         /* DMB_MAX_PACKET */
+	struct arena arena;
 	uint64_t n_disconnects_abuse;
 };
 
@@ -87,4 +99,6 @@ void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, si
 void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
 
 /* rpc.c: handles one received packet (fds in rx are consumed or closed). */
+int arena_init(struct arena *a, size_t cap);
+void arena_fini(struct arena *a);
 void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx);

@@ -15,8 +15,11 @@
 
 /* Stop reading requests while this much output waits; resume below half. */
 #define OUTQ_HIGH_WATER (256u * 1024u)
-/* Packets handled per wake-up before other sessions get their turn. */
-#define READ_BUDGET 32
+/* Packets handled per wake-up. One: the event loop is level-triggered, so a
+ * session with more queued is woken again at once, after the others had
+ * their turn; and a request/reply client costs no extra recvmsg that would
+ * only say EAGAIN. */
+#define READ_BUDGET 1
 /* Consecutive undecodable packets before the session is dropped. */
 #define MAX_BAD_PACKETS 64
 
@@ -184,25 +187,43 @@ static void session_queue(struct session *s, const uint8_t *buf, size_t len, con
 	session_update_events(s);
 }
 
+/* Packs m in one pass into the server's txbuf (spilling to the heap only if
+ * it is larger); returns the length, the bytes in *out (free *spill after). */
+static size_t pack_message(struct session *s, const Dmb__ServerMessage *m, uint8_t **out,
+			   uint8_t **spill)
+{
+	ProtobufCBufferSimple b = {
+		.base = { protobuf_c_buffer_simple_append },
+		.alloced = DMB_MAX_PACKET,
+		.data = s->srv->txbuf,
+	};
+	dmb__server_message__pack_to_buffer(m, &b.base);
+	*out = b.data;
+	*spill = b.must_free_data ? b.data : NULL;
+	return b.len;
+}
+
 void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, size_t nfds)
 {
 	Dmb__ServerMessage m = DMB__SERVER_MESSAGE__INIT;
 	m.kind_case = DMB__SERVER_MESSAGE__KIND_REPLY;
 	m.reply = reply;
-	size_t len = dmb__server_message__get_packed_size(&m);
+	uint8_t *buf, *spill;
+	size_t len = pack_message(s, &m, &buf, &spill);
 	if (len > DMB_MAX_PACKET) {
 		/* A reply we cannot send is our bug; say so rather than drop it. */
+		free(spill);
 		Dmb__Error err = DMB__ERROR__INIT;
 		err.code = DMB__ERROR_CODE__INTERNAL;
 		err.message = (char *)"reply too large for one packet";
 		reply->error = &err;
 		reply->body_case = DMB__REPLY__BODY__NOT_SET;
 		nfds = 0;
-		len = dmb__server_message__get_packed_size(&m);
 		log_error("session %" PRIu64 ": reply to request %" PRIu64 " too large", s->id, reply->id);
+		len = pack_message(s, &m, &buf, &spill);
 	}
-	dmb__server_message__pack(&m, s->srv->txbuf);
-	session_queue(s, s->srv->txbuf, len, fds, nfds);
+	session_queue(s, buf, len, fds, nfds);
+	free(spill);
 }
 
 void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev)
@@ -244,11 +265,11 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
 	Dmb__ServerMessage m = DMB__SERVER_MESSAGE__INIT;
 	m.kind_case = DMB__SERVER_MESSAGE__KIND_EVENT;
 	m.event = &e;
-	size_t len = dmb__server_message__get_packed_size(&m);
-	if (len <= DMB_MAX_PACKET) {
-		dmb__server_message__pack(&m, s->srv->txbuf);
-		session_queue(s, s->srv->txbuf, len, NULL, 0);
-	}
+	uint8_t *buf, *spill;
+	size_t len = pack_message(s, &m, &buf, &spill);
+	if (len <= DMB_MAX_PACKET)
+		session_queue(s, buf, len, NULL, 0);
+	free(spill);
 	free(rgh);
 	free(rph);
 }

@@ -195,6 +195,13 @@ struct dmb_core {
 	uint64_t restorations;
 	uint64_t p2p_mappings;
 	uint64_t p2p_bytes;
+
+	/* RAM mapping nodes come from slabs (mapping.c): no per-node malloc
+	 * header, no malloc call on the hot path; all slabs go back when the
+	 * last node is freed. */
+	struct dmb_map_slab *slabs;   /* newest first; bump-allocated */
+	struct dmb_mapping *map_free; /* free nodes, linked through node.rbe_left */
+	uint64_t map_live;
 };
 
 /* core.c */

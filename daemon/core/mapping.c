@@ -25,6 +25,50 @@ static int map_cmp(const struct dmb_mapping *a, const struct dmb_mapping *b)
 }
 RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp)
 
+#define SLAB_BYTES (64u * 1024u)
+struct dmb_map_slab {
+	struct dmb_map_slab *next;
+	uint32_t used;
+	struct dmb_mapping nodes[];
+};
+#define SLAB_NODES ((SLAB_BYTES - sizeof(struct dmb_map_slab)) / sizeof(struct dmb_mapping))
+
+static struct dmb_mapping *node_alloc(struct dmb_core *core)
+{
+	struct dmb_mapping *m = core->map_free;
+	if (m) {
+		core->map_free = m->node.rbe_left;
+	} else {
+		struct dmb_map_slab *sl = core->slabs;
+		if (!sl || sl->used == SLAB_NODES) {
+			sl = malloc(SLAB_BYTES);
+			if (!sl)
+				return NULL;
+			sl->used = 0;
+			sl->next = core->slabs;
+			core->slabs = sl;
+		}
+		m = &sl->nodes[sl->used++];
+	}
+	core->map_live++;
+	return m;
+}
+
+static void node_free(struct dmb_core *core, struct dmb_mapping *m)
+{
+	m->node.rbe_left = core->map_free;
+	core->map_free = m;
+	if (--core->map_live == 0) {
+		/* Nothing mapped anywhere: give every slab back. */
+		while (core->slabs) {
+			struct dmb_map_slab *sl = core->slabs;
+			core->slabs = sl->next;
+			free(sl);
+		}
+		core->map_free = NULL;
+	}
+}
+
 static inline uint64_t m_last(const struct dmb_mapping *m)
 {
 	return m->iova + (m->length - 1);
@@ -168,7 +212,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	ctx->core->pinned_bytes -= m->length;
 	if (ctx->owner)
 		ctx->owner->pinned_bytes -= m->length;
-	free(m);
+	node_free(ctx->core, m);
 }
 
 /* Undo the first n mappings of a failed batch (they are in the tree). */
@@ -227,13 +271,13 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 		struct dmb_region *reg = NULL;
 		int r = map_validate(ctx, q, &reg, e);
 		if (r >= 0) {
-			struct dmb_mapping *m = malloc(sizeof(*m));
+			struct dmb_mapping *m = node_alloc(ctx->core);
 			if (!m)
 				r = dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 			else {
 				r = ops->map(ctx->bctx, reg->breg, q->offset, q->iova, q->length, q->prot, e);
 				if (r < 0) {
-					free(m);
+					node_free(ctx->core, m);
 					dmb_fail(e, dmb_code_from_errno(r), -r,
 						 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64
 						 ": %s", q->length, q->iova, strerror(-r));
@@ -375,9 +419,20 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 	uint64_t last = 0;
 
 	*bytes = *count = 0;
+	/* The first mapping of each range, found once by the checks: removing
+	 * one range's mappings leaves the others' nodes where they are (the
+	 * ranges are disjoint). */
+	struct dmb_mapping *one_first, **firsts = &one_first;
+	_cleanup_free_ struct dmb_mapping **many = NULL;
+	if (n > 1) {
+		many = malloc(n * sizeof(*many));
+		if (!many)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+		firsts = many;
+	}
 	/* Validate everything first: all-or-nothing. */
 	for (size_t i = 0; i < n; i++) {
-		struct dmb_mapping *first;
+		struct dmb_mapping *first = NULL;
 		int r;
 		if (ranges[i].length == 0)
 			r = dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "unmap length is zero");
@@ -392,6 +447,7 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 				e->index = (uint32_t)i;
 			return r;
 		}
+		firsts[i] = first;
 	}
 	/* Ranges of one batch must be disjoint, or a later one would find
 	 * nothing left to remove. */
@@ -404,11 +460,9 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 	}
 
 	for (size_t i = 0; i < n; i++) {
-		struct dmb_mapping *first;
+		struct dmb_mapping *first = firsts[i];
 		uint64_t got = 0;
 		dmb_range_last(ranges[i].iova, ranges[i].length, &last);
-		if (unmap_check(ctx, ranges[i].iova, last, &first, NULL) < 0)
-			continue; /* cannot happen: checked above, ranges disjoint */
 		int r = ops->unmap(ctx->bctx, ranges[i].iova, ranges[i].length, &got, NULL);
 		if (r < 0) {
 			r = unmap_one_by_one(ctx, first, last, bytes, count, e);
