@@ -54,7 +54,9 @@ struct dmb_iova_info {
 
 /* What the core tells a backend about a registered region. The core has
  * already validated the fd: a memfd/tmpfs/hugetlbfs regular file at least
- * `size` bytes long, sealed against shrinking (memfd) */
+ * `size` bytes long, sealed against shrinking (memfd). region_close may come
+ * while mappings still use the region: the backend keeps what those mappings
+ * need until they are gone, as the kernel keeps its file reference. */
 struct dmb_region_desc {
 	int fd;           /* borrowed: dup it to keep it */
 	uint64_t size;    /* bytes, a multiple of page_size */
@@ -92,6 +94,21 @@ struct dmb_bar_info {
 	uint64_t size;  /* 0: BAR not implemented */
 	bool mmio;      /* memory space (false: I/O port space) */
 	bool mappable;  /* the backend can map it for P2P (type1: mmap-capable) */
+};
+
+/* Restart without unmapping (fd store): a backend's kernel state lives in
+ * fds. The daemon hands them to systemd's fd store under stable names and the
+ * next process takes them back and re-adopts the objects. Names are chosen
+ * by the backend, unique within one object (e.g. "iommufd", "container",
+ * "group.7", "state"); the daemon prefixes them with the object's id. */
+#define DMB_MAX_OBJ_FDS 8
+struct dmb_fd_entry {
+	int fd;
+	char name[32];
+};
+struct dmb_fdset {
+	size_t n;
+	struct dmb_fd_entry e[DMB_MAX_OBJ_FDS];
 };
 
 struct dmb_backend_ops {
@@ -170,6 +187,43 @@ struct dmb_backend_ops {
 	 * A hole or a permission miss is -EFAULT and moves no bytes. */
 	int (*dma)(struct dmb_bctx *c, uint64_t iova, void *buf, size_t len, bool to_memory,
 		   struct dmb_err *e);
+
+	/* ---- restart (all NULL where the backend cannot be adopted) ----
+	 *
+	 * ctx_fds / dev_fds: the fds holding the object's kernel state, borrowed
+	 * (valid while the object lives). Called whenever the set may have
+	 * changed (after create, device attach/detach).
+	 *
+	 * ctx_adopt / dev_adopt: in the next process, rebuild the object from
+	 * the fds (ownership passes to the backend on success; on failure the
+	 * caller closes them). Nothing is unmapped or reset: whatever the kernel
+	 * holds stays, and DMA goes on.
+	 *
+	 * map_adopt / map_bar_adopt: after ctx_adopt and region_open of the
+	 * regions, the daemon names each mapping its journal records; the
+	 * backend re-attaches its own bookkeeping (and, for type1, moves the
+	 * mapping's vaddr to this process with VFIO_DMA_MAP_FLAG_VADDR). A
+	 * mapping the kernel does not hold answers -ENOENT (the daemon maps it
+	 * again: it was journaled but the old process died before the kernel
+	 * call). adopt_finish: every mapping was named; the backend drops (and
+	 * reports in *stray) mappings nobody claimed.
+	 *
+	 * ctx_prepare_handover: the old process is stopping cleanly and a
+	 * successor will adopt (type1: invalidate every vaddr with
+	 * VFIO_DMA_UNMAP_FLAG_VADDR; DMA continues). Not called on a crash. */
+	int (*ctx_fds)(struct dmb_bctx *c, struct dmb_fdset *out);
+	int (*dev_fds)(struct dmb_bdev *d, struct dmb_fdset *out);
+	int (*ctx_adopt)(struct dmb_backend *be, const struct dmb_fdset *fds, struct dmb_bctx **out,
+			 struct dmb_err *e);
+	int (*dev_adopt)(struct dmb_bctx *c, const char *bdf, const struct dmb_fdset *fds,
+			 struct dmb_bdev **out, struct dmb_dev_info *info, struct dmb_err *e);
+	int (*map_adopt)(struct dmb_bctx *c, struct dmb_bregion *r, uint64_t offset, uint64_t iova,
+			 uint64_t length, uint32_t prot, struct dmb_err *e);
+	int (*map_bar_adopt)(struct dmb_bctx *c, struct dmb_bdev *peer, unsigned bar,
+			     uint64_t offset, uint64_t iova, uint64_t length, uint32_t prot,
+			     struct dmb_err *e);
+	int (*adopt_finish)(struct dmb_bctx *c, uint64_t *stray, struct dmb_err *e);
+	int (*ctx_prepare_handover)(struct dmb_bctx *c, struct dmb_err *e);
 
 	/* Bytes currently pinned by this backend, across all contexts. */
 	uint64_t (*pinned_bytes)(struct dmb_backend *be);
