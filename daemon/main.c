@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "dmb-build.h"
+#include "sandbox.h"
 #include "server.h"
 #include "util/log.h"
 
@@ -24,6 +25,9 @@ static void usage(FILE *f)
 		"                        chosen automatically)\n"
 		"  -l, --log-level=LEVEL error, warning, notice, info, debug\n"
 		"      --sim-populate    sim backend: touch every page on map, as pinning does\n"
+		"      --seccomp=MODE    kill (default): a syscall outside the allow-list kills the\n"
+		"                        daemon (SIGSYS); log: it runs and is logged to the kernel\n"
+		"                        audit log (debugging); off: no filter\n"
 		"  -V, --version         print the version and exit\n"
 		"  -h, --help            this text\n",
 		DMB_SYSCONFDIR, DMB_DEFAULT_SOCKET);
@@ -35,6 +39,7 @@ struct opts {
 	const char *backend;
 	int log_level;
 	bool sim_populate;
+	int seccomp;
 };
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -45,6 +50,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "backend", required_argument, NULL, 'b' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "sim-populate", no_argument, NULL, 'P' },
+		{ "seccomp", required_argument, NULL, 'S' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -57,6 +63,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case 's': o->socket = optarg; break;
 		case 'b': o->backend = optarg; break;
 		case 'P': o->sim_populate = true; break;
+		case 'S':
+			o->seccomp = sandbox_parse_seccomp(optarg);
+			if (o->seccomp < 0) {
+				fprintf(stderr, "dmabrokerd: --seccomp takes kill, log or off, not '%s'\n", optarg);
+				return -EINVAL;
+			}
+			break;
 		case 'l':
 			o->log_level = config_parse_log_level(optarg);
 			if (o->log_level < 0) {
@@ -165,6 +178,8 @@ static int run(int argc, char **argv)
 	}
 	static struct server srv;
 	r = server_init(&srv, base, &cfg, be, inherited);
+	if (r >= 0) /* after initialisation, before READY=1 */
+		r = sandbox_apply(o.seccomp, be->ops->name);
 	if (r < 0) {
 		server_fini(&srv);
 		event_base_free(base);

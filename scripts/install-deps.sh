@@ -7,7 +7,7 @@ pkgs=(
   # build
   meson ninja-build pkg-config gcc python3
   libevent-dev libsystemd-dev libprotobuf-c-dev protobuf-c-compiler
-  libseccomp-dev libcmocka-dev libbsd-dev libinih-dev
+  libseccomp-dev libcap-ng-dev libcmocka-dev libbsd-dev libinih-dev
   # fuzzing and sanitizers
   clang libclang-rt-14-dev
   # VM test tier

@@ -36,6 +36,11 @@ static void dump_log(const struct daemon *d)
 
 void daemon_start(struct daemon *d, const char *extra_config)
 {
+	daemon_start_args(d, extra_config, NULL);
+}
+
+void daemon_start_args(struct daemon *d, const char *extra_config, const char *const *args)
+{
 	const char *bin = getenv("DMABROKERD");
 	if (!bin)
 		fail_msg("DMABROKERD is not set (run through meson test)");
@@ -67,7 +72,11 @@ void daemon_start(struct daemon *d, const char *extra_config)
 		unsetenv("LISTEN_FDS");
 		unsetenv("LISTEN_PID");
 		unsetenv("NOTIFY_SOCKET");
-		execl(bin, bin, "--config", cfg, (char *)NULL);
+		const char *argv[16] = { bin, "--config", cfg };
+		size_t n = 3;
+		for (size_t i = 0; args && args[i] && n < DMB_HARNESS_MAX_ARGS + 3; i++)
+			argv[n++] = args[i];
+		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
 	/* Ready when a connection succeeds. */
@@ -134,6 +143,33 @@ void daemon_stop(struct daemon *d)
 	unlink(d->log);
 	unlink(d->sock);
 	rmdir(d->dir);
+}
+
+int daemon_wait_exit(struct daemon *d, int *status)
+{
+	int st = 0;
+	pid_t r = 0;
+	for (int i = 0; i < 1000 && r == 0; i++) {
+		r = waitpid(d->pid, &st, WNOHANG);
+		if (r == 0)
+			sleep_ms(10);
+	}
+	if (r != d->pid) {
+		kill(d->pid, SIGKILL);
+		waitpid(d->pid, &st, 0);
+		d->pid = 0;
+		dump_log(d);
+		return -ETIMEDOUT;
+	}
+	d->pid = 0;
+	*status = st;
+	char path[200];
+	snprintf(path, sizeof(path), "%s/dmabroker.conf", d->dir);
+	unlink(path);
+	unlink(d->log);
+	unlink(d->sock);
+	rmdir(d->dir);
+	return 0;
 }
 
 int daemon_fd_count(const struct daemon *d)

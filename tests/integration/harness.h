@@ -29,7 +29,16 @@ struct daemon {
 /* Starts a sim-backend daemon. extra_config: INI text appended to the
  * generated config (may be NULL). */
 void daemon_start(struct daemon *d, const char *extra_config);
+/* The same with extra command-line arguments (NULL-terminated, at most
+ * DMB_HARNESS_MAX_ARGS), e.g. { "--seccomp=log", NULL }. */
+#define DMB_HARNESS_MAX_ARGS 12
+void daemon_start_args(struct daemon *d, const char *extra_config, const char *const *args);
 void daemon_stop(struct daemon *d);
+/* Waits (10 s at most) for the daemon to end by itself, without signalling
+ * it, and stores its wait status (WIFSIGNALED, WTERMSIG ...) in *status;
+ * cleans up like daemon_stop but accepts any end. -ETIMEDOUT (the daemon is
+ * then killed) if it did not end. */
+int daemon_wait_exit(struct daemon *d, int *status);
 /* Number of fds the daemon holds now (from /proc). */
 int daemon_fd_count(const struct daemon *d);
 /* The same, counted when no client but the test's own `own` sessions and the
