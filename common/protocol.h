@@ -23,6 +23,9 @@
 /* Entries per ListMappings page. */
 #define DMB_MAX_LIST 4096u
 
+/* Reclaim tokens: 32 random bytes. */
+#define DMB_TOKEN_SIZE 32u
+
 /* Free-text fields (names) at most this long. */
 #define DMB_MAX_NAME 64u
 
@@ -33,5 +36,6 @@ enum {
 	DMB_EVENT_MAPPINGS_RESTORED = 1u << 2,
 	DMB_EVENT_DEVICE_STATE = 1u << 3,
 	DMB_EVENT_HANDOFF = 1u << 4,
-	DMB_EVENT_ALL = (1u << 5) - 1,
+	DMB_EVENT_RESTARTED = 1u << 5,
+	DMB_EVENT_ALL = (1u << 6) - 1,
 };

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "util/log.h"
 #include "util/macro.h"
@@ -14,9 +15,10 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 {
 	struct dmb_core *core = owner->core;
 
-	if (persistent)
-		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
-				"persistent contexts are not supported by this version of dmabrokerd");
+	if (persistent && !core->jh)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
+				"persistent contexts need the broker's state to survive it: it runs "
+				"without a file-descriptor store (not under systemd)");
 	if (owner->n_contexts >= owner->pol.limits.contexts_per_owner)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
 				"limit contexts_per_client (%u) reached",
@@ -39,6 +41,12 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 				strerror(-r));
 	}
 
+	if (persistent && getrandom(ctx->token, sizeof(ctx->token), 0) != (ssize_t)sizeof(ctx->token)) {
+		core->be->ops->ctx_close(ctx->bctx);
+		free(ctx);
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "no random bytes for the reclaim token");
+	}
+
 	/* Commit: from here on the context is visible. */
 	ctx->id = core_new_id(core);
 	ctx->owner = owner;
@@ -47,6 +55,89 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 	TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
 	owner->n_contexts++;
 	ctx_refresh_iova(ctx);
+	if (core->jh) {
+		r = core->jh->ctx_create(core->jh->opaque, ctx, e);
+		if (r < 0) {
+			ctx_destroy(ctx);
+			return r;
+		}
+	}
+	*out = ctx;
+	return 0;
+}
+
+struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64_t id,
+			  const char *name, bool persistent, const uint8_t *token,
+			  struct dmb_bctx *bctx)
+{
+	struct dmb_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return NULL;
+	ctx->core = core;
+	ctx->id = id;
+	ctx->persistent = persistent;
+	ctx->bctx = bctx;
+	if (token)
+		memcpy(ctx->token, token, sizeof(ctx->token));
+	snprintf(ctx->name, sizeof(ctx->name), "%s", name ? name : "");
+	RB_INIT(&ctx->maps);
+	RB_INIT(&ctx->regions);
+	TAILQ_INIT(&ctx->devices);
+	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
+	core->n_contexts++;
+	if (owner) {
+		ctx->owner = owner;
+		TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
+		owner->n_contexts++;
+	}
+	if (core->next_id <= id)
+		core->next_id = id + 1;
+	ctx_refresh_iova(ctx);
+	return ctx;
+}
+
+int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size_t token_len,
+		struct dmb_ctx **out, struct dmb_err *e)
+{
+	struct dmb_core *core = owner->core;
+	struct dmb_ctx *ctx = ctx_lookup_any(core, id);
+	/* One answer for "no such context", "not persistent" and "wrong
+	 * token": nothing about other clients' contexts leaks. */
+	bool ok = ctx && ctx->persistent && token_len == sizeof(ctx->token);
+	if (ok) {
+		unsigned char diff = 0; /* constant time */
+		for (size_t i = 0; i < sizeof(ctx->token); i++)
+			diff |= ctx->token[i] ^ token[i];
+		ok = diff == 0;
+	}
+	if (!ok)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EACCES,
+				"no persistent context %" PRIu64 " with this reclaim token (a token "
+				"works once; the last reclaim returned a new one)", id);
+	if (ctx->owner == owner)
+		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
+				"context %" PRIu64 " already belongs to this session", id);
+	if (owner->n_contexts >= owner->pol.limits.contexts_per_owner)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"limit contexts_per_client (%u) reached", owner->pol.limits.contexts_per_owner);
+	uint8_t fresh[sizeof(ctx->token)];
+	if (getrandom(fresh, sizeof(fresh), 0) != (ssize_t)sizeof(fresh))
+		return dmb_fail(e, DMB_E_INTERNAL, errno, "no random bytes for the reclaim token");
+	if (ctx->owner) {
+		/* Taken from a live session (a VMM whose successor reclaims
+		 * before the old session has noticed it is dead). */
+		TAILQ_REMOVE(&ctx->owner->contexts, ctx, owner_link);
+		ctx->owner->n_contexts--;
+	}
+	memcpy(ctx->token, fresh, sizeof(fresh));
+	ctx->owner = owner;
+	ctx->detached_ms = 0;
+	TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
+	owner->n_contexts++;
+	if (core->jh)
+		core->jh->ctx_reclaim(core->jh->opaque, ctx);
+	log_info("context %" PRIu64 " reclaimed by session %" PRIu64 " (uid %u pid %d)", id,
+		 owner->session_id, (unsigned)owner->uid, (int)owner->pid);
 	*out = ctx;
 	return 0;
 }
@@ -89,10 +180,14 @@ void ctx_destroy(struct dmb_ctx *ctx)
 	struct dmb_region *r;
 	while ((r = RB_MIN(dmb_region_tree, &ctx->regions))) {
 		RB_REMOVE(dmb_region_tree, &ctx->regions, r);
+		if (core->jh)
+			core->jh->region_remove(core->jh->opaque, r);
 		region_free(r);
 		core->n_regions--;
 	}
 
+	if (core->jh)
+		core->jh->ctx_destroy(core->jh->opaque, ctx);
 	RB_REMOVE(dmb_ctx_tree, &core->contexts, ctx);
 	core->n_contexts--;
 	if (ctx->owner) {

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "util/log.h"
 
@@ -29,7 +30,10 @@ void core_fini(struct dmb_core *core)
 
 uint64_t core_new_id(struct dmb_core *core)
 {
-	return core->next_id++;
+	uint64_t id = core->next_id++;
+	if (core->jh)
+		core->jh->id_used(core->jh->opaque, id);
+	return id;
 }
 
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev)
@@ -71,9 +75,16 @@ void owner_free(struct dmb_owner *o)
 	struct dmb_ctx *c, *tmp;
 	TAILQ_FOREACH_SAFE(c, &o->contexts, owner_link, tmp) {
 		if (c->persistent) {
-			/* Outlives the session; reclaimed later with its token. */
+			/* Outlives the session; reclaimed later with its token,
+			 * released after the grace period otherwise. */
 			TAILQ_REMOVE(&o->contexts, c, owner_link);
 			c->owner = NULL;
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			c->detached_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
+			log_info("context %llu of session %llu (uid %u pid %d) kept: persistent, "
+				 "waiting for a reclaim", (unsigned long long)c->id,
+				 (unsigned long long)o->session_id, (unsigned)o->uid, (int)o->pid);
 			continue;
 		}
 		log_info("context %llu of session %llu (uid %u pid %d) destroyed: session ended",
@@ -81,5 +92,7 @@ void owner_free(struct dmb_owner *o)
 			 (unsigned)o->uid, (int)o->pid);
 		ctx_destroy(c);
 	}
+	if (o->core->jh)
+		o->core->jh->session_end(o->core->jh->opaque, o->session_id);
 	free(o);
 }

@@ -136,6 +136,8 @@ struct dmb_ctx {
 	struct dmb_owner *owner;
 	char name[65];
 	bool persistent;
+	uint8_t token[32];            /* reclaim token (persistent contexts) */
+	uint64_t detached_ms;         /* when its session ended (persistent), else 0 */
 	struct dmb_bctx *bctx;
 
 	struct dmb_iova_info iova;   /* refreshed on device attach/detach */
@@ -172,6 +174,31 @@ typedef bool (*dmb_device_allowed_fn)(void *opaque, const struct dmb_owner *owne
 
 struct dmb_range;
 
+/* Persistence (daemon/persist.c) watches every change of the model, to
+ * journal it and keep the kernel objects' fds in the fd store. The hooks
+ * that return int run before the change reaches the kernel and can refuse
+ * it; the void ones run after it happened. NULL: no persistence. */
+struct dmb_map_peer_req;
+struct dmb_map_req;
+struct dmb_journal_hooks {
+	void *opaque;
+	int (*ctx_create)(void *o, struct dmb_ctx *ctx, struct dmb_err *e);
+	void (*ctx_destroy)(void *o, struct dmb_ctx *ctx);
+	void (*ctx_reclaim)(void *o, struct dmb_ctx *ctx);
+	int (*region_add)(void *o, struct dmb_region *r, struct dmb_err *e);
+	void (*region_remove)(void *o, struct dmb_region *r);
+	int (*map_add)(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
+		       struct dmb_err *e);
+	int (*p2p_add)(void *o, struct dmb_ctx *ctx, const struct dmb_map_peer_req *q,
+		       struct dmb_err *e);
+	void (*unmap)(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n);
+	void (*unmap_all)(void *o, struct dmb_ctx *ctx);
+	int (*device_add)(void *o, struct dmb_device *d, struct dmb_err *e);
+	void (*device_remove)(void *o, struct dmb_device *d);
+	void (*session_end)(void *o, uint64_t session_id);
+	void (*id_used)(void *o, uint64_t id);
+};
+
 struct dmb_core {
 	struct dmb_backend *be;
 	struct dmb_limits limits;
@@ -199,6 +226,8 @@ struct dmb_core {
 	/* RAM mapping nodes come from slabs (mapping.c): no per-node malloc
 	 * header, no malloc call on the hot path; all slabs go back when the
 	 * last node is freed. */
+	const struct dmb_journal_hooks *jh;
+
 	struct dmb_map_slab *slabs;   /* newest first; bump-allocated */
 	struct dmb_mapping *map_free; /* free nodes, linked through node.rbe_left */
 	uint64_t map_live;
@@ -224,6 +253,16 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 struct dmb_ctx *ctx_lookup(struct dmb_owner *owner, uint64_t id);
 /* Any context (admin views). */
 struct dmb_ctx *ctx_lookup_any(struct dmb_core *core, uint64_t id);
+/* A persistent context whose session ended (or any, by id) taken over by a
+ * new owner that presented its token; a fresh token is drawn. */
+int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size_t token_len,
+		struct dmb_ctx **out, struct dmb_err *e);
+/* Re-adoption after a restart: an existing backend context enters the
+ * model with its old id, owner (or none: detached) and attributes; nothing
+ * is journaled. */
+struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64_t id,
+			  const char *name, bool persistent, const uint8_t *token,
+			  struct dmb_bctx *bctx);
 /* Unmaps everything, closes devices and regions, frees. */
 void ctx_destroy(struct dmb_ctx *ctx);
 void ctx_refresh_iova(struct dmb_ctx *ctx);
@@ -238,6 +277,9 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 		    struct dmb_err *e);
 struct dmb_region *region_lookup(struct dmb_ctx *ctx, uint64_t id);
 int region_unregister(struct dmb_ctx *ctx, uint64_t id, struct dmb_err *e);
+/* Re-adoption: the region with its old id, from its stored fd (taken). */
+int region_adopt(struct dmb_ctx *ctx, uint64_t id, int fd, uint64_t size, struct dmb_region **out,
+		 struct dmb_err *e);
 void region_free(struct dmb_region *r);
 /* Validates an fd as guest memory without registering it (unit-testable). */
 int region_validate_fd(int fd, uint64_t *size, uint64_t *page_size, bool *writable,
@@ -273,6 +315,9 @@ struct dmb_mapping *map_first_from(struct dmb_ctx *ctx, uint64_t start);
 struct dmb_mapping *map_next(struct dmb_ctx *ctx, struct dmb_mapping *m);
 /* The mapping containing iova, or NULL. */
 struct dmb_mapping *map_find(struct dmb_ctx *ctx, uint64_t iova);
+/* Re-adoption: records a mapping the backend already holds (no kernel call). */
+int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, uint64_t length,
+		     uint64_t offset, uint32_t prot);
 /* Drops the core's records of every mapping (after the backend removed them). */
 void map_forget_all(struct dmb_ctx *ctx);
 /* Checks that [iova, last] overlaps no mapping; names the one it overlaps. */
@@ -305,6 +350,12 @@ int p2p_read_command(struct dmb_device *d, uint16_t *cmd, struct dmb_err *e);
 /* device.c */
 /* Any open device with this BDF, in any context. */
 struct dmb_device *device_find_bdf(struct dmb_core *core, const char *bdf);
+/* Re-adoption: an adopted backend device enters the model with its old id. */
+struct dmb_device *device_adopt(struct dmb_ctx *ctx, uint64_t id, const char *bdf,
+				struct dmb_bdev *bdev, const struct dmb_dev_info *info);
+/* Re-adoption of a P2P mapping record (revoked: not in the IOMMU now). */
+int p2p_adopt_record(struct dmb_ctx *ctx, struct dmb_device *peer, unsigned bar, uint64_t offset,
+		     uint64_t iova, uint64_t length, uint32_t prot, bool revoked);
 int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e);
 struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id);
 void device_close(struct dmb_device *d);

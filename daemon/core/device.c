@@ -80,11 +80,42 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 	/* Attaching a device changes the usable IOVA space (reserved regions,
 	 * the aperture; type1 only has an IOMMU from the first group on). */
 	ctx_refresh_iova(ctx);
+	if (core->jh) {
+		r = core->jh->device_add(core->jh->opaque, d, e);
+		if (r < 0) {
+			device_close(TAKE_PTR(d));
+			return r;
+		}
+	}
 	log_info("session %" PRIu64 " (uid %u pid %d): device %s [%04x:%04x] attached to context %" PRIu64,
 		 ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, bdf,
 		 d->info.vendor, d->info.device, ctx->id);
 	*out = TAKE_PTR(d);
 	return 0;
+}
+
+struct dmb_device *device_adopt(struct dmb_ctx *ctx, uint64_t id, const char *bdf,
+				struct dmb_bdev *bdev, const struct dmb_dev_info *info)
+{
+	struct dmb_device *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->id = id;
+	d->ctx = ctx;
+	d->bdev = bdev;
+	d->info = *info;
+	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
+	TAILQ_INIT(&d->importers);
+	TAILQ_INSERT_TAIL(&ctx->devices, d, link);
+	ctx->n_devices++;
+	ctx->core->n_devices++;
+	if (ctx->core->next_id <= id)
+		ctx->core->next_id = id + 1;
+	uint16_t cmd;
+	struct dmb_err e = { 0 };
+	(void)p2p_read_command(d, &cmd, &e);
+	ctx_refresh_iova(ctx);
+	return d;
 }
 
 struct dmb_device *device_find_bdf(struct dmb_core *core, const char *bdf)
@@ -118,6 +149,8 @@ void device_close(struct dmb_device *d)
 	struct dmb_ctx *ctx = d->ctx;
 	/* Nothing may point at its BARs once it is gone. */
 	p2p_release(d);
+	if (ctx->core->jh)
+		ctx->core->jh->device_remove(ctx->core->jh->opaque, d);
 	TAILQ_REMOVE(&ctx->devices, d, link);
 	ctx->n_devices--;
 	ctx->core->n_devices--;

@@ -215,6 +215,17 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	node_free(ctx->core, m);
 }
 
+/* Forget entries [from, to) of a batch that never reached the kernel. */
+static void map_drop_pending(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t from,
+			     size_t to)
+{
+	for (size_t i = from; i < to; i++) {
+		struct dmb_mapping *m = map_find(ctx, reqs[i].iova);
+		if (m && m->iova == reqs[i].iova)
+			map_remove(ctx, m);
+	}
+}
+
 /* Undo the first n mappings of a failed batch (they are in the tree). */
 static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n)
 {
@@ -235,6 +246,47 @@ static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, si
 		}
 		map_remove(ctx, m);
 	}
+}
+
+static const struct dmb_range *sort_base;
+
+static int range_idx_cmp(const void *x, const void *y)
+{
+	uint64_t a = sort_base[*(const size_t *)x].iova, b = sort_base[*(const size_t *)y].iova;
+	return a < b ? -1 : a > b;
+}
+
+/* True when no two of the (valid, non-empty) ranges intersect; otherwise
+ * names two that do. O(n) for a sorted batch, O(n log n) otherwise. */
+static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b)
+{
+	bool sorted = true;
+	for (size_t i = 1; i < n && sorted; i++)
+		sorted = rg[i - 1].iova + (rg[i - 1].length - 1) < rg[i].iova;
+	if (sorted)
+		return true;
+
+	size_t *idx = malloc(n * sizeof(*idx));
+	if (!idx) {
+		*a = 0;
+		*b = 0;
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	sort_base = rg; /* single-threaded core */
+	qsort(idx, n, sizeof(*idx), range_idx_cmp);
+	bool ok = true;
+	for (size_t i = 1; i < n && ok; i++) {
+		const struct dmb_range *p = &rg[idx[i - 1]], *q = &rg[idx[i]];
+		if (p->iova + (p->length - 1) >= q->iova) {
+			ok = false;
+			*a = idx[i - 1] < idx[i] ? idx[i - 1] : idx[i];
+			*b = idx[i - 1] < idx[i] ? idx[i] : idx[i - 1];
+		}
+	}
+	free(idx);
+	return ok;
 }
 
 int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e)
@@ -266,34 +318,69 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 				"limit pinned_bytes_total (%" PRIu64 ") of the broker would be exceeded",
 				glim);
 
+	/* 1. Check every entry in order against the model, which includes the
+	 * entries before it (recorded as pending), before anything is journaled
+	 * or reaches the kernel. */
+	size_t done = 0;
+	int r = 0;
+	for (; done < n; done++) {
+		struct dmb_region *reg = NULL;
+		r = map_validate(ctx, &reqs[done], &reg, e);
+		if (r < 0)
+			break;
+		struct dmb_mapping *m = node_alloc(ctx->core);
+		if (!m) {
+			r = dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+			break;
+		}
+		*m = (struct dmb_mapping){
+			.iova = reqs[done].iova, .length = reqs[done].length, .offset = reqs[done].offset,
+			.region = reg, .prot = reqs[done].prot,
+		};
+		map_insert(ctx, m);
+	}
+	if (r < 0) {
+		if (e)
+			e->index = (uint32_t)done;
+		map_drop_pending(ctx, reqs, 0, done);
+		return r;
+	}
+
+	/* 2. Journal additions before the kernel sees them: after a crash the
+	 * journal may name a mapping the kernel lacks (redone at restart), never
+	 * the reverse. */
+	const struct dmb_journal_hooks *jh = ctx->core->jh;
+	if (jh) {
+		r = jh->map_add(jh->opaque, ctx, reqs, n, e);
+		if (r < 0) {
+			map_drop_pending(ctx, reqs, 0, n);
+			return r;
+		}
+	}
+
+	/* 3. The kernel, in order; all or nothing. */
 	for (size_t i = 0; i < n; i++) {
 		const struct dmb_map_req *q = &reqs[i];
-		struct dmb_region *reg = NULL;
-		int r = map_validate(ctx, q, &reg, e);
-		if (r >= 0) {
-			struct dmb_mapping *m = node_alloc(ctx->core);
-			if (!m)
-				r = dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-			else {
-				r = ops->map(ctx->bctx, reg->breg, q->offset, q->iova, q->length, q->prot, e);
-				if (r < 0) {
-					node_free(ctx->core, m);
-					dmb_fail(e, dmb_code_from_errno(r), -r,
-						 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64
-						 ": %s", q->length, q->iova, strerror(-r));
-				} else {
-					*m = (struct dmb_mapping){
-						.iova = q->iova, .length = q->length, .offset = q->offset,
-						.region = reg, .prot = q->prot,
-					};
-					map_insert(ctx, m);
-				}
-			}
-		}
+		struct dmb_mapping *m = map_find(ctx, q->iova);
+		r = ops->map(ctx->bctx, m->region->breg, q->offset, q->iova, q->length, q->prot, e);
 		if (r < 0) {
+			dmb_fail(e, dmb_code_from_errno(r), -r,
+				 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64 ": %s",
+				 q->length, q->iova, strerror(-r));
 			if (e)
 				e->index = (uint32_t)i;
 			map_rollback(ctx, reqs, i);
+			map_drop_pending(ctx, reqs, i, n);
+			if (jh) {
+				/* The batch was journaled whole: take it back whole. Its
+				 * ranges overlap nothing else (checked in step 1). */
+				_cleanup_free_ struct dmb_range *rg = malloc(n * sizeof(*rg));
+				if (rg) {
+					for (size_t k = 0; k < n; k++)
+						rg[k] = (struct dmb_range){ reqs[k].iova, reqs[k].length };
+					jh->unmap(jh->opaque, ctx, rg, n);
+				}
+			}
 			return r;
 		}
 	}
@@ -371,47 +458,6 @@ static int unmap_one_by_one(struct dmb_ctx *ctx, struct dmb_mapping *first, uint
 	return ret;
 }
 
-static const struct dmb_range *sort_base;
-
-static int range_idx_cmp(const void *x, const void *y)
-{
-	uint64_t a = sort_base[*(const size_t *)x].iova, b = sort_base[*(const size_t *)y].iova;
-	return a < b ? -1 : a > b;
-}
-
-/* True when no two of the (valid, non-empty) ranges intersect; otherwise
- * names two that do. O(n) for a sorted batch, O(n log n) otherwise. */
-static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b)
-{
-	bool sorted = true;
-	for (size_t i = 1; i < n && sorted; i++)
-		sorted = rg[i - 1].iova + (rg[i - 1].length - 1) < rg[i].iova;
-	if (sorted)
-		return true;
-
-	size_t *idx = malloc(n * sizeof(*idx));
-	if (!idx) {
-		*a = 0;
-		*b = 0;
-		return false;
-	}
-	for (size_t i = 0; i < n; i++)
-		idx[i] = i;
-	sort_base = rg; /* single-threaded core */
-	qsort(idx, n, sizeof(*idx), range_idx_cmp);
-	bool ok = true;
-	for (size_t i = 1; i < n && ok; i++) {
-		const struct dmb_range *p = &rg[idx[i - 1]], *q = &rg[idx[i]];
-		if (p->iova + (p->length - 1) >= q->iova) {
-			ok = false;
-			*a = idx[i - 1] < idx[i] ? idx[i - 1] : idx[i];
-			*b = idx[i - 1] < idx[i] ? idx[i] : idx[i - 1];
-		}
-	}
-	free(idx);
-	return ok;
-}
-
 int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 		 uint64_t *bytes, uint64_t *count, struct dmb_err *e)
 {
@@ -469,12 +515,17 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 			if (r < 0) {
 				if (e)
 					e->index = (uint32_t)i;
+				/* Journal what is certainly gone: the ranges before. */
+				if (ctx->core->jh && i)
+					ctx->core->jh->unmap(ctx->core->jh->opaque, ctx, ranges, i);
 				return r;
 			}
 			continue;
 		}
 		unmap_forget(ctx, first, last, bytes, count);
 	}
+	if (ctx->core->jh)
+		ctx->core->jh->unmap(ctx->core->jh->opaque, ctx, ranges, n);
 	return 0;
 }
 
@@ -488,9 +539,23 @@ int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_
 		return 0;
 	int r = ops->unmap_all(ctx->bctx, &got, e);
 	if (r < 0)
-		return unmap_one_by_one(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count,
-					e);
-	unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count);
+		r = unmap_one_by_one(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count, e);
+	else
+		unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count);
+	if (ctx->core->jh)
+		ctx->core->jh->unmap_all(ctx->core->jh->opaque, ctx);
+	return r;
+}
+
+int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, uint64_t length,
+		     uint64_t offset, uint32_t prot)
+{
+	struct dmb_mapping *m = node_alloc(ctx->core);
+	if (!m)
+		return -ENOMEM;
+	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r,
+				   .prot = prot };
+	map_insert(ctx, m);
 	return 0;
 }
 

@@ -254,9 +254,21 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 	struct dmb_p2p *p = calloc(1, sizeof(*p));
 	if (!p)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	const struct dmb_journal_hooks *jh = core->jh;
+	if (jh) {
+		r = jh->p2p_add(jh->opaque, ctx, q, e);
+		if (r < 0) {
+			free(p);
+			return r;
+		}
+	}
 	r = ops->map_bar(ctx->bctx, peer->bdev, q->bar, q->offset, q->iova, q->length, q->prot, e);
 	if (r < 0) {
 		free(p);
+		if (jh) {
+			struct dmb_range rg = { q->iova, q->length };
+			jh->unmap(jh->opaque, ctx, &rg, 1);
+		}
 		return dmb_fail(e, dmb_code_from_errno(r), -r,
 				"the backend refused to map BAR %u of %s at iova 0x%" PRIx64 ": %s",
 				q->bar, peer->bdf, q->iova, strerror(-r));
@@ -399,6 +411,10 @@ void p2p_release(struct dmb_device *d)
 		}
 		if (h)
 			h[n++] = (struct hit){ ctx, { p->m.iova, p->m.length } };
+		if (core->jh) {
+			struct dmb_range rg = { p->m.iova, p->m.length };
+			core->jh->unmap(core->jh->opaque, ctx, &rg, 1);
+		}
 		map_remove(ctx, &p->m); /* unlinks and frees p */
 	}
 	if (h) {
@@ -407,4 +423,23 @@ void p2p_release(struct dmb_device *d)
 	}
 	if (n)
 		log_notice("%s released: %zu P2P mapping(s) removed for good", d->bdf, n);
+}
+
+int p2p_adopt_record(struct dmb_ctx *ctx, struct dmb_device *peer, unsigned bar, uint64_t offset,
+		     uint64_t iova, uint64_t length, uint32_t prot, bool revoked)
+{
+	struct dmb_p2p *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .prot = prot,
+				     .flags = DMB_MAP_MMIO | (revoked ? DMB_MAP_REVOKED : 0) };
+	p->ctx = ctx;
+	p->peer = peer;
+	p->bar = bar;
+	TAILQ_INSERT_TAIL(&peer->importers, p, peer_link);
+	peer->n_importers++;
+	if (revoked)
+		peer->n_revoked++;
+	map_insert(ctx, &p->m);
+	return 0;
 }

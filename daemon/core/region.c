@@ -162,9 +162,49 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 	reg->writable = d.writable;
 	reg->hugetlb = d.hugetlb;
 	reg->kind = kind;
+	if (core->jh) {
+		r = core->jh->region_add(core->jh->opaque, reg, e);
+		if (r < 0) {
+			region_free(TAKE_PTR(reg));
+			return r;
+		}
+	}
 	RB_INSERT(dmb_region_tree, &ctx->regions, reg);
 	ctx->n_regions++;
 	core->n_regions++;
+	*out = TAKE_PTR(reg);
+	return 0;
+}
+
+int region_adopt(struct dmb_ctx *ctx, uint64_t id, int fd, uint64_t size, struct dmb_region **out,
+		 struct dmb_err *e)
+{
+	_cleanup_close_ int owned = fd;
+	struct dmb_core *core = ctx->core;
+	struct dmb_region_desc d = { .fd = owned, .size = size };
+	const char *kind = NULL;
+	int r = region_validate_fd(owned, &d.size, &d.page_size, &d.writable, &d.hugetlb, &kind, e);
+	if (r < 0)
+		return r;
+	_cleanup_free_ struct dmb_region *reg = calloc(1, sizeof(*reg));
+	if (!reg)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	r = core->be->ops->region_open(core->be, &d, &reg->breg, e);
+	if (r < 0)
+		return r;
+	reg->id = id;
+	reg->ctx = ctx;
+	reg->fd = TAKE_FD(owned);
+	reg->size = d.size;
+	reg->page_size = d.page_size;
+	reg->writable = d.writable;
+	reg->hugetlb = d.hugetlb;
+	reg->kind = kind;
+	RB_INSERT(dmb_region_tree, &ctx->regions, reg);
+	ctx->n_regions++;
+	core->n_regions++;
+	if (core->next_id <= id)
+		core->next_id = id + 1;
 	*out = TAKE_PTR(reg);
 	return 0;
 }
@@ -187,6 +227,8 @@ int region_unregister(struct dmb_ctx *ctx, uint64_t id, struct dmb_err *e)
 	RB_REMOVE(dmb_region_tree, &ctx->regions, r);
 	ctx->n_regions--;
 	ctx->core->n_regions--;
+	if (ctx->core->jh)
+		ctx->core->jh->region_remove(ctx->core->jh->opaque, r);
 	region_free(r);
 	return 0;
 }
