@@ -57,6 +57,28 @@
  * (iommufd pins only once a device is attached, and a page mapped twice is
  * pinned once; this counter is the daemon's budget view, not the kernel's.)
  *
+ * Restart (backend.h, "restart"; kernel-uapi.md §1.4 CHANGE_PROCESS, §1.7).
+ * A context's kernel state is its iommufd, named "iommufd.ioas<ID>" so the
+ * successor knows its IOAS (a bare "iommufd" is accepted too: the IOAS is
+ * then found by asking IOMMU_IOAS_IOVA_RANGES of object IDs 1, 2, ...); a
+ * device's is its cdev fd, "device.dev<devid>", still bound and attached.
+ *   - ctx_prepare_handover has nothing to move; from then on ctx_close and
+ *     dev_close close this process's fds only (no detach, no unmap, no
+ *     destroy: the IOAS is the successor's).
+ *   - ctx_adopt / dev_adopt check the objects (IOVA_RANGES on the IOAS; the
+ *     config region and GET_HW_INFO of the devid for a device) and rebuild.
+ *   - map_adopt: no uAPI lists or queries an IOAS's areas, and UNMAP cannot
+ *     probe without removing, so the journal is trusted. MAP_FILE areas hold
+ *     their memfd: nothing to do. MAP areas (kernels without MAP_FILE) keep
+ *     the old process's address and pins; the context is then "VA-stale"
+ *     and dev_open refuses new devices (a new domain may make the kernel pin
+ *     from that address space again) until every mapping is gone.
+ *   - adopt_finish: IOMMU_IOAS_CHANGE_PROCESS once ("change-process"), so
+ *     the pinned-page accounting follows this process; EINVAL (an area by
+ *     address or a dma-buf) is logged and adoption goes on. 0 stray: no
+ *     uAPI enumerates areas, and the journal names every one by
+ *     construction.
+ *
  * Every ioctl goes through ksys_ioctl(), so tests/unit/kernel checks the
  * exact bytes of every command without an IOMMU. */
 #include "backend/backend.h"
@@ -118,6 +140,10 @@ struct ifd_ctx {
 	uint64_t mapped; /* RAM bytes mapped in this IOAS */
 	struct ksys_mmio_set mmio; /* peer BAR (dma-buf) mappings, not pinned */
 	struct ifd_dev *devs;
+	/* Restart (see "Restart" in the header comment). */
+	bool handed_over; /* ctx_prepare_handover was called: close forgets */
+	bool va_stale;    /* an adopted area was mapped by a previous process's address */
+	uint64_t n_adopted, n_va;
 };
 
 struct ifd_region {
@@ -210,6 +236,8 @@ static void account_unmapped(struct ifd_ctx *c, uint64_t iova, uint64_t length, 
 		bytes = c->mapped;
 	c->mapped -= bytes;
 	atomic_fetch_sub(&c->be->pinned, bytes);
+	if (c->mapped == 0)
+		c->va_stale = false; /* no area by a previous process's address is left */
 }
 
 static int ifd_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err *e)
@@ -232,9 +260,11 @@ static int ifd_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err
 	return 0;
 }
 
-static void ifd_dev_free(struct ifd_dev *d)
+/* detach: false after a handover, when the device (bound and attached
+ * through the fd store's duplicate) is the successor's. */
+static void ifd_dev_free(struct ifd_dev *d, bool detach)
 {
-	if (d->fd >= 0) {
+	if (d->fd >= 0 && detach) {
 		struct dmb_vfio_device_detach_iommufd_pt det = {
 			.argsz = DMB_VFIO_DETACH_IOMMUFD_PT_MINSZ,
 			.flags = 0,
@@ -256,7 +286,15 @@ static void ifd_ctx_close(struct dmb_bctx *bc)
 	while (c->devs) {
 		struct ifd_dev *d = c->devs;
 		c->devs = d->next;
-		ifd_dev_free(d);
+		ifd_dev_free(d, !c->handed_over);
+	}
+	if (c->handed_over) {
+		/* The successor owns the IOAS: no unmap, no destroy. */
+		atomic_fetch_sub(&c->be->pinned, c->mapped);
+		ksys_mmio_free(&c->mmio);
+		safe_close(c->fd);
+		free(c);
+		return;
 	}
 	uint64_t n;
 	struct dmb_err e = {0};
@@ -403,6 +441,42 @@ static void probe_dmabuf(struct ifd_backend *be, struct ifd_dev *d)
 		be->features[be->n_features] = "p2p-dmabuf";
 }
 
+/* A new device of c that takes fd (bound and attached); NULL when out of
+ * memory, fd untouched. */
+static struct ifd_dev *dev_new(struct ifd_ctx *c, int fd, uint32_t devid, uint32_t hwpt_id,
+			       const char *name, const char *bdf)
+{
+	struct ifd_dev *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->base.ctx = &c->base;
+	d->ctx = c;
+	d->fd = fd;
+	d->devid = devid;
+	d->hwpt_id = hwpt_id;
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
+	ksys_vdev_init(&d->v, d->fd, bdf);
+	if (d->v.cfg_err < 0)
+		log_debug("iommufd: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
+	probe_dmabuf(c->be, d);
+	d->next = c->devs;
+	c->devs = d;
+	return d;
+}
+
+static void dev_info_fill(struct ifd_backend *be, const char *bdf, const char *name,
+			  struct dmb_dev_info *info)
+{
+	if (!info)
+		return;
+	memset(info, 0, sizeof(*info));
+	if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
+		log_debug("iommufd: cannot read the vendor/device IDs of %s", bdf);
+	snprintf(info->group, sizeof(info->group), "%s", name);
+	info->viable = true;
+}
+
 static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 			struct dmb_dev_info *info, struct dmb_err *e)
 {
@@ -413,6 +487,13 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 	if (ksys_bdf_normalize(bdf_in, bdf) < 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"'%s' is not a PCI address (expected dddd:bb:dd.f)", bdf_in ? bdf_in : "");
+	if (c->va_stale)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EBUSY,
+				"cannot attach %s: %" PRIu64 " mapping(s) of this context were made by "
+				"address by a previous broker process, and a new device could make the "
+				"kernel pin them from its dead address space; re-create the context (or "
+				"unmap them all) first",
+				bdf, c->n_va);
 	int r = ksys_pci_exists(be->sysfs_root, bdf);
 	if (r < 0)
 		return dmb_fail(e, DMB_E_NOT_FOUND, -r, "no PCI device %s on this host (%s)", bdf,
@@ -474,30 +555,11 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 			  bdf, name, bind.out_devid, att.pt_id, hw.out_data_type,
 			  (uint64_t)hw.out_capabilities);
 
-	struct ifd_dev *d = calloc(1, sizeof(*d));
+	struct ifd_dev *d = dev_new(c, fd, bind.out_devid, att.pt_id, name, bdf);
 	if (!d)
-		return oom(e, "an iommufd device");
-	d->base.ctx = bc;
-	d->ctx = c;
-	d->fd = TAKE_FD(fd);
-	d->devid = bind.out_devid;
-	d->hwpt_id = att.pt_id;
-	snprintf(d->name, sizeof(d->name), "%s", name);
-	memcpy(d->bdf, bdf, sizeof(bdf));
-	ksys_vdev_init(&d->v, d->fd, bdf);
-	if (d->v.cfg_err < 0)
-		log_debug("iommufd: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
-	probe_dmabuf(be, d);
-	d->next = c->devs;
-	c->devs = d;
-
-	if (info) {
-		memset(info, 0, sizeof(*info));
-		if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
-			log_debug("iommufd: cannot read the vendor/device IDs of %s", bdf);
-		snprintf(info->group, sizeof(info->group), "%s", name);
-		info->viable = true;
-	}
+		return oom(e, "an iommufd device"); /* closing fd unbinds */
+	fd = -1; /* the device's now */
+	dev_info_fill(be, bdf, name, info);
 	*out = &d->base;
 	return 0;
 }
@@ -513,7 +575,7 @@ static void ifd_dev_close(struct dmb_bdev *bd)
 			break;
 		}
 	}
-	ifd_dev_free(d);
+	ifd_dev_free(d, !d->ctx->handed_over);
 }
 
 static int ifd_dev_fd(struct dmb_bdev *bd)
@@ -827,6 +889,243 @@ static int ifd_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar
 	return 0;
 }
 
+/* ---- restart (see "Restart" in the header comment) ---- */
+
+static int ifd_ctx_fds(struct dmb_bctx *bc, struct dmb_fdset *out)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	out->n = 0;
+	return ksys_fdset_add(out, c->fd, "iommufd.ioas%u", c->ioas_id);
+}
+
+static int ifd_dev_fds(struct dmb_bdev *bd, struct dmb_fdset *out)
+{
+	struct ifd_dev *d = ifd_dev(bd);
+	out->n = 0;
+	return ksys_fdset_add(out, d->fd, "device.dev%u", d->devid);
+}
+
+static int ifd_ctx_prepare_handover(struct dmb_bctx *bc, struct dmb_err *e)
+{
+	/* Nothing to move: MAP_FILE areas hold their files, MAP areas their
+	 * pins. Only stop tearing down at close. */
+	ifd_ctx(bc)->handed_over = true;
+	return 0;
+}
+
+/* 0 when `id` is an IOAS of the iommufd fd; else the ioctl's -errno
+ * (ENOENT: no such IOAS; ENOTTY: fd is not an iommufd). */
+static int ioas_probe(int fd, uint32_t id)
+{
+	struct dmb_iommu_ioas_iova_ranges q = {
+		.size = sizeof(q),
+		.ioas_id = id,
+		.num_iovas = 0,
+		.allowed_iovas = 0,
+	};
+	int r = ksys_ioctl(fd, DMB_IOMMU_IOAS_IOVA_RANGES, &q);
+	return r == 0 || r == -EMSGSIZE ? 0 : r;
+}
+
+/* Object IDs tried when the fd's name does not carry the IOAS ID: a
+ * context's iommufd holds one IOAS plus a DEVICE and a HWPT per device. */
+#define IFD_ADOPT_SCAN_IDS 256u
+
+static int ifd_ctx_adopt(struct dmb_backend *b, const struct dmb_fdset *fds, struct dmb_bctx **out,
+			 struct dmb_err *e)
+{
+	struct ifd_backend *be = ifd_be(b);
+	int fi = -1;
+	uint32_t ioas = 0;
+	bool named = false;
+
+	if (ksys_fdset_check(fds) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"the fd set of an iommufd context is malformed");
+	for (size_t i = 0; i < fds->n && fi < 0; i++) {
+		if (ksys_fdname_u32(fds->e[i].name, "iommufd.ioas", &ioas) == 0) {
+			fi = (int)i;
+			named = true;
+		} else if (strcmp(fds->e[i].name, "iommufd") == 0) {
+			fi = (int)i;
+		}
+	}
+	if (fi < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"an iommufd context cannot be adopted without its \"iommufd\" fd");
+	int fd = fds->e[fi].fd;
+	int r;
+	if (named) {
+		r = ioas_probe(fd, ioas);
+		if (r < 0)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, -r,
+					"IOAS %u of the adopted iommufd cannot be found "
+					"(IOMMU_IOAS_IOVA_RANGES: %s)",
+					ioas, ksys_errno_name(r));
+	} else {
+		/* Recover the ID: the first object that answers as an IOAS. */
+		r = -ENOENT;
+		for (uint32_t id = 1; id <= IFD_ADOPT_SCAN_IDS && r == -ENOENT; id++) {
+			r = ioas_probe(fd, id);
+			ioas = id;
+		}
+		if (r < 0)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, -r,
+					"the adopted iommufd has no IOAS among its first %u objects "
+					"(IOMMU_IOAS_IOVA_RANGES: %s)",
+					IFD_ADOPT_SCAN_IDS, ksys_errno_name(r));
+	}
+
+	struct ifd_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return oom(e, "an iommufd context");
+	c->base.be = b;
+	c->be = be;
+	c->fd = fd;
+	c->ioas_id = ioas;
+	for (size_t i = 0; i < fds->n; i++) {
+		if ((int)i == fi)
+			continue;
+		log_warning("iommufd: adopting a context: closing the unknown fd \"%s\"",
+			    fds->e[i].name);
+		close(fds->e[i].fd);
+	}
+	*out = &c->base;
+	return 0;
+}
+
+static int ifd_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dmb_fdset *fds,
+			 struct dmb_bdev **out, struct dmb_dev_info *info, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct ifd_backend *be = c->be;
+	char bdf[KSYS_BDF_LEN + 1], name[32] = "";
+	uint32_t devid = 0;
+	int di = -1;
+
+	if (ksys_bdf_normalize(bdf_in, bdf) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"'%s' is not a PCI address (expected dddd:bb:dd.f)", bdf_in ? bdf_in : "");
+	if (ksys_fdset_check(fds) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"the fd set of device %s is malformed", bdf);
+	for (size_t i = 0; i < fds->n && di < 0; i++)
+		if (ksys_fdname_u32(fds->e[i].name, "device.dev", &devid) == 0 ||
+		    strcmp(fds->e[i].name, "device") == 0)
+			di = (int)i;
+	if (di < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"device %s cannot be adopted without its \"device\" fd", bdf);
+	int fd = fds->e[di].fd;
+
+	/* A cdev answers anything but BIND with EINVAL until it is bound. */
+	struct ksys_region ri;
+	int r = ksys_vfio_region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX, &ri);
+	if (r == -ENOTTY || r == -EBADF || r == -EINVAL)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, -r,
+				"the \"device\" fd of %s is not a VFIO device bound to an iommufd (%s)",
+				bdf, ksys_errno_name(r));
+	if (devid) {
+		struct dmb_iommu_hw_info hw = {.size = sizeof(hw), .dev_id = devid};
+		r = ksys_ioctl(c->fd, DMB_IOMMU_GET_HW_INFO, &hw);
+		if (r == -ENOENT)
+			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+					"%s is not device %u of the adopted iommufd", bdf, devid);
+	}
+	if (ksys_vfio_dev_name(be->sysfs_root, bdf, name, sizeof(name)) < 0)
+		log_debug("iommufd: adopting %s: no vfio-dev entry in sysfs", bdf);
+
+	struct ifd_dev *d = dev_new(c, fd, devid, 0, name, bdf);
+	if (!d)
+		return oom(e, "an iommufd device");
+	for (size_t i = 0; i < fds->n; i++) {
+		if ((int)i == di)
+			continue;
+		log_warning("iommufd: adopting %s: closing the unknown fd \"%s\"", bdf,
+			    fds->e[i].name);
+		close(fds->e[i].fd);
+	}
+	dev_info_fill(be, bdf, name, info);
+	*out = &d->base;
+	return 0;
+}
+
+static int ifd_map_adopt(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset,
+			 uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct ifd_region *reg = dmb_container_of(br, struct ifd_region, base);
+
+	if (offset > reg->size || length > reg->size - offset || length == 0 ||
+	    !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"mapping [%#" PRIx64 ", +%#" PRIx64 ") of a %#" PRIx64
+				"-byte region is out of bounds",
+				offset, length, reg->size);
+	/* No uAPI lists or queries the areas of an IOAS (and UNMAP cannot
+	 * probe without removing): the journal is trusted. A MAP_FILE area
+	 * holds its file and needs nothing; a MAP area keeps the previous
+	 * process's address (and pins). */
+	if (reg->addr) {
+		c->va_stale = true;
+		c->n_va++;
+	}
+	c->n_adopted++;
+	c->mapped += length;
+	atomic_fetch_add(&c->be->pinned, length);
+	return 0;
+}
+
+static int ifd_map_bar_adopt(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar,
+			     uint64_t offset, uint64_t iova, uint64_t length, uint32_t prot,
+			     struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	if (bar >= DMB_PCI_NUM_BARS || length == 0 || !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"P2P mapping of BAR %u [%#" PRIx64 ", +%#" PRIx64 ") is malformed", bar,
+				offset, length);
+	/* The area holds its dma-buf, which the peer's device file (adopted
+	 * too) has not revoked. */
+	if (ksys_mmio_reserve(&c->mmio) < 0)
+		return oom(e, "a P2P mapping");
+	ksys_mmio_add(&c->mmio, iova, length);
+	c->n_adopted++;
+	return 0;
+}
+
+static int ifd_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	/* No uAPI lists an IOAS's areas, so one the journal does not name
+	 * cannot be found; the daemon journals every mapping before the
+	 * kernel makes it (docs/journal.md), so there is none. */
+	*stray = 0;
+	if (!c->be->change_process) {
+		log_debug("iommufd: no IOMMU_IOAS_CHANGE_PROCESS: the pins of the adopted IOAS %u "
+			  "stay charged to the previous broker process",
+			  c->ioas_id);
+		return 0;
+	}
+	struct dmb_iommu_ioas_change_process cp = {.size = sizeof(cp), .__reserved = 0};
+	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_CHANGE_PROCESS, &cp);
+	if (r == 0)
+		log_debug("iommufd: IOAS %u: pinned-page accounting moved to this process",
+			  c->ioas_id);
+	else if (r == -EINVAL)
+		log_info("iommufd: the pins of IOAS %u stay charged to the previous broker process: "
+			 "IOMMU_IOAS_CHANGE_PROCESS moves only contexts whose every area was mapped "
+			 "from a memfd (this one has an area mapped by address or a P2P dma-buf)",
+			 c->ioas_id);
+	else
+		log_warning("iommufd: IOMMU_IOAS_CHANGE_PROCESS of IOAS %u failed (%s): %s; its pins "
+			    "stay charged to the previous broker process",
+			    c->ioas_id, ksys_errno_name(r),
+			    r == -ENOMEM ? "this process's locked-memory limit is too small"
+					 : strerror(-r));
+	return 0;
+}
+
 static const struct dmb_backend_ops ifd_ops = {
 	.name = "iommufd",
 	.destroy = ifd_destroy,
@@ -847,6 +1146,14 @@ static const struct dmb_backend_ops ifd_ops = {
 	.dev_reset = ifd_dev_reset,
 	.map_bar = ifd_map_bar,
 	.dma = NULL,
+	.ctx_fds = ifd_ctx_fds,
+	.dev_fds = ifd_dev_fds,
+	.ctx_adopt = ifd_ctx_adopt,
+	.dev_adopt = ifd_dev_adopt,
+	.map_adopt = ifd_map_adopt,
+	.map_bar_adopt = ifd_map_bar_adopt,
+	.adopt_finish = ifd_adopt_finish,
+	.ctx_prepare_handover = ifd_ctx_prepare_handover,
 	.pinned_bytes = ifd_pinned_bytes,
 };
 

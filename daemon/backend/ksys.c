@@ -450,3 +450,63 @@ void ksys_mmio_free(struct ksys_mmio_set *s)
 	s->v = NULL;
 	s->n = s->cap = 0;
 }
+
+/* ---- restart: fd sets ---- */
+
+int ksys_fdset_add(struct dmb_fdset *s, int fd, const char *fmt, ...)
+{
+	if (s->n >= DMB_MAX_OBJ_FDS)
+		return -E2BIG;
+	struct dmb_fd_entry *e = &s->e[s->n];
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vsnprintf(e->name, sizeof(e->name), fmt, ap);
+	va_end(ap);
+	if (r < 0 || (size_t)r >= sizeof(e->name))
+		return -ENAMETOOLONG;
+	e->fd = fd;
+	s->n++;
+	return 0;
+}
+
+int ksys_fdset_check(const struct dmb_fdset *s)
+{
+	if (!s || s->n > DMB_MAX_OBJ_FDS)
+		return -EINVAL;
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->e[i].fd < 0 || !memchr(s->e[i].name, '\0', sizeof(s->e[i].name)))
+			return -EINVAL;
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(s->e[i].name, s->e[j].name) == 0)
+				return -EINVAL;
+	}
+	return 0;
+}
+
+int ksys_fdset_find(const struct dmb_fdset *s, const char *name)
+{
+	for (size_t i = 0; s && i < s->n && i < DMB_MAX_OBJ_FDS; i++)
+		if (strncmp(s->e[i].name, name, sizeof(s->e[i].name)) == 0)
+			return (int)i;
+	return -1;
+}
+
+int ksys_fdname_u32(const char *name, const char *prefix, uint32_t *out)
+{
+	size_t n = strlen(prefix);
+	if (strncmp(name, prefix, n) != 0)
+		return -EINVAL;
+	const char *p = name + n;
+	if (!isdigit((unsigned char)p[0]) || (p[0] == '0' && p[1] != '\0'))
+		return -EINVAL;
+	uint64_t v = 0;
+	for (; *p; p++) {
+		if (!isdigit((unsigned char)*p))
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > UINT32_MAX)
+			return -EINVAL;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}

@@ -157,3 +157,25 @@ void ksys_mmio_add(struct ksys_mmio_set *s, uint64_t iova, uint64_t length);
 uint64_t ksys_mmio_remove(struct ksys_mmio_set *s, uint64_t iova, uint64_t length);
 /* Frees the set; accepts an empty one. */
 void ksys_mmio_free(struct ksys_mmio_set *s);
+
+/* ---- restart: the fd sets of backend.h (struct dmb_fdset) ----
+ *
+ * Names are the backend's own ("container", "group.7", "iommufd.ioas3",
+ * "device"); the daemon adds and strips its object prefix. */
+
+/* Appends fd under the printf-formatted name: -E2BIG when the set is full
+ * (DMB_MAX_OBJ_FDS), -ENAMETOOLONG when the name does not fit. */
+int ksys_fdset_add(struct dmb_fdset *s, int fd, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* 0 when the set is well-formed (n <= DMB_MAX_OBJ_FDS, every fd >= 0,
+ * every name NUL-terminated and unique), else -EINVAL. */
+int ksys_fdset_check(const struct dmb_fdset *s);
+
+/* Index of the entry named exactly `name`, or -1. */
+int ksys_fdset_find(const struct dmb_fdset *s, const char *name);
+
+/* `name` is `prefix` followed by a decimal number without sign or leading
+ * zero that fits 32 bits ("group.7" with prefix "group."): 0 and the number,
+ * else -EINVAL. */
+int ksys_fdname_u32(const char *name, const char *prefix, uint32_t *out);

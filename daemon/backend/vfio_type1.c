@@ -57,6 +57,47 @@
  * context remembers its MMIO mappings (ksys_mmio_set) so that unmap keeps
  * pinned_bytes to RAM.
  *
+ * Restart (backend.h, "restart"; kernel-uapi.md §2.4 "VADDR update"). A
+ * context's kernel state is its container fd ("container") and its group
+ * fds ("group.<N>"); a device's is its device fd ("device"). The kernel's
+ * mappings hold pins and IOMMU entries by themselves, but each remembers the
+ * vaddr (and, before 6.2, the task) it was made from.
+ *   - ctx_prepare_handover (clean stop): UNMAP_DMA(VADDR | ALL) marks every
+ *     vaddr invalid; DMA goes on. From then on the context is the
+ *     successor's: ctx_close and dev_close close this process's fds and
+ *     tear nothing down (no unmap, no UNSET_CONTAINER).
+ *   - ctx_adopt: no SET_CONTAINER, no SET_IOMMU (GET_INFO tells whether the
+ *     IOMMU is set; only a container whose previous owner stopped between
+ *     SET_CONTAINER and SET_IOMMU gets it now); the groups come from the
+ *     names, and one that left the container is closed. dev_adopt: the
+ *     device fd, its group found through sysfs; BARs are mmapped lazily.
+ *     Until adopt_finish no idle group leaves the container.
+ *   - map_adopt / map_bar_adopt tell the two cases apart by trying the
+ *     update first. MAP_DMA(VADDR) with the new mmap: 0 = handed over;
+ *     ENOENT = nothing mapped there (-ENOENT to the daemon); EINVAL = either
+ *     not invalidated (the old process died: SIGKILL, crash) or another
+ *     extent. Then UNMAP_DMA(VADDR) of exactly that range: EINVAL = it would
+ *     split a kernel mapping, so the extents differ (-EINVAL); otherwise the
+ *     mapping is now invalid and a second MAP_DMA(VADDR) takes it over, so a
+ *     crash ends exactly like a handover. Linux 6.2+ moves the locked-memory
+ *     charge to this process at the update (it can fail with ENOMEM).
+ *   - Kernels before 6.0 let only the creating process change or remove a
+ *     mapping: its UNMAP_DMA covers 0 bytes instead of failing. The crash
+ *     path sees that directly; after a handover the first adopted mapping of
+ *     each context is invalidated and updated once more to find out. Either
+ *     way map_adopt fails with EPERM: this process could never unmap it.
+ *   - "vaddr-stale": a mapping whose vaddr could not be made ours (the
+ *     update failed after invalidation; iommufd's compat container, which
+ *     has no VADDR and keeps the old process's pins). DMA goes on and unmap
+ *     works. Adding a group is what would go wrong: the kernel refuses it
+ *     (6.2+) or blocks in the ioctl (5.12-6.1) while a vaddr is invalid, and
+ *     a path that pins by address again would read the dead process's
+ *     address space. So dev_open refuses a new group with a sentence until
+ *     every mapping of the context is gone.
+ *   - adopt_finish reports 0 stray: type1 cannot list a container's
+ *     mappings, and the journal names every one by construction.
+ *   - ctx_fds fails with E2BIG beyond DMB_MAX_OBJ_FDS - 1 groups.
+ *
  * Ownership: the backend owns every fd it opens (container, groups,
  * devices), the region mmaps and the peer BAR mmaps. ctx_close closes the
  * context's devices too: the core must not call dev_close on them
@@ -135,6 +176,12 @@ struct t1_ctx {
 	struct ksys_mmio_set mmio; /* peer BAR mappings (not pinned) */
 	struct t1_group *groups;
 	struct t1_dev *devs;
+	/* Restart (see "Restart" in the header comment). */
+	bool adopting;      /* ctx_adopt .. adopt_finish: idle groups stay */
+	bool handed_over;   /* ctx_prepare_handover was called: close forgets */
+	bool owner_checked; /* the kernel let this process take a mapping over */
+	bool vaddr_stale;   /* a mapping still carries a previous process's vaddr */
+	uint64_t n_handed, n_taken, n_stale; /* adopted mappings, by path */
 };
 
 struct t1_region {
@@ -321,6 +368,7 @@ static void group_release(struct t1_ctx *c, struct t1_group *g)
 			c->mapped = 0;
 		}
 		ksys_mmio_remove(&c->mmio, 0, 0);
+		c->vaddr_stale = false;
 	}
 }
 
@@ -333,6 +381,10 @@ static bool has_mappings(const struct t1_ctx *c)
  * exist (see the header). */
 static void release_idle_groups(struct t1_ctx *c)
 {
+	/* While adopting, the groups wait for their devices and mappings to be
+	 * named; after a handover they are the successor's. */
+	if (c->adopting || c->handed_over)
+		return;
 	struct t1_group **pp = &c->groups;
 	while (*pp) {
 		struct t1_group *g = *pp;
@@ -345,9 +397,10 @@ static void release_idle_groups(struct t1_ctx *c)
 	}
 }
 
+static void iommu_ready(struct t1_ctx *c);
+
 static int set_iommu(struct t1_ctx *c, unsigned gid, struct dmb_err *e)
 {
-	struct t1_backend *be = c->be;
 	int r = ksys_ioctl(c->container, VFIO_SET_IOMMU, (void *)(uintptr_t)VFIO_TYPE1v2_IOMMU);
 	if (r == -EPERM)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
@@ -359,6 +412,14 @@ static int set_iommu(struct t1_ctx *c, unsigned gid, struct dmb_err *e)
 		return dmb_fail(e, dmb_code_from_errno(r), -r,
 				"VFIO_SET_IOMMU(type1v2) for IOMMU group %u failed (%s): %s", gid,
 				ksys_errno_name(r), strerror(-r));
+	iommu_ready(c);
+	return 0;
+}
+
+/* The container has its IOMMU: learn what it offers. */
+static void iommu_ready(struct t1_ctx *c)
+{
+	struct t1_backend *be = c->be;
 	c->iommu_set = true;
 
 	/* The kernel reads dma_entry_limit when the IOMMU is set up. */
@@ -371,7 +432,6 @@ static int set_iommu(struct t1_ctx *c, unsigned gid, struct dmb_err *e)
 		c->entry_limit = (uint32_t)limit;
 	c->vaddr_update =
 		ksys_ioctl(c->container, VFIO_CHECK_EXTENSION, (void *)(uintptr_t)VFIO_UPDATE_VADDR) > 0;
-	return 0;
 }
 
 static int group_attach(struct t1_ctx *c, unsigned gid, const char *bdf, struct t1_group **out,
@@ -496,8 +556,10 @@ static void account_unmapped(struct t1_ctx *c, uint64_t iova, uint64_t length, u
 		bytes = c->mapped;
 	c->mapped -= bytes;
 	atomic_fetch_sub(&c->be->pinned, bytes);
-	if (!has_mappings(c))
+	if (!has_mappings(c)) {
+		c->vaddr_stale = false; /* nothing left that carries an old vaddr */
 		release_idle_groups(c);
+	}
 }
 
 static int t1_unmap_all(struct dmb_bctx *bc, uint64_t *unmapped, struct dmb_err *e)
@@ -562,6 +624,27 @@ static void t1_ctx_close(struct dmb_bctx *bc)
 	if (!bc)
 		return;
 	struct t1_ctx *c = t1_ctx(bc);
+
+	if (c->handed_over) {
+		/* The successor owns the kernel state (the fd store holds the
+		 * fds): close this process's fds, unmap and detach nothing. */
+		while (c->devs) {
+			struct t1_dev *d = c->devs;
+			c->devs = d->next;
+			t1_dev_free(d);
+		}
+		while (c->groups) {
+			struct t1_group *g = c->groups;
+			c->groups = g->next;
+			safe_close(g->fd);
+			free(g);
+		}
+		atomic_fetch_sub(&c->be->pinned, c->mapped);
+		ksys_mmio_free(&c->mmio);
+		safe_close(c->container);
+		free(c);
+		return;
+	}
 
 	/* Devices first: closing a device fd makes vfio-pci clear bus master,
 	 * so no DMA is in flight while the mappings go. */
@@ -642,6 +725,35 @@ static int t1_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct d
 
 /* ---- devices ---- */
 
+/* Makes d (zeroed, fd open on a device of group g) one of c's devices. */
+static void dev_link(struct t1_ctx *c, struct t1_group *g, struct t1_dev *d, int fd,
+		     const char *bdf)
+{
+	d->fd = fd;
+	d->ctx = c;
+	d->group = g;
+	d->base.ctx = &c->base;
+	pthread_mutex_init(&d->bar_lock, NULL);
+	ksys_vdev_init(&d->v, fd, bdf);
+	if (d->v.cfg_err < 0)
+		log_debug("vfio-type1: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
+	g->users++;
+	d->next = c->devs;
+	c->devs = d;
+}
+
+static void dev_info_fill(struct t1_backend *be, const char *bdf, unsigned gid,
+			  struct dmb_dev_info *info)
+{
+	if (!info)
+		return;
+	memset(info, 0, sizeof(*info));
+	if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
+		log_debug("vfio-type1: cannot read the vendor/device IDs of %s", bdf);
+	snprintf(info->group, sizeof(info->group), "%u", gid);
+	info->viable = true;
+}
+
 static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 		       struct dmb_dev_info *info, struct dmb_err *e)
 {
@@ -672,6 +784,13 @@ static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev 
 		if (i->id == gid)
 			g = i;
 	bool new_group = !g;
+	if (new_group && c->vaddr_stale)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EBUSY,
+				"cannot add IOMMU group %u (%s): the previous broker process died "
+				"without handing over, and %" PRIu64 " mapping(s) of this context still "
+				"carry its addresses; re-create the context (or unmap them all) to "
+				"attach more devices",
+				gid, bdf, c->n_stale);
 	if (new_group) {
 		r = group_attach(c, gid, bdf, &g, e);
 		if (r < 0)
@@ -692,27 +811,10 @@ static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev 
 		free(d);
 		goto out_release;
 	}
-	d->fd = fd;
-	d->ctx = c;
-	d->group = g;
-	d->base.ctx = bc;
-	pthread_mutex_init(&d->bar_lock, NULL);
-	ksys_vdev_init(&d->v, fd, bdf);
-	if (d->v.cfg_err < 0)
-		log_debug("vfio-type1: %s has no config region (%s)", bdf, ksys_errno_name(d->v.cfg_err));
-	g->users++;
-	d->next = c->devs;
-	c->devs = d;
+	dev_link(c, g, d, fd, bdf);
 	if (new_group)
 		release_idle_groups(c); /* the new group now holds the IOMMU */
-
-	if (info) {
-		memset(info, 0, sizeof(*info));
-		if (ksys_pci_ids(be->sysfs_root, bdf, &info->vendor, &info->device) < 0)
-			log_debug("vfio-type1: cannot read the vendor/device IDs of %s", bdf);
-		snprintf(info->group, sizeof(info->group), "%u", gid);
-		info->viable = true;
-	}
+	dev_info_fill(be, bdf, gid, info);
 	*out = &d->base;
 	return 0;
 
@@ -1025,6 +1127,450 @@ static int t1_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64_
 	return 0;
 }
 
+/* ---- restart (see "Restart" in the header comment) ---- */
+
+static int t1_ctx_fds(struct dmb_bctx *bc, struct dmb_fdset *out)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	out->n = 0;
+	int r = ksys_fdset_add(out, c->container, "container");
+	for (struct t1_group *g = c->groups; g && r == 0; g = g->next)
+		r = ksys_fdset_add(out, g->fd, "group.%u", g->id);
+	if (r == -E2BIG)
+		log_warning("vfio-type1: a context with more than %d IOMMU groups cannot be handed to "
+			    "the fd store (DMB_MAX_OBJ_FDS)",
+			    DMB_MAX_OBJ_FDS - 1);
+	return r;
+}
+
+static int t1_dev_fds(struct dmb_bdev *bd, struct dmb_fdset *out)
+{
+	out->n = 0;
+	return ksys_fdset_add(out, t1_dev(bd)->fd, "device");
+}
+
+/* UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_VADDR: marks the mappings wholly
+ * inside [iova, iova+size) "vaddr invalid"; IOMMU entries and pins stay.
+ * *bytes gets what the kernel covered. */
+static int vaddr_invalidate(struct t1_ctx *c, uint32_t flags, uint64_t iova, uint64_t size,
+			    uint64_t *bytes)
+{
+	struct vfio_iommu_type1_dma_unmap u = {
+		.argsz = sizeof(u),
+		.flags = VFIO_DMA_UNMAP_FLAG_VADDR | flags,
+		.iova = iova,
+		.size = size,
+	};
+	int r = ksys_ioctl(c->container, VFIO_IOMMU_UNMAP_DMA, &u);
+	*bytes = r == 0 ? u.size : 0;
+	return r;
+}
+
+/* MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR only: the invalidated mapping at
+ * exactly [iova, iova+size) takes vaddr, of this process. */
+static int vaddr_update(struct t1_ctx *c, uint64_t vaddr, uint64_t iova, uint64_t size)
+{
+	struct vfio_iommu_type1_dma_map m = {
+		.argsz = sizeof(m),
+		.flags = VFIO_DMA_MAP_FLAG_VADDR,
+		.vaddr = vaddr,
+		.iova = iova,
+		.size = size,
+	};
+	return ksys_ioctl(c->container, VFIO_IOMMU_MAP_DMA, &m);
+}
+
+static int t1_ctx_prepare_handover(struct dmb_bctx *bc, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	/* Whatever happens below, a successor adopts this context: from now
+	 * on closing it must not tear anything down. */
+	c->handed_over = true;
+	if (!c->iommu_set || !c->be->native)
+		return 0; /* nothing mapped / iommufd's compat container: no vaddrs to move */
+	if (!c->vaddr_update)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"this kernel's type1 IOMMU lacks VFIO_UPDATE_VADDR (Linux 5.12+): the "
+				"next broker process will have to take the mappings over as after a "
+				"crash");
+	uint64_t bytes = 0, half = 0;
+	int r;
+	if (c->be->unmap_all) {
+		r = vaddr_invalidate(c, VFIO_DMA_UNMAP_FLAG_ALL, 0, 0, &bytes);
+	} else {
+		r = vaddr_invalidate(c, 0, 0, UINT64_C(1) << 63, &bytes);
+		if (r == 0)
+			r = vaddr_invalidate(c, 0, UINT64_C(1) << 63, UINT64_C(1) << 63, &half);
+		bytes += half;
+	}
+	if (r < 0)
+		return dmb_fail(e, r == -EBUSY ? DMB_E_UNAVAILABLE : dmb_code_from_errno(r), -r,
+				"VFIO_IOMMU_UNMAP_DMA(VADDR) of every mapping failed (%s): %s; the next "
+				"broker process will take them over as after a crash",
+				ksys_errno_name(r),
+				r == -EINVAL ? "a mapping's address was already invalid (a predecessor "
+					       "handed it over and nobody took it)"
+				: r == -EBUSY ? "an emulated device uses the container"
+					      : strerror(-r));
+	log_debug("vfio-type1: handover: invalidated the addresses of %#" PRIx64 " mapped bytes",
+		  bytes);
+	return 0;
+}
+
+static int t1_ctx_adopt(struct dmb_backend *b, const struct dmb_fdset *fds, struct dmb_bctx **out,
+			struct dmb_err *e)
+{
+	struct t1_backend *be = t1_be(b);
+	bool keep[DMB_MAX_OBJ_FDS] = {false};
+	int r;
+
+	if (ksys_fdset_check(fds) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"the fd set of a type1 context is malformed");
+	int ci = ksys_fdset_find(fds, "container");
+	if (ci < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"a type1 context cannot be adopted without its \"container\" fd");
+	int cfd = fds->e[ci].fd;
+	int v = ksys_ioctl(cfd, VFIO_GET_API_VERSION, NULL);
+	if (v != VFIO_API_VERSION)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, v < 0 ? -v : EPROTO,
+				"the \"container\" fd is not a VFIO container (VFIO_GET_API_VERSION: %s)",
+				v < 0 ? ksys_errno_name(v) : "another API version");
+	keep[ci] = true;
+
+	struct t1_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return oom(e, "a type1 context");
+	c->base.be = b;
+	c->be = be;
+	c->container = cfd;
+	c->adopting = true;
+
+	for (size_t i = 0; i < fds->n; i++) {
+		const struct dmb_fd_entry *fe = &fds->e[i];
+		uint32_t gid;
+		if ((int)i == ci)
+			continue;
+		if (ksys_fdname_u32(fe->name, "group.", &gid) < 0) {
+			log_warning("vfio-type1: adopting a context: closing the unknown fd \"%s\"",
+				    fe->name);
+			continue;
+		}
+		struct vfio_group_status st = {.argsz = sizeof(st)};
+		r = ksys_ioctl(fe->fd, VFIO_GROUP_GET_STATUS, &st);
+		if (r < 0) {
+			r = dmb_fail(e, DMB_E_INVALID_ARGUMENT, -r,
+				     "the \"%s\" fd is not a VFIO group (VFIO_GROUP_GET_STATUS: %s)",
+				     fe->name, ksys_errno_name(r));
+			goto out_free;
+		}
+		if (!(st.flags & VFIO_GROUP_FLAGS_CONTAINER_SET)) {
+			/* It left the container (its last device closed) just
+			 * before the old process stopped. */
+			log_info("vfio-type1: IOMMU group %u is no longer in the adopted container; "
+				 "closing it",
+				 gid);
+			continue;
+		}
+		if (!(st.flags & VFIO_GROUP_FLAGS_VIABLE))
+			log_warning("vfio-type1: adopted IOMMU group %u is not viable any more (a "
+				    "device of it was bound to a host driver)",
+				    gid);
+		struct t1_group *g = calloc(1, sizeof(*g));
+		if (!g) {
+			r = oom(e, "a VFIO group");
+			goto out_free;
+		}
+		g->id = gid;
+		g->fd = fe->fd;
+		g->next = c->groups;
+		c->groups = g;
+		keep[i] = true;
+	}
+
+	/* The IOMMU was set by the first group, long ago: GET_INFO answers
+	 * EINVAL only when it was not (the old process stopped between
+	 * SET_CONTAINER and SET_IOMMU: nothing can be mapped yet). */
+	struct vfio_iommu_type1_info info = {.argsz = sizeof(info)};
+	r = ksys_ioctl(cfd, VFIO_IOMMU_GET_INFO, &info);
+	if (r == 0) {
+		iommu_ready(c);
+	} else if (r == -EINVAL) {
+		if (c->groups) {
+			r = set_iommu(c, c->groups->id, e);
+			if (r < 0)
+				goto out_free;
+		}
+	} else {
+		r = dmb_fail(e, dmb_code_from_errno(r), -r,
+			     "VFIO_IOMMU_GET_INFO on the adopted container failed (%s): %s",
+			     ksys_errno_name(r), strerror(-r));
+		goto out_free;
+	}
+
+	/* Success: the fds are ours; close those we did not keep. */
+	for (size_t i = 0; i < fds->n; i++)
+		if (!keep[i])
+			close(fds->e[i].fd);
+	*out = &c->base;
+	return 0;
+
+out_free:
+	/* The caller closes every fd of the set. */
+	while (c->groups) {
+		struct t1_group *g = c->groups;
+		c->groups = g->next;
+		free(g);
+	}
+	free(c);
+	return r;
+}
+
+static int t1_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dmb_fdset *fds,
+			struct dmb_bdev **out, struct dmb_dev_info *info, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_backend *be = c->be;
+	char bdf[KSYS_BDF_LEN + 1];
+	unsigned gid;
+
+	if (ksys_bdf_normalize(bdf_in, bdf) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"'%s' is not a PCI address (expected dddd:bb:dd.f)", bdf_in ? bdf_in : "");
+	if (ksys_fdset_check(fds) < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"the fd set of device %s is malformed", bdf);
+	int di = ksys_fdset_find(fds, "device");
+	if (di < 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"device %s cannot be adopted without its \"device\" fd", bdf);
+	int r = ksys_iommu_group(be->sysfs_root, bdf, &gid);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r,
+				"the IOMMU group of %s cannot be read from sysfs (%s)", bdf,
+				ksys_errno_name(r));
+	struct t1_group *g = NULL;
+	for (struct t1_group *i = c->groups; i; i = i->next)
+		if (i->id == gid)
+			g = i;
+	if (!g)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENOENT,
+				"IOMMU group %u of %s was not handed over with its context (no "
+				"\"group.%u\" fd in the container)",
+				gid, bdf, gid);
+
+	int fd = fds->e[di].fd;
+	struct ksys_region ri;
+	r = ksys_vfio_region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX, &ri);
+	if (r == -ENOTTY || r == -EBADF)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, -r,
+				"the \"device\" fd of %s is not a VFIO device (%s)", bdf,
+				ksys_errno_name(r));
+
+	struct t1_dev *d = calloc(1, sizeof(*d));
+	if (!d)
+		return oom(e, "a type1 device");
+	dev_link(c, g, d, fd, bdf);
+	for (size_t i = 0; i < fds->n; i++) {
+		if ((int)i == di)
+			continue;
+		log_warning("vfio-type1: adopting %s: closing the unknown fd \"%s\"", bdf,
+			    fds->e[i].name);
+		close(fds->e[i].fd);
+	}
+	dev_info_fill(be, bdf, gid, info);
+	*out = &d->base;
+	return 0;
+}
+
+static int owner_check_failed(struct dmb_err *e, uint64_t iova)
+{
+	return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
+			"this kernel lets only the process that created a type1 mapping remove it "
+			"(until Linux 6.0), so this broker process could never unmap IOVA %#" PRIx64
+			"; a restart under live mappings needs Linux 6.0+",
+			iova);
+}
+
+static int size_mismatch(struct dmb_err *e, uint64_t iova, uint64_t length)
+{
+	return dmb_fail(e, DMB_E_INTERNAL, EINVAL,
+			"the kernel's mapping at IOVA %#" PRIx64 " is not the journal's [%#" PRIx64
+			", +%#" PRIx64 ") (it has another extent)",
+			iova, iova, length);
+}
+
+/* Moves the kernel's mapping [iova, iova+length) to vaddr, of this process
+ * (see "Restart" in the header comment for the two paths). 0: adopted,
+ * vaddr ours or (c->vaddr_stale) left as it was; -ENOENT: no mapping there;
+ * other errors: a sentence in e, the mapping (if any) untouched or stale. */
+static int adopt_vaddr(struct t1_ctx *c, uint64_t vaddr, uint64_t iova, uint64_t length,
+		       struct dmb_err *e)
+{
+	uint64_t bytes = 0;
+
+	if (!c->iommu_set)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
+				"no mapping at IOVA %#" PRIx64 ": the adopted container has no IOMMU",
+				iova);
+	if (!c->be->native) {
+		/* iommufd's compat container: no VADDR; its pins stay with the
+		 * old process's addresses and anyone holding the fd may unmap. */
+		c->vaddr_stale = true;
+		c->n_stale++;
+		return 0;
+	}
+	if (!c->vaddr_update)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"this kernel's type1 IOMMU lacks VFIO_UPDATE_VADDR (Linux 5.12+), so this "
+				"broker process can neither take over nor remove the mapping at IOVA "
+				"%#" PRIx64,
+				iova);
+
+	int r = vaddr_update(c, vaddr, iova, length);
+	if (r == 0) {
+		/* Handed over: the old process invalidated it. Once per context,
+		 * check that this kernel lets us remove it later (before 6.0 only
+		 * the creator could): invalidate it again and update it back. */
+		c->n_handed++;
+		if (c->owner_checked)
+			return 0;
+		r = vaddr_invalidate(c, 0, iova, length, &bytes);
+		if (r == 0 && bytes == 0)
+			return owner_check_failed(e, iova);
+		if (r < 0 || bytes != length) {
+			log_debug("vfio-type1: the take-over check at IOVA %#" PRIx64 " answered %s "
+				  "(%#" PRIx64 " bytes)",
+				  iova, r < 0 ? ksys_errno_name(r) : "0", bytes);
+			return 0;
+		}
+		c->owner_checked = true;
+		r = vaddr_update(c, vaddr, iova, length);
+		if (r < 0)
+			goto out_stale;
+		return 0;
+	}
+	if (r == -ENOENT)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "no mapping at IOVA %#" PRIx64, iova);
+	if (r != -EINVAL)
+		goto out_stale; /* it exists, is invalid and has the right extent */
+
+	/* EINVAL: not invalidated (the old process died without handing over)
+	 * or another extent. Invalidate exactly this range ourselves: EINVAL
+	 * if that would split a mapping, 0 bytes if the kernel refuses another
+	 * process's mapping. */
+	r = vaddr_invalidate(c, 0, iova, length, &bytes);
+	if (r == -EINVAL)
+		return size_mismatch(e, iova, length);
+	if (r < 0)
+		return dmb_fail(e, r == -EBUSY ? DMB_E_UNAVAILABLE : dmb_code_from_errno(r), -r,
+				"VFIO_IOMMU_UNMAP_DMA(VADDR) at IOVA %#" PRIx64 " failed (%s): %s", iova,
+				ksys_errno_name(r),
+				r == -EBUSY ? "an emulated device uses the container" : strerror(-r));
+	if (bytes == 0)
+		return owner_check_failed(e, iova);
+	c->owner_checked = true;
+	r = vaddr_update(c, vaddr, iova, length);
+	if (r == 0) {
+		c->n_taken++;
+		return 0;
+	}
+	if (r == -EINVAL) {
+		/* Several smaller mappings filled the range: now invalid, and
+		 * none is ours. */
+		c->vaddr_stale = true;
+		c->n_stale++;
+		return size_mismatch(e, iova, length);
+	}
+	goto out_stale;
+
+out_stale:
+	/* Invalid and not updated (e.g. ENOMEM: Linux 6.2+ moves the locked-
+	 * memory charge to this process). DMA goes on, unmap works; the kernel
+	 * refuses (or, before 6.2, blocks) adding a group until it is valid. */
+	log_warning("vfio-type1: the mapping at IOVA %#" PRIx64 " keeps an invalid address: "
+		    "VFIO_IOMMU_MAP_DMA(VADDR) failed (%s)",
+		    iova, ksys_errno_name(r));
+	c->vaddr_stale = true;
+	c->n_stale++;
+	return 0;
+}
+
+static int t1_map_adopt(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset,
+			uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_region *reg = dmb_container_of(br, struct t1_region, base);
+
+	if (offset > reg->size || length > reg->size - offset || length == 0 ||
+	    !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"mapping [%#" PRIx64 ", +%#" PRIx64 ") of a %#" PRIx64
+				"-byte region is out of bounds",
+				offset, length, reg->size);
+	int r = adopt_vaddr(c, (uint64_t)(uintptr_t)reg->addr + offset, iova, length, e);
+	if (r < 0)
+		return r;
+	c->mapped += length;
+	atomic_fetch_add(&c->be->pinned, length);
+	return 0;
+}
+
+static int t1_map_bar_adopt(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar,
+			    uint64_t offset, uint64_t iova, uint64_t length, uint32_t prot,
+			    struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	struct t1_dev *peer = t1_dev(bpeer);
+
+	if (bar >= DMB_PCI_NUM_BARS || length == 0 || !(prot & (DMB_PROT_READ | DMB_PROT_WRITE)))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+				"P2P mapping of BAR %u [%#" PRIx64 ", +%#" PRIx64 ") is malformed", bar,
+				offset, length);
+	if (!c->be->native)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
+				"no P2P mapping at IOVA %#" PRIx64 ": iommufd's VFIO compatibility "
+				"container cannot hold one",
+				iova);
+	/* A new mmap of the peer's BAR: the old process's is gone. */
+	struct t1_bar b = {0};
+	int r = bar_mmap(peer, bar, &b, e);
+	if (r < 0)
+		return r;
+	if (offset > b.len || length > b.len - offset)
+		return dmb_fail(e, DMB_E_OUT_OF_RANGE, EINVAL,
+				"P2P mapping [%#" PRIx64 ", +%#" PRIx64 ") lies outside BAR %u of %s "
+				"(%#zx bytes)",
+				offset, length, bar, peer->v.bdf, b.len);
+	if (ksys_mmio_reserve(&c->mmio) < 0)
+		return oom(e, "a P2P mapping");
+	r = adopt_vaddr(c, (uint64_t)(uintptr_t)b.addr + offset, iova, length, e);
+	if (r < 0)
+		return r;
+	ksys_mmio_add(&c->mmio, iova, length);
+	return 0;
+}
+
+static int t1_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e)
+{
+	struct t1_ctx *c = t1_ctx(bc);
+	/* type1 cannot list a container's mappings, so one the journal does
+	 * not name cannot be found. The daemon journals every mapping before
+	 * the kernel makes it (docs/journal.md), so there is none. */
+	*stray = 0;
+	c->adopting = false;
+	release_idle_groups(c); /* groups that kept neither a device nor a mapping */
+	if (c->n_handed || c->n_taken || c->n_stale)
+		log_info("vfio-type1: adopted %" PRIu64 " mappings: %" PRIu64 " handed over, %" PRIu64
+			 " taken over from a process that died without handing over, %" PRIu64
+			 " left with the old process's addresses%s",
+			 c->n_handed + c->n_taken + c->n_stale, c->n_handed, c->n_taken, c->n_stale,
+			 c->vaddr_stale ? " (no more IOMMU groups can join this context)" : "");
+	c->n_handed = c->n_taken = 0;
+	return 0;
+}
+
 static const struct dmb_backend_ops t1_ops = {
 	.name = "vfio-type1",
 	.destroy = t1_destroy,
@@ -1045,6 +1591,14 @@ static const struct dmb_backend_ops t1_ops = {
 	.dev_reset = t1_dev_reset,
 	.map_bar = t1_map_bar,
 	.dma = NULL,
+	.ctx_fds = t1_ctx_fds,
+	.dev_fds = t1_dev_fds,
+	.ctx_adopt = t1_ctx_adopt,
+	.dev_adopt = t1_dev_adopt,
+	.map_adopt = t1_map_adopt,
+	.map_bar_adopt = t1_map_bar_adopt,
+	.adopt_finish = t1_adopt_finish,
+	.ctx_prepare_handover = t1_ctx_prepare_handover,
 	.pinned_bytes = t1_pinned_bytes,
 };
 
