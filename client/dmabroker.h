@@ -52,6 +52,10 @@ enum dmb_error_code {
 #define DMB_EV_MAPPINGS_RESTORED 4u
 #define DMB_EV_DEVICE_STATE 8u
 #define DMB_EV_HANDOFF 16u
+/* The broker restarted (its state was kept). A call waiting for its reply
+ * when the request was lost in the restart returns -EAGAIN (UNAVAILABLE):
+ * retry it. */
+#define DMB_EV_RESTARTED 32u
 
 struct dmb_client;
 
@@ -248,6 +252,35 @@ int dmb_subscribe(struct dmb_client *c, uint32_t mask);
 
 int dmb_context_create(struct dmb_client *c, const char *name, uint64_t *context);
 int dmb_context_destroy(struct dmb_client *c, uint64_t context);
+
+/* Persistent contexts outlive the session (and a broker restart): a new
+ * session takes one back with its reclaim token. Tokens are single-use: a
+ * reclaim writes the next token into `token`. */
+#define DMB_RECLAIM_TOKEN_SIZE 32
+#define DMB_RECLAIM_MAX 64
+struct dmb_reclaimed_region {
+	uint64_t region;
+	uint64_t size;
+	int fd;                 /* the region's memfd (caller owns it), or -1 */
+};
+struct dmb_reclaimed_device {
+	uint64_t device;
+	char bdf[16];
+	int fd;                 /* a device fd (caller owns it), or -1 */
+};
+struct dmb_reclaim_info {
+	uint64_t mappings;
+	bool degraded;
+	size_t n_regions;
+	struct dmb_reclaimed_region regions[DMB_RECLAIM_MAX];
+	size_t n_devices;
+	struct dmb_reclaimed_device devices[DMB_RECLAIM_MAX];
+};
+int dmb_context_create_persistent(struct dmb_client *c, const char *name, uint64_t *context,
+				  uint8_t token[DMB_RECLAIM_TOKEN_SIZE]);
+/* out NULL: no fds handed back. */
+int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
+			uint8_t token[DMB_RECLAIM_TOKEN_SIZE], struct dmb_reclaim_info *out);
 
 /* The fd is borrowed: the broker receives its own reference; close yours
  * whenever you like. size 0: the whole file. */

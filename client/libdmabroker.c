@@ -30,6 +30,7 @@ struct dmb_client {
 	size_t evq_len;
 	uint64_t events_dropped;
 	int timeout_ms;               /* per call; 0: wait forever (dmb_set_timeout) */
+	bool restart_lost;            /* a RESTARTED event said the request in flight is lost */
 };
 
 static const char *const code_names[] = {
@@ -214,6 +215,8 @@ static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int
 		return -EBADMSG;
 	}
 	if (m->kind_case == DMB__SERVER_MESSAGE__KIND_EVENT) {
+		if ((m->event->kind & 32u) && !m->event->requests_pending)
+			c->restart_lost = true;
 		evq_push(c, m->event);
 		m->event = NULL;
 		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
@@ -263,6 +266,17 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 			return timed_out(c, "waiting for the reply");
 		if (r < 0)
 			return transport_error(c, r, "receiving the reply");
+		if (!rep && c->restart_lost && !any) {
+			/* The broker restarted and our request was not in its socket
+			 * any more: no answer will come. It may or may not have been
+			 * applied; the caller retries. */
+			c->restart_lost = false;
+			c->err = (struct dmb_error){ .code = DMB_UNAVAILABLE, .sys_errno = EAGAIN };
+			snprintf(c->err.message, sizeof(c->err.message),
+				 "the broker restarted while handling this request; it may or may not "
+				 "have been applied: retry it");
+			return -EAGAIN;
+		}
 		if (!rep)
 			continue;
 		/* id 0 answers a packet the broker could not read at all. */
@@ -281,6 +295,7 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfds,
 	     Dmb__Reply **reply, int *rfds, size_t *nrfds)
 {
+	c->restart_lost = false; /* only a restart during this call counts */
 	req->id = c->next_id++;
 	size_t len = dmb__request__get_packed_size(req);
 	if (len > DMB_MAX_PACKET) {
@@ -1007,4 +1022,77 @@ int dmb_sim_device_dma_write(struct dmb_client *c, uint64_t device, uint64_t iov
 			     const void *buf, size_t len)
 {
 	return sim_device_dma(c, device, iova, NULL, buf, len);
+}
+
+int dmb_context_create_persistent(struct dmb_client *c, const char *name, uint64_t *context,
+				  uint8_t token[DMB_RECLAIM_TOKEN_SIZE])
+{
+	REQ(q, CONTEXT_CREATE, context_create, Dmb__ContextCreate, DMB__CONTEXT_CREATE__INIT);
+	q.name = (char *)(name ? name : "");
+	q.persistent = true;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_CONTEXT_CREATE ||
+	    rep->context_create->reclaim_token.len != DMB_RECLAIM_TOKEN_SIZE) {
+		r = bad_body(c, rep, "ContextCreate");
+	} else {
+		*context = rep->context_create->context_id;
+		memcpy(token, rep->context_create->reclaim_token.data, DMB_RECLAIM_TOKEN_SIZE);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
+			uint8_t token[DMB_RECLAIM_TOKEN_SIZE], struct dmb_reclaim_info *out)
+{
+	REQ(q, CONTEXT_RECLAIM, context_reclaim, Dmb__ContextReclaim, DMB__CONTEXT_RECLAIM__INIT);
+	q.context_id = context;
+	q.token.data = token;
+	q.token.len = DMB_RECLAIM_TOKEN_SIZE;
+	q.want_fds = out != NULL;
+	Dmb__Reply *rep;
+	int fds[DMB_MAX_FDS];
+	size_t nfds = DMB_MAX_FDS;
+	int r = dmb_call(c, &req, NULL, 0, &rep, fds, &nfds);
+	if (r < 0)
+		return r;
+	r = dmb_reply_status(c, rep);
+	if (r == 0 && (rep->body_case != DMB__REPLY__BODY_CONTEXT_RECLAIM ||
+		       rep->context_reclaim->reclaim_token.len != DMB_RECLAIM_TOKEN_SIZE))
+		r = bad_body(c, rep, "ContextReclaim");
+	if (r == 0) {
+		const Dmb__ContextReclaimReply *b = rep->context_reclaim;
+		memcpy(token, b->reclaim_token.data, DMB_RECLAIM_TOKEN_SIZE);
+		if (out) {
+			memset(out, 0, sizeof(*out));
+			out->mappings = b->mappings;
+			out->degraded = b->degraded;
+			for (size_t i = 0; i < b->n_regions && out->n_regions < DMB_RECLAIM_MAX; i++) {
+				int32_t k = b->regions[i]->fd_index;
+				int fd = k >= 0 && (size_t)k < nfds ? fds[k] : -1;
+				if (fd >= 0)
+					fds[k] = -1;
+				out->regions[out->n_regions++] = (struct dmb_reclaimed_region){
+					b->regions[i]->region_id, b->regions[i]->size, fd };
+			}
+			for (size_t i = 0; i < b->n_devices && out->n_devices < DMB_RECLAIM_MAX; i++) {
+				int32_t k = b->devices[i]->fd_index;
+				int fd = k >= 0 && (size_t)k < nfds ? fds[k] : -1;
+				if (fd >= 0)
+					fds[k] = -1;
+				struct dmb_reclaimed_device *d = &out->devices[out->n_devices++];
+				d->device = b->devices[i]->device_id;
+				d->fd = fd;
+				snprintf(d->bdf, sizeof(d->bdf), "%s", b->devices[i]->bdf);
+			}
+		}
+	}
+	for (size_t i = 0; i < nfds; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
 }

@@ -28,6 +28,7 @@ void config_defaults(struct dmb_config *cfg)
 		.devices_per_context = 32,
 	};
 	cfg->max_sessions = 4096;
+	cfg->grace_period_s = 300;
 	cfg->session_queue_bytes = 4u << 20;
 	cfg->p2p_poll_interval_ms = 100;
 	cfg->p2p = false;
@@ -283,6 +284,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
 			}
 		} else
 			return WHY("unknown key '%s' in [%s]", key, section);
+	} else if (!strcmp(section, "persist")) {
+		if (strcmp(key, "grace_period_s"))
+			return WHY("unknown key '%s' in [persist]", key);
+		if (parse_u64(value, 86400 * 30, &u) < 0)
+			return WHY("grace_period_s must be a number of seconds up to 30 days");
+		cfg->grace_period_s = (uint32_t)u;
 	} else if (!strcmp(section, "p2p")) {
 		if (!strcmp(key, "poll_interval_ms")) {
 			if (parse_u64(value, 60000, &u) < 0 || u < 1)

@@ -34,6 +34,7 @@ struct dmb_config {
 	bool sim_populate;
 	struct dmb_limits limits;
 	uint32_t max_sessions;
+	uint32_t grace_period_s;      /* [persist] unclaimed persistent contexts */
 	uint64_t session_queue_bytes;
 
 	/* [devices] allow: BDFs ("0000:01:00.0") or vendor:device ("1234:11e8") */

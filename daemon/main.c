@@ -164,20 +164,13 @@ static int run(int argc, char **argv)
 	else
 		log_info("backend %s (features: %s)", be->ops->name, feats);
 
-	int inherited = -1;
-	int n = sd_listen_fds(1);
-	if (n > 1)
-		log_warning("systemd passed %d fds; serving the first", n);
-	if (n >= 1)
-		inherited = SD_LISTEN_FDS_START;
-
 	struct event_base *base = event_base_new();
 	if (!base) {
 		dmb_backend_destroy(be);
 		return log_error_errno(-ENOMEM, "event_base_new failed");
 	}
 	static struct server srv;
-	r = server_init(&srv, base, &cfg, be, inherited);
+	r = server_init(&srv, base, &cfg, be);
 	if (r >= 0) /* after initialisation, before READY=1 */
 		r = sandbox_apply(o.seccomp, be->ops->name);
 	if (r < 0) {
@@ -201,6 +194,12 @@ static int run(int argc, char **argv)
 	log_info("dmabrokerd %s ready (pid %d)", DMB_VERSION, (int)getpid());
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");
+	if (server_stop(&srv)) {
+		/* Everything lives on in the fd store for the next process:
+		 * tearing down would unmap it. */
+		fflush(stderr);
+		_exit(EXIT_SUCCESS);
+	}
 
 	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);

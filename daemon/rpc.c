@@ -22,7 +22,7 @@ struct rpc_call {
 	Dmb__Request *req;
 	struct wire_rx *rx;
 	Dmb__Reply reply;
-	int out_fds[4];
+	int out_fds[DMB_MAX_FDS];
 	size_t n_out_fds;
 	/* heap blocks the reply points into; freed after it is sent */
 	void *heap[8];
@@ -42,6 +42,7 @@ struct rpc_call {
 		Dmb__ListMappingsReply list_mappings;
 		Dmb__DeviceStateReply device_state;
 		Dmb__ListDevicesReply list_devices;
+		Dmb__ContextReclaimReply context_reclaim;
 	} body;
 	Dmb__StatsReply totals;
 };
@@ -190,6 +191,10 @@ static int rpc_context_create(struct rpc_call *c, struct dmb_err *e)
 	Dmb__ContextCreateReply *b = &c->body.context_create;
 	dmb__context_create_reply__init(b);
 	b->context_id = ctx->id;
+	if (ctx->persistent) {
+		b->reclaim_token.data = ctx->token;
+		b->reclaim_token.len = sizeof(ctx->token);
+	}
 	SET_BODY(c, context_create, CONTEXT_CREATE);
 	return 0;
 }
@@ -202,6 +207,73 @@ static int rpc_context_destroy(struct rpc_call *c, struct dmb_err *e)
 	log_info("session %" PRIu64 ": context %" PRIu64 " destroyed (%" PRIu64 " mappings)", c->s->id,
 		 ctx->id, ctx->n_mappings);
 	ctx_destroy(ctx);
+	return 0;
+}
+
+static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__ContextReclaim *q = c->req->context_reclaim;
+	struct dmb_ctx *ctx;
+	int r = ctx_reclaim(c->s->owner, q->context_id, q->token.data, q->token.len, &ctx, e);
+	if (r < 0) {
+		log_ratelimited(LOG_NOTICE, "session %" PRIu64 " (uid %u pid %d): reclaim of context %"
+				PRIu64 " refused", c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid,
+				q->context_id);
+		return r;
+	}
+	Dmb__ContextReclaimReply *b = &c->body.context_reclaim;
+	dmb__context_reclaim_reply__init(b);
+	b->context_id = ctx->id;
+	b->reclaim_token.data = ctx->token;
+	b->reclaim_token.len = sizeof(ctx->token);
+	b->mappings = ctx->n_mappings;
+
+	size_t nr = ctx->n_regions, nd = ctx->n_devices;
+	Dmb__ReclaimedRegion *ra = rpc_alloc(c, nr * sizeof(*ra));
+	Dmb__ReclaimedRegion **rp = rpc_alloc(c, nr * sizeof(*rp));
+	Dmb__ReclaimedDevice *da = rpc_alloc(c, nd * sizeof(*da));
+	Dmb__ReclaimedDevice **dp = rpc_alloc(c, nd * sizeof(*dp));
+	if (!ra || !rp || !da || !dp)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	size_t i = 0;
+	struct dmb_region *reg;
+	RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
+		dmb__reclaimed_region__init(&ra[i]);
+		ra[i].region_id = reg->id;
+		ra[i].size = reg->size;
+		ra[i].fd_index = -1;
+		if (q->want_fds && c->n_out_fds < DMB_MAX_FDS) {
+			c->out_fds[c->n_out_fds] = reg->fd; /* borrowed: the send copies it */
+			ra[i].fd_index = (int32_t)c->n_out_fds++;
+		}
+		rp[i] = &ra[i];
+		i++;
+	}
+	b->n_regions = i;
+	b->regions = rp;
+	i = 0;
+	struct dmb_device *d;
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	TAILQ_FOREACH(d, &ctx->devices, link) {
+		dmb__reclaimed_device__init(&da[i]);
+		da[i].device_id = d->id;
+		da[i].bdf = d->bdf;
+		da[i].fd_index = -1;
+		int fd = ops->dev_fd ? ops->dev_fd(d->bdev) : -1;
+		if (q->want_fds && fd >= 0 && c->n_out_fds < DMB_MAX_FDS) {
+			c->out_fds[c->n_out_fds] = fd;
+			da[i].fd_index = (int32_t)c->n_out_fds++;
+		}
+		dp[i] = &da[i];
+		i++;
+	}
+	b->n_devices = i;
+	b->devices = dp;
+	if (q->want_fds && c->n_out_fds == DMB_MAX_FDS && nr + nd > DMB_MAX_FDS) {
+		b->degraded = true;
+		b->message = (char *)"more regions and devices than one packet carries fds for";
+	}
+	SET_BODY(c, context_reclaim, CONTEXT_RECLAIM);
 	return 0;
 }
 
@@ -844,6 +916,7 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(HELLO, "hello", rpc_hello, RPC_PRE_HELLO),
 	ROW(CONTEXT_CREATE, "context-create", rpc_context_create, RPC_MUTATES),
 	ROW(CONTEXT_DESTROY, "context-destroy", rpc_context_destroy, RPC_MUTATES),
+	ROW(CONTEXT_RECLAIM, "context-reclaim", rpc_context_reclaim, RPC_MUTATES),
 	ROW(REGION_REGISTER, "region-register", rpc_region_register, RPC_MUTATES | RPC_FDS),
 	ROW(REGION_UNREGISTER, "region-unregister", rpc_region_unregister, RPC_MUTATES),
 	ROW(IOVA_RANGES, "iova-ranges", rpc_iova_ranges, 0),

@@ -130,14 +130,61 @@ static void raise_fd_limit(void)
 	}
 }
 
+/* What systemd passed: the listening socket (socket activation) and the
+ * fd store's contents. */
+static int take_listen_fds(int *listen_fd, struct stored_fds *st)
+{
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names);
+	*listen_fd = -1;
+	st->n = 0;
+	if (n > 0) {
+		st->fd = calloc((size_t)n, sizeof(int));
+		st->name = calloc((size_t)n, sizeof(char *));
+		if (!st->fd || !st->name)
+			n = -ENOMEM;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+		char *name = names ? names[i] : NULL;
+		if (names)
+			names[i] = NULL;
+		if (*listen_fd < 0 && sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) > 0) {
+			*listen_fd = fd;
+			free(name);
+			continue;
+		}
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		st->fd[st->n] = fd;
+		st->name[st->n] = name;
+		st->n++;
+	}
+	if (names) {
+		for (int i = 0; names[i]; i++)
+			free(names[i]);
+		free(names);
+	}
+	if (n < 0) {
+		free(st->fd);
+		free(st->name);
+		st->fd = NULL;
+		st->name = NULL;
+		st->n = 0;
+	}
+	return n;
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
-		struct dmb_backend *be, int inherited_fd)
+		struct dmb_backend *be)
 {
 	raise_fd_limit();
+	int inherited_fd = -1;
+	struct stored_fds stored = { 0 };
+	if (take_listen_fds(&inherited_fd, &stored) < 0)
+		log_warning("could not read the fds systemd passed: %m");
 	memset(srv, 0, sizeof(*srv));
 	srv->base = base;
 	srv->cfg = cfg;
-	srv->next_session_id = 1;
 	srv->start_ms = server_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
@@ -154,9 +201,6 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 		return -ENOMEM;
 
 	if (inherited_fd >= 0) {
-		if (sd_is_socket_unix(inherited_fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
-			return log_error_errno(-EINVAL, "the inherited fd %d is not a listening "
-					       "SOCK_SEQPACKET unix socket", inherited_fd);
 		int fl = fcntl(inherited_fd, F_GETFL);
 		if (fl >= 0)
 			fcntl(inherited_fd, F_SETFL, fl | O_NONBLOCK);
@@ -180,7 +224,23 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	struct timeval tv = { cfg->p2p_poll_interval_ms / 1000,
 			      (cfg->p2p_poll_interval_ms % 1000) * 1000 };
 	event_add(srv->ev_poll, &tv);
+
+	/* Persisted state (fd store), after the listening socket: adopted
+	 * sessions and contexts come back before anyone new is accepted. */
+	struct dmb_err e = { 0 };
+	int r = persist_init(&srv->persist, srv, &stored, &e);
+	for (size_t i = 0; i < stored.n; i++)
+		free(stored.name[i]);
+	free(stored.name);
+	free(stored.fd);
+	if (r < 0)
+		return log_error_errno(r, "%s", e.msg);
 	return 0;
+}
+
+bool server_stop(struct server *srv)
+{
+	return persist_handover(&srv->persist);
 }
 
 int server_reload(struct server *srv, const char *path, struct dmb_err *e)
@@ -227,6 +287,7 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 
 void server_fini(struct server *srv)
 {
+	persist_fini(&srv->persist);
 	struct session *s;
 	while ((s = TAILQ_FIRST(&srv->sessions)))
 		session_free(s);

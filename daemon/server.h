@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "persist.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
 #include "wire.h"
@@ -25,7 +26,7 @@ struct outpkt {
 	STAILQ_ENTRY(outpkt) link;
 	size_t len;
 	size_t nfds;
-	int fds[4];
+	int *fds;               /* malloc'ed when nfds > 0 */
 	uint8_t data[];
 };
 
@@ -74,17 +75,23 @@ struct server {
 	struct event *ev_poll;  /* P2P watcher */
 	TAILQ_HEAD(, session) sessions;
 	uint32_t n_sessions;
-	uint64_t next_session_id;
 	uint64_t start_ms;
 	uint8_t *rxbuf;         /* DMB_MAX_PACKET + 1 */
 	uint8_t *txbuf;         /* DMB_MAX_PACKET */
 	struct arena arena;
 	uint64_t n_disconnects_abuse;
+	struct persist persist;
 };
 
 /* server.c */
+/* Takes the fds systemd passed (LISTEN_FDS): the listening socket is served,
+ * the rest is persisted state (persist.h). */
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
-		struct dmb_backend *be, int inherited_fd);
+		struct dmb_backend *be);
+/* Stop: true when state was handed over to the fd store and the process
+ * must exit without tearing anything down (no unmap); false: call
+ * server_fini. */
+bool server_stop(struct server *srv);
 void server_fini(struct server *srv);
 /* Re-reads the configuration (main file and drop-ins) and applies its policy
  * to every session; existing mappings stay. A bad file changes nothing. */
@@ -93,6 +100,9 @@ uint64_t server_now_ms(void);
 
 /* session.c */
 struct session *session_new(struct server *srv, int fd);
+/* A connection from the fd store after a restart: same id, handshake done. */
+struct session *session_adopt(struct server *srv, int fd, uint64_t id);
+void session_send_restarted(struct session *s);
 void session_free(struct session *s);
 /* Queues (or sends) a reply; fds are borrowed (dup'ed if they must wait). */
 void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, size_t nfds);

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 
 #include "protocol.h"
 #include "server.h"
@@ -26,14 +28,14 @@
 static void session_read_cb(evutil_socket_t fd, short what, void *arg);
 static void session_write_cb(evutil_socket_t fd, short what, void *arg);
 
-struct session *session_new(struct server *srv, int fd)
+static struct session *session_create(struct server *srv, int fd, uint64_t id)
 {
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
 	s->srv = srv;
 	s->fd = fd;
-	s->id = srv->next_session_id++;
+	s->id = id;
 	s->event_mask = DMB_EVENT_ALL;
 	STAILQ_INIT(&s->outq);
 
@@ -67,10 +69,49 @@ struct session *session_new(struct server *srv, int fd)
 	return s;
 }
 
+struct session *session_new(struct server *srv, int fd)
+{
+	struct session *s = session_create(srv, fd, core_new_id(&srv->core));
+	if (s)
+		persist_session_new(&srv->persist, s->id, fd);
+	return s;
+}
+
+struct session *session_adopt(struct server *srv, int fd, uint64_t id)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	struct session *s = session_create(srv, fd, id);
+	if (s) {
+		s->hello_done = true;
+		snprintf(s->name, sizeof(s->name), "(adopted)");
+		log_info("session %" PRIu64 " (uid %u pid %d) adopted from the fd store", id,
+			 (unsigned)s->cred.uid, (int)s->cred.pid);
+	}
+	return s;
+}
+
+void session_send_restarted(struct session *s)
+{
+	/* Whether this client's requests are still waiting in the socket (then
+	 * they will be answered) or not (one in flight was lost: retry). */
+	int queued = 0;
+	(void)ioctl(s->fd, SIOCINQ, &queued);
+	struct dmb_event ev = {
+		.kind = DMB_EVENT_RESTARTED,
+		.message = queued ? "the broker restarted; your queued requests will be answered"
+				  : "the broker restarted; a request in flight was not answered: retry it",
+		.requests_pending = queued > 0,
+	};
+	session_event_cb(s->srv, s->owner, &ev);
+}
+
 static void outpkt_free(struct outpkt *p)
 {
 	for (size_t i = 0; i < p->nfds; i++)
 		close(p->fds[i]);
+	free(p->fds);
 	free(p);
 }
 
@@ -172,8 +213,14 @@ static void session_queue(struct session *s, const uint8_t *buf, size_t len, con
 	}
 	p->len = len;
 	p->nfds = 0;
+	p->fds = nfds ? malloc(nfds * sizeof(int)) : NULL;
+	if (nfds && !p->fds) {
+		free(p);
+		session_doom(s);
+		return;
+	}
 	memcpy(p->data, buf, len);
-	for (size_t i = 0; i < nfds && i < DMB_ARRAY_SIZE(p->fds); i++) {
+	for (size_t i = 0; i < nfds; i++) {
 		int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
 		if (d < 0) {
 			outpkt_free(p);
@@ -238,6 +285,7 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
 	e.device_id = ev->device_id;
 	e.message = (char *)(ev->message ? ev->message : "");
 	e.permanent = ev->permanent;
+	e.requests_pending = ev->requests_pending;
 	Dmb__Range rg[64], *rp[64];
 	Dmb__Range *rgh = NULL;
 	Dmb__Range **rph = NULL;

@@ -101,6 +101,7 @@ struct dmb_device {
 	char bdf[16];
 	struct dmb_dev_info info;
 	struct dmb_bdev *bdev;
+	struct dmb_fdset stored;      /* names under which persist.c stored its fds */
 
 	/* BAR state, as the broker last saw it (p2p.c) */
 	uint16_t command;
@@ -139,6 +140,7 @@ struct dmb_ctx {
 	uint8_t token[32];            /* reclaim token (persistent contexts) */
 	uint64_t detached_ms;         /* when its session ended (persistent), else 0 */
 	struct dmb_bctx *bctx;
+	struct dmb_fdset stored;      /* names under which persist.c stored its fds */
 
 	struct dmb_iova_info iova;   /* refreshed on device attach/detach */
 	int iova_err;                /* <0: the backend could not tell (iova_msg says why) */
@@ -167,6 +169,7 @@ struct dmb_event {
 	const struct dmb_range *ranges;
 	size_t n_ranges;
 	bool permanent;
+	bool requests_pending;  /* RESTARTED: the client's requests wait in its socket */
 };
 
 typedef void (*dmb_event_fn)(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);

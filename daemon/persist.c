@@ -1,0 +1,828 @@
+/* Persistence: journal + fd store (see persist.h for the names and the
+ * contract, docs/journal.md for the journal, docs/operations.md for what an
+ * operator sees).
+ *
+ * Ordering, the one rule everything hangs on: a journal record that adds
+ * something is written before the kernel call, one that removes something
+ * after it. So after a crash at any instant the journal never misses a
+ * mapping the kernel holds; at worst it names one the kernel does not have
+ * yet, and the restore maps it (the backend's map_adopt answers -ENOENT).
+ *
+ * A failed append (the memfd cannot grow) leaves the journal behind the
+ * model: from then on mutations are refused (`broken`), reads keep working,
+ * and the log says why. */
+#include "persist.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol.h"
+#include "server.h"
+#include "state/journal.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+#define ID_BLOCK 1024
+#define COMPACT_CHECK_EVERY 4096
+
+/* ------------------------------------------------------------ fd store */
+
+static void store_fd(const char *name, int fd)
+{
+	char msg[300];
+	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+	int r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1);
+	if (r <= 0)
+		log_ratelimited(LOG_ERR, "could not store fd '%s' in the fd store: %s", name,
+				r < 0 ? strerror(-r) : "no NOTIFY_SOCKET");
+}
+
+static void unstore(const char *name)
+{
+	char msg[300];
+	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+	(void)sd_notify(0, msg);
+}
+
+/* Stores a backend object's fds as <prefix>.<id>.<name> and remembers the
+ * names (for FDSTOREREMOVE when the object goes). */
+static void store_set(const char *prefix, uint64_t id, const struct dmb_fdset *fds,
+		      struct dmb_fdset *names)
+{
+	struct dmb_fdset old = *names;
+	names->n = 0;
+	for (size_t i = 0; i < fds->n && i < DMB_MAX_OBJ_FDS; i++) {
+		char name[64];
+		snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, fds->e[i].name);
+		store_fd(name, fds->e[i].fd);
+		names->e[names->n].fd = -1;
+		snprintf(names->e[names->n].name, sizeof(names->e[0].name), "%s", fds->e[i].name);
+		names->n++;
+	}
+	/* Names that are no longer exported (a group that left) go. */
+	for (size_t i = 0; i < old.n; i++) {
+		bool kept = false;
+		for (size_t k = 0; k < names->n && !kept; k++)
+			kept = !strcmp(old.e[i].name, names->e[k].name);
+		if (!kept) {
+			char name[64];
+			snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, old.e[i].name);
+			unstore(name);
+		}
+	}
+}
+
+static void unstore_set(const char *prefix, uint64_t id, struct dmb_fdset *names)
+{
+	for (size_t i = 0; i < names->n; i++) {
+		char name[64];
+		snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, names->e[i].name);
+		unstore(name);
+	}
+	names->n = 0;
+}
+
+static void store_ctx(struct dmb_ctx *ctx)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	struct dmb_fdset fds = { 0 };
+	if (ops->ctx_fds && ops->ctx_fds(ctx->bctx, &fds) == 0)
+		store_set("ctx", ctx->id, &fds, &ctx->stored);
+}
+
+/* ------------------------------------------------------------ journal */
+
+static int append_failed(struct persist *p, int r, const struct dmb_err *je, struct dmb_err *e)
+{
+	if (!p->broken)
+		log_error("the state journal cannot take more records (%s): mutations are refused "
+			  "until the broker restarts", je->msg[0] ? je->msg : strerror(-r));
+	p->broken = true;
+	return dmb_fail(e, DMB_E_UNAVAILABLE, -r,
+			"the broker cannot record this change (state journal: %s); retry later",
+			je->msg[0] ? je->msg : strerror(-r));
+}
+
+static void maybe_compact(struct persist *p);
+
+#define APPEND(p, e, call)                                                  \
+	({                                                                  \
+		struct dmb_err _je = { 0 };                                 \
+		int _r = (p)->broken ? -EIO : (call);                       \
+		if (_r < 0)                                                 \
+			_r = append_failed((p), _r, &_je, (e));             \
+		else                                                        \
+			maybe_compact(p);                                   \
+		_r;                                                         \
+	})
+/* For records of things that already happened: nothing to refuse. */
+#define APPEND_AFTER(p, call) ((void)APPEND(p, NULL, call))
+
+static int h_ctx_create(void *o, struct dmb_ctx *ctx, struct dmb_err *e)
+{
+	struct persist *p = o;
+	store_ctx(ctx);
+	uint32_t flags = ctx->persistent ? JRNL_CTX_PERSISTENT : 0;
+	return APPEND(p, e, jrnl_append_ctx_create(p->j, ctx->id, ctx->owner->session_id,
+						    ctx->owner->uid, ctx->owner->gid, flags, ctx->name,
+						    ctx->token, &_je));
+}
+
+static void h_ctx_destroy(void *o, struct dmb_ctx *ctx)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_ctx_destroy(p->j, ctx->id, &_je));
+	unstore_set("ctx", ctx->id, &ctx->stored);
+}
+
+static void h_ctx_reclaim(void *o, struct dmb_ctx *ctx)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_ctx_reclaim(p->j, ctx->id, ctx->owner->session_id,
+						 ctx->owner->uid, ctx->owner->gid, ctx->token, &_je));
+}
+
+static int h_region_add(void *o, struct dmb_region *r, struct dmb_err *e)
+{
+	struct persist *p = o;
+	char name[64];
+	snprintf(name, sizeof(name), "region.%" PRIu64, r->id);
+	store_fd(name, r->fd);
+	uint32_t flags = (r->writable ? JRNL_REGION_WRITABLE : 0) | (r->hugetlb ? JRNL_REGION_HUGETLB : 0);
+	int ret = APPEND(p, e, jrnl_append_region_add(p->j, r->ctx->id, r->id, r->size, r->page_size,
+						      flags, name, &_je));
+	if (ret < 0)
+		unstore(name);
+	return ret;
+}
+
+static void h_region_remove(void *o, struct dmb_region *r)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_region_remove(p->j, r->ctx->id, r->id, &_je));
+	char name[64];
+	snprintf(name, sizeof(name), "region.%" PRIu64, r->id);
+	unstore(name);
+}
+
+/* MMIO entries carry the peer device in `region` and the BAR in flags. */
+#define JMAP_MMIO 1u
+#define JMAP_BAR(f) (((f) >> 8) & 0xff)
+
+static int h_map_add(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
+		     struct dmb_err *e)
+{
+	struct persist *p = o;
+	if (n == 1)
+		return APPEND(p, e, jrnl_append_map(p->j, ctx->id, q->iova, q->length, q->region_id,
+						    q->offset, q->prot, 0, &_je));
+	_cleanup_free_ struct jrnl_map_entry *ents = malloc(n * sizeof(*ents));
+	if (!ents)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		ents[i] = (struct jrnl_map_entry){ q[i].iova, q[i].length, q[i].region_id,
+						   q[i].offset, q[i].prot, 0 };
+	return APPEND(p, e, jrnl_append_map_batch(p->j, ctx->id, ents, (uint32_t)n, &_je));
+}
+
+static int h_p2p_add(void *o, struct dmb_ctx *ctx, const struct dmb_map_peer_req *q,
+		     struct dmb_err *e)
+{
+	struct persist *p = o;
+	return APPEND(p, e, jrnl_append_map(p->j, ctx->id, q->iova, q->length, q->peer->id,
+					    q->offset, q->prot, JMAP_MMIO | (q->bar << 8), &_je));
+}
+
+static void h_unmap(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n)
+{
+	struct persist *p = o;
+	if (n == 1) {
+		APPEND_AFTER(p, jrnl_append_unmap(p->j, ctx->id, r->iova, r->length, &_je));
+		return;
+	}
+	for (size_t i = 0; i < n; i += JRNL_BATCH_MAX) {
+		size_t k = n - i < JRNL_BATCH_MAX ? n - i : JRNL_BATCH_MAX;
+		/* struct dmb_range and struct jrnl_range are both {iova, length} */
+		_Static_assert(sizeof(struct dmb_range) == sizeof(struct jrnl_range), "range layout");
+		APPEND_AFTER(p, jrnl_append_unmap_ranges(p->j, ctx->id,
+							 (const struct jrnl_range *)(r + i),
+							 (uint32_t)k, &_je));
+	}
+}
+
+static void h_unmap_all(void *o, struct dmb_ctx *ctx)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_unmap_all(p->j, ctx->id, &_je));
+}
+
+static int h_device_add(void *o, struct dmb_device *d, struct dmb_err *e)
+{
+	struct persist *p = o;
+	const struct dmb_backend_ops *ops = d->ctx->core->be->ops;
+	struct dmb_fdset fds = { 0 };
+	if (ops->dev_fds && ops->dev_fds(d->bdev, &fds) == 0)
+		store_set("dev", d->id, &fds, &d->stored);
+	store_ctx(d->ctx); /* type1: a new group */
+	return APPEND(p, e, jrnl_append_device_add(p->j, d->ctx->id, d->id, d->bdf, &_je));
+}
+
+static void h_device_remove(void *o, struct dmb_device *d)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_device_remove(p->j, d->ctx->id, d->id, &_je));
+	unstore_set("dev", d->id, &d->stored);
+}
+
+static void h_session_end(void *o, uint64_t session_id)
+{
+	struct persist *p = o;
+	APPEND_AFTER(p, jrnl_append_session_end(p->j, session_id, &_je));
+	char name[64];
+	snprintf(name, sizeof(name), "session.%" PRIu64, session_id);
+	unstore(name);
+}
+
+static void h_id_used(void *o, uint64_t id)
+{
+	struct persist *p = o;
+	if (id < p->watermark)
+		return;
+	p->watermark = id + ID_BLOCK;
+	APPEND_AFTER(p, jrnl_append_id_watermark(p->j, p->watermark, &_je));
+}
+
+static const struct dmb_journal_hooks hooks_template = {
+	.ctx_create = h_ctx_create,
+	.ctx_destroy = h_ctx_destroy,
+	.ctx_reclaim = h_ctx_reclaim,
+	.region_add = h_region_add,
+	.region_remove = h_region_remove,
+	.map_add = h_map_add,
+	.p2p_add = h_p2p_add,
+	.unmap = h_unmap,
+	.unmap_all = h_unmap_all,
+	.device_add = h_device_add,
+	.device_remove = h_device_remove,
+	.session_end = h_session_end,
+	.id_used = h_id_used,
+};
+
+/* ------------------------------------------------------------ snapshots */
+
+/* A fresh journal holding the model as it is now: one record per object.
+ * Written at start-up after a restore and when the journal has grown far
+ * beyond the live state. */
+static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *e)
+{
+	struct dmb_core *core = &p->srv->core;
+	struct jrnl *j;
+	int r = jrnl_create(&j, e);
+	if (r < 0)
+		return r;
+	uint64_t wm = core->next_id + ID_BLOCK;
+	r = jrnl_append_id_watermark(j, wm, e);
+	struct dmb_ctx *ctx;
+	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		if (r < 0)
+			break;
+		const struct dmb_owner *o = ctx->owner;
+		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
+		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : 0, o ? o->uid : 0,
+					   o ? o->gid : 0, flags, ctx->name, ctx->token, e);
+		struct dmb_region *reg;
+		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
+			if (r < 0)
+				break;
+			char name[64];
+			snprintf(name, sizeof(name), "region.%" PRIu64, reg->id);
+			uint32_t rf = (reg->writable ? JRNL_REGION_WRITABLE : 0) |
+				      (reg->hugetlb ? JRNL_REGION_HUGETLB : 0);
+			r = jrnl_append_region_add(j, ctx->id, reg->id, reg->size, reg->page_size, rf,
+						   name, e);
+		}
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &ctx->devices, link) {
+			if (r < 0)
+				break;
+			r = jrnl_append_device_add(j, ctx->id, d->id, d->bdf, e);
+		}
+	}
+	/* Mappings after every device exists (P2P entries name peers). */
+	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		struct dmb_mapping *m;
+		for (m = map_first_from(ctx, 0); m && r == 0; m = map_next(ctx, m)) {
+			if (m->flags & DMB_MAP_MMIO) {
+				const struct dmb_p2p *pp = dmb_container_of(m, struct dmb_p2p, m);
+				r = jrnl_append_map(j, ctx->id, m->iova, m->length, pp->peer->id, m->offset,
+						    m->prot, JMAP_MMIO | (pp->bar << 8), e);
+			} else {
+				r = jrnl_append_map(j, ctx->id, m->iova, m->length, m->region->id, m->offset,
+						    m->prot, 0, e);
+			}
+		}
+	}
+	if (r < 0) {
+		jrnl_close(j);
+		return r;
+	}
+	p->watermark = wm;
+	*out = j;
+	return 0;
+}
+
+/* Replaces the journal with a snapshot: the new one is stored before the
+ * old one is removed, so a crash in between finds both and keeps the
+ * higher generation (a snapshot starts at generation 1: we name them by
+ * our own counter, carried in the name). */
+static uint64_t jrnl_gen_counter;
+
+static int swap_journal(struct persist *p, struct jrnl *fresh)
+{
+	char newname[64], oldname[64];
+	uint64_t oldgen = jrnl_gen_counter++;
+	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, jrnl_gen_counter);
+	snprintf(oldname, sizeof(oldname), "jrnl.%" PRIu64, oldgen);
+	store_fd(newname, jrnl_fd(fresh));
+	if (p->j)
+		unstore(oldname);
+	jrnl_close(p->j);
+	p->j = fresh;
+	p->appends = 0;
+	return 0;
+}
+
+static void maybe_compact(struct persist *p)
+{
+	if (++p->appends < COMPACT_CHECK_EVERY)
+		return;
+	p->appends = 0;
+	struct dmb_core *core = &p->srv->core;
+	uint64_t live = jrnl_snapshot_estimate(core->n_contexts, core->n_regions, core->n_devices,
+					       core->n_mappings);
+	if (!jrnl_should_compact(p->j, live))
+		return;
+	struct jrnl *fresh;
+	struct dmb_err e = { 0 };
+	if (write_snapshot(p, &fresh, &e) < 0) {
+		log_warning("journal compaction failed (the journal keeps growing): %s", e.msg);
+		return;
+	}
+	swap_journal(p, fresh);
+	log_info("journal compacted to %" PRIu64 " bytes (%" PRIu64 " mappings)",
+		 jrnl_committed(p->j), core->n_mappings);
+}
+
+/* ------------------------------------------------------------ restore */
+
+struct restore {
+	struct persist *p;
+	struct stored_fds *st;
+	bool *used;
+};
+
+static int take_named(struct restore *rs, const char *name)
+{
+	for (size_t i = 0; i < rs->st->n; i++)
+		if (!rs->used[i] && rs->st->name[i] && !strcmp(rs->st->name[i], name)) {
+			rs->used[i] = true;
+			return rs->st->fd[i];
+		}
+	return -1;
+}
+
+/* Every stored fd named <prefix>.<id>.<x> as a backend fdset (x = name). */
+static void take_set(struct restore *rs, const char *prefix, uint64_t id, struct dmb_fdset *out)
+{
+	char pre[64];
+	int n = snprintf(pre, sizeof(pre), "%s.%" PRIu64 ".", prefix, id);
+	out->n = 0;
+	for (size_t i = 0; i < rs->st->n && out->n < DMB_MAX_OBJ_FDS; i++) {
+		const char *nm = rs->st->name[i];
+		if (rs->used[i] || !nm || strncmp(nm, pre, (size_t)n))
+			continue;
+		rs->used[i] = true;
+		out->e[out->n].fd = rs->st->fd[i];
+		snprintf(out->e[out->n].name, sizeof(out->e[0].name), "%s", nm + n);
+		out->n++;
+	}
+}
+
+static void close_set(struct dmb_fdset *s)
+{
+	for (size_t i = 0; i < s->n; i++)
+		safe_close(s->e[i].fd);
+	s->n = 0;
+}
+
+static struct session *find_session(struct server *srv, uint64_t id)
+{
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		if (s->id == id)
+			return s;
+	return NULL;
+}
+
+static struct dmb_device *find_device(struct dmb_core *core, uint64_t id)
+{
+	struct dmb_ctx *c;
+	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &c->devices, link)
+			if (d->id == id)
+				return d;
+	}
+	return NULL;
+}
+
+static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
+{
+	struct persist *p = rs->p;
+	struct server *srv = p->srv;
+	struct dmb_core *core = &srv->core;
+	const struct dmb_backend_ops *ops = core->be->ops;
+	struct dmb_err e = { 0 };
+
+	struct dmb_fdset fds;
+	take_set(rs, "ctx", jc->id, &fds);
+	struct dmb_bctx *bctx = NULL;
+	int r = ops->ctx_adopt ? ops->ctx_adopt(core->be, &fds, &bctx, &e) : -EOPNOTSUPP;
+	if (r < 0) {
+		log_error("context %" PRIu64 " could not be re-adopted (%s); it is lost and its "
+			  "mappings go with the old kernel objects", jc->id, e.msg[0] ? e.msg : strerror(-r));
+		close_set(&fds);
+		p->lost++;
+		return;
+	}
+	struct session *s = jc->detached ? NULL : find_session(srv, jc->session);
+	struct dmb_ctx *ctx = ctx_adopt(core, s ? s->owner : NULL, jc->id, jc->name, jc->persistent,
+					jc->token, bctx);
+	if (!ctx) {
+		ops->ctx_close(bctx);
+		p->lost++;
+		return;
+	}
+	for (size_t i = 0; i < fds.n; i++) {
+		ctx->stored.e[i].fd = -1;
+		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
+	}
+	ctx->stored.n = fds.n;
+	if (!s && jc->persistent) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ctx->detached_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
+	}
+
+	for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
+		int fd = take_named(rs, jr->fd_name);
+		struct dmb_region *reg;
+		struct dmb_err re = { 0 };
+		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0)
+			log_error("context %" PRIu64 ": region %" PRIu64 " could not be re-adopted: %s",
+				  jc->id, jr->id, fd < 0 ? "its memfd is not in the fd store" : re.msg);
+	}
+	for (struct jrnl_dev *jd = jrnl_ctx_dev_first(jc); jd; jd = jrnl_ctx_dev_next(jd)) {
+		struct dmb_fdset dfds;
+		take_set(rs, "dev", jd->id, &dfds);
+		struct dmb_bdev *bdev = NULL;
+		struct dmb_dev_info info = { 0 };
+		struct dmb_err de = { 0 };
+		r = ops->dev_adopt ? ops->dev_adopt(bctx, jd->bdf, &dfds, &bdev, &info, &de) : -EOPNOTSUPP;
+		if (r < 0) {
+			log_error("context %" PRIu64 ": device %s could not be re-adopted: %s", jc->id,
+				  jd->bdf, de.msg[0] ? de.msg : strerror(-r));
+			close_set(&dfds);
+			continue;
+		}
+		struct dmb_device *d = device_adopt(ctx, jd->id, jd->bdf, bdev, &info);
+		if (d) {
+			d->stored = dfds;
+			for (size_t i = 0; i < d->stored.n; i++)
+				d->stored.e[i].fd = -1;
+		}
+	}
+}
+
+static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
+{
+	struct persist *p = rs->p;
+	struct dmb_core *core = &p->srv->core;
+	const struct dmb_backend_ops *ops = core->be->ops;
+	struct dmb_ctx *ctx = ctx_lookup_any(core, jc->id);
+	if (!ctx)
+		return;
+	for (struct jrnl_map *jm = jrnl_ctx_map_first(jc); jm; jm = jrnl_ctx_map_next(jm)) {
+		struct dmb_err e = { 0 };
+		int r;
+		if (jm->flags & JMAP_MMIO) {
+			struct dmb_device *peer = find_device(core, jm->region);
+			unsigned bar = JMAP_BAR(jm->flags);
+			if (!peer) {
+				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " dropped: its peer "
+					  "device %" PRIu64 " is gone", jc->id, jm->iova, jm->region);
+				continue;
+			}
+			uint16_t cmd = 0;
+			bool on = p2p_read_command(peer, &cmd, &e) == 0 && (cmd & DMB_PCI_COMMAND_MEMORY);
+			r = ops->map_bar_adopt ? ops->map_bar_adopt(ctx->bctx, peer->bdev, bar, jm->offset,
+								    jm->iova, jm->length, jm->prot, &e)
+					       : -ENOENT;
+			if (r == 0 && !on) {
+				/* The kernel still maps a BAR that no longer decodes. */
+				uint64_t got;
+				ops->unmap(ctx->bctx, jm->iova, jm->length, &got, NULL);
+			} else if (r == -ENOENT && on) {
+				r = ops->map_bar(ctx->bctx, peer->bdev, bar, jm->offset, jm->iova, jm->length,
+						 jm->prot, &e);
+				p->remapped += r == 0;
+			} else if (r == -ENOENT) {
+				r = 0;
+			}
+			if (r < 0) {
+				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " could not be "
+					  "restored: %s", jc->id, jm->iova, e.msg);
+				continue;
+			}
+			p2p_adopt_record(ctx, peer, bar, jm->offset, jm->iova, jm->length, jm->prot, !on);
+			p->restored_mappings++;
+			continue;
+		}
+		struct dmb_region *reg = region_lookup(ctx, jm->region);
+		if (!reg) {
+			log_error("context %" PRIu64 ": mapping 0x%" PRIx64 " dropped: its region %" PRIu64
+				  " was not restored", jc->id, jm->iova, jm->region);
+			continue;
+		}
+		r = ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, jm->offset, jm->iova,
+						    jm->length, jm->prot, &e)
+				   : -EOPNOTSUPP;
+		if (r == -ENOENT) {
+			/* Journaled, but the old process died before the kernel
+			 * call: do it now. */
+			r = ops->map(ctx->bctx, reg->breg, jm->offset, jm->iova, jm->length, jm->prot, &e);
+			p->remapped += r == 0;
+		}
+		if (r < 0) {
+			log_error("context %" PRIu64 ": mapping [0x%" PRIx64 ", +0x%" PRIx64 "] could not be "
+				  "restored: %s", jc->id, jm->iova, jm->length, e.msg[0] ? e.msg : strerror(-r));
+			continue;
+		}
+		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot);
+		p->restored_mappings++;
+	}
+	uint64_t stray = 0;
+	struct dmb_err e = { 0 };
+	if (ops->adopt_finish && ops->adopt_finish(ctx->bctx, &stray, &e) == 0 && stray) {
+		log_notice("context %" PRIu64 ": %" PRIu64 " mapping(s) the journal did not name were "
+			   "removed", ctx->id, stray);
+		p->stray += stray;
+	}
+	p->restored_contexts++;
+}
+
+static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb_err *e)
+{
+	struct server *srv = p->srv;
+	struct dmb_core *core = &srv->core;
+	struct jrnl *j;
+	int r = jrnl_open_fd(jfd, &j, e);
+	if (r < 0) {
+		safe_close(jfd); /* consumed either way */
+		return r;
+	}
+	struct jrnl_state state;
+	jrnl_state_init(&state);
+	struct jrnl_replay_result res;
+	r = jrnl_state_replay(j, &state, &res, e);
+	if (r < 0 && r != -EBADMSG) {
+		jrnl_state_fini(&state);
+		jrnl_close(j);
+		return r;
+	}
+	if (res.stop != JRNL_STOP_END)
+		log_warning("journal: replay stopped early (%s): everything before it is restored",
+			    res.why);
+	core->next_id = state.next_id > core->next_id ? state.next_id : core->next_id;
+
+	_cleanup_free_ bool *used = calloc(st->n + 1, sizeof(*used));
+	if (!used) {
+		jrnl_state_fini(&state);
+		jrnl_close(j);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	struct restore rs = { .p = p, .st = st, .used = used };
+	for (size_t i = 0; i < st->n; i++)
+		if (st->fd[i] == jfd)
+			used[i] = true;
+
+	/* Clients first: their connections, then what they own. */
+	for (size_t i = 0; i < st->n; i++) {
+		uint64_t sid;
+		if (used[i] || !st->name[i] || sscanf(st->name[i], "session.%" SCNu64, &sid) != 1)
+			continue;
+		used[i] = true;
+		if (sid >= core->next_id)
+			core->next_id = sid + 1;
+		if (!session_adopt(srv, st->fd[i], sid))
+			safe_close(st->fd[i]);
+	}
+	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&state); jc; jc = jrnl_state_ctx_next(jc))
+		restore_ctx(&rs, jc);
+	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&state); jc; jc = jrnl_state_ctx_next(jc))
+		restore_maps(&rs, jc);
+	jrnl_state_fini(&state);
+
+	/* What nobody claimed belonged to objects the journal no longer has. */
+	for (size_t i = 0; i < st->n; i++)
+		if (!used[i]) {
+			log_info("fd store: dropping '%s' (no longer in the journal)",
+				 st->name[i] ? st->name[i] : "?");
+			unstore(st->name[i] ? st->name[i] : "");
+			safe_close(st->fd[i]);
+		}
+
+	/* The old journal's generation name goes; a snapshot of what was
+	 * really restored replaces it. */
+	p->j = j;
+	return 0;
+}
+
+/* ------------------------------------------------------------ grace */
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct persist *p = arg;
+	struct dmb_core *core = &p->srv->core;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	uint64_t grace = (uint64_t)p->srv->cfg->grace_period_s * 1000;
+	struct dmb_ctx *c, *next;
+	for (c = RB_MIN(dmb_ctx_tree, &core->contexts); c; c = next) {
+		next = RB_NEXT(dmb_ctx_tree, &core->contexts, c);
+		if (!c->owner && c->detached_ms && now - c->detached_ms >= grace) {
+			log_notice("context %" PRIu64 " '%s' released: not reclaimed within %u s", c->id,
+				   c->name, p->srv->cfg->grace_period_s);
+			ctx_destroy(c);
+		}
+	}
+}
+
+/* ------------------------------------------------------------ entry points */
+
+static int parse_gen(const char *name, uint64_t *gen)
+{
+	return name && sscanf(name, "jrnl.%" SCNu64, gen) == 1 ? 0 : -1;
+}
+
+int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, struct dmb_err *e)
+{
+	memset(p, 0, sizeof(*p));
+	p->srv = srv;
+	const char *ns = getenv("NOTIFY_SOCKET");
+	if (!ns || !*ns) {
+		log_info("no NOTIFY_SOCKET: running without an fd store; a restart unmaps everything");
+		for (size_t i = 0; i < st->n; i++)
+			safe_close(st->fd[i]);
+		return 0;
+	}
+
+	/* The journal: the highest generation present. */
+	int jfd = -1;
+	uint64_t best = 0;
+	for (size_t i = 0; i < st->n; i++) {
+		uint64_t g;
+		if (parse_gen(st->name[i], &g) == 0 && g >= best) {
+			best = g;
+			jfd = st->fd[i];
+		}
+	}
+	jrnl_gen_counter = best;
+	p->enabled = true;
+	srv->core.jh = NULL; /* restoring journals nothing */
+	int r = 0;
+	if (jfd >= 0) {
+		/* Older generations: a compaction was interrupted. */
+		for (size_t i = 0; i < st->n; i++) {
+			uint64_t g;
+			if (parse_gen(st->name[i], &g) == 0 && st->fd[i] != jfd) {
+				unstore(st->name[i]);
+				st->fd[i] = safe_close(st->fd[i]);
+				free(st->name[i]);
+				st->name[i] = NULL;
+			}
+		}
+		uint64_t t0 = server_now_ms();
+		r = restore(p, st, jfd, e);
+		if (r < 0) {
+			log_error("the state journal could not be read (%s): starting empty; the old "
+				  "kernel objects are released as their fds close", e->msg);
+			for (size_t i = 0; i < st->n; i++)
+				if (st->fd[i] != jfd && st->fd[i] >= 0) {
+					unstore(st->name[i] ? st->name[i] : "");
+					safe_close(st->fd[i]);
+				}
+		} else {
+			log_notice("restored %" PRIu64 " context(s) and %" PRIu64 " mapping(s) in %" PRIu64
+				   " ms without unmapping (%" PRIu64 " mapped again, %" PRIu64
+				   " stray removed, %" PRIu64 " context(s) lost)",
+				   p->restored_contexts, p->restored_mappings, server_now_ms() - t0,
+				   p->remapped, p->stray, p->lost);
+		}
+	} else {
+		for (size_t i = 0; i < st->n; i++) {
+			log_info("fd store: dropping '%s' (no journal)", st->name[i] ? st->name[i] : "?");
+			unstore(st->name[i] ? st->name[i] : "");
+			safe_close(st->fd[i]);
+		}
+	}
+
+	/* Journal from now on: a snapshot of the model as it stands. */
+	struct jrnl *fresh;
+	struct dmb_err se = { 0 };
+	struct jrnl *old = r == 0 ? p->j : NULL;
+	p->j = NULL;
+	if (write_snapshot(p, &fresh, &se) < 0) {
+		jrnl_close(old);
+		p->enabled = false;
+		return dmb_fail(e, DMB_E_INTERNAL, ENOMEM, "cannot start a state journal: %s", se.msg);
+	}
+	p->j = old;
+	swap_journal(p, fresh);
+
+	static struct dmb_journal_hooks hooks;
+	hooks = hooks_template;
+	hooks.opaque = p;
+	srv->core.jh = &hooks;
+
+	/* Sessions adopted from the store: tell them, so a request in flight
+	 * at the restart can be retried. */
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		session_send_restarted(s);
+
+	/* Persistent contexts nobody holds: released after the grace period. */
+	p->ev_grace = event_new(srv->base, -1, EV_PERSIST, grace_cb, p);
+	struct timeval tv = { 1, 0 };
+	if (p->ev_grace)
+		event_add(p->ev_grace, &tv);
+
+	/* Non-persistent contexts whose session ended while we were down. */
+	struct dmb_ctx *c, *next;
+	for (c = RB_MIN(dmb_ctx_tree, &srv->core.contexts); c; c = next) {
+		next = RB_NEXT(dmb_ctx_tree, &srv->core.contexts, c);
+		if (!c->owner && !c->persistent) {
+			log_info("context %" PRIu64 " released: its session ended while the broker was "
+				 "down", c->id);
+			ctx_destroy(c);
+		}
+	}
+	return 0;
+}
+
+void persist_session_new(struct persist *p, uint64_t id, int fd)
+{
+	if (!p->enabled)
+		return;
+	char name[64];
+	snprintf(name, sizeof(name), "session.%" PRIu64, id);
+	store_fd(name, fd);
+}
+
+bool persist_handover(struct persist *p)
+{
+	if (!p->enabled)
+		return false;
+	struct dmb_core *core = &p->srv->core;
+	const struct dmb_backend_ops *ops = core->be->ops;
+	struct dmb_ctx *c;
+	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
+		struct dmb_err e = { 0 };
+		if (ops->ctx_prepare_handover && ops->ctx_prepare_handover(c->bctx, &e) < 0)
+			log_error("context %" PRIu64 ": handover preparation failed: %s", c->id, e.msg);
+	}
+	log_notice("stopping with %u context(s) and %" PRIu64 " mapping(s) kept in the fd store for "
+		   "the next process", core->n_contexts, core->n_mappings);
+	return true;
+}
+
+void persist_fini(struct persist *p)
+{
+	if (p->ev_grace)
+		event_free(p->ev_grace);
+	p->ev_grace = NULL;
+	if (p->srv)
+		p->srv->core.jh = NULL;
+	jrnl_close(p->j);
+	p->j = NULL;
+}

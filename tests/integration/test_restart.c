@@ -1,0 +1,323 @@
+/* Restart without unmapping, through a harness that plays systemd's fd
+ * store for real (fdstore.h): the daemon is restarted 20 times (SIGTERM and
+ * SIGKILL) under a client thread that keeps mapping, unmapping and moving
+ * bytes; every byte check passes, every request either succeeds or fails
+ * with an error the client can retry, and the daemon's accounting matches
+ * the client's own model at the end. Plus persistent contexts, reclaim
+ * tokens, the grace period, and sessions that ended while the daemon was
+ * down. */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fdstore.h"
+
+#define PG 4096ull
+#define SLOTS 64
+#define BASE_IOVA 0x10000000ull
+
+static struct fds H;
+
+static struct daemon as_daemon(void)
+{
+	struct daemon d = { .pid = H.pid };
+	snprintf(d.sock, sizeof(d.sock), "%s", H.sock);
+	snprintf(d.dir, sizeof(d.dir), "%s", H.dir);
+	return d;
+}
+
+static void start(const char *extra)
+{
+	int r = fds_start_dmabrokerd(&H, extra, NULL);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("dmabrokerd did not start under the fd-store harness: %s", strerror(-r));
+	}
+}
+
+static void restart(int sig)
+{
+	int r = fds_restart(&H, sig);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("restart with signal %d failed: %s", sig, strerror(-r));
+	}
+	if (fds_log_has(&H, "Sanitizer") || fds_log_has(&H, "runtime error:")) {
+		fds_dump_log(&H);
+		fail_msg("sanitizer report in the daemon's log");
+	}
+}
+
+/* ------------------------------------------------------------ the worker */
+
+struct worker {
+	pthread_t t;
+	atomic_bool stop;
+	struct dmb_client *c;
+	uint64_t ctx;
+	uint64_t region;
+	int memfd;
+	bool mapped[SLOTS];       /* the client's own model */
+	uint64_t ops, retries, checks;
+	char failure[512];
+};
+
+/* A call that may meet a restart: -EAGAIN (UNAVAILABLE) says retry. A
+ * retried map may find its first attempt applied (ALREADY_EXISTS), a
+ * retried unmap may find it gone (NOT_FOUND): both mean "done". */
+static int retry_map(struct worker *w, const struct dmb_map_entry *e)
+{
+	for (int i = 0; i < 50; i++) {
+		int r = dmb_map(w->c, w->ctx, e);
+		if (r == -EAGAIN) {
+			w->retries++;
+			continue;
+		}
+		if (r == -EEXIST && i > 0)
+			return 0;
+		return r;
+	}
+	return -ETIMEDOUT;
+}
+
+static int retry_unmap(struct worker *w, uint64_t iova)
+{
+	for (int i = 0; i < 50; i++) {
+		int r = dmb_unmap(w->c, w->ctx, iova, PG, NULL);
+		if (r == -EAGAIN) {
+			w->retries++;
+			continue;
+		}
+		if (r == -ENOENT && i > 0)
+			return 0;
+		return r;
+	}
+	return -ETIMEDOUT;
+}
+
+static int retry_dma(struct worker *w, uint64_t iova, void *buf, size_t len, bool write)
+{
+	for (int i = 0; i < 50; i++) {
+		int r = write ? dmb_sim_dma_write(w->c, w->ctx, iova, buf, len)
+			      : dmb_sim_dma_read(w->c, w->ctx, iova, buf, len);
+		if (r != -EAGAIN)
+			return r;
+		w->retries++;
+	}
+	return -ETIMEDOUT;
+}
+
+#define WFAIL(...) do { snprintf(w->failure, sizeof(w->failure), __VA_ARGS__); return NULL; } while (0)
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	unsigned seed = 1;
+	while (!atomic_load(&w->stop)) {
+		unsigned slot = (unsigned)rand_r(&seed) % SLOTS;
+		uint64_t iova = BASE_IOVA + slot * 2 * PG;
+		int r;
+		if (!w->mapped[slot]) {
+			struct dmb_map_entry e = { w->region, slot * PG, iova, PG, DMB_READ | DMB_WRITE };
+			r = retry_map(w, &e);
+			if (r < 0)
+				WFAIL("map slot %u: %d %s", slot, r, dmb_last_error(w->c)->message);
+			w->mapped[slot] = true;
+		} else if (rand_r(&seed) % 3 == 0) {
+			r = retry_unmap(w, iova);
+			if (r < 0)
+				WFAIL("unmap slot %u: %d %s", slot, r, dmb_last_error(w->c)->message);
+			w->mapped[slot] = false;
+		}
+		/* Prove the slot by moving bytes, both ways. */
+		uint8_t want[64], got[64];
+		fill_pattern(want, sizeof(want), (unsigned)w->ops);
+		if (w->mapped[slot]) {
+			if (pwrite(w->memfd, want, sizeof(want), (off_t)(slot * PG)) != sizeof(want))
+				WFAIL("pwrite");
+			r = retry_dma(w, iova, got, sizeof(got), false);
+			if (r < 0)
+				WFAIL("DMA read slot %u: %d %s", slot, r, dmb_last_error(w->c)->message);
+			if (memcmp(got, want, sizeof(got)))
+				WFAIL("DMA read slot %u moved the wrong bytes", slot);
+			fill_pattern(want, sizeof(want), (unsigned)w->ops + 99);
+			r = retry_dma(w, iova + 128, want, sizeof(want), true);
+			if (r < 0)
+				WFAIL("DMA write slot %u: %d %s", slot, r, dmb_last_error(w->c)->message);
+			if (pread(w->memfd, got, sizeof(got), (off_t)(slot * PG + 128)) != sizeof(got) ||
+			    memcmp(got, want, sizeof(got)))
+				WFAIL("DMA write slot %u did not reach the memfd", slot);
+		} else {
+			r = retry_dma(w, iova, got, sizeof(got), false);
+			if (r >= 0 || dmb_last_error(w->c)->sys_errno != EFAULT)
+				WFAIL("slot %u is unmapped but DMA did not fault (%d)", slot, r);
+		}
+		w->checks++;
+		w->ops++;
+	}
+	return NULL;
+}
+
+static void test_restart_under_load(void **state)
+{
+	start("[persist]\ngrace_period_s = 60\n");
+	struct daemon d = as_daemon();
+	struct worker *w = calloc(1, sizeof(*w));
+	w->c = client_connect(&d, "restart-worker");
+	assert_ok(w->c, dmb_context_create(w->c, "vm", &w->ctx));
+	w->memfd = make_memfd(SLOTS * PG, 0);
+	struct dmb_region_info ri;
+	assert_ok(w->c, dmb_region_register(w->c, w->ctx, w->memfd, 0, &ri));
+	w->region = ri.region;
+	assert_int_equal(pthread_create(&w->t, NULL, worker_main, w), 0);
+
+	for (int i = 0; i < 20; i++) {
+		struct timespec ts = { 0, 30 * 1000000L };
+		nanosleep(&ts, NULL);
+		restart(i % 2 ? SIGKILL : SIGTERM);
+	}
+	struct timespec ts = { 0, 100 * 1000000L };
+	nanosleep(&ts, NULL);
+	atomic_store(&w->stop, true);
+	pthread_join(w->t, NULL);
+	if (w->failure[0]) {
+		fds_dump_log(&H);
+		fail_msg("worker: %s (after %llu ops, %llu retries)", w->failure,
+			 (unsigned long long)w->ops, (unsigned long long)w->retries);
+	}
+	print_message("restart: %llu operations, %llu byte checks, %llu retried across 20 restarts\n",
+		      (unsigned long long)w->ops, (unsigned long long)w->checks,
+		      (unsigned long long)w->retries);
+	assert_true(w->ops > 20);
+	/* Each instance re-adopted the context, never by mapping it again from
+	 * scratch, and never unmapped it (the worker's checks would have
+	 * faulted). */
+	assert_true(fds_log_has(&H, "restored 1 context(s)"));
+	if (!fds_log_has(&H, "stopping with 1 context(s)"))
+		fail_msg("no clean handover was logged");
+
+	/* The daemon's accounting is the client's model. */
+	size_t want = 0;
+	for (int s = 0; s < SLOTS; s++)
+		want += w->mapped[s];
+	struct dmb_stats st;
+	assert_ok(w->c, dmb_stats(w->c, w->ctx, &st));
+	assert_int_equal(st.mappings, want);
+	d.pid = H.pid;
+	struct dmb_stats tot = daemon_totals(&d);
+	assert_int_equal(tot.pinned_bytes, want * PG);
+	dmb_close(w->c);
+	close(w->memfd);
+	free(w);
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
+static void test_persistent_context_and_reclaim(void **state)
+{
+	start("[persist]\ngrace_period_s = 2\n");
+	struct daemon d = as_daemon();
+	struct dmb_client *a = client_connect(&d, "vmm-1");
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(a, dmb_context_create_persistent(a, "persistent-vm", &ctx, token));
+	int m = make_memfd(1 << 20, 0);
+	struct dmb_region_info ri;
+	assert_ok(a, dmb_region_register(a, ctx, m, 0, &ri));
+	struct dmb_map_entry e = { ri.region, 0, 0x100000, 1 << 20, DMB_READ | DMB_WRITE };
+	assert_ok(a, dmb_map(a, ctx, &e));
+	check_dma(a, ctx, m, 0, 0x100000, PG, 1);
+	close(m);
+	dmb_close(a); /* the VMM goes away; the context stays */
+
+	/* ... and the broker restarts too, hard. */
+	restart(SIGKILL);
+	d.pid = H.pid;
+	struct dmb_client *b = client_connect(&d, "vmm-2");
+	uint8_t wrong[DMB_RECLAIM_TOKEN_SIZE];
+	memcpy(wrong, token, sizeof(wrong));
+	wrong[0] ^= 1;
+	assert_code(b, dmb_context_reclaim(b, ctx, wrong, NULL), DMB_PERMISSION_DENIED);
+	uint8_t old[DMB_RECLAIM_TOKEN_SIZE];
+	memcpy(old, token, sizeof(old));
+	struct dmb_reclaim_info info;
+	assert_ok(b, dmb_context_reclaim(b, ctx, token, &info));
+	assert_int_equal(info.mappings, 1);
+	assert_int_equal(info.n_regions, 1);
+	assert_true(info.regions[0].fd >= 0);
+	assert_memory_not_equal(old, token, sizeof(old)); /* a fresh token */
+	/* The memfd came back: the mapping still reaches it, both ways. */
+	check_dma(b, ctx, info.regions[0].fd, 0, 0x100000, PG, 2);
+	check_dma(b, ctx, info.regions[0].fd, (1 << 20) - PG, 0x100000 + (1 << 20) - PG, PG, 3);
+	/* A spent token is refused, for anyone. */
+	struct dmb_client *c3 = client_connect(&d, "vmm-3");
+	assert_code(c3, dmb_context_reclaim(c3, ctx, old, NULL), DMB_PERMISSION_DENIED);
+	dmb_close(c3);
+
+	/* Unclaimed: released after the grace period (2 s here). */
+	close(info.regions[0].fd);
+	dmb_close(b);
+	bool gone = false;
+	for (int i = 0; i < 100 && !gone; i++) {
+		struct timespec ts = { 0, 100 * 1000000L };
+		nanosleep(&ts, NULL);
+		gone = daemon_totals(&d).contexts == 0;
+	}
+	assert_true(gone);
+	assert_int_equal(daemon_totals(&d).pinned_bytes, 0);
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
+static void test_session_ended_while_down(void **state)
+{
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *a = client_connect(&d, "short");
+	uint64_t ctx;
+	assert_ok(a, dmb_context_create(a, "gone-with-session", &ctx));
+	int m = make_memfd(1 << 20, 0);
+	struct dmb_region_info ri;
+	assert_ok(a, dmb_region_register(a, ctx, m, 0, &ri));
+	struct dmb_map_entry e = { ri.region, 0, 0x100000, 1 << 20, DMB_READ | DMB_WRITE };
+	assert_ok(a, dmb_map(a, ctx, &e));
+	assert_int_equal(fds_stop(&H, SIGKILL) >= 0, 1);
+	dmb_close(a); /* while the daemon is down */
+	close(m);
+	restart(0);
+	d.pid = H.pid;
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
+static int setup(void **state)
+{
+	struct fds_opts o = fds_default_opts();
+	o.quiet = true;
+	return fds_init(&H, &o) < 0 ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+	fds_destroy(&H);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_restart_under_load, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
+}
