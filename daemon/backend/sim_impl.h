@@ -1,0 +1,326 @@
+/* sim_impl.h — what the files of the simulated backend share; not part of
+ * the backend interface (backend.h is).
+ *
+ *   sim.c        the backend object, regions, contexts, map/unmap, the DMA
+ *                engine, the ops table
+ *   sim_dev.c    the simulated PCI functions: config space, open/close,
+ *                reset, P2P (map_bar), per-device DMA
+ *   sim_table.c  a context's state memfd: the area table that survives a
+ *                daemon restart (format and crash rules are described there)
+ *   sim_adopt.c  the restart hooks: export fds, adopt contexts, devices and
+ *                mappings in the next process
+ *
+ * The design notes (IOAS model, error model, locking) are at the top of
+ * sim.c; every name shared between the files starts with sim_.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/tree.h>
+
+#include "backend.h"
+#include "util/macro.h"
+
+#define SIM_IOVA_ALIGNMENT UINT64_C(4096)
+#define SIM_APERTURE_BITS 48
+#define SIM_APERTURE_LAST ((UINT64_C(1) << SIM_APERTURE_BITS) - 1)
+#define SIM_MSI_START UINT64_C(0xFEE00000)
+#define SIM_MSI_LAST UINT64_C(0xFEEFFFFF)
+
+/* Reserved regions fit the wire's range array: n reserved regions leave at
+ * most n + 1 usable ranges. */
+#define SIM_MAX_RESERVED (DMB_MAX_IOVA_RANGES - 1)
+
+/* Freed area nodes a context keeps for reuse, so the map/unmap hot path does
+ * not go to malloc. Bounded so that unmapping a million areas does not pin
+ * their memory for the context's lifetime (64 Ki nodes is about 5 MiB). */
+#define SIM_AREA_CACHE_MAX 65536u
+
+/* The simulated PCI functions. Each costs two memfds and 1 MiB of (sparse)
+ * BAR memory; 256 is more than any test needs and keeps a mistyped list
+ * from exhausting fds. */
+#define SIM_MAX_DEVICES 256u
+#define SIM_BDF_LEN 12 /* dddd:bb:dd.f */
+#define SIM_CFG_SIZE 256u
+#define SIM_CFG_RESET_COUNT 0x40 /* sim-specific: u32 LE, resets so far */
+#define SIM_VENDOR 0x1234
+#define SIM_DEVICE 0x11e8
+#define SIM_BAR0_SIZE (UINT64_C(1) << 20)
+#define SIM_BAR2_SIZE UINT64_C(256)
+
+/* ---- the state table (sim_table.c) ---------------------------------------- */
+
+enum sim_rec_kind {
+	SIM_REC_RAM = 1, /* an area mapping a region */
+	SIM_REC_BAR = 2, /* an area mapping a device's BAR (P2P, MMIO) */
+	SIM_REC_DEV = 3, /* a device attached to the context */
+};
+
+/* A record's fields (bytes 8..63 of its slot); see sim_table.c. */
+struct sim_rec_body {
+	uint64_t iova;     /* RAM, BAR */
+	uint64_t length;   /* RAM, BAR */
+	uint64_t offset;   /* RAM: into the region; BAR: into the BAR */
+	uint64_t file_dev; /* st_dev of the source: RAM the region's file, BAR and
+			    * DEV the BAR memfd */
+	uint64_t file_ino; /* st_ino of the same file */
+	uint64_t cfg_ino;  /* DEV: st_ino of the config-space memfd */
+	uint32_t bdf;      /* BAR: the peer; DEV: the device (sim_bdf_pack) */
+	uint8_t kind;      /* enum sim_rec_kind */
+	uint8_t bar;       /* BAR: the BAR index */
+	uint8_t prot;      /* RAM, BAR: DMB_PROT_* */
+	uint8_t zero;
+};
+
+struct sim_table {
+	int fd;              /* the memfd; -1 when closed */
+	uint8_t *map;        /* MAP_SHARED, map_size bytes */
+	uint64_t map_size;
+	uint32_t cap;        /* slots mapped; a multiple of 64 */
+	uint32_t n_used;     /* live records */
+	uint64_t *used;      /* bitmap of live slots, cap bits */
+	uint32_t hint;       /* no free slot in used[] words below this one */
+	uint32_t trim_below; /* give pages back when n_used drops below */
+};
+
+int sim_table_create(struct sim_table *t, struct dmb_err *e);
+/* Maps an existing state memfd and checks its header. On success t->fd is
+ * fd (sim_table_close would close it); on failure fd is left alone. */
+int sim_table_open(struct sim_table *t, int fd, struct dmb_err *e);
+/* Unmaps and closes; the file's contents are left as they are. */
+void sim_table_close(struct sim_table *t);
+/* Writes a record into a free slot and publishes it. */
+int sim_table_put(struct sim_table *t, const struct sim_rec_body *b, uint32_t *slot,
+		  struct dmb_err *e);
+/* Unpublishes a live record; the slot is free from then on. */
+void sim_table_clear(struct sim_table *t, uint32_t slot);
+/* Gives back the memory of free slots above the last live one when the
+ * table has become mostly empty (call after a removal batch). */
+void sim_table_maybe_trim(struct sim_table *t);
+/* Adoption: reads slot i. Returns 0 (free), 1 (live; *b filled and the slot
+ * marked used) or -EBADMSG (damaged, with a sentence). */
+int sim_table_read(struct sim_table *t, uint32_t i, struct sim_rec_body *b, struct dmb_err *e);
+/* A live record's body (no checks: the caller put it or adopted it). */
+const struct sim_rec_body *sim_table_body(const struct sim_table *t, uint32_t slot);
+
+/* ---- objects ------------------------------------------------------------- */
+
+struct sim_dev;
+struct sim_ctx;
+
+struct sim_backend {
+	struct dmb_backend base;
+	bool populate;                   /* touch every page on map */
+	_Atomic uint64_t pinned;         /* RAM bytes, across all contexts */
+	_Atomic long live;               /* open contexts + regions (BARs too) */
+	pthread_rwlock_t dev_lock;       /* see "Locking" in sim.c */
+	struct sim_dev *devs;            /* n_devs, for the backend's lifetime */
+	size_t n_devs;
+};
+
+/* A registered region: the daemon's own mmap of the file and a dup of its
+ * fd. Refcounted: the core's handle is one reference, each area another.
+ * A device's BAR is a region too, owned by the device (dev != NULL). */
+struct sim_region {
+	struct dmb_bregion base;
+	_Atomic unsigned long refs;
+	int fd;
+	uint8_t *mem;                    /* MAP_SHARED, `size` bytes */
+	uint64_t size;
+	uint64_t page_size;
+	uint64_t file_dev, file_ino;     /* the file's identity (fstat) */
+	bool writable;
+	struct sim_dev *dev;             /* BAR regions: the device (lives as long
+					  * as the backend); NULL for RAM */
+	unsigned bar;
+};
+
+struct sim_dev {
+	struct dmb_bdev base;            /* base.ctx mirrors ctx */
+	struct sim_backend *be;
+	struct sim_ctx *ctx;             /* attached context; NULL while closed
+					  * (dev_lock) */
+	LIST_ENTRY(sim_dev) link;        /* in ctx->devs (dev_lock) */
+	unsigned index;                  /* "sim-<index>" */
+	char bdf[SIM_BDF_LEN + 1];
+	uint32_t bdf_packed;
+	int cfg_fd;                      /* 256-byte config space memfd */
+	uint64_t cfg_ino;
+	struct sim_region *bar0;         /* the device's reference */
+	uint32_t slot;                   /* its DEV record in ctx's table while
+					  * attached */
+	_Atomic uint32_t resets;
+};
+
+struct sim_area {
+	union {
+		RB_ENTRY(sim_area) link; /* in sim_ctx.areas */
+		struct sim_area *next_free; /* in sim_ctx.cache */
+	};
+	uint64_t iova;
+	uint64_t last;                   /* inclusive */
+	uint64_t offset;                 /* into region */
+	struct sim_region *region;       /* one reference held; NULL for an area
+					  * adopted from a previous process and
+					  * not claimed yet (map_adopt) */
+	uint32_t prot;
+	uint32_t slot;                   /* its record in the context's table */
+	uint8_t kind;                    /* SIM_REC_RAM or SIM_REC_BAR */
+};
+
+struct sim_reserved {
+	uint64_t start;
+	uint64_t last;                   /* inclusive */
+	const char *what;                /* for error sentences */
+};
+
+RB_HEAD(sim_area_tree, sim_area);
+
+static inline int sim_area_cmp(const struct sim_area *a, const struct sim_area *b)
+{
+	return a->iova < b->iova ? -1 : a->iova > b->iova;
+}
+
+/* Each file that walks the tree generates its own static copy of the tree
+ * functions, so that the compiler inlines them into the map/unmap hot path
+ * as it did when the sim was one file. Not RB_GENERATE_STATIC: libbsd
+ * leaves __unused undefined (it clashes with a glibc struct member). */
+#define SIM_AREA_TREE_GENERATE()                                                   \
+	RB_GENERATE_INTERNAL(sim_area_tree, sim_area, link, sim_area_cmp,          \
+			     __attribute__((unused)) static)
+
+/* A DEV record found by ctx_adopt that no dev_adopt has claimed yet. */
+struct sim_pending_dev {
+	uint32_t bdf;
+	uint32_t slot;
+};
+
+struct sim_ctx {
+	struct dmb_bctx base;
+	struct sim_backend *be;
+	struct sim_table tab;            /* the authoritative state (a memfd) */
+	struct sim_area_tree areas;      /* index of tab: non-overlapping, by iova */
+	uint64_t n_areas;
+	uint64_t mapped;                 /* bytes mapped in this context (RAM + MMIO) */
+	struct sim_area *cache;          /* free area nodes */
+	unsigned n_cache;
+	LIST_HEAD(sim_dev_list, sim_dev) devs; /* attached devices (dev_lock) */
+	struct sim_pending_dev *pending; /* adoption only: unclaimed DEV records */
+	size_t n_pending;
+	/* Sorted by start, non-overlapping. Fixed: devices add none. */
+	struct sim_reserved reserved[SIM_MAX_RESERVED];
+	size_t n_reserved;
+};
+
+static inline struct sim_backend *sim_of(struct dmb_backend *be)
+{
+	return dmb_container_of(be, struct sim_backend, base);
+}
+
+static inline struct sim_ctx *sim_ctx_of(struct dmb_bctx *c)
+{
+	return dmb_container_of(c, struct sim_ctx, base);
+}
+
+static inline struct sim_region *sim_region_of(struct dmb_bregion *r)
+{
+	return dmb_container_of(r, struct sim_region, base);
+}
+
+static inline struct sim_dev *sim_dev_of(struct dmb_bdev *d)
+{
+	return dmb_container_of(d, struct sim_dev, base);
+}
+
+/* sim.c */
+void sim_lock_shared(struct sim_backend *s);
+void sim_lock_excl(struct sim_backend *s);
+void sim_unlock(struct sim_backend *s);
+/* Wraps fd in a region with one reference, mmapped MAP_SHARED. Takes fd
+ * on success only. */
+int sim_region_new(struct sim_backend *s, int fd, uint64_t size, uint64_t page_size,
+		   bool writable, struct sim_region **out, struct dmb_err *e);
+void sim_region_free(struct sim_region *r);
+int sim_ctx_init(struct sim_backend *s, struct sim_ctx **out, struct dmb_err *e);
+void sim_ctx_free(struct sim_ctx *c);
+struct sim_area *sim_area_alloc(struct sim_ctx *c);
+void sim_area_free(struct sim_ctx *c, struct sim_area *a);
+uint64_t sim_area_release(struct sim_ctx *c, struct sim_area *a);
+struct sim_area *sim_area_first_in(struct sim_ctx *c, uint64_t start, uint64_t last);
+int sim_check_args(uint64_t iova, uint64_t length, uint32_t prot, uint64_t *last,
+		   struct dmb_err *e);
+int sim_check_iova(struct sim_ctx *c, uint64_t offset, uint64_t iova, uint64_t length,
+		   uint64_t last, struct dmb_err *e);
+int sim_area_insert(struct sim_ctx *c, struct sim_region *r, uint64_t offset, uint64_t iova,
+		    uint64_t last, uint32_t prot, struct dmb_err *e);
+int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, size_t len,
+		 bool to_memory, struct dmb_err *e);
+int sim_file_id(int fd, uint64_t *dev, uint64_t *ino, struct dmb_err *e);
+
+/* sim_dev.c */
+int sim_devices_create(struct sim_backend *s, const char *const *list, struct dmb_err *e);
+void sim_devices_destroy(struct sim_backend *s);
+struct sim_dev *sim_dev_find(struct sim_backend *s, const char *bdf);
+void sim_dev_list(const struct sim_backend *s, char *buf, size_t size);
+bool sim_bdf_normalize(const char *in, char out[SIM_BDF_LEN + 1]);
+uint32_t sim_bdf_pack(const char bdf[SIM_BDF_LEN + 1]);
+void sim_bdf_unpack(uint32_t v, char out[SIM_BDF_LEN + 1]);
+int sim_cfg_pread(const struct sim_dev *d, uint32_t off, void *buf, size_t len, struct dmb_err *e);
+int sim_cfg_command(const struct sim_dev *d, uint16_t *cmd, struct dmb_err *e);
+void sim_dev_info_fill(const struct sim_dev *d, struct dmb_dev_info *info);
+void sim_dev_rec(const struct sim_dev *d, struct sim_rec_body *b);
+void sim_dev_attach(struct sim_ctx *c, struct sim_dev *d, uint32_t slot);
+
+int sim_dev_open(struct dmb_bctx *bc, const char *bdf, struct dmb_bdev **out,
+		 struct dmb_dev_info *info, struct dmb_err *e);
+void sim_dev_close(struct dmb_bdev *bd);
+int sim_dev_fd(struct dmb_bdev *bd);
+int sim_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
+		     struct dmb_err *e);
+int sim_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
+			struct dmb_err *e);
+int sim_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
+			 struct dmb_err *e);
+int sim_dev_reset(struct dmb_bdev *bd, struct dmb_err *e);
+int sim_map_bar(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, uint64_t offset,
+		uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e);
+int sim_dev_dma(struct dmb_bdev *bd, uint64_t iova, void *buf, size_t len, bool to_memory,
+		struct dmb_err *e);
+
+/* sim_adopt.c */
+int sim_ctx_fds(struct dmb_bctx *bc, struct dmb_fdset *out);
+int sim_dev_fds(struct dmb_bdev *bd, struct dmb_fdset *out);
+int sim_ctx_adopt(struct dmb_backend *be, const struct dmb_fdset *fds, struct dmb_bctx **out,
+		  struct dmb_err *e);
+int sim_dev_adopt(struct dmb_bctx *bc, const char *bdf, const struct dmb_fdset *fds,
+		  struct dmb_bdev **out, struct dmb_dev_info *info, struct dmb_err *e);
+int sim_map_adopt(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, uint64_t iova,
+		  uint64_t length, uint32_t prot, struct dmb_err *e);
+int sim_map_bar_adopt(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, uint64_t offset,
+		      uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e);
+int sim_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e);
+int sim_ctx_prepare_handover(struct dmb_bctx *bc, struct dmb_err *e);
+
+/* ---- hot-path inlines --------------------------------------------------- */
+
+static inline void sim_region_ref(struct sim_region *r)
+{
+	atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+static inline void sim_region_unref(struct sim_region *r)
+{
+	/* acq_rel: the last dropper must see every other holder's use of it. */
+	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
+		sim_region_free(r);
+}
+
+static inline void sim_unpin(struct sim_ctx *c, uint64_t bytes)
+{
+	if (bytes)
+		atomic_fetch_sub_explicit(&c->be->pinned, bytes, memory_order_relaxed);
+}
