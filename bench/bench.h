@@ -43,6 +43,8 @@ enum {
 	BENCH_SCALE = 1u << 2,
 	BENCH_HOL = 1u << 3,
 	BENCH_CLIENTS = 1u << 4,
+	BENCH_REVOKE = 1u << 5,
+	BENCH_RESTART = 1u << 6,
 };
 
 /* ---- time --------------------------------------------------------------- */
@@ -72,7 +74,7 @@ void samples_free(struct samples *s);
 enum verdict { V_NONE, V_PASS, V_MISS };
 
 struct result {
-	char bench[24];       /* small, batch, scale, hol, clients */
+	char bench[24];       /* small, batch, scale, hol, clients, revoke, restart */
 	char name[64];        /* the figure */
 	char placement[12];   /* pinned, unpinned, "" */
 	double value;
@@ -140,6 +142,10 @@ struct bdaemon {
 /* Starts dmabrokerd (sim backend, log level warning) on a private socket and
  * waits until it accepts connections; under o->daemon_prefix when set. */
 int bdaemon_start(struct bdaemon *d, const struct bench_opts *o, bool populate);
+/* The same, with more configuration appended (sections of their own, e.g.
+ * "[devices]\nallow = ...\n"); may be NULL. */
+int bdaemon_start_cfg(struct bdaemon *d, const struct bench_opts *o, bool populate,
+		      const char *extra_config);
 /* SIGTERM, then waits; returns <0 if it did not exit cleanly. */
 int bdaemon_stop(struct bdaemon *d);
 /* VmRSS of pid in KiB, or -1. */
@@ -186,3 +192,5 @@ void bench_batch(const struct bench_opts *o);
 void bench_scale(const struct bench_opts *o);
 void bench_hol(const struct bench_opts *o);
 void bench_clients(const struct bench_opts *o);
+void bench_revoke(const struct bench_opts *o);
+void bench_restart(const struct bench_opts *o);

@@ -460,6 +460,12 @@ static int try_connect(const char *path)
 
 int bdaemon_start(struct bdaemon *d, const struct bench_opts *o, bool populate)
 {
+	return bdaemon_start_cfg(d, o, populate, NULL);
+}
+
+int bdaemon_start_cfg(struct bdaemon *d, const struct bench_opts *o, bool populate,
+		      const char *extra_config)
+{
 	const char *bin = o->daemon;
 	memset(d, 0, sizeof(*d));
 	snprintf(d->dir, sizeof(d->dir), "/tmp/dmb-bench-XXXXXX");
@@ -476,6 +482,8 @@ int bdaemon_start(struct bdaemon *d, const struct bench_opts *o, bool populate)
 	fprintf(f, "[daemon]\nsocket = %s\nsocket_mode = 0600\nbackend = sim\nlog_level = warning\n"
 		   "sim_populate = %s\n[limits]\nmappings_per_context = 4194304\nsessions = 4096\n",
 		d->sock, populate ? "yes" : "no");
+	if (extra_config)
+		fputs(extra_config, f);
 	fclose(f);
 
 	d->pid = fork();
