@@ -456,6 +456,21 @@ static void rpc_seeds(void)
 	simple(DESTROY, I(1)); /* with a device open */
 	emit("rpc", "device-command");
 
+	/* reclaim: refused without an fd store, and with a wrong token */
+	hello();
+	ctx_create(false);
+	{
+		static uint8_t token[32];
+		Dmb__ContextReclaim r = DMB__CONTEXT_RECLAIM__INIT;
+		r.context_id = I(1);
+		r.token.data = token;
+		r.token.len = sizeof(token);
+		r.want_fds = true;
+		pkt_flags = 0;
+		BODY(q, CONTEXT_RECLAIM, context_reclaim, &r);
+	}
+	emit("rpc", "reclaim");
+
 	/* mistakes */
 	simple(STATS, 0); /* before the handshake */
 	hello();
