@@ -30,7 +30,8 @@ struct dmb_client {
 	size_t evq_len;
 	uint64_t events_dropped;
 	int timeout_ms;               /* per call; 0: wait forever (dmb_set_timeout) */
-	bool restart_lost;            /* a RESTARTED event said the request in flight is lost */
+	bool restart_lost;            /* a RESTARTED event: nothing of ours was queued */
+	uint64_t probe_id;            /* the probe sent to tell lost from late */
 };
 
 static const char *const code_names[] = {
@@ -242,6 +243,15 @@ static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int
 
 /* With a timeout, the whole wait (events that arrive meanwhile included) is
  * bounded by one deadline; SO_RCVTIMEO is the backstop for each receive. */
+static int lost_in_restart(struct dmb_client *c)
+{
+	c->err = (struct dmb_error){ .code = DMB_UNAVAILABLE, .sys_errno = EAGAIN };
+	snprintf(c->err.message, sizeof(c->err.message),
+		 "the broker restarted while handling this request; it may or may not have been "
+		 "applied: retry it");
+	return -EAGAIN;
+}
+
 static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **reply, int *rfds,
 		      size_t *nrfds)
 {
@@ -266,21 +276,36 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 			return timed_out(c, "waiting for the reply");
 		if (r < 0)
 			return transport_error(c, r, "receiving the reply");
-		if (!rep && c->restart_lost && !any) {
-			/* The broker restarted and our request was not in its socket
-			 * any more: no answer will come. It may or may not have been
-			 * applied; the caller retries. */
+		if (!rep && c->restart_lost && !any && !c->probe_id) {
+			/* The broker restarted and found nothing of ours queued: our
+			 * request was either lost with the old process, or sent after
+			 * the new one started (and will be answered). Tell which with
+			 * a probe: requests are answered in order, so if the probe's
+			 * reply comes first, ours is not coming. */
 			c->restart_lost = false;
-			c->err = (struct dmb_error){ .code = DMB_UNAVAILABLE, .sys_errno = EAGAIN };
-			snprintf(c->err.message, sizeof(c->err.message),
-				 "the broker restarted while handling this request; it may or may not "
-				 "have been applied: retry it");
-			return -EAGAIN;
+			Dmb__Request pr = DMB__REQUEST__INIT;
+			Dmb__Stats ps = DMB__STATS__INIT;
+			pr.body_case = DMB__REQUEST__BODY_STATS;
+			pr.stats = &ps;
+			pr.id = c->next_id++;
+			uint8_t pbuf[64];
+			size_t plen = dmb__request__pack(&pr, pbuf);
+			if (wire_send(c->fd, pbuf, plen, NULL, 0, false) == 0)
+				c->probe_id = pr.id;
+			else
+				return lost_in_restart(c);
+			continue;
 		}
 		if (!rep)
 			continue;
+		if (c->probe_id && rep->id == c->probe_id) {
+			c->probe_id = 0;
+			dmb__reply__free_unpacked(rep, NULL);
+			return lost_in_restart(c);
+		}
 		/* id 0 answers a packet the broker could not read at all. */
 		if (any || rep->id == id || rep->id == 0) {
+			c->probe_id = 0; /* its reply, if any, comes later and is dropped */
 			if (nrfds)
 				*nrfds = n;
 			*reply = rep;
@@ -296,6 +321,7 @@ int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfd
 	     Dmb__Reply **reply, int *rfds, size_t *nrfds)
 {
 	c->restart_lost = false; /* only a restart during this call counts */
+	c->probe_id = 0;
 	req->id = c->next_id++;
 	size_t len = dmb__request__get_packed_size(req);
 	if (len > DMB_MAX_PACKET) {
@@ -450,8 +476,12 @@ int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
 		c->evq_len--;
 		Dmb__Event *e = it->ev;
 		free(it);
-		struct dmb_range rg[64];
-		size_t nr = e->n_ranges < 64 ? e->n_ranges : 64;
+		struct dmb_range one, *rg = &one;
+		size_t nr = e->n_ranges;
+		if (nr > 1 && !(rg = malloc(nr * sizeof(*rg)))) {
+			rg = &one;
+			nr = 0; /* out of memory: the event comes without its ranges */
+		}
 		for (size_t i = 0; i < nr; i++)
 			rg[i] = (struct dmb_range){ e->ranges[i]->iova, e->ranges[i]->length };
 		struct dmb_event ev = {
@@ -461,6 +491,8 @@ int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
 		};
 		if (cb)
 			cb(&ev, opaque);
+		if (rg != &one)
+			free(rg);
 		dmb__event__free_unpacked(e, NULL);
 		n++;
 	}

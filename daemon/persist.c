@@ -14,6 +14,7 @@
 #include "persist.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/event.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -40,7 +41,11 @@ static void store_fd(const char *name, int fd)
 {
 	char msg[300];
 	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
-	int r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1);
+	int r;
+	/* ETOOMANYREFS: this uid has more fds in flight on unix sockets than its
+	 * fd limit (other clients of ours sending fds); they drain quickly. */
+	for (int i = 0; (r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1)) == -ETOOMANYREFS && i < 50; i++)
+		usleep(2000);
 	if (r <= 0)
 		log_ratelimited(LOG_ERR, "could not store fd '%s' in the fd store: %s", name,
 				r < 0 ? strerror(-r) : "no NOTIFY_SOCKET");
@@ -156,7 +161,17 @@ static int h_region_add(void *o, struct dmb_region *r, struct dmb_err *e)
 	struct persist *p = o;
 	char name[64];
 	snprintf(name, sizeof(name), "region.%" PRIu64, r->id);
-	store_fd(name, r->fd);
+	/* The store keeps one fd per open file description: the same memfd
+	 * registered in two contexts (one description, passed twice) would be
+	 * dropped as a duplicate. Store a fresh description of the same file. */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", r->fd);
+	int own = open(path, (r->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (own < 0)
+		return dmb_fail(e, DMB_E_INTERNAL, errno,
+				"cannot reopen region %" PRIu64 " for the fd store: %m", r->id);
+	store_fd(name, own);
+	close(own);
 	uint32_t flags = (r->writable ? JRNL_REGION_WRITABLE : 0) | (r->hugetlb ? JRNL_REGION_HUGETLB : 0);
 	int ret = APPEND(p, e, jrnl_append_region_add(p->j, r->ctx->id, r->id, r->size, r->page_size,
 						      flags, name, &_je));
@@ -498,6 +513,13 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		struct dmb_dev_info info = { 0 };
 		struct dmb_err de = { 0 };
 		r = ops->dev_adopt ? ops->dev_adopt(bctx, jd->bdf, &dfds, &bdev, &info, &de) : -EOPNOTSUPP;
+		if (r == -ENOENT && ops->dev_open) {
+			/* Detached from the backend just before the crash: attach it
+			 * again, under its journaled id. */
+			close_set(&dfds);
+			dmb_err_clear(&de);
+			r = ops->dev_open(bctx, jd->bdf, &bdev, &info, &de);
+		}
 		if (r < 0) {
 			log_error("context %" PRIu64 ": device %s could not be re-adopted: %s", jc->id,
 				  jd->bdf, de.msg[0] ? de.msg : strerror(-r));
@@ -747,6 +769,30 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 		}
 	}
 
+	/* Non-persistent contexts whose session ended while we were down go
+	 * now, before the snapshot (which then does not know them). */
+	struct dmb_ctx *c, *next;
+	for (c = RB_MIN(dmb_ctx_tree, &srv->core.contexts); c; c = next) {
+		next = RB_NEXT(dmb_ctx_tree, &srv->core.contexts, c);
+		if (!c->owner && !c->persistent) {
+			log_info("context %" PRIu64 " released: its session ended while the broker was "
+				 "down", c->id);
+			/* Not journaled (the snapshot comes next), but its fds must
+			 * leave the store, or systemd keeps its kernel objects. */
+			unstore_set("ctx", c->id, &c->stored);
+			struct dmb_device *d;
+			TAILQ_FOREACH(d, &c->devices, link)
+				unstore_set("dev", d->id, &d->stored);
+			struct dmb_region *reg;
+			RB_FOREACH(reg, dmb_region_tree, &c->regions) {
+				char name[64];
+				snprintf(name, sizeof(name), "region.%" PRIu64, reg->id);
+				unstore(name);
+			}
+			ctx_destroy(c);
+		}
+	}
+
 	/* Journal from now on: a snapshot of the model as it stands. */
 	struct jrnl *fresh;
 	struct dmb_err se = { 0 };
@@ -777,16 +823,6 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	if (p->ev_grace)
 		event_add(p->ev_grace, &tv);
 
-	/* Non-persistent contexts whose session ended while we were down. */
-	struct dmb_ctx *c, *next;
-	for (c = RB_MIN(dmb_ctx_tree, &srv->core.contexts); c; c = next) {
-		next = RB_NEXT(dmb_ctx_tree, &srv->core.contexts, c);
-		if (!c->owner && !c->persistent) {
-			log_info("context %" PRIu64 " released: its session ended while the broker was "
-				 "down", c->id);
-			ctx_destroy(c);
-		}
-	}
 	return 0;
 }
 

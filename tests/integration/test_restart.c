@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -223,6 +224,138 @@ static void test_restart_under_load(void **state)
 	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
 }
 
+struct killer {
+	long delay_us;
+	int result;
+};
+
+static void *killer_main(void *arg)
+{
+	struct killer *k = arg;
+	struct timespec ts = { 0, k->delay_us * 1000L };
+	nanosleep(&ts, NULL);
+	k->result = fds_restart(&H, SIGKILL);
+	return NULL;
+}
+
+/* SIGKILL while a client maps and unmaps big batches: after every restart
+ * each batch is wholly present or wholly absent, and DMA agrees. */
+#define BATCH 512
+#define BATCH_IOVA 0x40000000ull
+static void test_sigkill_mid_batch(void **state)
+{
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *c = client_connect(&d, "batcher");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create(c, "b", &ctx));
+	int m = make_memfd(BATCH * PG, 0);
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, m, 0, &ri));
+	struct dmb_map_entry *e = calloc(BATCH, sizeof(*e));
+	for (size_t i = 0; i < BATCH; i++)
+		e[i] = (struct dmb_map_entry){ ri.region, i * PG, BATCH_IOVA + i * 2 * PG, PG,
+					       DMB_READ | DMB_WRITE };
+	struct dmb_range all = { BATCH_IOVA, BATCH * 2 * PG };
+	for (int round = 0; round < 8; round++) {
+		/* Fire the batch while another thread kills the daemon (it may be
+		 * working on the batch) and starts the next one: the call then
+		 * either completes or fails with a retry-able error. */
+		struct killer k = { .delay_us = round * 150 };
+		pthread_t kt;
+		assert_int_equal(pthread_create(&kt, NULL, killer_main, &k), 0);
+		int r = dmb_map_batch(c, ctx, e, BATCH);
+		pthread_join(kt, NULL);
+		if (k.result < 0) {
+			fds_dump_log(&H);
+			fail_msg("round %d: the restart failed: %s", round, strerror(-k.result));
+		}
+		if (r < 0 && r != -EAGAIN)
+			fail_msg("round %d: map batch failed with a non-retryable error: %s", round,
+				 dmb_last_error(c)->message);
+		d.pid = H.pid;
+		/* Whatever happened, the batch is all there or all gone. */
+		struct dmb_stats s2;
+		int sr;
+		for (int i = 0; i < 50 && (sr = dmb_stats(c, ctx, &s2)) == -EAGAIN; i++)
+			;
+		assert_ok(c, sr);
+		if (s2.mappings != 0 && s2.mappings != BATCH)
+			fail_msg("round %d: %llu of %d batch mappings survived (map returned %d)", round,
+				 (unsigned long long)s2.mappings, BATCH, r);
+		uint8_t buf[16];
+		int r0 = dmb_sim_dma_read(c, ctx, e[0].iova, buf, 16);
+		int rn = dmb_sim_dma_read(c, ctx, e[BATCH - 1].iova, buf, 16);
+		if (s2.mappings == BATCH) {
+			assert_ok(c, r0);
+			assert_ok(c, rn);
+			check_dma(c, ctx, m, (BATCH / 2) * PG, e[BATCH / 2].iova, 64, (unsigned)round);
+			uint64_t bytes;
+			int ur;
+			for (int i = 0; i < 50 && (ur = dmb_unmap_batch(c, ctx, &all, 1, &bytes)) == -EAGAIN; i++)
+				;
+			assert_ok(c, ur);
+		} else {
+			assert_true(r0 < 0 && rn < 0);
+		}
+		assert_int_equal(daemon_totals(&d).pinned_bytes, 0);
+	}
+	free(e);
+	close(m);
+	dmb_close(c);
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
+/* An idle client across restarts: its connection survives, and its next
+ * request is answered once, not mistaken for one lost in the restart. */
+static void test_idle_client_across_restart(void **state)
+{
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *c = client_connect(&d, "idle");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create(c, "before", &ctx));
+	int sigs[] = { SIGTERM, SIGKILL, SIGTERM };
+	for (unsigned i = 0; i < 3; i++) {
+		restart(sigs[i]);
+		assert_ok(c, dmb_context_create(c, "after", &ctx));
+		struct dmb_stats st;
+		assert_ok(c, dmb_stats(c, 0, &st));
+		assert_int_equal(st.contexts, i + 2);
+	}
+	dmb_close(c);
+	d.pid = H.pid;
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
+/* The same memfd registered in two contexts comes back in both: the fd
+ * store keeps one fd per open file description. */
+static void test_shared_memfd_across_restart(void **state)
+{
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *c = client_connect(&d, "shared");
+	int m = make_memfd(1 << 20, 0);
+	uint64_t ctx[2];
+	for (int i = 0; i < 2; i++) {
+		struct dmb_region_info ri;
+		assert_ok(c, dmb_context_create(c, "s", &ctx[i]));
+		assert_ok(c, dmb_region_register(c, ctx[i], m, 0, &ri));
+		struct dmb_map_entry e = { ri.region, 0, 0x100000, 1 << 20, DMB_READ | DMB_WRITE };
+		assert_ok(c, dmb_map(c, ctx[i], &e));
+	}
+	restart(SIGKILL);
+	for (int i = 0; i < 2; i++)
+		check_dma(c, ctx[i], m, 4096 * (unsigned)i, 0x100000 + 4096 * (unsigned)i, 4096,
+			  (unsigned)i + 7);
+	close(m);
+	dmb_close(c);
+	d.pid = H.pid;
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
 static void test_persistent_context_and_reclaim(void **state)
 {
 	start("[persist]\ngrace_period_s = 2\n");
@@ -316,6 +449,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_restart_under_load, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sigkill_mid_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_client_across_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_shared_memfd_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),
 	};
