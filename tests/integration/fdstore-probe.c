@@ -222,8 +222,11 @@ static void check_passed(char *want)
 		if (!(fcntl(SD_LISTEN_FDS_START, F_GETFL) & O_NONBLOCK))
 			fail("fd 3 is blocking (systemd's listeners are O_NONBLOCK)");
 	}
-	qsort(names + (n > 0), (size_t)(n > 0 ? n - 1 : 0), sizeof(char *), cmp_str);
-	qsort(exp + (m > 0), (size_t)(m > 0 ? m - 1 : 0), sizeof(char *), cmp_str);
+	/* qsort's array must not be NULL even for zero elements (UBSan). */
+	if (n > 1)
+		qsort(names + 1, (size_t)(n - 1), sizeof(char *), cmp_str);
+	if (m > 1)
+		qsort(exp + 1, (size_t)(m - 1), sizeof(char *), cmp_str);
 	for (int i = 1; i < n; i++)
 		if (strcmp(names[i], exp[i]) != 0)
 			fail("passed names differ at sorted position %d: %s, want %s", i, names[i],
