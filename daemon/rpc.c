@@ -662,40 +662,50 @@ static int rpc_list_devices(struct rpc_call *c, struct dmb_err *e)
 	return 0;
 }
 
+/* One simulated DMA: through a context's page table (ctx) or by a device's
+ * engine (dev). Both request kinds share the checks and the reply. */
+static int sim_dma(struct rpc_call *c, const char *what, struct dmb_ctx *ctx, struct dmb_device *dev,
+		   uint64_t iova, uint32_t length, bool to_memory, const ProtobufCBinaryData *data,
+		   struct dmb_err *e)
+{
+	if (length == 0 || length > DMB_MAX_SIM_DMA)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s length must be 1..%u bytes",
+				what, DMB_MAX_SIM_DMA);
+	uint64_t last;
+	if (!dmb_range_last(iova, length, &last))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
+	Dmb__SimDmaReply *b = &c->body.sim_dma;
+	dmb__sim_dma_reply__init(b);
+	uint8_t *buf = data->data;
+	if (to_memory) {
+		if (data->len != length)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"%s to memory carries %zu bytes of data but length %u", what,
+					data->len, length);
+	} else {
+		buf = rpc_alloc(c, length);
+		if (!buf)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	int r = dev ? device_sim_dma(dev, iova, buf, length, to_memory, e)
+		    : ctx_sim_dma(ctx, iova, buf, length, to_memory, e);
+	if (r < 0)
+		return r;
+	if (!to_memory) {
+		b->data.data = buf;
+		b->data.len = length;
+	}
+	SET_BODY(c, sim_dma, SIM_DMA);
+	return 0;
+}
+
 static int rpc_sim_device_dma(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__SimDeviceDma *q = c->req->sim_device_dma;
 	struct dmb_device *d = need_device(c, q->device_id, e);
 	if (!d)
 		return -ENOENT;
-	if (q->length == 0 || q->length > DMB_MAX_SIM_DMA)
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "SimDeviceDma length must be 1..%u bytes",
-				DMB_MAX_SIM_DMA);
-	uint64_t last;
-	if (!dmb_range_last(q->iova, q->length, &last))
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
-	Dmb__SimDmaReply *b = &c->body.sim_dma;
-	dmb__sim_dma_reply__init(b);
-	if (q->to_memory) {
-		if (q->data.len != q->length)
-			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
-					"SimDeviceDma to memory carries %zu bytes of data but length %u",
-					q->data.len, q->length);
-		int r = device_sim_dma(d, q->iova, q->data.data, q->length, true, e);
-		if (r < 0)
-			return r;
-	} else {
-		uint8_t *buf = rpc_alloc(c, q->length);
-		if (!buf)
-			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-		int r = device_sim_dma(d, q->iova, buf, q->length, false, e);
-		if (r < 0)
-			return r;
-		b->data.data = buf;
-		b->data.len = q->length;
-	}
-	SET_BODY(c, sim_dma, SIM_DMA);
-	return 0;
+	return sim_dma(c, "SimDeviceDma", NULL, d, q->iova, q->length, q->to_memory, &q->data, e);
 }
 
 /* ------------------------------------------------------------ sim DMA */
@@ -706,35 +716,7 @@ static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
 	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
 	if (!ctx)
 		return -ENOENT;
-	if (q->length == 0 || q->length > DMB_MAX_SIM_DMA)
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "SimDma length must be 1..%u bytes",
-				DMB_MAX_SIM_DMA);
-	uint64_t last;
-	if (!dmb_range_last(q->iova, q->length, &last))
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
-
-	Dmb__SimDmaReply *b = &c->body.sim_dma;
-	dmb__sim_dma_reply__init(b);
-	if (q->to_memory) {
-		if (q->data.len != q->length)
-			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
-					"SimDma to memory carries %zu bytes of data but length %u",
-					q->data.len, q->length);
-		int r = ctx_sim_dma(ctx, q->iova, q->data.data, q->length, true, e);
-		if (r < 0)
-			return r;
-	} else {
-		uint8_t *buf = rpc_alloc(c, q->length);
-		if (!buf)
-			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-		int r = ctx_sim_dma(ctx, q->iova, buf, q->length, false, e);
-		if (r < 0)
-			return r;
-		b->data.data = buf;
-		b->data.len = q->length;
-	}
-	SET_BODY(c, sim_dma, SIM_DMA);
-	return 0;
+	return sim_dma(c, "SimDma", ctx, NULL, q->iova, q->length, q->to_memory, &q->data, e);
 }
 
 /* ------------------------------------------------------------ events, stats */

@@ -128,17 +128,13 @@ int region_validate_fd(int fd, uint64_t *size, uint64_t *page_size, bool *writab
 	return 0;
 }
 
-int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_region **out,
-		    struct dmb_err *e)
+/* Validates the fd (taken: closed on failure) and prepares the backend side;
+ * the region is not yet visible and has no id. */
+static int region_prepare(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_region **out,
+			  struct dmb_err *e)
 {
 	_cleanup_close_ int owned = fd;
 	struct dmb_core *core = ctx->core;
-
-	uint32_t max_regions = ctx->owner->pol.limits.regions_per_context;
-	if (ctx->n_regions >= max_regions)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit regions_per_context (%u) reached", max_regions);
-
 	struct dmb_region_desc d = { .fd = owned, .size = size };
 	const char *kind = NULL;
 	int r = region_validate_fd(owned, &d.size, &d.page_size, &d.writable, &d.hugetlb, &kind, e);
@@ -148,13 +144,10 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 	_cleanup_free_ struct dmb_region *reg = calloc(1, sizeof(*reg));
 	if (!reg)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-
 	r = core->be->ops->region_open(core->be, &d, &reg->breg, e);
 	if (r < 0)
 		return dmb_fail(e, dmb_code_from_errno(r), -r, "the backend could not prepare the region: %s",
 				strerror(-r));
-
-	reg->id = core_new_id(core);
 	reg->ctx = ctx;
 	reg->fd = TAKE_FD(owned);
 	reg->size = d.size;
@@ -162,50 +155,57 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 	reg->writable = d.writable;
 	reg->hugetlb = d.hugetlb;
 	reg->kind = kind;
+	*out = TAKE_PTR(reg);
+	return 0;
+}
+
+/* Commit: the region becomes visible under its id. */
+static void region_link(struct dmb_ctx *ctx, struct dmb_region *reg)
+{
+	RB_INSERT(dmb_region_tree, &ctx->regions, reg);
+	ctx->n_regions++;
+	ctx->core->n_regions++;
+}
+
+int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_region **out,
+		    struct dmb_err *e)
+{
+	struct dmb_core *core = ctx->core;
+	uint32_t max_regions = ctx->owner->pol.limits.regions_per_context;
+	if (ctx->n_regions >= max_regions) {
+		safe_close(fd);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
+				"limit regions_per_context (%u) reached", max_regions);
+	}
+	struct dmb_region *reg;
+	int r = region_prepare(ctx, fd, size, &reg, e);
+	if (r < 0)
+		return r;
+	reg->id = core_new_id(core);
 	if (core->jh) {
 		r = core->jh->region_add(core->jh->opaque, reg, e);
 		if (r < 0) {
-			region_free(TAKE_PTR(reg));
+			region_free(reg);
 			return r;
 		}
 	}
-	RB_INSERT(dmb_region_tree, &ctx->regions, reg);
-	ctx->n_regions++;
-	core->n_regions++;
-	*out = TAKE_PTR(reg);
+	region_link(ctx, reg);
+	*out = reg;
 	return 0;
 }
 
 int region_adopt(struct dmb_ctx *ctx, uint64_t id, int fd, uint64_t size, struct dmb_region **out,
 		 struct dmb_err *e)
 {
-	_cleanup_close_ int owned = fd;
-	struct dmb_core *core = ctx->core;
-	struct dmb_region_desc d = { .fd = owned, .size = size };
-	const char *kind = NULL;
-	int r = region_validate_fd(owned, &d.size, &d.page_size, &d.writable, &d.hugetlb, &kind, e);
-	if (r < 0)
-		return r;
-	_cleanup_free_ struct dmb_region *reg = calloc(1, sizeof(*reg));
-	if (!reg)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	r = core->be->ops->region_open(core->be, &d, &reg->breg, e);
+	struct dmb_region *reg;
+	int r = region_prepare(ctx, fd, size, &reg, e);
 	if (r < 0)
 		return r;
 	reg->id = id;
-	reg->ctx = ctx;
-	reg->fd = TAKE_FD(owned);
-	reg->size = d.size;
-	reg->page_size = d.page_size;
-	reg->writable = d.writable;
-	reg->hugetlb = d.hugetlb;
-	reg->kind = kind;
-	RB_INSERT(dmb_region_tree, &ctx->regions, reg);
-	ctx->n_regions++;
-	core->n_regions++;
-	if (core->next_id <= id)
-		core->next_id = id + 1;
-	*out = TAKE_PTR(reg);
+	region_link(ctx, reg);
+	if (ctx->core->next_id <= id)
+		ctx->core->next_id = id + 1;
+	*out = reg;
 	return 0;
 }
 
