@@ -23,10 +23,7 @@ setup() { # dir, options...
 fail_build=0
 setup build || fail_build=1
 setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dvm_tests=false -Dbench=false || fail_build=1
-# clang -Werror: the -Wno-s silence two warnings gcc does not have, in code
-# outside tests/fuzz (backend/uapi/vfio_cdev.h, util/err.c).
-CC=clang setup build-fuzz -Dfuzz=true -Dtests=true -Dvm_tests=false -Dbench=false \
-  "-Dc_args=-Wno-gnu-variable-sized-type-not-at-end -Wno-format-nonliteral" || fail_build=1
+CC=clang setup build-fuzz -Dfuzz=true -Dtests=true -Dvm_tests=false -Dbench=false || fail_build=1
 if [ $fail_build -ne 0 ]; then
   echo "build failed"
   echo "0 passed, 1 failed"

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+__attribute__((format(printf, 5, 0)))
 static int fail_v(struct dmb_err *e, int force, int code, int err, const char *fmt, va_list ap)
 {
 	if (e && (force || e->code == 0)) {

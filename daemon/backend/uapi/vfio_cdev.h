@@ -89,10 +89,20 @@ struct dmb_vfio_device_feature_dma_buf {
 	struct dmb_vfio_region_dma_range dma_ranges[];
 };
 
-/* The whole VFIO_DEVICE_FEATURE argument for a one-range export. */
+/* The whole VFIO_DEVICE_FEATURE argument for a one-range export. The
+ * headers are spelled out without their flexible arrays (a struct ending in
+ * one may not be nested before other members). */
 struct dmb_vfio_dma_buf_one {
-	struct vfio_device_feature hdr; /* argsz = sizeof(*this), flags GET | 11 */
-	struct dmb_vfio_device_feature_dma_buf buf;
+	struct {
+		uint32_t argsz;  /* sizeof(*this) */
+		uint32_t flags;  /* VFIO_DEVICE_FEATURE_GET | 11 */
+	} hdr;                   /* struct vfio_device_feature */
+	struct {
+		uint32_t region_index;
+		uint32_t open_flags;
+		uint32_t flags;
+		uint32_t nr_ranges;
+	} buf;                   /* struct dmb_vfio_device_feature_dma_buf */
 	struct dmb_vfio_region_dma_range range;
 };
 
