@@ -216,24 +216,19 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 }
 
 /* Forget entries [from, to) of a batch that never reached the kernel. */
-static void map_drop_pending(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t from,
+static void map_drop_pending(struct dmb_ctx *ctx, struct dmb_mapping **nodes, size_t from,
 			     size_t to)
 {
-	for (size_t i = from; i < to; i++) {
-		struct dmb_mapping *m = map_find(ctx, reqs[i].iova);
-		if (m && m->iova == reqs[i].iova)
-			map_remove(ctx, m);
-	}
+	for (size_t i = from; i < to; i++)
+		map_remove(ctx, nodes[i]);
 }
 
-/* Undo the first n mappings of a failed batch (they are in the tree). */
-static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n)
+/* Undo the first n mappings of a failed batch (they are in the kernel). */
+static void map_rollback(struct dmb_ctx *ctx, struct dmb_mapping **nodes, size_t n)
 {
 	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	for (size_t i = n; i-- > 0;) {
-		struct dmb_mapping *m = map_find(ctx, reqs[i].iova);
-		if (!m)
-			continue;
+		struct dmb_mapping *m = nodes[i];
 		uint64_t bytes = 0;
 		struct dmb_err e = { 0 };
 		int r = ops->unmap(ctx->bctx, m->iova, m->length, &bytes, &e);
@@ -248,11 +243,10 @@ static void map_rollback(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, si
 	}
 }
 
-static const struct dmb_range *sort_base;
-
-static int range_idx_cmp(const void *x, const void *y)
+static int range_idx_cmp(const void *x, const void *y, void *base)
 {
-	uint64_t a = sort_base[*(const size_t *)x].iova, b = sort_base[*(const size_t *)y].iova;
+	const struct dmb_range *rg = base;
+	uint64_t a = rg[*(const size_t *)x].iova, b = rg[*(const size_t *)y].iova;
 	return a < b ? -1 : a > b;
 }
 
@@ -274,8 +268,7 @@ static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, siz
 	}
 	for (size_t i = 0; i < n; i++)
 		idx[i] = i;
-	sort_base = rg; /* single-threaded core */
-	qsort(idx, n, sizeof(*idx), range_idx_cmp);
+	qsort_r(idx, n, sizeof(*idx), range_idx_cmp, (void *)rg);
 	bool ok = true;
 	for (size_t i = 1; i < n && ok; i++) {
 		const struct dmb_range *p = &rg[idx[i - 1]], *q = &rg[idx[i]];
@@ -320,7 +313,16 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 
 	/* 1. Check every entry in order against the model, which includes the
 	 * entries before it (recorded as pending), before anything is journaled
-	 * or reaches the kernel. */
+	 * or reaches the kernel. nodes[] keeps the pending records so the later
+	 * steps need no second lookup. */
+	struct dmb_mapping *one_node, **nodes = &one_node;
+	_cleanup_free_ struct dmb_mapping **many_nodes = NULL;
+	if (n > 1) {
+		many_nodes = malloc(n * sizeof(*many_nodes));
+		if (!many_nodes)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+		nodes = many_nodes;
+	}
 	size_t done = 0;
 	int r = 0;
 	for (; done < n; done++) {
@@ -338,11 +340,12 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 			.region = reg, .prot = reqs[done].prot,
 		};
 		map_insert(ctx, m);
+		nodes[done] = m;
 	}
 	if (r < 0) {
 		if (e)
 			e->index = (uint32_t)done;
-		map_drop_pending(ctx, reqs, 0, done);
+		map_drop_pending(ctx, nodes, 0, done);
 		return r;
 	}
 
@@ -353,7 +356,7 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 	if (jh) {
 		r = jh->map_add(jh->opaque, ctx, reqs, n, e);
 		if (r < 0) {
-			map_drop_pending(ctx, reqs, 0, n);
+			map_drop_pending(ctx, nodes, 0, n);
 			return r;
 		}
 	}
@@ -361,16 +364,16 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 	/* 3. The kernel, in order; all or nothing. */
 	for (size_t i = 0; i < n; i++) {
 		const struct dmb_map_req *q = &reqs[i];
-		struct dmb_mapping *m = map_find(ctx, q->iova);
-		r = ops->map(ctx->bctx, m->region->breg, q->offset, q->iova, q->length, q->prot, e);
+		r = ops->map(ctx->bctx, nodes[i]->region->breg, q->offset, q->iova, q->length, q->prot,
+			     e);
 		if (r < 0) {
 			dmb_fail(e, dmb_code_from_errno(r), -r,
 				 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64 ": %s",
 				 q->length, q->iova, strerror(-r));
 			if (e)
 				e->index = (uint32_t)i;
-			map_rollback(ctx, reqs, i);
-			map_drop_pending(ctx, reqs, i, n);
+			map_rollback(ctx, nodes, i);
+			map_drop_pending(ctx, nodes, i, n);
 			if (jh) {
 				/* The batch was journaled whole: take it back whole. Its
 				 * ranges overlap nothing else (checked in step 1). */
