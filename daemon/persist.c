@@ -359,13 +359,12 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
  * old one is removed, so a crash in between finds both and keeps the
  * higher generation (a snapshot starts at generation 1: we name them by
  * our own counter, carried in the name). */
-static uint64_t jrnl_gen_counter;
 
 static int swap_journal(struct persist *p, struct jrnl *fresh)
 {
 	char newname[64], oldname[64];
-	uint64_t oldgen = jrnl_gen_counter++;
-	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, jrnl_gen_counter);
+	uint64_t oldgen = p->generation++;
+	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, p->generation);
 	snprintf(oldname, sizeof(oldname), "jrnl.%" PRIu64, oldgen);
 	store_fd(newname, jrnl_fd(fresh));
 	if (p->j)
@@ -729,7 +728,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 			jfd = st->fd[i];
 		}
 	}
-	jrnl_gen_counter = best;
+	p->generation = best;
 	p->enabled = true;
 	srv->core.jh = NULL; /* restoring journals nothing */
 	int r = 0;

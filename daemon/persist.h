@@ -40,6 +40,7 @@ struct persist {
 	struct server *srv;
 	bool enabled;
 	struct jrnl *j;
+	uint64_t generation;       /* of the stored journal's name, jrnl.<generation> */
 	uint64_t watermark;       /* ids below are journaled as used */
 	uint64_t appends;         /* since the last compaction check */
 	bool broken;              /* an append failed: mutations are refused */
