@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <event2/event.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,18 +38,33 @@
 
 /* ------------------------------------------------------------ fd store */
 
-static void store_fd(const char *name, int fd)
+/* 0, or a negative errno when the fd store did not take it. */
+static int store_fd(const char *name, int fd)
 {
 	char msg[300];
 	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
 	int r;
 	/* ETOOMANYREFS: this uid has more fds in flight on unix sockets than its
-	 * fd limit (other clients of ours sending fds); they drain quickly. */
+	 * fd limit (other clients of ours sending fds); they drain quickly.
+	 * Wait with poll: it is in the seccomp allow-list, (clock_)nanosleep
+	 * is not, and a sleep there killed the daemon. */
 	for (int i = 0; (r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1)) == -ETOOMANYREFS && i < 50; i++)
-		usleep(2000);
-	if (r <= 0)
+		(void)poll(NULL, 0, 2);
+	if (r <= 0) {
 		log_ratelimited(LOG_ERR, "could not store fd '%s' in the fd store: %s", name,
 				r < 0 ? strerror(-r) : "no NOTIFY_SOCKET");
+		return r < 0 ? r : -ENOTCONN;
+	}
+	return 0;
+}
+
+/* What a client hears when an object's fds could not be kept: without them
+ * a restart would lose the object, so the request is refused. */
+static int store_failed(int r, const char *what, uint64_t id, struct dmb_err *e)
+{
+	return dmb_fail(e, DMB_E_UNAVAILABLE, -r,
+			"%s %" PRIu64 " could not be kept in the fd store (%s), so it would not "
+			"survive a restart; retry", what, id, strerror(-r));
 }
 
 static void unstore(const char *name)
@@ -59,16 +75,20 @@ static void unstore(const char *name)
 }
 
 /* Stores a backend object's fds as <prefix>.<id>.<name> and remembers the
- * names (for FDSTOREREMOVE when the object goes). */
-static void store_set(const char *prefix, uint64_t id, const struct dmb_fdset *fds,
-		      struct dmb_fdset *names)
+ * names (for FDSTOREREMOVE when the object goes). Returns the first failure
+ * (the others are still stored, so the names stay complete). */
+static int store_set(const char *prefix, uint64_t id, const struct dmb_fdset *fds,
+		     struct dmb_fdset *names)
 {
+	int ret = 0;
 	struct dmb_fdset old = *names;
 	names->n = 0;
 	for (size_t i = 0; i < fds->n && i < DMB_MAX_OBJ_FDS; i++) {
 		char name[64];
 		snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, fds->e[i].name);
-		store_fd(name, fds->e[i].fd);
+		int r = store_fd(name, fds->e[i].fd);
+		if (r < 0 && ret == 0)
+			ret = r;
 		names->e[names->n].fd = -1;
 		snprintf(names->e[names->n].name, sizeof(names->e[0].name), "%s", fds->e[i].name);
 		names->n++;
@@ -84,6 +104,7 @@ static void store_set(const char *prefix, uint64_t id, const struct dmb_fdset *f
 			unstore(name);
 		}
 	}
+	return ret;
 }
 
 static void unstore_set(const char *prefix, uint64_t id, struct dmb_fdset *names)
@@ -96,12 +117,13 @@ static void unstore_set(const char *prefix, uint64_t id, struct dmb_fdset *names
 	names->n = 0;
 }
 
-static void store_ctx(struct dmb_ctx *ctx)
+static int store_ctx(struct dmb_ctx *ctx)
 {
 	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	struct dmb_fdset fds = { 0 };
 	if (ops->ctx_fds && ops->ctx_fds(ctx->bctx, &fds) == 0)
-		store_set("ctx", ctx->id, &fds, &ctx->stored);
+		return store_set("ctx", ctx->id, &fds, &ctx->stored);
+	return 0;
 }
 
 /* ------------------------------------------------------------ journal */
@@ -135,7 +157,9 @@ static void maybe_compact(struct persist *p);
 static int h_ctx_create(void *o, struct dmb_ctx *ctx, struct dmb_err *e)
 {
 	struct persist *p = o;
-	store_ctx(ctx);
+	int r = store_ctx(ctx);
+	if (r < 0)
+		return store_failed(r, "context", ctx->id, e);
 	uint32_t flags = ctx->persistent ? JRNL_CTX_PERSISTENT : 0;
 	return APPEND(p, e, jrnl_append_ctx_create(p->j, ctx->id, ctx->owner->session_id,
 						    ctx->owner->uid, ctx->owner->gid, flags, ctx->name,
@@ -170,8 +194,10 @@ static int h_region_add(void *o, struct dmb_region *r, struct dmb_err *e)
 	if (own < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, errno,
 				"cannot reopen region %" PRIu64 " for the fd store: %m", r->id);
-	store_fd(name, own);
+	int sr = store_fd(name, own);
 	close(own);
+	if (sr < 0)
+		return store_failed(sr, "region", r->id, e);
 	uint32_t flags = (r->writable ? JRNL_REGION_WRITABLE : 0) | (r->hugetlb ? JRNL_REGION_HUGETLB : 0);
 	int ret = APPEND(p, e, jrnl_append_region_add(p->j, r->ctx->id, r->id, r->size, r->page_size,
 						      flags, name, &_je));
@@ -245,9 +271,12 @@ static int h_device_add(void *o, struct dmb_device *d, struct dmb_err *e)
 	struct persist *p = o;
 	const struct dmb_backend_ops *ops = d->ctx->core->be->ops;
 	struct dmb_fdset fds = { 0 };
+	int r = 0;
 	if (ops->dev_fds && ops->dev_fds(d->bdev, &fds) == 0)
-		store_set("dev", d->id, &fds, &d->stored);
-	store_ctx(d->ctx); /* type1: a new group */
+		r = store_set("dev", d->id, &fds, &d->stored);
+	int rc = store_ctx(d->ctx); /* type1: a new group */
+	if (r < 0 || rc < 0)
+		return store_failed(r < 0 ? r : rc, "device", d->id, e);
 	return APPEND(p, e, jrnl_append_device_add(p->j, d->ctx->id, d->id, d->bdf, &_je));
 }
 
@@ -358,15 +387,19 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 /* Replaces the journal with a snapshot: the new one is stored before the
  * old one is removed, so a crash in between finds both and keeps the
  * higher generation (a snapshot starts at generation 1: we name them by
- * our own counter, carried in the name). */
-
+ * our own counter, carried in the name). If the store does not take the new
+ * journal, the old one stays in use (and fresh is closed). */
 static int swap_journal(struct persist *p, struct jrnl *fresh)
 {
 	char newname[64], oldname[64];
-	uint64_t oldgen = p->generation++;
-	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, p->generation);
-	snprintf(oldname, sizeof(oldname), "jrnl.%" PRIu64, oldgen);
-	store_fd(newname, jrnl_fd(fresh));
+	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, p->generation + 1);
+	snprintf(oldname, sizeof(oldname), "jrnl.%" PRIu64, p->generation);
+	int r = store_fd(newname, jrnl_fd(fresh));
+	if (r < 0) {
+		jrnl_close(fresh);
+		return r;
+	}
+	p->generation++;
 	if (p->j)
 		unstore(oldname);
 	jrnl_close(p->j);
@@ -391,7 +424,8 @@ static void maybe_compact(struct persist *p)
 		log_warning("journal compaction failed (the journal keeps growing): %s", e.msg);
 		return;
 	}
-	swap_journal(p, fresh);
+	if (swap_journal(p, fresh) < 0)
+		return; /* the old journal goes on; the next check tries again */
 	log_info("journal compacted to %" PRIu64 " bytes (%" PRIu64 " mappings)",
 		 jrnl_committed(p->j), core->n_mappings);
 }
@@ -803,7 +837,16 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 		return dmb_fail(e, DMB_E_INTERNAL, ENOMEM, "cannot start a state journal: %s", se.msg);
 	}
 	p->j = old;
-	swap_journal(p, fresh);
+	int sr = swap_journal(p, fresh);
+	if (sr < 0 && !p->j) {
+		p->enabled = false;
+		log_error("the state journal could not be put in the fd store (%s): persistence is "
+			  "off, and a restart will unmap everything", strerror(-sr));
+		return 0;
+	}
+	if (sr < 0)
+		log_warning("the start-up snapshot could not be put in the fd store (%s); the restored "
+			    "journal stays in use", strerror(-sr));
 
 	static struct dmb_journal_hooks hooks;
 	hooks = hooks_template;
@@ -831,7 +874,9 @@ void persist_session_new(struct persist *p, uint64_t id, int fd)
 		return;
 	char name[64];
 	snprintf(name, sizeof(name), "session.%" PRIu64, id);
-	store_fd(name, fd);
+	/* A connection that could not be stored still works; it just ends with
+	 * this process (store_fd logged why). */
+	(void)store_fd(name, fd);
 }
 
 bool persist_handover(struct persist *p)
