@@ -46,6 +46,19 @@ static void start(const char *extra)
 	}
 }
 
+/* client_connect, but a failure shows the daemon's log (the reason is
+ * there, not in the client's errno). */
+static struct dmb_client *connect_or_dump(const struct daemon *d, const char *name)
+{
+	struct dmb_client *c = NULL;
+	int r = dmb_connect(d->sock, name, &c);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("connect to %s: %s", d->sock, strerror(-r));
+	}
+	return c;
+}
+
 static void restart(int sig)
 {
 	int r = fds_restart(&H, sig);
@@ -174,7 +187,7 @@ static void test_restart_under_load(void **state)
 	start("[persist]\ngrace_period_s = 60\n");
 	struct daemon d = as_daemon();
 	struct worker *w = calloc(1, sizeof(*w));
-	w->c = client_connect(&d, "restart-worker");
+	w->c = connect_or_dump(&d, "restart-worker");
 	assert_ok(w->c, dmb_context_create(w->c, "vm", &w->ctx));
 	w->memfd = make_memfd(SLOTS * PG, 0);
 	struct dmb_region_info ri;
@@ -246,7 +259,7 @@ static void test_sigkill_mid_batch(void **state)
 {
 	start(NULL);
 	struct daemon d = as_daemon();
-	struct dmb_client *c = client_connect(&d, "batcher");
+	struct dmb_client *c = connect_or_dump(&d, "batcher");
 	uint64_t ctx;
 	assert_ok(c, dmb_context_create(c, "b", &ctx));
 	int m = make_memfd(BATCH * PG, 0);
@@ -312,7 +325,7 @@ static void test_idle_client_across_restart(void **state)
 {
 	start(NULL);
 	struct daemon d = as_daemon();
-	struct dmb_client *c = client_connect(&d, "idle");
+	struct dmb_client *c = connect_or_dump(&d, "idle");
 	uint64_t ctx;
 	assert_ok(c, dmb_context_create(c, "before", &ctx));
 	int sigs[] = { SIGTERM, SIGKILL, SIGTERM };
@@ -335,7 +348,7 @@ static void test_shared_memfd_across_restart(void **state)
 {
 	start(NULL);
 	struct daemon d = as_daemon();
-	struct dmb_client *c = client_connect(&d, "shared");
+	struct dmb_client *c = connect_or_dump(&d, "shared");
 	int m = make_memfd(1 << 20, 0);
 	uint64_t ctx[2];
 	for (int i = 0; i < 2; i++) {
@@ -360,7 +373,7 @@ static void test_persistent_context_and_reclaim(void **state)
 {
 	start("[persist]\ngrace_period_s = 2\n");
 	struct daemon d = as_daemon();
-	struct dmb_client *a = client_connect(&d, "vmm-1");
+	struct dmb_client *a = connect_or_dump(&d, "vmm-1");
 	uint64_t ctx;
 	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
 	assert_ok(a, dmb_context_create_persistent(a, "persistent-vm", &ctx, token));
@@ -376,7 +389,7 @@ static void test_persistent_context_and_reclaim(void **state)
 	/* ... and the broker restarts too, hard. */
 	restart(SIGKILL);
 	d.pid = H.pid;
-	struct dmb_client *b = client_connect(&d, "vmm-2");
+	struct dmb_client *b = connect_or_dump(&d, "vmm-2");
 	uint8_t wrong[DMB_RECLAIM_TOKEN_SIZE];
 	memcpy(wrong, token, sizeof(wrong));
 	wrong[0] ^= 1;
@@ -393,7 +406,7 @@ static void test_persistent_context_and_reclaim(void **state)
 	check_dma(b, ctx, info.regions[0].fd, 0, 0x100000, PG, 2);
 	check_dma(b, ctx, info.regions[0].fd, (1 << 20) - PG, 0x100000 + (1 << 20) - PG, PG, 3);
 	/* A spent token is refused, for anyone. */
-	struct dmb_client *c3 = client_connect(&d, "vmm-3");
+	struct dmb_client *c3 = connect_or_dump(&d, "vmm-3");
 	assert_code(c3, dmb_context_reclaim(c3, ctx, old, NULL), DMB_PERMISSION_DENIED);
 	dmb_close(c3);
 
@@ -415,7 +428,7 @@ static void test_session_ended_while_down(void **state)
 {
 	start(NULL);
 	struct daemon d = as_daemon();
-	struct dmb_client *a = client_connect(&d, "short");
+	struct dmb_client *a = connect_or_dump(&d, "short");
 	uint64_t ctx;
 	assert_ok(a, dmb_context_create(a, "gone-with-session", &ctx));
 	int m = make_memfd(1 << 20, 0);
