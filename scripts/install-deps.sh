@@ -12,6 +12,9 @@ pkgs=(
   clang libclang-rt-14-dev
   # VM test tier
   qemu-system-x86 busybox-static cpio kexec-tools xz-utils
+  # VM test tier, the systemd guest (vm-systemd): its rootfs is assembled from these
+  # packages' files, and systemd-analyze scores the unit
+  systemd udev dbus-daemon dbus-bin
   # D-Bus tests
   dbus
 )
