@@ -7,6 +7,7 @@
 # every restart systemd makes, with edu DMA checked byte by byte all along.
 . /lib/vmtest/guest-lib.sh
 VMTEST_CHECK_TIMEOUT=60
+PATH=/usr/local/sbin:$PATH # the tree installs dmabrokerd under its prefix
 SOCK=/run/dmabroker/dmabroker.sock
 BDF=0000:01:00.0 # the only device vm-systemd.conf allows
 # The security exposure the unit must stay at or under (systemd-analyze security: 2.0
@@ -121,6 +122,66 @@ restart_keeps_mappings() {
 	say "pid $_old -> $DPID: $_l"
 }
 
+BUS_NAME=org.dmabroker.Broker1
+BUS_PATH=/org/dmabroker/Broker1
+
+# bus_get PROPERTY: busctl's "TYPE VALUE" of one property of the management object.
+bus_get() { busctl get-property "$BUS_NAME" "$BUS_PATH" "$BUS_NAME" "$1"; }
+
+dbus_object() {
+	_i=$(busctl introspect --no-pager "$BUS_NAME" "$BUS_PATH") || bad "busctl introspect failed" || return 1
+	echo "$_i" | grep -E "^$BUS_NAME |\.(Mappings|PinnedBytes|Version) " | sed 's/  */ /g; s/^/vmtest: | /'
+	echo "$_i" | grep -q "^$BUS_NAME  *interface" || bad "no interface $BUS_NAME in the introspection" || return 1
+	# The name belongs to the service's main process (the restarted one).
+	_p=$(busctl status "$BUS_NAME" | sed -n 's/^PID=//p')
+	[ "$_p" = "$DPID" ] || bad "$BUS_NAME is owned by pid '$_p', MainPID is $DPID" || return 1
+	_v=$(bus_get Version) && _b=$(bus_get Backend) && _m=$(bus_get Mappings) && _pb=$(bus_get PinnedBytes) ||
+		bad "busctl get-property failed" || return 1
+	say "Version $_v, Backend $_b, Mappings $_m, PinnedBytes $_pb"
+	_want="s \"$(dmabrokerd --version | sed 's/^dmabrokerd //')\""
+	[ "$_v" = "$_want" ] || bad "Version is $_v, dmabrokerd --version says $_want" || return 1
+	[ "$_b" = 's "vfio-type1"' ] && [ "$_m" = "t 2" ] && [ "$_pb" = "t $((2 * 1024 * 1024))" ] ||
+		bad "the object does not describe the client's two 1 MiB mappings on vfio-type1"
+}
+
+# The daemon pings: WatchdogTimestamp moves on while it runs. Then it stops pinging
+# (SIGSTOP): systemd kills it and the next process takes over from the fd store.
+watchdog() {
+	mkdir -p /run/systemd/system/dmabroker.service.d
+	printf '[Service]\nWatchdogSec=4s\n' >/run/systemd/system/dmabroker.service.d/50-vmtest.conf
+	systemctl daemon-reload || return 1
+	_old=$DPID
+	systemctl restart dmabroker.service || return 1
+	new_main "$_old" || bad "no new pid after the restart with WatchdogSec=4s" || return 1
+	DPID=$(prop dmabroker.service MainPID)
+	_w=$(prop dmabroker.service WatchdogUSec)
+	[ "$_w" = 4s ] || bad "WatchdogUSec is '$_w'" || return 1
+	ask check || return 1
+	_t0=$(prop dmabroker.service WatchdogTimestampMonotonic)
+	wait_until 10 pinged "$_t0" || bad "no WATCHDOG=1 from pid $DPID (WatchdogTimestamp stays $_t0)" || return 1
+	_n0=$(prop dmabroker.service NRestarts)
+	say "pid $DPID pings (WatchdogTimestamp $_t0 -> $(prop dmabroker.service WatchdogTimestampMonotonic)); SIGSTOP"
+	_old=$DPID
+	kill -STOP "$_old" || return 1
+	# The device keeps DMAing through the mappings while the daemon is frozen.
+	ask dma || return 1
+	wait_until 60 new_main "$_old" || bad "pid $_old stopped pinging and systemd did not restart it" || return 1
+	DPID=$(prop dmabroker.service MainPID)
+	_n1=$(prop dmabroker.service NRestarts)
+	[ "$_n1" -gt "$_n0" ] || bad "NRestarts $_n0 -> $_n1" || return 1
+	journalctl -u dmabroker.service -o cat | grep -i 'watchdog timeout' | sed 's/^/vmtest: | /'
+	journalctl -u dmabroker.service -o cat | grep -qi 'watchdog timeout' ||
+		bad "no 'Watchdog timeout' in the journal" || return 1
+	ask check || return 1
+	[ "$(field pid)" = "$DPID" ] || bad "answers come from pid $(field pid), MainPID is $DPID" || return 1
+	_l=$(journalctl -u dmabroker.service -o cat _PID="$DPID" | grep -E 'restored 1 context\(s\) and 2 mapping\(s\)')
+	[ -n "$_l" ] || bad "no 'restored 1 context(s) and 2 mapping(s)' line from pid $DPID" || return 1
+	say "watchdog: pid $_old -> $DPID (NRestarts $_n0 -> $_n1): $_l"
+	rm -rf /run/systemd/system/dmabroker.service.d
+	systemctl daemon-reload
+}
+pinged() { [ "$(prop dmabroker.service WatchdogTimestampMonotonic)" != "$1" ]; }
+
 security_score() {
 	_out=$(systemd-analyze security --no-pager dmabroker.service 2>&1)
 	echo "$_out" | grep -F '✗' | sed 's/  */ /g; s/^/vmtest: | /'
@@ -152,6 +213,8 @@ step socket-activation activation
 if [ "$VMTEST_FAILED" -eq 0 ]; then
 	step status-line status_line
 	step restart-keeps-mappings restart_keeps_mappings
+	step dbus-object dbus_object
+	step watchdog-restart watchdog
 	step unmap-through-broker unmap_proof
 	step service-stop stop_all
 fi
