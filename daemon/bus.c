@@ -157,6 +157,9 @@ static int check_admin(struct bus *b, sd_bus_message *m, const char *method, uid
 	const gid_t *gids = NULL;
 	int ng = sd_bus_creds_get_supplementary_gids(c, &gids);
 
+	log_debug("D-Bus: %s from %s: uid %d gid %d pid %d, %s supplementary groups", method,
+		  strna(sd_bus_message_get_sender(m)), (int)uid, (int)gid, (int)pid,
+		  ng < 0 ? "no" : "with");
 	struct server *srv = b->srv;
 	bool admin = false;
 	if (uid == 0) {
