@@ -207,8 +207,9 @@ static int rpc_context_destroy(struct rpc_call *c, struct dmb_err *e)
 	struct dmb_ctx *ctx = need_ctx(c, c->req->context_destroy->context_id, e);
 	if (!ctx)
 		return -ENOENT;
-	log_info("session %" PRIu64 ": context %" PRIu64 " destroyed (%" PRIu64 " mappings)", c->s->id,
-		 ctx->id, ctx->n_mappings);
+	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " destroyed (%" PRIu64
+		 " mappings)", c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid, ctx->id,
+		 ctx->n_mappings);
 	ctx_destroy(ctx);
 	return 0;
 }

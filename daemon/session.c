@@ -134,7 +134,8 @@ void session_free(struct session *s)
 		outpkt_free(p);
 	}
 	close(s->fd);
-	log_debug("session %" PRIu64 ": closed after %" PRIu64 " requests", s->id, s->n_requests);
+	log_debug("session %" PRIu64 " (uid %u pid %d '%s'): closed after %" PRIu64 " requests", s->id,
+		  (unsigned)s->cred.uid, (int)s->cred.pid, s->name, s->n_requests);
 	free(s);
 }
 

@@ -15,8 +15,10 @@ pkgs=(
   # VM test tier, the systemd guest (vm-systemd): its rootfs is assembled from these
   # packages' files, and systemd-analyze scores the unit
   systemd udev dbus-daemon dbus-bin
-  # D-Bus tests
+  # D-Bus tests (test_mgmt starts a private dbus-daemon)
   dbus
+  # man page lint (docs/man/lint.sh: groff -ww)
+  groff-base
 )
 
 missing=()
