@@ -969,8 +969,44 @@ static void test_status_and_watchdog(void **state)
 	fds_counters(&h, &cnt);
 	assert_true(cnt.watchdog >= 2);
 
+	/* Revoked under the fd store: the context stays gone across a restart
+	 * (the journal records the removal), while a second context of the
+	 * same client comes back with its mapping, still moving bytes. */
+	uint64_t keep;
+	assert_ok(c, dmb_context_create(c, "keep", &keep));
+	struct dmb_region_info ri2;
+	int memfd2 = make_memfd(MiB, 83);
+	assert_ok(c, dmb_region_register(c, keep, memfd2, 0, &ri2));
+	me.region = ri2.region;
+	assert_ok(c, dmb_map(c, keep, &me));
+	struct dmb_client *adm = NULL;
+	assert_int_equal(dmb_connect(h.sock, "admin", &adm), 0);
+	struct dmb_revoke_info rv;
+	assert_ok(adm, dmb_revoke_context(adm, ctx, &rv));
+	assert_int_equal(rv.unmapped, 1);
+	dmb_close(adm);
+	r = fds_restart(&h, SIGTERM);
+	if (r != 0) {
+		fds_dump_log(&h);
+		fail_msg("restart: %s", strerror(-r));
+	}
+	assert_int_equal(dmb_connect(h.sock, "admin", &adm), 0);
+	struct dmb_context_info *ci = NULL;
+	size_t n = 0;
+	assert_ok(adm, dmb_list_contexts(adm, true, &ci, &n));
+	bool have_keep = false;
+	for (size_t i = 0; i < n; i++) {
+		assert_true(ci[i].context != ctx);
+		have_keep |= ci[i].context == keep && ci[i].mappings == 1;
+	}
+	free(ci);
+	dmb_close(adm);
+	assert_true(have_keep);
+	check_dma(c, keep, memfd2, 0, 0x100000000ull, 4096, 84);
+
 	dmb_close(c);
 	close(memfd);
+	close(memfd2);
 	assert_int_equal(fds_wait_notify(&h, "STATUS=0 clients, 0 contexts, 0 mappings, 0 B pinned; handoff normal",
 					 10000, NULL, 0), 0);
 	int ws = fds_stop(&h, SIGTERM);
