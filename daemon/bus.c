@@ -75,15 +75,16 @@ static void bus_lost(struct bus *b, int r)
 	b->bus = sd_bus_close_unref(b->bus);
 }
 
+/* Also called from inside sd-bus callbacks (a method that emits a signal):
+ * never tears the connection down; a broken one makes the fd readable and
+ * process_cb() finds the error. */
 static void rearm(struct bus *b)
 {
 	if (!b->bus)
 		return;
 	int ev = sd_bus_get_events(b->bus);
-	if (ev < 0) {
-		bus_lost(b, ev);
+	if (ev < 0)
 		return;
-	}
 	bool want_write = (ev & POLLOUT) != 0;
 	if (want_write != b->write_armed) {
 		if (want_write)
