@@ -342,6 +342,43 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 		      struct dmb_mapping_info *out, size_t cap, size_t *n, bool *more,
 		      uint64_t *next);
 
+struct dmb_client_info {
+	uint64_t session;
+	uint32_t uid, gid, pid;
+	char name[65];
+	bool admin;
+	uint32_t contexts;
+	uint64_t mappings;
+	uint64_t pinned_bytes;
+	uint32_t devices;
+	uint64_t requests;
+	uint64_t connected_ms;
+};
+
+struct dmb_revoke_info {
+	uint64_t context;
+	uint64_t unmapped;        /* mappings the context held */
+	uint64_t unmapped_bytes;
+	uint32_t devices;         /* devices closed */
+	uint64_t owner_session;   /* 0: no session owned it (persistent, detached) */
+	uint32_t owner_uid;
+};
+
+struct dmb_reload_info {
+	uint32_t sessions;        /* sessions whose policy was re-resolved */
+	uint32_t policy_sections;
+	char path[256];           /* the file read; "" for the built-in defaults */
+};
+
+/* Admin sessions only. *out is malloc'ed; free() it. */
+int dmb_list_clients(struct dmb_client *c, struct dmb_client_info **out, size_t *n);
+/* Admin: kills any client's context (unmaps everything, closes its devices,
+ * releases its regions); its owner gets DMB_EV_CONTEXT_LOST. out may be NULL. */
+int dmb_revoke_context(struct dmb_client *c, uint64_t context, struct dmb_revoke_info *out);
+/* Admin: re-reads the broker's configuration (as SIGHUP); a bad file changes
+ * nothing and fails with DMB_INVALID_ARGUMENT naming file:line. */
+int dmb_reload_policy(struct dmb_client *c, struct dmb_reload_info *out);
+
 #ifdef __cplusplus
 }
 #endif

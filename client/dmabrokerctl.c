@@ -8,6 +8,9 @@
  *                             P2P (peer BAR) mappings marked as such
  *   list devices [--all]      open devices: command register, reset, revocation
  *                             counters and the P2P mappings importing their BARs
+ *   list clients              connected sessions with identity and usage (admin)
+ *   revoke CONTEXT            kill any client's context; its owner is told (admin)
+ *   reload                    re-read the broker's configuration, as SIGHUP (admin)
  *   iova-ranges CONTEXT       usable IOVA ranges, alignment and the backend's mapping limit
  *   policy check FILE [--uid N --gid N]
  *                             validates a configuration file and its FILE.d/ drop-ins
@@ -632,6 +635,136 @@ static int cmd_iova_ranges(struct ctl *ctl)
 	return finish_output();
 }
 
+/* ------------------------------------------------------------ list clients */
+
+static void client_row(const void *rows, size_t i, char cells[][CELL_MAX])
+{
+	const struct dmb_client_info *x = (const struct dmb_client_info *)rows + i;
+
+	snprintf(cells[0], CELL_MAX, "%" PRIu64, x->session);
+	text_sanitize(cells[1], CELL_MAX, x->name[0] ? x->name : "-");
+	snprintf(cells[2], CELL_MAX, "%" PRIu32, x->uid);
+	snprintf(cells[3], CELL_MAX, "%" PRIu32, x->gid);
+	snprintf(cells[4], CELL_MAX, "%" PRIu32, x->pid);
+	snprintf(cells[5], CELL_MAX, "%s", x->admin ? "yes" : "-");
+	snprintf(cells[6], CELL_MAX, "%" PRIu32, x->contexts);
+	snprintf(cells[7], CELL_MAX, "%" PRIu64, x->mappings);
+	fmt_bytes(x->pinned_bytes, cells[8], CELL_MAX);
+	snprintf(cells[9], CELL_MAX, "%" PRIu32, x->devices);
+	snprintf(cells[10], CELL_MAX, "%" PRIu64, x->requests);
+	fmt_uptime(x->connected_ms, cells[11], CELL_MAX);
+}
+
+static void clients_json(const struct dmb_client_info *v, size_t n)
+{
+	struct json j = { .f = stdout };
+
+	json_open(&j, NULL, '{');
+	json_open(&j, "clients", '[');
+	for (size_t i = 0; i < n; i++) {
+		json_open(&j, NULL, '{');
+		json_u64(&j, "session", v[i].session);
+		json_str(&j, "name", v[i].name);
+		json_u64(&j, "uid", v[i].uid);
+		json_u64(&j, "gid", v[i].gid);
+		json_u64(&j, "pid", v[i].pid);
+		json_bool(&j, "admin", v[i].admin);
+		json_u64(&j, "contexts", v[i].contexts);
+		json_u64(&j, "mappings", v[i].mappings);
+		json_u64(&j, "pinned_bytes", v[i].pinned_bytes);
+		json_u64(&j, "devices", v[i].devices);
+		json_u64(&j, "requests", v[i].requests);
+		json_u64(&j, "connected_ms", v[i].connected_ms);
+		json_close(&j, '}');
+	}
+	json_close(&j, ']');
+	json_close(&j, '}');
+}
+
+static int cmd_list_clients(struct ctl *ctl)
+{
+	static const struct column cols[] = {
+		{ "SESSION", true }, { "NAME", false }, { "UID", true }, { "GID", true },
+		{ "PID", true }, { "ADMIN", false }, { "CONTEXTS", true }, { "MAPPINGS", true },
+		{ "PINNED", true }, { "DEVICES", true }, { "REQUESTS", true }, { "CONNECTED", true },
+	};
+	struct dmb_client_info *v = NULL;
+	size_t n = 0;
+	int r = dmb_list_clients(ctl->c, &v, &n);
+
+	if (r < 0) {
+		int rc = call_failed(ctl, r, "list clients");
+		if (r == -EPERM)
+			fprintf(stderr, PROG ": hint: list clients needs an admin session\n");
+		return rc;
+	}
+	if (ctl->json)
+		clients_json(v, n);
+	else
+		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, client_row, NULL, NULL);
+	free(v);
+	return finish_output();
+}
+
+/* ------------------------------------------------------------ revoke, reload */
+
+static int cmd_revoke(struct ctl *ctl)
+{
+	struct dmb_revoke_info info;
+	int r = dmb_revoke_context(ctl->c, ctl->context, &info);
+	char b[32];
+
+	if (r < 0)
+		return call_failed(ctl, r, "revoke");
+	if (ctl->json) {
+		struct json j = { .f = stdout };
+		json_open(&j, NULL, '{');
+		json_u64(&j, "context", info.context);
+		json_u64(&j, "unmapped", info.unmapped);
+		json_u64(&j, "unmapped_bytes", info.unmapped_bytes);
+		json_u64(&j, "devices_closed", info.devices);
+		json_u64(&j, "owner_session", info.owner_session); /* 0: none */
+		json_u64(&j, "owner_uid", info.owner_uid);
+		json_close(&j, '}');
+	} else {
+		printf("Context %" PRIu64 " revoked: %" PRIu64 " mapping%s (%s) unmapped, %" PRIu32
+		       " device%s closed; ",
+		       info.context, info.unmapped, info.unmapped == 1 ? "" : "s",
+		       fmt_bytes(info.unmapped_bytes, b, sizeof(b)), info.devices,
+		       info.devices == 1 ? "" : "s");
+		if (info.owner_session)
+			printf("session %" PRIu64 " (uid %" PRIu32 ") was told.\n", info.owner_session,
+			       info.owner_uid);
+		else
+			printf("it had no session.\n");
+	}
+	return finish_output();
+}
+
+static int cmd_reload(struct ctl *ctl)
+{
+	struct dmb_reload_info info;
+	int r = dmb_reload_policy(ctl->c, &info);
+
+	if (r < 0)
+		return call_failed(ctl, r, "reload");
+	if (ctl->json) {
+		struct json j = { .f = stdout };
+		json_open(&j, NULL, '{');
+		json_str(&j, "path", info.path);
+		json_u64(&j, "policy_sections", info.policy_sections);
+		json_u64(&j, "sessions", info.sessions);
+		json_close(&j, '}');
+	} else {
+		printf("Policy reloaded from %s: %" PRIu32 " policy section%s, %" PRIu32
+		       " session%s updated; mappings unchanged.\n",
+		       info.path[0] ? info.path : "(built-in defaults)", info.policy_sections,
+		       info.policy_sections == 1 ? "" : "s", info.sessions,
+		       info.sessions == 1 ? "" : "s");
+	}
+	return finish_output();
+}
+
 /* ------------------------------------------------------------ policy check */
 
 static int cmd_policy_check(struct ctl *ctl)
@@ -656,6 +789,9 @@ static const struct command commands[] = {
 	{ { "list", "contexts" }, OP_NONE, true, false, cmd_list_contexts },
 	{ { "list", "mappings" }, OP_CONTEXT, false, false, cmd_list_mappings },
 	{ { "list", "devices" }, OP_NONE, true, false, cmd_list_devices },
+	{ { "list", "clients" }, OP_NONE, false, false, cmd_list_clients },
+	{ { "revoke", NULL }, OP_CONTEXT, false, false, cmd_revoke },
+	{ { "reload", NULL }, OP_NONE, false, false, cmd_reload },
 	{ { "iova-ranges", NULL }, OP_CONTEXT, false, false, cmd_iova_ranges },
 	{ { "policy", "check" }, OP_FILE, false, true, cmd_policy_check },
 };
@@ -677,6 +813,12 @@ static void usage(FILE *f)
 		"                          command register (mem+/- bm+/-), reset, revocations,\n"
 		"                          restorations, and the P2P mappings importing their BARs;\n"
 		"                          --all (every client's, admin) is the default for admins\n"
+		"  list clients            connected sessions: uid, gid, pid, name, admin, contexts,\n"
+		"                          mappings, pinned bytes, devices, requests (admin)\n"
+		"  revoke CONTEXT          kill any client's context: unmap everything, close its\n"
+		"                          devices, release its memory; its owner is told (admin)\n"
+		"  reload                  re-read the broker's configuration, as SIGHUP; a bad\n"
+		"                          file changes nothing (admin)\n"
 		"  iova-ranges CONTEXT     usable IOVA ranges, alignment, backend mapping limit\n"
 		"                          (only contexts of this session)\n"
 		"  policy check FILE [--uid N --gid N]\n"
@@ -803,8 +945,8 @@ static int run(int argc, char **argv)
 		return usage_error("no command given");
 	const struct command *cmd = find_command(argc, argv, &args);
 	if (!cmd && strcmp(argv[0], "list") == 0)
-		return usage_error("list what? 'list contexts', 'list mappings CONTEXT' or "
-				   "'list devices'");
+		return usage_error("list what? 'list clients', 'list contexts', 'list mappings "
+				   "CONTEXT' or 'list devices'");
 	if (!cmd && strcmp(argv[0], "policy") == 0)
 		return usage_error("policy what? 'policy check FILE'");
 	if (!cmd)

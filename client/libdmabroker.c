@@ -1128,3 +1128,79 @@ int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
 	dmb__reply__free_unpacked(rep, NULL);
 	return r;
 }
+
+int dmb_list_clients(struct dmb_client *c, struct dmb_client_info **out, size_t *n)
+{
+	REQ(q, LIST_CLIENTS, list_clients, Dmb__ListClients, DMB__LIST_CLIENTS__INIT);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_LIST_CLIENTS) {
+		r = bad_body(c, rep, "ListClients");
+		dmb__reply__free_unpacked(rep, NULL);
+		return r;
+	}
+	size_t k = rep->list_clients->n_clients;
+	struct dmb_client_info *arr = calloc(k + 1, sizeof(*arr));
+	if (!arr) {
+		dmb__reply__free_unpacked(rep, NULL);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < k; i++) {
+		const Dmb__ClientInfo *ci = rep->list_clients->clients[i];
+		arr[i] = (struct dmb_client_info){
+			.session = ci->session_id, .uid = ci->uid, .gid = ci->gid, .pid = ci->pid,
+			.admin = ci->admin, .contexts = ci->contexts, .mappings = ci->mappings,
+			.pinned_bytes = ci->pinned_bytes, .devices = ci->devices,
+			.requests = ci->requests, .connected_ms = ci->connected_ms,
+		};
+		snprintf(arr[i].name, sizeof(arr[i].name), "%s", ci->name);
+	}
+	*out = arr;
+	*n = k;
+	dmb__reply__free_unpacked(rep, NULL);
+	return 0;
+}
+
+int dmb_revoke_context(struct dmb_client *c, uint64_t context, struct dmb_revoke_info *out)
+{
+	REQ(q, REVOKE_CONTEXT, revoke_context, Dmb__RevokeContext, DMB__REVOKE_CONTEXT__INIT);
+	q.context_id = context;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_REVOKE_CONTEXT) {
+		r = bad_body(c, rep, "RevokeContext");
+	} else if (out) {
+		const Dmb__RevokeContextReply *b = rep->revoke_context;
+		*out = (struct dmb_revoke_info){
+			.context = b->context_id, .unmapped = b->unmapped,
+			.unmapped_bytes = b->unmapped_bytes, .devices = b->devices,
+			.owner_session = b->owner_session_id, .owner_uid = b->owner_uid,
+		};
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_reload_policy(struct dmb_client *c, struct dmb_reload_info *out)
+{
+	REQ(q, RELOAD_POLICY, reload_policy, Dmb__ReloadPolicy, DMB__RELOAD_POLICY__INIT);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_RELOAD_POLICY) {
+		r = bad_body(c, rep, "ReloadPolicy");
+	} else if (out) {
+		const Dmb__ReloadPolicyReply *b = rep->reload_policy;
+		memset(out, 0, sizeof(*out));
+		out->sessions = b->sessions;
+		out->policy_sections = b->policy_sections;
+		snprintf(out->path, sizeof(out->path), "%s", b->path);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}

@@ -35,6 +35,7 @@ void config_defaults(struct dmb_config *cfg)
 	cfg->p2p_cross_context = true;
 	cfg->n_admin_uids = 1;
 	cfg->admin_uids[0] = 0;
+	cfg->metrics_interval_s = 15;
 }
 
 int config_parse_log_level(const char *s)
@@ -320,6 +321,20 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				return WHY("more than 16 simulated devices");
 			snprintf(cfg->sim_devices[cfg->n_sim_devices++], sizeof(cfg->sim_devices[0]), "%s", t);
 		}
+	} else if (!strcmp(section, "metrics")) {
+		if (!strcmp(key, "textfile")) {
+			size_t n = strlen(value);
+			if (n && (value[0] != '/' || n >= sizeof(cfg->metrics_textfile) ||
+				  value[n - 1] == '/'))
+				return WHY("textfile must be an absolute file path shorter than %zu "
+					   "bytes (or empty: no metrics file)", sizeof(cfg->metrics_textfile));
+			snprintf(cfg->metrics_textfile, sizeof(cfg->metrics_textfile), "%s", value);
+		} else if (!strcmp(key, "interval_s")) {
+			if (parse_u64(value, 3600, &u) < 0 || u < 1)
+				return WHY("interval_s must be from 1 to 3600 seconds");
+			cfg->metrics_interval_s = (uint32_t)u;
+		} else
+			return WHY("unknown key '%s' in [metrics]", key);
 	} else if (!strcmp(section, "admin")) {
 		if (strcmp(key, "uids"))
 			return WHY("unknown key '%s' in [admin]", key);

@@ -56,6 +56,10 @@ struct dmb_config {
 	size_t n_sim_devices;
 	char sim_devices[16][16];
 
+	/* [metrics]: Prometheus text file, rewritten every interval_s ("" = off) */
+	char metrics_textfile[256];
+	uint32_t metrics_interval_s;
+
 	/* [admin] uids */
 	size_t n_admin_uids;
 	uid_t admin_uids[DMB_MAX_ADMINS];

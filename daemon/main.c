@@ -8,7 +8,10 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
+#include "bus.h"
 #include "config.h"
+#include "metrics.h"
+#include "notify.h"
 #include "dmb-build.h"
 #include "sandbox.h"
 #include "server.h"
@@ -28,6 +31,9 @@ static void usage(FILE *f)
 		"      --seccomp=MODE    kill (default): a syscall outside the allow-list kills the\n"
 		"                        daemon (SIGSYS); log: it runs and is logged to the kernel\n"
 		"                        audit log (debugging); off: no filter\n"
+		"      --bus=BUS         the D-Bus management object: system, user (tests:\n"
+		"                        $DBUS_SESSION_BUS_ADDRESS), none, or auto (default: the\n"
+		"                        system bus when started by systemd, else none)\n"
 		"  -V, --version         print the version and exit\n"
 		"  -h, --help            this text\n",
 		DMB_SYSCONFDIR, DMB_DEFAULT_SOCKET);
@@ -40,6 +46,7 @@ struct opts {
 	int log_level;
 	bool sim_populate;
 	int seccomp;
+	int bus;
 };
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -51,12 +58,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "sim-populate", no_argument, NULL, 'P' },
 		{ "seccomp", required_argument, NULL, 'S' },
+		{ "bus", required_argument, NULL, 'B' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	int c;
 	o->log_level = -1;
+	o->bus = BUS_AUTO;
 	while ((c = getopt_long(argc, argv, "c:s:b:l:Vh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o->config = optarg; break;
@@ -67,6 +76,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->seccomp = sandbox_parse_seccomp(optarg);
 			if (o->seccomp < 0) {
 				fprintf(stderr, "dmabrokerd: --seccomp takes kill, log or off, not '%s'\n", optarg);
+				return -EINVAL;
+			}
+			break;
+		case 'B':
+			o->bus = bus_parse_kind(optarg);
+			if (o->bus < 0) {
+				fprintf(stderr, "dmabrokerd: --bus takes system, user, none or auto, not '%s'\n",
+					optarg);
 				return -EINVAL;
 			}
 			break;
@@ -95,17 +112,11 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(arg);
 }
 
-struct reload_ctx {
-	struct server *srv;
-	const char *path;
-};
-
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
-	struct reload_ctx *rc = arg;
 	struct dmb_err e = { 0 };
 	log_info("received SIGHUP; reloading the configuration");
-	(void)server_reload(rc->srv, rc->path, &e);
+	(void)server_reload_policy(arg, &e);
 }
 
 static int run(int argc, char **argv)
@@ -171,8 +182,18 @@ static int run(int argc, char **argv)
 	}
 	static struct server srv;
 	r = server_init(&srv, base, &cfg, be);
+	srv.config_path = cfgfile;
+	/* Management before the sandbox: the bus connection and the metrics
+	 * directory are opened now (connect and open of a directory are not
+	 * in the allow-list). */
+	if (r >= 0)
+		r = metrics_init(&srv);
+	if (r >= 0)
+		r = bus_init(&srv, (enum bus_kind)o.bus);
+	if (r >= 0)
+		r = notify_init(&srv);
 	if (r >= 0) /* after initialisation, before READY=1 */
-		r = sandbox_apply(o.seccomp, be->ops->name);
+		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv));
 	if (r < 0) {
 		server_fini(&srv);
 		event_base_free(base);
@@ -180,17 +201,14 @@ static int run(int argc, char **argv)
 		return r;
 	}
 
-	static struct reload_ctx rc;
-	rc.srv = &srv;
-	rc.path = cfgfile;
 	struct event *sigs[3];
 	sigs[0] = evsignal_new(base, SIGTERM, on_stop, base);
 	sigs[1] = evsignal_new(base, SIGINT, on_stop, base);
-	sigs[2] = evsignal_new(base, SIGHUP, on_reload, &rc);
+	sigs[2] = evsignal_new(base, SIGHUP, on_reload, &srv);
 	for (int i = 0; i < 3; i++)
 		event_add(sigs[i], NULL);
 
-	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, backend %s", cfg.socket_path, be->ops->name);
+	notify_ready(&srv);
 	log_info("dmabrokerd %s ready (pid %d)", DMB_VERSION, (int)getpid());
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");

@@ -43,6 +43,9 @@ struct rpc_call {
 		Dmb__DeviceStateReply device_state;
 		Dmb__ListDevicesReply list_devices;
 		Dmb__ContextReclaimReply context_reclaim;
+		Dmb__ListClientsReply list_clients;
+		Dmb__RevokeContextReply revoke_context;
+		Dmb__ReloadPolicyReply reload_policy;
 	} body;
 	Dmb__StatsReply totals;
 };
@@ -204,8 +207,9 @@ static int rpc_context_destroy(struct rpc_call *c, struct dmb_err *e)
 	struct dmb_ctx *ctx = need_ctx(c, c->req->context_destroy->context_id, e);
 	if (!ctx)
 		return -ENOENT;
-	log_info("session %" PRIu64 ": context %" PRIu64 " destroyed (%" PRIu64 " mappings)", c->s->id,
-		 ctx->id, ctx->n_mappings);
+	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " destroyed (%" PRIu64
+		 " mappings)", c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid, ctx->id,
+		 ctx->n_mappings);
 	ctx_destroy(ctx);
 	return 0;
 }
@@ -891,6 +895,86 @@ static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 	return 0;
 }
 
+static int rpc_list_clients(struct rpc_call *c, struct dmb_err *e)
+{
+	struct server *srv = c->s->srv;
+	size_t n = srv->n_sessions;
+	Dmb__ClientInfo *arr = rpc_alloc(c, n * sizeof(*arr));
+	Dmb__ClientInfo **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
+	if (!arr || !ptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	uint64_t now = server_now_ms();
+	size_t i = 0;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link) {
+		if (i == n)
+			break;
+		Dmb__ClientInfo *ci = &arr[i];
+		dmb__client_info__init(ci);
+		ci->session_id = s->id;
+		ci->uid = (uint32_t)s->cred.uid;
+		ci->gid = (uint32_t)s->cred.gid;
+		ci->pid = (uint32_t)s->cred.pid;
+		ci->name = s->name;
+		ci->admin = s->admin;
+		ci->contexts = s->owner->n_contexts;
+		ci->pinned_bytes = s->owner->pinned_bytes;
+		ci->requests = s->n_requests;
+		ci->connected_ms = now - s->start_ms;
+		struct dmb_ctx *ctx;
+		TAILQ_FOREACH(ctx, &s->owner->contexts, owner_link) {
+			ci->mappings += ctx->n_mappings;
+			ci->devices += ctx->n_devices;
+		}
+		ptrs[i++] = ci;
+	}
+	Dmb__ListClientsReply *b = &c->body.list_clients;
+	dmb__list_clients_reply__init(b);
+	b->n_clients = i;
+	b->clients = ptrs;
+	SET_BODY(c, list_clients, LIST_CLIENTS);
+	return 0;
+}
+
+static int rpc_revoke_context(struct rpc_call *c, struct dmb_err *e)
+{
+	struct session *s = c->s;
+	char who[96];
+	snprintf(who, sizeof(who), "an administrator (uid %u pid %d, session %" PRIu64 ")",
+		 (unsigned)s->cred.uid, (int)s->cred.pid, s->id);
+	struct server_revoke out;
+	int r = server_revoke_context(s->srv, c->req->revoke_context->context_id, who, &out, e);
+	if (r < 0)
+		return r;
+	Dmb__RevokeContextReply *b = &c->body.revoke_context;
+	dmb__revoke_context_reply__init(b);
+	b->context_id = out.context_id;
+	b->unmapped = out.unmapped;
+	b->unmapped_bytes = out.unmapped_bytes;
+	b->devices = out.devices;
+	b->owner_session_id = out.owner_session;
+	b->owner_uid = out.owner_uid;
+	SET_BODY(c, revoke_context, REVOKE_CONTEXT);
+	return 0;
+}
+
+static int rpc_reload_policy(struct rpc_call *c, struct dmb_err *e)
+{
+	struct server *srv = c->s->srv;
+	log_info("session %" PRIu64 " (uid %u pid %d): policy reload requested", c->s->id,
+		 (unsigned)c->s->cred.uid, (int)c->s->cred.pid);
+	int r = server_reload_policy(srv, e);
+	if (r < 0)
+		return r;
+	Dmb__ReloadPolicyReply *b = &c->body.reload_policy;
+	dmb__reload_policy_reply__init(b);
+	b->sessions = srv->n_sessions;
+	b->policy_sections = (uint32_t)srv->cfg->n_rules;
+	b->path = (char *)(srv->config_path ? srv->config_path : "");
+	SET_BODY(c, reload_policy, RELOAD_POLICY);
+	return 0;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 #define ROW(CASE, nm, fn, fl) [DMB__REQUEST__BODY_##CASE] = { nm, fn, fl }
@@ -920,7 +1004,16 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(LIST_CONTEXTS, "list-contexts", rpc_list_contexts, 0),
 	ROW(LIST_MAPPINGS, "list-mappings", rpc_list_mappings, 0),
 	ROW(LIST_DEVICES, "list-devices", rpc_list_devices, 0),
+	ROW(LIST_CLIENTS, "list-clients", rpc_list_clients, RPC_ADMIN),
+	ROW(REVOKE_CONTEXT, "revoke-context", rpc_revoke_context, RPC_ADMIN | RPC_MUTATES),
+	ROW(RELOAD_POLICY, "reload-policy", rpc_reload_policy, RPC_ADMIN),
 };
+_Static_assert(DMB_ARRAY_SIZE(rpc_table) <= RPC_MAX_KIND, "RPC_MAX_KIND is too small");
+
+const char *rpc_request_name(size_t kind)
+{
+	return kind < DMB_ARRAY_SIZE(rpc_table) && rpc_table[kind].fn ? rpc_table[kind].name : NULL;
+}
 #undef ROW
 
 static void reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err)
@@ -1075,8 +1168,13 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 		r = ent->fn(&c, &e);
 	}
 
-	if (r < 0)
+	if (ent)
+		s->srv->n_requests_kind[req->body_case]++;
+	if (r < 0) {
 		reply_error(&c, &e, &err);
+		if ((size_t)err.code < DMB_ARRAY_SIZE(s->srv->n_errors_code))
+			s->srv->n_errors_code[err.code]++;
+	}
 	/* Whatever the handler did not take is closed now, before the reply. */
 	wire_close_fds(rx);
 	session_send_reply(s, &c.reply, c.out_fds, c.n_out_fds);

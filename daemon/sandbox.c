@@ -15,7 +15,10 @@
  *   - mmap / mprotect: never PROT_EXEC;
  *   - socket: AF_UNIX only (sd_notify);
  *   - fcntl: the commands the daemon uses (flags, CLOEXEC dup, seals);
- *   - tgkill: this process only (abort()).
+ *   - tgkill: this process only (abort());
+ *   - the metrics file (metrics.c): openat with O_CREAT, renameat(2) and
+ *     unlinkat only relative to the metrics directory's fd (opened before
+ *     the filter), so the daemon can create files in that one directory.
  * Everything else is refused with the default action: KILL_PROCESS (the
  * daemon dies by SIGSYS and the kernel audit log names the syscall), or
  * LOG with --seccomp=log (the call runs and is logged: use it to find what
@@ -112,6 +115,9 @@ static const int plain_syscalls[] = {
 	SCMP_SYS(sysinfo),
 	/* shutdown: the socket file this daemon created (server_fini) */
 	SCMP_SYS(unlink),
+	/* the metrics file is made world-readable whatever UMask= is (metrics.c);
+	 * creating files is confined to the metrics directory (below) */
+	SCMP_SYS(fchmod),
 };
 
 #ifdef DMB_SANITIZER
@@ -213,7 +219,23 @@ static int allow_ioctls(struct filter *f, const unsigned long *req, size_t n)
 	return 0;
 }
 
-static int build_filter(struct filter *f, const char *backend)
+/* The metrics textfile (metrics.c): create, rename and unlink relative to
+ * dirfd, and nowhere else. */
+static int allow_metrics_dir(struct filter *f, int dirfd)
+{
+	struct scmp_arg_cmp at = cmp(0, SCMP_CMP_EQ, (scmp_datum_t)dirfd, 0);
+	struct scmp_arg_cmp both[2] = { at, cmp(2, SCMP_CMP_EQ, (scmp_datum_t)dirfd, 0) };
+	int r;
+	if ((r = rule(f, SCMP_SYS(openat), 1, &at)) < 0 ||
+	    (r = rule(f, SCMP_SYS(unlinkat), 1, &at)) < 0 ||
+	    (r = rule(f, SCMP_SYS(renameat), 2, both)) < 0 ||
+	    (r = rule(f, SCMP_SYS(renameat2), 2, both)) < 0)
+		return r;
+	f->n_syscalls += 3; /* unlinkat, renameat, renameat2 (openat counted below) */
+	return 0;
+}
+
+static int build_filter(struct filter *f, const char *backend, int metrics_dirfd)
 {
 	int r;
 	for (size_t i = 0; i < DMB_ARRAY_SIZE(plain_syscalls); i++)
@@ -255,6 +277,8 @@ static int build_filter(struct filter *f, const char *backend)
 			return r;
 	}
 	f->n_syscalls += 6; /* openat, mmap, mprotect, socket, tgkill, fcntl */
+	if (metrics_dirfd >= 0 && (r = allow_metrics_dir(f, metrics_dirfd)) < 0)
+		return r;
 
 	/* ioctl: the backend's requests only. */
 	if ((r = allow_ioctls(f, common_ioctls, DMB_ARRAY_SIZE(common_ioctls))) < 0)
@@ -275,7 +299,7 @@ static int build_filter(struct filter *f, const char *backend)
 	return 0;
 }
 
-static int install_seccomp(enum sandbox_seccomp mode, const char *backend)
+static int install_seccomp(enum sandbox_seccomp mode, const char *backend, int metrics_dirfd)
 {
 	uint32_t deflt = SCMP_ACT_KILL_PROCESS;
 	if (mode == SANDBOX_SECCOMP_LOG) {
@@ -296,7 +320,7 @@ static int install_seccomp(enum sandbox_seccomp mode, const char *backend)
 	/* Calls through another ABI (i386 int 0x80, x32) get the same answer. */
 	int r = seccomp_attr_set(f.ctx, SCMP_FLTATR_ACT_BADARCH, deflt);
 	if (r == 0)
-		r = build_filter(&f, backend);
+		r = build_filter(&f, backend, metrics_dirfd);
 	if (r == 0) {
 		r = seccomp_load(f.ctx);
 		if (r < 0)
@@ -400,7 +424,7 @@ static int arm_test_hook(void)
 	return 0;
 }
 
-int sandbox_apply(enum sandbox_seccomp mode, const char *backend)
+int sandbox_apply(enum sandbox_seccomp mode, const char *backend, int metrics_dirfd)
 {
 	int r = arm_test_hook();
 	if (r < 0)
@@ -414,5 +438,5 @@ int sandbox_apply(enum sandbox_seccomp mode, const char *backend)
 		log_warning("sandbox: no seccomp filter (--seccomp=off)");
 		return 0;
 	}
-	return install_seccomp(mode, backend);
+	return install_seccomp(mode, backend, metrics_dirfd);
 }

@@ -23,6 +23,8 @@ enum sandbox_seccomp {
 int sandbox_parse_seccomp(const char *s);
 
 /* Drops privileges and installs the filter for the backend named `backend`
- * ("sim", "vfio-type1", "iommufd"). Returns 0 or a negative errno (logged);
- * on failure the daemon must not serve. Call once. */
-int sandbox_apply(enum sandbox_seccomp mode, const char *backend);
+ * ("sim", "vfio-type1", "iommufd"). metrics_dirfd >= 0: files may be
+ * created, renamed and unlinked relative to it (the metrics textfile).
+ * Returns 0 or a negative errno (logged); on failure the daemon must not
+ * serve. Call once. */
+int sandbox_apply(enum sandbox_seccomp mode, const char *backend, int metrics_dirfd);

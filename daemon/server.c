@@ -15,6 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bus.h"
+#include "metrics.h"
+#include "notify.h"
 #include "protocol.h"
 #include "util/log.h"
 #include "util/macro.h"
@@ -188,7 +191,9 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->start_ms = server_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
-	srv->core.event_fn = session_event_cb;
+	srv->core.event_fn = server_event_cb;
+	srv->core.event_opaque = srv;
+	srv->start_realtime_s = (uint64_t)time(NULL);
 	srv->core.device_allowed = config_device_allowed;
 	srv->core.policy_opaque = cfg;
 	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
@@ -265,6 +270,11 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 	fresh->n_sim_devices = cur->n_sim_devices;
 	memcpy(fresh->sim_devices, cur->sim_devices, sizeof(cur->sim_devices));
 	fresh->log_level = cur->log_level; /* the command line may have set it */
+	if (strcmp(fresh->metrics_textfile, cur->metrics_textfile) ||
+	    fresh->metrics_interval_s != cur->metrics_interval_s)
+		log_warning("reload: [metrics] changes take effect at the next start");
+	memcpy(fresh->metrics_textfile, cur->metrics_textfile, sizeof(cur->metrics_textfile));
+	fresh->metrics_interval_s = cur->metrics_interval_s;
 	*cur = *fresh; /* policies point into *cur: re-resolve every session now */
 	free(fresh);
 
@@ -287,6 +297,9 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 
 void server_fini(struct server *srv)
 {
+	notify_fini(srv);
+	bus_fini(srv);
+	metrics_fini(srv, true);
 	persist_fini(&srv->persist);
 	struct session *s;
 	while ((s = TAILQ_FIRST(&srv->sessions)))

@@ -21,6 +21,9 @@
 
 struct event_base;
 struct event;
+struct bus;
+struct metrics;
+struct notify;
 
 struct outpkt {
 	STAILQ_ENTRY(outpkt) link;
@@ -52,6 +55,7 @@ struct session {
 
 	uint64_t n_requests;
 	uint32_t n_bad_packets;
+	uint64_t start_ms;      /* accepted (or adopted) at, server_now_ms() */
 };
 
 /* Bump allocator for decoding requests: everything a request's decode
@@ -81,6 +85,30 @@ struct server {
 	struct arena arena;
 	uint64_t n_disconnects_abuse;
 	struct persist persist;
+	const char *config_path;  /* what a reload reads; NULL: built-in defaults */
+	uint64_t start_realtime_s;
+	/* management (bus.c, metrics.c, notify.c); NULL when off */
+	struct bus *bus;
+	struct metrics *metrics;
+	struct notify *notify;
+	/* requests handled, by Request body case, and failures by wire code */
+	uint64_t n_requests_kind[64];
+	uint64_t n_errors_code[16];
+};
+
+/* Totals the management interfaces publish (D-Bus properties, STATUS=,
+ * metrics); one snapshot so that all three agree. */
+struct server_totals {
+	uint32_t clients;
+	uint32_t contexts;
+	uint32_t devices;
+	uint32_t regions;
+	uint64_t mappings;
+	uint64_t mapped_bytes;
+	uint64_t pinned_bytes;    /* the backend's own accounting */
+	uint64_t p2p_mappings;
+	uint64_t revocations;
+	uint64_t restorations;
 };
 
 /* server.c */
@@ -98,6 +126,29 @@ void server_fini(struct server *srv);
 int server_reload(struct server *srv, const char *path, struct dmb_err *e);
 uint64_t server_now_ms(void);
 
+/* admin.c: what the admin requests (socket and D-Bus) do, in one place. */
+void server_totals(const struct server *srv, struct server_totals *t);
+/* The host-handoff state: "normal" until the handoff engine is wired in; it
+ * replaces this one function and calls server_handoff_state_changed(). */
+const char *server_handoff_state(const struct server *srv);
+void server_handoff_state_changed(struct server *srv);
+struct server_revoke {
+	uint64_t context_id;
+	uint64_t unmapped, unmapped_bytes;
+	uint32_t devices;
+	uint64_t owner_session;   /* 0: detached */
+	uint32_t owner_uid;
+};
+/* Kills a context for an administrator (`who` names them in the log and in
+ * the owner's CONTEXT_LOST event): unmaps everything, closes its devices
+ * (their P2P importers are revoked for good), releases its regions. */
+int server_revoke_context(struct server *srv, uint64_t id, const char *who,
+			  struct server_revoke *out, struct dmb_err *e);
+/* server_reload() with the daemon's own configuration path. */
+int server_reload_policy(struct server *srv, struct dmb_err *e);
+/* Events from the core: to the owner's session, and to D-Bus. */
+void server_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
+
 /* session.c */
 struct session *session_new(struct server *srv, int fd);
 /* A connection from the fd store after a restart: same id, handshake done. */
@@ -112,3 +163,6 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
 int arena_init(struct arena *a, size_t cap);
 void arena_fini(struct arena *a);
 void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx);
+/* The name of a Request body case ("map", "status"), NULL if not served. */
+const char *rpc_request_name(size_t kind);
+#define RPC_MAX_KIND 64

@@ -37,6 +37,7 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 	s->fd = fd;
 	s->id = id;
 	s->event_mask = DMB_EVENT_ALL;
+	s->start_ms = server_now_ms();
 	STAILQ_INIT(&s->outq);
 
 	socklen_t len = sizeof(s->cred);
@@ -133,7 +134,8 @@ void session_free(struct session *s)
 		outpkt_free(p);
 	}
 	close(s->fd);
-	log_debug("session %" PRIu64 ": closed after %" PRIu64 " requests", s->id, s->n_requests);
+	log_debug("session %" PRIu64 " (uid %u pid %d '%s'): closed after %" PRIu64 " requests", s->id,
+		  (unsigned)s->cred.uid, (int)s->cred.pid, s->name, s->n_requests);
 	free(s);
 }
 
@@ -275,7 +277,7 @@ void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, si
 
 void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev)
 {
-	struct session *s = owner->opaque;
+	struct session *s = owner ? owner->opaque : NULL;
 	if (!s || !(s->event_mask & ev->kind))
 		return;
 	Dmb__Event e = DMB__EVENT__INIT;

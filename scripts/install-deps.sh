@@ -12,8 +12,13 @@ pkgs=(
   clang libclang-rt-14-dev
   # VM test tier
   qemu-system-x86 busybox-static cpio kexec-tools xz-utils
-  # D-Bus tests
+  # VM test tier, the systemd guest (vm-systemd): its rootfs is assembled from these
+  # packages' files, and systemd-analyze scores the unit
+  systemd udev dbus-daemon dbus-bin
+  # D-Bus tests (test_mgmt starts a private dbus-daemon)
   dbus
+  # man page lint (docs/man/lint.sh: groff -ww)
+  groff-base
 )
 
 missing=()

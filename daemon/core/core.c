@@ -38,7 +38,9 @@ uint64_t core_new_id(struct dmb_core *core)
 
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev)
 {
-	if (core->event_fn && owner)
+	/* owner NULL: a detached persistent context; the server still wants
+	 * to know (D-Bus signals), the sessions do not. */
+	if (core->event_fn)
 		core->event_fn(core->event_opaque, owner, ev);
 }
 

@@ -241,6 +241,7 @@ void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_l
 /* Destroys every context (non-persistent and persistent). */
 void core_fini(struct dmb_core *core);
 uint64_t core_new_id(struct dmb_core *core);
+/* Calls event_fn; owner may be NULL (a context without a session). */
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
 
 /* pol NULL: the core's default limits, no devices, not admin. */

@@ -155,7 +155,12 @@ void device_close(struct dmb_device *d)
 	ctx->n_devices--;
 	ctx->core->n_devices--;
 	ctx->core->be->ops->dev_close(d->bdev);
-	log_info("device %s detached from context %" PRIu64, d->bdf, ctx->id);
+	if (ctx->owner)
+		log_info("session %" PRIu64 " (uid %u pid %d): device %s detached from context %" PRIu64,
+			 ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, d->bdf,
+			 ctx->id);
+	else
+		log_info("device %s detached from context %" PRIu64 " (no session)", d->bdf, ctx->id);
 	free(d);
 	ctx_refresh_iova(ctx);
 }

@@ -328,7 +328,9 @@ int p2p_set_command(struct dmb_device *d, uint16_t set, uint16_t clear, struct d
 		return r;
 	if ((cmd & DMB_PCI_COMMAND_MEMORY) && d->n_revoked)
 		restore_all(d, "memory decoding is back on");
-	log_info("%s: command register 0x%04x -> 0x%04x (mediated)", d->bdf, old, cmd);
+	const struct dmb_owner *o = d->ctx->owner;
+	log_info("%s: command register 0x%04x -> 0x%04x (mediated, session %" PRIu64 " uid %u pid %d)",
+		 d->bdf, old, cmd, o ? o->session_id : 0, o ? (unsigned)o->uid : 0u, o ? (int)o->pid : 0);
 	return 0;
 }
 
@@ -352,7 +354,10 @@ int p2p_reset(struct dmb_device *d, struct dmb_err *e)
 	if (r < 0)
 		dmb_fail(e, dmb_code_from_errno(r), -r, "resetting %s failed: %s", d->bdf, strerror(-r));
 	else
-		log_info("%s: reset (mediated)", d->bdf);
+		log_info("%s: reset (mediated, session %" PRIu64 " uid %u pid %d)", d->bdf,
+			 d->ctx->owner ? d->ctx->owner->session_id : 0,
+			 d->ctx->owner ? (unsigned)d->ctx->owner->uid : 0u,
+			 d->ctx->owner ? (int)d->ctx->owner->pid : 0);
 	/* Whether or not the reset worked, restore what decoding allows. */
 	uint16_t cmd;
 	struct dmb_err e2 = { 0 };

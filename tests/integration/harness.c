@@ -72,6 +72,7 @@ void daemon_start_args(struct daemon *d, const char *extra_config, const char *c
 		unsetenv("LISTEN_FDS");
 		unsetenv("LISTEN_PID");
 		unsetenv("NOTIFY_SOCKET");
+		unsetenv("INVOCATION_ID"); /* --bus=auto: no system bus in tests */
 		const char *argv[16] = { bin, "--config", cfg };
 		size_t n = 3;
 		for (size_t i = 0; args && args[i] && n < DMB_HARNESS_MAX_ARGS + 3; i++)

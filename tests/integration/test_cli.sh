@@ -194,6 +194,16 @@ ctl_raw --all status
 expect_rc 2 "--all with status"
 ctl_raw list devices extra
 expect_rc 2 "'list devices' with an operand"
+ctl_raw list clients extra
+expect_rc 2 "'list clients' with an operand"
+ctl_raw revoke
+expect_rc 2 "'revoke' without a context"
+ctl_raw revoke banana
+expect_rc 2 "'revoke' with a non-numeric context"
+ctl_raw reload now
+expect_rc 2 "'reload' with an operand"
+ctl_raw --all list clients
+expect_rc 2 "--all with list clients"
 ctl_raw policy
 expect_rc 2 "'policy' alone"
 expect_err "policy what" "'policy' alone"
@@ -416,6 +426,30 @@ if t['mappings'] < 2 or t['mapped_bytes'] < $SIZE_MIB * $MiB:
 json || fail "status --json while mapped: $PY_MSG"
 pass "status totals count the example's mappings"
 
+ctl --json list clients
+expect_rc 0 "list clients --json"
+JSON_CODE="
+c = [c for c in d['clients'] if c['pid'] == $EX_PID]
+if len(c) != 1: sys.exit('expected one client with pid $EX_PID, got %r' % d['clients'])
+c = c[0]
+want = dict(name='dmabroker-example', uid=$ME, admin=True, contexts=1, mappings=2,
+            pinned_bytes=$SIZE_MIB * $MiB, devices=0)
+for k, v in want.items():
+    if c.get(k) != v: sys.exit('client: expected %s=%r, got %r' % (k, v, c.get(k)))
+for k in ('session', 'gid', 'requests', 'connected_ms'):
+    if not isinstance(c.get(k), int): sys.exit('client: expected integer %s: %r' % (k, c))
+me = [c for c in d['clients'] if c['name'] == 'dmabrokerctl']
+if len(me) != 1 or me[0]['contexts'] != 0: sys.exit('expected the CLI itself, no contexts: %r' % me)
+"
+json || fail "list clients --json: $PY_MSG"
+ctl list clients
+expect_rc 0 "list clients (table)"
+head -n1 "$TMP/out" | grep -Eq '^ *SESSION +NAME +UID +GID +PID +ADMIN +CONTEXTS +MAPPINGS +PINNED +DEVICES +REQUESTS +CONNECTED$' ||
+	fail "list clients: expected the header 'SESSION NAME UID GID PID ADMIN CONTEXTS MAPPINGS PINNED DEVICES REQUESTS CONNECTED'"
+grep -Eq "^ *[0-9]+ +dmabroker-example +$ME +[0-9]+ +$EX_PID +yes +1 +2 +64\.0 MiB +0 +[0-9]+ +[0-9.]+[a-z]+ *\$" "$TMP/out" ||
+	fail "list clients: expected the example's row '<session> dmabroker-example $ME <gid> $EX_PID yes 1 2 64.0 MiB 0 <requests> <connected>'"
+pass "list clients shows the example's session with its usage"
+
 ctl list mappings 999999
 expect_rc 1 "list mappings of a context that does not exist"
 expect_err '^dmabrokerctl: not-found: ' "list mappings of a context that does not exist"
@@ -576,6 +610,70 @@ ctl list devices
 grep -q '^0 devices, 0 P2P importers (0 revoked)$' "$TMP/out" || fail "list devices: expected the footer '0 devices, ...'"
 pass "p2p-setup's devices are gone with its session"
 
+# ------------------------------------------------------------ revoke, reload
+
+"$EXAMPLE" --socket "$SOCK" --hold 60 --size 4 >"$TMP/example2.log" 2>&1 &
+EX2_PID=$!
+PIDS+=("$EX2_PID")
+CTX2=
+for ((n = 0; n < 100; n++)); do
+	kill -0 "$EX2_PID" 2>/dev/null || break
+	ctl --json list contexts --all
+	if [ "$RC" -eq 0 ]; then
+		JSON_CODE="
+for c in d['contexts']:
+    if c['owner_pid'] == $EX2_PID and c['mappings'] == 2:
+        print(c['id']); sys.exit(0)
+sys.exit('not yet')
+"
+		CTX2=$(json) && break
+		CTX2=
+	fi
+	sleep 0.1
+done
+[ -n "$CTX2" ] || fail "a second example's context did not show up within 10 s"
+ctl --json revoke "$CTX2"
+expect_rc 0 "revoke --json"
+JSON_CODE="
+want = dict(context=$CTX2, unmapped=2, unmapped_bytes=4 * $MiB, devices_closed=0, owner_uid=$ME)
+for k, v in want.items():
+    if d.get(k) != v: sys.exit('revoke: expected %s=%r, got %r' % (k, v, d.get(k)))
+if not d.get('owner_session'): sys.exit('revoke: expected the owner session: %r' % d)
+"
+json || fail "revoke --json: $PY_MSG"
+ctl --json list contexts --all
+JSON_CODE="
+if [c for c in d['contexts'] if c['id'] == $CTX2]: sys.exit('context $CTX2 is still listed')
+"
+json || fail "list contexts after revoke: $PY_MSG"
+# The example hears CONTEXT_LOST (it prints the broker's events).
+for ((n = 0; n < 100; n++)); do
+	grep -q "context $CTX2 was revoked" "$TMP/example2.log" && break
+	sleep 0.1
+done
+grep -q "context $CTX2 was revoked" "$TMP/example2.log" ||
+	fail "the example did not print the CONTEXT_LOST event for context $CTX2"
+kill -TERM "$EX2_PID" 2>/dev/null
+wait "$EX2_PID" 2>/dev/null
+ctl revoke "$CTX2"
+expect_rc 1 "revoke of a context that is gone"
+expect_err '^dmabrokerctl: not-found: ' "revoke of a context that is gone"
+pass "revoke kills another client's context, its owner is told, a second revoke is not-found"
+
+ctl reload
+expect_rc 0 "reload"
+grep -Eq '^Policy reloaded from .*/daemon\.conf: [0-9]+ policy sections?, [0-9]+ sessions? updated; mappings unchanged\.$' "$TMP/out" ||
+	fail "reload: expected 'Policy reloaded from .../daemon.conf: ...'"
+ctl --json reload
+expect_rc 0 "reload --json"
+JSON_CODE="
+if not d.get('path', '').endswith('/daemon.conf'): sys.exit('reload: expected the config path: %r' % d)
+if not isinstance(d.get('policy_sections'), int) or d.get('sessions', 0) < 1:
+    sys.exit('reload: expected integer policy_sections and sessions >= 1: %r' % d)
+"
+json || fail "reload --json: $PY_MSG"
+pass "reload re-reads the configuration"
+
 # ------------------------------------------------------------ a non-admin session
 
 SOCK2=$TMP/s2
@@ -610,7 +708,17 @@ expect_err '^dmabrokerctl: not-found: ' "iova-ranges of another session's contex
 ctl_raw --socket "$SOCK2" list mappings "$P2P_CTX"
 expect_rc 1 "list mappings of another session's context from a non-admin session"
 expect_err '^dmabrokerctl: not-found: ' "list mappings of another session's context from a non-admin session"
+ctl_raw --socket "$SOCK2" list clients
+expect_rc 1 "list clients from a non-admin session"
+expect_err '^dmabrokerctl: permission-denied: ' "list clients from a non-admin session"
+ctl_raw --socket "$SOCK2" --json revoke "$P2P_CTX"
+expect_rc 1 "revoke from a non-admin session"
+expect_err '^dmabrokerctl: permission-denied: ' "revoke from a non-admin session"
+[ -s "$TMP/out" ] && fail "a refused revoke --json: expected nothing on stdout"
+ctl_raw --socket "$SOCK2" reload
+expect_rc 1 "reload from a non-admin session"
+expect_err '^dmabrokerctl: permission-denied: ' "reload from a non-admin session"
 p2p_stop
-pass "a non-admin session is refused status and --all, and sees no other session's context (exit 1)"
+pass "a non-admin session is refused status, --all, list clients, revoke and reload, and sees no other session's context (exit 1)"
 
 echo "all CLI checks passed"

@@ -308,6 +308,24 @@ static void test_admin(void **state)
 	assert_refused(f, "[admin]\nuids = 4294967295\n", 2, "not a uid");
 }
 
+static void test_metrics(void **state)
+{
+	struct fx *f = *state;
+	assert_string_equal(f->cfg.metrics_textfile, "");
+	assert_int_equal(f->cfg.metrics_interval_s, 15);
+	assert_int_equal(load(f, "[metrics]\ntextfile = /var/lib/prom/dmabroker.prom\ninterval_s = 60\n"), 0);
+	assert_string_equal(f->cfg.metrics_textfile, "/var/lib/prom/dmabroker.prom");
+	assert_int_equal(f->cfg.metrics_interval_s, 60);
+	/* Empty: off again. */
+	assert_int_equal(load(f, "[metrics]\ntextfile =\n"), 0);
+	assert_string_equal(f->cfg.metrics_textfile, "");
+	assert_refused(f, "[metrics]\ntextfile = dmabroker.prom\n", 2, "absolute file path");
+	assert_refused(f, "[metrics]\ntextfile = /var/lib/prom/\n", 2, "absolute file path");
+	assert_refused(f, "[metrics]\ninterval_s = 0\n", 2, "interval_s must be from 1 to 3600");
+	assert_refused(f, "[metrics]\ninterval_s = 3601\n", 2, "interval_s must be from 1 to 3600");
+	assert_refused(f, "[metrics]\nport = 9100\n", 2, "unknown key 'port' in [metrics]");
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -318,6 +336,7 @@ int main(void)
 		T(test_first_error_reported),
 		T(test_device_allowed),
 		T(test_admin),
+		T(test_metrics),
 	};
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
