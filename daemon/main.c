@@ -190,7 +190,9 @@ static int run(int argc, char **argv)
 	for (int i = 0; i < 3; i++)
 		event_add(sigs[i], NULL);
 
-	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, backend %s", cfg.socket_path, be->ops->name);
+	uint32_t hs = srv.handoff.state;
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, backend %s%s%s", cfg.socket_path, be->ops->name,
+		   hs ? "; host handoff " : "", hs ? handoff_state_name(hs) : "");
 	log_info("dmabrokerd %s ready (pid %d)", DMB_VERSION, (int)getpid());
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");

@@ -228,11 +228,16 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	/* Persisted state (fd store), after the listening socket: adopted
 	 * sessions and contexts come back before anyone new is accepted. */
 	struct dmb_err e = { 0 };
+	handoff_take_stored(&srv->handoff, &stored);
 	int r = persist_init(&srv->persist, srv, &stored, &e);
 	for (size_t i = 0; i < stored.n; i++)
 		free(stored.name[i]);
 	free(stored.name);
 	free(stored.fd);
+	if (r < 0)
+		return log_error_errno(r, "%s", e.msg);
+	/* After the journal: it says where a host handoff stands. */
+	r = handoff_init(&srv->handoff, srv, &e);
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	return 0;
@@ -265,6 +270,12 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 	fresh->n_sim_devices = cur->n_sim_devices;
 	memcpy(fresh->sim_devices, cur->sim_devices, sizeof(cur->sim_devices));
 	fresh->log_level = cur->log_level; /* the command line may have set it */
+	if (strcmp(fresh->handoff_preserver, cur->handoff_preserver) ||
+	    strcmp(fresh->handoff_session, cur->handoff_session))
+		log_warning("reload: [handoff] preserver and session_name changes take effect at the "
+			    "next start");
+	memcpy(fresh->handoff_preserver, cur->handoff_preserver, sizeof(cur->handoff_preserver));
+	memcpy(fresh->handoff_session, cur->handoff_session, sizeof(cur->handoff_session));
 	*cur = *fresh; /* policies point into *cur: re-resolve every session now */
 	free(fresh);
 
@@ -287,6 +298,7 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 
 void server_fini(struct server *srv)
 {
+	handoff_fini(&srv->handoff);
 	persist_fini(&srv->persist);
 	struct session *s;
 	while ((s = TAILQ_FIRST(&srv->sessions)))

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "handoff.h"
 #include "persist.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
@@ -81,6 +82,7 @@ struct server {
 	struct arena arena;
 	uint64_t n_disconnects_abuse;
 	struct persist persist;
+	struct handoff handoff;
 };
 
 /* server.c */
