@@ -682,7 +682,8 @@ static int cmd_simple(const char *path, uint16_t op, uint32_t flags)
 		return 1;
 	}
 	if (rep.result < 0) {
-		logmsg("%s%s(%s)", rep.text, rep.text[0] ? " " : "", strerrorname_np(-rep.result));
+		logmsg("%s (%s)", rep.text[0] ? rep.text : strerror(-rep.result),
+		       strerrorname_np(-rep.result));
 		return 1;
 	}
 	if (op == SIMP_STATUS) {
