@@ -610,6 +610,24 @@ static bool ho_round(struct ho *x, struct ho_one *one, bool first)
 	double w0 = wall_ms_of_day();
 	if (ho_start(x, &one->restore_ms) < 0)
 		goto out;
+	/* Before any reclaim: the state, and bytes through the mappings. */
+	adm = ho_connect(x, "bench-handoff-admin");
+	if (!adm)
+		goto out;
+	if (dmb_handoff_status(adm, &hi) < 0) {
+		check_fail("handoff: status after the restore: %s", dmb_last_error(adm)->message);
+		goto out;
+	}
+	if (strcmp(hi.state, "reclaiming") || hi.contexts != x->nctx || hi.unclaimed != x->nctx ||
+	    hi.degraded) {
+		check_fail("handoff: status after the restore: %s, %u context(s), %u unclaimed, %u "
+			   "degraded; want reclaiming, %zu, %zu, 0 (%s)", hi.state, hi.contexts,
+			   hi.unclaimed, hi.degraded, x->nctx, x->nctx, hi.message);
+		goto out;
+	}
+	check_pass();
+	/* The log after the first reply: the daemon writes its "ready" line
+	 * right after READY=1, before it serves anything. */
 	unsigned long long lc = 0, lm = 0, ldg = 0;
 	char line[1200];
 	parse_log(x, from, w0, one, &lc, &lm, &ldg, line, sizeof(line));
@@ -629,23 +647,6 @@ static bool ho_round(struct ho *x, struct ho_one *one, bool first)
 		bench_log("handoff %llu mappings: map %.1f ms, prepare %.1f ms, kexec %.1f ms, restore "
 			  "%.1f ms; %s", (unsigned long long)x->n, one->map_ms, one->prepare_ms,
 			  one->kexec_ms, one->restore_ms, line);
-
-	/* Before any reclaim: the state, and bytes through the mappings. */
-	adm = ho_connect(x, "bench-handoff-admin");
-	if (!adm)
-		goto out;
-	if (dmb_handoff_status(adm, &hi) < 0) {
-		check_fail("handoff: status after the restore: %s", dmb_last_error(adm)->message);
-		goto out;
-	}
-	if (strcmp(hi.state, "reclaiming") || hi.contexts != x->nctx || hi.unclaimed != x->nctx ||
-	    hi.degraded) {
-		check_fail("handoff: status after the restore: %s, %u context(s), %u unclaimed, %u "
-			   "degraded; want reclaiming, %zu, %zu, 0 (%s)", hi.state, hi.contexts,
-			   hi.unclaimed, hi.degraded, x->nctx, x->nctx, hi.message);
-		goto out;
-	}
-	check_pass();
 	ho_verify(x, adm, "after the restore, before any reclaim");
 	dmb_close(adm);
 	adm = NULL;
