@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -641,7 +642,15 @@ static int restore_incoming(struct handoff *h, struct dmb_err *e)
 	if (r < 0)
 		return r;
 
+	/* Tests: a crash in the middle of a restore (objects rebuilt, half of
+	 * them stored, nothing journaled). */
+	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
 	struct dmb_err se = { 0 };
+	if (crash && !strcmp(crash, "restoring")) {
+		(void)persist_store_everything(&srv->persist, &se);
+		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=restoring: crashing mid-restore");
+		raise(SIGKILL);
+	}
 	if (persist_store_everything(&srv->persist, &se) < 0)
 		log_error("host handoff: %s; a broker restart before the contexts are reclaimed would "
 			  "lose them", se.msg);
