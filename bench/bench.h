@@ -45,6 +45,7 @@ enum {
 	BENCH_CLIENTS = 1u << 4,
 	BENCH_REVOKE = 1u << 5,
 	BENCH_RESTART = 1u << 6,
+	BENCH_HANDOFF = 1u << 7,
 };
 
 /* ---- time --------------------------------------------------------------- */
@@ -74,7 +75,7 @@ void samples_free(struct samples *s);
 enum verdict { V_NONE, V_PASS, V_MISS };
 
 struct result {
-	char bench[24];       /* small, batch, scale, hol, clients, revoke, restart */
+	char bench[24];       /* small, batch, scale, hol, clients, revoke, restart, handoff */
 	char name[64];        /* the figure */
 	char placement[12];   /* pinned, unpinned, "" */
 	double value;
@@ -194,3 +195,4 @@ void bench_hol(const struct bench_opts *o);
 void bench_clients(const struct bench_opts *o);
 void bench_revoke(const struct bench_opts *o);
 void bench_restart(const struct bench_opts *o);
+void bench_handoff(const struct bench_opts *o);

@@ -64,6 +64,7 @@ struct dmb_error {
 	int sys_errno;    /* errno reported by the broker, or the transport errno */
 	uint32_t index;   /* batch calls: the entry that failed */
 	char message[256];
+	uint32_t retry_after_ms; /* UNAVAILABLE: when a retry makes sense (0: no hint) */
 };
 
 struct dmb_server_info {
@@ -215,6 +216,7 @@ struct dmb_event {
 	const struct dmb_range *ranges;
 	const char *message;
 	bool permanent;         /* revoked for good: the peer device was released */
+	const char *handoff_state; /* DMB_EV_HANDOFF: "prepared", "reclaiming", "normal", ... */
 };
 
 typedef void (*dmb_event_cb)(const struct dmb_event *ev, void *opaque);
@@ -378,6 +380,40 @@ int dmb_revoke_context(struct dmb_client *c, uint64_t context, struct dmb_revoke
 /* Admin: re-reads the broker's configuration (as SIGHUP); a bad file changes
  * nothing and fails with DMB_INVALID_ARGUMENT naming file:line. */
 int dmb_reload_policy(struct dmb_client *c, struct dmb_reload_info *out);
+/* Host handoff (kernel update by kexec; docs/operations.md). Admin sessions
+ * only. While prepared, every request that changes state fails with -EAGAIN
+ * (DMB_UNAVAILABLE) until the update is done or aborted. */
+#define DMB_HANDOFF_LEFT_OUT_MAX 64
+struct dmb_handoff_left_out {
+	uint64_t context;
+	char name[65];
+	char reason[200];
+};
+struct dmb_handoff_info {
+	char state[16];           /* "normal", "prepared", "restoring", "reclaiming" */
+	char preserver[16];       /* "luo", "sim", "none" */
+	bool available;           /* status: prepare could start now */
+	char message[256];        /* status: why not / what happens next */
+	char session_name[64];
+	uint64_t since_ms;        /* status: time in this state */
+	uint32_t contexts;        /* preserved (prepare), restored (reclaiming) */
+	uint32_t regions;         /* prepare: memfds preserved */
+	uint64_t mappings;
+	uint64_t bytes;           /* prepare: memory preserved */
+	uint32_t devices;
+	uint32_t unclaimed;       /* reclaiming */
+	uint32_t degraded;        /* reclaiming */
+	uint64_t grace_remaining_ms; /* reclaiming */
+	size_t n_left_out;        /* contexts left out (force) or that would be */
+	struct dmb_handoff_left_out left_out[DMB_HANDOFF_LEFT_OUT_MAX];
+};
+int dmb_handoff_status(struct dmb_client *c, struct dmb_handoff_info *out);
+/* force: leave out contexts that cannot be preserved (listed in out). Without
+ * it, such contexts make it fail with DMB_FAILED_PRECONDITION and a message
+ * that lists them. out may be NULL. */
+int dmb_handoff_prepare(struct dmb_client *c, bool force, struct dmb_handoff_info *out);
+/* out (may be NULL): the state afterwards. */
+int dmb_handoff_abort(struct dmb_client *c, struct dmb_handoff_info *out);
 
 #ifdef __cplusplus
 }

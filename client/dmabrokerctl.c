@@ -12,6 +12,10 @@
  *   revoke CONTEXT            kill any client's context; its owner is told (admin)
  *   reload                    re-read the broker's configuration, as SIGHUP (admin)
  *   iova-ranges CONTEXT       usable IOVA ranges, alignment and the backend's mapping limit
+ *   handoff status            where a host handoff (kernel update by kexec) stands (admin)
+ *   handoff prepare [--force] preserve every context for the next kernel; --force leaves
+ *                             out the contexts that cannot be preserved (admin)
+ *   handoff abort             undo prepare (admin)
  *   policy check FILE [--uid N --gid N]
  *                             validates a configuration file and its FILE.d/ drop-ins
  *                             with the daemon's own parser, without a daemon
@@ -54,6 +58,7 @@ struct ctl {
 	const char *socket;
 	bool json;
 	bool all;
+	bool force;              /* handoff prepare --force */
 	unsigned timeout_s;
 	bool have_uid, have_gid; /* policy check --uid/--gid */
 	struct ctl_ident ident;
@@ -772,6 +777,135 @@ static int cmd_policy_check(struct ctl *ctl)
 	return ctl_policy_check(ctl->file, ctl->json, ctl->have_uid ? &ctl->ident : NULL);
 }
 
+/* ------------------------------------------------------------ handoff */
+
+static void handoff_json(const struct dmb_handoff_info *h, bool with_status)
+{
+	struct json j = { .f = stdout };
+
+	json_open(&j, NULL, '{');
+	json_str(&j, "state", h->state);
+	json_str(&j, "preserver", h->preserver);
+	json_str(&j, "session_name", h->session_name);
+	if (with_status) {
+		json_bool(&j, "available", h->available);
+		json_str(&j, "message", h->message);
+		json_u64(&j, "since_ms", h->since_ms);
+		json_u64(&j, "unclaimed", h->unclaimed);
+		json_u64(&j, "degraded", h->degraded);
+		json_u64(&j, "grace_remaining_ms", h->grace_remaining_ms);
+	} else {
+		json_u64(&j, "regions", h->regions);
+	}
+	json_u64(&j, "contexts", h->contexts);
+	json_u64(&j, "mappings", h->mappings);
+	json_u64(&j, "bytes", h->bytes);
+	json_u64(&j, "devices", h->devices);
+	json_open(&j, "left_out", '[');
+	for (size_t i = 0; i < h->n_left_out; i++) {
+		json_open(&j, NULL, '{');
+		json_u64(&j, "context", h->left_out[i].context);
+		json_str(&j, "name", h->left_out[i].name);
+		json_str(&j, "reason", h->left_out[i].reason);
+		json_close(&j, '}');
+	}
+	json_close(&j, ']');
+	json_close(&j, '}');
+}
+
+static void handoff_left_out_human(const struct dmb_handoff_info *h, const char *title)
+{
+	char name[80];
+
+	if (!h->n_left_out)
+		return;
+	printf("%s\n", title);
+	for (size_t i = 0; i < h->n_left_out; i++) {
+		text_sanitize(name, sizeof(name), h->left_out[i].name[0] ? h->left_out[i].name : "-");
+		printf("  context %" PRIu64 " '%s': %s\n", h->left_out[i].context, name,
+		       h->left_out[i].reason);
+	}
+}
+
+static int handoff_refused(const struct ctl *ctl, int r, const char *what)
+{
+	int rc = call_failed(ctl, r, what);
+	if (r == -EPERM)
+		fprintf(stderr, PROG ": hint: the host handoff needs a uid listed in [admin] uids= of "
+				"the broker's configuration\n");
+	return rc;
+}
+
+static int cmd_handoff_status(struct ctl *ctl)
+{
+	struct dmb_handoff_info h;
+	char b[32];
+	int r = dmb_handoff_status(ctl->c, &h);
+
+	if (r < 0)
+		return handoff_refused(ctl, r, "handoff status");
+	if (ctl->json) {
+		handoff_json(&h, true);
+		return finish_output();
+	}
+	printf("State:      %s (for %" PRIu64 " s)\n", h.state, h.since_ms / 1000);
+	printf("Preserver:  %s%s, session '%s'\n", h.preserver,
+	       strcmp(h.state, "normal") ? "" : h.available ? " (available)" : " (not available)",
+	       h.session_name);
+	printf("            %s\n", h.message);
+	printf("Contexts:   %" PRIu32 "%s\n", h.contexts,
+	       !strcmp(h.state, "normal") ? " (would be preserved)" : "");
+	printf("Mappings:   %" PRIu64 "\n", h.mappings);
+	printf("Memory:     %s (%" PRIu64 " bytes)\n", fmt_bytes(h.bytes, b, sizeof(b)), h.bytes);
+	printf("Devices:    %" PRIu32 "\n", h.devices);
+	if (!strcmp(h.state, "reclaiming")) {
+		printf("Unclaimed:  %" PRIu32 " (released in %" PRIu64 " s)\n", h.unclaimed,
+		       h.grace_remaining_ms / 1000);
+		printf("Degraded:   %" PRIu32 "\n", h.degraded);
+	}
+	handoff_left_out_human(&h, !strcmp(h.state, "normal") ? "Cannot be preserved:" : "Left out:");
+	return finish_output();
+}
+
+static int cmd_handoff_prepare(struct ctl *ctl)
+{
+	struct dmb_handoff_info h;
+	char b[32];
+	int r = dmb_handoff_prepare(ctl->c, ctl->force, &h);
+
+	if (r < 0)
+		return handoff_refused(ctl, r, "handoff prepare");
+	if (ctl->json) {
+		handoff_json(&h, false);
+		return finish_output();
+	}
+	printf("Prepared: %" PRIu32 " context%s, %" PRIu32 " memfd%s, %" PRIu64 " mapping%s, %s, "
+	       "%" PRIu32 " device%s preserved in session '%s' (%s)\n",
+	       h.contexts, h.contexts == 1 ? "" : "s", h.regions, h.regions == 1 ? "" : "s",
+	       h.mappings, h.mappings == 1 ? "" : "s", fmt_bytes(h.bytes, b, sizeof(b)), h.devices,
+	       h.devices == 1 ? "" : "s", h.session_name, h.preserver);
+	handoff_left_out_human(&h, "Left out (they work until the kexec but do not come back):");
+	printf("Changes are refused until the kexec or 'handoff abort'. Next: kexec -s -l ... ; "
+	       "kexec -e\n");
+	return finish_output();
+}
+
+static int cmd_handoff_abort(struct ctl *ctl)
+{
+	struct dmb_handoff_info h;
+	int r = dmb_handoff_abort(ctl->c, &h);
+
+	if (r < 0)
+		return handoff_refused(ctl, r, "handoff abort");
+	if (ctl->json) {
+		handoff_json(&h, true);
+		return finish_output();
+	}
+	printf("Aborted: nothing is preserved; the broker accepts changes again (state %s)\n",
+	       h.state);
+	return finish_output();
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 enum operand { OP_NONE, OP_CONTEXT, OP_FILE };
@@ -794,6 +928,9 @@ static const struct command commands[] = {
 	{ { "reload", NULL }, OP_NONE, false, false, cmd_reload },
 	{ { "iova-ranges", NULL }, OP_CONTEXT, false, false, cmd_iova_ranges },
 	{ { "policy", "check" }, OP_FILE, false, true, cmd_policy_check },
+	{ { "handoff", "status" }, OP_NONE, false, false, cmd_handoff_status },
+	{ { "handoff", "prepare" }, OP_NONE, false, false, cmd_handoff_prepare },
+	{ { "handoff", "abort" }, OP_NONE, false, false, cmd_handoff_abort },
 };
 
 static void usage(FILE *f)
@@ -821,6 +958,13 @@ static void usage(FILE *f)
 		"                          file changes nothing (admin)\n"
 		"  iova-ranges CONTEXT     usable IOVA ranges, alignment, backend mapping limit\n"
 		"                          (only contexts of this session)\n"
+		"  handoff status          where a host handoff (kernel update by kexec) stands:\n"
+		"                          state, preserver, what is (or would be) preserved (admin)\n"
+		"  handoff prepare [--force]\n"
+		"                          preserve every context for the next kernel; changes are\n"
+		"                          refused until the kexec or an abort; --force leaves out\n"
+		"                          the contexts that cannot be preserved (admin)\n"
+		"  handoff abort           undo prepare: nothing stays preserved (admin)\n"
 		"  policy check FILE [--uid N --gid N]\n"
 		"                          validate a configuration and its FILE.d/*.conf drop-ins\n"
 		"                          with the daemon's parser (no broker needed); with --uid\n"
@@ -829,6 +973,7 @@ static void usage(FILE *f)
 		"  -s, --socket=PATH       broker socket (default $DMABROKER_SOCKET, else %s)\n"
 		"  -j, --json              print one JSON document with raw integers\n"
 		"  -a, --all               with 'list contexts' / 'list devices': every client's\n"
+		"  -f, --force             with 'handoff prepare': leave out what cannot be preserved\n"
 		"  -t, --timeout=SECONDS   give up on a silent broker (default %u; 0: wait forever)\n"
 		"      --uid=N, --gid=N    with 'policy check': the client to resolve the policy for\n"
 		"  -V, --version           print the version and exit\n"
@@ -874,6 +1019,7 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 		{ "socket", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "all", no_argument, NULL, 'a' },
+		{ "force", no_argument, NULL, 'f' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "uid", required_argument, NULL, 'U' },
 		{ "gid", required_argument, NULL, 'G' },
@@ -883,7 +1029,7 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, "s:jat:Vh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:jaft:Vh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			if (!optarg[0])
@@ -892,6 +1038,7 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 			break;
 		case 'j': ctl->json = true; break;
 		case 'a': ctl->all = true; break;
+		case 'f': ctl->force = true; break;
 		case 't':
 			if (parse_timeout(optarg, &ctl->timeout_s) < 0)
 				return usage_error("--timeout takes seconds from 0 to 86400, not '%s'",
@@ -947,6 +1094,9 @@ static int run(int argc, char **argv)
 	if (!cmd && strcmp(argv[0], "list") == 0)
 		return usage_error("list what? 'list clients', 'list contexts', 'list mappings "
 				   "CONTEXT' or 'list devices'");
+	if (!cmd && strcmp(argv[0], "handoff") == 0)
+		return usage_error("handoff what? 'handoff status', 'handoff prepare [--force]' or "
+				   "'handoff abort'");
 	if (!cmd && strcmp(argv[0], "policy") == 0)
 		return usage_error("policy what? 'policy check FILE'");
 	if (!cmd)
@@ -958,6 +1108,8 @@ static int run(int argc, char **argv)
 				   want, want == 1 ? "" : "s", given);
 	if (ctl.all && !cmd->takes_all)
 		return usage_error("--all only goes with 'list contexts' and 'list devices'");
+	if (ctl.force && cmd->fn != cmd_handoff_prepare)
+		return usage_error("--force only goes with 'handoff prepare'");
 	if ((ctl.have_uid || ctl.have_gid) && cmd->fn != cmd_policy_check)
 		return usage_error("--uid and --gid only go with 'policy check'");
 	if (ctl.have_uid != ctl.have_gid)

@@ -360,6 +360,7 @@ int dmb_reply_status(struct dmb_client *c, const Dmb__Reply *reply)
 	c->err.code = reply->error->code;
 	c->err.sys_errno = reply->error->sys_errno;
 	c->err.index = reply->error->index;
+	c->err.retry_after_ms = reply->error->retry_after_ms;
 	snprintf(c->err.message, sizeof(c->err.message), "%s",
 		 reply->error->message ? reply->error->message : "");
 	return errno_of_code(reply->error->code);
@@ -488,6 +489,7 @@ int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
 			.seq = e->seq, .kind = e->kind, .context = e->context_id,
 			.device = e->device_id, .n_ranges = nr, .ranges = rg,
 			.message = e->message, .permanent = e->permanent,
+			.handoff_state = e->handoff_state,
 		};
 		if (cb)
 			cb(&ev, opaque);
@@ -1200,6 +1202,99 @@ int dmb_reload_policy(struct dmb_client *c, struct dmb_reload_info *out)
 		out->sessions = b->sessions;
 		out->policy_sections = b->policy_sections;
 		snprintf(out->path, sizeof(out->path), "%s", b->path);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+/* ------------------------------------------------------------ host handoff */
+
+static void left_out_from_pb(struct dmb_handoff_info *out, Dmb__HandoffLeftOut **l, size_t n)
+{
+	out->n_left_out = n < DMB_HANDOFF_LEFT_OUT_MAX ? n : DMB_HANDOFF_LEFT_OUT_MAX;
+	for (size_t i = 0; i < out->n_left_out; i++) {
+		out->left_out[i].context = l[i]->context_id;
+		snprintf(out->left_out[i].name, sizeof(out->left_out[i].name), "%s", l[i]->name);
+		snprintf(out->left_out[i].reason, sizeof(out->left_out[i].reason), "%s", l[i]->reason);
+	}
+}
+
+static void handoff_from_status(struct dmb_handoff_info *out, const Dmb__HandoffStatusReply *s)
+{
+	memset(out, 0, sizeof(*out));
+	snprintf(out->state, sizeof(out->state), "%s", s->state);
+	snprintf(out->preserver, sizeof(out->preserver), "%s", s->preserver);
+	out->available = s->available;
+	snprintf(out->message, sizeof(out->message), "%s", s->message);
+	snprintf(out->session_name, sizeof(out->session_name), "%s", s->session_name);
+	out->since_ms = s->since_ms;
+	out->contexts = s->contexts;
+	out->mappings = s->mappings;
+	out->bytes = s->bytes;
+	out->devices = s->devices;
+	out->unclaimed = s->unclaimed;
+	out->degraded = s->degraded;
+	out->grace_remaining_ms = s->grace_remaining_ms;
+	left_out_from_pb(out, s->left_out, s->n_left_out);
+}
+
+int dmb_handoff_status(struct dmb_client *c, struct dmb_handoff_info *out)
+{
+	REQ(q, HANDOFF_STATUS, handoff_status, Dmb__HandoffStatus, DMB__HANDOFF_STATUS__INIT);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_HANDOFF_STATUS)
+		r = bad_body(c, rep, "HandoffStatus");
+	else
+		handoff_from_status(out, rep->handoff_status);
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_handoff_prepare(struct dmb_client *c, bool force, struct dmb_handoff_info *out)
+{
+	REQ(q, HANDOFF_PREPARE, handoff_prepare, Dmb__HandoffPrepare, DMB__HANDOFF_PREPARE__INIT);
+	q.force = force;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_HANDOFF_PREPARE) {
+		r = bad_body(c, rep, "HandoffPrepare");
+	} else if (out) {
+		const Dmb__HandoffPrepareReply *b = rep->handoff_prepare;
+		memset(out, 0, sizeof(*out));
+		snprintf(out->state, sizeof(out->state), "%s", b->state);
+		snprintf(out->preserver, sizeof(out->preserver), "%s", b->preserver);
+		snprintf(out->session_name, sizeof(out->session_name), "%s", b->session_name);
+		out->contexts = b->contexts;
+		out->regions = b->regions;
+		out->mappings = b->mappings;
+		out->bytes = b->bytes;
+		out->devices = b->devices;
+		left_out_from_pb(out, b->left_out, b->n_left_out);
+	}
+	dmb__reply__free_unpacked(rep, NULL);
+	return r;
+}
+
+int dmb_handoff_abort(struct dmb_client *c, struct dmb_handoff_info *out)
+{
+	REQ(q, HANDOFF_ABORT, handoff_abort, Dmb__HandoffAbort, DMB__HANDOFF_ABORT__INIT);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case == DMB__REPLY__BODY_HANDOFF_ABORT) {
+		if (out)
+			handoff_from_status(out, rep->handoff_abort);
+	} else if (rep->body_case != DMB__REPLY__BODY__NOT_SET) {
+		r = bad_body(c, rep, "HandoffAbort");
+	} else if (out) {
+		memset(out, 0, sizeof(*out));
+		snprintf(out->state, sizeof(out->state), "normal");
 	}
 	dmb__reply__free_unpacked(rep, NULL);
 	return r;

@@ -9,6 +9,7 @@
 #include "bus.h"
 #include "notify.h"
 #include "protocol.h"
+#include "handoff.h"
 #include "server.h"
 #include "util/log.h"
 
@@ -29,19 +30,16 @@ void server_totals(const struct server *srv, struct server_totals *t)
 	};
 }
 
-/* The host handoff engine replaces this with its own state ("normal",
- * "preparing", "prepared", ...) and calls server_handoff_state_changed() on
- * every transition. */
+/* The host-handoff state (handoff.c) as the management interfaces name it. */
 const char *server_handoff_state(const struct server *srv)
 {
-	return "normal";
+	return handoff_state_name(srv->handoff.state);
 }
 
+/* handoff.c calls this on every transition, after logging it once. */
 void server_handoff_state_changed(struct server *srv)
 {
-	const char *state = server_handoff_state(srv);
-	log_notice("host handoff state: %s", state);
-	bus_emit_handoff_state_changed(srv, state);
+	bus_emit_handoff_state_changed(srv, server_handoff_state(srv));
 	notify_status_now(srv);
 }
 

@@ -20,6 +20,7 @@
  * by then, and its reads make calls outside the seccomp allow-list. Refusals are AccessDenied with a sentence
  * and one rate-limited log line naming the caller. */
 #include "bus.h"
+#include "handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -413,6 +414,93 @@ static int method_reload_policy(sd_bus_message *m, void *userdata, sd_bus_error 
 	return sd_bus_reply_method_return(m, "uu", b->srv->n_sessions, (uint32_t)b->srv->cfg->n_rules);
 }
 
+/* The host handoff (handoff.c); the same operations and rules as the socket's
+ * HandoffStatus / HandoffPrepare / HandoffAbort. */
+static int append_left_out(sd_bus_message *reply, const struct handoff_status *st)
+{
+	int r = sd_bus_message_open_container(reply, 'a', "(tss)");
+	for (size_t i = 0; r >= 0 && i < st->n_left_out; i++)
+		r = sd_bus_message_append(reply, "(tss)", st->left_out[i].context_id,
+					  st->left_out[i].name, st->left_out[i].reason);
+	if (r >= 0)
+		r = sd_bus_message_close_container(reply);
+	return r;
+}
+
+static int method_handoff_status(sd_bus_message *m, void *userdata, sd_bus_error *err)
+{
+	struct bus *b = userdata;
+	uid_t caller;
+	NEED_ADMIN(b, m, "HandoffStatus", &caller, err);
+	struct handoff_status *st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	sd_bus_message *reply = NULL;
+	int r = handoff_status(&b->srv->handoff, st);
+	if (r >= 0)
+		r = sd_bus_message_new_method_return(m, &reply);
+	if (r >= 0)
+		r = sd_bus_message_append(reply, "ssbstuttuuut", st->state, st->preserver,
+					  (int)st->available, st->message, st->since_ms, st->contexts,
+					  st->mappings, st->bytes, st->devices, st->unclaimed,
+					  st->degraded, st->grace_remaining_ms);
+	if (r >= 0)
+		r = append_left_out(reply, st);
+	if (r >= 0)
+		r = sd_bus_send(NULL, reply, NULL);
+	sd_bus_message_unref(reply);
+	free(st);
+	return r;
+}
+
+static int method_handoff_prepare(sd_bus_message *m, void *userdata, sd_bus_error *err)
+{
+	struct bus *b = userdata;
+	int force;
+	int r = sd_bus_message_read(m, "b", &force);
+	if (r < 0)
+		return r;
+	uid_t caller;
+	NEED_ADMIN(b, m, "HandoffPrepare", &caller, err);
+	struct handoff_status *st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	log_notice("D-Bus: host handoff prepare%s requested by uid %u", force ? " (force)" : "",
+		   (unsigned)caller);
+	struct dmb_err e = { 0 };
+	r = handoff_prepare(&b->srv->handoff, force, st, &e);
+	if (r < 0) {
+		log_notice("host handoff: prepare refused: %s", e.msg);
+		free(st);
+		return set_error(err, &e);
+	}
+	sd_bus_message *reply = NULL;
+	r = sd_bus_message_new_method_return(m, &reply);
+	if (r >= 0)
+		r = sd_bus_message_append(reply, "uuttu", st->contexts, st->regions, st->mappings,
+					  st->bytes, st->devices);
+	if (r >= 0)
+		r = append_left_out(reply, st);
+	if (r >= 0)
+		r = sd_bus_send(NULL, reply, NULL);
+	sd_bus_message_unref(reply);
+	free(st);
+	return r;
+}
+
+static int method_handoff_abort(sd_bus_message *m, void *userdata, sd_bus_error *err)
+{
+	struct bus *b = userdata;
+	uid_t caller;
+	NEED_ADMIN(b, m, "HandoffAbort", &caller, err);
+	log_notice("D-Bus: host handoff abort requested by uid %u", (unsigned)caller);
+	struct dmb_err e = { 0 };
+	int r = handoff_abort(&b->srv->handoff, &e);
+	if (r < 0)
+		return set_error(err, &e);
+	return sd_bus_reply_method_return(m, "s", server_handoff_state(b->srv));
+}
+
 static const sd_bus_vtable broker_vtable[] = {
 	SD_BUS_VTABLE_START(0),
 	SD_BUS_PROPERTY("Version", "s", prop_string, 0, SD_BUS_VTABLE_PROPERTY_CONST),
@@ -438,6 +526,19 @@ static const sd_bus_vtable broker_vtable[] = {
 	SD_BUS_METHOD_WITH_NAMES("ReloadPolicy", "", , "uu",
 				 SD_BUS_PARAM(sessions) SD_BUS_PARAM(policy_sections),
 				 method_reload_policy, SD_BUS_VTABLE_UNPRIVILEGED),
+	SD_BUS_METHOD_WITH_NAMES("HandoffStatus", "", , "ssbstuttuuuta(tss)",
+				 SD_BUS_PARAM(state) SD_BUS_PARAM(preserver) SD_BUS_PARAM(available)
+				 SD_BUS_PARAM(message) SD_BUS_PARAM(since_ms) SD_BUS_PARAM(contexts)
+				 SD_BUS_PARAM(mappings) SD_BUS_PARAM(bytes) SD_BUS_PARAM(devices)
+				 SD_BUS_PARAM(unclaimed) SD_BUS_PARAM(degraded)
+				 SD_BUS_PARAM(grace_remaining_ms) SD_BUS_PARAM(left_out),
+				 method_handoff_status, SD_BUS_VTABLE_UNPRIVILEGED),
+	SD_BUS_METHOD_WITH_NAMES("HandoffPrepare", "b", SD_BUS_PARAM(force), "uuttua(tss)",
+				 SD_BUS_PARAM(contexts) SD_BUS_PARAM(regions) SD_BUS_PARAM(mappings)
+				 SD_BUS_PARAM(bytes) SD_BUS_PARAM(devices) SD_BUS_PARAM(left_out),
+				 method_handoff_prepare, SD_BUS_VTABLE_UNPRIVILEGED),
+	SD_BUS_METHOD_WITH_NAMES("HandoffAbort", "", , "s", SD_BUS_PARAM(state),
+				 method_handoff_abort, SD_BUS_VTABLE_UNPRIVILEGED),
 	SD_BUS_SIGNAL_WITH_NAMES("MappingsRevoked", "ttt",
 				 SD_BUS_PARAM(context) SD_BUS_PARAM(device) SD_BUS_PARAM(count), 0),
 	SD_BUS_SIGNAL_WITH_NAMES("HandoffStateChanged", "s", SD_BUS_PARAM(state), 0),

@@ -29,6 +29,9 @@ void config_defaults(struct dmb_config *cfg)
 	};
 	cfg->max_sessions = 4096;
 	cfg->grace_period_s = 300;
+	snprintf(cfg->handoff_preserver, sizeof(cfg->handoff_preserver), "auto");
+	snprintf(cfg->handoff_session, sizeof(cfg->handoff_session), "dmabroker");
+	cfg->handoff_grace_s = 300;
 	cfg->session_queue_bytes = 4u << 20;
 	cfg->p2p_poll_interval_ms = 100;
 	cfg->p2p = false;
@@ -291,6 +294,29 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		if (parse_u64(value, 86400 * 30, &u) < 0)
 			return WHY("grace_period_s must be a number of seconds up to 30 days");
 		cfg->grace_period_s = (uint32_t)u;
+	} else if (!strcmp(section, "handoff")) {
+		if (!strcmp(key, "preserver")) {
+			bool ok = !strcmp(value, "auto") || !strcmp(value, "luo") || !strcmp(value, "none") ||
+				  (!strncmp(value, "luo:/", 5) && strlen(value) > 5) ||
+				  (!strncmp(value, "sim:/", 5) && strlen(value) > 5);
+			if (!ok || strlen(value) >= sizeof(cfg->handoff_preserver))
+				return WHY("preserver must be auto, luo, luo:/PATH, sim:/SOCKET or none");
+			snprintf(cfg->handoff_preserver, sizeof(cfg->handoff_preserver), "%s", value);
+		} else if (!strcmp(key, "session_name")) {
+			size_t n = strlen(value);
+			bool ok = n >= 1 && n <= 63;
+			for (size_t i = 0; ok && i < n; i++)
+				ok = value[i] > 0x20 && value[i] < 0x7f;
+			if (!ok)
+				return WHY("session_name must be 1 to 63 printable ASCII characters without spaces");
+			snprintf(cfg->handoff_session, sizeof(cfg->handoff_session), "%s", value);
+		} else if (!strcmp(key, "grace_period_s")) {
+			if (parse_u64(value, 86400 * 30, &u) < 0)
+				return WHY("grace_period_s must be a number of seconds up to 30 days");
+			cfg->handoff_grace_s = (uint32_t)u;
+		} else {
+			return WHY("unknown key '%s' in [handoff]", key);
+		}
 	} else if (!strcmp(section, "p2p")) {
 		if (!strcmp(key, "poll_interval_ms")) {
 			if (parse_u64(value, 60000, &u) < 0 || u < 1)

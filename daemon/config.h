@@ -35,6 +35,11 @@ struct dmb_config {
 	struct dmb_limits limits;
 	uint32_t max_sessions;
 	uint32_t grace_period_s;      /* [persist] unclaimed persistent contexts */
+
+	/* [handoff] */
+	char handoff_preserver[128];  /* auto, luo, luo:PATH, sim:SOCKET, none */
+	char handoff_session[64];     /* the preserver session's name */
+	uint32_t handoff_grace_s;     /* unclaimed restored contexts */
 	uint64_t session_queue_bytes;
 
 	/* [devices] allow: BDFs ("0000:01:00.0") or vendor:device ("1234:11e8") */

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,7 +327,8 @@ static const struct dmb_journal_hooks hooks_template = {
 /* A fresh journal holding the model as it is now: one record per object.
  * Written at start-up after a restore and when the journal has grown far
  * beyond the live state. */
-static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *e)
+static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, uint32_t handoff,
+		    struct jrnl **out, struct dmb_err *e)
 {
 	struct dmb_core *core = &p->srv->core;
 	struct jrnl *j;
@@ -335,10 +337,14 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 		return r;
 	uint64_t wm = core->next_id + ID_BLOCK;
 	r = jrnl_append_id_watermark(j, wm, e);
+	if (r == 0 && handoff != JRNL_HANDOFF_NORMAL)
+		r = jrnl_append_handoff(j, handoff, e);
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
 		if (r < 0)
 			break;
+		if (f && f->keep && !f->keep(f->opaque, ctx))
+			continue;
 		const struct dmb_owner *o = ctx->owner;
 		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
 		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : 0, o ? o->uid : 0,
@@ -349,6 +355,8 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 				break;
 			char name[64];
 			snprintf(name, sizeof(name), "region.%" PRIu64, reg->id);
+			if (f && f->region_name)
+				f->region_name(f->opaque, reg, name, sizeof(name));
 			uint32_t rf = (reg->writable ? JRNL_REGION_WRITABLE : 0) |
 				      (reg->hugetlb ? JRNL_REGION_HUGETLB : 0);
 			r = jrnl_append_region_add(j, ctx->id, reg->id, reg->size, reg->page_size, rf,
@@ -363,6 +371,8 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 	}
 	/* Mappings after every device exists (P2P entries name peers). */
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		if (f && f->keep && !f->keep(f->opaque, ctx))
+			continue;
 		struct dmb_mapping *m;
 		for (m = map_first_from(ctx, 0); m && r == 0; m = map_next(ctx, m)) {
 			if (m->flags & DMB_MAP_MMIO) {
@@ -379,9 +389,22 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 		jrnl_close(j);
 		return r;
 	}
-	p->watermark = wm;
+	if (!f)
+		p->watermark = wm;
 	*out = j;
 	return 0;
+}
+
+static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *e)
+{
+	return snapshot(p, NULL, p->handoff, out, e);
+}
+
+int persist_snapshot(struct persist *p, const struct persist_snapshot_filter *f, uint32_t handoff,
+		     struct jrnl **out, struct dmb_err *e)
+{
+	static const struct persist_snapshot_filter all = { 0 };
+	return snapshot(p, f ? f : &all, handoff, out, e);
 }
 
 /* Replaces the journal with a snapshot: the new one is stored before the
@@ -436,7 +459,25 @@ struct restore {
 	struct persist *p;
 	struct stored_fds *st;
 	bool *used;
+	/* After a kexec: nothing of the old kernel objects exists; every
+	 * context, device and mapping is made anew (same ids, IOVAs, tokens). */
+	bool fresh;
 };
+
+/* Restored with something missing: the owner hears it on reclaim. */
+static void degrade(struct dmb_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void degrade(struct dmb_ctx *ctx, const char *fmt, ...)
+{
+	size_t used = strlen(ctx->degraded);
+	if (used + 4 >= sizeof(ctx->degraded))
+		return;
+	if (used)
+		used += (size_t)snprintf(ctx->degraded + used, sizeof(ctx->degraded) - used, "; ");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(ctx->degraded + used, sizeof(ctx->degraded) - used, fmt, ap);
+	va_end(ap);
+}
 
 static int take_named(struct restore *rs, const char *name)
 {
@@ -501,10 +542,15 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_err e = { 0 };
 
-	struct dmb_fdset fds;
-	take_set(rs, "ctx", jc->id, &fds);
+	struct dmb_fdset fds = { 0 };
 	struct dmb_bctx *bctx = NULL;
-	int r = ops->ctx_adopt ? ops->ctx_adopt(core->be, &fds, &bctx, &e) : -EOPNOTSUPP;
+	int r;
+	if (rs->fresh) {
+		r = ops->ctx_open(core->be, &bctx, &e);
+	} else {
+		take_set(rs, "ctx", jc->id, &fds);
+		r = ops->ctx_adopt ? ops->ctx_adopt(core->be, &fds, &bctx, &e) : -EOPNOTSUPP;
+	}
 	if (r < 0) {
 		log_error("context %" PRIu64 " could not be re-adopted (%s); it is lost and its "
 			  "mappings go with the old kernel objects", jc->id, e.msg[0] ? e.msg : strerror(-r));
@@ -525,7 +571,7 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
 	}
 	ctx->stored.n = fds.n;
-	if (!s && jc->persistent) {
+	if (!s && jc->persistent && !rs->fresh) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ctx->detached_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
@@ -535,17 +581,25 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		int fd = take_named(rs, jr->fd_name);
 		struct dmb_region *reg;
 		struct dmb_err re = { 0 };
-		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0)
+		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0) {
 			log_error("context %" PRIu64 ": region %" PRIu64 " could not be re-adopted: %s",
-				  jc->id, jr->id, fd < 0 ? "its memfd is not in the fd store" : re.msg);
+				  jc->id, jr->id, fd < 0 ? "its memfd was not kept" : re.msg);
+			degrade(ctx, "region %" PRIu64 " was not restored (%s)", jr->id,
+				fd < 0 ? "its memfd was not kept" : re.msg);
+		}
 	}
 	for (struct jrnl_dev *jd = jrnl_ctx_dev_first(jc); jd; jd = jrnl_ctx_dev_next(jd)) {
-		struct dmb_fdset dfds;
-		take_set(rs, "dev", jd->id, &dfds);
+		struct dmb_fdset dfds = { 0 };
 		struct dmb_bdev *bdev = NULL;
 		struct dmb_dev_info info = { 0 };
 		struct dmb_err de = { 0 };
-		r = ops->dev_adopt ? ops->dev_adopt(bctx, jd->bdf, &dfds, &bdev, &info, &de) : -EOPNOTSUPP;
+		if (rs->fresh) {
+			r = -ENOENT; /* opened again by BDF below: devices come back reset */
+		} else {
+			take_set(rs, "dev", jd->id, &dfds);
+			r = ops->dev_adopt ? ops->dev_adopt(bctx, jd->bdf, &dfds, &bdev, &info, &de)
+					   : -EOPNOTSUPP;
+		}
 		if (r == -ENOENT && ops->dev_open) {
 			/* Detached from the backend just before the crash: attach it
 			 * again, under its journaled id. */
@@ -556,6 +610,7 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		if (r < 0) {
 			log_error("context %" PRIu64 ": device %s could not be re-adopted: %s", jc->id,
 				  jd->bdf, de.msg[0] ? de.msg : strerror(-r));
+			degrade(ctx, "device %s is missing (%s)", jd->bdf, de.msg[0] ? de.msg : strerror(-r));
 			close_set(&dfds);
 			continue;
 		}
@@ -585,13 +640,19 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 			if (!peer) {
 				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " dropped: its peer "
 					  "device %" PRIu64 " is gone", jc->id, jm->iova, jm->region);
+				degrade(ctx, "P2P mapping 0x%" PRIx64 " dropped (its peer device is missing)",
+					jm->iova);
 				continue;
 			}
 			uint16_t cmd = 0;
 			bool on = p2p_read_command(peer, &cmd, &e) == 0 && (cmd & DMB_PCI_COMMAND_MEMORY);
-			r = ops->map_bar_adopt ? ops->map_bar_adopt(ctx->bctx, peer->bdev, bar, jm->offset,
-								    jm->iova, jm->length, jm->prot, &e)
-					       : -ENOENT;
+			if (rs->fresh)
+				r = -ENOENT;
+			else
+				r = ops->map_bar_adopt ? ops->map_bar_adopt(ctx->bctx, peer->bdev, bar,
+									    jm->offset, jm->iova, jm->length,
+									    jm->prot, &e)
+						       : -ENOENT;
 			if (r == 0 && !on) {
 				/* The kernel still maps a BAR that no longer decodes. */
 				uint64_t got;
@@ -606,6 +667,8 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 			if (r < 0) {
 				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " could not be "
 					  "restored: %s", jc->id, jm->iova, e.msg);
+				degrade(ctx, "P2P mapping 0x%" PRIx64 " could not be restored (%s)", jm->iova,
+					e.msg);
 				continue;
 			}
 			p2p_adopt_record(ctx, peer, bar, jm->offset, jm->iova, jm->length, jm->prot, !on);
@@ -618,18 +681,23 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 				  " was not restored", jc->id, jm->iova, jm->region);
 			continue;
 		}
-		r = ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, jm->offset, jm->iova,
-						    jm->length, jm->prot, &e)
-				   : -EOPNOTSUPP;
+		if (rs->fresh)
+			r = -ENOENT;
+		else
+			r = ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, jm->offset, jm->iova,
+							    jm->length, jm->prot, &e)
+					   : -EOPNOTSUPP;
 		if (r == -ENOENT) {
 			/* Journaled, but the old process died before the kernel
 			 * call: do it now. */
 			r = ops->map(ctx->bctx, reg->breg, jm->offset, jm->iova, jm->length, jm->prot, &e);
-			p->remapped += r == 0;
+			p->remapped += r == 0 && !rs->fresh;
 		}
 		if (r < 0) {
 			log_error("context %" PRIu64 ": mapping [0x%" PRIx64 ", +0x%" PRIx64 "] could not be "
 				  "restored: %s", jc->id, jm->iova, jm->length, e.msg[0] ? e.msg : strerror(-r));
+			degrade(ctx, "mapping 0x%" PRIx64 " could not be made again (%s)", jm->iova,
+				e.msg[0] ? e.msg : strerror(-r));
 			continue;
 		}
 		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot);
@@ -637,7 +705,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 	}
 	uint64_t stray = 0;
 	struct dmb_err e = { 0 };
-	if (ops->adopt_finish && ops->adopt_finish(ctx->bctx, &stray, &e) == 0 && stray) {
+	if (!rs->fresh && ops->adopt_finish && ops->adopt_finish(ctx->bctx, &stray, &e) == 0 && stray) {
 		log_notice("context %" PRIu64 ": %" PRIu64 " mapping(s) the journal did not name were "
 			   "removed", ctx->id, stray);
 		p->stray += stray;
@@ -645,7 +713,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 	p->restored_contexts++;
 }
 
-static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb_err *e)
+static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh, struct dmb_err *e)
 {
 	struct server *srv = p->srv;
 	struct dmb_core *core = &srv->core;
@@ -668,6 +736,8 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb
 		log_warning("journal: replay stopped early (%s): everything before it is restored",
 			    res.why);
 	core->next_id = state.next_id > core->next_id ? state.next_id : core->next_id;
+	if (!fresh)
+		p->handoff = state.handoff;
 
 	_cleanup_free_ bool *used = calloc(st->n + 1, sizeof(*used));
 	if (!used) {
@@ -675,7 +745,7 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb
 		jrnl_close(j);
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 	}
-	struct restore rs = { .p = p, .st = st, .used = used };
+	struct restore rs = { .p = p, .st = st, .used = used, .fresh = fresh };
 	for (size_t i = 0; i < st->n; i++)
 		if (st->fd[i] == jfd)
 			used[i] = true;
@@ -700,11 +770,17 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb
 	/* What nobody claimed belonged to objects the journal no longer has. */
 	for (size_t i = 0; i < st->n; i++)
 		if (!used[i]) {
-			log_info("fd store: dropping '%s' (no longer in the journal)",
-				 st->name[i] ? st->name[i] : "?");
-			unstore(st->name[i] ? st->name[i] : "");
-			safe_close(st->fd[i]);
+			if (!fresh) {
+				log_info("fd store: dropping '%s' (no longer in the journal)",
+					 st->name[i] ? st->name[i] : "?");
+				unstore(st->name[i] ? st->name[i] : "");
+			}
+			st->fd[i] = safe_close(st->fd[i]);
 		}
+	if (fresh) {
+		jrnl_close(j);
+		return 0;
+	}
 
 	/* The old journal's generation name goes; a snapshot of what was
 	 * really restored replaces it. */
@@ -722,6 +798,8 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	uint64_t grace = (uint64_t)p->srv->cfg->grace_period_s * 1000;
+	if (p->hold_releases)
+		return; /* prepared for a handoff: what is preserved stays as it is */
 	struct dmb_ctx *c, *next;
 	for (c = RB_MIN(dmb_ctx_tree, &core->contexts); c; c = next) {
 		next = RB_NEXT(dmb_ctx_tree, &core->contexts, c);
@@ -778,7 +856,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 			}
 		}
 		uint64_t t0 = server_now_ms();
-		r = restore(p, st, jfd, e);
+		r = restore(p, st, jfd, false, e);
 		if (r < 0) {
 			log_error("the state journal could not be read (%s): starting empty; the old "
 				  "kernel objects are released as their fds close", e->msg);
@@ -905,4 +983,89 @@ void persist_fini(struct persist *p)
 		p->srv->core.jh = NULL;
 	jrnl_close(p->j);
 	p->j = NULL;
+}
+
+/* ------------------------------------------------------------ host handoff */
+
+int persist_set_handoff(struct persist *p, uint32_t state, struct dmb_err *e)
+{
+	uint32_t old = p->handoff;
+	p->handoff = state;
+	if (!p->enabled || !p->j)
+		return 0;
+	int r = APPEND(p, e, jrnl_append_handoff(p->j, state, &_je));
+	if (r < 0)
+		p->handoff = old;
+	return r;
+}
+
+int persist_restore_fresh(struct persist *p, struct stored_fds *st, int jfd, struct dmb_err *e)
+{
+	const struct dmb_journal_hooks *jh = p->srv->core.jh;
+	p->srv->core.jh = NULL; /* journaled at once, by the snapshot that follows */
+	p->restored_contexts = p->restored_mappings = p->lost = 0;
+	int r = restore(p, st, jfd, true, e);
+	p->srv->core.jh = jh;
+	return r;
+}
+
+int persist_store_everything(struct persist *p, struct dmb_err *e)
+{
+	if (!p->enabled)
+		return 0;
+	struct dmb_core *core = &p->srv->core;
+	const struct dmb_backend_ops *ops = core->be->ops;
+	struct dmb_ctx *ctx;
+	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
+		int r = store_ctx(ctx);
+		if (r < 0)
+			return store_failed(r, "context", ctx->id, e);
+		struct dmb_device *d;
+		TAILQ_FOREACH(d, &ctx->devices, link) {
+			struct dmb_fdset fds = { 0 };
+			if (ops->dev_fds && ops->dev_fds(d->bdev, &fds) == 0 &&
+			    (r = store_set("dev", d->id, &fds, &d->stored)) < 0)
+				return store_failed(r, "device", d->id, e);
+		}
+		struct dmb_region *reg;
+		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
+			char name[64], path[64];
+			snprintf(name, sizeof(name), "region.%" PRIu64, reg->id);
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", reg->fd);
+			int own = open(path, (reg->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+			if (own < 0)
+				return dmb_fail(e, DMB_E_INTERNAL, errno,
+						"cannot reopen region %" PRIu64 " for the fd store: %m", reg->id);
+			r = store_fd(name, own);
+			close(own);
+			if (r < 0)
+				return store_failed(r, "region", reg->id, e);
+		}
+	}
+	return 0;
+}
+
+int persist_resnapshot(struct persist *p, struct dmb_err *e)
+{
+	if (!p->enabled)
+		return 0;
+	struct jrnl *fresh;
+	int r = write_snapshot(p, &fresh, e);
+	if (r < 0)
+		return r;
+	r = swap_journal(p, fresh);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_UNAVAILABLE, -r,
+				"the state journal could not be put in the fd store (%s)", strerror(-r));
+	return 0;
+}
+
+int persist_store_fd(const char *name, int fd)
+{
+	return store_fd(name, fd);
+}
+
+void persist_unstore(const char *name)
+{
+	unstore(name);
 }

@@ -45,6 +45,8 @@ struct persist {
 	uint64_t appends;         /* since the last compaction check */
 	bool broken;              /* an append failed: mutations are refused */
 	struct event *ev_grace;
+	uint32_t handoff;         /* enum jrnl_handoff, as journaled */
+	bool hold_releases;       /* prepared for a handoff: no grace-period release */
 	uint64_t restored_contexts, restored_mappings, remapped, stray, lost;
 };
 
@@ -60,3 +62,34 @@ void persist_session_new(struct persist *p, uint64_t id, int fd);
  * Returns true when the daemon must exit WITHOUT tearing anything down. */
 bool persist_handover(struct persist *p);
 void persist_fini(struct persist *p);
+
+/* ---- host handoff (daemon/handoff.c) ---- */
+
+struct dmb_ctx;
+struct dmb_region;
+/* Which contexts a snapshot holds and under which name each region's memfd
+ * is found again (default "region.<id>"). */
+struct persist_snapshot_filter {
+	void *opaque;
+	bool (*keep)(void *opaque, struct dmb_ctx *ctx);
+	void (*region_name)(void *opaque, const struct dmb_region *r, char *buf, size_t len);
+};
+/* A fresh journal of the model as it is now (f: which part), with the
+ * handoff state recorded when not normal. Not stored anywhere. */
+int persist_snapshot(struct persist *p, const struct persist_snapshot_filter *f, uint32_t handoff,
+		     struct jrnl **out, struct dmb_err *e);
+/* Journals a handoff state (and remembers it for later snapshots). */
+int persist_set_handoff(struct persist *p, uint32_t state, struct dmb_err *e);
+/* After a kexec: rebuilds every context of the journal in jfd (taken) with
+ * new backend objects: devices opened by BDF, mappings made again, regions
+ * from `stored` by the names the journal gives (fds taken; the unused ones
+ * closed). Nothing is journaled or stored: persist_store_everything and
+ * persist_resnapshot follow. */
+int persist_restore_fresh(struct persist *p, struct stored_fds *stored, int jfd, struct dmb_err *e);
+/* Puts every object's fds in the fd store (after persist_restore_fresh). */
+int persist_store_everything(struct persist *p, struct dmb_err *e);
+/* Replaces the live journal with a snapshot of the model. */
+int persist_resnapshot(struct persist *p, struct dmb_err *e);
+/* The fd store, for the handoff's session fd. */
+int persist_store_fd(const char *name, int fd);
+void persist_unstore(const char *name);

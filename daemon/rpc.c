@@ -46,6 +46,8 @@ struct rpc_call {
 		Dmb__ListClientsReply list_clients;
 		Dmb__RevokeContextReply revoke_context;
 		Dmb__ReloadPolicyReply reload_policy;
+		Dmb__HandoffPrepareReply handoff_prepare;
+		Dmb__HandoffStatusReply handoff_status;
 	} body;
 	Dmb__StatsReply totals;
 };
@@ -56,7 +58,7 @@ enum {
 	RPC_PRE_HELLO = 1u << 0, /* allowed before the handshake */
 	RPC_ADMIN = 1u << 1,     /* admin sessions only */
 	RPC_FDS = 1u << 2,       /* may carry fds */
-	RPC_MUTATES = 1u << 3,   /* changes state (refused during a handoff, later) */
+	RPC_MUTATES = 1u << 3,   /* changes state (refused while a host handoff is prepared) */
 };
 
 struct rpc_entry {
@@ -273,11 +275,16 @@ static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
 	}
 	b->n_devices = i;
 	b->devices = dp;
-	if (q->want_fds && c->n_out_fds == DMB_MAX_FDS && nr + nd > DMB_MAX_FDS) {
+	if (ctx->degraded[0]) {
+		/* Restored after a host handoff with something missing. */
+		b->degraded = true;
+		b->message = ctx->degraded;
+	} else if (q->want_fds && c->n_out_fds == DMB_MAX_FDS && nr + nd > DMB_MAX_FDS) {
 		b->degraded = true;
 		b->message = (char *)"more regions and devices than one packet carries fds for";
 	}
 	SET_BODY(c, context_reclaim, CONTEXT_RECLAIM);
+	handoff_reclaimed(&c->s->srv->handoff, ctx->id);
 	return 0;
 }
 
@@ -717,9 +724,18 @@ static int rpc_sim_device_dma(struct rpc_call *c, struct dmb_err *e)
 static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__SimDma *q = c->req->sim_dma;
-	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
+	/* An admin may drive the engine through a context nobody holds (one
+	 * restored after a host handoff, before its reclaim): that is how a
+	 * restore is checked by moving bytes. */
+	if (!ctx && c->s->admin) {
+		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
+		if (ctx && ctx->owner)
+			ctx = NULL;
+	}
 	if (!ctx)
-		return -ENOENT;
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found",
+				q->context_id);
 	return sim_dma(c, "SimDma", ctx, NULL, q->iova, q->length, q->to_memory, &q->data, e);
 }
 
@@ -975,6 +991,108 @@ static int rpc_reload_policy(struct rpc_call *c, struct dmb_err *e)
 	return 0;
 }
 
+/* ------------------------------------------------------------ host handoff */
+
+static Dmb__HandoffLeftOut **left_out_pb(struct rpc_call *c, const struct handoff_status *st)
+{
+	Dmb__HandoffLeftOut *arr = rpc_alloc(c, st->n_left_out * sizeof(*arr));
+	Dmb__HandoffLeftOut **ptrs = rpc_alloc(c, st->n_left_out * sizeof(*ptrs));
+	if (!arr || !ptrs)
+		return NULL;
+	for (size_t i = 0; i < st->n_left_out; i++) {
+		dmb__handoff_left_out__init(&arr[i]);
+		arr[i].context_id = st->left_out[i].context_id;
+		arr[i].name = (char *)st->left_out[i].name;
+		arr[i].reason = (char *)st->left_out[i].reason;
+		ptrs[i] = &arr[i];
+	}
+	return ptrs;
+}
+
+static int handoff_status_reply(struct rpc_call *c, const struct handoff_status *st,
+				struct dmb_err *e)
+{
+	Dmb__HandoffStatusReply *b = &c->body.handoff_status;
+	dmb__handoff_status_reply__init(b);
+	b->state = (char *)st->state;
+	b->preserver = (char *)st->preserver;
+	b->available = st->available;
+	b->message = (char *)st->message;
+	b->session_name = (char *)st->session_name;
+	b->since_ms = st->since_ms;
+	b->contexts = st->contexts;
+	b->mappings = st->mappings;
+	b->bytes = st->bytes;
+	b->devices = st->devices;
+	b->unclaimed = st->unclaimed;
+	b->degraded = st->degraded;
+	b->grace_remaining_ms = st->grace_remaining_ms;
+	b->left_out = left_out_pb(c, st);
+	if (!b->left_out)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	b->n_left_out = st->n_left_out;
+	return 0;
+}
+
+static int rpc_handoff_status(struct rpc_call *c, struct dmb_err *e)
+{
+	struct handoff_status *st = rpc_alloc(c, sizeof(*st));
+	if (!st)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	handoff_status(&c->s->srv->handoff, st);
+	int r = handoff_status_reply(c, st, e);
+	if (r < 0)
+		return r;
+	SET_BODY(c, handoff_status, HANDOFF_STATUS);
+	return 0;
+}
+
+static int rpc_handoff_prepare(struct rpc_call *c, struct dmb_err *e)
+{
+	struct handoff_status *st = rpc_alloc(c, sizeof(*st));
+	if (!st)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	bool force = c->req->handoff_prepare->force;
+	log_notice("session %" PRIu64 " (uid %u pid %d): host handoff prepare%s requested", c->s->id,
+		   (unsigned)c->s->cred.uid, (int)c->s->cred.pid, force ? " (force)" : "");
+	int r = handoff_prepare(&c->s->srv->handoff, force, st, e);
+	if (r < 0) {
+		log_notice("host handoff: prepare refused: %s", e->msg);
+		return r;
+	}
+	Dmb__HandoffPrepareReply *b = &c->body.handoff_prepare;
+	dmb__handoff_prepare_reply__init(b);
+	b->state = (char *)st->state;
+	b->session_name = st->session_name;
+	b->preserver = (char *)st->preserver;
+	b->contexts = st->contexts;
+	b->regions = st->regions;
+	b->mappings = st->mappings;
+	b->bytes = st->bytes;
+	b->devices = st->devices;
+	b->left_out = left_out_pb(c, st);
+	b->n_left_out = b->left_out ? st->n_left_out : 0;
+	SET_BODY(c, handoff_prepare, HANDOFF_PREPARE);
+	return 0;
+}
+
+static int rpc_handoff_abort(struct rpc_call *c, struct dmb_err *e)
+{
+	struct handoff *h = &c->s->srv->handoff;
+	int r = handoff_abort(h, e);
+	if (r < 0)
+		return r;
+	struct handoff_status *st = rpc_alloc(c, sizeof(*st));
+	if (!st)
+		return 0; /* aborted; the reply just has no body */
+	handoff_status(h, st);
+	if (handoff_status_reply(c, st, e) < 0)
+		return 0;
+	c->reply.body_case = DMB__REPLY__BODY_HANDOFF_ABORT;
+	c->reply.handoff_abort = &c->body.handoff_status;
+	return 0;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 #define ROW(CASE, nm, fn, fl) [DMB__REQUEST__BODY_##CASE] = { nm, fn, fl }
@@ -1004,6 +1122,9 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(LIST_CONTEXTS, "list-contexts", rpc_list_contexts, 0),
 	ROW(LIST_MAPPINGS, "list-mappings", rpc_list_mappings, 0),
 	ROW(LIST_DEVICES, "list-devices", rpc_list_devices, 0),
+	ROW(HANDOFF_PREPARE, "handoff-prepare", rpc_handoff_prepare, RPC_ADMIN),
+	ROW(HANDOFF_ABORT, "handoff-abort", rpc_handoff_abort, RPC_ADMIN),
+	ROW(HANDOFF_STATUS, "handoff-status", rpc_handoff_status, RPC_ADMIN),
 	ROW(LIST_CLIENTS, "list-clients", rpc_list_clients, RPC_ADMIN),
 	ROW(REVOKE_CONTEXT, "revoke-context", rpc_revoke_context, RPC_ADMIN | RPC_MUTATES),
 	ROW(RELOAD_POLICY, "reload-policy", rpc_reload_policy, RPC_ADMIN),
@@ -1023,6 +1144,7 @@ static void reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error 
 	err->sys_errno = e->sys_errno;
 	err->message = (char *)(e->msg[0] ? e->msg : dmb_code_name(err->code));
 	err->index = e->index;
+	err->retry_after_ms = e->retry_after_ms;
 	c->reply.error = err;
 	c->reply.body_case = DMB__REPLY__BODY__NOT_SET;
 }
@@ -1164,6 +1286,8 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 		r = dmb_fail(&e, DMB_E_INVALID_ARGUMENT, EBADF,
 			     "%s takes no fds but the packet carried %zu (they were closed)", ent->name,
 			     rx->nfds);
+	} else if ((ent->flags & RPC_MUTATES) && handoff_refuses(&s->srv->handoff, ent->name, &e)) {
+		r = -EAGAIN;
 	} else {
 		r = ent->fn(&c, &e);
 	}

@@ -8,7 +8,8 @@
  *
  * Arguments are checked where a check is cheap and means something:
  *   - ioctl: the request number must be one the chosen backend issues
- *     (the sim backend issues none), or FIONREAD (common/wire.c's SIOCINQ);
+ *     (the sim backend issues none), one of the five LUO requests (the
+ *     host-handoff preserver), or FIONREAD (common/wire.c's SIOCINQ);
  *   - openat: read-only or read-write opens of existing files only (no
  *     O_CREAT, O_TRUNC, O_APPEND, O_WRONLY, O_TMPFILE): sysfs attributes,
  *     the VFIO and iommufd device nodes, a policy reload;
@@ -51,6 +52,7 @@
 #include <unistd.h>
 
 #include "backend/uapi/iommufd.h"
+#include "backend/uapi/liveupdate.h"
 #include "backend/uapi/vfio_cdev.h"
 #include "backend/uapi/vfio_container.h"
 #include "util/log.h"
@@ -95,6 +97,9 @@ static const int plain_syscalls[] = {
 	SCMP_SYS(accept4), SCMP_SYS(recvmsg), SCMP_SYS(sendmsg),
 	SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(poll), SCMP_SYS(ppoll),
 	SCMP_SYS(close),
+	/* the simulated preserver (preserve/sim.c): a session is a connection
+	 * to its unix socket, made at handoff prepare and restore */
+	SCMP_SYS(connect),
 	/* regions (core/region.c, backends): what the client's fd is, the
 	 * daemon's MAP_SHARED mmap of it; the sim's memfds and config space */
 	SCMP_SYS(fstat), SCMP_SYS(newfstatat), SCMP_SYS(fstatfs),
@@ -150,6 +155,15 @@ static const unsigned long common_ioctls[] = { SIOCINQ };
 /* The sanitizer runtime asks whether stderr is a terminal (colours). */
 static const unsigned long sanitizer_ioctls[] = { TCGETS };
 #endif
+
+/* The kernel's Live Update Orchestrator (preserve/luo.c), on
+ * /dev/liveupdate and its session fds. The preserver is chosen apart from
+ * the backend, so every backend's list has them. */
+static const unsigned long luo_ioctls[] = {
+	DMB_LIVEUPDATE_IOCTL_CREATE_SESSION, DMB_LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
+	DMB_LIVEUPDATE_SESSION_PRESERVE_FD, DMB_LIVEUPDATE_SESSION_RETRIEVE_FD,
+	DMB_LIVEUPDATE_SESSION_FINISH,
+};
 
 /* vfio-type1 (vfio_type1.c, ksys.c): container, group and device ioctls. */
 static const unsigned long type1_ioctls[] = {
@@ -282,6 +296,8 @@ static int build_filter(struct filter *f, const char *backend, int metrics_dirfd
 
 	/* ioctl: the backend's requests only. */
 	if ((r = allow_ioctls(f, common_ioctls, DMB_ARRAY_SIZE(common_ioctls))) < 0)
+		return r;
+	if ((r = allow_ioctls(f, luo_ioctls, DMB_ARRAY_SIZE(luo_ioctls))) < 0)
 		return r;
 #ifdef DMB_SANITIZER
 	if ((r = allow_ioctls(f, sanitizer_ioctls, DMB_ARRAY_SIZE(sanitizer_ioctls))) < 0)

@@ -233,11 +233,16 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	/* Persisted state (fd store), after the listening socket: adopted
 	 * sessions and contexts come back before anyone new is accepted. */
 	struct dmb_err e = { 0 };
+	handoff_take_stored(&srv->handoff, &stored);
 	int r = persist_init(&srv->persist, srv, &stored, &e);
 	for (size_t i = 0; i < stored.n; i++)
 		free(stored.name[i]);
 	free(stored.name);
 	free(stored.fd);
+	if (r < 0)
+		return log_error_errno(r, "%s", e.msg);
+	/* After the journal: it says where a host handoff stands. */
+	r = handoff_init(&srv->handoff, srv, &e);
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	return 0;
@@ -275,6 +280,12 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 		log_warning("reload: [metrics] changes take effect at the next start");
 	memcpy(fresh->metrics_textfile, cur->metrics_textfile, sizeof(cur->metrics_textfile));
 	fresh->metrics_interval_s = cur->metrics_interval_s;
+	if (strcmp(fresh->handoff_preserver, cur->handoff_preserver) ||
+	    strcmp(fresh->handoff_session, cur->handoff_session))
+		log_warning("reload: [handoff] preserver and session_name changes take effect at the "
+			    "next start");
+	memcpy(fresh->handoff_preserver, cur->handoff_preserver, sizeof(cur->handoff_preserver));
+	memcpy(fresh->handoff_session, cur->handoff_session, sizeof(cur->handoff_session));
 	*cur = *fresh; /* policies point into *cur: re-resolve every session now */
 	free(fresh);
 
@@ -300,6 +311,7 @@ void server_fini(struct server *srv)
 	notify_fini(srv);
 	bus_fini(srv);
 	metrics_fini(srv, true);
+	handoff_fini(&srv->handoff);
 	persist_fini(&srv->persist);
 	struct session *s;
 	while ((s = TAILQ_FIRST(&srv->sessions)))

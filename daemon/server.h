@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "handoff.h"
 #include "persist.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
@@ -94,6 +95,7 @@ struct server {
 	/* requests handled, by Request body case, and failures by wire code */
 	uint64_t n_requests_kind[64];
 	uint64_t n_errors_code[16];
+	struct handoff handoff;
 };
 
 /* Totals the management interfaces publish (D-Bus properties, STATUS=,

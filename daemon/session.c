@@ -288,6 +288,7 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
 	e.message = (char *)(ev->message ? ev->message : "");
 	e.permanent = ev->permanent;
 	e.requests_pending = ev->requests_pending;
+	e.handoff_state = (char *)(ev->handoff_state ? ev->handoff_state : "");
 	Dmb__Range rg[64], *rp[64];
 	Dmb__Range *rgh = NULL;
 	Dmb__Range **rph = NULL;

@@ -25,8 +25,15 @@ int ksys_ioctl_default(int fd, unsigned long req, void *arg)
 	return r < 0 ? -errno : r;
 }
 
+int ksys_open_default(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
 struct ksys_ops ksys_ops = {
 	.ioctl = ksys_ioctl_default,
+	.open = ksys_open_default,
 };
 
 const char *ksys_errno_name(int err)

@@ -22,16 +22,27 @@
 struct ksys_ops {
 	/* Returns the ioctl's non-negative result or a negative errno. */
 	int (*ioctl)(int fd, unsigned long req, void *arg);
+	/* Returns a new fd or a negative errno. Only for device nodes whose
+	 * open itself answers (/dev/liveupdate: EBUSY, EIO), so tests can
+	 * play those answers; other opens call open(2) directly. */
+	int (*open)(const char *path, int flags);
 };
 
 extern struct ksys_ops ksys_ops;
 
 /* ioctl(2), returning >= 0 or -errno. */
 int ksys_ioctl_default(int fd, unsigned long req, void *arg);
+/* open(2) (flags | O_CLOEXEC), returning the fd or -errno. */
+int ksys_open_default(const char *path, int flags);
 
 static inline int ksys_ioctl(int fd, unsigned long req, void *arg)
 {
 	return ksys_ops.ioctl(fd, req, arg);
+}
+
+static inline int ksys_open(const char *path, int flags)
+{
+	return ksys_ops.open(path, flags);
 }
 
 /* "ENOENT" for 2 or -2; "E?" when unknown. */

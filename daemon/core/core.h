@@ -141,6 +141,10 @@ struct dmb_ctx {
 	uint64_t detached_ms;         /* when its session ended (persistent), else 0 */
 	struct dmb_bctx *bctx;
 	struct dmb_fdset stored;      /* names under which persist.c stored its fds */
+	/* Restored after a host handoff with something missing (a device that
+	 * did not come back, a mapping that could not be made): what, told to
+	 * the owner on reclaim. Empty: complete. */
+	char degraded[200];
 
 	struct dmb_iova_info iova;   /* refreshed on device attach/detach */
 	int iova_err;                /* <0: the backend could not tell (iova_msg says why) */
@@ -170,6 +174,7 @@ struct dmb_event {
 	size_t n_ranges;
 	bool permanent;
 	bool requests_pending;  /* RESTARTED: the client's requests wait in its socket */
+	const char *handoff_state; /* HANDOFF: the new state's name */
 };
 
 typedef void (*dmb_event_fn)(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);

@@ -1297,7 +1297,7 @@ static void see_id(struct jrnl_state *s, uint64_t id)
 static void map_remove(struct jrnl_state *s, struct jrnl_ctx *c, struct jrnl_map *m)
 {
 	RB_REMOVE(jrnl_map_tree, &c->maps, m);
-	struct jrnl_region *r = jrnl_ctx_region(c, m->region);
+	struct jrnl_region *r = (m->flags & JRNL_MAP_MMIO) ? NULL : jrnl_ctx_region(c, m->region);
 	if (r)
 		r->map_refs--;
 	c->n_maps--;
@@ -1402,8 +1402,10 @@ struct jrnl_map *jrnl_ctx_map_find(const struct jrnl_ctx *c, uint64_t iova)
 
 static int apply_map(struct jrnl_state *s, struct jrnl_ctx *c, const struct jrnl_map_entry *e)
 {
-	struct jrnl_region *r = jrnl_ctx_region(c, e->region);
-	if (!r) {
+	/* A P2P (MMIO) entry names its peer device in `region`: no region. */
+	bool mmio = e->flags & JRNL_MAP_MMIO;
+	struct jrnl_region *r = mmio ? NULL : jrnl_ctx_region(c, e->region);
+	if (!r && !mmio) {
 		anomaly(s, "MAP at 0x%" PRIx64 " in context %" PRIu64 " names unknown region %" PRIu64,
 			e->iova, c->id, e->region);
 		return 0;
@@ -1434,7 +1436,8 @@ static int apply_map(struct jrnl_state *s, struct jrnl_ctx *c, const struct jrnl
 		free(m);
 		return -EEXIST;
 	}
-	r->map_refs++;
+	if (r)
+		r->map_refs++;
 	c->n_maps++;
 	c->mapped_bytes += m->length;
 	s->n_maps++;

@@ -83,6 +83,10 @@ enum jrnl_handoff {
 	JRNL_HANDOFF_LAST = JRNL_HANDOFF_RECLAIMING,
 };
 
+/* MAP entry flags: a P2P mapping of a peer device's BAR; `region` holds the
+ * peer device's id and bits 8..15 the BAR (persist.c writes them). */
+#define JRNL_MAP_MMIO UINT32_C(1)
+
 struct jrnl_map_entry {
 	uint64_t iova;
 	uint64_t length;

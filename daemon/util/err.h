@@ -27,6 +27,7 @@ struct dmb_err {
 	int code;          /* enum dmb_code; 0 = not set yet */
 	int sys_errno;     /* positive errno, 0 if none */
 	uint32_t index;    /* batch entry that failed */
+	uint32_t retry_after_ms; /* UNAVAILABLE: when a retry makes sense (0: no hint) */
 	char msg[240];
 };
 
@@ -50,6 +51,7 @@ static inline void dmb_err_clear(struct dmb_err *e)
 		e->code = 0;
 		e->sys_errno = 0;
 		e->index = 0;
+		e->retry_after_ms = 0;
 		e->msg[0] = '\0';
 	}
 }

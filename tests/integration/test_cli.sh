@@ -120,7 +120,7 @@ EOF
 # ADMIN_UID; it lets its clients open sim devices 1 and 2 and map P2P.
 start_daemon() {
 	local name=$1 sock=$2 admin=$3 n pid
-	printf '[admin]\nuids = %s\n[devices]\nallow = %s %s\n[p2p]\nallow = yes\n' \
+	printf '[admin]\nuids = %s\n[devices]\nallow = %s %s\n[p2p]\nallow = yes\n[handoff]\npreserver = none\n' \
 		"$admin" "$BDF_A" "$BDF_B" >"$TMP/$name.conf"
 	"$DAEMON" --backend=sim --socket="$sock" --config="$TMP/$name.conf" \
 		--log-level=info >"$TMP/$name.log" 2>&1 &
@@ -720,5 +720,40 @@ expect_rc 1 "reload from a non-admin session"
 expect_err '^dmabrokerctl: permission-denied: ' "reload from a non-admin session"
 p2p_stop
 pass "a non-admin session is refused status, --all, list clients, revoke and reload, and sees no other session's context (exit 1)"
+
+# ---------------------------------------------------------------- handoff
+ctl_raw handoff
+expect_rc 2 "'handoff' alone"
+expect_err "handoff what" "'handoff' alone"
+ctl_raw handoff status extra
+expect_rc 2 "'handoff status' with an operand"
+ctl --json handoff status
+expect_rc 0 "handoff status --json"
+JSON_CODE='
+if d.get("state") != "normal": sys.exit("expected state normal, got %r" % d.get("state"))
+if d.get("preserver") != "none": sys.exit("expected preserver none, got %r" % d.get("preserver"))
+if d.get("available") is not False: sys.exit("expected available false, got %r" % d.get("available"))
+if "preserver" not in d.get("message", ""): sys.exit("expected a sentence naming the preserver, got %r" % d.get("message"))
+'
+json || fail "handoff status --json: $PY_MSG"
+ctl handoff status
+expect_rc 0 "handoff status (table)"
+grep -q "normal" "$TMP/out" || fail "handoff status: expected the state 'normal' on stdout"
+ctl --json handoff prepare
+expect_rc 1 "handoff prepare without a preserver"
+expect_err '^dmabrokerctl: failed-precondition: .*nothing was changed' "handoff prepare without a preserver"
+[ -s "$TMP/out" ] && fail "a refused handoff prepare --json: expected nothing on stdout"
+ctl handoff abort
+expect_rc 1 "handoff abort when not prepared"
+expect_err '^dmabrokerctl: failed-precondition: ' "handoff abort when not prepared"
+ctl --json handoff status
+JSON_CODE='
+if d.get("state") != "normal": sys.exit("after the refusals: expected state normal, got %r" % d.get("state"))
+'
+json || fail "handoff status after the refusals: $PY_MSG"
+ctl_raw --socket "$SOCK2" handoff status
+expect_rc 1 "handoff status from a non-admin session"
+expect_err '^dmabrokerctl: permission-denied: ' "handoff status from a non-admin session"
+pass "handoff status/prepare/abort: usage errors exit 2, refusals exit 1 with the sentence, --json, non-admin refused"
 
 echo "all CLI checks passed"

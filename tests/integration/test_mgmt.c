@@ -704,7 +704,7 @@ static int child_calls(bool admin, uid_t uid, gid_t gid, const gid_t *groups, si
 	if (sd_bus_get_property_trivial(b, BUS_NAME, BUS_PATH, BUS_IFACE, "Clients", &e, 'u', &clients) < 0)
 		return 12;
 	static const char *const methods[] = { "ListClients", "ListContexts", "ListDevices",
-					       "ReloadPolicy" };
+					       "ReloadPolicy", "HandoffStatus" };
 	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
 		sd_bus_error_free(&e);
 		sd_bus_message *m = NULL;
@@ -1018,6 +1018,200 @@ static void test_status_and_watchdog(void **state)
 	assert_false(bad);
 }
 
+/* ------------------------------------------------------------ host handoff */
+
+static pid_t g_pv_pid;
+static char g_pv_sock[128];
+
+static void start_preserver(void)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	if (!bin || !bin[0])
+		fail_msg("DMB_SIM_PRESERVER is not set");
+	snprintf(g_pv_sock, sizeof(g_pv_sock), "%s/preserver.sock", g_dir);
+	g_pv_pid = fork();
+	assert_true(g_pv_pid >= 0);
+	if (g_pv_pid == 0) {
+		int devnull = open("/dev/null", O_WRONLY);
+		dup2(devnull, 1);
+		execl(bin, bin, "serve", g_pv_sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && access(g_pv_sock, F_OK) < 0; i++)
+		sleep_ms(10);
+	assert_int_equal(access(g_pv_sock, F_OK), 0);
+}
+
+static void stop_preserver(void)
+{
+	if (g_pv_pid > 0) {
+		kill(g_pv_pid, SIGTERM);
+		waitpid(g_pv_pid, NULL, 0);
+	}
+	g_pv_pid = 0;
+}
+
+static void handoff_state_is(sd_bus *b, const char *want)
+{
+	char *v = prop_s(b, "HandoffState");
+	assert_string_equal(v, want);
+	free(v);
+	sd_bus_error e = SD_BUS_ERROR_NULL;
+	sd_bus_message *m = call0(b, "HandoffStatus", &e);
+	if (!m)
+		fail_msg("HandoffStatus: %s", e.message);
+	const char *state, *preserver, *message;
+	int available;
+	uint64_t since;
+	assert_true(sd_bus_message_read(m, "ssbst", &state, &preserver, &available, &message,
+					&since) > 0);
+	assert_string_equal(state, want);
+	assert_string_equal(preserver, "sim");
+	sd_bus_message_unref(m);
+}
+
+struct handoff_signal {
+	char state[32];
+	bool seen;
+};
+
+static int on_handoff_changed(sd_bus_message *m, void *userdata, sd_bus_error *e)
+{
+	struct handoff_signal *hs = userdata;
+	const char *state;
+	if (sd_bus_message_read(m, "s", &state) > 0) {
+		snprintf(hs->state, sizeof(hs->state), "%s", state);
+		hs->seen = true;
+	}
+	return 0;
+}
+
+/* HandoffPrepare / HandoffStatus / HandoffAbort over D-Bus, on the simulated
+ * preserver: prepare preserves a persistent context and refuses mutations
+ * (the mapping keeps moving bytes), the signal and the property follow,
+ * abort accepts mutations again. A non-persistent context is listed as left
+ * out; without force it makes prepare fail and nothing changes. */
+static void test_handoff_over_dbus(void **state)
+{
+	/* Persistent contexts and the handoff need the fd store: a daemon of
+	 * its own under the fd-store harness, on the same private bus (the
+	 * group's daemon has stopped and released the name). */
+	struct fds h;
+	struct fds_opts o = fds_default_opts();
+	o.quiet = true;
+	assert_int_equal(fds_init(&h, &o), 0);
+	char extra[256];
+	snprintf(extra, sizeof(extra), "[handoff]\npreserver = sim:%s\n", g_pv_sock);
+	const char *const args[] = { "--bus=user", NULL };
+	int r = fds_start_dmabrokerd(&h, extra, args);
+	if (r != 0) {
+		fds_dump_log(&h);
+		fds_destroy(&h);
+		fail_msg("dmabrokerd did not become ready: %s", strerror(-r));
+	}
+	sd_bus *b = bus_open();
+	wait_for_name(b);
+	struct handoff_signal hs = { 0 };
+	sd_bus_slot *slot = NULL;
+	assert_true(sd_bus_match_signal(b, &slot, BUS_NAME, BUS_PATH, BUS_IFACE,
+					"HandoffStateChanged", on_handoff_changed, &hs) >= 0);
+	handoff_state_is(b, "normal");
+
+	/* A VMM with a persistent context, and one with a plain context. */
+	struct dmb_client *c = NULL;
+	assert_int_equal(dmb_connect(h.sock, "persistent-vmm", &c), 0);
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(c, dmb_context_create_persistent(c, "keep", &ctx, token));
+	int memfd = make_memfd(MiB, 91);
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, memfd, 0, &ri));
+	struct dmb_map_entry me = { .region = ri.region, .iova = 0x100000000ull, .length = MiB,
+				    .prot = DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map(c, ctx, &me));
+	check_dma(c, ctx, memfd, 0, 0x100000000ull, 4096, 92);
+	struct dmb_client *pc = NULL;
+	assert_int_equal(dmb_connect(h.sock, "plain-vmm", &pc), 0);
+	uint64_t plain_ctx;
+	assert_ok(pc, dmb_context_create(pc, "plain-vmm", &plain_ctx));
+
+	/* Without force: refused, listing the plain context; nothing changes. */
+	sd_bus_error e = SD_BUS_ERROR_NULL;
+	r = sd_bus_call_method(b, BUS_NAME, BUS_PATH, BUS_IFACE, "HandoffPrepare", &e, NULL, "b", 0);
+	assert_true(r < 0);
+	assert_non_null(strstr(e.message, "not persistent"));
+	sd_bus_error_free(&e);
+	handoff_state_is(b, "normal");
+	struct dmb_map_entry me2 = { .region = ri.region, .iova = 0x200000000ull, .length = 4096,
+				     .prot = DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map(c, ctx, &me2));
+	assert_ok(c, dmb_unmap(c, ctx, 0x200000000ull, 4096, NULL));
+
+	/* With force: prepared; the plain context is left out. */
+	sd_bus_message *m = NULL;
+	r = sd_bus_call_method(b, BUS_NAME, BUS_PATH, BUS_IFACE, "HandoffPrepare", &e, &m, "b", 1);
+	if (r < 0)
+		fail_msg("HandoffPrepare(force): %s", e.message);
+	uint32_t contexts, regions, devices;
+	uint64_t mappings, bytes;
+	assert_true(sd_bus_message_read(m, "uuttu", &contexts, &regions, &mappings, &bytes, &devices) > 0);
+	assert_int_equal(contexts, 1);
+	assert_int_equal(regions, 1);
+	assert_int_equal(mappings, 1);
+	assert_int_equal(bytes, MiB);
+	assert_true(sd_bus_message_enter_container(m, 'a', "(tss)") > 0);
+	uint64_t lo_id;
+	const char *lo_name, *lo_reason;
+	assert_true(sd_bus_message_read(m, "(tss)", &lo_id, &lo_name, &lo_reason) > 0);
+	assert_int_equal(lo_id, plain_ctx);
+	assert_string_equal(lo_name, "plain-vmm");
+	sd_bus_message_unref(m);
+	pump_until(b, &hs.seen, "HandoffStateChanged(prepared)");
+	assert_string_equal(hs.state, "prepared");
+	handoff_state_is(b, "prepared");
+
+	/* Prepared: mutations get UNAVAILABLE, DMA keeps moving bytes. */
+	assert_code(c, dmb_map(c, ctx, &me2), DMB_UNAVAILABLE);
+	check_dma(c, ctx, memfd, MiB - 4096, 0x100000000ull + MiB - 4096, 4096, 94);
+	/* A second prepare: wrong state. */
+	r = sd_bus_call_method(b, BUS_NAME, BUS_PATH, BUS_IFACE, "HandoffPrepare", &e, NULL, "b", 1);
+	assert_true(r < 0);
+	sd_bus_error_free(&e);
+
+	/* Abort: normal again, mutations accepted. */
+	hs.seen = false;
+	m = call0(b, "HandoffAbort", &e);
+	if (!m)
+		fail_msg("HandoffAbort: %s", e.message);
+	const char *after;
+	assert_true(sd_bus_message_read(m, "s", &after) > 0);
+	assert_string_equal(after, "normal");
+	sd_bus_message_unref(m);
+	pump_until(b, &hs.seen, "HandoffStateChanged(normal)");
+	assert_string_equal(hs.state, "normal");
+	handoff_state_is(b, "normal");
+	assert_ok(c, dmb_map(c, ctx, &me2));
+	check_dma(c, ctx, memfd, 0, 0x200000000ull, 4096, 95);
+	/* Abort when not prepared. */
+	m = call0(b, "HandoffAbort", &e);
+	assert_null(m);
+	sd_bus_error_free(&e);
+
+	assert_ok(c, dmb_context_destroy(c, ctx));
+	dmb_close(c);
+	dmb_close(pc);
+	close(memfd);
+	sd_bus_slot_unref(slot);
+	sd_bus_flush_close_unref(b);
+	int ws = fds_stop(&h, SIGTERM);
+	bool bad = !(WIFEXITED(ws) && WEXITSTATUS(ws) == 0) || fds_log_has(&h, "Sanitizer") ||
+		   fds_log_has(&h, "runtime error:");
+	if (bad)
+		fds_dump_log(&h);
+	fds_destroy(&h);
+	assert_false(bad);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1039,6 +1233,7 @@ int main(void)
 	}
 	g_admin_uid = pw->pw_uid;
 	start_dbus();
+	start_preserver();
 	snprintf(extra, sizeof(extra),
 		 "[devices]\nallow = " BDF_A " " BDF_B " " BDF_C "\n"
 		 "[p2p]\nallow = yes\npoll_interval_ms = 20\n"
@@ -1064,6 +1259,13 @@ int main(void)
 		unlink(g_metrics);
 		failed++;
 	}
+	/* The handoff over D-Bus runs its own daemon (under the fd store) on
+	 * the same bus, after the group's daemon released the name. */
+	const struct CMUnitTest handoff_tests[] = {
+		cmocka_unit_test(test_handoff_over_dbus),
+	};
+	failed += cmocka_run_group_tests_name("mgmt-handoff", handoff_tests, NULL, NULL);
 	stop_dbus();
+	stop_preserver();
 	return failed ? 1 : 0;
 }

@@ -311,6 +311,7 @@ static void test_backend_ioctls_allowed(void **state)
 		{ "daemon/backend/ksys.c", "type1_ioctls" },
 		{ "daemon/backend/iommufd.c", "iommufd_ioctls" },
 		{ "daemon/backend/ksys.c", "iommufd_ioctls" },
+		{ "daemon/preserve/luo.c", "luo_ioctls" },
 	};
 	unsigned total = 0;
 	for (size_t i = 0; i < sizeof(srcs) / sizeof(srcs[0]); i++) {

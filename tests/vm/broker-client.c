@@ -1452,9 +1452,101 @@ out:
 	return ret;
 }
 
+/* ---- host handoff without LUO --------------------------------------------------- */
+
+static int handoff_normal(struct sess *s, const char *when)
+{
+	struct dmb_handoff_info h;
+	int r = dmb_handoff_status(s->c, &h);
+
+	if (r < 0)
+		return bfail(s->c, r, "dmb_handoff_status %s", when);
+	if (strcmp(h.state, "normal") != 0 || h.available)
+		return fail(0, "handoff status %s: state '%s', available %d (want normal, 0): %s",
+			    when, h.state, h.available, h.message);
+	if (!strstr(h.message, "Live Update Orchestrator"))
+		return fail(0, "handoff status %s does not say why it is unavailable: '%s'", when,
+			    h.message);
+	ok("handoff status %s: normal, unavailable (preserver '%s'): %s", when, h.preserver,
+	   h.message);
+	return 0;
+}
+
+/* The guest's 6.1 kernel has no /dev/liveupdate: prepare (forced or not) is refused
+ * with the sentence that says what is missing, and nothing changes -- the mapping still
+ * moves the right bytes by edu DMA, mutations are still accepted. */
+static int run_handoff(const char *sock, const char *bdf)
+{
+	const uint64_t ia = 0x100000, ib = 0x800000, len = MiB;
+	const size_t oa = 0, ob = MiB;
+	struct ram m = { .fd = -1 };
+	struct sess s = SESS_INIT;
+	uint64_t region, unmapped = 0;
+	int r, ret = -1;
+
+	if (access("/dev/liveupdate", F_OK) == 0) {
+		fail(0, "this guest kernel has /dev/liveupdate: the check needs one without LUO");
+		goto out;
+	}
+	if (ram_new(&m, 2 * MiB, "vm-broker-handoff") < 0)
+		goto out;
+	if (sess_start(&s, sock, "vm-broker-handoff", bdf) < 0)
+		goto out;
+	if (reg(&s, &m, &region) < 0 || map(&s, region, oa, ia, len) < 0)
+		goto out;
+	if (roundtrip(&s, &m, ia, oa, &m, ia + 0x40000, oa + 0x40000, XFER, 21) < 0)
+		goto out;
+	if (handoff_normal(&s, "before prepare") < 0)
+		goto out;
+
+	for (int force = 0; force <= 1; force++) {
+		struct dmb_handoff_info h;
+		const struct dmb_error *e;
+
+		r = dmb_handoff_prepare(s.c, force, &h);
+		e = dmb_last_error(s.c);
+		if (r >= 0) {
+			fail(0, "dmb_handoff_prepare(force=%d) succeeded on a kernel without LUO",
+			     force);
+			goto out;
+		}
+		if (e->code != DMB_FAILED_PRECONDITION || !strstr(e->message, "Live Update Orchestrator") ||
+		    !strstr(e->message, "6.19") || !strstr(e->message, "liveupdate=on") ||
+		    !strstr(e->message, "nothing was changed")) {
+			bfail(s.c, r, "dmb_handoff_prepare(force=%d) refused, but not with the sentence "
+				      "that says LUO is missing", force);
+			goto out;
+		}
+		ok("dmb_handoff_prepare(force=%d) refused: %s [%s]", force, e->message,
+		   dmb_error_code_name(e->code));
+	}
+
+	/* nothing changed: status, the mapping's bytes, mutations */
+	if (handoff_normal(&s, "after the refused prepare") < 0)
+		goto out;
+	if (roundtrip(&s, &m, ia + 0x2000, oa + 0x2000, &m, ia + 0x80000, oa + 0x80000, XFER, 22) < 0)
+		goto out;
+	if (map(&s, region, ob, ib, len) < 0)
+		goto out;
+	if (roundtrip(&s, &m, ia + 0x3000, oa + 0x3000, &m, ib + 0x1000, ob + 0x1000, XFER, 23) < 0)
+		goto out;
+	r = dmb_unmap(s.c, s.ctx, ib, len, &unmapped);
+	if (r < 0 || unmapped != len) {
+		bfail(s.c, r, "dmb_unmap 0x%" PRIx64 " after the refused prepare (%" PRIu64 " bytes)",
+		      ib, unmapped);
+		goto out;
+	}
+	ok("mutations accepted after the refused prepare (map, DMA, unmap)");
+	ret = 0;
+out:
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
 static int usage(void)
 {
-	fputs("usage: broker-client info|ram|unmap|kill|range SOCKET BDF\n"
+	fputs("usage: broker-client info|ram|unmap|kill|range|handoff SOCKET BDF\n"
 	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n"
 	      "       broker-client p2p SOCKET BDF_A BDF_B POLL_MS\n",
 	      stderr);
@@ -1477,6 +1569,8 @@ int main(int argc, char **argv)
 		r = run_kill(argv[2], argv[3]);
 	else if (argc == 4 && strcmp(argv[1], "range") == 0)
 		r = run_range(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "handoff") == 0)
+		r = run_handoff(argv[2], argv[3]);
 	else if (argc == 5 && strcmp(argv[1], "deny") == 0)
 		r = run_deny(argv[2], argv[3], argv[4]);
 	else if (argc == 6 && strcmp(argv[1], "p2p") == 0 && atoi(argv[5]) > 0)

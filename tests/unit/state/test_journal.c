@@ -601,7 +601,8 @@ static void gen_op(struct model *m, struct op *o, unsigned map_weight)
 				e[got++] = (struct jrnl_map_entry){ slot * SLOT + start, len, g->id,
 								    rndn(g->size / 4096) * 4096,
 								    1 + (uint32_t)rndn(3),
-								    (uint32_t)rndn(4) };
+								    /* RAM entries: never JRNL_MAP_MMIO */
+								    (uint32_t)rndn(2) << 1 };
 			}
 			if (!got) {
 				free(e);

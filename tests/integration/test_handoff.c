@@ -1,0 +1,663 @@
+/* The host handoff on the sim backend with the simulated preserver
+ * (tools/dmb-sim-preserver), under the harness that plays systemd's fd
+ * store (fdstore.h). A simulated kexec is as harsh as a real one: the
+ * daemon is killed, every fd-store entry (so every sim backend object) is
+ * thrown away, the VMM-like clients are closed, and only what the preserver
+ * kept survives into the "new kernel" daemon. Every mapping is proved by
+ * moving bytes with the sim DMA engine, never by the daemon's tables. */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fdstore.h"
+
+#define PG 4096ull
+#define MiB (1ull << 20)
+#define BDF_A "0000:01:00.0"
+#define BDF_B "0000:02:00.0"
+#define P2P_IOVA 0x40000000ull
+
+static struct fds H;
+static char pv_sock[160];
+static pid_t pv_pid;
+static char cfg_text[512];
+
+static struct daemon as_daemon(void)
+{
+	struct daemon d = { .pid = H.pid };
+	snprintf(d.sock, sizeof(d.sock), "%s", H.sock);
+	snprintf(d.dir, sizeof(d.dir), "%s", H.dir);
+	return d;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static void check_log_clean(void)
+{
+	if (fds_log_has(&H, "Sanitizer") || fds_log_has(&H, "runtime error:")) {
+		fds_dump_log(&H);
+		fail_msg("sanitizer report in the daemon's log");
+	}
+}
+
+static void start(void)
+{
+	int r = fds_start_dmabrokerd(&H, cfg_text, NULL);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("dmabrokerd did not start: %s", strerror(-r));
+	}
+	check_log_clean();
+}
+
+static struct dmb_client *conn(const char *name)
+{
+	struct dmb_client *c = NULL;
+	int r = dmb_connect(H.sock, name, &c);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("connect: %s", strerror(-r));
+	}
+	return c;
+}
+
+/* ------------------------------------------------------------ the preserver */
+
+static int run_tool(const char *verb, const char *arg)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl(bin, bin, verb, pv_sock, arg, (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void preserver_start(void)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	assert_non_null(bin);
+	snprintf(pv_sock, sizeof(pv_sock), "%s/preserver.sock", H.dir);
+	pv_pid = fork();
+	assert_true(pv_pid >= 0);
+	if (pv_pid == 0) {
+		int devnull = open("/dev/null", O_WRONLY);
+		dup2(devnull, 1);
+		execl(bin, bin, "serve", pv_sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && access(pv_sock, F_OK) < 0; i++)
+		sleep_ms(10);
+	assert_int_equal(access(pv_sock, F_OK), 0);
+}
+
+static void preserver_stop(void)
+{
+	if (pv_pid > 0) {
+		kill(pv_pid, SIGTERM);
+		waitpid(pv_pid, NULL, 0);
+	}
+	pv_pid = 0;
+}
+
+/* The simulated kexec: the daemon dies, the preserver freezes its sessions
+ * into incoming ones, the fd store (every sim object with it) is gone. */
+static void kexec(int sig)
+{
+	assert_true(fds_stop(&H, sig) >= 0);
+	assert_int_equal(run_tool("kexec", NULL), 0);
+	fds_store_clear(&H);
+}
+
+static void use_config(const char *extra)
+{
+	snprintf(cfg_text, sizeof(cfg_text),
+		 "[handoff]\npreserver = sim:%s\ngrace_period_s = 3\n[persist]\ngrace_period_s = 600\n"
+		 "[devices]\nallow = " BDF_A " " BDF_B "\n[p2p]\nallow = yes\n%s",
+		 pv_sock, extra ? extra : "");
+}
+
+/* ------------------------------------------------------------ helpers */
+
+struct vmm {
+	struct dmb_client *c;
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	uint64_t region;
+	size_t size;
+	unsigned seed;
+};
+
+static void vmm_create(struct vmm *v, const char *name, size_t size, unsigned seed)
+{
+	v->c = conn(name);
+	v->size = size;
+	v->seed = seed;
+	assert_ok(v->c, dmb_context_create_persistent(v->c, name, &v->ctx, v->token));
+	int m = make_memfd(size, seed);
+	uint8_t *pat = malloc(size);
+	fill_pattern(pat, size, seed);
+	fd_write(m, 0, pat, size);
+	free(pat);
+	struct dmb_region_info ri;
+	assert_ok(v->c, dmb_region_register(v->c, v->ctx, m, 0, &ri));
+	v->region = ri.region;
+	close(m); /* the broker holds it; after the kexec only the preserver does */
+}
+
+static void vmm_map(struct vmm *v, uint64_t off, uint64_t iova, uint64_t len)
+{
+	struct dmb_map_entry e = { v->region, off, iova, len, DMB_READ | DMB_WRITE };
+	assert_ok(v->c, dmb_map(v->c, v->ctx, &e));
+}
+
+/* Reads `len` bytes at iova through context ctx (c: the owner, or an admin
+ * for an ownerless one) and compares them with the pattern make_memfd(seed)
+ * wrote at file offset off. */
+static void expect_pattern(struct dmb_client *c, uint64_t ctx, uint64_t iova, uint64_t off,
+			   size_t len, unsigned seed, size_t size)
+{
+	uint8_t *all = malloc(size), *got = malloc(len);
+	fill_pattern(all, size, seed);
+	assert_ok(c, dmb_sim_dma_read(c, ctx, iova, got, len));
+	assert_memory_equal(got, all + off, len);
+	free(all);
+	free(got);
+}
+
+static bool has_handoff_event(struct dmb_client *c, const char *state);
+
+struct evstate {
+	const char *want;
+	bool seen;
+};
+
+static void on_event(const struct dmb_event *ev, void *opaque)
+{
+	struct evstate *s = opaque;
+	if (ev->kind == DMB_EV_HANDOFF && ev->handoff_state && !strcmp(ev->handoff_state, s->want) &&
+	    ev->message && ev->message[0])
+		s->seen = true;
+}
+
+static bool has_handoff_event(struct dmb_client *c, const char *state)
+{
+	struct evstate s = { state, false };
+	for (int i = 0; i < 100 && !s.seen; i++) {
+		assert_true(dmb_dispatch(c, on_event, &s) >= 0);
+		if (!s.seen)
+			sleep_ms(10);
+	}
+	return s.seen;
+}
+
+static void expect_state(struct dmb_client *admin, const char *state)
+{
+	struct dmb_handoff_info hi;
+	assert_ok(admin, dmb_handoff_status(admin, &hi));
+	if (strcmp(hi.state, state)) {
+		fds_dump_log(&H);
+		fail_msg("handoff state is %s, expected %s (%s)", hi.state, state, hi.message);
+	}
+}
+
+static bool wait_state(const char *state, int ms)
+{
+	for (int i = 0; i < ms / 50; i++) {
+		struct dmb_client *a = conn("poll");
+		struct dmb_handoff_info hi;
+		int r = dmb_handoff_status(a, &hi);
+		dmb_close(a);
+		if (r == 0 && !strcmp(hi.state, state))
+			return true;
+		sleep_ms(50);
+	}
+	return false;
+}
+
+/* ------------------------------------------------------------ the whole handoff */
+
+static void test_full_handoff(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+
+	/* Three VMMs: A with two RAM mappings, two devices and a P2P mapping
+	 * into B's BAR; B with one mapping; C with one, never reclaimed. */
+	struct vmm a, b, c;
+	vmm_create(&a, "vm-a", MiB, 11);
+	vmm_map(&a, 0, 0x100000, 256 * 1024);
+	vmm_map(&a, 512 * 1024, 0x800000, 64 * 1024);
+	struct dmb_device_info da, db;
+	assert_ok(a.c, dmb_device_open(a.c, a.ctx, BDF_A, NULL, &da));
+	assert_ok(a.c, dmb_device_open(a.c, a.ctx, BDF_B, NULL, &db));
+	struct dmb_device_state ds;
+	assert_ok(a.c, dmb_device_set_command(a.c, da.device, DMB_PCI_MEMORY | DMB_PCI_BUS_MASTER, 0, &ds));
+	assert_ok(a.c, dmb_device_set_command(a.c, db.device, DMB_PCI_MEMORY, 0, &ds));
+	assert_ok(a.c, dmb_map_peer(a.c, a.ctx, db.device, NULL, 0, 0, P2P_IOVA, 64 * 1024,
+				    DMB_READ | DMB_WRITE));
+	vmm_create(&b, "vm-b", 512 * 1024, 22);
+	vmm_map(&b, 0, 0x200000, 512 * 1024);
+	vmm_create(&c, "vm-c", 64 * 1024, 33);
+	vmm_map(&c, 0, 0x10000, 64 * 1024);
+
+	struct dmb_client *adm = conn("admin");
+	expect_state(adm, "normal");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_string_equal(hi.state, "prepared");
+	assert_int_equal(hi.contexts, 3);
+	assert_int_equal(hi.regions, 3);
+	assert_int_equal(hi.mappings, 5);
+	assert_int_equal(hi.devices, 2);
+	assert_int_equal(hi.bytes, MiB + 512 * 1024 + 64 * 1024);
+	assert_int_equal(hi.n_left_out, 0);
+	assert_true(has_handoff_event(a.c, "prepared"));
+	assert_true(has_handoff_event(c.c, "prepared"));
+
+	/* Mutations: retry later; reads work. */
+	struct dmb_map_entry e = { a.region, 0, 0x900000, PG, DMB_READ | DMB_WRITE };
+	assert_code(a.c, dmb_map(a.c, a.ctx, &e), DMB_UNAVAILABLE);
+	assert_true(dmb_last_error(a.c)->retry_after_ms > 0);
+	assert_non_null(strstr(dmb_last_error(a.c)->message, "retry later"));
+	uint64_t ctx2;
+	assert_code(b.c, dmb_context_create(b.c, "new", &ctx2), DMB_UNAVAILABLE);
+	struct dmb_stats st;
+	assert_ok(a.c, dmb_stats(a.c, a.ctx, &st));
+	assert_int_equal(st.mappings, 3);
+	expect_pattern(a.c, a.ctx, 0x100000, 0, 4096, a.seed, a.size);
+	/* Wrong state. */
+	assert_code(adm, dmb_handoff_prepare(adm, false, NULL), DMB_FAILED_PRECONDITION);
+
+	/* A broker crash while prepared: it comes back prepared. */
+	assert_int_equal(fds_restart(&H, SIGKILL), 0);
+	dmb_close(adm);
+	adm = conn("admin");
+	expect_state(adm, "prepared");
+	assert_code(a.c, dmb_map(a.c, a.ctx, &e), DMB_UNAVAILABLE);
+	char line[256];
+	assert_int_equal(fds_status(&H, line, sizeof(line)), 0);
+	assert_non_null(strstr(line, "; handoff prepared"));
+
+	/* The kexec. Every client goes too. */
+	dmb_close(adm);
+	dmb_close(a.c);
+	dmb_close(b.c);
+	dmb_close(c.c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.contexts, 3);
+	assert_int_equal(hi.unclaimed, 3);
+	assert_int_equal(hi.degraded, 0);
+
+	/* Before any reclaim: every RAM mapping moves the right bytes at its
+	 * old IOVA (admin-driven sim DMA through the ownerless contexts). */
+	expect_pattern(adm, a.ctx, 0x100000, 0, 64 * 1024, a.seed, a.size);
+	expect_pattern(adm, a.ctx, 0x100000 + 256 * 1024 - PG, 256 * 1024 - PG, PG, a.seed, a.size);
+	expect_pattern(adm, a.ctx, 0x800000, 512 * 1024, 64 * 1024, a.seed, a.size);
+	expect_pattern(adm, b.ctx, 0x200000, 0, 512 * 1024 > 65536 ? 65536 : 512 * 1024, b.seed, b.size);
+	expect_pattern(adm, b.ctx, 0x200000 + 448 * 1024, 448 * 1024, 64 * 1024, b.seed, b.size);
+	expect_pattern(adm, c.ctx, 0x10000, 0, 64 * 1024, c.seed, c.size);
+	/* Nothing else is mapped: the hole between A's mappings faults. */
+	uint8_t buf[64];
+	assert_int_equal(dmb_sim_dma_read(adm, a.ctx, 0x400000, buf, sizeof(buf)) < 0, 1);
+
+	/* A reclaims: its memfd and both devices come back; it continues. */
+	struct dmb_client *a2 = conn("vm-a-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(a2, dmb_context_reclaim(a2, a.ctx, a.token, &ri));
+	assert_false(ri.degraded);
+	assert_int_equal(ri.n_regions, 1);
+	assert_int_equal(ri.n_devices, 2);
+	if (ri.mappings != 3) {
+		fds_dump_log(&H);
+		fail_msg("context A came back with %llu mappings, not 3", (unsigned long long)ri.mappings);
+	}
+	int amem = ri.regions[0].fd;
+	assert_true(amem >= 0);
+	check_dma(a2, a.ctx, amem, 0, 0x100000, PG, 101);
+	check_dma(a2, a.ctx, amem, 512 * 1024, 0x800000, PG, 102);
+	struct dmb_map_entry more = { a.region, 768 * 1024, 0x900000, 64 * 1024, DMB_READ | DMB_WRITE };
+	assert_ok(a2, dmb_map(a2, a.ctx, &more));
+	check_dma(a2, a.ctx, amem, 768 * 1024, 0x900000, PG, 103);
+	/* P2P: the devices came back reset (decoding off), so the mapping is
+	 * revoked; once A's VMM turns decoding on it is live again. */
+	uint64_t dev_a = 0, dev_b = 0;
+	for (size_t i = 0; i < ri.n_devices; i++) {
+		if (!strcmp(ri.devices[i].bdf, BDF_A))
+			dev_a = ri.devices[i].device;
+		if (!strcmp(ri.devices[i].bdf, BDF_B))
+			dev_b = ri.devices[i].device;
+		if (ri.devices[i].fd >= 0)
+			close(ri.devices[i].fd);
+	}
+	assert_int_equal(dev_a, da.device);
+	assert_int_equal(dev_b, db.device);
+	assert_ok(a2, dmb_device_set_command(a2, dev_a, DMB_PCI_MEMORY | DMB_PCI_BUS_MASTER, 0, &ds));
+	assert_ok(a2, dmb_device_set_command(a2, dev_b, DMB_PCI_MEMORY, 0, &ds));
+	uint8_t want[256], got[256];
+	fill_pattern(want, sizeof(want), 7);
+	assert_ok(a2, dmb_sim_device_dma_write(a2, dev_a, P2P_IOVA + 256, want, sizeof(want)));
+	assert_ok(a2, dmb_sim_device_dma_read(a2, dev_a, P2P_IOVA + 256, got, sizeof(got)));
+	assert_memory_equal(got, want, sizeof(want));
+
+	/* A broker crash while reclaiming: it goes on reclaiming. */
+	assert_int_equal(fds_restart(&H, SIGKILL), 0);
+	d.pid = H.pid;
+	dmb_close(adm);
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.unclaimed, 2);
+
+	/* B reclaims; a spent or wrong token is refused. */
+	struct dmb_client *b2 = conn("vm-b-again");
+	uint8_t wrong[DMB_RECLAIM_TOKEN_SIZE];
+	memcpy(wrong, b.token, sizeof(wrong));
+	wrong[3] ^= 0x40;
+	assert_code(b2, dmb_context_reclaim(b2, b.ctx, wrong, NULL), DMB_PERMISSION_DENIED);
+	assert_ok(b2, dmb_context_reclaim(b2, b.ctx, b.token, &ri));
+	int bmem = ri.regions[0].fd;
+	check_dma(b2, b.ctx, bmem, 128 * 1024, 0x200000 + 128 * 1024, PG, 104);
+
+	/* C is never reclaimed: released after the grace period (3 s), then
+	 * the session is finished and the broker is normal. */
+	if (!wait_state("normal", 10000)) {
+		fds_dump_log(&H);
+		fail_msg("the handoff did not finish after the grace period");
+	}
+	assert_true(fds_log_has(&H, "not reclaimed within 3 s after the host update"));
+	struct dmb_stats tot = daemon_totals(&d);
+	assert_int_equal(tot.contexts, 2);
+	/* A: 256K + 64K + 64K of RAM, B: 512K (P2P is not pinned). */
+	assert_int_equal(tot.pinned_bytes, 256 * 1024 + 64 * 1024 + 64 * 1024 + 512 * 1024);
+	assert_code(adm, dmb_sim_dma_read(adm, c.ctx, 0x10000, buf, 64), DMB_NOT_FOUND);
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_true(hi.available);
+	/* Mutations are accepted again. */
+	assert_ok(a2, dmb_context_destroy(a2, a.ctx));
+	assert_ok(b2, dmb_context_destroy(b2, b.ctx));
+	close(amem);
+	close(bmem);
+	dmb_close(a2);
+	dmb_close(b2);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d)); /* no pin leaked */
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ refusals, force, abort */
+
+static int nonadmin_checks(void)
+{
+	if (setgroups(0, NULL) < 0 || setgid(4242) < 0 || setuid(4242) < 0)
+		return 250;
+	struct dmb_client *c;
+	if (dmb_connect(H.sock, "not-admin", &c) < 0)
+		return 251;
+	struct dmb_handoff_info hi;
+	int fails = 0;
+	fails += dmb_handoff_status(c, &hi) != -EPERM;
+	fails += dmb_handoff_prepare(c, true, &hi) != -EPERM;
+	fails += dmb_handoff_abort(c, &hi) != -EPERM;
+	fails += dmb_last_error(c)->code != DMB_PERMISSION_DENIED;
+	dmb_close(c);
+	return fails;
+}
+
+static void test_refuse_force_abort(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm ok;
+	vmm_create(&ok, "vm-ok", 64 * 1024, 5);
+	vmm_map(&ok, 0, 0x100000, 64 * 1024);
+	/* Not preservable: not persistent (two of them; regions are always
+	 * sealed memfds, as the broker accepts nothing else). */
+	uint64_t plain, named;
+	assert_ok(ok.c, dmb_context_create(ok.c, "vm-plain", &plain));
+	assert_ok(ok.c, dmb_context_create(ok.c, "vm-plain-2", &named));
+
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_int_equal(hi.n_left_out, 2);
+	/* Refused, with the list, and nothing changed. */
+	assert_code(adm, dmb_handoff_prepare(adm, false, &hi), DMB_FAILED_PRECONDITION);
+	const char *msg = dmb_last_error(adm)->message;
+	assert_non_null(strstr(msg, "2 context(s) cannot be preserved"));
+	assert_non_null(strstr(msg, "not persistent"));
+	assert_non_null(strstr(msg, "vm-plain"));
+	expect_state(adm, "normal");
+	vmm_map(&ok, 32 * 1024, 0x200000, PG);
+
+	/* Wrong state: nothing to abort. */
+	assert_code(adm, dmb_handoff_abort(adm, NULL), DMB_FAILED_PRECONDITION);
+	/* Non-admin: refused for all three. */
+	assert_int_equal(chmod(H.dir, 0711), 0); /* the socket is 0666; its directory too */
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(nonadmin_checks());
+	int wst;
+	waitpid(pid, &wst, 0);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
+	/* Malformed: fds on a request that takes none. */
+	Dmb__HandoffStatus q = DMB__HANDOFF_STATUS__INIT;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.body_case = DMB__REQUEST__BODY_HANDOFF_STATUS;
+	req.handoff_status = &q;
+	Dmb__Reply *rep = NULL;
+	int one = make_memfd(PG, 1);
+	assert_int_equal(dmb_call(adm, &req, &one, 1, &rep, NULL, NULL), 0);
+	assert_non_null(rep->error);
+	assert_int_equal(rep->error->code, DMB_INVALID_ARGUMENT);
+	dmb__reply__free_unpacked(rep, NULL);
+	close(one);
+
+	/* Forced: those two are left out, listed. */
+	assert_ok(adm, dmb_handoff_prepare(adm, true, &hi));
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(hi.n_left_out, 2);
+	assert_int_equal(hi.mappings, 2);
+	/* Reads keep working. */
+	expect_pattern(ok.c, ok.ctx, 0x100000, 0, PG, ok.seed, ok.size);
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "prepared");
+	assert_int_equal(hi.n_left_out, 2);
+	struct dmb_map_entry e = { ok.region, 0, 0x300000, PG, DMB_READ };
+	assert_code(ok.c, dmb_map(ok.c, ok.ctx, &e), DMB_UNAVAILABLE);
+
+	/* Abort: nothing preserved, mutations accepted again. */
+	assert_ok(adm, dmb_handoff_abort(adm, &hi));
+	assert_string_equal(hi.state, "normal");
+	assert_true(has_handoff_event(ok.c, "normal"));
+	assert_ok(ok.c, dmb_map(ok.c, ok.ctx, &e));
+	expect_pattern(ok.c, ok.ctx, 0x300000, 0, PG, ok.seed, ok.size);
+	/* The session is gone: a kexec now carries nothing, and the next daemon
+	 * starts normal with nothing restored. */
+	assert_ok(ok.c, dmb_context_destroy(ok.c, ok.ctx));
+	assert_ok(ok.c, dmb_context_destroy(ok.c, named));
+	assert_ok(ok.c, dmb_context_destroy(ok.c, plain));
+	dmb_close(ok.c);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	assert_int_equal(daemon_totals(&d).contexts, 0);
+	dmb_close(adm);
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ no preserver, busy */
+
+static void test_no_preserver_and_busy(void **state)
+{
+	snprintf(cfg_text, sizeof(cfg_text), "[handoff]\npreserver = none\n");
+	start();
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm", 64 * 1024, 9);
+	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.preserver, "none");
+	assert_false(hi.available);
+	assert_code(adm, dmb_handoff_prepare(adm, true, &hi), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(dmb_last_error(adm)->message, "no preserver is configured"));
+	assert_non_null(strstr(dmb_last_error(adm)->message, "nothing was changed"));
+	expect_state(adm, "normal");
+	vmm_map(&v, 0, 0x200000, PG); /* mutations unaffected */
+	expect_pattern(v.c, v.ctx, 0x200000, 0, PG, v.seed, v.size);
+	dmb_close(adm);
+	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	dmb_close(v.c);
+	assert_true(daemon_wait_idle(&d));
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	fds_store_clear(&H);
+
+	/* The preserver's device held by someone else: EBUSY, said so. */
+	preserver_start();
+	use_config(NULL);
+	start();
+	d.pid = H.pid;
+	pid_t holder = fork();
+	if (holder == 0) {
+		const char *bin = getenv("DMB_SIM_PRESERVER");
+		execl(bin, bin, "hold", pv_sock, (char *)NULL);
+		_exit(127);
+	}
+	adm = conn("admin");
+	bool busy = false;
+	for (int i = 0; i < 100 && !busy; i++) {
+		int r = dmb_handoff_prepare(adm, false, &hi);
+		if (r == 0) /* before the holder got there */
+			assert_ok(adm, dmb_handoff_abort(adm, NULL));
+		busy = r < 0 && dmb_last_error(adm)->code == DMB_UNAVAILABLE;
+		if (!busy)
+			sleep_ms(20);
+	}
+	assert_true(busy);
+	assert_non_null(strstr(dmb_last_error(adm)->message, "EBUSY"));
+	expect_state(adm, "normal");
+	kill(holder, SIGTERM);
+	waitpid(holder, NULL, 0);
+	dmb_close(adm);
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ crash mid-restore */
+
+static void test_crash_mid_restore(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm v, w;
+	vmm_create(&v, "vm-1", 256 * 1024, 41);
+	vmm_map(&v, 0, 0x100000, 256 * 1024);
+	vmm_create(&w, "vm-2", 64 * 1024, 42);
+	vmm_map(&w, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	assert_ok(adm, dmb_handoff_prepare(adm, false, NULL));
+	dmb_close(adm);
+	dmb_close(v.c);
+	dmb_close(w.c);
+	kexec(SIGKILL);
+
+	/* The new daemon dies in the middle of its restore ... */
+	setenv("DMABROKERD_TEST_HANDOFF_CRASH", "restoring", 1);
+	int r = fds_start_dmabrokerd(&H, cfg_text, NULL);
+	unsetenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	assert_int_equal(r, -ECHILD);
+	assert_true(fds_log_has(&H, "crashing mid-restore"));
+	/* ... and the next start (same fd store) restores it all again. */
+	start();
+	d.pid = H.pid;
+	assert_true(fds_log_has(&H, "a restore was interrupted"));
+	adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.contexts, 2);
+	assert_int_equal(daemon_totals(&d).contexts, 2); /* nothing twice */
+	expect_pattern(adm, v.ctx, 0x100000, 0, 64 * 1024, v.seed, v.size);
+	expect_pattern(adm, w.ctx, 0x100000, 0, 64 * 1024, w.seed, w.size);
+	struct dmb_client *v2 = conn("vm-1-again"), *w2 = conn("vm-2-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(v2, dmb_context_reclaim(v2, v.ctx, v.token, &ri));
+	close(ri.regions[0].fd);
+	assert_ok(w2, dmb_context_reclaim(w2, w.ctx, w.token, &ri));
+	close(ri.regions[0].fd);
+	/* Everything reclaimed: finished at once. */
+	assert_true(wait_state("normal", 5000));
+	assert_ok(v2, dmb_context_destroy(v2, v.ctx));
+	assert_ok(w2, dmb_context_destroy(w2, w.ctx));
+	dmb_close(v2);
+	dmb_close(w2);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+static int setup(void **state)
+{
+	struct fds_opts o = fds_default_opts();
+	o.quiet = true;
+	return fds_init(&H, &o) < 0 ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+	fds_destroy(&H);
+	preserver_stop();
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_full_handoff, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("handoff", tests, NULL, NULL);
+}
