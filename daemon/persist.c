@@ -650,18 +650,15 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, struct dmb
 	struct server *srv = p->srv;
 	struct dmb_core *core = &srv->core;
 	struct jrnl *j;
-	int r = jrnl_open_fd(jfd, &j, e);
-	if (r < 0) {
-		safe_close(jfd); /* consumed either way */
-		return r;
-	}
 	struct jrnl_state state;
-	jrnl_state_init(&state);
 	struct jrnl_replay_result res;
-	r = jrnl_state_replay(j, &state, &res, e);
+	jrnl_state_init(&state);
+	/* One walk: the records are validated (CRC, seq, payload) while they
+	 * are replayed, not once to open and again to replay. */
+	int r = jrnl_open_replay_fd(jfd, &jrnl_state_ops, &state, &res, &j, e);
 	if (r < 0 && r != -EBADMSG) {
 		jrnl_state_fini(&state);
-		jrnl_close(j);
+		safe_close(jfd); /* consumed either way */
 		return r;
 	}
 	if (res.stop != JRNL_STOP_END)
