@@ -365,13 +365,13 @@ static int write_snapshot(struct persist *p, struct jrnl **out, struct dmb_err *
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
 		struct dmb_mapping *m;
 		for (m = map_first_from(ctx, 0); m && r == 0; m = map_next(ctx, m)) {
-			if (m->flags & DMB_MAP_MMIO) {
+			if (map_is_mmio(m)) {
 				const struct dmb_p2p *pp = dmb_container_of(m, struct dmb_p2p, m);
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, pp->peer->id, m->offset,
-						    m->prot, JMAP_MMIO | (pp->bar << 8), e);
+						    map_prot(m), JMAP_MMIO | (pp->bar << 8), e);
 			} else {
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, m->region->id, m->offset,
-						    m->prot, 0, e);
+						    map_prot(m), 0, e);
 			}
 		}
 	}

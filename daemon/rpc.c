@@ -646,7 +646,7 @@ static int rpc_list_devices(struct rpc_call *c, struct dmb_err *e)
 				m->length = p->m.length;
 				m->bar = p->bar;
 				m->offset = p->m.offset;
-				m->revoked = (p->m.flags & DMB_MAP_REVOKED) != 0;
+				m->revoked = p->revoked;
 				m->owner_uid = p->ctx->owner ? p->ctx->owner->uid : 0;
 				iptrs[k++] = m;
 				o->n_importers++;
@@ -869,13 +869,13 @@ static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 		arr[i].iova = m->iova;
 		arr[i].length = m->length;
 		arr[i].offset = m->offset;
-		arr[i].prot = m->prot;
-		if (m->flags & DMB_MAP_MMIO) {
+		arr[i].prot = map_prot(m);
+		if (map_is_mmio(m)) {
 			const struct dmb_p2p *p = dmb_container_of(m, struct dmb_p2p, m);
 			arr[i].mmio = true;
 			arr[i].peer_device_id = p->peer ? p->peer->id : 0;
 			arr[i].bar = p->bar;
-			arr[i].revoked = (m->flags & DMB_MAP_REVOKED) != 0;
+			arr[i].revoked = (map_flags(m) & DMB_MAP_REVOKED) != 0;
 		} else {
 			arr[i].region_id = m->region->id;
 		}

@@ -23,6 +23,7 @@
 
 #include "backend/backend.h"
 #include "util/err.h"
+#include "util/rbtree.h"
 
 struct dmb_core;
 struct dmb_ctx;
@@ -54,16 +55,35 @@ enum {
 };
 
 /* A RAM mapping. MMIO mappings are the first member of a struct dmb_p2p
- * (flags has DMB_MAP_MMIO, region is NULL, offset is into the BAR). */
+ * (region is NULL, offset is into the BAR).
+ *
+ * 56 bytes, because a context may hold millions: the tree link packs the
+ * parent pointer and the colour into one word (util/rbtree.h), prot lives
+ * in that word's two owner bits (map_prot), and the flags are not stored:
+ * MMIO is `region == NULL`, REVOKED is the struct dmb_p2p's (map_flags). */
 struct dmb_mapping {
-	RB_ENTRY(dmb_mapping) node;
+	DMB_RB_ENTRY(dmb_mapping) node;
 	uint64_t iova;
 	uint64_t length;
 	uint64_t offset;
 	struct dmb_region *region;
-	uint32_t prot;
-	uint32_t flags;
 };
+_Static_assert(DMB_PROT_READ == 1 && DMB_PROT_WRITE == 2, "prot fits the node's two owner bits");
+
+static inline uint32_t map_prot(const struct dmb_mapping *m)
+{
+	return DMB_RB_OWNER_BITS(m, node);
+}
+
+static inline void map_set_prot(struct dmb_mapping *m, uint32_t prot)
+{
+	DMB_RB_SET_OWNER_BITS(m, node, prot);
+}
+
+static inline bool map_is_mmio(const struct dmb_mapping *m)
+{
+	return m->region == NULL;
+}
 
 struct dmb_device;
 
@@ -73,10 +93,20 @@ struct dmb_p2p {
 	struct dmb_ctx *ctx;              /* the importing context */
 	struct dmb_device *peer;
 	unsigned bar;
+	bool revoked;                     /* absent from the IOMMU now */
 };
 TAILQ_HEAD(dmb_p2p_list, dmb_p2p);
 RB_HEAD(dmb_map_tree, dmb_mapping);
-RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp)
+DMB_RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp, )
+
+/* DMB_MAP_* of a mapping. */
+static inline uint32_t map_flags(const struct dmb_mapping *m)
+{
+	if (!map_is_mmio(m))
+		return 0;
+	const struct dmb_p2p *p = (const struct dmb_p2p *)(const void *)m;
+	return DMB_MAP_MMIO | (p->revoked ? DMB_MAP_REVOKED : 0);
+}
 
 struct dmb_region {
 	RB_ENTRY(dmb_region) node;

@@ -23,7 +23,7 @@ static int map_cmp(const struct dmb_mapping *a, const struct dmb_mapping *b)
 {
 	return a->iova < b->iova ? -1 : a->iova > b->iova;
 }
-RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp)
+DMB_RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp, )
 
 #define SLAB_BYTES (64u * 1024u)
 struct dmb_map_slab {
@@ -174,7 +174,7 @@ static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct
 void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 {
 	RB_INSERT(dmb_map_tree, &ctx->maps, m);
-	if (m->flags & DMB_MAP_MMIO) {
+	if (map_is_mmio(m)) {
 		ctx->p2p_mappings++;
 		ctx->p2p_bytes += m->length;
 		ctx->core->p2p_mappings++;
@@ -198,7 +198,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	ctx->mapped_bytes -= m->length;
 	ctx->core->n_mappings--;
 	ctx->core->mapped_bytes -= m->length;
-	if (m->flags & DMB_MAP_MMIO) {
+	if (map_is_mmio(m)) {
 		struct dmb_p2p *p = dmb_container_of(m, struct dmb_p2p, m);
 		ctx->p2p_mappings--;
 		ctx->p2p_bytes -= m->length;
@@ -337,8 +337,9 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 		}
 		*m = (struct dmb_mapping){
 			.iova = reqs[done].iova, .length = reqs[done].length, .offset = reqs[done].offset,
-			.region = reg, .prot = reqs[done].prot,
+			.region = reg,
 		};
+		map_set_prot(m, reqs[done].prot);
 		map_insert(ctx, m);
 		nodes[done] = m;
 	}
@@ -556,8 +557,8 @@ int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, u
 	struct dmb_mapping *m = node_alloc(ctx->core);
 	if (!m)
 		return -ENOMEM;
-	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r,
-				   .prot = prot };
+	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r };
+	map_set_prot(m, prot);
 	map_insert(ctx, m);
 	return 0;
 }
