@@ -62,6 +62,7 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 	}
 	wire_size_buffers(fd);
 	event_add(s->ev_read, NULL);
+	s->reading = true;
 	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
 	srv->n_sessions++;
 	log_debug("session %" PRIu64 ": connected (uid %u gid %u pid %d)", s->id,
@@ -120,6 +121,24 @@ void session_free(struct session *s)
 	if (!s)
 		return;
 	struct server *srv = s->srv;
+	if (s->inflight) {
+		/* A worker is running its request on one of its contexts: the
+		 * contexts go when the call is finished (rpc.c frees the session
+		 * from its write callback then). Until then it reads nothing
+		 * and is sent nothing. */
+		s->closing = true;
+		s->reading = false;
+		event_del(s->ev_read);
+		event_del(s->ev_write);
+		return;
+	}
+	if (s->parked) {
+		struct parked *p = s->parked;
+		STAILQ_REMOVE(&p->gate->waiters, p, parked, link);
+		rpc_parked_free(p);
+		s->parked = NULL;
+		server_schedule_replay(srv); /* the gate may be idle now */
+	}
 	TAILQ_REMOVE(&srv->sessions, s, link);
 	srv->n_sessions--;
 	event_free(s->ev_read);
@@ -137,6 +156,18 @@ void session_free(struct session *s)
 	free(s);
 }
 
+void session_update_reading(struct session *s)
+{
+	bool want = !s->closing && !s->read_paused && !s->inflight && !s->parked;
+	if (want == s->reading)
+		return;
+	s->reading = want;
+	if (want)
+		event_add(s->ev_read, NULL);
+	else
+		event_del(s->ev_read);
+}
+
 static void session_update_events(struct session *s)
 {
 	if (STAILQ_EMPTY(&s->outq))
@@ -144,13 +175,11 @@ static void session_update_events(struct session *s)
 	else
 		event_add(s->ev_write, NULL);
 
-	if (!s->read_paused && s->outq_bytes > OUTQ_HIGH_WATER) {
+	if (!s->read_paused && s->outq_bytes > OUTQ_HIGH_WATER)
 		s->read_paused = true;
-		event_del(s->ev_read);
-	} else if (s->read_paused && s->outq_bytes <= OUTQ_HIGH_WATER / 2) {
+	else if (s->read_paused && s->outq_bytes <= OUTQ_HIGH_WATER / 2)
 		s->read_paused = false;
-		event_add(s->ev_read, NULL);
-	}
+	session_update_reading(s);
 }
 
 /* Sends what it can of the queue. Returns <0 if the session must close. */
@@ -327,7 +356,9 @@ static void session_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct session *s = arg;
 	struct server *srv = s->srv;
 
-	for (int budget = READ_BUDGET; budget > 0 && !s->closing && !s->read_paused; budget--) {
+	for (int budget = READ_BUDGET;
+	     budget > 0 && !s->closing && !s->read_paused && !s->inflight && !s->parked;
+	     budget--) {
 		struct wire_rx rx;
 		int r = wire_recv(fd, srv->rxbuf, DMB_MAX_PACKET, &rx, true);
 		if (r == -EAGAIN)

@@ -117,6 +117,7 @@ static size_t revoke_all(struct dmb_device *d, const char *why)
 			continue;
 		uint64_t got = 0;
 		struct dmb_err e = { 0 };
+		core_quiesce(p->ctx);
 		int r = ops->unmap(p->ctx->bctx, p->m.iova, p->m.length, &got, &e);
 		if (r < 0 && r != -ENOENT) {
 			failed++;
@@ -153,6 +154,7 @@ static void restore_all(struct dmb_device *d, const char *why)
 		if (!p->revoked)
 			continue;
 		struct dmb_err e = { 0 };
+		core_quiesce(p->ctx);
 		int r = ops->map_bar(p->ctx->bctx, d->bdev, p->bar, p->m.offset, p->m.iova,
 				     p->m.length, map_prot(&p->m), &e);
 		if (r < 0) {
@@ -398,6 +400,7 @@ void p2p_release(struct dmb_device *d)
 
 	while ((p = TAILQ_FIRST(&d->importers))) {
 		struct dmb_ctx *ctx = p->ctx;
+		core_quiesce(ctx);
 		if (!p->revoked) {
 			uint64_t got;
 			struct dmb_err e = { 0 };
