@@ -116,6 +116,8 @@ static const int plain_syscalls[] = {
 	 * rseq area in the new thread; the stack is mmap/mprotect (no exec),
 	 * freed with madvise/munmap. clone itself is below (threads only). */
 	SCMP_SYS(set_robust_list), SCMP_SYS(rseq),
+	/* ... and each worker lowers its own priority (worker.c) */
+	SCMP_SYS(setpriority),
 	/* shutdown: the socket file this daemon created (server_fini) */
 	SCMP_SYS(unlink),
 };
