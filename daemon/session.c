@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <linux/sockios.h>
 
+#include "fastcodec.h"
 #include "protocol.h"
 #include "server.h"
 #include "util/log.h"
@@ -268,6 +269,13 @@ static void session_queue(struct session *s, const uint8_t *buf, size_t len, con
 static size_t pack_message(struct session *s, const Dmb__ServerMessage *m, uint8_t **out,
 			   uint8_t **spill)
 {
+	/* Map and Unmap replies, the hot path, by the fast codec. */
+	size_t n = fc_server_message_pack(m, s->srv->txbuf, DMB_MAX_PACKET);
+	if (n) {
+		*out = s->srv->txbuf;
+		*spill = NULL;
+		return n;
+	}
 	ProtobufCBufferSimple b = {
 		.base = { protobuf_c_buffer_simple_append },
 		.alloced = DMB_MAX_PACKET,
