@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "dmabroker-internal.h"
+#include "fastcodec.h"
 #include "protocol.h"
 #include "wire.h"
 
@@ -32,6 +33,10 @@ struct dmb_client {
 	int timeout_ms;               /* per call; 0: wait forever (dmb_set_timeout) */
 	bool restart_lost;            /* a RESTARTED event: nothing of ours was queued */
 	uint64_t probe_id;            /* the probe sent to tell lost from late */
+	/* A Map/Unmap reply read by the fast codec lives here, not on the heap,
+	 * until reply_free(); while it is in use, replies go to protobuf-c. */
+	struct fc_reply fast;
+	bool fast_busy;
 };
 
 static const char *const code_names[] = {
@@ -199,9 +204,21 @@ static void evq_push(struct dmb_client *c, Dmb__Event *ev)
 	c->evq_len++;
 }
 
-/* Receives one ServerMessage; events are queued, a reply is returned. */
-static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int *rfds,
-		    size_t *nrfds)
+/* Releases a reply from recv_one(): the fast codec's, or protobuf-c's. */
+static void reply_free(struct dmb_client *c, Dmb__Reply *rep)
+{
+	if (rep == &c->fast.reply)
+		c->fast_busy = false;
+	else
+		dmb__reply__free_unpacked(rep, NULL);
+}
+
+/* Receives one ServerMessage; events are queued, a reply is returned (free
+ * it with reply_free). fast: a Map or Unmap reply may be read by the fast
+ * codec into c->fast (callers that hand the reply out of the library, which
+ * promises a protobuf-c one, say false). */
+static int recv_one(struct dmb_client *c, bool nonblock, bool fast, Dmb__Reply **reply,
+		    int *rfds, size_t *nrfds)
 {
 	struct wire_rx rx;
 	*reply = NULL;
@@ -210,6 +227,13 @@ static int recv_one(struct dmb_client *c, bool nonblock, Dmb__Reply **reply, int
 		return r;
 	if (rx.eof)
 		return -ECONNRESET;
+	if (fast && !c->fast_busy && !rx.nfds && fc_reply_unpack(c->buf, rx.len, &c->fast)) {
+		c->fast_busy = true;
+		*reply = &c->fast.reply;
+		if (nrfds)
+			*nrfds = 0;
+		return 0;
+	}
 	Dmb__ServerMessage *m = dmb__server_message__unpack(NULL, rx.len, c->buf);
 	if (!m) {
 		wire_close_fds(&rx);
@@ -252,8 +276,8 @@ static int lost_in_restart(struct dmb_client *c)
 	return -EAGAIN;
 }
 
-static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **reply, int *rfds,
-		      size_t *nrfds)
+static int wait_reply(struct dmb_client *c, uint64_t id, bool any, bool fast, Dmb__Reply **reply,
+		      int *rfds, size_t *nrfds)
 {
 	size_t cap = nrfds ? *nrfds : 0;
 	int64_t deadline = c->timeout_ms ? now_ms() + c->timeout_ms : 0;
@@ -271,7 +295,7 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 			if (pr == 0)
 				return timed_out(c, "waiting for the reply");
 		}
-		int r = recv_one(c, false, &rep, rfds, nrfds ? &n : NULL);
+		int r = recv_one(c, false, fast, &rep, rfds, nrfds ? &n : NULL);
 		if ((r == -EAGAIN || r == -EWOULDBLOCK) && c->timeout_ms)
 			return timed_out(c, "waiting for the reply");
 		if (r < 0)
@@ -300,7 +324,7 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 			continue;
 		if (c->probe_id && rep->id == c->probe_id) {
 			c->probe_id = 0;
-			dmb__reply__free_unpacked(rep, NULL);
+			reply_free(c, rep);
 			return lost_in_restart(c);
 		}
 		/* id 0 answers a packet the broker could not read at all. */
@@ -313,31 +337,43 @@ static int wait_reply(struct dmb_client *c, uint64_t id, bool any, Dmb__Reply **
 		}
 		for (size_t i = 0; i < n; i++)
 			close(rfds[i]);
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 	}
 }
 
-int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfds,
-	     Dmb__Reply **reply, int *rfds, size_t *nrfds)
+/* dmb_call; fast: the reply may be the fast codec's (free it with
+ * reply_free). Map and Unmap requests are encoded by the fast codec. */
+static int call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfds, bool fast,
+		Dmb__Reply **reply, int *rfds, size_t *nrfds)
 {
 	c->restart_lost = false; /* only a restart during this call counts */
 	c->probe_id = 0;
 	req->id = c->next_id++;
-	size_t len = dmb__request__get_packed_size(req);
-	if (len > DMB_MAX_PACKET) {
-		c->err = (struct dmb_error){ .code = DMB_INVALID_ARGUMENT, .sys_errno = EMSGSIZE };
-		snprintf(c->err.message, sizeof(c->err.message),
-			 "request of %zu bytes exceeds the packet limit of %u; use smaller batches",
-			 len, DMB_MAX_PACKET);
-		return -EMSGSIZE;
+	size_t len = fc_request_pack(req, c->buf, DMB_MAX_PACKET);
+	if (!len) {
+		len = dmb__request__get_packed_size(req);
+		if (len > DMB_MAX_PACKET) {
+			c->err = (struct dmb_error){ .code = DMB_INVALID_ARGUMENT,
+						     .sys_errno = EMSGSIZE };
+			snprintf(c->err.message, sizeof(c->err.message),
+				 "request of %zu bytes exceeds the packet limit of %u; use smaller "
+				 "batches", len, DMB_MAX_PACKET);
+			return -EMSGSIZE;
+		}
+		dmb__request__pack(req, c->buf);
 	}
-	dmb__request__pack(req, c->buf);
 	int r = wire_send(c->fd, c->buf, len, fds, nfds, false);
 	if ((r == -EAGAIN || r == -EWOULDBLOCK) && c->timeout_ms)
 		return timed_out(c, "sending the request");
 	if (r < 0)
 		return transport_error(c, r, "sending the request");
-	return wait_reply(c, req->id, false, reply, rfds, nrfds);
+	return wait_reply(c, req->id, false, fast, reply, rfds, nrfds);
+}
+
+int dmb_call(struct dmb_client *c, Dmb__Request *req, const int *fds, size_t nfds,
+	     Dmb__Reply **reply, int *rfds, size_t *nrfds)
+{
+	return call(c, req, fds, nfds, false, reply, rfds, nrfds);
 }
 
 int dmb_call_bytes(struct dmb_client *c, const void *buf, size_t len, const int *fds, size_t nfds,
@@ -348,7 +384,7 @@ int dmb_call_bytes(struct dmb_client *c, const void *buf, size_t len, const int 
 		return timed_out(c, "sending the request");
 	if (r < 0)
 		return transport_error(c, r, "sending the request");
-	return wait_reply(c, 0, true, reply, NULL, NULL);
+	return wait_reply(c, 0, true, false, reply, NULL, NULL);
 }
 
 int dmb_reply_status(struct dmb_client *c, const Dmb__Reply *reply)
@@ -371,14 +407,14 @@ int dmb_reply_status(struct dmb_client *c, const Dmb__Reply *reply)
 static int simple_call(struct dmb_client *c, Dmb__Request *req, Dmb__Reply **keep)
 {
 	Dmb__Reply *rep;
-	int r = dmb_call(c, req, NULL, 0, &rep, NULL, NULL);
+	int r = call(c, req, NULL, 0, true, &rep, NULL, NULL);
 	if (r < 0)
 		return r;
 	r = dmb_reply_status(c, rep);
 	if (r == 0 && keep)
 		*keep = rep;
 	else
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 	return r;
 }
 
@@ -419,7 +455,7 @@ int dmb_hello(struct dmb_client *c, uint32_t version, const char *name)
 		i->session_id = hr->session_id;
 		i->admin = hr->admin;
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -460,13 +496,13 @@ int dmb_dispatch(struct dmb_client *c, dmb_event_cb cb, void *opaque)
 	/* Pull whatever is waiting without blocking. */
 	for (;;) {
 		Dmb__Reply *rep;
-		int r = recv_one(c, true, &rep, NULL, NULL);
+		int r = recv_one(c, true, true, &rep, NULL, NULL);
 		if (r == -EAGAIN)
 			break;
 		if (r < 0)
 			return transport_error(c, r, "receiving events");
 		if (rep)
-			dmb__reply__free_unpacked(rep, NULL); /* nobody waits for it */
+			reply_free(c, rep); /* nobody waits for it */
 	}
 	int n = 0;
 	while (c->evq_head) {
@@ -526,7 +562,7 @@ int dmb_context_create(struct dmb_client *c, const char *name, uint64_t *context
 		*context = rep->context_create->context_id;
 	else
 		r = bad_body(c, rep, "ContextCreate");
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -559,7 +595,7 @@ int dmb_region_register(struct dmb_client *c, uint64_t context, int fd, uint64_t
 		snprintf(out->kind, sizeof(out->kind), "%s", b->kind);
 		out->page_size = b->page_size;
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -593,7 +629,7 @@ int dmb_iova_ranges(struct dmb_client *c, uint64_t context, struct dmb_iova_info
 		out->max_mappings = b->max_mappings;
 		out->mappings_available = b->mappings_available;
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -650,7 +686,7 @@ static int unmapped_reply(struct dmb_client *c, Dmb__Request *req, uint64_t *byt
 		r = bad_body(c, rep, "Unmap");
 	else if (bytes)
 		*bytes = rep->unmap->unmapped_bytes;
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -736,7 +772,7 @@ int dmb_device_open(struct dmb_client *c, uint64_t context, const char *bdf, int
 	for (size_t i = 0; i < nfds; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -761,7 +797,7 @@ int dmb_sim_dma_read(struct dmb_client *c, uint64_t context, uint64_t iova, void
 		r = bad_body(c, rep, "SimDma");
 	else
 		memcpy(buf, rep->sim_dma->data.data, len);
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -807,7 +843,7 @@ int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out)
 		r = bad_body(c, rep, "Stats");
 	else
 		stats_from_pb(out, rep->stats);
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -831,7 +867,7 @@ int dmb_status(struct dmb_client *c, struct dmb_status *out)
 		out->pid = s->pid;
 		stats_from_pb(&out->totals, s->totals);
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -845,13 +881,13 @@ int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **
 		return r;
 	if (rep->body_case != DMB__REPLY__BODY_LIST_CONTEXTS) {
 		r = bad_body(c, rep, "ListContexts");
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 		return r;
 	}
 	size_t k = rep->list_contexts->n_contexts;
 	struct dmb_context_info *arr = calloc(k + 1, sizeof(*arr));
 	if (!arr) {
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < k; i++) {
@@ -867,7 +903,7 @@ int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **
 	}
 	*out = arr;
 	*n = k;
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return 0;
 }
 
@@ -902,7 +938,7 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 		if (next)
 			*next = b->next_iova;
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -944,7 +980,7 @@ static int device_state_call(struct dmb_client *c, Dmb__Request *req, struct dmb
 		r = bad_body(c, rep, "a device-state request");
 	else if (out)
 		state_from_pb(out, rep->device_state);
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -976,7 +1012,7 @@ int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing *
 		return r;
 	if (rep->body_case != DMB__REPLY__BODY_LIST_DEVICES) {
 		r = bad_body(c, rep, "ListDevices");
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 		return r;
 	}
 	size_t k = rep->list_devices->n_devices, nimp = 0;
@@ -985,7 +1021,7 @@ int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing *
 	struct dmb_device_listing *arr =
 		calloc(1, (k + 1) * sizeof(*arr) + (nimp + 1) * sizeof(struct dmb_importer));
 	if (!arr) {
-		dmb__reply__free_unpacked(rep, NULL);
+		reply_free(c, rep);
 		return -ENOMEM;
 	}
 	struct dmb_importer *imp = (struct dmb_importer *)(arr + k + 1);
@@ -1018,7 +1054,7 @@ int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing *
 	}
 	*out = arr;
 	*n = k;
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return 0;
 }
 
@@ -1042,7 +1078,7 @@ static int sim_device_dma(struct dmb_client *c, uint64_t device, uint64_t iova, 
 		else
 			memcpy(rbuf, rep->sim_dma->data.data, len);
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -1075,7 +1111,7 @@ int dmb_context_create_persistent(struct dmb_client *c, const char *name, uint64
 		*context = rep->context_create->context_id;
 		memcpy(token, rep->context_create->reclaim_token.data, DMB_RECLAIM_TOKEN_SIZE);
 	}
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 
@@ -1127,7 +1163,7 @@ int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
 	for (size_t i = 0; i < nfds; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	dmb__reply__free_unpacked(rep, NULL);
+	reply_free(c, rep);
 	return r;
 }
 

@@ -49,6 +49,9 @@ int server_revoke_context(struct server *srv, uint64_t id, const char *who,
 	struct dmb_ctx *ctx = ctx_lookup_any(&srv->core, id);
 	if (!ctx)
 		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found", id);
+	/* A map or unmap of this context running on a worker finishes (and is
+	 * answered) first: the backend context must not go away under it. */
+	core_quiesce(ctx);
 	struct dmb_owner *owner = ctx->owner;
 	*out = (struct server_revoke){
 		.context_id = id,

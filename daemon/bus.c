@@ -348,7 +348,7 @@ static int append_device(sd_bus_message *reply, struct dmb_device *d)
 		r = sd_bus_message_append(reply, "(tuttutb)", p->ctx->id,
 					  p->ctx->owner ? (uint32_t)p->ctx->owner->uid : 0u, p->m.iova,
 					  p->m.length, (uint32_t)p->bar, p->m.offset,
-					  (int)((p->m.flags & DMB_MAP_REVOKED) != 0));
+					  (int)p->revoked);
 	}
 	if (r >= 0)
 		r = sd_bus_message_close_container(reply);

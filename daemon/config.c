@@ -33,6 +33,8 @@ void config_defaults(struct dmb_config *cfg)
 	snprintf(cfg->handoff_session, sizeof(cfg->handoff_session), "dmabroker");
 	cfg->handoff_grace_s = 300;
 	cfg->session_queue_bytes = 4u << 20;
+	cfg->workers = DMB_WORKERS_AUTO;
+	cfg->worker_min_bytes = 1u << 20;
 	cfg->p2p_poll_interval_ms = 100;
 	cfg->p2p = false;
 	cfg->p2p_cross_context = true;
@@ -171,6 +173,17 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		} else if (!strcmp(key, "sim_populate")) {
 			if (!bool_value(value, &cfg->sim_populate))
 				return WHY("sim_populate must be yes or no");
+		} else if (!strcmp(key, "workers")) {
+			if (!strcmp(value, "auto"))
+				cfg->workers = DMB_WORKERS_AUTO;
+			else if (parse_u64(value, DMB_MAX_WORKERS, &u) < 0)
+				return WHY("workers must be auto or a number from 0 to %u", DMB_MAX_WORKERS);
+			else
+				cfg->workers = (uint32_t)u;
+		} else if (!strcmp(key, "worker_min_bytes")) {
+			if (parse_size(value, &u) < 0)
+				return WHY("worker_min_bytes must be a size in bytes (K, M, G suffixes)");
+			cfg->worker_min_bytes = u;
 		} else
 			return WHY("unknown key '%s' in [daemon]", key);
 	} else if (!strcmp(section, "limits")) {

@@ -13,6 +13,8 @@
 #define DMB_MAX_ADMINS 32
 #define DMB_MAX_RULES 64
 #define DMB_MAX_RULE_ALLOW 32
+#define DMB_WORKERS_AUTO UINT32_MAX
+#define DMB_MAX_WORKERS 256
 
 /* A policy section: [default], [gid N] or [uid N]. Only the keys it names
  * (bits in `set`) override what less specific sections granted. */
@@ -41,6 +43,11 @@ struct dmb_config {
 	char handoff_session[64];     /* the preserver session's name */
 	uint32_t handoff_grace_s;     /* unclaimed restored contexts */
 	uint64_t session_queue_bytes;
+	/* [daemon] workers: threads for long backend calls (DMB_WORKERS_AUTO:
+	 * one per CPU; 0: none, everything on the event loop); worker_min_bytes:
+	 * maps and unmaps of at least this many bytes go to them. */
+	uint32_t workers;
+	uint64_t worker_min_bytes;
 
 	/* [devices] allow: BDFs ("0000:01:00.0") or vendor:device ("1234:11e8") */
 	size_t n_allow;

@@ -227,6 +227,16 @@ int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, s
 		return dmb_fail(e, DMB_E_UNAVAILABLE, EIO,
 				"the state journal is not taking records; restart the broker, then "
 				"prepare again");
+	/* A long map or unmap on a worker (and requests waiting behind it)
+	 * would change the model after the snapshot: refuse rather than wait
+	 * on the loop; mutations already in flight finish within seconds. */
+	if (srv->n_gates) {
+		e->retry_after_ms = 1000;
+		return dmb_fail(e, DMB_E_UNAVAILABLE, EBUSY,
+				"%u context(s) have a long map or unmap running; nothing was changed, "
+				"retry in a moment",
+				srv->n_gates);
+	}
 	struct dmb_err pe = { 0 };
 	int r = h->pv->ops->probe(h->pv, &pe);
 	if (r < 0)

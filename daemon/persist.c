@@ -375,13 +375,13 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 			continue;
 		struct dmb_mapping *m;
 		for (m = map_first_from(ctx, 0); m && r == 0; m = map_next(ctx, m)) {
-			if (m->flags & DMB_MAP_MMIO) {
+			if (map_is_mmio(m)) {
 				const struct dmb_p2p *pp = dmb_container_of(m, struct dmb_p2p, m);
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, pp->peer->id, m->offset,
-						    m->prot, JMAP_MMIO | (pp->bar << 8), e);
+						    map_prot(m), JMAP_MMIO | (pp->bar << 8), e);
 			} else {
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, m->region->id, m->offset,
-						    m->prot, 0, e);
+						    map_prot(m), 0, e);
 			}
 		}
 	}
@@ -718,18 +718,15 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh
 	struct server *srv = p->srv;
 	struct dmb_core *core = &srv->core;
 	struct jrnl *j;
-	int r = jrnl_open_fd(jfd, &j, e);
-	if (r < 0) {
-		safe_close(jfd); /* consumed either way */
-		return r;
-	}
 	struct jrnl_state state;
-	jrnl_state_init(&state);
 	struct jrnl_replay_result res;
-	r = jrnl_state_replay(j, &state, &res, e);
+	jrnl_state_init(&state);
+	/* One walk: the records are validated (CRC, seq, payload) while they
+	 * are replayed, not once to open and again to replay. */
+	int r = jrnl_open_replay_fd(jfd, &jrnl_state_ops, &state, &res, &j, e);
 	if (r < 0 && r != -EBADMSG) {
 		jrnl_state_fini(&state);
-		jrnl_close(j);
+		safe_close(jfd); /* consumed either way */
 		return r;
 	}
 	if (res.stop != JRNL_STOP_END)

@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -118,6 +119,13 @@ static const int plain_syscalls[] = {
 	SCMP_SYS(futex), SCMP_SYS(getrandom), SCMP_SYS(exit), SCMP_SYS(exit_group),
 	/* glibc's qsort sizes its buffer with sysconf(_SC_PHYS_PAGES) */
 	SCMP_SYS(sysinfo),
+	/* the worker pool's threads (worker.c) start after the filter is in
+	 * place: glibc's pthread_create registers a robust futex list and an
+	 * rseq area in the new thread; the stack is mmap/mprotect (no exec),
+	 * freed with madvise/munmap. clone itself is below (threads only). */
+	SCMP_SYS(set_robust_list), SCMP_SYS(rseq),
+	/* ... and each worker lowers its own priority (worker.c) */
+	SCMP_SYS(setpriority),
 	/* shutdown: the socket file this daemon created (server_fini) */
 	SCMP_SYS(unlink),
 	/* the metrics file is made world-readable whatever UMask= is (metrics.c);
@@ -139,6 +147,8 @@ static const int sanitizer_syscalls[] = {
 	SCMP_SYS(lseek), SCMP_SYS(getdents), SCMP_SYS(sigaltstack), SCMP_SYS(clone),
 	SCMP_SYS(prctl), SCMP_SYS(getppid), SCMP_SYS(ptrace), SCMP_SYS(wait4),
 	SCMP_SYS(sched_yield), SCMP_SYS(nanosleep), SCMP_SYS(clock_nanosleep),
+	/* the runtime's thread start (worker pool) reads the CPU affinity */
+	SCMP_SYS(sched_getaffinity),
 };
 #endif
 
@@ -293,6 +303,20 @@ static int build_filter(struct filter *f, const char *backend, int metrics_dirfd
 	f->n_syscalls += 6; /* openat, mmap, mprotect, socket, tgkill, fcntl */
 	if (metrics_dirfd >= 0 && (r = allow_metrics_dir(f, metrics_dirfd)) < 0)
 		return r;
+
+	/* Threads (the worker pool), never a new process: clone only with
+	 * CLONE_THREAD. clone3 passes its flags in memory, where seccomp cannot
+	 * look, so it answers ENOSYS and glibc falls back to clone. (Sanitizer
+	 * builds allow clone whole, above, for LeakSanitizer's tracer.) */
+	r = seccomp_rule_add(f->ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	if (r < 0 && r != -EEXIST)
+		return r;
+#ifndef DMB_SANITIZER
+	struct scmp_arg_cmp thread_only = cmp(0, SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD);
+	if ((r = rule(f, SCMP_SYS(clone), 1, &thread_only)) < 0)
+		return r;
+	f->n_syscalls++;
+#endif
 
 	/* ioctl: the backend's requests only. */
 	if ((r = allow_ioctls(f, common_ioctls, DMB_ARRAY_SIZE(common_ioctls))) < 0)

@@ -5,7 +5,24 @@
  * the encoded reply. Writes are non-blocking; when the peer does not read,
  * replies wait in a bounded per-session queue. Above a high-water mark the
  * session stops reading requests (backpressure); above the hard limit (only
- * reachable through server-pushed events) it is disconnected. */
+ * reachable through server-pushed events) it is disconnected.
+ *
+ * Long backend calls (maps and unmaps of at least worker_min_bytes) run on
+ * a worker thread (worker.h) in three phases: rpc.c prepares them on the
+ * loop (checks, model, journal), a worker makes the backend call, and the
+ * loop finishes them (model, journal, reply). Meanwhile:
+ *   - the requesting session reads nothing more (its replies stay in
+ *     request order); it keeps receiving events;
+ *   - the context is gated (struct ctx_gate): a request of any session that
+ *     names it is parked, with its bytes and fds, in arrival order, and
+ *     replayed through rpc_handle() once the call is finished; its session
+ *     reads nothing more until then either;
+ *   - a session whose client goes away is not freed until its call is
+ *     finished (its contexts go then), and a P2P revocation reaching the
+ *     context waits for the call (dmb_core.ctx_quiesce);
+ *   - a stop or a restart handover first waits for every call and replays
+ *     what was parked (server_stop, server_fini).
+ * Every other context and session goes on. */
 #pragma once
 
 #include <stdbool.h>
@@ -16,9 +33,11 @@
 #include "config.h"
 #include "handoff.h"
 #include "persist.h"
+#include "protocol.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
 #include "wire.h"
+#include "worker.h"
 
 struct event_base;
 struct event;
@@ -34,6 +53,31 @@ struct outpkt {
 	uint8_t data[];
 };
 
+struct rpc_job;
+struct ctx_gate;
+
+/* A request that named a gated context: the packet as received, replayed
+ * when the gate opens. Owns its fds. */
+struct parked {
+	STAILQ_ENTRY(parked) link;
+	struct session *s;
+	struct ctx_gate *gate;
+	size_t len;
+	size_t nfds;
+	int fds[DMB_MAX_FDS];
+	uint8_t data[];
+};
+
+/* A context with a backend call on a worker, or requests still waiting to
+ * be replayed after one. By id: a context destroyed meanwhile leaves a gate
+ * that only drains its waiters. */
+struct ctx_gate {
+	LIST_ENTRY(ctx_gate) link;
+	uint64_t ctx_id;
+	struct rpc_job *job;          /* in flight, or NULL */
+	STAILQ_HEAD(, parked) waiters;
+};
+
 struct session {
 	TAILQ_ENTRY(session) link;
 	struct server *srv;
@@ -45,8 +89,11 @@ struct session {
 	char name[65];
 	bool hello_done;
 	bool admin;
-	bool read_paused;
+	bool read_paused;       /* backpressure: too much output queued */
+	bool reading;           /* ev_read is added */
 	bool closing;
+	struct rpc_job *inflight; /* its request running on a worker */
+	struct parked *parked;    /* its request waiting for a gated context */
 	uint32_t event_mask;
 	uint64_t event_seq;
 	struct dmb_owner *owner;
@@ -96,6 +143,11 @@ struct server {
 	uint64_t n_requests_kind[64];
 	uint64_t n_errors_code[16];
 	struct handoff handoff;
+	struct worker_pool pool;
+	LIST_HEAD(, ctx_gate) gates;
+	uint32_t n_gates;
+	struct ctx_gate *replaying;   /* the gate whose waiter is being replayed */
+	struct event *ev_replay;      /* replays parked requests (never nested) */
 };
 
 /* Totals the management interfaces publish (D-Bus properties, STATUS=,
@@ -160,6 +212,21 @@ void session_free(struct session *s);
 /* Queues (or sends) a reply; fds are borrowed (dup'ed if they must wait). */
 void session_send_reply(struct session *s, Dmb__Reply *reply, const int *fds, size_t nfds);
 void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev);
+/* Starts or stops reading requests from s as its state now allows (not
+ * closing, no backpressure, nothing in flight or parked). */
+void session_update_reading(struct session *s);
+
+/* Gates (server.c). */
+struct ctx_gate *server_gate_find(struct server *srv, uint64_t ctx_id);
+/* The gate of ctx_id, created if missing; NULL when out of memory. */
+struct ctx_gate *server_gate_get(struct server *srv, uint64_t ctx_id);
+/* True when a request naming this context must wait. */
+bool server_gate_blocks(struct server *srv, uint64_t ctx_id);
+/* Replays parked requests from the loop, soon (never from inside a request). */
+void server_schedule_replay(struct server *srv);
+/* Waits for every worker call and replays every parked request, until
+ * nothing is left (stop and handover). */
+void server_quiesce(struct server *srv);
 
 /* rpc.c: handles one received packet (fds in rx are consumed or closed). */
 int arena_init(struct arena *a, size_t cap);
@@ -168,3 +235,7 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx);
 /* The name of a Request body case ("map", "status"), NULL if not served. */
 const char *rpc_request_name(size_t kind);
 #define RPC_MAX_KIND 64
+/* A parked request is dropped (its session is going away). */
+void rpc_parked_free(struct parked *p);
+/* Waits for a call on a worker and finishes it now (reply included). */
+void rpc_job_wait(struct server *srv, struct rpc_job *job);

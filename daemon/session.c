@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <linux/sockios.h>
 
+#include "fastcodec.h"
 #include "protocol.h"
 #include "server.h"
 #include "util/log.h"
@@ -63,6 +64,7 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 	}
 	wire_size_buffers(fd);
 	event_add(s->ev_read, NULL);
+	s->reading = true;
 	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
 	srv->n_sessions++;
 	log_debug("session %" PRIu64 ": connected (uid %u gid %u pid %d)", s->id,
@@ -121,6 +123,24 @@ void session_free(struct session *s)
 	if (!s)
 		return;
 	struct server *srv = s->srv;
+	if (s->inflight) {
+		/* A worker is running its request on one of its contexts: the
+		 * contexts go when the call is finished (rpc.c frees the session
+		 * from its write callback then). Until then it reads nothing
+		 * and is sent nothing. */
+		s->closing = true;
+		s->reading = false;
+		event_del(s->ev_read);
+		event_del(s->ev_write);
+		return;
+	}
+	if (s->parked) {
+		struct parked *p = s->parked;
+		STAILQ_REMOVE(&p->gate->waiters, p, parked, link);
+		rpc_parked_free(p);
+		s->parked = NULL;
+		server_schedule_replay(srv); /* the gate may be idle now */
+	}
 	TAILQ_REMOVE(&srv->sessions, s, link);
 	srv->n_sessions--;
 	event_free(s->ev_read);
@@ -139,6 +159,18 @@ void session_free(struct session *s)
 	free(s);
 }
 
+void session_update_reading(struct session *s)
+{
+	bool want = !s->closing && !s->read_paused && !s->inflight && !s->parked;
+	if (want == s->reading)
+		return;
+	s->reading = want;
+	if (want)
+		event_add(s->ev_read, NULL);
+	else
+		event_del(s->ev_read);
+}
+
 static void session_update_events(struct session *s)
 {
 	if (STAILQ_EMPTY(&s->outq))
@@ -146,13 +178,11 @@ static void session_update_events(struct session *s)
 	else
 		event_add(s->ev_write, NULL);
 
-	if (!s->read_paused && s->outq_bytes > OUTQ_HIGH_WATER) {
+	if (!s->read_paused && s->outq_bytes > OUTQ_HIGH_WATER)
 		s->read_paused = true;
-		event_del(s->ev_read);
-	} else if (s->read_paused && s->outq_bytes <= OUTQ_HIGH_WATER / 2) {
+	else if (s->read_paused && s->outq_bytes <= OUTQ_HIGH_WATER / 2)
 		s->read_paused = false;
-		event_add(s->ev_read, NULL);
-	}
+	session_update_reading(s);
 }
 
 /* Sends what it can of the queue. Returns <0 if the session must close. */
@@ -241,6 +271,13 @@ static void session_queue(struct session *s, const uint8_t *buf, size_t len, con
 static size_t pack_message(struct session *s, const Dmb__ServerMessage *m, uint8_t **out,
 			   uint8_t **spill)
 {
+	/* Map and Unmap replies, the hot path, by the fast codec. */
+	size_t n = fc_server_message_pack(m, s->srv->txbuf, DMB_MAX_PACKET);
+	if (n) {
+		*out = s->srv->txbuf;
+		*spill = NULL;
+		return n;
+	}
 	ProtobufCBufferSimple b = {
 		.base = { protobuf_c_buffer_simple_append },
 		.alloced = DMB_MAX_PACKET,
@@ -330,7 +367,9 @@ static void session_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct session *s = arg;
 	struct server *srv = s->srv;
 
-	for (int budget = READ_BUDGET; budget > 0 && !s->closing && !s->read_paused; budget--) {
+	for (int budget = READ_BUDGET;
+	     budget > 0 && !s->closing && !s->read_paused && !s->inflight && !s->parked;
+	     budget--) {
 		struct wire_rx rx;
 		int r = wire_recv(fd, srv->rxbuf, DMB_MAX_PACKET, &rx, true);
 		if (r == -EAGAIN)

@@ -225,21 +225,47 @@ struct sim_area *sim_area_alloc(struct sim_ctx *c)
 	if (a) {
 		c->cache = a->next_free;
 		c->n_cache--;
-		return a;
+	} else {
+		struct sim_area_slab *sl = c->slabs;
+		if (!sl || c->slab_used == (sl->bytes - sizeof(*sl)) / sizeof(*a)) {
+			uint32_t bytes = !sl ? SIM_SLAB_MIN_BYTES
+				       : sl->bytes < SIM_SLAB_MAX_BYTES ? sl->bytes * 2
+									 : SIM_SLAB_MAX_BYTES;
+			sl = malloc(bytes);
+			if (!sl)
+				return NULL;
+			sl->bytes = bytes;
+			sl->next = c->slabs;
+			c->slabs = sl;
+			c->slab_used = 0;
+		}
+		a = &sl->nodes[c->slab_used++];
 	}
-	return malloc(sizeof(*a));
+	c->n_nodes++;
+	return a;
 }
 
-/* Recycles a node that is in neither the tree nor the table. */
+static void area_slabs_free(struct sim_ctx *c)
+{
+	while (c->slabs) {
+		struct sim_area_slab *sl = c->slabs;
+		c->slabs = sl->next;
+		free(sl);
+	}
+	c->cache = NULL;
+	c->n_cache = 0;
+	c->slab_used = 0;
+}
+
+/* Recycles a node that is in neither the tree nor the table; the last one
+ * of the context gives every slab back. */
 void sim_area_free(struct sim_ctx *c, struct sim_area *a)
 {
-	if (c->n_cache < SIM_AREA_CACHE_MAX) {
-		a->next_free = c->cache;
-		c->cache = a;
-		c->n_cache++;
-	} else {
-		free(a);
-	}
+	a->next_free = c->cache;
+	c->cache = a;
+	c->n_cache++;
+	if (--c->n_nodes == 0)
+		area_slabs_free(c);
 }
 
 /* Removes a node that is already out of the tree: its record leaves the
@@ -311,11 +337,7 @@ int sim_ctx_init(struct sim_backend *s, struct sim_ctx **out, struct dmb_err *e)
  * detached; closes its table (the file's contents stay as they are). */
 void sim_ctx_free(struct sim_ctx *c)
 {
-	while (c->cache) {
-		struct sim_area *a = c->cache;
-		c->cache = a->next_free;
-		free(a);
-	}
+	area_slabs_free(c);
 	sim_table_close(&c->tab);
 	free(c->pending);
 	free(c);
@@ -356,7 +378,7 @@ static uint64_t ctx_clear(struct sim_ctx *c)
 			a = RB_RIGHT(a, link);
 			continue;
 		}
-		struct sim_area *parent = RB_PARENT(a, link);
+		struct sim_area *parent = DMB_RB_PARENT(a, link);
 		if (parent) {
 			if (RB_LEFT(parent, link) == a)
 				RB_LEFT(parent, link) = NULL;

@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "util/macro.h"
+#include "util/rbtree.h"
 
 #define SIM_IOVA_ALIGNMENT UINT64_C(4096)
 #define SIM_APERTURE_BITS 48
@@ -35,10 +36,14 @@
  * most n + 1 usable ranges. */
 #define SIM_MAX_RESERVED (DMB_MAX_IOVA_RANGES - 1)
 
-/* Freed area nodes a context keeps for reuse, so the map/unmap hot path does
- * not go to malloc. Bounded so that unmapping a million areas does not pin
- * their memory for the context's lifetime (64 Ki nodes is about 5 MiB). */
-#define SIM_AREA_CACHE_MAX 65536u
+/* Area nodes come from per-context slabs: no malloc header per node (a
+ * 64-byte node would take an 80-byte chunk) and no malloc on the map/unmap
+ * hot path. A context's first slab holds 15 nodes (1 KiB) and each next one
+ * twice as many, up to 64 KiB, so a context with a few mappings (most of
+ * them) costs no more than before. Freed nodes are reused by the same
+ * context; the slabs go back when its last area is gone. */
+#define SIM_SLAB_MIN_BYTES 1024u
+#define SIM_SLAB_MAX_BYTES (64u * 1024u)
 
 /* The simulated PCI functions. Each costs two memfds and 1 MiB of (sparse)
  * BAR memory; 256 is more than any test needs and keeps a mistyped list
@@ -156,9 +161,13 @@ struct sim_dev {
 	_Atomic uint32_t resets;
 };
 
+/* One area of a context's IOVA space: the model of the kernel's iopt_area,
+ * and an index entry of the context's table. 64 bytes, one cache line (a
+ * context may hold millions): a packed tree link (util/rbtree.h), and prot
+ * and kind in one byte each. */
 struct sim_area {
 	union {
-		RB_ENTRY(sim_area) link; /* in sim_ctx.areas */
+		DMB_RB_ENTRY(sim_area) link; /* in sim_ctx.areas */
 		struct sim_area *next_free; /* in sim_ctx.cache */
 	};
 	uint64_t iova;
@@ -167,9 +176,17 @@ struct sim_area {
 	struct sim_region *region;       /* one reference held; NULL for an area
 					  * adopted from a previous process and
 					  * not claimed yet (map_adopt) */
-	uint32_t prot;
 	uint32_t slot;                   /* its record in the context's table */
+	uint8_t prot;                    /* DMB_PROT_* */
 	uint8_t kind;                    /* SIM_REC_RAM or SIM_REC_BAR */
+};
+_Static_assert(sizeof(struct sim_area) == 64, "an area node is one cache line");
+
+struct sim_area_slab {
+	struct sim_area_slab *next;
+	uint32_t bytes;                  /* this slab's size */
+	uint32_t pad;                    /* nodes start 16-aligned */
+	struct sim_area nodes[];
 };
 
 struct sim_reserved {
@@ -186,12 +203,12 @@ static inline int sim_area_cmp(const struct sim_area *a, const struct sim_area *
 }
 
 /* Each file that walks the tree generates its own static copy of the tree
- * functions, so that the compiler inlines them into the map/unmap hot path
+ * functions (the descents; rebalancing is shared, util/rbtree.c), so that the compiler inlines them into the map/unmap hot path
  * as it did when the sim was one file. Not RB_GENERATE_STATIC: libbsd
  * leaves __unused undefined (it clashes with a glibc struct member). */
 #define SIM_AREA_TREE_GENERATE()                                                   \
-	RB_GENERATE_INTERNAL(sim_area_tree, sim_area, link, sim_area_cmp,          \
-			     __attribute__((unused)) static)
+	DMB_RB_GENERATE(sim_area_tree, sim_area, link, sim_area_cmp,               \
+			__attribute__((unused)) static)
 
 /* A DEV record found by ctx_adopt that no dev_adopt has claimed yet. */
 struct sim_pending_dev {
@@ -208,6 +225,9 @@ struct sim_ctx {
 	uint64_t mapped;                 /* bytes mapped in this context (RAM + MMIO) */
 	struct sim_area *cache;          /* free area nodes */
 	unsigned n_cache;
+	struct sim_area_slab *slabs;     /* newest first; nodes bump-allocated */
+	uint32_t slab_used;              /* nodes handed out of slabs' first */
+	uint64_t n_nodes;                /* nodes handed out and not freed */
 	LIST_HEAD(sim_dev_list, sim_dev) devs; /* attached devices (dev_lock) */
 	struct sim_pending_dev *pending; /* adoption only: unclaimed DEV records */
 	size_t n_pending;

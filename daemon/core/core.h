@@ -12,7 +12,9 @@
  * trigger checks the owner and answers "not found" for another owner's
  * object, so ids reveal nothing.
  *
- * Threading: single-threaded (the event loop). */
+ * Threading: single-threaded (the event loop), except map_kernel and
+ * unmap_kernel (mapping.c), which a worker thread may run for a context the
+ * loop leaves alone meanwhile. */
 #pragma once
 
 #include <stdbool.h>
@@ -23,6 +25,7 @@
 
 #include "backend/backend.h"
 #include "util/err.h"
+#include "util/rbtree.h"
 
 struct dmb_core;
 struct dmb_ctx;
@@ -54,16 +57,35 @@ enum {
 };
 
 /* A RAM mapping. MMIO mappings are the first member of a struct dmb_p2p
- * (flags has DMB_MAP_MMIO, region is NULL, offset is into the BAR). */
+ * (region is NULL, offset is into the BAR).
+ *
+ * 56 bytes, because a context may hold millions: the tree link packs the
+ * parent pointer and the colour into one word (util/rbtree.h), prot lives
+ * in that word's two owner bits (map_prot), and the flags are not stored:
+ * MMIO is `region == NULL`, REVOKED is the struct dmb_p2p's (map_flags). */
 struct dmb_mapping {
-	RB_ENTRY(dmb_mapping) node;
+	DMB_RB_ENTRY(dmb_mapping) node;
 	uint64_t iova;
 	uint64_t length;
 	uint64_t offset;
 	struct dmb_region *region;
-	uint32_t prot;
-	uint32_t flags;
 };
+_Static_assert(DMB_PROT_READ == 1 && DMB_PROT_WRITE == 2, "prot fits the node's two owner bits");
+
+static inline uint32_t map_prot(const struct dmb_mapping *m)
+{
+	return DMB_RB_OWNER_BITS(m, node);
+}
+
+static inline void map_set_prot(struct dmb_mapping *m, uint32_t prot)
+{
+	DMB_RB_SET_OWNER_BITS(m, node, prot);
+}
+
+static inline bool map_is_mmio(const struct dmb_mapping *m)
+{
+	return m->region == NULL;
+}
 
 struct dmb_device;
 
@@ -73,10 +95,20 @@ struct dmb_p2p {
 	struct dmb_ctx *ctx;              /* the importing context */
 	struct dmb_device *peer;
 	unsigned bar;
+	bool revoked;                     /* absent from the IOMMU now */
 };
 TAILQ_HEAD(dmb_p2p_list, dmb_p2p);
 RB_HEAD(dmb_map_tree, dmb_mapping);
-RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp)
+DMB_RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp, )
+
+/* DMB_MAP_* of a mapping. */
+static inline uint32_t map_flags(const struct dmb_mapping *m)
+{
+	if (!map_is_mmio(m))
+		return 0;
+	const struct dmb_p2p *p = (const struct dmb_p2p *)(const void *)m;
+	return DMB_MAP_MMIO | (p->revoked ? DMB_MAP_REVOKED : 0);
+}
 
 struct dmb_region {
 	RB_ENTRY(dmb_region) node;
@@ -231,6 +263,14 @@ struct dmb_core {
 	uint64_t p2p_mappings;
 	uint64_t p2p_bytes;
 
+	/* Before the core calls the backend on a context other than the one a
+	 * request named (a P2P revocation, restoration or release reaching an
+	 * importer), it calls this: the server waits there for a worker that
+	 * is running a backend call on that context (daemon/worker.h). NULL:
+	 * nothing runs off the loop. */
+	void (*ctx_quiesce)(void *opaque, struct dmb_ctx *ctx);
+	void *quiesce_opaque;
+
 	/* RAM mapping nodes come from slabs (mapping.c): no per-node malloc
 	 * header, no malloc call on the hot path; all slabs go back when the
 	 * last node is freed. */
@@ -248,6 +288,12 @@ void core_fini(struct dmb_core *core);
 uint64_t core_new_id(struct dmb_core *core);
 /* Calls event_fn; owner may be NULL (a context without a session). */
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
+/* See dmb_core.ctx_quiesce. */
+static inline void core_quiesce(struct dmb_ctx *ctx)
+{
+	if (ctx->core->ctx_quiesce)
+		ctx->core->ctx_quiesce(ctx->core->quiesce_opaque, ctx);
+}
 
 /* pol NULL: the core's default limits, no devices, not admin. */
 struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
@@ -314,11 +360,56 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m);
 /* Maps n entries, all or nothing: on failure e->index names the entry and
  * the entries already mapped are unmapped again. */
 int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e);
+
+/* The same in three phases, for running the kernel calls on a worker thread
+ * (daemon/worker.h): map_prepare and map_finish on the loop thread (they
+ * change the model and the journal), map_kernel on any thread (backend
+ * calls on op->ctx only; the caller guarantees nothing else touches that
+ * context in between). reqs must stay valid until map_finish. A failed
+ * map_prepare leaves nothing to finish. */
+struct map_op {
+	struct dmb_ctx *ctx;
+	const struct dmb_map_req *reqs;
+	size_t n;
+	struct dmb_mapping **nodes;   /* the reserved records */
+	struct dmb_mapping *one_node;
+	uint8_t *kept;                /* n > 1: a failed rollback left it mapped */
+	size_t failed_at;             /* n: none failed */
+	int r;
+	bool prepared;
+	struct dmb_err e;             /* the kernel phase's failure */
+};
+int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req *reqs,
+		size_t n, struct dmb_err *e);
+void map_kernel(struct map_op *op);
+int map_finish(struct map_op *op, struct dmb_err *e);
+void map_op_release(struct map_op *op);
+uint64_t map_op_bytes(const struct map_op *op);
 /* Removes every mapping inside each range; every range is checked first
  * (no split, not empty, ranges disjoint), then all are removed. */
 int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 		 uint64_t *bytes, uint64_t *count, struct dmb_err *e);
 int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_err *e);
+/* unmap_ranges / unmap_all in three phases, as map_op. ranges must stay
+ * valid until unmap_finish. */
+struct unmap_op {
+	struct dmb_ctx *ctx;
+	const struct dmb_range *ranges;
+	size_t n;
+	bool all;                      /* unmap_all */
+	struct dmb_mapping **firsts;   /* each range's first mapping */
+	struct dmb_mapping *one_first;
+	size_t done;                   /* ranges the kernel phase removed */
+	int r;                         /* its failure on range `done` */
+	struct dmb_err e;
+};
+int unmap_prepare(struct unmap_op *op, struct dmb_ctx *ctx, const struct dmb_range *ranges,
+		  size_t n, struct dmb_err *e);
+int unmap_all_prepare(struct unmap_op *op, struct dmb_ctx *ctx);
+void unmap_kernel(struct unmap_op *op);
+int unmap_finish(struct unmap_op *op, uint64_t *bytes, uint64_t *count, struct dmb_err *e);
+void unmap_op_release(struct unmap_op *op);
+uint64_t unmap_op_bytes(const struct unmap_op *op);
 /* The first mapping with iova >= start, or NULL. */
 struct dmb_mapping *map_first_from(struct dmb_ctx *ctx, uint64_t start);
 struct dmb_mapping *map_next(struct dmb_ctx *ctx, struct dmb_mapping *m);

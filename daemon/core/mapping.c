@@ -23,7 +23,7 @@ static int map_cmp(const struct dmb_mapping *a, const struct dmb_mapping *b)
 {
 	return a->iova < b->iova ? -1 : a->iova > b->iova;
 }
-RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp)
+DMB_RB_GENERATE(dmb_map_tree, dmb_mapping, node, map_cmp, )
 
 #define SLAB_BYTES (64u * 1024u)
 struct dmb_map_slab {
@@ -174,7 +174,7 @@ static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct
 void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 {
 	RB_INSERT(dmb_map_tree, &ctx->maps, m);
-	if (m->flags & DMB_MAP_MMIO) {
+	if (map_is_mmio(m)) {
 		ctx->p2p_mappings++;
 		ctx->p2p_bytes += m->length;
 		ctx->core->p2p_mappings++;
@@ -198,7 +198,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	ctx->mapped_bytes -= m->length;
 	ctx->core->n_mappings--;
 	ctx->core->mapped_bytes -= m->length;
-	if (m->flags & DMB_MAP_MMIO) {
+	if (map_is_mmio(m)) {
 		struct dmb_p2p *p = dmb_container_of(m, struct dmb_p2p, m);
 		ctx->p2p_mappings--;
 		ctx->p2p_bytes -= m->length;
@@ -221,26 +221,6 @@ static void map_drop_pending(struct dmb_ctx *ctx, struct dmb_mapping **nodes, si
 {
 	for (size_t i = from; i < to; i++)
 		map_remove(ctx, nodes[i]);
-}
-
-/* Undo the first n mappings of a failed batch (they are in the kernel). */
-static void map_rollback(struct dmb_ctx *ctx, struct dmb_mapping **nodes, size_t n)
-{
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
-	for (size_t i = n; i-- > 0;) {
-		struct dmb_mapping *m = nodes[i];
-		uint64_t bytes = 0;
-		struct dmb_err e = { 0 };
-		int r = ops->unmap(ctx->bctx, m->iova, m->length, &bytes, &e);
-		if (r < 0) {
-			/* Keep the record: the mapping is still in the IOMMU and
-			 * must stay visible (and be unmapped with the context). */
-			log_error("context %" PRIu64 ": rollback of mapping 0x%" PRIx64
-				  " failed: %s", ctx->id, m->iova, e.msg[0] ? e.msg : strerror(-r));
-			continue;
-		}
-		map_remove(ctx, m);
-	}
 }
 
 static int range_idx_cmp(const void *x, const void *y, void *base)
@@ -282,12 +262,23 @@ static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, siz
 	return ok;
 }
 
-int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e)
+/* A map runs in three phases so that the kernel call can run on a worker
+ * thread (daemon/worker.h) while the model stays with the event loop:
+ * map_prepare (loop: check, reserve, journal), map_kernel (any thread: the
+ * backend calls only, on a context nobody else touches meanwhile), and
+ * map_finish (loop: keep or drop the reserved records). */
+int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req *reqs,
+		size_t n, struct dmb_err *e)
 {
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	const struct dmb_limits *lim = &ctx->owner->pol.limits;
 	uint64_t limit = lim->mappings_per_context;
 
+	memset(op, 0, sizeof(*op));
+	op->ctx = ctx;
+	op->reqs = reqs;
+	op->n = n;
+	op->nodes = &op->one_node;
+	op->failed_at = n;
 	if (ctx->n_mappings + n > limit || ctx->n_mappings + n < ctx->n_mappings)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
 				"limit mappings_per_context (%" PRIu64 ") would be exceeded", limit);
@@ -314,14 +305,16 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 	/* 1. Check every entry in order against the model, which includes the
 	 * entries before it (recorded as pending), before anything is journaled
 	 * or reaches the kernel. nodes[] keeps the pending records so the later
-	 * steps need no second lookup. */
-	struct dmb_mapping *one_node, **nodes = &one_node;
-	_cleanup_free_ struct dmb_mapping **many_nodes = NULL;
+	 * steps need no second lookup; kept[] (batches only) is where the
+	 * kernel phase says which of them a failed rollback left mapped. */
 	if (n > 1) {
-		many_nodes = malloc(n * sizeof(*many_nodes));
-		if (!many_nodes)
+		op->nodes = malloc(n * (sizeof(*op->nodes) + 1));
+		if (!op->nodes) {
+			op->nodes = &op->one_node;
 			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-		nodes = many_nodes;
+		}
+		op->kept = (uint8_t *)(op->nodes + n);
+		memset(op->kept, 0, n);
 	}
 	size_t done = 0;
 	int r = 0;
@@ -337,15 +330,17 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 		}
 		*m = (struct dmb_mapping){
 			.iova = reqs[done].iova, .length = reqs[done].length, .offset = reqs[done].offset,
-			.region = reg, .prot = reqs[done].prot,
+			.region = reg,
 		};
+		map_set_prot(m, reqs[done].prot);
 		map_insert(ctx, m);
-		nodes[done] = m;
+		op->nodes[done] = m;
 	}
 	if (r < 0) {
 		if (e)
 			e->index = (uint32_t)done;
-		map_drop_pending(ctx, nodes, 0, done);
+		map_drop_pending(ctx, op->nodes, 0, done);
+		map_op_release(op);
 		return r;
 	}
 
@@ -356,38 +351,107 @@ int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, str
 	if (jh) {
 		r = jh->map_add(jh->opaque, ctx, reqs, n, e);
 		if (r < 0) {
-			map_drop_pending(ctx, nodes, 0, n);
+			map_drop_pending(ctx, op->nodes, 0, n);
+			map_op_release(op);
 			return r;
 		}
 	}
-
-	/* 3. The kernel, in order; all or nothing. */
-	for (size_t i = 0; i < n; i++) {
-		const struct dmb_map_req *q = &reqs[i];
-		r = ops->map(ctx->bctx, nodes[i]->region->breg, q->offset, q->iova, q->length, q->prot,
-			     e);
-		if (r < 0) {
-			dmb_fail(e, dmb_code_from_errno(r), -r,
-				 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64 ": %s",
-				 q->length, q->iova, strerror(-r));
-			if (e)
-				e->index = (uint32_t)i;
-			map_rollback(ctx, nodes, i);
-			map_drop_pending(ctx, nodes, i, n);
-			if (jh) {
-				/* The batch was journaled whole: take it back whole. Its
-				 * ranges overlap nothing else (checked in step 1). */
-				_cleanup_free_ struct dmb_range *rg = malloc(n * sizeof(*rg));
-				if (rg) {
-					for (size_t k = 0; k < n; k++)
-						rg[k] = (struct dmb_range){ reqs[k].iova, reqs[k].length };
-					jh->unmap(jh->opaque, ctx, rg, n);
-				}
-			}
-			return r;
-		}
-	}
+	op->prepared = true;
 	return 0;
+}
+
+uint64_t map_op_bytes(const struct map_op *op)
+{
+	uint64_t b = 0;
+	for (size_t i = 0; i < op->n; i++)
+		b += op->reqs[i].length;
+	return b;
+}
+
+/* 3. The kernel, in order; all or nothing. Touches no model state: reads
+ * the reserved records (nobody changes them meanwhile) and calls the
+ * backend on this context only. A failure unmaps the entries before it
+ * again (their records go in map_finish). */
+void map_kernel(struct map_op *op)
+{
+	struct dmb_ctx *ctx = op->ctx;
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	for (size_t i = 0; i < op->n; i++) {
+		const struct dmb_map_req *q = &op->reqs[i];
+		int r = ops->map(ctx->bctx, op->nodes[i]->region->breg, q->offset, q->iova, q->length,
+				 q->prot, &op->e);
+		if (r == 0)
+			continue;
+		dmb_fail(&op->e, dmb_code_from_errno(r), -r,
+			 "the backend refused to map 0x%" PRIx64 " bytes at iova 0x%" PRIx64 ": %s",
+			 q->length, q->iova, strerror(-r));
+		op->e.index = (uint32_t)i;
+		op->r = r;
+		op->failed_at = i;
+		for (size_t k = i; k-- > 0;) {
+			const struct dmb_mapping *m = op->nodes[k];
+			uint64_t bytes = 0;
+			struct dmb_err e2 = { 0 };
+			int r2 = ops->unmap(ctx->bctx, m->iova, m->length, &bytes, &e2);
+			if (r2 < 0) {
+				/* The mapping is still in the IOMMU: its record must
+				 * stay visible (and be unmapped with the context). */
+				op->kept[k] = 1;
+				log_error("context %" PRIu64 ": rollback of mapping 0x%" PRIx64
+					  " failed: %s", ctx->id, m->iova,
+					  e2.msg[0] ? e2.msg : strerror(-r2));
+			}
+		}
+		return;
+	}
+}
+
+int map_finish(struct map_op *op, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = op->ctx;
+	int r = op->r;
+	if (r < 0) {
+		if (e) {
+			*e = op->e;
+		}
+		size_t i = op->failed_at;
+		for (size_t k = 0; k < i; k++)
+			if (!op->kept[k])
+				map_remove(ctx, op->nodes[k]);
+		map_drop_pending(ctx, op->nodes, i, op->n);
+		const struct dmb_journal_hooks *jh = ctx->core->jh;
+		if (jh) {
+			/* The batch was journaled whole: take it back whole. Its
+			 * ranges overlap nothing else (checked in step 1). */
+			size_t n = op->n;
+			_cleanup_free_ struct dmb_range *rg = malloc(n * sizeof(*rg));
+			if (rg) {
+				for (size_t k = 0; k < n; k++)
+					rg[k] = (struct dmb_range){ op->reqs[k].iova, op->reqs[k].length };
+				jh->unmap(jh->opaque, ctx, rg, n);
+			}
+		}
+	}
+	map_op_release(op);
+	return r;
+}
+
+void map_op_release(struct map_op *op)
+{
+	if (op->nodes != &op->one_node)
+		free(op->nodes);
+	op->nodes = &op->one_node;
+	op->kept = NULL;
+}
+
+int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e)
+{
+	struct map_op op;
+	int r = map_prepare(&op, ctx, reqs, n, e);
+	if (r < 0)
+		return r;
+	map_kernel(&op);
+	return map_finish(&op, e);
 }
 
 /* Checks that [iova, last] holds at least one mapping and splits none;
@@ -461,23 +525,32 @@ static int unmap_one_by_one(struct dmb_ctx *ctx, struct dmb_mapping *first, uint
 	return ret;
 }
 
-int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
-		 uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+/* Unmaps, like maps, run in three phases (see map_prepare): unmap_prepare
+ * checks everything against the model (all or nothing), unmap_kernel calls
+ * the backend for each range in order and stops at the first failure,
+ * unmap_finish forgets what the backend removed and journals it. A range
+ * the backend refused is retried mapping by mapping on the loop thread
+ * (unmap_one_by_one), and the ranges after it follow there too: an error
+ * path, not worth a thread. */
+int unmap_prepare(struct unmap_op *op, struct dmb_ctx *ctx, const struct dmb_range *ranges,
+		  size_t n, struct dmb_err *e)
 {
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	uint64_t last = 0;
 
-	*bytes = *count = 0;
+	memset(op, 0, sizeof(*op));
+	op->ctx = ctx;
+	op->ranges = ranges;
+	op->n = n;
 	/* The first mapping of each range, found once by the checks: removing
 	 * one range's mappings leaves the others' nodes where they are (the
 	 * ranges are disjoint). */
-	struct dmb_mapping *one_first, **firsts = &one_first;
-	_cleanup_free_ struct dmb_mapping **many = NULL;
+	op->firsts = &op->one_first;
 	if (n > 1) {
-		many = malloc(n * sizeof(*many));
-		if (!many)
+		op->firsts = malloc(n * sizeof(*op->firsts));
+		if (!op->firsts) {
+			op->firsts = &op->one_first;
 			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-		firsts = many;
+		}
 	}
 	/* Validate everything first: all-or-nothing. */
 	for (size_t i = 0; i < n; i++) {
@@ -494,9 +567,10 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 		if (r < 0) {
 			if (e)
 				e->index = (uint32_t)i;
+			unmap_op_release(op);
 			return r;
 		}
-		firsts[i] = first;
+		op->firsts[i] = first;
 	}
 	/* Ranges of one batch must be disjoint, or a later one would find
 	 * nothing left to remove. */
@@ -504,50 +578,133 @@ int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
 	if (!ranges_disjoint(ranges, n, &a, &b)) {
 		if (e)
 			e->index = (uint32_t)b;
+		unmap_op_release(op);
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "unmap ranges %zu and %zu overlap",
 				a, b);
 	}
+	return 0;
+}
 
-	for (size_t i = 0; i < n; i++) {
-		struct dmb_mapping *first = firsts[i];
+int unmap_all_prepare(struct unmap_op *op, struct dmb_ctx *ctx)
+{
+	memset(op, 0, sizeof(*op));
+	op->ctx = ctx;
+	op->all = true;
+	op->firsts = &op->one_first;
+	return 0;
+}
+
+uint64_t unmap_op_bytes(const struct unmap_op *op)
+{
+	if (op->all)
+		return op->ctx->mapped_bytes;
+	uint64_t b = 0;
+	for (size_t i = 0; i < op->n; i++)
+		b += op->ranges[i].length;
+	return b;
+}
+
+void unmap_kernel(struct unmap_op *op)
+{
+	struct dmb_ctx *ctx = op->ctx;
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	if (op->all) {
 		uint64_t got = 0;
+		if (op->ctx->n_mappings)
+			op->r = ops->unmap_all(ctx->bctx, &got, &op->e);
+		return;
+	}
+	for (; op->done < op->n; op->done++) {
+		uint64_t got = 0;
+		int r = ops->unmap(ctx->bctx, op->ranges[op->done].iova, op->ranges[op->done].length,
+				   &got, NULL);
+		if (r < 0) {
+			op->r = r;
+			return;
+		}
+	}
+}
+
+int unmap_finish(struct unmap_op *op, uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = op->ctx;
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	const struct dmb_journal_hooks *jh = ctx->core->jh;
+	uint64_t last = 0;
+	int ret = 0;
+
+	*bytes = *count = 0;
+	if (op->all) {
+		if (ctx->n_mappings == 0)
+			goto out;
+		if (op->r < 0)
+			ret = unmap_one_by_one(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes,
+					       count, e);
+		else
+			unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count);
+		if (jh)
+			jh->unmap_all(jh->opaque, ctx);
+		goto out;
+	}
+
+	const struct dmb_range *ranges = op->ranges;
+	for (size_t i = 0; i < op->n; i++) {
+		struct dmb_mapping *first = op->firsts[i];
 		dmb_range_last(ranges[i].iova, ranges[i].length, &last);
-		int r = ops->unmap(ctx->bctx, ranges[i].iova, ranges[i].length, &got, NULL);
+		int r = 0;
+		if (i > op->done) { /* after a refused range: the loop thread goes on */
+			uint64_t got = 0;
+			r = ops->unmap(ctx->bctx, ranges[i].iova, ranges[i].length, &got, NULL);
+		} else if (i == op->done) {
+			r = op->r;
+		}
 		if (r < 0) {
 			r = unmap_one_by_one(ctx, first, last, bytes, count, e);
 			if (r < 0) {
 				if (e)
 					e->index = (uint32_t)i;
 				/* Journal what is certainly gone: the ranges before. */
-				if (ctx->core->jh && i)
-					ctx->core->jh->unmap(ctx->core->jh->opaque, ctx, ranges, i);
-				return r;
+				if (jh && i)
+					jh->unmap(jh->opaque, ctx, ranges, i);
+				ret = r;
+				goto out;
 			}
 			continue;
 		}
 		unmap_forget(ctx, first, last, bytes, count);
 	}
-	if (ctx->core->jh)
-		ctx->core->jh->unmap(ctx->core->jh->opaque, ctx, ranges, n);
-	return 0;
+	if (jh)
+		jh->unmap(jh->opaque, ctx, ranges, op->n);
+out:
+	unmap_op_release(op);
+	return ret;
+}
+
+void unmap_op_release(struct unmap_op *op)
+{
+	if (op->firsts != &op->one_first)
+		free(op->firsts);
+	op->firsts = &op->one_first;
+}
+
+int unmap_ranges(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n,
+		 uint64_t *bytes, uint64_t *count, struct dmb_err *e)
+{
+	struct unmap_op op;
+	*bytes = *count = 0;
+	int r = unmap_prepare(&op, ctx, ranges, n, e);
+	if (r < 0)
+		return r;
+	unmap_kernel(&op);
+	return unmap_finish(&op, bytes, count, e);
 }
 
 int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_err *e)
 {
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
-	uint64_t got = 0;
-
-	*bytes = *count = 0;
-	if (ctx->n_mappings == 0)
-		return 0;
-	int r = ops->unmap_all(ctx->bctx, &got, e);
-	if (r < 0)
-		r = unmap_one_by_one(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count, e);
-	else
-		unmap_forget(ctx, RB_MIN(dmb_map_tree, &ctx->maps), UINT64_MAX, bytes, count);
-	if (ctx->core->jh)
-		ctx->core->jh->unmap_all(ctx->core->jh->opaque, ctx);
-	return r;
+	struct unmap_op op;
+	unmap_all_prepare(&op, ctx);
+	unmap_kernel(&op);
+	return unmap_finish(&op, bytes, count, e);
 }
 
 int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, uint64_t length,
@@ -556,8 +713,8 @@ int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, u
 	struct dmb_mapping *m = node_alloc(ctx->core);
 	if (!m)
 		return -ENOMEM;
-	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r,
-				   .prot = prot };
+	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r };
+	map_set_prot(m, prot);
 	map_insert(ctx, m);
 	return 0;
 }

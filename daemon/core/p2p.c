@@ -12,7 +12,7 @@
  *                     importers) sees decoding off -> revoke; on -> restore
  *   release           B closed or its context destroyed -> unmap for good
  *
- * A revoked mapping stays in its context's tree with DMB_MAP_REVOKED: the
+ * A revoked mapping stays in its context's tree with p->revoked: the
  * IOVA range stays reserved for it, lists show it, unmap removes it. Owners
  * of affected mappings get MAPPINGS_REVOKED / MAPPINGS_RESTORED events, queued
  * before the reply to the request that caused them. */
@@ -113,10 +113,11 @@ static size_t revoke_all(struct dmb_device *d, const char *why)
 	struct dmb_p2p *p;
 
 	TAILQ_FOREACH(p, &d->importers, peer_link) {
-		if (p->m.flags & DMB_MAP_REVOKED)
+		if (p->revoked)
 			continue;
 		uint64_t got = 0;
 		struct dmb_err e = { 0 };
+		core_quiesce(p->ctx);
 		int r = ops->unmap(p->ctx->bctx, p->m.iova, p->m.length, &got, &e);
 		if (r < 0 && r != -ENOENT) {
 			failed++;
@@ -125,7 +126,7 @@ static size_t revoke_all(struct dmb_device *d, const char *why)
 				  e.msg[0] ? e.msg : strerror(-r));
 			continue;
 		}
-		p->m.flags |= DMB_MAP_REVOKED;
+		p->revoked = true;
 		d->n_revoked++;
 		d->revocations++;
 		core->revocations++;
@@ -150,18 +151,19 @@ static void restore_all(struct dmb_device *d, const char *why)
 	struct dmb_p2p *p;
 
 	TAILQ_FOREACH(p, &d->importers, peer_link) {
-		if (!(p->m.flags & DMB_MAP_REVOKED))
+		if (!p->revoked)
 			continue;
 		struct dmb_err e = { 0 };
+		core_quiesce(p->ctx);
 		int r = ops->map_bar(p->ctx->bctx, d->bdev, p->bar, p->m.offset, p->m.iova,
-				     p->m.length, p->m.prot, &e);
+				     p->m.length, map_prot(&p->m), &e);
 		if (r < 0) {
 			log_error("P2P mapping 0x%" PRIx64 " of context %" PRIu64 " -> %s could not be "
 				  "restored (stays revoked): %s", p->m.iova, p->ctx->id, d->bdf,
 				  e.msg[0] ? e.msg : strerror(-r));
 			continue;
 		}
-		p->m.flags &= ~(uint32_t)DMB_MAP_REVOKED;
+		p->revoked = false;
 		d->n_revoked--;
 		d->restorations++;
 		core->restorations++;
@@ -273,8 +275,8 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 				"the backend refused to map BAR %u of %s at iova 0x%" PRIx64 ": %s",
 				q->bar, peer->bdf, q->iova, strerror(-r));
 	}
-	p->m = (struct dmb_mapping){ .iova = q->iova, .length = q->length, .offset = q->offset,
-				     .prot = q->prot, .flags = DMB_MAP_MMIO };
+	p->m = (struct dmb_mapping){ .iova = q->iova, .length = q->length, .offset = q->offset };
+	map_set_prot(&p->m, q->prot);
 	p->ctx = ctx;
 	p->peer = peer;
 	p->bar = q->bar;
@@ -293,7 +295,7 @@ void p2p_unlink(struct dmb_p2p *p)
 		return;
 	TAILQ_REMOVE(&d->importers, p, peer_link);
 	d->n_importers--;
-	if (p->m.flags & DMB_MAP_REVOKED)
+	if (p->revoked)
 		d->n_revoked--;
 	p->peer = NULL;
 }
@@ -403,7 +405,8 @@ void p2p_release(struct dmb_device *d)
 
 	while ((p = TAILQ_FIRST(&d->importers))) {
 		struct dmb_ctx *ctx = p->ctx;
-		if (!(p->m.flags & DMB_MAP_REVOKED)) {
+		core_quiesce(ctx);
+		if (!p->revoked) {
 			uint64_t got;
 			struct dmb_err e = { 0 };
 			int r = ops->unmap(ctx->bctx, p->m.iova, p->m.length, &got, &e);
@@ -436,8 +439,9 @@ int p2p_adopt_record(struct dmb_ctx *ctx, struct dmb_device *peer, unsigned bar,
 	struct dmb_p2p *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .prot = prot,
-				     .flags = DMB_MAP_MMIO | (revoked ? DMB_MAP_REVOKED : 0) };
+	p->m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset };
+	map_set_prot(&p->m, prot);
+	p->revoked = revoked;
 	p->ctx = ctx;
 	p->peer = peer;
 	p->bar = bar;

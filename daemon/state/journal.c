@@ -130,7 +130,38 @@ struct jrnl {
 	char *damage;           /* NULL, or why appends are refused */
 };
 
-/* ---- CRC-32C, slicing-by-8, from the definition ---- */
+/* ---- CRC-32C: the SSE4.2 instruction where the CPU has it, otherwise
+ * slicing-by-8 from the definition (the two agree bit for bit: the unit
+ * test compares them) ---- */
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#define HAVE_CRC_HW 1
+static bool crc_hw;
+
+/* 8 bytes per crc32q: ~12x fewer instructions per record than the tables,
+ * which matters at restore (every record is checked) and on every append. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const void *buf,
+							    size_t len)
+{
+	const uint8_t *p = buf;
+	uint64_t c = (uint32_t)~crc;
+	while (len && ((uintptr_t)p & 7)) {
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+		len--;
+	}
+	while (len >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		c = _mm_crc32_u64(c, w);
+		p += 8;
+		len -= 8;
+	}
+	while (len--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	return ~(uint32_t)c;
+}
+#endif
 
 static uint32_t crc_table[8][256];
 
@@ -146,9 +177,13 @@ __attribute__((constructor)) static void crc_init(void)
 		for (int t = 1; t < 8; t++)
 			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
 					  crc_table[0][crc_table[t - 1][i] & 0xff];
+#ifdef HAVE_CRC_HW
+	__builtin_cpu_init();
+	crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
 }
 
-uint32_t jrnl_crc32c(uint32_t crc, const void *buf, size_t len)
+uint32_t jrnl_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	uint32_t c = ~crc;
@@ -170,6 +205,15 @@ uint32_t jrnl_crc32c(uint32_t crc, const void *buf, size_t len)
 	while (len--)
 		c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
 	return ~c;
+}
+
+uint32_t jrnl_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+#ifdef HAVE_CRC_HW
+	if (crc_hw)
+		return crc32c_hw(crc, buf, len);
+#endif
+	return jrnl_crc32c_sw(crc, buf, len);
 }
 
 /* ---- little-endian put/get ---- */
@@ -1133,9 +1177,73 @@ static int check_header(const uint8_t *h, uint64_t size, struct dmb_err *e)
 	return 0;
 }
 
-int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e)
+/* The one walk over a journal's records: every check of the format
+ * (length, CRC, padding, seq, payload) runs exactly once per record. With
+ * ops, each valid record is also delivered as it is validated, so a restore
+ * walks (and checksums) the journal once instead of once to open it and
+ * again to replay it. Fills j's tail, next_seq, n_records and damage. */
+static int walk(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
+		struct jrnl_replay_result *res, struct dmb_err *e)
+{
+	struct walker w;
+	struct jrnl_rec rec;
+	int r;
+
+	if (res)
+		*res = (struct jrnl_replay_result){ 0 };
+	walker_init(&w, j);
+	if (res)
+		res->end = w.off;
+	while ((r = walker_next(&w, &rec)) > 0) {
+		j->n_records++;
+		if (!ops)
+			continue;
+		if (r == 2) {
+			if (ops->skipped)
+				ops->skipped(opaque, rec.type, rec.seq);
+		} else {
+			r = ops->record(opaque, &rec);
+			if (r < 0) {
+				walker_fini(&w);
+				if (res)
+					res->stop_offset = res->end;
+				return dmb_fail(e, dmb_code_from_errno(r), -r,
+						"replaying state journal record %" PRIu64 " failed: %s",
+						rec.seq, strerror(-r));
+			}
+			if (res)
+				res->records++;
+		}
+		if (res) {
+			res->last_seq = rec.seq;
+			res->end = w.off;
+		}
+	}
+	walker_fini(&w);
+	if (r < 0)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory reading the journal");
+	j->tail = w.off;
+	j->next_seq = w.seq;
+	if (w.stop == JRNL_STOP_CORRUPT && !(j->damage = strdup(w.why)))
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	if (res) {
+		res->stop = w.stop;
+		res->stop_offset = w.off;
+		if (w.stop != JRNL_STOP_END)
+			snprintf(res->why, sizeof(res->why), "%s", w.why);
+	}
+	if (ops && w.stop == JRNL_STOP_CORRUPT)
+		return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
+				"the state journal is damaged: %s; replay stopped there after %" PRIu64
+				" records", w.why, res ? res->records : j->n_records);
+	return 0;
+}
+
+int jrnl_open_replay_fd(int fd, const struct jrnl_ops *ops, void *opaque,
+			struct jrnl_replay_result *res, struct jrnl **out, struct dmb_err *e)
 {
 	struct stat st;
+	*out = NULL;
 	if (fd < 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADF, "no state journal fd");
 	if (fstat(fd, &st) < 0)
@@ -1172,27 +1280,21 @@ int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e)
 		.base_seq = get64(map + HDR_OFF_BASESEQ),
 	};
 
-	/* Find where the valid records end: appends go there. */
-	struct walker w;
-	struct jrnl_rec rec;
-	walker_init(&w, j);
-	while ((r = walker_next(&w, &rec)) > 0)
-		j->n_records++;
-	walker_fini(&w);
-	if (r < 0) {
-		j->fd = -1;
-		jrnl_close(j);
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory reading the journal");
-	}
-	j->tail = w.off;
-	j->next_seq = w.seq;
-	if (w.stop == JRNL_STOP_CORRUPT && !(j->damage = strdup(w.why))) {
-		jrnl_close(j);
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	/* Find where the valid records end (appends go there), delivering
+	 * them on the way when asked to. */
+	r = walk(j, ops, opaque, res, e);
+	if (r < 0 && r != -EBADMSG) {
+		jrnl_close(j); /* j->fd is still -1: the caller keeps fd */
+		return r;
 	}
 	j->fd = fd;
 	*out = j;
-	return 0;
+	return r;
+}
+
+int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e)
+{
+	return jrnl_open_replay_fd(fd, NULL, NULL, NULL, out, e);
 }
 
 /* ---- replay ---- */

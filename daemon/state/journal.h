@@ -172,6 +172,17 @@ int jrnl_create(struct jrnl **out, struct dmb_err *e);
  * do not throw it away). A journal damaged inside its committed part opens,
  * jrnl_damaged() says so, and appends are refused until it is compacted. */
 int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e);
+/* jrnl_open_fd and jrnl_replay in one walk: each record is validated once
+ * and delivered to ops as it is (a restore reads and checksums the journal
+ * once, not twice). Returns 0 with *out set; -EBADMSG with *out set when
+ * the journal is damaged inside its committed part (everything before the
+ * damage was delivered, jrnl_damaged() says where); any other error with
+ * *out NULL (a failed header check, or a callback's error: the caller keeps
+ * fd). res (optional) is jrnl_replay's. */
+struct jrnl_ops;
+struct jrnl_replay_result;
+int jrnl_open_replay_fd(int fd, const struct jrnl_ops *ops, void *opaque,
+			struct jrnl_replay_result *res, struct jrnl **out, struct dmb_err *e);
 /* Unmaps and closes; NULL is fine. */
 void jrnl_close(struct jrnl *j);
 static inline void jrnl_closep(struct jrnl **j)
@@ -391,3 +402,6 @@ uint64_t jrnl_snapshot_estimate(uint64_t contexts, uint64_t regions, uint64_t de
  * ~0): jrnl_crc32c(0, "123456789", 9) == 0xE3069283. Pass the previous
  * result as crc to continue a running checksum. */
 uint32_t jrnl_crc32c(uint32_t crc, const void *buf, size_t len);
+/* The table-driven implementation jrnl_crc32c uses where the CPU has no
+ * CRC-32C instruction; for tests. */
+uint32_t jrnl_crc32c_sw(uint32_t crc, const void *buf, size_t len);

@@ -9,7 +9,9 @@
  *
  * Properties checked: open and replay never crash; a replayed state, written
  * out by compaction and replayed again, is the same state; a journal that
- * opened undamaged takes one more record and replays it. */
+ * opened undamaged takes one more record and replays it; opening and
+ * replaying in one walk (the restore path) agrees with doing it in two. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,16 +106,46 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	free(f);
 
+	/* The restore path's one walk (open and replay together) first: the
+	 * same verdict, state, result and tail as the two walks below. */
+	int fd1 = dup(fd);
+	if (fd1 < 0)
+		abort();
+	struct jrnl *one = NULL;
+	struct jrnl_state s1;
+	struct jrnl_replay_result res1;
+	struct dmb_err e1 = { 0 };
+	jrnl_state_init(&s1);
+	int rc1 = jrnl_open_replay_fd(fd1, &jrnl_state_ops, &s1, &res1, &one, &e1);
+	if (rc1 < 0 && rc1 != -EBADMSG)
+		close(fd1);
+
 	struct jrnl *j = NULL;
 	struct dmb_err e = { 0 };
 	if (jrnl_open_fd(fd, &j, &e) < 0) {
 		close(fd); /* on failure the caller keeps the fd */
+		if (one) {
+			fprintf(stderr, "fuzz_journal: one walk opened what open refused: %s\n", e.msg);
+			abort();
+		}
+		jrnl_state_fini(&s1);
 		return 0;
 	}
 	struct jrnl_state s;
 	struct jrnl_replay_result res;
 	jrnl_state_init(&s);
-	(void)jrnl_state_replay(j, &s, &res, &e);
+	int rc = jrnl_state_replay(j, &s, &res, &e);
+	char why[256];
+	if (!one || rc1 != rc || !jrnl_state_equal(&s, &s1, why, sizeof(why)) ||
+	    res.records != res1.records || res.end != res1.end || res.stop != res1.stop ||
+	    res.stop_offset != res1.stop_offset || jrnl_committed(one) != jrnl_committed(j) ||
+	    jrnl_next_seq(one) != jrnl_next_seq(j) || jrnl_records(one) != jrnl_records(j) ||
+	    !jrnl_damaged(one) != !jrnl_damaged(j)) {
+		fprintf(stderr, "fuzz_journal: one walk (%d) and two walks (%d) disagree\n", rc1, rc);
+		abort();
+	}
+	jrnl_state_fini(&s1);
+	jrnl_close(one);
 
 	struct jrnl *c = NULL;
 	if (jrnl_compact(j, &s, &c, &e) == 0) {

@@ -281,7 +281,7 @@ static void test_map_moves_bytes(void **state)
 	assert_int_equal(m->length, 4 * PG);
 	assert_int_equal(m->offset, 4 * PG);
 	assert_ptr_equal(m->region, f->reg[0]);
-	assert_int_equal(m->prot, RW);
+	assert_int_equal(map_prot(m), RW);
 
 	/* Read-only mappings of a read-only region: device reads only. */
 	map_ok(f, 2, 0, BASE + 16 * PG, PG, R);
@@ -956,7 +956,7 @@ static void probe(struct fx *f, const struct model *md, uint32_t p, uint64_t op)
 		return;
 	}
 	if (!m || m->iova != wiova(x->start) || m->length != x->n * PG ||
-	    m->region != f->reg[x->t] || m->offset != x->off * PG || m->prot != x->prot)
+	    m->region != f->reg[x->t] || m->offset != x->off * PG || map_prot(m) != x->prot)
 		fail_msg("op %" PRIu64 ": map_find at page %u disagrees with the model", op, p);
 	if (x->prot & R) {
 		if (rr != 0 || v != want)

@@ -144,14 +144,64 @@ static struct jrnl *reopen(struct jrnl *j)
 	return n;
 }
 
+static void assert_states_equal(const struct jrnl_state *a, const struct jrnl_state *b);
+
+/* The restore path opens and replays in one walk (jrnl_open_replay_fd):
+ * it must find exactly what jrnl_open_fd then jrnl_replay find, on the same
+ * file: the same state, the same result, the same tail, the same damage. */
+static void check_one_walk(struct jrnl *j, const struct jrnl_state *want,
+			   const struct jrnl_replay_result *want_res, int want_rc)
+{
+	struct jrnl *two = NULL, *one = NULL;
+	struct dmb_err e = { 0 };
+	int fd2 = dup(jrnl_fd(j)), fd1 = dup(jrnl_fd(j));
+	assert_true(fd2 >= 0 && fd1 >= 0);
+	if (jrnl_open_fd(fd2, &two, &e) < 0)
+		fail_msg("reopen failed: %s", e.msg);
+	struct jrnl_state s;
+	struct jrnl_replay_result res;
+	jrnl_state_init(&s);
+	int rc = jrnl_open_replay_fd(fd1, &jrnl_state_ops, &s, &res, &one, &e);
+	if (rc != want_rc)
+		fail_msg("open+replay in one walk returned %d, two walks %d: %s", rc, want_rc, e.msg);
+	assert_non_null(one);
+	assert_states_equal(&s, want);
+	assert_int_equal(res.records, want_res->records);
+	assert_int_equal(res.last_seq, want_res->last_seq);
+	assert_int_equal(res.end, want_res->end);
+	assert_int_equal(res.stop, want_res->stop);
+	assert_int_equal(res.stop_offset, want_res->stop_offset);
+	assert_string_equal(res.why, want_res->why);
+	assert_int_equal(jrnl_committed(one), jrnl_committed(two));
+	assert_int_equal(jrnl_records(one), jrnl_records(two));
+	assert_int_equal(jrnl_next_seq(one), jrnl_next_seq(two));
+	assert_int_equal(jrnl_generation(one), jrnl_generation(two));
+	if (jrnl_damaged(two))
+		assert_string_equal(jrnl_damaged(one), jrnl_damaged(two));
+	else
+		assert_null(jrnl_damaged(one));
+	jrnl_state_fini(&s);
+	jrnl_close(one);
+	jrnl_close(two);
+}
+
+static int fail_cb(void *opaque, const struct jrnl_rec *rec)
+{
+	(void)opaque;
+	(void)rec;
+	return -EIO;
+}
+
 static void replay_into(struct jrnl *j, struct jrnl_state *s, struct jrnl_replay_result *res,
 			int expect)
 {
 	struct dmb_err e = { 0 };
+	struct jrnl_replay_result local;
 	jrnl_state_init(s);
-	int r = jrnl_state_replay(j, s, res, &e);
+	int r = jrnl_state_replay(j, s, res ? res : &local, &e);
 	if (r != expect)
 		fail_msg("replay returned %d, expected %d: %s", r, expect, e.msg);
+	check_one_walk(j, s, res ? res : &local, r);
 }
 
 static void assert_states_equal(const struct jrnl_state *a, const struct jrnl_state *b)
@@ -797,7 +847,13 @@ static void test_crc32c(void **state)
 		assert_int_equal(jrnl_crc32c(0, buf + off, n), want);
 		assert_int_equal(jrnl_crc32c(jrnl_crc32c(0, buf + off, cut), buf + off + cut, n - cut),
 				 want);
+		/* the table fallback, whichever one jrnl_crc32c picked here */
+		assert_int_equal(jrnl_crc32c_sw(0, buf + off, n), want);
+		assert_int_equal(jrnl_crc32c_sw(jrnl_crc32c_sw(0, buf + off, cut), buf + off + cut,
+						n - cut),
+				 want);
 	}
+	assert_int_equal(jrnl_crc32c_sw(0, "123456789", 9), 0xE3069283u);
 }
 
 /* ==== the bytes on file match the specification ==== */
@@ -1502,6 +1558,7 @@ static void test_torn_tail_every_byte(void **state)
 			jrnl_state_init(&s);
 			int rc = jrnl_state_replay(r, &s, &res, &re);
 			assert_true(rc == 0 || rc == -EBADMSG);
+			check_one_walk(r, &s, &res, rc);
 			assert_states_equal(&s, &before);
 			assert_int_equal(res.records, prefix_records);
 			assert_int_not_equal(res.stop, JRNL_STOP_END);
@@ -1760,6 +1817,17 @@ static void test_header_corruption(void **state)
 	close(dfd);
 	struct jrnl *r = NULL;
 	assert_int_equal(jrnl_open_fd(-1, &r, &e), -EBADF);
+
+	/* a replay callback's error in the one-walk open: no journal, and the
+	 * caller keeps its fd */
+	struct jrnl_ops failing = { .record = fail_cb };
+	struct jrnl_replay_result fres;
+	struct jrnl *none = (struct jrnl *)&fres;
+	dmb_err_clear(&e);
+	assert_int_equal(jrnl_open_replay_fd(fd, &failing, NULL, &fres, &none, &e), -EIO);
+	assert_null(none);
+	assert_non_null(strstr(e.msg, "record 1 failed"));
+	assert_true(fcntl(fd, F_GETFD) >= 0);
 
 	/* restored, it opens, and takes the fd */
 	struct jrnl *ok = NULL;
