@@ -3,6 +3,7 @@
 #include "inproc.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -23,8 +24,10 @@
  * is, so that no earlier benchmark's freed chunks decide the locality of
  * the trees being measured. The child's result and check counts come back
  * through shared memory. */
+/* The result follows the header in the shared page (h + 1): keep it
+ * aligned for any type the results hold. */
 struct child_hdr {
-	int rc;
+	_Alignas(max_align_t) int rc;
 	unsigned passes, failures;
 };
 
