@@ -454,9 +454,6 @@ static int core_only_impl(uint64_t n, struct scale_result *out)
 	struct mallinfo2 after = mallinfo2();
 	if (r == 0)
 		out->core_per_mapping = ((double)after.uordblks - (double)before.uordblks) / (double)n;
-	struct dmb_mapping *m = map_find(c.ctx, iova_of(0));
-	if (m)
-		out->chunk_mapping = malloc_usable_size(m) + sizeof(size_t);
 	core_env_close(&c);
 	return r;
 }
@@ -604,6 +601,5 @@ int inproc_scale(uint64_t n, unsigned ops, struct scale_result *out)
 		return r;
 	r = in_child(scale_fn, &a, out, sizeof(*out));
 	out->core_per_mapping = co.core_per_mapping;
-	out->chunk_mapping = co.chunk_mapping;
 	return r;
 }

@@ -42,7 +42,6 @@ struct scale_result {
 	double heap_per_mapping; /* mallinfo2 in-use delta / n: core + sim area */
 	double core_per_mapping; /* the same with a backend that keeps nothing */
 	size_t sizeof_mapping;   /* sizeof(struct dmb_mapping) */
-	size_t chunk_mapping;    /* its malloc chunk (usable size + header) */
 };
 
 /* The core with the sim backend, one context, n mappings of 4 KiB at every

@@ -40,7 +40,7 @@ run_suites() { # dir, suites...
   meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "${args[@]}" </dev/null
 }
 
-run_suites build unit integration vm
+run_suites build unit integration vm bench
 run_suites build-asan unit integration
 # The three fuzzers side by side (60 s each, ~1 min on 2 cores).
 meson test -C build-fuzz --num-processes 3 --print-errorlogs --suite fuzz </dev/null
