@@ -1150,9 +1150,9 @@ static int refuse(struct dmb_err *e, int err, const char *fmt, ...)
 static int check_header(const uint8_t *h, uint64_t size, struct dmb_err *e)
 {
 	if (memcmp(h, HDR_MAGIC, 8) != 0)
-		return refuse(e, EBADMSG, "it does not start with the journal magic");
+		return refuse(e, ENOEXEC, "it does not start with the journal magic");
 	if (jrnl_crc32c(0, h, HDR_OFF_CRC) != get32(h + HDR_OFF_CRC))
-		return refuse(e, EBADMSG, "its header checksum does not match");
+		return refuse(e, ENOEXEC, "its header checksum does not match");
 	uint32_t version = get32(h + HDR_OFF_VERSION);
 	if (version >> 16 != JRNL_VERSION_MAJOR)
 		return refuse(e, EPROTONOSUPPORT,
@@ -1161,17 +1161,17 @@ static int check_header(const uint8_t *h, uint64_t size, struct dmb_err *e)
 	bool newer = (version & 0xffff) > JRNL_VERSION_MINOR;
 	uint32_t hsize = get32(h + HDR_OFF_HSIZE);
 	if (hsize < JRNL_HEADER_SIZE || hsize % 8 || hsize > size || (!newer && hsize != JRNL_HEADER_SIZE))
-		return refuse(e, EBADMSG, "its header size %u is impossible", hsize);
+		return refuse(e, ENOEXEC, "its header size %u is impossible", hsize);
 	if (get64(h + HDR_OFF_GEN) == 0)
-		return refuse(e, EBADMSG, "its generation is 0");
+		return refuse(e, ENOEXEC, "its generation is 0");
 	if (!newer && (get64(h + HDR_OFF_RES0) || get32(h + HDR_OFF_RES1) ||
 		       get64(h + HDR_OFF_RES2)))
-		return refuse(e, EBADMSG, "a reserved header field is not zero");
+		return refuse(e, ENOEXEC, "a reserved header field is not zero");
 	int64_t committed = read_committed(h);
 	if (committed < 0)
-		return refuse(e, EBADMSG, "its committed length fails its check");
+		return refuse(e, ENOEXEC, "its committed length fails its check");
 	if ((uint64_t)committed > size - hsize)
-		return refuse(e, EBADMSG,
+		return refuse(e, ENOEXEC,
 			      "it claims %" PRId64 " bytes of records but the file holds %" PRIu64,
 			      committed, size - hsize);
 	return 0;
@@ -1249,10 +1249,10 @@ int jrnl_open_replay_fd(int fd, const struct jrnl_ops *ops, void *opaque,
 	if (fstat(fd, &st) < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, errno, "cannot stat the state journal fd: %m");
 	if (!S_ISREG(st.st_mode))
-		return refuse(e, EBADMSG, "it is not a regular file (a memfd)");
+		return refuse(e, ENOEXEC, "it is not a regular file (a memfd)");
 	uint64_t size = (uint64_t)st.st_size;
 	if (size < JRNL_HEADER_SIZE)
-		return refuse(e, EBADMSG, "it is %" PRIu64 " bytes long, shorter than its header",
+		return refuse(e, ENOEXEC, "it is %" PRIu64 " bytes long, shorter than its header",
 			      size);
 	if (size > FILE_MAX)
 		return refuse(e, EFBIG, "it is %" PRIu64 " bytes long", size);

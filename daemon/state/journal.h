@@ -177,8 +177,9 @@ int jrnl_open_fd(int fd, struct jrnl **out, struct dmb_err *e);
  * once, not twice). Returns 0 with *out set; -EBADMSG with *out set when
  * the journal is damaged inside its committed part (everything before the
  * damage was delivered, jrnl_damaged() says where); any other error with
- * *out NULL (a failed header check, or a callback's error: the caller keeps
- * fd). res (optional) is jrnl_replay's. */
+ * *out NULL and the caller keeping fd: -ENOEXEC for a file that is not a
+ * journal this daemon can open (not a regular file, too short, a bad
+ * header), a callback's error, ... res (optional) is jrnl_replay's. */
 struct jrnl_ops;
 struct jrnl_replay_result;
 int jrnl_open_replay_fd(int fd, const struct jrnl_ops *ops, void *opaque,

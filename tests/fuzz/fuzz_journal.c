@@ -11,6 +11,7 @@
  * out by compaction and replayed again, is the same state; a journal that
  * opened undamaged takes one more record and replays it; opening and
  * replaying in one walk (the restore path) agrees with doing it in two. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,7 +90,35 @@ static void replay_equal(struct jrnl *j, const struct jrnl_state *want)
 	jrnl_state_fini(&s);
 }
 
+/* Open fds of this process: the same after every input, or one leaked. */
+static int open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		abort();
+	int n = 0;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static int one_input(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	int before = open_fds();
+	int r = one_input(data, size);
+	int after = open_fds();
+	if (after != before) {
+		fprintf(stderr, "fuzz_journal: an fd leaked (%d open before, %d after)\n", before,
+			after);
+		abort();
+	}
+	return r;
+}
+
+static int one_input(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;

@@ -10,6 +10,8 @@ fuzzer=$1 seeds=$2 work=$3 seconds=$4
 shift 4
 mkdir -p "$work/corpus"
 # One worker; detect_leaks on (the fuzzers free what they create).
-exec "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+# -error_exitcode=1: libFuzzer's default (77) is what meson reads as SKIP,
+# so a crash would not fail the test.
+exec "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -error_exitcode=1 \
 	-max_len=65536 -print_final_stats=1 -artifact_prefix="$work/" \
 	"$@" "$work/corpus" "$seeds"

@@ -1738,6 +1738,19 @@ static void expect_refused(int fd, const char *words)
 	if (words && !strstr(e.msg, words))
 		fail_msg("message \"%s\" does not say \"%s\"", e.msg, words);
 	assert_true(fcntl(fd, F_GETFD) >= 0); /* the caller still owns the fd */
+	/* -EBADMSG means "opened, damaged inside" and comes with a journal:
+	 * a refusal must not look like it (the restore path relies on it). */
+	assert_int_not_equal(rc, -EBADMSG);
+	struct jrnl_state s;
+	struct jrnl_replay_result res;
+	jrnl_state_init(&s);
+	dmb_err_clear(&e);
+	rc = jrnl_open_replay_fd(fd, &jrnl_state_ops, &s, &res, &r, &e);
+	assert_true(rc < 0);
+	assert_int_not_equal(rc, -EBADMSG);
+	assert_null(r);
+	assert_true(fcntl(fd, F_GETFD) >= 0);
+	jrnl_state_fini(&s);
 }
 
 static void write_raw_record(int fd, uint64_t off, uint32_t type, uint64_t seq, const uint8_t *pl,
