@@ -385,7 +385,12 @@ int handoff_status(struct handoff *h, struct handoff_status *out)
 	switch (h->state) {
 	case JRNL_HANDOFF_NORMAL: {
 		if (!h->pv) {
-			snprintf(out->message, sizeof(out->message), "%s", h->pv_error);
+			/* What a prepare would carry, so an operator can check it
+			 * before installing a kernel with a preserver. */
+			survey(h, out);
+			snprintf(out->message, sizeof(out->message),
+				 "%.230s (with one: %u context(s) preservable, %zu left out)", h->pv_error,
+				 out->contexts, out->n_left_out_total);
 			break;
 		}
 		struct dmb_err pe = { 0 };

@@ -531,11 +531,23 @@ static void test_no_preserver_and_busy(void **state)
 	struct vmm v;
 	vmm_create(&v, "vm", 64 * 1024, 9);
 	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	uint64_t plain;
+	assert_ok(v.c, dmb_context_create(v.c, "vm-plain", &plain));
 	struct dmb_client *adm = conn("admin");
 	struct dmb_handoff_info hi;
 	assert_ok(adm, dmb_handoff_status(adm, &hi));
 	assert_string_equal(hi.preserver, "none");
 	assert_false(hi.available);
+	/* What would be preserved, as with a preserver: checkable before a
+	 * kernel with one is installed. */
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(hi.mappings, 1);
+	assert_int_equal(hi.bytes, 64 * 1024);
+	assert_int_equal(hi.n_left_out, 1);
+	assert_int_equal(hi.left_out[0].context, plain);
+	assert_non_null(strstr(hi.left_out[0].reason, "not persistent"));
+	assert_non_null(strstr(hi.message, "no preserver is configured"));
+	assert_non_null(strstr(hi.message, "1 context(s) preservable, 1 left out"));
 	assert_code(adm, dmb_handoff_prepare(adm, true, &hi), DMB_FAILED_PRECONDITION);
 	assert_non_null(strstr(dmb_last_error(adm)->message, "no preserver is configured"));
 	assert_non_null(strstr(dmb_last_error(adm)->message, "nothing was changed"));
@@ -544,6 +556,7 @@ static void test_no_preserver_and_busy(void **state)
 	expect_pattern(v.c, v.ctx, 0x200000, 0, PG, v.seed, v.size);
 	dmb_close(adm);
 	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	assert_ok(v.c, dmb_context_destroy(v.c, plain));
 	dmb_close(v.c);
 	assert_true(daemon_wait_idle(&d));
 	assert_true(fds_stop(&H, SIGTERM) >= 0);
