@@ -304,6 +304,14 @@ int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, s
 	}
 	jrnl_close(snap);
 	free(tm.e);
+	/* Tests: a crash after everything is preserved and the session is in
+	 * the fd store, before the state is journaled. */
+	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	if (r == 0 && crash && !strcmp(crash, "prepare")) {
+		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=prepare: crashing before the "
+			   "state is journaled");
+		raise(SIGKILL);
+	}
 	char sentence[240];
 	snprintf(sentence, sizeof(sentence),
 		 "prepared for a kernel update: %u context(s), %" PRIu64 " mapping(s), %" PRIu64
@@ -342,6 +350,13 @@ int handoff_abort(struct handoff *h, struct dmb_err *e)
 	if (h->srv->persist.enabled)
 		persist_unstore(HANDOFF_FD_OUTGOING);
 	h->session_fd = safe_close(h->session_fd);
+	/* Tests: a crash between the two (journal prepared, no session). */
+	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	if (crash && !strcmp(crash, "abort")) {
+		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=abort: crashing before the "
+			   "abort is journaled");
+		raise(SIGKILL);
+	}
 	struct dmb_err je = { 0 };
 	if (persist_set_handoff(&h->srv->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
 		log_warning("host handoff: the abort could not be journaled (%s); the next start "
@@ -783,7 +798,11 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 			log_warning("host handoff: the journal says prepared but the preserver session is "
 				    "gone (closing it aborted it): rolled back to normal; prepare again");
 			(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_NORMAL, &je);
-			h->state = JRNL_HANDOFF_NORMAL;
+			/* Clients that came back with the fd store were told
+			 * "prepared": they hear the end of it. */
+			announce(h, JRNL_HANDOFF_NORMAL, "the host handoff was rolled back after a broker "
+				 "restart (its preserver session was gone): nothing is preserved, changes "
+				 "are accepted again");
 		}
 		break;
 	case JRNL_HANDOFF_RESTORING:

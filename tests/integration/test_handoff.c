@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -88,6 +89,32 @@ static int run_tool(const char *verb, const char *arg)
 	int st;
 	waitpid(pid, &st, 0);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* `dmb-sim-preserver status` (the simulated kernel's view, not the
+ * daemon's), into buf. */
+static void preserver_status(char *buf, size_t len)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(p[1], 1);
+		close(p[0]);
+		execl(bin, bin, "status", pv_sock, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	size_t n = 0;
+	ssize_t k;
+	while (n + 1 < len && (k = read(p[0], buf + n, len - 1 - n)) > 0)
+		n += (size_t)k;
+	buf[n] = '\0';
+	close(p[0]);
+	int st;
+	waitpid(pid, &st, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static void preserver_start(void)
@@ -650,6 +677,157 @@ static void test_crash_mid_restore(void **state)
 	preserver_stop();
 }
 
+/* ------------------------------------------------------------ crash rules */
+
+/* Sends a HandoffPrepare or HandoffAbort without waiting: the daemon is
+ * about to die in the middle of it (its connection stays in the fd store,
+ * so no reply and no hang-up would ever come). */
+static void send_handoff_raw(struct dmb_client *c, bool prepare)
+{
+	Dmb__HandoffPrepare hp = DMB__HANDOFF_PREPARE__INIT;
+	Dmb__HandoffAbort ha = DMB__HANDOFF_ABORT__INIT;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = 900;
+	if (prepare) {
+		req.body_case = DMB__REQUEST__BODY_HANDOFF_PREPARE;
+		req.handoff_prepare = &hp;
+	} else {
+		req.body_case = DMB__REQUEST__BODY_HANDOFF_ABORT;
+		req.handoff_abort = &ha;
+	}
+	uint8_t buf[64];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
+}
+
+/* The daemon ends by itself (a test crash hook): SIGKILLed. */
+static void expect_crashed(const char *needle)
+{
+	int st = fds_stop(&H, 0);
+	if (!(st >= 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) || !fds_log_has(&H, needle)) {
+		fds_dump_log(&H);
+		fail_msg("the daemon did not crash at '%s' (wait status %d)", needle, st);
+	}
+}
+
+/* The journal says prepared, the session fd is gone (an abort that died
+ * between taking the session out of the fd store, which aborts it, and
+ * journaling normal): the next start rolls back, says so to the clients
+ * that came back with the fd store, and accepts changes again. */
+static void test_crash_prepared_session_gone(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	setenv("DMABROKERD_TEST_HANDOFF_CRASH", "abort", 1);
+	start();
+	unsetenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm-1", 256 * 1024, 61);
+	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	assert_ok(adm, dmb_handoff_prepare(adm, false, NULL));
+	assert_true(has_handoff_event(v.c, "prepared"));
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 1"));
+
+	send_handoff_raw(adm, false);
+	expect_crashed("crashing before the abort is journaled");
+	/* The session went with the fd-store entry: the kernel aborted it. */
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("the preserver still holds a session:\n%s", out);
+
+	assert_int_equal(fds_restart(&H, SIGTERM), 0);
+	d.pid = H.pid;
+	check_log_clean();
+	assert_true(fds_log_has(&H, "the preserver session is gone (closing it aborted it): rolled "
+				"back to normal"));
+	dmb_close(adm);
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	/* The VMM (its connection kept in the fd store) hears it ... */
+	assert_true(has_handoff_event(v.c, "normal"));
+	/* ... and its changes are accepted again; the old mapping still
+	 * moves bytes. */
+	expect_pattern(v.c, v.ctx, 0x100000, 0, 4096, v.seed, v.size);
+	vmm_map(&v, 128 * 1024, 0x400000, 64 * 1024);
+	expect_pattern(v.c, v.ctx, 0x400000, 128 * 1024, 64 * 1024, v.seed, v.size);
+	char line[256];
+	assert_int_equal(fds_status(&H, line, sizeof(line)), 0);
+	assert_null(strstr(line, "handoff prepared"));
+	/* Nothing is preserved: a prepare starts from scratch and works. */
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 0"));
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.mappings, 2);
+	assert_ok(adm, dmb_handoff_abort(adm, NULL));
+	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	dmb_close(v.c);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* The session fd in the store while the journal says normal (a prepare
+ * that died after everything was preserved, before it was journaled): the
+ * next start closes the session (the kernel aborts it), nothing stays
+ * preserved, and a kexec then carries nothing. */
+static void test_crash_prepare_not_journaled(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	setenv("DMABROKERD_TEST_HANDOFF_CRASH", "prepare", 1);
+	start();
+	unsetenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm-1", 128 * 1024, 71);
+	vmm_map(&v, 0, 0x100000, 128 * 1024);
+	struct dmb_client *adm = conn("admin");
+	send_handoff_raw(adm, true);
+	expect_crashed("crashing before the state is journaled");
+	/* The crash point is real: the session with the memfd and the
+	 * snapshot is preserved, held only by the fd store. */
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 1") || !strstr(out, " outgoing, 2 file(s)"))
+		fail_msg("not what a prepare leaves before it is journaled:\n%s", out);
+	assert_int_equal(fds_store_count_name(&H, "handoff.session"), 1);
+
+	assert_int_equal(fds_restart(&H, SIGTERM), 0);
+	d.pid = H.pid;
+	check_log_clean();
+	assert_true(fds_log_has(&H, "an interrupted prepare was rolled back"));
+	assert_int_equal(fds_store_count_name(&H, "handoff.session"), 0);
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("the interrupted prepare's session is still preserved:\n%s", out);
+	dmb_close(adm);
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	vmm_map(&v, 0, 0x400000, PG);
+	expect_pattern(v.c, v.ctx, 0x400000, 0, PG, v.seed, v.size);
+	expect_pattern(v.c, v.ctx, 0x100000 + 64 * 1024, 64 * 1024, 64 * 1024, v.seed, v.size);
+	/* A kexec now carries nothing: the next daemon restores nothing. */
+	dmb_close(adm);
+	dmb_close(v.c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	assert_int_equal(daemon_totals(&d).contexts, 0);
+	dmb_close(adm);
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 static int setup(void **state)
 {
 	struct fds_opts o = fds_default_opts();
@@ -671,6 +849,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("handoff", tests, NULL, NULL);
 }
