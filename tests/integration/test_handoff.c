@@ -10,11 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -339,6 +341,11 @@ static void test_full_handoff(void **state)
 	assert_int_equal(hi.contexts, 3);
 	assert_int_equal(hi.unclaimed, 3);
 	assert_int_equal(hi.degraded, 0);
+	/* Wrong state for both while reclaiming. */
+	assert_code(adm, dmb_handoff_prepare(adm, true, NULL), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(dmb_last_error(adm)->message, "state reclaiming"));
+	assert_code(adm, dmb_handoff_abort(adm, NULL), DMB_FAILED_PRECONDITION);
+	expect_state(adm, "reclaiming");
 
 	/* Before any reclaim: every RAM mapping moves the right bytes at its
 	 * old IOVA (admin-driven sim DMA through the ownerless contexts). */
@@ -828,6 +835,373 @@ static void test_crash_prepare_not_journaled(void **state)
 	preserver_stop();
 }
 
+/* ------------------------------------------------------------ bad prepare / abort requests */
+
+/* A Request { id = 7, <field> = body } packed by hand, so the body can
+ * carry what protobuf-c would not write (unknown fields). */
+static size_t request_bytes(uint8_t *out, unsigned field, const uint8_t *body, size_t blen)
+{
+	size_t n = 0;
+	out[n++] = 0x08;
+	out[n++] = 7;
+	uint32_t tag = (field << 3) | 2u;
+	while (tag >= 0x80) {
+		out[n++] = (uint8_t)(tag | 0x80);
+		tag >>= 7;
+	}
+	out[n++] = (uint8_t)tag;
+	out[n++] = (uint8_t)blen;
+	memcpy(out + n, body, blen);
+	return n + blen;
+}
+
+/* Sends the bytes (with fds), returns the reply's error code (-1: none). */
+static int bytes_code(struct dmb_client *c, const uint8_t *buf, size_t len, const int *fds,
+		      size_t nfds, char *msg, size_t msglen)
+{
+	Dmb__Reply *rep = NULL;
+	if (dmb_call_bytes(c, buf, len, fds, nfds, &rep) < 0)
+		fail_msg("transport failed: %s", dmb_last_error(c)->message);
+	int code = rep->error ? (int)rep->error->code : -1;
+	if (msg)
+		snprintf(msg, msglen, "%s", rep->error ? rep->error->message : "");
+	dmb__reply__free_unpacked(rep, NULL);
+	return code;
+}
+
+static void expect_nothing_preserved(struct dmb_client *adm)
+{
+	expect_state(adm, "normal");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("a refused request left a session in the preserver:\n%s", out);
+}
+
+static void test_bad_prepare_abort(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm ok;
+	vmm_create(&ok, "vm-ok", 64 * 1024, 5);
+	vmm_map(&ok, 0, 0x100000, 64 * 1024);
+	uint64_t plain; /* not preservable: a prepare without force refuses */
+	assert_ok(ok.c, dmb_context_create(ok.c, "vm-plain", &plain));
+	struct dmb_client *adm = conn("admin");
+	const unsigned F_PREPARE = 44, F_ABORT = 45;
+	uint8_t pkt[64];
+	char msg[256];
+
+	/* Truncated: prepare { force = true } cut by one byte (its body
+	 * claims two bytes, one came); abort cut inside its length. */
+	const uint8_t forced[] = { 0x08, 0x01 };
+	size_t n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_non_null(strstr(msg, "malformed"));
+	expect_nothing_preserved(adm);
+	n = request_bytes(pkt, F_ABORT, NULL, 0);
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	expect_nothing_preserved(adm);
+
+	/* Unknown fields are ignored (docs/protocol.md): a prepare with
+	 * force = false and an unknown field 15 is a plain prepare, refused
+	 * for the non-persistent context; the unknown field did not force. */
+	const uint8_t unforced_unknown[] = { 0x08, 0x00, 0x78, 0x01 };
+	n = request_bytes(pkt, F_PREPARE, unforced_unknown, sizeof(unforced_unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "cannot be preserved"));
+	expect_nothing_preserved(adm);
+	/* An abort with an unknown field, in the wrong state. */
+	const uint8_t unknown[] = { 0x78, 0x01 };
+	n = request_bytes(pkt, F_ABORT, unknown, sizeof(unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "nothing to abort"));
+
+	/* Fds attached: refused and closed; nothing prepared. */
+	int one = make_memfd(PG, 1);
+	n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n, &one, 1, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_non_null(strstr(msg, "takes no fds"));
+	expect_nothing_preserved(adm);
+
+	/* A forced prepare with an unknown field works (ignored) ... */
+	const uint8_t forced_unknown[] = { 0x08, 0x01, 0x78, 0x05 };
+	n = request_bytes(pkt, F_PREPARE, forced_unknown, sizeof(forced_unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, NULL, 0), -1);
+	expect_state(adm, "prepared");
+	/* ... an abort with fds attached or cut short changes nothing ... */
+	n = request_bytes(pkt, F_ABORT, NULL, 0);
+	assert_int_equal(bytes_code(adm, pkt, n, &one, 1, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, NULL, 0), DMB_INVALID_ARGUMENT);
+	/* ... nor does a second prepare, forced or not. */
+	n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "already under way (state prepared)"));
+	expect_state(adm, "prepared");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 1"));
+	struct dmb_map_entry e = { ok.region, 0, 0x300000, PG, DMB_READ };
+	assert_code(ok.c, dmb_map(ok.c, ok.ctx, &e), DMB_UNAVAILABLE);
+	/* The abort with an unknown field is an abort. */
+	n = request_bytes(pkt, F_ABORT, unknown, sizeof(unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, NULL, 0), -1);
+	expect_nothing_preserved(adm);
+	assert_ok(ok.c, dmb_map(ok.c, ok.ctx, &e));
+	expect_pattern(ok.c, ok.ctx, 0x300000, 0, PG, ok.seed, ok.size);
+	close(one);
+
+	assert_ok(ok.c, dmb_context_destroy(ok.c, ok.ctx));
+	assert_ok(ok.c, dmb_context_destroy(ok.c, plain));
+	dmb_close(ok.c);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ prepare vs a long map */
+
+#define HUGE (1024ull * 1024 * 1024)
+#define HUGE_IOVA 0x100000000ull
+
+static void raw_send_map(struct dmb_client *c, uint64_t id, uint64_t ctx, uint64_t region,
+			 uint64_t iova, uint64_t len)
+{
+	Dmb__MapEntry me = DMB__MAP_ENTRY__INIT;
+	me.region_id = region;
+	me.iova = iova;
+	me.length = len;
+	me.prot = DMB_READ | DMB_WRITE;
+	Dmb__MapEntry *mep = &me;
+	Dmb__MapBatch mb = DMB__MAP_BATCH__INIT;
+	mb.context_id = ctx;
+	mb.n_entries = 1;
+	mb.entries = &mep;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = id;
+	req.body_case = DMB__REQUEST__BODY_MAP_BATCH;
+	req.map_batch = &mb;
+	uint8_t buf[256];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
+}
+
+/* The next reply on c's socket (events skipped); nonblock: NULL if none yet. */
+static Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock)
+{
+	for (;;) {
+		struct pollfd p = { .fd = dmb_socket(c), .events = POLLIN };
+		int pr = poll(&p, 1, nonblock ? 0 : 120000);
+		assert_true(pr >= 0);
+		if (pr == 0) {
+			if (nonblock)
+				return NULL;
+			fail_msg("no reply from the daemon within 120 s");
+		}
+		static uint8_t buf[65536];
+		ssize_t n = recv(dmb_socket(c), buf, sizeof(buf), 0);
+		assert_true(n > 0);
+		Dmb__ServerMessage *m = dmb__server_message__unpack(NULL, (size_t)n, buf);
+		assert_non_null(m);
+		if (m->kind_case != DMB__SERVER_MESSAGE__KIND_REPLY) {
+			dmb__server_message__free_unpacked(m, NULL);
+			continue;
+		}
+		Dmb__Reply *r = m->reply;
+		m->reply = NULL;
+		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
+		dmb__server_message__free_unpacked(m, NULL);
+		return r;
+	}
+}
+
+/* A 1 GiB map on a worker (--sim-populate: one fault per page, as pinning)
+ * is known to be in flight because the daemon's totals count it while its
+ * reply has not come. A prepare then must refuse (UNAVAILABLE, retry
+ * after), and its answer comes before the map's; after the map's reply the
+ * same prepare works. Order, never time. */
+static void test_prepare_during_long_map(void **state)
+{
+	static const char *const populate_args[] = { "--sim-populate", NULL };
+	preserver_start();
+	use_config("[daemon]\nworkers = 2\nworker_min_bytes = 1M\n");
+	int r = fds_start_dmabrokerd(&H, cfg_text, populate_args);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("dmabrokerd did not start: %s", strerror(-r));
+	}
+	struct daemon d = as_daemon();
+	struct dmb_client *c = conn("vm-huge");
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(c, dmb_context_create_persistent(c, "vm-huge", &ctx, token));
+	int fd = memfd_create("guest-ram-huge", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)HUGE), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	uint8_t tag[64];
+	fill_pattern(tag, sizeof(tag), 77);
+	fd_write(fd, HUGE / 2, tag, sizeof(tag));
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, fd, 0, &ri));
+
+	raw_send_map(c, 3001, ctx, ri.region, HUGE_IOVA, HUGE);
+	bool accepted = false;
+	for (int i = 0; i < 12000 && !accepted; i++) {
+		accepted = daemon_totals(&d).mapped_bytes >= HUGE;
+		if (!accepted)
+			usleep(10000);
+	}
+	assert_true(accepted);
+
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_code(adm, dmb_handoff_prepare(adm, false, &hi), DMB_UNAVAILABLE);
+	const struct dmb_error *err = dmb_last_error(adm);
+	assert_true(err->retry_after_ms > 0);
+	assert_non_null(strstr(err->message, "long map or unmap running"));
+	assert_non_null(strstr(err->message, "nothing was changed"));
+	/* The refusal came while the map was still running. */
+	Dmb__Reply *early = raw_reply(c, true);
+	if (early)
+		fail_msg("the 1 GiB map was answered before the prepare: nothing proves the prepare "
+			 "saw it running");
+	expect_state(adm, "normal");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 0"));
+
+	Dmb__Reply *rep = raw_reply(c, false);
+	if (rep->error)
+		fail_msg("the huge map failed: %s", rep->error->message);
+	assert_int_equal(rep->id, 3001);
+	dmb__reply__free_unpacked(rep, NULL);
+	/* Retried after the map: prepared, with it. */
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.mappings, 1);
+	assert_int_equal(hi.bytes, HUGE);
+	uint8_t got[64];
+	assert_ok(c, dmb_sim_dma_read(c, ctx, HUGE_IOVA + HUGE / 2, got, sizeof(got)));
+	assert_memory_equal(got, tag, sizeof(got));
+	assert_ok(adm, dmb_handoff_abort(adm, NULL));
+	assert_ok(c, dmb_context_destroy(c, ctx));
+	close(fd);
+	dmb_close(c);
+	dmb_close(adm);
+	for (int i = 0; i < 6000 && daemon_totals(&d).contexts; i++)
+		usleep(10000);
+	assert_int_equal(daemon_totals(&d).pinned_bytes, 0);
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ a client dies while prepared */
+
+/* The VMM (a child process) sends a refused change and a read, and is
+ * SIGKILLed before it reads either reply. Nothing preserved changes: the
+ * broker stays prepared, and after the kexec its context comes back with
+ * its bytes and is reclaimed with the token. */
+static void test_client_dies_while_prepared(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	int up[2], go[2];
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(go), 0);
+	pid_t vmm = fork();
+	if (vmm == 0) {
+		close(up[0]);
+		close(go[1]);
+		struct vmm v;
+		vmm_create(&v, "vm-dies", 128 * 1024, 81);
+		vmm_map(&v, 0, 0x100000, 128 * 1024);
+		if (write(up[1], &v, sizeof(v)) != (ssize_t)sizeof(v))
+			_exit(2);
+		char b;
+		if (read(go[0], &b, 1) != 1)
+			_exit(3);
+		/* Mid-request: a map (refused while prepared) and a list, never
+		 * read; then it says so and waits to be killed. */
+		raw_send_map(v.c, 4001, v.ctx, v.region, 0x900000, PG);
+		Dmb__ListMappings lm = DMB__LIST_MAPPINGS__INIT;
+		lm.context_id = v.ctx;
+		Dmb__Request req = DMB__REQUEST__INIT;
+		req.id = 4002;
+		req.body_case = DMB__REQUEST__BODY_LIST_MAPPINGS;
+		req.list_mappings = &lm;
+		uint8_t buf[64];
+		size_t n = dmb__request__pack(&req, buf);
+		if (send(dmb_socket(v.c), buf, n, 0) != (ssize_t)n)
+			_exit(4);
+		if (write(up[1], "x", 1) != 1)
+			_exit(5);
+		for (;;)
+			pause();
+	}
+	close(up[1]);
+	close(go[0]);
+	struct vmm v;
+	assert_int_equal(read(up[0], &v, sizeof(v)), (ssize_t)sizeof(v));
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(write(go[1], "g", 1), 1);
+	char b;
+	assert_int_equal(read(up[0], &b, 1), 1);
+	kill(vmm, SIGKILL);
+	int st;
+	waitpid(vmm, &st, 0);
+	assert_true(WIFSIGNALED(st));
+	close(up[0]);
+	close(go[1]);
+	/* Its session is gone (the context detached, not destroyed). */
+	bool detached = false;
+	for (int i = 0; i < 200 && !detached; i++) {
+		detached = fds_log_has(&H, "kept: persistent, waiting for a reclaim");
+		if (!detached)
+			sleep_ms(10);
+	}
+	assert_true(detached);
+	expect_state(adm, "prepared");
+	assert_int_equal(daemon_totals(&d).contexts, 1);
+	expect_pattern(adm, v.ctx, 0x100000, 0, 64 * 1024, v.seed, v.size);
+
+	dmb_close(adm);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.contexts, 1);
+	expect_pattern(adm, v.ctx, 0x100000, 0, 128 * 1024 > 65536 ? 65536 : 128 * 1024, v.seed, v.size);
+	struct dmb_client *v2 = conn("vm-dies-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(v2, dmb_context_reclaim(v2, v.ctx, v.token, &ri));
+	assert_int_equal(ri.mappings, 1);
+	check_dma(v2, v.ctx, ri.regions[0].fd, 64 * 1024, 0x100000 + 64 * 1024, PG, 82);
+	close(ri.regions[0].fd);
+	/* Nothing of the refused map came through. */
+	uint8_t buf[64];
+	assert_true(dmb_sim_dma_read(v2, v.ctx, 0x900000, buf, sizeof(buf)) < 0);
+	assert_true(wait_state("normal", 5000));
+	assert_ok(v2, dmb_context_destroy(v2, v.ctx));
+	dmb_close(v2);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 static int setup(void **state)
 {
 	struct fds_opts o = fds_default_opts();
@@ -851,6 +1225,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_prepare_abort, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prepare_during_long_map, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_dies_while_prepared, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("handoff", tests, NULL, NULL);
 }
