@@ -557,42 +557,25 @@ static void start_reclaiming(struct handoff *h)
 
 /* ------------------------------------------------------------ restore */
 
-struct fdlist {
-	size_t n, cap;
-	int *fd;
-	char **name;
-};
-
-static int fdlist_add(struct fdlist *l, int fd, const char *name)
+/* persist_fetch: the memfd the snapshot names "luo.<token>". */
+static int fetch_region(void *opaque, const char *name)
 {
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? 2 * l->cap : 16;
-		int *f = realloc(l->fd, cap * sizeof(*f));
-		if (f)
-			l->fd = f;
-		char **nm = realloc(l->name, cap * sizeof(*nm));
-		if (nm)
-			l->name = nm;
-		if (!f || !nm)
-			return -ENOMEM;
-		l->cap = cap;
+	struct handoff *h = opaque;
+	uint64_t token;
+	char end;
+	if (sscanf(name, "luo.%" SCNu64 "%c", &token, &end) != 1) {
+		log_error("host handoff: a region names no preserved file ('%s')", name);
+		return -1;
 	}
-	l->name[l->n] = strdup(name);
-	if (!l->name[l->n])
-		return -ENOMEM;
-	l->fd[l->n++] = fd;
-	return 0;
-}
-
-static void fdlist_free(struct fdlist *l)
-{
-	for (size_t i = 0; i < l->n; i++) {
-		free(l->name[i]);
-		safe_close(l->fd[i]);
+	int fd = -1;
+	struct dmb_err pe = { 0 };
+	int r = h->pv->ops->retrieve_fd(h->pv, h->session_fd, token, &fd, &pe);
+	if (r < 0) {
+		log_error("host handoff: the memfd of token %" PRIu64 " could not be retrieved: %s",
+			  token, pe.msg[0] ? pe.msg : strerror(-r));
+		return -1;
 	}
-	free(l->name);
-	free(l->fd);
-	memset(l, 0, sizeof(*l));
+	return fd;
 }
 
 /* Everything of the incoming session h->session_fd: the snapshot, every
@@ -608,56 +591,11 @@ static int restore_incoming(struct handoff *h, struct dmb_err *e)
 	if (r < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, -r, "the preserved state journal could not be "
 				"retrieved: %s", pe.msg[0] ? pe.msg : strerror(-r));
-	/* Which memfds it names: a first replay of our own copy. */
-	struct fdlist fl = { 0 };
-	int dfd = dup(jfd);
-	struct jrnl *j = NULL;
-	if (dfd < 0 || (r = jrnl_open_fd(dfd, &j, e)) < 0) {
-		safe_close(dfd);
-		close(jfd);
-		return dfd < 0 ? dmb_fail(e, DMB_E_INTERNAL, errno, "dup: %m") : r;
-	}
-	struct jrnl_state st;
-	jrnl_state_init(&st);
-	r = jrnl_state_replay(j, &st, NULL, e);
-	jrnl_close(j);
-	if (r < 0 && r != -EBADMSG) {
-		jrnl_state_fini(&st);
-		close(jfd);
-		return r;
-	}
-	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&st); jc; jc = jrnl_state_ctx_next(jc))
-		for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
-			uint64_t token;
-			if (sscanf(jr->fd_name, "luo.%" SCNu64, &token) != 1) {
-				log_error("host handoff: context %" PRIu64 " region %" PRIu64 " names no "
-					  "preserved file ('%s')", jc->id, jr->id, jr->fd_name);
-				continue;
-			}
-			int fd = -1;
-			dmb_err_clear(&pe);
-			r = h->pv->ops->retrieve_fd(h->pv, h->session_fd, token, &fd, &pe);
-			if (r < 0) {
-				log_error("host handoff: context %" PRIu64 " region %" PRIu64 ": its memfd "
-					  "could not be retrieved: %s", jc->id, jr->id,
-					  pe.msg[0] ? pe.msg : strerror(-r));
-				continue;
-			}
-			if (fdlist_add(&fl, fd, jr->fd_name) < 0) {
-				close(fd);
-				jrnl_state_fini(&st);
-				fdlist_free(&fl);
-				close(jfd);
-				return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-			}
-		}
-	jrnl_state_fini(&st);
-
-	struct stored_fds sfds = { .n = fl.n, .fd = fl.fd, .name = fl.name };
-	r = persist_restore_fresh(&srv->persist, &sfds, jfd, e);
-	for (size_t i = 0; i < fl.n; i++)
-		fl.fd[i] = -1; /* taken or closed by the restore */
-	fdlist_free(&fl);
+	/* One pass: each region's memfd is retrieved as its context is
+	 * rebuilt (retrieving a token again gives the same file, so a restart
+	 * of an interrupted restore does the same). */
+	struct persist_fetch fetch = { .opaque = h, .fd = fetch_region };
+	r = persist_restore_fresh(&srv->persist, &fetch, jfd, e);
 	if (r < 0)
 		return r;
 
