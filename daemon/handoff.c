@@ -542,7 +542,9 @@ static void start_reclaiming(struct handoff *h)
 	h->n_restored = 0;
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
-		if (ctx->owner || !h->restored)
+		/* Reclaimed since the restore (even if its VMM left again): an
+		 * ordinary persistent context, under [persist] grace_period_s. */
+		if (ctx->owner || ctx->last_session || !h->restored)
 			continue;
 		h->restored[h->n_restored++] = (struct handoff_restored){ .id = ctx->id };
 		ctx->detached_ms = 0; /* ours to release, not the restart grace period's */

@@ -347,7 +347,10 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 			continue;
 		const struct dmb_owner *o = ctx->owner;
 		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
-		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : 0, o ? o->uid : 0,
+		/* A detached context keeps its last session (0: nobody since a
+		 * host handoff's restore), as a replay of the live journal does. */
+		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : ctx->last_session,
+					   o ? o->uid : 0,
 					   o ? o->gid : 0, flags, ctx->name, ctx->token, e);
 		struct dmb_region *reg;
 		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
@@ -573,6 +576,8 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
 	}
 	ctx->stored.n = fds.n;
+	if (!s && !rs->fresh)
+		ctx->last_session = jc->session;
 	if (!s && jc->persistent && !rs->fresh) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);

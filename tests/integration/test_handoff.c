@@ -835,6 +835,89 @@ static void test_crash_prepare_not_journaled(void **state)
 	preserver_stop();
 }
 
+/* ------------------------------------------------------------ restart while reclaiming */
+
+/* A context reclaimed after the kexec whose VMM then left is an ordinary
+ * detached persistent context: a broker restart while reclaiming does not
+ * count it as unclaimed again, the handoff's grace period (3 s) does not
+ * release it, [persist] grace_period_s (600 s) governs it. Only the never
+ * reclaimed one is waited for, and released. */
+static void test_restart_while_reclaiming(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm x, y;
+	vmm_create(&x, "vm-x", 128 * 1024, 91);
+	vmm_map(&x, 0, 0x100000, 128 * 1024);
+	vmm_create(&y, "vm-y", 64 * 1024, 92);
+	vmm_map(&y, 0, 0x200000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	assert_ok(adm, dmb_handoff_prepare(adm, false, NULL));
+	dmb_close(adm);
+	dmb_close(x.c);
+	dmb_close(y.c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+
+	/* X is reclaimed, then its VMM goes away again. */
+	struct dmb_client *x2 = conn("vm-x-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(x2, dmb_context_reclaim(x2, x.ctx, x.token, &ri));
+	close(ri.regions[0].fd);
+	dmb_close(x2);
+	adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.unclaimed, 1);
+
+	/* Wait until the broker has seen X's session end, then crash it. */
+	bool detached = false;
+	for (int i = 0; i < 200 && !detached; i++) {
+		detached = fds_log_has(&H, "kept: persistent, waiting for a reclaim");
+		if (!detached)
+			sleep_ms(10);
+	}
+	assert_true(detached);
+	dmb_close(adm);
+	assert_int_equal(fds_restart(&H, SIGKILL), 0);
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	if (hi.unclaimed != 1) {
+		fds_dump_log(&H);
+		fail_msg("after a restart %u context(s) count as unclaimed, not 1 (Y only)",
+			 hi.unclaimed);
+	}
+	assert_int_equal(hi.contexts, 1);
+
+	/* Y goes after the handoff's grace period; X stays. */
+	if (!wait_state("normal", 10000)) {
+		fds_dump_log(&H);
+		fail_msg("the handoff did not finish after the grace period");
+	}
+	uint8_t buf[64];
+	assert_code(adm, dmb_sim_dma_read(adm, y.ctx, 0x200000, buf, sizeof(buf)), DMB_NOT_FOUND);
+	assert_int_equal(daemon_totals(&d).contexts, 1);
+	expect_pattern(adm, x.ctx, 0x100000, 0, 64 * 1024, x.seed, x.size);
+	/* The token the reclaim returned takes it back. */
+	struct dmb_client *x3 = conn("vm-x-third");
+	assert_ok(x3, dmb_context_reclaim(x3, x.ctx, x.token, &ri));
+	check_dma(x3, x.ctx, ri.regions[0].fd, 64 * 1024, 0x100000 + 64 * 1024, PG, 93);
+	close(ri.regions[0].fd);
+	assert_ok(x3, dmb_context_destroy(x3, x.ctx));
+	dmb_close(x3);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 /* ------------------------------------------------------------ bad prepare / abort requests */
 
 /* A Request { id = 7, <field> = body } packed by hand, so the body can
@@ -1225,6 +1308,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_while_reclaiming, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_prepare_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prepare_during_long_map, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_dies_while_prepared, setup, teardown),
