@@ -304,6 +304,14 @@ int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, s
 	}
 	jrnl_close(snap);
 	free(tm.e);
+	/* Tests: a crash after everything is preserved and the session is in
+	 * the fd store, before the state is journaled. */
+	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	if (r == 0 && crash && !strcmp(crash, "prepare")) {
+		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=prepare: crashing before the "
+			   "state is journaled");
+		raise(SIGKILL);
+	}
 	char sentence[240];
 	snprintf(sentence, sizeof(sentence),
 		 "prepared for a kernel update: %u context(s), %" PRIu64 " mapping(s), %" PRIu64
@@ -342,6 +350,13 @@ int handoff_abort(struct handoff *h, struct dmb_err *e)
 	if (h->srv->persist.enabled)
 		persist_unstore(HANDOFF_FD_OUTGOING);
 	h->session_fd = safe_close(h->session_fd);
+	/* Tests: a crash between the two (journal prepared, no session). */
+	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	if (crash && !strcmp(crash, "abort")) {
+		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=abort: crashing before the "
+			   "abort is journaled");
+		raise(SIGKILL);
+	}
 	struct dmb_err je = { 0 };
 	if (persist_set_handoff(&h->srv->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
 		log_warning("host handoff: the abort could not be journaled (%s); the next start "
@@ -385,7 +400,12 @@ int handoff_status(struct handoff *h, struct handoff_status *out)
 	switch (h->state) {
 	case JRNL_HANDOFF_NORMAL: {
 		if (!h->pv) {
-			snprintf(out->message, sizeof(out->message), "%s", h->pv_error);
+			/* What a prepare would carry, so an operator can check it
+			 * before installing a kernel with a preserver. */
+			survey(h, out);
+			snprintf(out->message, sizeof(out->message),
+				 "%.230s (with one: %u context(s) preservable, %zu left out)", h->pv_error,
+				 out->contexts, out->n_left_out_total);
 			break;
 		}
 		struct dmb_err pe = { 0 };
@@ -522,7 +542,9 @@ static void start_reclaiming(struct handoff *h)
 	h->n_restored = 0;
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
-		if (ctx->owner || !h->restored)
+		/* Reclaimed since the restore (even if its VMM left again): an
+		 * ordinary persistent context, under [persist] grace_period_s. */
+		if (ctx->owner || ctx->last_session || !h->restored)
 			continue;
 		h->restored[h->n_restored++] = (struct handoff_restored){ .id = ctx->id };
 		ctx->detached_ms = 0; /* ours to release, not the restart grace period's */
@@ -537,42 +559,25 @@ static void start_reclaiming(struct handoff *h)
 
 /* ------------------------------------------------------------ restore */
 
-struct fdlist {
-	size_t n, cap;
-	int *fd;
-	char **name;
-};
-
-static int fdlist_add(struct fdlist *l, int fd, const char *name)
+/* persist_fetch: the memfd the snapshot names "luo.<token>". */
+static int fetch_region(void *opaque, const char *name)
 {
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? 2 * l->cap : 16;
-		int *f = realloc(l->fd, cap * sizeof(*f));
-		if (f)
-			l->fd = f;
-		char **nm = realloc(l->name, cap * sizeof(*nm));
-		if (nm)
-			l->name = nm;
-		if (!f || !nm)
-			return -ENOMEM;
-		l->cap = cap;
+	struct handoff *h = opaque;
+	uint64_t token;
+	char end;
+	if (sscanf(name, "luo.%" SCNu64 "%c", &token, &end) != 1) {
+		log_error("host handoff: a region names no preserved file ('%s')", name);
+		return -1;
 	}
-	l->name[l->n] = strdup(name);
-	if (!l->name[l->n])
-		return -ENOMEM;
-	l->fd[l->n++] = fd;
-	return 0;
-}
-
-static void fdlist_free(struct fdlist *l)
-{
-	for (size_t i = 0; i < l->n; i++) {
-		free(l->name[i]);
-		safe_close(l->fd[i]);
+	int fd = -1;
+	struct dmb_err pe = { 0 };
+	int r = h->pv->ops->retrieve_fd(h->pv, h->session_fd, token, &fd, &pe);
+	if (r < 0) {
+		log_error("host handoff: the memfd of token %" PRIu64 " could not be retrieved: %s",
+			  token, pe.msg[0] ? pe.msg : strerror(-r));
+		return -1;
 	}
-	free(l->name);
-	free(l->fd);
-	memset(l, 0, sizeof(*l));
+	return fd;
 }
 
 /* Everything of the incoming session h->session_fd: the snapshot, every
@@ -588,56 +593,11 @@ static int restore_incoming(struct handoff *h, struct dmb_err *e)
 	if (r < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, -r, "the preserved state journal could not be "
 				"retrieved: %s", pe.msg[0] ? pe.msg : strerror(-r));
-	/* Which memfds it names: a first replay of our own copy. */
-	struct fdlist fl = { 0 };
-	int dfd = dup(jfd);
-	struct jrnl *j = NULL;
-	if (dfd < 0 || (r = jrnl_open_fd(dfd, &j, e)) < 0) {
-		safe_close(dfd);
-		close(jfd);
-		return dfd < 0 ? dmb_fail(e, DMB_E_INTERNAL, errno, "dup: %m") : r;
-	}
-	struct jrnl_state st;
-	jrnl_state_init(&st);
-	r = jrnl_state_replay(j, &st, NULL, e);
-	jrnl_close(j);
-	if (r < 0 && r != -EBADMSG) {
-		jrnl_state_fini(&st);
-		close(jfd);
-		return r;
-	}
-	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&st); jc; jc = jrnl_state_ctx_next(jc))
-		for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
-			uint64_t token;
-			if (sscanf(jr->fd_name, "luo.%" SCNu64, &token) != 1) {
-				log_error("host handoff: context %" PRIu64 " region %" PRIu64 " names no "
-					  "preserved file ('%s')", jc->id, jr->id, jr->fd_name);
-				continue;
-			}
-			int fd = -1;
-			dmb_err_clear(&pe);
-			r = h->pv->ops->retrieve_fd(h->pv, h->session_fd, token, &fd, &pe);
-			if (r < 0) {
-				log_error("host handoff: context %" PRIu64 " region %" PRIu64 ": its memfd "
-					  "could not be retrieved: %s", jc->id, jr->id,
-					  pe.msg[0] ? pe.msg : strerror(-r));
-				continue;
-			}
-			if (fdlist_add(&fl, fd, jr->fd_name) < 0) {
-				close(fd);
-				jrnl_state_fini(&st);
-				fdlist_free(&fl);
-				close(jfd);
-				return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-			}
-		}
-	jrnl_state_fini(&st);
-
-	struct stored_fds sfds = { .n = fl.n, .fd = fl.fd, .name = fl.name };
-	r = persist_restore_fresh(&srv->persist, &sfds, jfd, e);
-	for (size_t i = 0; i < fl.n; i++)
-		fl.fd[i] = -1; /* taken or closed by the restore */
-	fdlist_free(&fl);
+	/* One pass: each region's memfd is retrieved as its context is
+	 * rebuilt (retrieving a token again gives the same file, so a restart
+	 * of an interrupted restore does the same). */
+	struct persist_fetch fetch = { .opaque = h, .fd = fetch_region };
+	r = persist_restore_fresh(&srv->persist, &fetch, jfd, e);
 	if (r < 0)
 		return r;
 
@@ -778,7 +738,11 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 			log_warning("host handoff: the journal says prepared but the preserver session is "
 				    "gone (closing it aborted it): rolled back to normal; prepare again");
 			(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_NORMAL, &je);
-			h->state = JRNL_HANDOFF_NORMAL;
+			/* Clients that came back with the fd store were told
+			 * "prepared": they hear the end of it. */
+			announce(h, JRNL_HANDOFF_NORMAL, "the host handoff was rolled back after a broker "
+				 "restart (its preserver session was gone): nothing is preserved, changes "
+				 "are accepted again");
 		}
 		break;
 	case JRNL_HANDOFF_RESTORING:

@@ -347,7 +347,10 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 			continue;
 		const struct dmb_owner *o = ctx->owner;
 		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
-		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : 0, o ? o->uid : 0,
+		/* A detached context keeps its last session (0: nobody since a
+		 * host handoff's restore), as a replay of the live journal does. */
+		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : ctx->last_session,
+					   o ? o->uid : 0,
 					   o ? o->gid : 0, flags, ctx->name, ctx->token, e);
 		struct dmb_region *reg;
 		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
@@ -462,6 +465,8 @@ struct restore {
 	/* After a kexec: nothing of the old kernel objects exists; every
 	 * context, device and mapping is made anew (same ids, IOVAs, tokens). */
 	bool fresh;
+	/* fresh: where each region's memfd comes from, by its journaled name. */
+	const struct persist_fetch *fetch;
 };
 
 /* Restored with something missing: the owner hears it on reclaim. */
@@ -571,6 +576,8 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
 	}
 	ctx->stored.n = fds.n;
+	if (!s && !rs->fresh)
+		ctx->last_session = jc->session;
 	if (!s && jc->persistent && !rs->fresh) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -578,7 +585,8 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 	}
 
 	for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
-		int fd = take_named(rs, jr->fd_name);
+		int fd = rs->fetch ? rs->fetch->fd(rs->fetch->opaque, jr->fd_name)
+				   : take_named(rs, jr->fd_name);
 		struct dmb_region *reg;
 		struct dmb_err re = { 0 };
 		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0) {
@@ -713,7 +721,8 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 	p->restored_contexts++;
 }
 
-static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh, struct dmb_err *e)
+static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh,
+		   const struct persist_fetch *fetch, struct dmb_err *e)
 {
 	struct server *srv = p->srv;
 	struct dmb_core *core = &srv->core;
@@ -742,7 +751,7 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh
 		jrnl_close(j);
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 	}
-	struct restore rs = { .p = p, .st = st, .used = used, .fresh = fresh };
+	struct restore rs = { .p = p, .st = st, .used = used, .fresh = fresh, .fetch = fetch };
 	for (size_t i = 0; i < st->n; i++)
 		if (st->fd[i] == jfd)
 			used[i] = true;
@@ -853,7 +862,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 			}
 		}
 		uint64_t t0 = server_now_ms();
-		r = restore(p, st, jfd, false, e);
+		r = restore(p, st, jfd, false, NULL, e);
 		if (r < 0) {
 			log_error("the state journal could not be read (%s): starting empty; the old "
 				  "kernel objects are released as their fds close", e->msg);
@@ -996,12 +1005,14 @@ int persist_set_handoff(struct persist *p, uint32_t state, struct dmb_err *e)
 	return r;
 }
 
-int persist_restore_fresh(struct persist *p, struct stored_fds *st, int jfd, struct dmb_err *e)
+int persist_restore_fresh(struct persist *p, const struct persist_fetch *fetch, int jfd,
+			  struct dmb_err *e)
 {
 	const struct dmb_journal_hooks *jh = p->srv->core.jh;
 	p->srv->core.jh = NULL; /* journaled at once, by the snapshot that follows */
 	p->restored_contexts = p->restored_mappings = p->lost = 0;
-	int r = restore(p, st, jfd, true, e);
+	struct stored_fds none = { 0 };
+	int r = restore(p, &none, jfd, true, fetch, e);
 	p->srv->core.jh = jh;
 	return r;
 }

@@ -80,12 +80,19 @@ int persist_snapshot(struct persist *p, const struct persist_snapshot_filter *f,
 		     struct jrnl **out, struct dmb_err *e);
 /* Journals a handoff state (and remembers it for later snapshots). */
 int persist_set_handoff(struct persist *p, uint32_t state, struct dmb_err *e);
+/* Where a fresh restore gets each region's memfd: fd(opaque, name) with the
+ * name the journal gives; returns a new fd (taken) or -1 (logged by it; the
+ * context is then degraded). Called while the contexts are rebuilt. */
+struct persist_fetch {
+	void *opaque;
+	int (*fd)(void *opaque, const char *name);
+};
 /* After a kexec: rebuilds every context of the journal in jfd (taken) with
  * new backend objects: devices opened by BDF, mappings made again, regions
- * from `stored` by the names the journal gives (fds taken; the unused ones
- * closed). Nothing is journaled or stored: persist_store_everything and
- * persist_resnapshot follow. */
-int persist_restore_fresh(struct persist *p, struct stored_fds *stored, int jfd, struct dmb_err *e);
+ * from fetch. One pass over the journal. Nothing is journaled or stored:
+ * persist_store_everything and persist_resnapshot follow. */
+int persist_restore_fresh(struct persist *p, const struct persist_fetch *fetch, int jfd,
+			  struct dmb_err *e);
 /* Puts every object's fds in the fd store (after persist_restore_fresh). */
 int persist_store_everything(struct persist *p, struct dmb_err *e);
 /* Replaces the live journal with a snapshot of the model. */

@@ -50,6 +50,7 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 	/* Commit: from here on the context is visible. */
 	ctx->id = core_new_id(core);
 	ctx->owner = owner;
+	ctx->last_session = owner->session_id;
 	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
 	core->n_contexts++;
 	TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
@@ -87,6 +88,7 @@ struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64
 	core->n_contexts++;
 	if (owner) {
 		ctx->owner = owner;
+		ctx->last_session = owner->session_id;
 		TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
 		owner->n_contexts++;
 	}
@@ -131,6 +133,7 @@ int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size
 	}
 	memcpy(ctx->token, fresh, sizeof(fresh));
 	ctx->owner = owner;
+	ctx->last_session = owner->session_id;
 	ctx->detached_ms = 0;
 	TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
 	owner->n_contexts++;

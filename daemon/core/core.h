@@ -171,6 +171,10 @@ struct dmb_ctx {
 	bool persistent;
 	uint8_t token[32];            /* reclaim token (persistent contexts) */
 	uint64_t detached_ms;         /* when its session ended (persistent), else 0 */
+	/* The session that owned it last (kept when it detaches); 0: nobody
+	 * since it was restored after a host handoff (the handoff waits for
+	 * those; the others are ordinary detached persistent contexts). */
+	uint64_t last_session;
 	struct dmb_bctx *bctx;
 	struct dmb_fdset stored;      /* names under which persist.c stored its fds */
 	/* Restored after a host handoff with something missing (a device that

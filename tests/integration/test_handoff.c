@@ -10,10 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -88,6 +91,32 @@ static int run_tool(const char *verb, const char *arg)
 	int st;
 	waitpid(pid, &st, 0);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* `dmb-sim-preserver status` (the simulated kernel's view, not the
+ * daemon's), into buf. */
+static void preserver_status(char *buf, size_t len)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(p[1], 1);
+		close(p[0]);
+		execl(bin, bin, "status", pv_sock, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	size_t n = 0;
+	ssize_t k;
+	while (n + 1 < len && (k = read(p[0], buf + n, len - 1 - n)) > 0)
+		n += (size_t)k;
+	buf[n] = '\0';
+	close(p[0]);
+	int st;
+	waitpid(pid, &st, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static void preserver_start(void)
@@ -312,6 +341,11 @@ static void test_full_handoff(void **state)
 	assert_int_equal(hi.contexts, 3);
 	assert_int_equal(hi.unclaimed, 3);
 	assert_int_equal(hi.degraded, 0);
+	/* Wrong state for both while reclaiming. */
+	assert_code(adm, dmb_handoff_prepare(adm, true, NULL), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(dmb_last_error(adm)->message, "state reclaiming"));
+	assert_code(adm, dmb_handoff_abort(adm, NULL), DMB_FAILED_PRECONDITION);
+	expect_state(adm, "reclaiming");
 
 	/* Before any reclaim: every RAM mapping moves the right bytes at its
 	 * old IOVA (admin-driven sim DMA through the ownerless contexts). */
@@ -531,11 +565,23 @@ static void test_no_preserver_and_busy(void **state)
 	struct vmm v;
 	vmm_create(&v, "vm", 64 * 1024, 9);
 	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	uint64_t plain;
+	assert_ok(v.c, dmb_context_create(v.c, "vm-plain", &plain));
 	struct dmb_client *adm = conn("admin");
 	struct dmb_handoff_info hi;
 	assert_ok(adm, dmb_handoff_status(adm, &hi));
 	assert_string_equal(hi.preserver, "none");
 	assert_false(hi.available);
+	/* What would be preserved, as with a preserver: checkable before a
+	 * kernel with one is installed. */
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(hi.mappings, 1);
+	assert_int_equal(hi.bytes, 64 * 1024);
+	assert_int_equal(hi.n_left_out, 1);
+	assert_int_equal(hi.left_out[0].context, plain);
+	assert_non_null(strstr(hi.left_out[0].reason, "not persistent"));
+	assert_non_null(strstr(hi.message, "no preserver is configured"));
+	assert_non_null(strstr(hi.message, "1 context(s) preservable, 1 left out"));
 	assert_code(adm, dmb_handoff_prepare(adm, true, &hi), DMB_FAILED_PRECONDITION);
 	assert_non_null(strstr(dmb_last_error(adm)->message, "no preserver is configured"));
 	assert_non_null(strstr(dmb_last_error(adm)->message, "nothing was changed"));
@@ -544,6 +590,7 @@ static void test_no_preserver_and_busy(void **state)
 	expect_pattern(v.c, v.ctx, 0x200000, 0, PG, v.seed, v.size);
 	dmb_close(adm);
 	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	assert_ok(v.c, dmb_context_destroy(v.c, plain));
 	dmb_close(v.c);
 	assert_true(daemon_wait_idle(&d));
 	assert_true(fds_stop(&H, SIGTERM) >= 0);
@@ -637,6 +684,607 @@ static void test_crash_mid_restore(void **state)
 	preserver_stop();
 }
 
+/* ------------------------------------------------------------ crash rules */
+
+/* Sends a HandoffPrepare or HandoffAbort without waiting: the daemon is
+ * about to die in the middle of it (its connection stays in the fd store,
+ * so no reply and no hang-up would ever come). */
+static void send_handoff_raw(struct dmb_client *c, bool prepare)
+{
+	Dmb__HandoffPrepare hp = DMB__HANDOFF_PREPARE__INIT;
+	Dmb__HandoffAbort ha = DMB__HANDOFF_ABORT__INIT;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = 900;
+	if (prepare) {
+		req.body_case = DMB__REQUEST__BODY_HANDOFF_PREPARE;
+		req.handoff_prepare = &hp;
+	} else {
+		req.body_case = DMB__REQUEST__BODY_HANDOFF_ABORT;
+		req.handoff_abort = &ha;
+	}
+	uint8_t buf[64];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
+}
+
+/* The daemon ends by itself (a test crash hook): SIGKILLed. */
+static void expect_crashed(const char *needle)
+{
+	int st = fds_stop(&H, 0);
+	if (!(st >= 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) || !fds_log_has(&H, needle)) {
+		fds_dump_log(&H);
+		fail_msg("the daemon did not crash at '%s' (wait status %d)", needle, st);
+	}
+}
+
+/* The journal says prepared, the session fd is gone (an abort that died
+ * between taking the session out of the fd store, which aborts it, and
+ * journaling normal): the next start rolls back, says so to the clients
+ * that came back with the fd store, and accepts changes again. */
+static void test_crash_prepared_session_gone(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	setenv("DMABROKERD_TEST_HANDOFF_CRASH", "abort", 1);
+	start();
+	unsetenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm-1", 256 * 1024, 61);
+	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	assert_ok(adm, dmb_handoff_prepare(adm, false, NULL));
+	assert_true(has_handoff_event(v.c, "prepared"));
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 1"));
+
+	send_handoff_raw(adm, false);
+	expect_crashed("crashing before the abort is journaled");
+	/* The session went with the fd-store entry: the kernel aborted it. */
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("the preserver still holds a session:\n%s", out);
+
+	assert_int_equal(fds_restart(&H, SIGTERM), 0);
+	d.pid = H.pid;
+	check_log_clean();
+	assert_true(fds_log_has(&H, "the preserver session is gone (closing it aborted it): rolled "
+				"back to normal"));
+	dmb_close(adm);
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	/* The VMM (its connection kept in the fd store) hears it ... */
+	assert_true(has_handoff_event(v.c, "normal"));
+	/* ... and its changes are accepted again; the old mapping still
+	 * moves bytes. */
+	expect_pattern(v.c, v.ctx, 0x100000, 0, 4096, v.seed, v.size);
+	vmm_map(&v, 128 * 1024, 0x400000, 64 * 1024);
+	expect_pattern(v.c, v.ctx, 0x400000, 128 * 1024, 64 * 1024, v.seed, v.size);
+	char line[256];
+	assert_int_equal(fds_status(&H, line, sizeof(line)), 0);
+	assert_null(strstr(line, "handoff prepared"));
+	/* Nothing is preserved: a prepare starts from scratch and works. */
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 0"));
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.mappings, 2);
+	assert_ok(adm, dmb_handoff_abort(adm, NULL));
+	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	dmb_close(v.c);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* The session fd in the store while the journal says normal (a prepare
+ * that died after everything was preserved, before it was journaled): the
+ * next start closes the session (the kernel aborts it), nothing stays
+ * preserved, and a kexec then carries nothing. */
+static void test_crash_prepare_not_journaled(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	setenv("DMABROKERD_TEST_HANDOFF_CRASH", "prepare", 1);
+	start();
+	unsetenv("DMABROKERD_TEST_HANDOFF_CRASH");
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm-1", 128 * 1024, 71);
+	vmm_map(&v, 0, 0x100000, 128 * 1024);
+	struct dmb_client *adm = conn("admin");
+	send_handoff_raw(adm, true);
+	expect_crashed("crashing before the state is journaled");
+	/* The crash point is real: the session with the memfd and the
+	 * snapshot is preserved, held only by the fd store. */
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 1") || !strstr(out, " outgoing, 2 file(s)"))
+		fail_msg("not what a prepare leaves before it is journaled:\n%s", out);
+	assert_int_equal(fds_store_count_name(&H, "handoff.session"), 1);
+
+	assert_int_equal(fds_restart(&H, SIGTERM), 0);
+	d.pid = H.pid;
+	check_log_clean();
+	assert_true(fds_log_has(&H, "an interrupted prepare was rolled back"));
+	assert_int_equal(fds_store_count_name(&H, "handoff.session"), 0);
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("the interrupted prepare's session is still preserved:\n%s", out);
+	dmb_close(adm);
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	vmm_map(&v, 0, 0x400000, PG);
+	expect_pattern(v.c, v.ctx, 0x400000, 0, PG, v.seed, v.size);
+	expect_pattern(v.c, v.ctx, 0x100000 + 64 * 1024, 64 * 1024, 64 * 1024, v.seed, v.size);
+	/* A kexec now carries nothing: the next daemon restores nothing. */
+	dmb_close(adm);
+	dmb_close(v.c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	expect_state(adm, "normal");
+	assert_int_equal(daemon_totals(&d).contexts, 0);
+	dmb_close(adm);
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ restart while reclaiming */
+
+/* A context reclaimed after the kexec whose VMM then left is an ordinary
+ * detached persistent context: a broker restart while reclaiming does not
+ * count it as unclaimed again, the handoff's grace period (3 s) does not
+ * release it, [persist] grace_period_s (600 s) governs it. Only the never
+ * reclaimed one is waited for, and released. */
+static void test_restart_while_reclaiming(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm x, y;
+	vmm_create(&x, "vm-x", 128 * 1024, 91);
+	vmm_map(&x, 0, 0x100000, 128 * 1024);
+	vmm_create(&y, "vm-y", 64 * 1024, 92);
+	vmm_map(&y, 0, 0x200000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	assert_ok(adm, dmb_handoff_prepare(adm, false, NULL));
+	dmb_close(adm);
+	dmb_close(x.c);
+	dmb_close(y.c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+
+	/* X is reclaimed, then its VMM goes away again. */
+	struct dmb_client *x2 = conn("vm-x-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(x2, dmb_context_reclaim(x2, x.ctx, x.token, &ri));
+	close(ri.regions[0].fd);
+	dmb_close(x2);
+	adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.unclaimed, 1);
+
+	/* Wait until the broker has seen X's session end, then crash it. */
+	bool detached = false;
+	for (int i = 0; i < 200 && !detached; i++) {
+		detached = fds_log_has(&H, "kept: persistent, waiting for a reclaim");
+		if (!detached)
+			sleep_ms(10);
+	}
+	assert_true(detached);
+	dmb_close(adm);
+	assert_int_equal(fds_restart(&H, SIGKILL), 0);
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	if (hi.unclaimed != 1) {
+		fds_dump_log(&H);
+		fail_msg("after a restart %u context(s) count as unclaimed, not 1 (Y only)",
+			 hi.unclaimed);
+	}
+	assert_int_equal(hi.contexts, 1);
+
+	/* Y goes after the handoff's grace period; X stays. */
+	if (!wait_state("normal", 10000)) {
+		fds_dump_log(&H);
+		fail_msg("the handoff did not finish after the grace period");
+	}
+	uint8_t buf[64];
+	assert_code(adm, dmb_sim_dma_read(adm, y.ctx, 0x200000, buf, sizeof(buf)), DMB_NOT_FOUND);
+	assert_int_equal(daemon_totals(&d).contexts, 1);
+	expect_pattern(adm, x.ctx, 0x100000, 0, 64 * 1024, x.seed, x.size);
+	/* The token the reclaim returned takes it back. */
+	struct dmb_client *x3 = conn("vm-x-third");
+	assert_ok(x3, dmb_context_reclaim(x3, x.ctx, x.token, &ri));
+	check_dma(x3, x.ctx, ri.regions[0].fd, 64 * 1024, 0x100000 + 64 * 1024, PG, 93);
+	close(ri.regions[0].fd);
+	assert_ok(x3, dmb_context_destroy(x3, x.ctx));
+	dmb_close(x3);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ bad prepare / abort requests */
+
+/* A Request { id = 7, <field> = body } packed by hand, so the body can
+ * carry what protobuf-c would not write (unknown fields). */
+static size_t request_bytes(uint8_t *out, unsigned field, const uint8_t *body, size_t blen)
+{
+	size_t n = 0;
+	out[n++] = 0x08;
+	out[n++] = 7;
+	uint32_t tag = (field << 3) | 2u;
+	while (tag >= 0x80) {
+		out[n++] = (uint8_t)(tag | 0x80);
+		tag >>= 7;
+	}
+	out[n++] = (uint8_t)tag;
+	out[n++] = (uint8_t)blen;
+	memcpy(out + n, body, blen);
+	return n + blen;
+}
+
+/* Sends the bytes (with fds), returns the reply's error code (-1: none). */
+static int bytes_code(struct dmb_client *c, const uint8_t *buf, size_t len, const int *fds,
+		      size_t nfds, char *msg, size_t msglen)
+{
+	Dmb__Reply *rep = NULL;
+	if (dmb_call_bytes(c, buf, len, fds, nfds, &rep) < 0)
+		fail_msg("transport failed: %s", dmb_last_error(c)->message);
+	int code = rep->error ? (int)rep->error->code : -1;
+	if (msg)
+		snprintf(msg, msglen, "%s", rep->error ? rep->error->message : "");
+	dmb__reply__free_unpacked(rep, NULL);
+	return code;
+}
+
+static void expect_nothing_preserved(struct dmb_client *adm)
+{
+	expect_state(adm, "normal");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	if (!strstr(out, "sessions: 0"))
+		fail_msg("a refused request left a session in the preserver:\n%s", out);
+}
+
+static void test_bad_prepare_abort(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm ok;
+	vmm_create(&ok, "vm-ok", 64 * 1024, 5);
+	vmm_map(&ok, 0, 0x100000, 64 * 1024);
+	uint64_t plain; /* not preservable: a prepare without force refuses */
+	assert_ok(ok.c, dmb_context_create(ok.c, "vm-plain", &plain));
+	struct dmb_client *adm = conn("admin");
+	const unsigned F_PREPARE = 44, F_ABORT = 45;
+	uint8_t pkt[64];
+	char msg[256];
+
+	/* Truncated: prepare { force = true } cut by one byte (its body
+	 * claims two bytes, one came); abort cut inside its length. */
+	const uint8_t forced[] = { 0x08, 0x01 };
+	size_t n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_non_null(strstr(msg, "malformed"));
+	expect_nothing_preserved(adm);
+	n = request_bytes(pkt, F_ABORT, NULL, 0);
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	expect_nothing_preserved(adm);
+
+	/* Unknown fields are ignored (docs/protocol.md): a prepare with
+	 * force = false and an unknown field 15 is a plain prepare, refused
+	 * for the non-persistent context; the unknown field did not force. */
+	const uint8_t unforced_unknown[] = { 0x08, 0x00, 0x78, 0x01 };
+	n = request_bytes(pkt, F_PREPARE, unforced_unknown, sizeof(unforced_unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "cannot be preserved"));
+	expect_nothing_preserved(adm);
+	/* An abort with an unknown field, in the wrong state. */
+	const uint8_t unknown[] = { 0x78, 0x01 };
+	n = request_bytes(pkt, F_ABORT, unknown, sizeof(unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "nothing to abort"));
+
+	/* Fds attached: refused and closed; nothing prepared. */
+	int one = make_memfd(PG, 1);
+	n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n, &one, 1, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_non_null(strstr(msg, "takes no fds"));
+	expect_nothing_preserved(adm);
+
+	/* A forced prepare with an unknown field works (ignored) ... */
+	const uint8_t forced_unknown[] = { 0x08, 0x01, 0x78, 0x05 };
+	n = request_bytes(pkt, F_PREPARE, forced_unknown, sizeof(forced_unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, NULL, 0), -1);
+	expect_state(adm, "prepared");
+	/* ... an abort with fds attached or cut short changes nothing ... */
+	n = request_bytes(pkt, F_ABORT, NULL, 0);
+	assert_int_equal(bytes_code(adm, pkt, n, &one, 1, msg, sizeof(msg)), DMB_INVALID_ARGUMENT);
+	assert_int_equal(bytes_code(adm, pkt, n - 1, NULL, 0, NULL, 0), DMB_INVALID_ARGUMENT);
+	/* ... nor does a second prepare, forced or not. */
+	n = request_bytes(pkt, F_PREPARE, forced, sizeof(forced));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, msg, sizeof(msg)), DMB_FAILED_PRECONDITION);
+	assert_non_null(strstr(msg, "already under way (state prepared)"));
+	expect_state(adm, "prepared");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 1"));
+	struct dmb_map_entry e = { ok.region, 0, 0x300000, PG, DMB_READ };
+	assert_code(ok.c, dmb_map(ok.c, ok.ctx, &e), DMB_UNAVAILABLE);
+	/* The abort with an unknown field is an abort. */
+	n = request_bytes(pkt, F_ABORT, unknown, sizeof(unknown));
+	assert_int_equal(bytes_code(adm, pkt, n, NULL, 0, NULL, 0), -1);
+	expect_nothing_preserved(adm);
+	assert_ok(ok.c, dmb_map(ok.c, ok.ctx, &e));
+	expect_pattern(ok.c, ok.ctx, 0x300000, 0, PG, ok.seed, ok.size);
+	close(one);
+
+	assert_ok(ok.c, dmb_context_destroy(ok.c, ok.ctx));
+	assert_ok(ok.c, dmb_context_destroy(ok.c, plain));
+	dmb_close(ok.c);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ prepare vs a long map */
+
+#define HUGE (1024ull * 1024 * 1024)
+#define HUGE_IOVA 0x100000000ull
+
+static void raw_send_map(struct dmb_client *c, uint64_t id, uint64_t ctx, uint64_t region,
+			 uint64_t iova, uint64_t len)
+{
+	Dmb__MapEntry me = DMB__MAP_ENTRY__INIT;
+	me.region_id = region;
+	me.iova = iova;
+	me.length = len;
+	me.prot = DMB_READ | DMB_WRITE;
+	Dmb__MapEntry *mep = &me;
+	Dmb__MapBatch mb = DMB__MAP_BATCH__INIT;
+	mb.context_id = ctx;
+	mb.n_entries = 1;
+	mb.entries = &mep;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = id;
+	req.body_case = DMB__REQUEST__BODY_MAP_BATCH;
+	req.map_batch = &mb;
+	uint8_t buf[256];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
+}
+
+/* The next reply on c's socket (events skipped); nonblock: NULL if none yet. */
+static Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock)
+{
+	for (;;) {
+		struct pollfd p = { .fd = dmb_socket(c), .events = POLLIN };
+		int pr = poll(&p, 1, nonblock ? 0 : 120000);
+		assert_true(pr >= 0);
+		if (pr == 0) {
+			if (nonblock)
+				return NULL;
+			fail_msg("no reply from the daemon within 120 s");
+		}
+		static uint8_t buf[65536];
+		ssize_t n = recv(dmb_socket(c), buf, sizeof(buf), 0);
+		assert_true(n > 0);
+		Dmb__ServerMessage *m = dmb__server_message__unpack(NULL, (size_t)n, buf);
+		assert_non_null(m);
+		if (m->kind_case != DMB__SERVER_MESSAGE__KIND_REPLY) {
+			dmb__server_message__free_unpacked(m, NULL);
+			continue;
+		}
+		Dmb__Reply *r = m->reply;
+		m->reply = NULL;
+		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
+		dmb__server_message__free_unpacked(m, NULL);
+		return r;
+	}
+}
+
+/* A 1 GiB map on a worker (--sim-populate: one fault per page, as pinning)
+ * is known to be in flight because the daemon's totals count it while its
+ * reply has not come. A prepare then must refuse (UNAVAILABLE, retry
+ * after), and its answer comes before the map's; after the map's reply the
+ * same prepare works. Order, never time. */
+static void test_prepare_during_long_map(void **state)
+{
+	static const char *const populate_args[] = { "--sim-populate", NULL };
+	preserver_start();
+	use_config("[daemon]\nworkers = 2\nworker_min_bytes = 1M\n");
+	int r = fds_start_dmabrokerd(&H, cfg_text, populate_args);
+	if (r < 0) {
+		fds_dump_log(&H);
+		fail_msg("dmabrokerd did not start: %s", strerror(-r));
+	}
+	struct daemon d = as_daemon();
+	struct dmb_client *c = conn("vm-huge");
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(c, dmb_context_create_persistent(c, "vm-huge", &ctx, token));
+	int fd = memfd_create("guest-ram-huge", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)HUGE), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	uint8_t tag[64];
+	fill_pattern(tag, sizeof(tag), 77);
+	fd_write(fd, HUGE / 2, tag, sizeof(tag));
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, fd, 0, &ri));
+
+	raw_send_map(c, 3001, ctx, ri.region, HUGE_IOVA, HUGE);
+	bool accepted = false;
+	for (int i = 0; i < 12000 && !accepted; i++) {
+		accepted = daemon_totals(&d).mapped_bytes >= HUGE;
+		if (!accepted)
+			usleep(10000);
+	}
+	assert_true(accepted);
+
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_code(adm, dmb_handoff_prepare(adm, false, &hi), DMB_UNAVAILABLE);
+	const struct dmb_error *err = dmb_last_error(adm);
+	assert_true(err->retry_after_ms > 0);
+	assert_non_null(strstr(err->message, "long map or unmap running"));
+	assert_non_null(strstr(err->message, "nothing was changed"));
+	/* The refusal came while the map was still running. */
+	Dmb__Reply *early = raw_reply(c, true);
+	if (early)
+		fail_msg("the 1 GiB map was answered before the prepare: nothing proves the prepare "
+			 "saw it running");
+	expect_state(adm, "normal");
+	char out[4096];
+	preserver_status(out, sizeof(out));
+	assert_non_null(strstr(out, "sessions: 0"));
+
+	Dmb__Reply *rep = raw_reply(c, false);
+	if (rep->error)
+		fail_msg("the huge map failed: %s", rep->error->message);
+	assert_int_equal(rep->id, 3001);
+	dmb__reply__free_unpacked(rep, NULL);
+	/* Retried after the map: prepared, with it. */
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.mappings, 1);
+	assert_int_equal(hi.bytes, HUGE);
+	uint8_t got[64];
+	assert_ok(c, dmb_sim_dma_read(c, ctx, HUGE_IOVA + HUGE / 2, got, sizeof(got)));
+	assert_memory_equal(got, tag, sizeof(got));
+	assert_ok(adm, dmb_handoff_abort(adm, NULL));
+	assert_ok(c, dmb_context_destroy(c, ctx));
+	close(fd);
+	dmb_close(c);
+	dmb_close(adm);
+	for (int i = 0; i < 6000 && daemon_totals(&d).contexts; i++)
+		usleep(10000);
+	assert_int_equal(daemon_totals(&d).pinned_bytes, 0);
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
+/* ------------------------------------------------------------ a client dies while prepared */
+
+/* The VMM (a child process) sends a refused change and a read, and is
+ * SIGKILLed before it reads either reply. Nothing preserved changes: the
+ * broker stays prepared, and after the kexec its context comes back with
+ * its bytes and is reclaimed with the token. */
+static void test_client_dies_while_prepared(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	int up[2], go[2];
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(go), 0);
+	pid_t vmm = fork();
+	if (vmm == 0) {
+		close(up[0]);
+		close(go[1]);
+		struct vmm v;
+		vmm_create(&v, "vm-dies", 128 * 1024, 81);
+		vmm_map(&v, 0, 0x100000, 128 * 1024);
+		if (write(up[1], &v, sizeof(v)) != (ssize_t)sizeof(v))
+			_exit(2);
+		char b;
+		if (read(go[0], &b, 1) != 1)
+			_exit(3);
+		/* Mid-request: a map (refused while prepared) and a list, never
+		 * read; then it says so and waits to be killed. */
+		raw_send_map(v.c, 4001, v.ctx, v.region, 0x900000, PG);
+		Dmb__ListMappings lm = DMB__LIST_MAPPINGS__INIT;
+		lm.context_id = v.ctx;
+		Dmb__Request req = DMB__REQUEST__INIT;
+		req.id = 4002;
+		req.body_case = DMB__REQUEST__BODY_LIST_MAPPINGS;
+		req.list_mappings = &lm;
+		uint8_t buf[64];
+		size_t n = dmb__request__pack(&req, buf);
+		if (send(dmb_socket(v.c), buf, n, 0) != (ssize_t)n)
+			_exit(4);
+		if (write(up[1], "x", 1) != 1)
+			_exit(5);
+		for (;;)
+			pause();
+	}
+	close(up[1]);
+	close(go[0]);
+	struct vmm v;
+	assert_int_equal(read(up[0], &v, sizeof(v)), (ssize_t)sizeof(v));
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(write(go[1], "g", 1), 1);
+	char b;
+	assert_int_equal(read(up[0], &b, 1), 1);
+	kill(vmm, SIGKILL);
+	int st;
+	waitpid(vmm, &st, 0);
+	assert_true(WIFSIGNALED(st));
+	close(up[0]);
+	close(go[1]);
+	/* Its session is gone (the context detached, not destroyed). */
+	bool detached = false;
+	for (int i = 0; i < 200 && !detached; i++) {
+		detached = fds_log_has(&H, "kept: persistent, waiting for a reclaim");
+		if (!detached)
+			sleep_ms(10);
+	}
+	assert_true(detached);
+	expect_state(adm, "prepared");
+	assert_int_equal(daemon_totals(&d).contexts, 1);
+	expect_pattern(adm, v.ctx, 0x100000, 0, 64 * 1024, v.seed, v.size);
+
+	dmb_close(adm);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.contexts, 1);
+	expect_pattern(adm, v.ctx, 0x100000, 0, 128 * 1024 > 65536 ? 65536 : 128 * 1024, v.seed, v.size);
+	struct dmb_client *v2 = conn("vm-dies-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(v2, dmb_context_reclaim(v2, v.ctx, v.token, &ri));
+	assert_int_equal(ri.mappings, 1);
+	check_dma(v2, v.ctx, ri.regions[0].fd, 64 * 1024, 0x100000 + 64 * 1024, PG, 82);
+	close(ri.regions[0].fd);
+	/* Nothing of the refused map came through. */
+	uint8_t buf[64];
+	assert_true(dmb_sim_dma_read(v2, v.ctx, 0x900000, buf, sizeof(buf)) < 0);
+	assert_true(wait_state("normal", 5000));
+	assert_ok(v2, dmb_context_destroy(v2, v.ctx));
+	dmb_close(v2);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 static int setup(void **state)
 {
 	struct fds_opts o = fds_default_opts();
@@ -658,6 +1306,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_while_reclaiming, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_prepare_abort, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prepare_during_long_map, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_dies_while_prepared, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("handoff", tests, NULL, NULL);
 }
