@@ -288,7 +288,7 @@ void bench_scale(const struct bench_opts *o)
 	double per_shm = (double)(shm1 - shm0) * 1024.0 / (double)fbig.done;
 	snprintf(name, sizeof(name), "  of it shared (sim table) at %s", bigname);
 	r = result_add(B, name, "", per_shm, "B", -1, NULL);
-	result_note(r, "RssShmem %ld -> %ld kB: the sim's per-context table memfd (64 B slots), its "
+	result_note(r, "RssShmem %ld -> %ld kB: the sim's per-context table memfd (32 B slots), its "
 		    "model of the kernel's state; private memory: %.1f B/mapping", shm0, shm1,
 		    per_rss - per_shm);
 	snprintf(name, sizeof(name), "heap per mapping at %s (core+sim)", bigname);

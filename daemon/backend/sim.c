@@ -7,8 +7,10 @@
  *   reserved regions exactly as the kernel reports them; alignment 4096.
  * - Page table: an ordered map (RB tree keyed by IOVA) of areas. One map call
  *   is one area; areas are never merged or split.
- * - Each area holds a reference on its region, as the kernel holds a file
- *   reference per area, so a region closed while mapped stays valid (and its
+ * - Each area holds its region through the context's source entry for it
+ *   (struct sim_src: one region reference while any area of the context
+ *   maps the region), as the kernel holds a file reference per area, so a
+ *   region closed while mapped stays valid (and its
  *   mmap stays readable by the DMA engine) until its last area goes.
  * - Pinned bytes are the sum of area lengths across all contexts (the
  *   kernel pins and accounts per area; the sim has no COPY, so no sharing).
@@ -275,40 +277,205 @@ void sim_area_free(struct sim_ctx *c, struct sim_area *a)
  * returns to the backend with sim_unpin(). */
 uint64_t sim_area_release(struct sim_ctx *c, struct sim_area *a)
 {
-	uint64_t len = a->last - a->iova + 1, ram = a->kind == SIM_REC_RAM ? len : 0;
+	uint64_t len = sim_area_len(c, a), ram = sim_area_src(c, a)->bar ? 0 : len;
 
 	sim_table_clear(&c->tab, a->slot);
-	if (a->region)
-		sim_region_unref(a->region);
+	sim_src_put(c, a->src);
 	c->n_areas--;
 	c->mapped -= len;
 	sim_area_free(c, a);
 	return ram;
 }
 
+struct sim_area *sim_area_nfind(struct sim_ctx *c, uint64_t iova)
+{
+	struct sim_area *tmp = RB_ROOT(&c->areas), *res = NULL;
+	while (tmp) {
+		uint64_t at = sim_area_iova(c, tmp);
+		if (iova < at) {
+			res = tmp;
+			tmp = RB_LEFT(tmp, link);
+		} else if (iova > at) {
+			tmp = RB_RIGHT(tmp, link);
+		} else {
+			return tmp;
+		}
+	}
+	return res;
+}
+
+/* sim_area_tree_RB_INSERT with the key read from the table; keeps a's
+ * owner bits. */
+int sim_area_link(struct sim_ctx *c, struct sim_area *a)
+{
+	uint64_t iova = sim_area_iova(c, a);
+	struct sim_area *parent = NULL, *tmp = RB_ROOT(&c->areas);
+	bool left = false;
+	while (tmp) {
+		uint64_t at = sim_area_iova(c, tmp);
+		parent = tmp;
+		if (iova < at) {
+			left = true;
+			tmp = RB_LEFT(tmp, link);
+		} else if (iova > at) {
+			left = false;
+			tmp = RB_RIGHT(tmp, link);
+		} else {
+			return -EEXIST;
+		}
+	}
+	a->link.rbe_left = a->link.rbe_right = NULL;
+	a->link.rbe_pc = (uintptr_t)parent | (a->link.rbe_pc & DMB_RB_OWNER_MASK) | DMB_RB_RED;
+	if (!parent)
+		RB_ROOT(&c->areas) = a;
+	else if (left)
+		RB_LEFT(parent, link) = a;
+	else
+		RB_RIGHT(parent, link) = a;
+	dmb_rb_insert_fixup((void **)&RB_ROOT(&c->areas), a, offsetof(struct sim_area, link));
+	return 0;
+}
+
 /* The area containing iova, or NULL. */
 static struct sim_area *area_at(struct sim_ctx *c, uint64_t iova)
 {
-	struct sim_area key = { .iova = iova };
-	struct sim_area *a = RB_NFIND(sim_area_tree, &c->areas, &key);
-	if (a && a->iova == iova)
+	struct sim_area *a = sim_area_nfind(c, iova);
+	if (a && sim_area_iova(c, a) == iova)
 		return a;
 	a = a ? RB_PREV(sim_area_tree, &c->areas, a) : RB_MAX(sim_area_tree, &c->areas);
-	return a && a->last >= iova ? a : NULL;
+	return a && sim_area_last(c, a) >= iova ? a : NULL;
 }
 
 /* The lowest area intersecting [start, last], or NULL. */
 struct sim_area *sim_area_first_in(struct sim_ctx *c, uint64_t start, uint64_t last)
 {
-	struct sim_area key = { .iova = start };
-	struct sim_area *a = RB_NFIND(sim_area_tree, &c->areas, &key);
-	if (a && a->iova == start)
+	struct sim_area *a = sim_area_nfind(c, start);
+	if (a && sim_area_iova(c, a) == start)
 		return a;
 	struct sim_area *prev = a ? RB_PREV(sim_area_tree, &c->areas, a)
 				  : RB_MAX(sim_area_tree, &c->areas);
-	if (prev && prev->last >= start)
+	if (prev && sim_area_last(c, prev) >= start)
 		return prev;
-	return a && a->iova <= last ? a : NULL;
+	return a && sim_area_iova(c, a) <= last ? a : NULL;
+}
+
+/* ---- sources ----------------------------------------------------------- */
+
+/* A free entry of c->srcs (grown if there is none), not yet in use. */
+static int src_slot_entry(struct sim_ctx *c, uint32_t *idx, struct dmb_err *e)
+{
+	for (uint32_t i = 0; i < c->n_srcs; i++)
+		if (c->srcs[i].slot == UINT32_MAX) {
+			*idx = i;
+			return 0;
+		}
+	if (c->n_srcs == c->cap_srcs) {
+		uint32_t cap = c->cap_srcs ? 2 * c->cap_srcs : 4;
+		struct sim_src *n = realloc(c->srcs, cap * sizeof(*n));
+		if (!n)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
+					"sim: out of memory for a context's sources");
+		c->srcs = n;
+		c->cap_srcs = cap;
+	}
+	c->srcs[c->n_srcs] = (struct sim_src){ .slot = UINT32_MAX };
+	*idx = c->n_srcs++;
+	return 0;
+}
+
+/* Sources are few (one per region or BAR the context maps), and a map
+ * nearly always names the region the previous one did: the hint answers
+ * it, a scan of the few others the rest. */
+int sim_src_get(struct sim_ctx *c, struct sim_region *r, uint32_t *idx, struct dmb_err *e)
+{
+	uint32_t i = c->src_hint;
+	if (i >= c->n_srcs || c->srcs[i].region != r || c->srcs[i].slot == UINT32_MAX) {
+		for (i = 0; i < c->n_srcs; i++)
+			if (c->srcs[i].region == r && c->srcs[i].slot != UINT32_MAX)
+				break;
+	}
+	if (i == c->n_srcs) {
+		int ret = src_slot_entry(c, &i, e);
+		if (ret < 0)
+			return ret;
+		struct sim_rec rec = {
+			.w = { r->file_dev, r->file_ino,
+			       r->dev ? (uint64_t)r->dev->bdf_packed | (uint64_t)r->bar << 32 : 0 },
+			.tag = r->dev ? SIM_REC_SRC_BAR : SIM_REC_SRC_RAM,
+		};
+		uint32_t slot;
+		ret = sim_table_put(&c->tab, &rec, &slot, e);
+		if (ret < 0)
+			return ret;
+		sim_region_ref(r);
+		c->srcs[i] = (struct sim_src){ .region = r, .slot = slot, .refs = 0, .bar = r->dev != NULL };
+	}
+	c->srcs[i].refs++;
+	c->src_hint = i;
+	*idx = i;
+	return 0;
+}
+
+/* Frees an entry; its record goes unless another entry shares it (an
+ * alias made by adoption, sim_src_alias). */
+static void src_drop(struct sim_ctx *c, struct sim_src *src)
+{
+	uint32_t slot = src->slot;
+	if (src->region)
+		sim_region_unref(src->region);
+	*src = (struct sim_src){ .slot = UINT32_MAX };
+	for (uint32_t i = 0; i < c->n_srcs; i++)
+		if (c->srcs[i].slot == slot)
+			return;
+	sim_table_clear(&c->tab, slot);
+}
+
+void sim_src_put(struct sim_ctx *c, uint32_t idx)
+{
+	struct sim_src *src = &c->srcs[idx];
+	if (--src->refs == 0)
+		src_drop(c, src);
+}
+
+int sim_src_adopted(struct sim_ctx *c, uint32_t slot, bool bar, uint32_t *idx, struct dmb_err *e)
+{
+	int ret = src_slot_entry(c, idx, e);
+	if (ret < 0)
+		return ret;
+	c->srcs[*idx] = (struct sim_src){ .slot = slot, .bar = bar };
+	return 0;
+}
+
+int sim_src_alias(struct sim_ctx *c, uint32_t idx, struct sim_region *r, uint32_t *out,
+		  struct dmb_err *e)
+{
+	uint32_t slot = c->srcs[idx].slot;
+	bool bar = c->srcs[idx].bar;
+	for (uint32_t i = 0; i < c->n_srcs; i++)
+		if (c->srcs[i].slot == slot && c->srcs[i].region == r) {
+			*out = i;
+			return 0;
+		}
+	int ret = src_slot_entry(c, out, e); /* may move c->srcs */
+	if (ret < 0)
+		return ret;
+	sim_region_ref(r);
+	c->srcs[*out] = (struct sim_src){ .region = r, .slot = slot, .bar = bar };
+	return 0;
+}
+
+/* Drops the sources no area names (adoption leaves them when the previous
+ * process was killed between an area's removal and its source's). */
+void sim_srcs_sweep(struct sim_ctx *c)
+{
+	for (uint32_t i = 0; i < c->n_srcs; i++)
+		if (c->srcs[i].slot != UINT32_MAX && c->srcs[i].refs == 0)
+			src_drop(c, &c->srcs[i]);
+	if (c->n_areas == 0) {
+		free(c->srcs);
+		c->srcs = NULL;
+		c->n_srcs = c->cap_srcs = c->src_hint = 0;
+	}
 }
 
 /* ---- contexts ---------------------------------------------------------- */
@@ -339,6 +506,7 @@ void sim_ctx_free(struct sim_ctx *c)
 {
 	area_slabs_free(c);
 	sim_table_close(&c->tab);
+	free(c->srcs);
 	free(c->pending);
 	free(c);
 }
@@ -390,6 +558,7 @@ static uint64_t ctx_clear(struct sim_ctx *c)
 	}
 	RB_INIT(&c->areas);
 	sim_unpin(c, ram);
+	sim_srcs_sweep(c);
 	sim_table_maybe_trim(&c->tab);
 	return bytes;
 }
@@ -492,13 +661,15 @@ int sim_check_iova(struct sim_ctx *c, uint64_t offset, uint64_t iova, uint64_t l
 		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
 				"IOVA range [0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the %s mapping "
 				"[0x%" PRIx64 ", 0x%" PRIx64 "]",
-				iova, last, hit->kind == SIM_REC_BAR ? "MMIO" : "RAM", hit->iova, hit->last);
+				iova, last, sim_area_src(c, hit)->bar ? "MMIO" : "RAM",
+				sim_area_iova(c, hit), sim_area_last(c, hit));
 	return 0;
 }
 
-/* Commits a checked area: its record goes into the context's table (the
- * commit point, sim_table.c), then into the tree; one new reference on r;
- * RAM is pinned, MMIO not. A BAR area's record names the device and BAR. */
+/* Commits a checked area: its source's record is in the context's table
+ * (put now if the context maps r for the first time, with one reference
+ * on r), then the area's record goes in (the commit point, sim_table.c),
+ * then the node into the tree. RAM is pinned, MMIO not. */
 int sim_area_insert(struct sim_ctx *c, struct sim_region *r, uint64_t offset, uint64_t iova,
 		    uint64_t last, uint32_t prot, struct dmb_err *e)
 {
@@ -506,36 +677,31 @@ int sim_area_insert(struct sim_ctx *c, struct sim_region *r, uint64_t offset, ui
 	struct sim_area *a = sim_area_alloc(c);
 	if (!a)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "sim: out of memory for a mapping");
-	a->iova = iova;
-	a->last = last;
-	a->offset = offset;
-	a->prot = prot;
-	a->region = r;
-	a->kind = r->dev ? SIM_REC_BAR : SIM_REC_RAM;
-
-	struct sim_rec_body rec = {
-		.iova = iova,
-		.length = length,
-		.offset = offset,
-		.file_dev = r->file_dev,
-		.file_ino = r->file_ino,
-		.bdf = r->dev ? r->dev->bdf_packed : 0,
-		.kind = a->kind,
-		.bar = (uint8_t)r->bar,
-		.prot = (uint8_t)prot,
-	};
-	int ret = sim_table_put(&c->tab, &rec, &a->slot, e);
+	int ret = sim_src_get(c, r, &a->src, e);
 	if (ret < 0) {
 		sim_area_free(c, a);
 		return ret;
 	}
-	if (DMB_UNLIKELY(RB_INSERT(sim_area_tree, &c->areas, a) != NULL)) {
+	struct sim_rec rec = {
+		.w = { iova | (prot & 3u), length, offset },
+		.src = c->srcs[a->src].slot,
+		.tag = SIM_REC_AREA,
+	};
+	ret = sim_table_put(&c->tab, &rec, &a->slot, e);
+	if (ret < 0) {
+		sim_src_put(c, a->src);
+		sim_area_free(c, a);
+		return ret;
+	}
+	a->link.rbe_pc = 0;
+	DMB_RB_SET_OWNER_BITS(a, link, SIM_AREA_CLAIMED);
+	if (DMB_UNLIKELY(sim_area_link(c, a) < 0)) {
 		/* Only an equal IOVA collides, and the overlap check refused it. */
 		sim_table_clear(&c->tab, a->slot);
+		sim_src_put(c, a->src);
 		sim_area_free(c, a);
 		return dmb_fail(e, DMB_E_INTERNAL, EEXIST, "sim: area tree out of step at 0x%" PRIx64, iova);
 	}
-	sim_region_ref(r);
 	c->n_areas++;
 	c->mapped += length;
 	if (!r->dev)
@@ -629,17 +795,20 @@ static int sim_unmap(struct dmb_bctx *bc, uint64_t iova, uint64_t length, uint64
 
 	uint64_t bytes = 0, ram = 0;
 	int r = 0;
-	while (a && a->iova <= last) {
-		if (a->iova < iova || a->last > last) {
+	while (a) {
+		uint64_t a_iova = sim_area_iova(c, a), a_last = sim_area_last(c, a);
+		if (a_iova > last)
+			break;
+		if (a_iova < iova || a_last > last) {
 			r = dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
 				     "mapping [0x%" PRIx64 ", 0x%" PRIx64 "] straddles the edge of "
 				     "[0x%" PRIx64 ", 0x%" PRIx64 "]; a mapping is only removed whole",
-				     a->iova, a->last, iova, last);
+				     a_iova, a_last, iova, last);
 			break;
 		}
 		struct sim_area *next = RB_NEXT(sim_area_tree, &c->areas, a);
 		RB_REMOVE(sim_area_tree, &c->areas, a);
-		bytes += a->last - a->iova + 1;
+		bytes += a_last - a_iova + 1;
 		ram += sim_area_release(c, a);
 		a = next;
 	}
@@ -684,36 +853,38 @@ int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, s
 	uint64_t cur = iova;
 	bool mmio = false;
 	for (;;) {
-		if (!a || a->iova > cur)
+		uint64_t a_iova = a ? sim_area_iova(c, a) : 0, a_last = a ? sim_area_last(c, a) : 0;
+		if (!a || a_iova > cur)
 			return dmb_fail(e, DMB_E_NOT_FOUND, EFAULT,
 					"DMA %s%s faulted at IOVA 0x%" PRIx64 ": no mapping there",
 					dir, who, cur);
-		if ((a->prot & need) != need)
+		if ((sim_area_prot(c, a) & need) != need)
 			return dmb_fail(e, DMB_E_PERMISSION_DENIED, EFAULT,
 					"DMA %s%s faulted at IOVA 0x%" PRIx64 ": the mapping "
 					"[0x%" PRIx64 ", 0x%" PRIx64 "] does not allow device %ss",
-					dir, who, cur, a->iova, a->last, dir);
-		if (DMB_UNLIKELY(!a->region))
+					dir, who, cur, a_iova, a_last, dir);
+		const struct sim_region *reg = sim_area_src(c, a)->region;
+		if (DMB_UNLIKELY(!sim_area_claimed(a) || !reg))
 			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EFAULT,
 					"DMA %s%s faulted at IOVA 0x%" PRIx64 ": the mapping "
 					"[0x%" PRIx64 ", 0x%" PRIx64 "] survived a restart but its "
 					"source was not named again (map_adopt); the sim cannot "
-					"reach it until then", dir, who, cur, a->iova, a->last);
-		if (a->region->dev) {
+					"reach it until then", dir, who, cur, a_iova, a_last);
+		if (reg->dev) {
 			mmio = true; /* BAR memfds are sealed: they cannot shrink */
 		} else {
 			/* The kernel keeps the pages pinned if the file shrinks; the
 			 * sim only has the mmap, which would SIGBUS past its end. */
 			struct stat st;
-			if (fstat(a->region->fd, &st) < 0 ||
-			    (uint64_t)st.st_size < a->offset + (a->last - a->iova + 1))
+			if (fstat(reg->fd, &st) < 0 ||
+			    (uint64_t)st.st_size < sim_area_offset(c, a) + (a_last - a_iova + 1))
 				return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EFAULT,
 						"DMA %s%s faulted at IOVA 0x%" PRIx64 ": the region's file "
 						"shrank beneath the mapping", dir, who, cur);
 		}
-		if (a->last >= last)
+		if (a_last >= last)
 			break;
-		cur = a->last + 1;
+		cur = a_last + 1;
 		a = RB_NEXT(sim_area_tree, &c->areas, a);
 	}
 
@@ -722,7 +893,8 @@ int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, s
 		const struct sim_dev *ok = NULL; /* last device seen decoding */
 		cur = iova;
 		for (a = first;; a = RB_NEXT(sim_area_tree, &c->areas, a)) {
-			const struct sim_dev *peer = a->region->dev;
+			const struct sim_region *reg = sim_area_src(c, a)->region;
+			const struct sim_dev *peer = reg->dev;
 			if (peer && peer != ok) {
 				uint16_t cmd;
 				int r = sim_cfg_command(peer, &cmd, e);
@@ -733,12 +905,13 @@ int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, s
 							"DMA %s%s at IOVA 0x%" PRIx64 ": decode error: BAR%u of "
 							"%s has memory decoding off (command 0x%04x); no bytes "
 							"moved",
-							dir, who, cur, a->region->bar, peer->bdf, cmd);
+							dir, who, cur, reg->bar, peer->bdf, cmd);
 				ok = peer;
 			}
-			if (a->last >= last)
+			uint64_t a_last = sim_area_last(c, a);
+			if (a_last >= last)
 				break;
-			cur = a->last + 1;
+			cur = a_last + 1;
 		}
 	}
 
@@ -746,9 +919,10 @@ int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, s
 	uint8_t *p = buf;
 	cur = iova;
 	for (a = first;; a = RB_NEXT(sim_area_tree, &c->areas, a)) {
-		uint64_t end = a->last < last ? a->last : last;
+		uint64_t a_iova = sim_area_iova(c, a), a_last = sim_area_last(c, a);
+		uint64_t end = a_last < last ? a_last : last;
 		size_t n = (size_t)(end - cur + 1);
-		uint8_t *mem = a->region->mem + a->offset + (cur - a->iova);
+		uint8_t *mem = sim_area_src(c, a)->region->mem + sim_area_offset(c, a) + (cur - a_iova);
 		if (to_memory)
 			memcpy(mem, p, n);
 		else

@@ -18,7 +18,9 @@
  *   4. map_adopt / map_bar_adopt for every mapping the journal names: the
  *      area must exist with exactly that extent, prot and offset, and its
  *      recorded source must be that very file (st_dev/st_ino) or that
- *      device's BAR0 memfd;
+ *      device's BAR0 memfd. The first claim of a source binds it to that
+ *      region (or BAR); an area claimed through another region of the same
+ *      file gets an in-memory alias of the source bound to that region;
  *   5. adopt_finish for every context: unclaimed areas (and attachments of
  *      devices nobody adopted) are removed and counted as strays.
  *
@@ -117,16 +119,14 @@ static int damaged(uint32_t slot, const char *why, const char *detail, struct dm
 			slot, why, detail ? ": " : "", detail ? detail : "");
 }
 
-static int adopt_dev_record(struct sim_ctx *c, uint32_t slot, const struct sim_rec_body *b,
+static int adopt_dev_record(struct sim_ctx *c, uint32_t slot, const struct sim_rec *b,
 			    struct dmb_err *e)
 {
 	char bdf[SIM_BDF_LEN + 1];
 
-	if (b->iova || b->length || b->offset || b->bar || b->prot)
-		return damaged(slot, "is a device record with area fields set", NULL, e);
-	sim_bdf_unpack(b->bdf, bdf);
+	sim_bdf_unpack(b->src, bdf);
 	for (size_t i = 0; i < c->n_pending; i++)
-		if (c->pending[i].bdf == b->bdf)
+		if (c->pending[i].bdf == b->src)
 			return damaged(slot, "attaches a device twice", bdf, e);
 	size_t n = c->n_pending;
 	if (n == 0 || (n >= 4 && (n & (n - 1)) == 0)) { /* full at 0, 4, 8, 16, ... */
@@ -137,50 +137,80 @@ static int adopt_dev_record(struct sim_ctx *c, uint32_t slot, const struct sim_r
 					"sim: out of memory adopting a context's devices");
 		c->pending = p;
 	}
-	c->pending[c->n_pending++] = (struct sim_pending_dev){ .bdf = b->bdf, .slot = slot };
+	c->pending[c->n_pending++] = (struct sim_pending_dev){ .bdf = b->src, .slot = slot };
 	return 0;
 }
 
+static int adopt_src_record(struct sim_ctx *c, uint32_t slot, const struct sim_rec *b,
+			    struct dmb_err *e)
+{
+	bool bar = b->tag == SIM_REC_SRC_BAR;
+	uint32_t idx;
+
+	if (b->src != 0 || (!bar && b->w[2] != 0))
+		return damaged(slot, "is a source record with a reserved field set", NULL, e);
+	if (bar && (b->w[2] >> 32) != 0)
+		return damaged(slot, "names a BAR no simulated device can map", NULL, e);
+	return sim_src_adopted(c, slot, bar, &idx, e);
+}
+
+/* The source entry made for the SOURCE record in slot, or -1. Pass 1 made
+ * them in slot order, so c->srcs is sorted by slot. */
+static int64_t adopt_src_find(const struct sim_ctx *c, uint32_t slot)
+{
+	uint32_t lo = 0, hi = c->n_srcs;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (c->srcs[mid].slot < slot)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < c->n_srcs && c->srcs[lo].slot == slot ? (int64_t)lo : -1;
+}
+
 /* An area record, checked as map or map_bar would have checked it, goes
- * into the tree unclaimed (no region). Adds its bytes to *ram if RAM. */
-static int adopt_area_record(struct sim_ctx *c, uint32_t slot, const struct sim_rec_body *b,
+ * into the tree unclaimed. Adds its bytes to *ram if RAM. */
+static int adopt_area_record(struct sim_ctx *c, uint32_t slot, const struct sim_slot *b,
 			     uint64_t *ram, struct dmb_err *e)
 {
 	struct dmb_err sub = { 0 };
-	uint64_t last;
+	uint64_t last, iova = b->w[0] & ~(SIM_IOVA_ALIGNMENT - 1), length = b->w[1],
+		       offset = b->w[2];
+	uint32_t prot = (uint32_t)(b->w[0] & 3u);
 
-	if (sim_check_args(b->iova, b->length, b->prot, &last, &sub) < 0 ||
-	    sim_check_iova(c, b->offset, b->iova, b->length, last, &sub) < 0)
-		return damaged(slot, "holds an area the sim would not have mapped", sub.msg, e);
-	if (b->cfg_ino != 0)
-		return damaged(slot, "is an area record with a device field set", NULL, e);
-	if (b->kind == SIM_REC_BAR) {
-		if (b->bar != 0 || b->offset > SIM_BAR0_SIZE || b->length > SIM_BAR0_SIZE - b->offset)
-			return damaged(slot, "maps a BAR range no simulated device has", NULL, e);
-	} else if (b->bdf != 0 || b->bar != 0) {
-		return damaged(slot, "is a RAM area record with BAR fields set", NULL, e);
+	if (b->w[0] & (SIM_IOVA_ALIGNMENT - 1) & ~(uint64_t)3u)
+		return damaged(slot, "is an area record with reserved bits set", NULL, e);
+	int64_t idx = adopt_src_find(c, b->src);
+	if (idx < 0) {
+		char what[48];
+		snprintf(what, sizeof(what), "slot %" PRIu32 " is not a source record", b->src);
+		return damaged(slot, "names a source that is not there", what, e);
 	}
+	if (sim_check_args(iova, length, prot, &last, &sub) < 0 ||
+	    sim_check_iova(c, offset, iova, length, last, &sub) < 0)
+		return damaged(slot, "holds an area the sim would not have mapped", sub.msg, e);
+	struct sim_src *src = &c->srcs[idx];
+	if (src->bar && (offset > SIM_BAR0_SIZE || length > SIM_BAR0_SIZE - offset))
+		return damaged(slot, "maps a BAR range no simulated device has", NULL, e);
 
 	struct sim_area *a = sim_area_alloc(c);
 	if (!a)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
 				"sim: out of memory adopting a context's mappings");
-	a->iova = b->iova;
-	a->last = last;
-	a->offset = b->offset;
-	a->prot = b->prot;
-	a->region = NULL;
+	a->link.rbe_pc = 0; /* unclaimed */
 	a->slot = slot;
-	a->kind = b->kind;
-	if (DMB_UNLIKELY(RB_INSERT(sim_area_tree, &c->areas, a) != NULL)) {
+	a->src = (uint32_t)idx;
+	if (DMB_UNLIKELY(sim_area_link(c, a) < 0)) {
 		sim_area_free(c, a);
 		return dmb_fail(e, DMB_E_INTERNAL, EEXIST, "sim: area tree out of step at 0x%" PRIx64,
-				b->iova);
+				iova);
 	}
+	src->refs++;
 	c->n_areas++;
-	c->mapped += b->length;
-	if (b->kind == SIM_REC_RAM)
-		*ram += b->length;
+	c->mapped += length;
+	if (!src->bar)
+		*ram += length;
 	return 0;
 }
 
@@ -217,21 +247,33 @@ int sim_ctx_adopt(struct dmb_backend *be, const struct dmb_fdset *fds, struct dm
 		sim_ctx_free(c);
 		return r;
 	}
+	/* Pass 1: every record is read and checked; sources and devices are
+	 * taken in. Pass 2: the areas, which name their sources by slot. */
 	for (uint32_t i = 0; i < c->tab.cap; i++) {
-		struct sim_rec_body b;
+		struct sim_rec b;
 		r = sim_table_read(&c->tab, i, &b, e);
 		if (r == 0)
 			continue;
 		if (r > 0) {
-			if (b.zero != 0)
-				r = damaged(i, "has a non-zero reserved byte", NULL, e);
-			else if (b.kind == SIM_REC_DEV)
+			if (b.tag == SIM_REC_DEV)
 				r = adopt_dev_record(c, i, &b, e);
-			else if (b.kind == SIM_REC_RAM || b.kind == SIM_REC_BAR)
-				r = adopt_area_record(c, i, &b, &ram, e);
-			else
-				r = damaged(i, "has an unknown kind", NULL, e);
+			else if (b.tag == SIM_REC_SRC_RAM || b.tag == SIM_REC_SRC_BAR)
+				r = adopt_src_record(c, i, &b, e);
+			else if (b.tag != SIM_REC_AREA)
+				r = damaged(i, "has an unknown tag", NULL, e);
 		}
+		if (r < 0) {
+			adopt_abandon(c);
+			return r;
+		}
+	}
+	for (uint32_t i = 0; i < c->tab.cap; i++) {
+		if (!sim_table_used(&c->tab, i))
+			continue;
+		const struct sim_slot *b = sim_table_slot(&c->tab, i);
+		if ((uint16_t)atomic_load_explicit(&b->state, memory_order_relaxed) != SIM_REC_AREA)
+			continue;
+		r = adopt_area_record(c, i, b, &ram, e);
 		if (r < 0) {
 			adopt_abandon(c);
 			return r;
@@ -301,13 +343,13 @@ int sim_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dmb_fdse
 				"simulated device %s was not attached to this context when the previous "
 				"process stopped; open it again", bdf);
 	}
-	const struct sim_rec_body *rec = sim_table_body(&c->tab, c->pending[k].slot);
+	const struct sim_slot *rec = sim_table_slot(&c->tab, c->pending[k].slot);
 	r = check_dev_memfd(fd[0], SIM_CFG_SIZE, "config", bdf, &cdev, &cino, e);
 	if (r == 0)
 		r = check_dev_memfd(fd[1], SIM_BAR0_SIZE, "bar0", bdf, &bdev, &bino, e);
 	if (r < 0)
 		return r;
-	if (cino != rec->cfg_ino || bino != rec->file_ino || bdev != rec->file_dev)
+	if (cino != rec->w[0] || bdev != rec->w[1] || bino != rec->w[2])
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ESTALE,
 				"the fds given for %s are not the config space and BAR0 memory its "
 				"attachment to this context recorded", bdf);
@@ -358,7 +400,7 @@ int sim_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dmb_fdse
 
 /* The unclaimed area with exactly this extent, kind and prot. */
 static int adopt_find(struct sim_ctx *c, uint64_t iova, uint64_t length, uint32_t prot,
-		      uint8_t kind, struct sim_area **out, struct dmb_err *e)
+		      bool bar, struct sim_area **out, struct dmb_err *e)
 {
 	uint64_t last;
 	int r = sim_check_args(iova, length, prot, &last, e);
@@ -369,32 +411,60 @@ static int adopt_find(struct sim_ctx *c, uint64_t iova, uint64_t length, uint32_
 		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
 				"no mapping at [0x%" PRIx64 ", 0x%" PRIx64 "] survived the restart; "
 				"map it again", iova, last);
-	if (a->iova != iova || a->last != last)
+	uint64_t a_iova = sim_area_iova(c, a), a_last = sim_area_last(c, a);
+	if (a_iova != iova || a_last != last)
 		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
 				"[0x%" PRIx64 ", 0x%" PRIx64 "] overlaps the mapping [0x%" PRIx64
-				", 0x%" PRIx64 "], which has another extent", iova, last, a->iova, a->last);
-	if (a->region)
+				", 0x%" PRIx64 "], which has another extent", iova, last, a_iova, a_last);
+	if (sim_area_claimed(a))
 		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] is adopted already", iova, last);
-	if (a->kind != kind)
+	bool is_bar = sim_area_src(c, a)->bar;
+	if (is_bar != bar)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] that survived the restart "
-				"maps %s, not %s", iova, last, a->kind == SIM_REC_BAR ? "a BAR" : "RAM",
-				kind == SIM_REC_BAR ? "a BAR" : "RAM");
-	if (a->prot != prot)
+				"maps %s, not %s", iova, last, is_bar ? "a BAR" : "RAM",
+				bar ? "a BAR" : "RAM");
+	if (sim_area_prot(c, a) != prot)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] that survived the restart "
-				"has prot 0x%" PRIx32 ", not 0x%" PRIx32, iova, last, a->prot, prot);
+				"has prot 0x%" PRIx32 ", not 0x%" PRIx32, iova, last, sim_area_prot(c, a),
+				prot);
 	*out = a;
 	return 0;
 }
 
-static int offset_mismatch(const struct sim_area *a, uint64_t offset, struct dmb_err *e)
+static int offset_mismatch(struct sim_ctx *c, const struct sim_area *a, uint64_t offset,
+			   struct dmb_err *e)
 {
 	return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 			"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] that survived the restart starts "
 			"at offset 0x%" PRIx64 " of its source, not 0x%" PRIx64,
-			a->iova, a->last, a->offset, offset);
+			sim_area_iova(c, a), sim_area_last(c, a), sim_area_offset(c, a), offset);
+}
+
+/* Claims a: binds its source to r (the first claim of the source takes a
+ * reference on r; an area claimed through another region of the same file
+ * moves to an alias entry bound to that region) and lets the area move
+ * bytes. */
+static int adopt_claim(struct sim_ctx *c, struct sim_area *a, struct sim_region *r,
+		       struct dmb_err *e)
+{
+	struct sim_src *src = sim_area_src(c, a);
+	if (!src->region) {
+		sim_region_ref(r);
+		src->region = r;
+	} else if (src->region != r) {
+		uint32_t to;
+		int ret = sim_src_alias(c, a->src, r, &to, e);
+		if (ret < 0)
+			return ret;
+		c->srcs[to].refs++;
+		sim_src_put(c, a->src);
+		a->src = to;
+	}
+	DMB_RB_SET_OWNER_BITS(a, link, SIM_AREA_CLAIMED);
+	return 0;
 }
 
 int sim_map_adopt(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, uint64_t iova,
@@ -409,28 +479,26 @@ int sim_map_adopt(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, 
 	struct sim_region *r = sim_region_of(br);
 	struct sim_area *a = NULL;
 
-	int ret = adopt_find(c, iova, length, prot, SIM_REC_RAM, &a, e);
+	int ret = adopt_find(c, iova, length, prot, false, &a, e);
 	if (ret < 0)
 		return ret;
-	if (a->offset != offset)
-		return offset_mismatch(a, offset, e);
-	const struct sim_rec_body *rec = sim_table_body(&c->tab, a->slot);
-	if (rec->file_dev != r->file_dev || rec->file_ino != r->file_ino)
+	if (sim_area_offset(c, a) != offset)
+		return offset_mismatch(c, a, offset, e);
+	const struct sim_slot *rec = sim_table_slot(&c->tab, sim_area_src(c, a)->slot);
+	if (rec->w[0] != r->file_dev || rec->w[1] != r->file_ino)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ESTALE,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] that survived the restart "
 				"maps another file (inode %" PRIu64 ") than this region's (inode %" PRIu64 ")",
-				a->iova, a->last, rec->file_ino, r->file_ino);
+				iova, iova + length - 1, rec->w[1], r->file_ino);
 	if (offset > r->size || length > r->size - offset)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] reaches past the region's "
-				"0x%" PRIx64 " bytes", a->iova, a->last, r->size);
+				"0x%" PRIx64 " bytes", iova, iova + length - 1, r->size);
 	if ((prot & DMB_PROT_WRITE) && !r->writable)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] allows device writes but the "
-				"region was registered read-only", a->iova, a->last);
-	sim_region_ref(r);
-	a->region = r;
-	return 0;
+				"region was registered read-only", iova, iova + length - 1);
+	return adopt_claim(c, a, r, e);
 }
 
 int sim_map_bar_adopt(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, uint64_t offset,
@@ -448,33 +516,33 @@ int sim_map_bar_adopt(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, 
 		return dmb_fail(e, DMB_E_INTERNAL, EINVAL, "sim: device %s belongs to another backend",
 				d->bdf);
 
-	int ret = adopt_find(c, iova, length, prot, SIM_REC_BAR, &a, e);
+	int ret = adopt_find(c, iova, length, prot, true, &a, e);
 	if (ret < 0)
 		return ret;
-	if (a->offset != offset)
-		return offset_mismatch(a, offset, e);
-	const struct sim_rec_body *rec = sim_table_body(&c->tab, a->slot);
-	if (rec->bdf != d->bdf_packed || rec->bar != bar) {
-		sim_bdf_unpack(rec->bdf, was);
+	if (sim_area_offset(c, a) != offset)
+		return offset_mismatch(c, a, offset, e);
+	const struct sim_slot *rec = sim_table_slot(&c->tab, sim_area_src(c, a)->slot);
+	uint32_t rec_bdf = (uint32_t)rec->w[2], rec_bar = (uint32_t)(rec->w[2] >> 32);
+	if (rec_bdf != d->bdf_packed || rec_bar != bar) {
+		sim_bdf_unpack(rec_bdf, was);
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ESTALE,
 				"the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] that survived the restart "
-				"maps BAR%u of %s, not BAR%u of %s",
-				a->iova, a->last, rec->bar, was, bar, d->bdf);
+				"maps BAR%" PRIu32 " of %s, not BAR%u of %s",
+				iova, iova + length - 1, rec_bar, was, bar, d->bdf);
 	}
 	/* Shared: dev_adopt swaps the BAR memory under the exclusive lock. */
 	sim_lock_shared(c->be);
 	struct sim_region *b = d->bar0;
-	if (rec->file_dev != b->file_dev || rec->file_ino != b->file_ino) {
+	if (rec->w[0] != b->file_dev || rec->w[1] != b->file_ino) {
 		sim_unlock(c->be);
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ESTALE,
 				"BAR%u of %s is not the memory the mapping [0x%" PRIx64 ", 0x%" PRIx64 "] "
 				"had before the restart; adopt the device (dev_adopt) first",
-				bar, d->bdf, a->iova, a->last);
+				bar, d->bdf, iova, iova + length - 1);
 	}
-	sim_region_ref(b);
-	a->region = b;
+	ret = adopt_claim(c, a, b, e);
 	sim_unlock(c->be);
-	return 0;
+	return ret;
 }
 
 int sim_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e)
@@ -488,13 +556,14 @@ int sim_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e)
 
 	for (struct sim_area *a = RB_MIN(sim_area_tree, &c->areas), *next; a; a = next) {
 		next = RB_NEXT(sim_area_tree, &c->areas, a);
-		if (a->region)
+		if (sim_area_claimed(a))
 			continue;
 		RB_REMOVE(sim_area_tree, &c->areas, a);
 		ram += sim_area_release(c, a);
 		n++;
 	}
 	sim_unpin(c, ram);
+	sim_srcs_sweep(c);
 	for (size_t i = 0; i < c->n_pending; i++) {
 		char bdf[SIM_BDF_LEN + 1];
 		sim_bdf_unpack(c->pending[i].bdf, bdf);

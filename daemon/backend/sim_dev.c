@@ -304,7 +304,7 @@ int sim_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 				same ? "this" : "another");
 	}
 	/* The attachment is in the context's state before it is in effect. */
-	struct sim_rec_body rec;
+	struct sim_rec rec;
 	uint32_t slot;
 	sim_dev_rec(d, &rec);
 	int r = sim_table_put(&c->tab, &rec, &slot, e);
@@ -331,14 +331,14 @@ void sim_dev_info_fill(const struct sim_dev *d, struct dmb_dev_info *info)
 }
 
 /* The DEV record of d: its BDF and the identities of its two memfds. */
-void sim_dev_rec(const struct sim_dev *d, struct sim_rec_body *b)
+void sim_dev_rec(const struct sim_dev *d, struct sim_rec *r)
 {
-	memset(b, 0, sizeof(*b));
-	b->kind = SIM_REC_DEV;
-	b->bdf = d->bdf_packed;
-	b->file_dev = d->bar0->file_dev;
-	b->file_ino = d->bar0->file_ino;
-	b->cfg_ino = d->cfg_ino;
+	memset(r, 0, sizeof(*r));
+	r->tag = SIM_REC_DEV;
+	r->w[0] = d->cfg_ino;
+	r->w[1] = d->bar0->file_dev;
+	r->w[2] = d->bar0->file_ino;
+	r->src = d->bdf_packed;
 }
 
 /* Caller holds dev_lock exclusive; slot is d's DEV record in c's table. */

@@ -59,33 +59,40 @@
 
 /* ---- the state table (sim_table.c) ---------------------------------------- */
 
-enum sim_rec_kind {
-	SIM_REC_RAM = 1, /* an area mapping a region */
-	SIM_REC_BAR = 2, /* an area mapping a device's BAR (P2P, MMIO) */
-	SIM_REC_DEV = 3, /* a device attached to the context */
+/* A record's tag, the low half of its state word. A mapping costs one AREA
+ * record; what it maps is named by a SOURCE record (one per region file or
+ * device BAR the context maps, shared by all its areas), so the identity
+ * of a file is not repeated in every slot. */
+enum sim_rec_tag {
+	SIM_REC_AREA = 0xa4ea,    /* an area: iova | prot, length, offset, source slot */
+	SIM_REC_SRC_RAM = 0x5a3a, /* a region's file: file_dev, file_ino */
+	SIM_REC_SRC_BAR = 0x5ba3, /* a device BAR: file_dev, file_ino of its memfd, bdf, bar */
+	SIM_REC_DEV = 0xde71,     /* a device attached to the context */
 };
 
-/* A record's fields (bytes 8..63 of its slot); see sim_table.c. */
-struct sim_rec_body {
-	uint64_t iova;     /* RAM, BAR */
-	uint64_t length;   /* RAM, BAR */
-	uint64_t offset;   /* RAM: into the region; BAR: into the BAR */
-	uint64_t file_dev; /* st_dev of the source: RAM the region's file, BAR and
-			    * DEV the BAR memfd */
-	uint64_t file_ino; /* st_ino of the same file */
-	uint64_t cfg_ino;  /* DEV: st_ino of the config-space memfd */
-	uint32_t bdf;      /* BAR: the peer; DEV: the device (sim_bdf_pack) */
-	uint8_t kind;      /* enum sim_rec_kind */
-	uint8_t bar;       /* BAR: the BAR index */
-	uint8_t prot;      /* RAM, BAR: DMB_PROT_* */
-	uint8_t zero;
+/* One 32-byte slot of the table, as it is in the file (sim_table.c). The
+ * meaning of w[] and src depends on the tag (see sim_table.c, "Slot"). */
+struct sim_slot {
+	uint64_t w[3];
+	uint32_t src;
+	_Atomic uint32_t state; /* 0: free; check << 16 | tag: live */
 };
+_Static_assert(sizeof(struct sim_slot) == 32, "a table slot is 32 bytes");
+
+/* A record as put and read: the body (bytes 0-27 of its slot) and tag. */
+struct sim_rec {
+	uint64_t w[3];
+	uint32_t src;
+	uint16_t tag;
+};
+
+#define SIM_TAB_HDR 4096u
 
 struct sim_table {
 	int fd;              /* the memfd; -1 when closed */
 	uint8_t *map;        /* MAP_SHARED, map_size bytes */
 	uint64_t map_size;
-	uint32_t cap;        /* slots mapped; a multiple of 64 */
+	uint32_t cap;        /* slots mapped; a multiple of 128 (one page) */
 	uint32_t n_used;     /* live records */
 	uint64_t *used;      /* bitmap of live slots, cap bits */
 	uint32_t hint;       /* no free slot in used[] words below this one */
@@ -99,18 +106,27 @@ int sim_table_open(struct sim_table *t, int fd, struct dmb_err *e);
 /* Unmaps and closes; the file's contents are left as they are. */
 void sim_table_close(struct sim_table *t);
 /* Writes a record into a free slot and publishes it. */
-int sim_table_put(struct sim_table *t, const struct sim_rec_body *b, uint32_t *slot,
+int sim_table_put(struct sim_table *t, const struct sim_rec *r, uint32_t *slot,
 		  struct dmb_err *e);
 /* Unpublishes a live record; the slot is free from then on. */
 void sim_table_clear(struct sim_table *t, uint32_t slot);
 /* Gives back the memory of free slots above the last live one when the
  * table has become mostly empty (call after a removal batch). */
 void sim_table_maybe_trim(struct sim_table *t);
-/* Adoption: reads slot i. Returns 0 (free), 1 (live; *b filled and the slot
+/* Adoption: reads slot i. Returns 0 (free), 1 (live; *r filled and the slot
  * marked used) or -EBADMSG (damaged, with a sentence). */
-int sim_table_read(struct sim_table *t, uint32_t i, struct sim_rec_body *b, struct dmb_err *e);
-/* A live record's body (no checks: the caller put it or adopted it). */
-const struct sim_rec_body *sim_table_body(const struct sim_table *t, uint32_t slot);
+int sim_table_read(struct sim_table *t, uint32_t i, struct sim_rec *r, struct dmb_err *e);
+/* Whether slot i is marked used (put, or read live). */
+static inline bool sim_table_used(const struct sim_table *t, uint32_t i)
+{
+	return i < t->cap && (t->used[i / 64] >> (i % 64) & 1);
+}
+
+/* A live record's slot (no checks: the caller put it or adopted it). */
+static inline const struct sim_slot *sim_table_slot(const struct sim_table *t, uint32_t i)
+{
+	return (const struct sim_slot *)(const void *)(t->map + SIM_TAB_HDR) + i;
+}
 
 /* ---- objects ------------------------------------------------------------- */
 
@@ -162,25 +178,38 @@ struct sim_dev {
 };
 
 /* One area of a context's IOVA space: the model of the kernel's iopt_area,
- * and an index entry of the context's table. 64 bytes, one cache line (a
- * context may hold millions): a packed tree link (util/rbtree.h), and prot
- * and kind in one byte each. */
+ * and an index entry of the context's table. 32 bytes (a context may hold
+ * millions): a packed tree link (util/rbtree.h) whose owner bit 0 says the
+ * area is claimed (see struct sim_src), its record's slot, which holds its
+ * extent, offset and prot (the tree's key is read from there), and its
+ * source. */
 struct sim_area {
 	union {
 		DMB_RB_ENTRY(sim_area) link; /* in sim_ctx.areas */
 		struct sim_area *next_free; /* in sim_ctx.cache */
 	};
-	uint64_t iova;
-	uint64_t last;                   /* inclusive */
-	uint64_t offset;                 /* into region */
-	struct sim_region *region;       /* one reference held; NULL for an area
-					  * adopted from a previous process and
-					  * not claimed yet (map_adopt) */
-	uint32_t slot;                   /* its record in the context's table */
-	uint8_t prot;                    /* DMB_PROT_* */
-	uint8_t kind;                    /* SIM_REC_RAM or SIM_REC_BAR */
+	uint32_t slot;                   /* its AREA record in the context's table */
+	uint32_t src;                    /* index in sim_ctx.srcs */
 };
-_Static_assert(sizeof(struct sim_area) == 64, "an area node is one cache line");
+_Static_assert(sizeof(struct sim_area) == 32, "an area node is 32 bytes");
+
+/* Owner bit of an area's link: the area may move bytes. Set for every area
+ * mapped in this process; an area adopted from a previous process gets it
+ * when map_adopt / map_bar_adopt names its source again. */
+#define SIM_AREA_CLAIMED 1u
+
+/* What a context's areas map: one per region (RAM) or device BAR0 (MMIO)
+ * that at least one area of the context maps, with a SOURCE record in the
+ * table. Refcounted by the context's areas; the last one's removal clears
+ * the record and drops the region reference. */
+struct sim_src {
+	struct sim_region *region;       /* one reference held; NULL while
+					  * adopted and not named again yet */
+	uint32_t slot;                   /* its SOURCE record; UINT32_MAX when
+					  * this entry is free */
+	uint32_t refs;                   /* areas naming it */
+	bool bar;                        /* SIM_REC_SRC_BAR */
+};
 
 struct sim_area_slab {
 	struct sim_area_slab *next;
@@ -197,19 +226,25 @@ struct sim_reserved {
 
 RB_HEAD(sim_area_tree, sim_area);
 
-static inline int sim_area_cmp(const struct sim_area *a, const struct sim_area *b)
+/* The tree is ordered by the IOVA in each area's record, which a node
+ * cannot reach on its own: the descents that compare (insert, nfind) are
+ * sim_area_link and sim_area_nfind in sim.c. The generated tree functions
+ * are used for what needs no comparison (remove, next, prev, min, max);
+ * the comparison given to them must never run. */
+static inline int sim_area_cmp_unused(const struct sim_area *a, const struct sim_area *b)
 {
-	return a->iova < b->iova ? -1 : a->iova > b->iova;
+	(void)a;
+	(void)b;
+	__builtin_trap();
 }
 
 /* Each file that walks the tree generates its own static copy of the tree
- * functions (the descents; rebalancing is shared, util/rbtree.c), so that the compiler inlines them into the map/unmap hot path
- * as it did when the sim was one file. Not RB_GENERATE_STATIC: libbsd
+ * functions (rebalancing is shared, util/rbtree.c), so that the compiler
+ * inlines them into the map/unmap hot path. Not RB_GENERATE_STATIC: libbsd
  * leaves __unused undefined (it clashes with a glibc struct member). */
 #define SIM_AREA_TREE_GENERATE()                                                   \
-	DMB_RB_GENERATE(sim_area_tree, sim_area, link, sim_area_cmp,               \
+	DMB_RB_GENERATE(sim_area_tree, sim_area, link, sim_area_cmp_unused,        \
 			__attribute__((unused)) static)
-
 /* A DEV record found by ctx_adopt that no dev_adopt has claimed yet. */
 struct sim_pending_dev {
 	uint32_t bdf;
@@ -228,6 +263,9 @@ struct sim_ctx {
 	struct sim_area_slab *slabs;     /* newest first; nodes bump-allocated */
 	uint32_t slab_used;              /* nodes handed out of slabs' first */
 	uint64_t n_nodes;                /* nodes handed out and not freed */
+	struct sim_src *srcs;            /* n_srcs entries (free ones too) */
+	uint32_t n_srcs, cap_srcs;
+	uint32_t src_hint;               /* the entry the last map used */
 	LIST_HEAD(sim_dev_list, sim_dev) devs; /* attached devices (dev_lock) */
 	struct sim_pending_dev *pending; /* adoption only: unclaimed DEV records */
 	size_t n_pending;
@@ -271,6 +309,28 @@ struct sim_area *sim_area_alloc(struct sim_ctx *c);
 void sim_area_free(struct sim_ctx *c, struct sim_area *a);
 uint64_t sim_area_release(struct sim_ctx *c, struct sim_area *a);
 struct sim_area *sim_area_first_in(struct sim_ctx *c, uint64_t start, uint64_t last);
+/* The lowest area whose IOVA is at least iova, or NULL. */
+struct sim_area *sim_area_nfind(struct sim_ctx *c, uint64_t iova);
+/* Puts a (table-backed) node into the tree; -EEXIST if its IOVA is taken. */
+int sim_area_link(struct sim_ctx *c, struct sim_area *a);
+/* The source entry of region r in c, made (and its record put) if c has
+ * none yet; one more reference on it either way. */
+int sim_src_get(struct sim_ctx *c, struct sim_region *r, uint32_t *idx, struct dmb_err *e);
+/* Drops one reference; the last one clears the record and drops the
+ * region. */
+void sim_src_put(struct sim_ctx *c, uint32_t idx);
+/* A fresh entry for a SOURCE record read back from the table (adoption);
+ * no region, no references. */
+int sim_src_adopted(struct sim_ctx *c, uint32_t slot, bool bar, uint32_t *idx,
+		    struct dmb_err *e);
+/* The entry for the record of entry idx bound to region r (another region
+ * of the same file): found or made with no references. An adopted area
+ * claimed through r moves to it, so every entry has one region while the
+ * record (the file's identity) stays shared; it goes with the last entry. */
+int sim_src_alias(struct sim_ctx *c, uint32_t idx, struct sim_region *r, uint32_t *out,
+		  struct dmb_err *e);
+/* Drops the sources no area names; frees the array once no area is left. */
+void sim_srcs_sweep(struct sim_ctx *c);
 int sim_check_args(uint64_t iova, uint64_t length, uint32_t prot, uint64_t *last,
 		   struct dmb_err *e);
 int sim_check_iova(struct sim_ctx *c, uint64_t offset, uint64_t iova, uint64_t length,
@@ -292,7 +352,7 @@ void sim_bdf_unpack(uint32_t v, char out[SIM_BDF_LEN + 1]);
 int sim_cfg_pread(const struct sim_dev *d, uint32_t off, void *buf, size_t len, struct dmb_err *e);
 int sim_cfg_command(const struct sim_dev *d, uint16_t *cmd, struct dmb_err *e);
 void sim_dev_info_fill(const struct sim_dev *d, struct dmb_dev_info *info);
-void sim_dev_rec(const struct sim_dev *d, struct sim_rec_body *b);
+void sim_dev_rec(const struct sim_dev *d, struct sim_rec *r);
 void sim_dev_attach(struct sim_ctx *c, struct sim_dev *d, uint32_t slot);
 
 int sim_dev_open(struct dmb_bctx *bc, const char *bdf, struct dmb_bdev **out,
@@ -326,6 +386,49 @@ int sim_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err *e);
 int sim_ctx_prepare_handover(struct dmb_bctx *bc, struct dmb_err *e);
 
 /* ---- hot-path inlines --------------------------------------------------- */
+
+static inline const struct sim_slot *sim_area_rec(const struct sim_ctx *c,
+						  const struct sim_area *a)
+{
+	return sim_table_slot(&c->tab, a->slot);
+}
+
+static inline uint64_t sim_area_iova(const struct sim_ctx *c, const struct sim_area *a)
+{
+	return sim_area_rec(c, a)->w[0] & ~(SIM_IOVA_ALIGNMENT - 1);
+}
+
+static inline uint64_t sim_area_len(const struct sim_ctx *c, const struct sim_area *a)
+{
+	return sim_area_rec(c, a)->w[1];
+}
+
+/* Inclusive. */
+static inline uint64_t sim_area_last(const struct sim_ctx *c, const struct sim_area *a)
+{
+	const struct sim_slot *s = sim_area_rec(c, a);
+	return (s->w[0] & ~(SIM_IOVA_ALIGNMENT - 1)) + s->w[1] - 1;
+}
+
+static inline uint64_t sim_area_offset(const struct sim_ctx *c, const struct sim_area *a)
+{
+	return sim_area_rec(c, a)->w[2];
+}
+
+static inline uint32_t sim_area_prot(const struct sim_ctx *c, const struct sim_area *a)
+{
+	return (uint32_t)(sim_area_rec(c, a)->w[0] & 3u);
+}
+
+static inline bool sim_area_claimed(const struct sim_area *a)
+{
+	return DMB_RB_OWNER_BITS(a, link) & SIM_AREA_CLAIMED;
+}
+
+static inline struct sim_src *sim_area_src(const struct sim_ctx *c, const struct sim_area *a)
+{
+	return &c->srcs[a->src];
+}
 
 static inline void sim_region_ref(struct sim_region *r)
 {

@@ -14,23 +14,37 @@
  * kernel: the fd store keeps it across a restart, and a kexec handoff
  * re-creates contexts instead of preserving them):
  *
- *     | header (4096) | slot 0 (64) | slot 1 (64) | ... | slot cap-1 |
+ *     | header (4096) | slot 0 (32) | slot 1 (32) | ... | slot cap-1 |
  *
- * Header: bytes 0-7 magic "DMBSIMC\0", 8 u32 version (1), 12 u32 header size
- * (4096), 16 u32 slot size (64), 20 u32 zero; the rest of the page is zero.
- * cap = (file size - 4096) / 64 and is a multiple of 64, so each page holds
- * the slots of one word of the in-memory bitmap. The file starts with 64
- * slots and doubles, up to 2^26 slots (4 GiB).
+ * Header: bytes 0-7 magic "DMBSIMC\0", 8 u32 version (2), 12 u32 header size
+ * (4096), 16 u32 slot size (32), 20 u32 zero; the rest of the page is zero.
+ * cap = (file size - 4096) / 32 and is a multiple of 128, so each page holds
+ * the slots of two words of the in-memory bitmap. The file starts with 128
+ * slots and doubles, up to 2^26 slots (2 GiB). Version 1 (64-byte slots,
+ * each naming its file) is not read: adoption refuses it, and the daemon
+ * falls back to opening the context afresh.
  *
- * Slot: 0 u64 state, then struct sim_rec_body (sim_impl.h): 8 iova,
- * 16 length, 24 offset, 32 file_dev, 40 file_ino, 48 cfg_ino, 56 u32 bdf,
- * 60 u8 kind, 61 u8 bar, 62 u8 prot, 63 u8 zero. state is 0 for a free slot
- * and (check << 32 | 0x4556494c) ("LIVE") for a live one, where check is a
- * 32-bit hash of bytes 8-63.
+ * Slot: 0 u64 w0, 8 u64 w1, 16 u64 w2, 24 u32 src, 28 u32 state. state is 0
+ * for a free slot and check << 16 | tag for a live one, where tag is one of
+ * enum sim_rec_tag and check is a 16-bit hash of bytes 0-27 and the tag.
+ * By tag (unnamed bytes are zero):
+ *   AREA     w0 iova | prot (bits 0-1), w1 length, w2 offset into the
+ *            source, src the slot of its SOURCE record;
+ *   SRC_RAM  w0 st_dev, w1 st_ino of a region's file;
+ *   SRC_BAR  w0 st_dev, w1 st_ino of a device's BAR memfd, w2 bdf
+ *            (sim_bdf_pack) | bar << 32;
+ *   DEV      w0 st_ino of the device's config-space memfd, w1 st_dev,
+ *            w2 st_ino of its BAR0 memfd, src the bdf.
+ * A mapping costs one slot; a source is shared by every area of the
+ * context that maps its file (the file identity used to be repeated in
+ * each 64-byte slot).
  *
  * Crash consistency: a SIGKILL may land at any instruction, and a killed
  * process's stores to a shared mapping are in the file as soon as they
  * retire (nothing to flush). So:
+ * - a SOURCE record is put before the first area that names it and
+ *   cleared after the last one; killed in between, a source is left that
+ *   no area names (adoption drops it in adopt_finish).
  * - put writes the body into a free slot (state 0, so readers ignore it),
  *   then publishes it with one aligned release store of state: the commit
  *   point. Killed before: the slot is free. After: the record is whole.
@@ -60,12 +74,12 @@
 #include "util/macro.h"
 
 #define TAB_MAGIC "DMBSIMC"
-#define TAB_VERSION 1u
-#define TAB_HDR 4096u
-#define TAB_SLOT 64u
-#define TAB_MIN_SLOTS 64u
+#define TAB_VERSION 2u
+#define TAB_HDR SIM_TAB_HDR
+#define TAB_SLOT 32u
+#define TAB_PAGE_SLOTS (4096u / TAB_SLOT)
+#define TAB_MIN_SLOTS TAB_PAGE_SLOTS
 #define TAB_MAX_SLOTS (UINT32_C(1) << 26)
-#define TAB_LIVE UINT32_C(0x4556494c)
 
 struct tab_hdr {
 	char magic[8];
@@ -75,31 +89,30 @@ struct tab_hdr {
 	uint32_t zero;
 };
 
-struct tab_slot {
-	_Atomic uint64_t state;
-	struct sim_rec_body b;
-};
+_Static_assert(sizeof(struct sim_slot) == TAB_SLOT, "a slot is 32 bytes");
+_Static_assert(TAB_PAGE_SLOTS % 64 == 0, "a page of slots is whole bitmap words");
 
-_Static_assert(sizeof(struct sim_rec_body) == 56, "record body is 56 bytes");
-_Static_assert(sizeof(struct tab_slot) == TAB_SLOT, "a slot is 64 bytes");
-_Static_assert(64 * TAB_SLOT == 4096, "one bitmap word is one page of slots");
-
-static inline struct tab_slot *slot_at(const struct sim_table *t, uint32_t i)
+static inline struct sim_slot *slot_at(const struct sim_table *t, uint32_t i)
 {
-	return (struct tab_slot *)(void *)(t->map + TAB_HDR) + i;
+	return (struct sim_slot *)(void *)(t->map + TAB_HDR) + i;
 }
 
 /* Not a CRC: a few multiplies, cheap enough for every map. */
-static uint32_t body_check(const struct sim_rec_body *b)
+static uint32_t rec_check(const uint64_t w[3], uint32_t src, uint16_t tag)
 {
-	uint64_t w[7], h = UINT64_C(0x243f6a8885a308d3);
-	memcpy(w, b, sizeof(w));
-	for (unsigned i = 0; i < 7; i++) {
-		h ^= w[i];
+	uint64_t h = UINT64_C(0x243f6a8885a308d3) ^ tag;
+	for (unsigned i = 0; i < 4; i++) {
+		h ^= i < 3 ? w[i] : src;
 		h *= UINT64_C(0x9e3779b97f4a7c15);
 		h ^= h >> 29;
 	}
-	return (uint32_t)(h >> 32) ^ (uint32_t)h;
+	h ^= h >> 32;
+	return (uint32_t)(h ^ h >> 16) & 0xffffu;
+}
+
+static inline uint32_t rec_state(const uint64_t w[3], uint32_t src, uint16_t tag)
+{
+	return rec_check(w, src, tag) << 16 | tag;
 }
 
 static void hdr_init(struct tab_hdr *h)
@@ -178,11 +191,11 @@ int sim_table_open(struct sim_table *t, int fd, struct dmb_err *e)
 				"sim: the context state fd is not a memfd sealed against shrinking");
 	uint64_t size = (uint64_t)st.st_size;
 	if (size < TAB_HDR + (uint64_t)TAB_MIN_SLOTS * TAB_SLOT ||
-	    (size - TAB_HDR) % (64 * TAB_SLOT) != 0 ||
+	    (size - TAB_HDR) % (TAB_PAGE_SLOTS * TAB_SLOT) != 0 ||
 	    (size - TAB_HDR) / TAB_SLOT > TAB_MAX_SLOTS)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADMSG,
 				"sim: the context state is %" PRIu64 " bytes, which is not 4096 plus a "
-				"multiple of 4096 up to 4 GiB of slots", size);
+				"multiple of 4096 up to 2 GiB of slots", size);
 	ssize_t n = pread(fd, &h, sizeof(h), 0);
 	if (n != (ssize_t)sizeof(h))
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, n < 0 ? errno : EIO,
@@ -194,7 +207,9 @@ int sim_table_open(struct sim_table *t, int fd, struct dmb_err *e)
 	if (h.version != TAB_VERSION)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EPROTONOSUPPORT,
 				"sim: context state version %" PRIu32 " is not supported (this sim "
-				"reads version %u)", h.version, TAB_VERSION);
+				"reads version %u%s); the context is not adopted", h.version,
+				TAB_VERSION, h.version == 1 ? ", which keeps mappings in 32-byte slots; "
+				"version 1 came from an older daemon" : "");
 	if (memcmp(&h, &want, sizeof(h)) != 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EBADMSG,
 				"sim: the context state header has a wrong size or non-zero reserved field");
@@ -240,7 +255,7 @@ static int table_grow(struct sim_table *t, struct dmb_err *e)
 	return 0;
 }
 
-int sim_table_put(struct sim_table *t, const struct sim_rec_body *b, uint32_t *slot,
+int sim_table_put(struct sim_table *t, const struct sim_rec *r, uint32_t *slot,
 		  struct dmb_err *e)
 {
 	uint32_t words = t->cap / 64, w = t->hint;
@@ -248,18 +263,18 @@ int sim_table_put(struct sim_table *t, const struct sim_rec_body *b, uint32_t *s
 	while (w < words && t->used[w] == UINT64_MAX)
 		w++;
 	if (w == words) {
-		int r = table_grow(t, e);
-		if (r < 0)
-			return r;
+		int ret = table_grow(t, e);
+		if (ret < 0)
+			return ret;
 	}
 	t->hint = w;
 	unsigned bit = (unsigned)__builtin_ctzll(~t->used[w]);
 	uint32_t i = w * 64 + bit;
-	struct tab_slot *s = slot_at(t, i);
+	struct sim_slot *s = slot_at(t, i);
 
-	s->b = *b;
-	atomic_store_explicit(&s->state, (uint64_t)body_check(b) << 32 | TAB_LIVE,
-			      memory_order_release);
+	memcpy(s->w, r->w, sizeof(s->w));
+	s->src = r->src;
+	atomic_store_explicit(&s->state, rec_state(r->w, r->src, r->tag), memory_order_release);
 	t->used[w] |= UINT64_C(1) << bit;
 	t->n_used++;
 	if (t->n_used > t->cap / 4)
@@ -289,6 +304,7 @@ void sim_table_maybe_trim(struct sim_table *t)
 	uint32_t w = t->cap / 64;
 	while (w > 0 && t->used[w - 1] == 0)
 		w--;
+	w = (w + TAB_PAGE_SLOTS / 64 - 1) / (TAB_PAGE_SLOTS / 64) * (TAB_PAGE_SLOTS / 64);
 	uint64_t from = TAB_HDR + (uint64_t)w * 64 * TAB_SLOT;
 	/* Best effort: a failure only keeps the memory. */
 	if (from < t->map_size)
@@ -296,26 +312,23 @@ void sim_table_maybe_trim(struct sim_table *t)
 				(off_t)(t->map_size - from));
 }
 
-int sim_table_read(struct sim_table *t, uint32_t i, struct sim_rec_body *b, struct dmb_err *e)
+int sim_table_read(struct sim_table *t, uint32_t i, struct sim_rec *r, struct dmb_err *e)
 {
-	struct tab_slot *s = slot_at(t, i);
-	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+	struct sim_slot *s = slot_at(t, i);
+	uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
 
 	if (st == 0)
 		return 0;
-	memcpy(b, &s->b, sizeof(*b));
-	if ((uint32_t)st != TAB_LIVE || (uint32_t)(st >> 32) != body_check(b))
+	memcpy(r->w, s->w, sizeof(r->w));
+	r->src = s->src;
+	r->tag = (uint16_t)st;
+	if (st != rec_state(r->w, r->src, r->tag))
 		return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
 				"sim: slot %" PRIu32 " of the context state is damaged (state word "
-				"0x%016" PRIx64 " does not match its contents)", i, st);
+				"0x%08" PRIx32 " does not match its contents)", i, st);
 	t->used[i / 64] |= UINT64_C(1) << (i % 64);
 	t->n_used++;
 	if (t->n_used > t->cap / 4)
 		t->trim_below = t->cap / 8;
 	return 1;
-}
-
-const struct sim_rec_body *sim_table_body(const struct sim_table *t, uint32_t slot)
-{
-	return &slot_at(t, slot)->b;
 }

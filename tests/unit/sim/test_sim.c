@@ -922,6 +922,121 @@ static void test_against_reference_model(void **state)
 	}
 }
 
+/* The same against several sources at once: three files and a read-only
+ * registration of the first one (a second region of the same file), random
+ * offsets and prot, a wider window and an occasional unmap-all. The table
+ * shares one source record among the areas of a region (sim_table.c), so
+ * every probe checks that a page reaches the right file at the right
+ * offset: a device write lands there (pread), a read returns what is there. */
+#define WIN2 256u
+static void test_reference_model_many_sources(void **state)
+{
+	struct fx *f = *state;
+	int fds[3] = { f->fd, make_memfd(REGION_SIZE, true), make_memfd(REGION_SIZE, true) };
+	struct dmb_bregion *regs[4] = { f->rw, open_region(f->be, fds[1], REGION_SIZE, true),
+					open_region(f->be, fds[2], REGION_SIZE, true), f->ro };
+	const int reg_fd[4] = { fds[0], fds[1], fds[2], fds[0] };
+	struct {
+		int owner;       /* first page of the area holding the page, -1 = none */
+		unsigned end;    /* by first page: one past the area's last page */
+		unsigned reg;    /* by first page */
+		uint64_t off;    /* by first page: file offset of the first page */
+		uint32_t prot;   /* by first page */
+	} m[WIN2];
+	uint64_t seed = 0x2545f4914f6cdd1dULL;
+
+	for (unsigned p = 0; p < WIN2; p++)
+		m[p].owner = -1;
+	for (unsigned op = 0; op < 20000; op++) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		unsigned s = (unsigned)(seed % WIN2), kind = (unsigned)(seed >> 60);
+		unsigned len = 1 + (unsigned)((seed >> 20) % 12);
+		if (s + len > WIN2)
+			len = WIN2 - s;
+		if (kind == 0 && (seed >> 8) % 50 == 0) {
+			uint64_t n, want = 0;
+			for (unsigned p = 0; p < WIN2; p++)
+				want += m[p].owner >= 0 ? PG : 0;
+			assert_int_equal(f->ops->unmap_all(f->ctx, &n, &f->e), 0);
+			assert_int_equal(n, want);
+			for (unsigned p = 0; p < WIN2; p++)
+				m[p].owner = -1;
+		} else if (kind < 9) {
+			unsigned reg = (unsigned)(seed >> 32) % 4;
+			uint32_t prot = reg == 3 ? R : (uint32_t)(1 + (seed >> 36) % 3);
+			uint64_t off = ((seed >> 40) % (REGION_PAGES - 16)) * PG;
+			int want = 0;
+			for (unsigned p = s; p < s + len; p++)
+				if (m[p].owner >= 0)
+					want = -EEXIST;
+			assert_int_equal(map(f, regs[reg], off, BASE + s * PG, len * PG, prot), want);
+			if (want == 0) {
+				m[s].end = s + len;
+				m[s].reg = reg;
+				m[s].off = off;
+				m[s].prot = prot;
+				for (unsigned p = s; p < s + len; p++)
+					m[p].owner = (int)s;
+			}
+		} else {
+			int want = -ENOENT;
+			uint64_t want_bytes = 0, n;
+			for (unsigned p = s; p < s + len;) {
+				if (m[p].owner < 0) {
+					p++;
+					continue;
+				}
+				unsigned a = (unsigned)m[p].owner;
+				if (a < s || m[a].end > s + len) {
+					want = -ENOENT;
+					break;
+				}
+				want = 0;
+				unsigned e = m[a].end;
+				for (unsigned q = a; q < e; q++)
+					m[q].owner = -1;
+				want_bytes += (e - a) * PG;
+				p = e;
+			}
+			assert_int_equal(unmap(f, BASE + s * PG, len * PG, &n), want);
+			assert_int_equal(n, want_bytes);
+		}
+
+		if (op % 500 == 499) {
+			uint64_t pinned = 0;
+			for (unsigned p = 0; p < WIN2; p++) {
+				uint64_t iova = BASE + p * PG + 5;
+				uint8_t b = (uint8_t)(op + p), got = 0;
+				if (m[p].owner < 0) {
+					assert_int_equal(dma(f, iova, &b, 1, false), -EFAULT);
+					continue;
+				}
+				unsigned a = (unsigned)m[p].owner;
+				int fd = reg_fd[m[a].reg];
+				uint64_t off = m[a].off + (p - a) * PG + 5;
+				pinned += PG;
+				if (m[a].prot & W) {
+					assert_int_equal(dma(f, iova, &b, 1, true), 0);
+					assert_int_equal(file_byte(fd, off), b);
+				} else {
+					assert_int_equal(dma(f, iova, &b, 1, true), -EFAULT);
+				}
+				if (m[a].prot & R) {
+					assert_int_equal(dma(f, iova, &got, 1, false), 0);
+					assert_int_equal(got, file_byte(fd, off));
+				}
+			}
+			assert_int_equal(f->ops->pinned_bytes(f->be), pinned);
+		}
+	}
+	f->ops->region_close(regs[1]);
+	f->ops->region_close(regs[2]);
+	close(fds[1]);
+	close(fds[2]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -954,6 +1069,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_no_populate_by_default, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_contexts_on_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_against_reference_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reference_model_many_sources, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("sim", tests, NULL, NULL);
 }

@@ -58,7 +58,8 @@
 
 /* Layout of the state memfd (sim_table.c), for the damage tests. */
 #define TAB_HDR 4096
-#define TAB_SLOT 64
+#define TAB_SLOT 32
+#define TAB_STATE 28 /* u32 state word in a slot */
 
 /* ---- the child (the old daemon) ------------------------------------------ */
 
@@ -922,7 +923,7 @@ static void old_one(void *argp)
 	old_begin(&o, f->st.tx);
 	struct dmb_bctx *c = old_ctx(&o, "c");
 	struct dmb_bregion *ra = old_region(&o, f->ram_a, true);
-	CK(o.ops->map(c, ra, 0, BASE, PG, RW, &e) == 0); /* slot 0 */
+	CK(o.ops->map(c, ra, 0, BASE, PG, RW, &e) == 0); /* slot 0 ra's file, slot 1 the area */
 }
 
 static void test_damage_refused(void **state)
@@ -974,13 +975,13 @@ static void test_damage_refused(void **state)
 	assert_msg_has(f, "lack 'state'");
 
 	/* A record written but never published (killed before the commit
-	 * store): slot 1 holds a whole, valid-looking body with state 0. */
+	 * store): slot 2 holds a whole, valid-looking area with state 0. */
 	uint8_t body[TAB_SLOT];
-	assert_int_equal(pread(fd, body, sizeof(body), TAB_HDR), (ssize_t)sizeof(body));
-	uint64_t iova = BASE + 8 * PG;
-	memcpy(body + 8, &iova, sizeof(iova));
-	memset(body, 0, 8);
-	assert_int_equal(pwrite(fd, body, sizeof(body), TAB_HDR + TAB_SLOT), (ssize_t)sizeof(body));
+	assert_int_equal(pread(fd, body, sizeof(body), TAB_HDR + TAB_SLOT), (ssize_t)sizeof(body));
+	uint64_t iova = (BASE + 8 * PG) | RW;
+	memcpy(body, &iova, sizeof(iova));
+	memset(body + TAB_STATE, 0, 4);
+	assert_int_equal(pwrite(fd, body, sizeof(body), TAB_HDR + 2 * TAB_SLOT), (ssize_t)sizeof(body));
 
 	/* Intact again: adopted, and the fd is the backend's now. */
 	c = adopt_ctx(f, "c");
@@ -1024,6 +1025,138 @@ static void test_table_grows_and_trims(void **state)
 	}
 	f->ops->ctx_close(c);
 	f->ops->region_close(ra);
+}
+
+/* ---- many entries, shared sources --------------------------------------- */
+
+#define MANY 60000u
+static uint64_t many_off(unsigned i)
+{
+	return (i * 7u % (RAM_PAGES - 1)) * PG;
+}
+
+/* Three regions, two of them registrations of one file (ram_b read-write
+ * and read-only): three source records, 60000 areas naming them. */
+static void old_many_sources(void *argp)
+{
+	struct fx *f = argp;
+	struct old o;
+	struct dmb_err e = { 0 };
+	old_begin(&o, f->st.tx);
+	struct dmb_bctx *c = old_ctx(&o, "c");
+	struct dmb_bregion *r[3] = { old_region(&o, f->ram_a, true), old_region(&o, f->ram_b, true),
+				     old_region(&o, f->ram_b_ro, false) };
+	for (unsigned i = 0; i < MANY; i++)
+		CK(o.ops->map(c, r[i % 3], many_off(i), BASE + i * PG, PG, i % 3 == 2 ? R : RW, &e) == 0);
+}
+
+static uint32_t slot_state(int fd, uint32_t i)
+{
+	uint32_t st = 0;
+	assert_int_equal(pread(fd, &st, sizeof(st), TAB_HDR + (off_t)i * TAB_SLOT + TAB_STATE),
+			 (ssize_t)sizeof(st));
+	return st;
+}
+
+static void test_many_entries_shared_sources(void **state)
+{
+	struct fx *f = *state;
+	struct stat st;
+	uint64_t stray = 1, n;
+	uint8_t b;
+
+	reap_ok(spawn(old_many_sources, f));
+	store_collect(&f->st);
+	int fd = store_fd(&f->st, "c.state");
+	/* 32 bytes a mapping in the file: 60000 areas and 3 sources, page-rounded. */
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true((uint64_t)st.st_blocks * 512 <= TAB_HDR + (MANY + 3) * TAB_SLOT + 4096);
+	struct dmb_bctx *c = adopt_ctx(f, "c");
+	assert_int_equal(f->ops->pinned_bytes(f->be), MANY * PG);
+	struct dmb_bregion *ra = open_region(f, f->ram_a, true), *rb = open_region(f, f->ram_b, true),
+			   *rbro = open_region(f, f->ram_b_ro, false);
+	/* The read-only source's areas are claimed half through its own
+	 * registration, half through the writable one of the same file. */
+	for (unsigned i = 0; i < MANY; i++) {
+		struct dmb_bregion *r = i % 3 == 0 ? ra : i % 3 == 1 || i % 2 ? rb : rbro;
+		assert_int_equal(map_adopt(f, c, r, many_off(i), BASE + i * PG, PG, i % 3 == 2 ? R : RW), 0);
+	}
+	assert_int_equal(f->ops->adopt_finish(c, &stray, &f->e), 0);
+	assert_int_equal(stray, 0);
+	assert_int_equal(f->ops->pinned_bytes(f->be), MANY * PG);
+	for (unsigned i = 0; i < MANY; i += 97) {
+		uint8_t w = (uint8_t)(i * 13 + 1);
+		int rfd = i % 3 == 0 ? f->ram_a : f->ram_b;
+		assert_int_equal(dma(f, c, BASE + i * PG + 3, &b, 1, false), 0);
+		uint8_t want = 0;
+		assert_int_equal(pread(rfd, &want, 1, (off_t)many_off(i) + 3), 1);
+		assert_int_equal(b, want);
+		assert_int_equal(dma(f, c, BASE + i * PG + 3, &w, 1, true), i % 3 == 2 ? -EFAULT : 0);
+		if (i % 3 != 2) {
+			assert_int_equal(pread(rfd, &want, 1, (off_t)many_off(i) + 3), 1);
+			assert_int_equal(want, w);
+		}
+	}
+	/* New maps through the adopted regions share their sources. */
+	assert_int_equal(f->ops->map(c, rbro, 0, BASE + MANY * PG, PG, R, &f->e), 0);
+	assert_int_equal(dma(f, c, BASE + MANY * PG + 3, &b, 1, false), 0);
+	assert_int_equal(f->ops->unmap(c, BASE, (MANY + 1) * PG, &n, &f->e), 0);
+	assert_int_equal(n, (MANY + 1) * PG);
+	assert_int_equal(f->ops->pinned_bytes(f->be), 0);
+	/* Every record is gone, the sources (and the alias's) too. */
+	for (uint32_t i = 0; i < 4096 / TAB_SLOT; i++)
+		assert_int_equal(slot_state(fd, i), 0);
+	f->ops->ctx_close(c);
+	f->ops->region_close(ra);
+	f->ops->region_close(rb);
+	f->ops->region_close(rbro);
+}
+
+/* Killed between an area's removal and its source's: the source is left
+ * with no area; adoption keeps it until adopt_finish drops it. */
+static void test_orphan_source_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct dmb_bctx *c = NULL;
+	uint64_t stray = 1;
+	uint32_t zero = 0;
+
+	reap_ok(spawn(old_one, f));
+	store_collect(&f->st);
+	int fd = store_fd(&f->st, "c.state");
+	assert_int_not_equal(slot_state(fd, 0), 0); /* ram_a's file */
+	assert_int_not_equal(slot_state(fd, 1), 0); /* the area */
+	assert_int_equal(pwrite(fd, &zero, sizeof(zero), TAB_HDR + TAB_SLOT + TAB_STATE),
+			 (ssize_t)sizeof(zero));
+	c = adopt_ctx(f, "c");
+	assert_int_equal(f->ops->pinned_bytes(f->be), 0);
+	assert_int_not_equal(slot_state(fd, 0), 0);
+	assert_int_equal(f->ops->adopt_finish(c, &stray, &f->e), 0);
+	assert_int_equal(stray, 0);
+	assert_int_equal(slot_state(fd, 0), 0);
+	f->ops->ctx_close(c);
+}
+
+/* A table of the previous format (version 1, 64-byte slots) is refused
+ * with a sentence naming the versions, and the fd is left alone. */
+static void test_old_version_refused(void **state)
+{
+	struct fx *f = *state;
+	struct dmb_bctx *c = NULL;
+	struct { char magic[8]; uint32_t version, hdr, slot, zero; } h = { "DMBSIMC", 1, 4096, 64, 0 };
+	int fd = memfd_create("v1-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 2 * 4096), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	assert_int_equal(pwrite(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+	struct dmb_fdset fs = { .n = 1 };
+	fs.e[0].fd = fd;
+	snprintf(fs.e[0].name, sizeof(fs.e[0].name), "state");
+	dmb_err_clear(&f->e);
+	assert_int_equal(f->ops->ctx_adopt(f->be, &fs, &c, &f->e), -EPROTONOSUPPORT);
+	assert_msg_has(f, "version 1 is not supported");
+	assert_int_equal(fcntl(fd, F_GETFD), FD_CLOEXEC); /* still open, still ours */
+	close(fd);
 }
 
 /* ---- SIGKILL at a random moment -------------------------------------------- */
@@ -1262,6 +1395,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damage_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_table_grows_and_trims, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_entries_shared_sources, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_orphan_source_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_old_version_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sigkill_at_random_moments, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
