@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-bus.h>
@@ -1032,6 +1033,7 @@ static void start_preserver(void)
 	g_pv_pid = fork();
 	assert_true(g_pv_pid >= 0);
 	if (g_pv_pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with the test */
 		int devnull = open("/dev/null", O_WRONLY);
 		dup2(devnull, 1);
 		execl(bin, bin, "serve", g_pv_sock, (char *)NULL);
