@@ -53,6 +53,13 @@ enum {
 uint64_t now_ns(void);
 void sleep_until_ns(uint64_t t);
 void sleep_ms(long ms);
+/* Wall-clock ms since local midnight, as the daemon's log lines stamp it. */
+double bench_wall_ms_of_day(void);
+/* The "HH:MM:SS.mmm " stamp at the start of a daemon log line, in ms. */
+bool bench_log_line_ms(const char *line, double *ms);
+long bench_file_size(const char *path); /* 0 if it cannot be read */
+double bench_median(double *v, size_t n); /* sorts v; 0 for n == 0 */
+void bench_count_name(char *buf, size_t cap, uint64_t n); /* "10K", "1000000" */
 
 /* ---- samples (nanoseconds) ---------------------------------------------- */
 

@@ -99,50 +99,6 @@ static uint64_t ho_iova(uint64_t i)
 	return BENCH_IOVA_BASE + i * HO_STRIDE * PG;
 }
 
-/* Wall-clock ms since local midnight: the daemon's log timestamps. */
-static double wall_ms_of_day(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	localtime_r(&ts.tv_sec, &tm);
-	return (tm.tm_hour * 3600.0 + tm.tm_min * 60.0 + tm.tm_sec) * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static bool line_ms(const char *line, double *ms)
-{
-	int h, m, s, frac;
-	if (sscanf(line, "%2d:%2d:%2d.%3d ", &h, &m, &s, &frac) != 4)
-		return false;
-	*ms = (h * 3600.0 + m * 60.0 + s) * 1000.0 + frac;
-	return true;
-}
-
-static long file_size(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return 0;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fclose(f);
-	return n < 0 ? 0 : n;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, size_t n)
-{
-	if (n == 0)
-		return 0;
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* ------------------------------------------------------------ the preserver */
 
 /* dmb-sim-preserver VERB SOCKET [ARG]: its exit status (128 + the signal),
@@ -270,7 +226,7 @@ static void parse_log(struct ho *x, long from, double t0, struct ho_one *one,
 	double t_up = -1, t_restored = -1, t_ready = -1;
 	for (unsigned i = 0; i < 100000 && fgets(line, sizeof(line), f); i++) {
 		double t;
-		if (!line_ms(line, &t))
+		if (!bench_log_line_ms(line, &t))
 			continue;
 		const char *msg = strchr(line, ']');
 		msg = msg ? msg + 2 : line;
@@ -606,8 +562,8 @@ static bool ho_round(struct ho *x, struct ho_one *one, bool first)
 	one->kexec_ms = (double)(now_ns() - a) / 1e6;
 
 	/* (b) the restore. */
-	long from = file_size(x->h.log);
-	double w0 = wall_ms_of_day();
+	long from = bench_file_size(x->h.log);
+	double w0 = bench_wall_ms_of_day();
 	if (ho_start(x, &one->restore_ms) < 0)
 		goto out;
 	/* Before any reclaim: the state, and bytes through the mappings. */
@@ -688,7 +644,7 @@ static void summarize(const struct ho_one *v, size_t n, struct ho_sum *s)
 	do {                                     \
 		for (size_t i = 0; i < n; i++)   \
 			a[i] = v[i].field;       \
-		s->out = median(a, n);           \
+		s->out = bench_median(a, n);           \
 	} while (0)
 	MED(empty_ms, empty);
 	MED(map_ms, map);
@@ -780,18 +736,10 @@ out:
 	return ok;
 }
 
-static void count_name(char *buf, size_t cap, uint64_t n)
-{
-	if (n >= 1000 && n % 1000 == 0)
-		snprintf(buf, cap, "%lluK", (unsigned long long)(n / 1000));
-	else
-		snprintf(buf, cap, "%llu", (unsigned long long)n);
-}
-
 static void ho_report(uint64_t n, size_t nctx, const struct ho_sum *s)
 {
 	char name[64], base[72], nn[24];
-	count_name(nn, sizeof(nn), n);
+	bench_count_name(nn, sizeof(nn), n);
 	snprintf(base, sizeof(base), "mapping %s fresh (batches 4096)", nn);
 	snprintf(name, sizeof(name), "handoff prepare %s mappings", nn);
 	struct result *r = result_add("handoff", name, "", s->prepare, "ms", s->map, base);
@@ -820,8 +768,8 @@ void bench_handoff(const struct bench_opts *o)
 	/* Per mapping, above the empty start: 100K against 10K (1.0x =
 	 * linear), and against mapping them fresh. */
 	char name[96], m1[24], m2[24], base[72];
-	count_name(m1, sizeof(m1), sizes[0]);
-	count_name(m2, sizeof(m2), sizes[1]);
+	bench_count_name(m1, sizeof(m1), sizes[0]);
+	bench_count_name(m2, sizeof(m2), sizes[1]);
 	double p1 = (s[0].restore - s[0].empty) * 1e6 / (double)sizes[0];
 	double p2 = (s[1].restore - s[1].empty) * 1e6 / (double)sizes[1];
 	snprintf(name, sizeof(name), "handoff restore per mapping at %s", m2);

@@ -77,36 +77,6 @@ static uint64_t rs_iova(uint64_t i)
 	return BENCH_IOVA_BASE + i * RS_STRIDE * PG;
 }
 
-/* Wall-clock ms since local midnight: the daemon's log timestamps. */
-static double wall_ms_of_day(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	localtime_r(&ts.tv_sec, &tm);
-	return (tm.tm_hour * 3600.0 + tm.tm_min * 60.0 + tm.tm_sec) * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static bool line_ms(const char *line, double *ms)
-{
-	int h, m, s, frac;
-	if (sscanf(line, "%2d:%2d:%2d.%3d ", &h, &m, &s, &frac) != 4)
-		return false;
-	*ms = (h * 3600.0 + m * 60.0 + s) * 1000.0 + frac;
-	return true;
-}
-
-static long file_size(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return 0;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fclose(f);
-	return n < 0 ? 0 : n;
-}
-
 /* Parses the log written since offset `from`; times relative to t0 (wall
  * ms of day when the stop signal was sent). */
 static void parse_log(struct rs *x, long from, double t0, struct rs_one *one, char *restored_line,
@@ -123,7 +93,7 @@ static void parse_log(struct rs *x, long from, double t0, struct rs_one *one, ch
 	double t_up = -1, t_restored = -1, t_ready = -1;
 	for (unsigned i = 0; i < 100000 && fgets(line, sizeof(line), f); i++) {
 		double t;
-		if (!line_ms(line, &t))
+		if (!bench_log_line_ms(line, &t))
 			continue;
 		const char *msg = strchr(line, ']');
 		msg = msg ? msg + 2 : line;
@@ -282,8 +252,8 @@ static int rs_start(struct rs *x, double *ms)
 static bool rs_restart(struct rs *x, int sig, struct rs_one *one)
 {
 	memset(one, 0, sizeof(*one));
-	long from = file_size(x->h.log);
-	double w0 = wall_ms_of_day();
+	long from = bench_file_size(x->h.log);
+	double w0 = bench_wall_ms_of_day();
 	uint64_t a = now_ns();
 	int st = fds_stop(&x->h, sig);
 	uint64_t b = now_ns();
@@ -334,20 +304,6 @@ static bool rs_restart(struct rs *x, int sig, struct rs_one *one)
 	return true;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, size_t n)
-{
-	if (n == 0)
-		return 0;
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* Medians of the restarts of one kind. */
 struct rs_sum {
 	double total, stop, start, up, restore, to_ready, first_req, lo, hi;
@@ -365,7 +321,7 @@ static void summarize(const struct rs_one *v, size_t n, struct rs_sum *s)
 	do {                                     \
 		for (size_t i = 0; i < n; i++)   \
 			a[i] = v[i].field;       \
-		s->out = median(a, n);           \
+		s->out = bench_median(a, n);           \
 	} while (0)
 	MED(total_ms, total);
 	MED(stop_ms, stop);
@@ -452,7 +408,7 @@ static void rs_run(const struct bench_opts *o, uint64_t n, size_t rounds, bool s
 			goto out;
 		nf++;
 	}
-	res->fresh_start_ms = median(fresh, nf);
+	res->fresh_start_ms = bench_median(fresh, nf);
 
 	r = dmb_connect(x->h.sock, "bench-restart", &x->c);
 	if (r < 0) {
@@ -543,19 +499,11 @@ out:
 	free(x);
 }
 
-static void count_name(char *buf, size_t cap, uint64_t n)
-{
-	if (n >= 1000 && n % 1000 == 0)
-		snprintf(buf, cap, "%lluK", (unsigned long long)(n / 1000));
-	else
-		snprintf(buf, cap, "%llu", (unsigned long long)n);
-}
-
 static void rs_report(const struct rs_result *res)
 {
 	const char *B = "restart";
 	char name[64], base[72], nn[24];
-	count_name(nn, sizeof(nn), res->n);
+	bench_count_name(nn, sizeof(nn), res->n);
 	for (int k = 0; k < 2; k++) {
 		const struct rs_sum *s = k ? &res->kill : &res->term;
 		const char *sn = k ? "SIGKILL" : "SIGTERM";
@@ -596,8 +544,8 @@ void bench_restart(const struct bench_opts *o)
 	/* Linear in mappings: the cost per mapping above the empty restart is
 	 * the same at 10K and at 100K. */
 	char name[96], m1[24], m2[24], base[72];
-	count_name(m1, sizeof(m1), sizes[1]);
-	count_name(m2, sizeof(m2), sizes[2]);
+	bench_count_name(m1, sizeof(m1), sizes[1]);
+	bench_count_name(m2, sizeof(m2), sizes[2]);
 	for (int k = 0; k < 2; k++) {
 		const struct rs_sum *s0 = k ? &res[0].kill : &res[0].term;
 		const struct rs_sum *s1 = k ? &res[1].kill : &res[1].term;

@@ -751,3 +751,56 @@ void perf_stop(pid_t perf)
 	kill(perf, SIGKILL);
 	waitpid(perf, &st, 0);
 }
+
+/* ---- daemon logs and summaries (the restart and handoff benchmarks) ---- */
+
+double bench_wall_ms_of_day(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	localtime_r(&ts.tv_sec, &tm);
+	return (tm.tm_hour * 3600.0 + tm.tm_min * 60.0 + tm.tm_sec) * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+bool bench_log_line_ms(const char *line, double *ms)
+{
+	int h, m, s, frac;
+	if (sscanf(line, "%2d:%2d:%2d.%3d ", &h, &m, &s, &frac) != 4)
+		return false;
+	*ms = (h * 3600.0 + m * 60.0 + s) * 1000.0 + frac;
+	return true;
+}
+
+long bench_file_size(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fclose(f);
+	return n < 0 ? 0 : n;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, size_t n)
+{
+	if (n == 0)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+void bench_count_name(char *buf, size_t cap, uint64_t n)
+{
+	if (n >= 1000 && n % 1000 == 0)
+		snprintf(buf, cap, "%lluK", (unsigned long long)(n / 1000));
+	else
+		snprintf(buf, cap, "%llu", (unsigned long long)n);
+}
