@@ -470,7 +470,6 @@ static int method_handoff_prepare(sd_bus_message *m, void *userdata, sd_bus_erro
 	struct dmb_err e = { 0 };
 	r = handoff_prepare(&b->srv->handoff, force, st, &e);
 	if (r < 0) {
-		log_notice("host handoff: prepare refused: %s", e.msg);
 		free(st);
 		return set_error(err, &e);
 	}

@@ -214,7 +214,7 @@ static int preserve_regions(struct handoff *h, int sfd, struct token_map *tm, st
 	return 0;
 }
 
-int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, struct dmb_err *e)
+static int prepare(struct handoff *h, bool force, struct handoff_status *out, struct dmb_err *e)
 {
 	struct server *srv = h->srv;
 	if (h->state != JRNL_HANDOFF_NORMAL)
@@ -337,6 +337,15 @@ int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, s
 		(void)handoff_status(h, out);
 	free(sum);
 	return 0;
+}
+
+/* The one place a refused prepare is logged, whoever asked (socket, D-Bus). */
+int handoff_prepare(struct handoff *h, bool force, struct handoff_status *out, struct dmb_err *e)
+{
+	int r = prepare(h, force, out, e);
+	if (r < 0)
+		log_notice("host handoff: prepare refused: %s", e->msg);
+	return r;
 }
 
 int handoff_abort(struct handoff *h, struct dmb_err *e)

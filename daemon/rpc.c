@@ -1253,10 +1253,8 @@ static int rpc_handoff_prepare(struct rpc_call *c, struct dmb_err *e)
 	log_notice("session %" PRIu64 " (uid %u pid %d): host handoff prepare%s requested", c->s->id,
 		   (unsigned)c->s->cred.uid, (int)c->s->cred.pid, force ? " (force)" : "");
 	int r = handoff_prepare(&c->s->srv->handoff, force, st, e);
-	if (r < 0) {
-		log_notice("host handoff: prepare refused: %s", e->msg);
+	if (r < 0)
 		return r;
-	}
 	Dmb__HandoffPrepareReply *b = &c->body.handoff_prepare;
 	dmb__handoff_prepare_reply__init(b);
 	b->state = (char *)st->state;
