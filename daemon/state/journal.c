@@ -1182,20 +1182,24 @@ static int check_header(const uint8_t *h, uint64_t size, struct dmb_err *e)
  * ops, each valid record is also delivered as it is validated, so a restore
  * walks (and checksums) the journal once instead of once to open it and
  * again to replay it. Fills j's tail, next_seq, n_records and damage. */
-static int walk(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
-		struct jrnl_replay_result *res, struct dmb_err *e)
+/* Walks the committed records from the start, delivering each to ops (when
+ * set; records a newer minor version added go to ops->skipped) and counting
+ * them in *n_records (when set); fills res. On return w is finished, and
+ * w->off, w->seq, w->stop and w->why still say where the walk stopped.
+ * Negative: a callback failed, or memory ran out (`what` the walk did). */
+static int walk_records(struct jrnl *j, struct walker *w, const struct jrnl_ops *ops,
+			void *opaque, struct jrnl_replay_result *res, uint64_t *n_records,
+			const char *what, struct dmb_err *e)
 {
-	struct walker w;
 	struct jrnl_rec rec;
 	int r;
 
-	if (res)
-		*res = (struct jrnl_replay_result){ 0 };
-	walker_init(&w, j);
-	if (res)
-		res->end = w.off;
-	while ((r = walker_next(&w, &rec)) > 0) {
-		j->n_records++;
+	*res = (struct jrnl_replay_result){ 0 };
+	walker_init(w, j);
+	res->end = w->off;
+	while ((r = walker_next(w, &rec)) > 0) {
+		if (n_records)
+			(*n_records)++;
 		if (!ops)
 			continue;
 		if (r == 2) {
@@ -1204,38 +1208,49 @@ static int walk(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
 		} else {
 			r = ops->record(opaque, &rec);
 			if (r < 0) {
-				walker_fini(&w);
-				if (res)
-					res->stop_offset = res->end;
+				walker_fini(w);
+				res->stop_offset = res->end;
 				return dmb_fail(e, dmb_code_from_errno(r), -r,
 						"replaying state journal record %" PRIu64 " failed: %s",
 						rec.seq, strerror(-r));
 			}
-			if (res)
-				res->records++;
+			res->records++;
 		}
-		if (res) {
-			res->last_seq = rec.seq;
-			res->end = w.off;
-		}
+		res->last_seq = rec.seq;
+		res->end = w->off;
 	}
-	walker_fini(&w);
+	walker_fini(w);
 	if (r < 0)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory reading the journal");
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory %s the journal", what);
+	res->stop = w->stop;
+	res->stop_offset = w->off;
+	if (w->stop != JRNL_STOP_END)
+		snprintf(res->why, sizeof(res->why), "%s", w->why);
+	return 0;
+}
+
+static int fail_damaged(const struct walker *w, uint64_t records, struct dmb_err *e)
+{
+	return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
+			"the state journal is damaged: %s; replay stopped there after %" PRIu64
+			" records",
+			w->why, records);
+}
+
+static int walk(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
+		struct jrnl_replay_result *res, struct dmb_err *e)
+{
+	struct jrnl_replay_result local;
+	struct walker w;
+	int r = walk_records(j, &w, ops, opaque, res ? res : &local, &j->n_records, "reading", e);
+	if (r < 0)
+		return r;
 	j->tail = w.off;
 	j->next_seq = w.seq;
 	if (w.stop == JRNL_STOP_CORRUPT && !(j->damage = strdup(w.why)))
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	if (res) {
-		res->stop = w.stop;
-		res->stop_offset = w.off;
-		if (w.stop != JRNL_STOP_END)
-			snprintf(res->why, sizeof(res->why), "%s", w.why);
-	}
 	if (ops && w.stop == JRNL_STOP_CORRUPT)
-		return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
-				"the state journal is damaged: %s; replay stopped there after %" PRIu64
-				" records", w.why, res ? res->records : j->n_records);
+		return fail_damaged(&w, res ? res->records : j->n_records, e);
 	return 0;
 }
 
@@ -1305,42 +1320,12 @@ int jrnl_replay(struct jrnl *j, const struct jrnl_ops *ops, void *opaque,
 	struct jrnl_replay_result local;
 	if (!res)
 		res = &local;
-	*res = (struct jrnl_replay_result){ 0 };
-
 	struct walker w;
-	struct jrnl_rec rec;
-	int r;
-	walker_init(&w, j);
-	res->end = w.off;
-	while ((r = walker_next(&w, &rec)) > 0) {
-		if (r == 2) {
-			if (ops->skipped)
-				ops->skipped(opaque, rec.type, rec.seq);
-		} else {
-			r = ops->record(opaque, &rec);
-			if (r < 0) {
-				walker_fini(&w);
-				res->stop_offset = res->end;
-				return dmb_fail(e, dmb_code_from_errno(r), -r,
-						"replaying state journal record %" PRIu64 " failed: %s",
-						rec.seq, strerror(-r));
-			}
-			res->records++;
-		}
-		res->last_seq = rec.seq;
-		res->end = w.off;
-	}
-	walker_fini(&w);
+	int r = walk_records(j, &w, ops, opaque, res, NULL, "replaying", e);
 	if (r < 0)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, -r, "out of memory replaying the journal");
-	res->stop = w.stop;
-	res->stop_offset = w.off;
-	if (w.stop != JRNL_STOP_END)
-		snprintf(res->why, sizeof(res->why), "%s", w.why);
+		return r;
 	if (w.stop == JRNL_STOP_CORRUPT)
-		return dmb_fail(e, DMB_E_INTERNAL, EBADMSG,
-				"the state journal is damaged: %s; replay stopped there after %" PRIu64
-				" records", w.why, res->records);
+		return fail_damaged(&w, res->records, e);
 	return 0;
 }
 
