@@ -83,3 +83,14 @@ void check_dma_faults(struct dmb_client *c, uint64_t ctx, int memfd, uint64_t fi
 extern struct daemon g_daemon;
 int group_start_daemon(void **state);
 int group_stop_daemon(void **state);
+
+/* Requests in flight, below the library: sends MapBatch{one read+write entry}
+ * with request id `id` on c's socket without waiting for its reply, which
+ * raw_reply() reads. */
+void raw_send_map(struct dmb_client *c, uint64_t id, uint64_t ctx, uint64_t region,
+		  uint64_t iova, uint64_t len);
+/* The next reply on c's socket (events are skipped). nonblock: NULL when
+ * none is there yet; otherwise waits, bounded but generously (120 s: the
+ * daemon may be populating a GiB under a sanitizer on a loaded machine).
+ * Free it with dmb__reply__free_unpacked. */
+Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock);

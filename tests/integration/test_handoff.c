@@ -1056,57 +1056,6 @@ static void test_bad_prepare_abort(void **state)
 #define HUGE (1024ull * 1024 * 1024)
 #define HUGE_IOVA 0x100000000ull
 
-static void raw_send_map(struct dmb_client *c, uint64_t id, uint64_t ctx, uint64_t region,
-			 uint64_t iova, uint64_t len)
-{
-	Dmb__MapEntry me = DMB__MAP_ENTRY__INIT;
-	me.region_id = region;
-	me.iova = iova;
-	me.length = len;
-	me.prot = DMB_READ | DMB_WRITE;
-	Dmb__MapEntry *mep = &me;
-	Dmb__MapBatch mb = DMB__MAP_BATCH__INIT;
-	mb.context_id = ctx;
-	mb.n_entries = 1;
-	mb.entries = &mep;
-	Dmb__Request req = DMB__REQUEST__INIT;
-	req.id = id;
-	req.body_case = DMB__REQUEST__BODY_MAP_BATCH;
-	req.map_batch = &mb;
-	uint8_t buf[256];
-	size_t n = dmb__request__pack(&req, buf);
-	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
-}
-
-/* The next reply on c's socket (events skipped); nonblock: NULL if none yet. */
-static Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock)
-{
-	for (;;) {
-		struct pollfd p = { .fd = dmb_socket(c), .events = POLLIN };
-		int pr = poll(&p, 1, nonblock ? 0 : 120000);
-		assert_true(pr >= 0);
-		if (pr == 0) {
-			if (nonblock)
-				return NULL;
-			fail_msg("no reply from the daemon within 120 s");
-		}
-		static uint8_t buf[65536];
-		ssize_t n = recv(dmb_socket(c), buf, sizeof(buf), 0);
-		assert_true(n > 0);
-		Dmb__ServerMessage *m = dmb__server_message__unpack(NULL, (size_t)n, buf);
-		assert_non_null(m);
-		if (m->kind_case != DMB__SERVER_MESSAGE__KIND_REPLY) {
-			dmb__server_message__free_unpacked(m, NULL);
-			continue;
-		}
-		Dmb__Reply *r = m->reply;
-		m->reply = NULL;
-		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
-		dmb__server_message__free_unpacked(m, NULL);
-		return r;
-	}
-}
-
 /* A 1 GiB map on a worker (--sim-populate: one fault per page, as pinning)
  * is known to be in flight because the daemon's totals count it while its
  * reply has not come. A prepare then must refuse (UNAVAILABLE, retry
