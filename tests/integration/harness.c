@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -416,5 +417,35 @@ Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock)
 		m->kind_case = DMB__SERVER_MESSAGE__KIND__NOT_SET;
 		dmb__server_message__free_unpacked(m, NULL);
 		return r;
+	}
+}
+
+pid_t sim_preserver_start(const char *sock)
+{
+	const char *bin = getenv("DMB_SIM_PRESERVER");
+	if (!bin || !bin[0])
+		fail_msg("DMB_SIM_PRESERVER is not set");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* If the test dies, so does its preserver (it would hold the
+		 * test's stderr open and meson would wait for it). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int devnull = open("/dev/null", O_WRONLY);
+		dup2(devnull, 1);
+		execl(bin, bin, "serve", sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && access(sock, F_OK) < 0; i++)
+		sleep_ms(10);
+	assert_int_equal(access(sock, F_OK), 0);
+	return pid;
+}
+
+void sim_preserver_stop(pid_t pid)
+{
+	if (pid > 0) {
+		kill(pid, SIGTERM);
+		waitpid(pid, NULL, 0);
 	}
 }

@@ -94,3 +94,9 @@ void raw_send_map(struct dmb_client *c, uint64_t id, uint64_t ctx, uint64_t regi
  * daemon may be populating a GiB under a sanitizer on a loaded machine).
  * Free it with dmb__reply__free_unpacked. */
 Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock);
+
+/* Starts the simulated LUO preserver, `$DMB_SIM_PRESERVER serve sock`, and
+ * waits (bounded) for its socket; it dies with the test. Returns its pid. */
+pid_t sim_preserver_start(const char *sock);
+/* SIGTERM and reap; pid <= 0 does nothing. */
+void sim_preserver_stop(pid_t pid);

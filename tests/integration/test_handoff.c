@@ -18,7 +18,6 @@
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,31 +121,13 @@ static void preserver_status(char *buf, size_t len)
 
 static void preserver_start(void)
 {
-	const char *bin = getenv("DMB_SIM_PRESERVER");
-	assert_non_null(bin);
 	snprintf(pv_sock, sizeof(pv_sock), "%s/preserver.sock", H.dir);
-	pv_pid = fork();
-	assert_true(pv_pid >= 0);
-	if (pv_pid == 0) {
-		/* If this test dies, so does its preserver (it would hold the
-		 * test's stderr open and meson would wait for it). */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int devnull = open("/dev/null", O_WRONLY);
-		dup2(devnull, 1);
-		execl(bin, bin, "serve", pv_sock, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 500 && access(pv_sock, F_OK) < 0; i++)
-		sleep_ms(10);
-	assert_int_equal(access(pv_sock, F_OK), 0);
+	pv_pid = sim_preserver_start(pv_sock);
 }
 
 static void preserver_stop(void)
 {
-	if (pv_pid > 0) {
-		kill(pv_pid, SIGTERM);
-		waitpid(pv_pid, NULL, 0);
-	}
+	sim_preserver_stop(pv_pid);
 	pv_pid = 0;
 }
 

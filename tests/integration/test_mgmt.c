@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-bus.h>
@@ -1026,30 +1025,13 @@ static char g_pv_sock[128];
 
 static void start_preserver(void)
 {
-	const char *bin = getenv("DMB_SIM_PRESERVER");
-	if (!bin || !bin[0])
-		fail_msg("DMB_SIM_PRESERVER is not set");
 	snprintf(g_pv_sock, sizeof(g_pv_sock), "%s/preserver.sock", g_dir);
-	g_pv_pid = fork();
-	assert_true(g_pv_pid >= 0);
-	if (g_pv_pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with the test */
-		int devnull = open("/dev/null", O_WRONLY);
-		dup2(devnull, 1);
-		execl(bin, bin, "serve", g_pv_sock, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 500 && access(g_pv_sock, F_OK) < 0; i++)
-		sleep_ms(10);
-	assert_int_equal(access(g_pv_sock, F_OK), 0);
+	g_pv_pid = sim_preserver_start(g_pv_sock);
 }
 
 static void stop_preserver(void)
 {
-	if (g_pv_pid > 0) {
-		kill(g_pv_pid, SIGTERM);
-		waitpid(g_pv_pid, NULL, 0);
-	}
+	sim_preserver_stop(g_pv_pid);
 	g_pv_pid = 0;
 }
 
