@@ -157,6 +157,8 @@ int bdaemon_start_cfg(struct bdaemon *d, const struct bench_opts *o, bool popula
 /* SIGTERM, then waits; returns <0 if it did not exit cleanly. */
 int bdaemon_stop(struct bdaemon *d);
 /* VmRSS of pid in KiB, or -1. */
+/* A "Key: N kB" line of /proc/PID/status (VmRSS, RssShmem, ...); -1 if none. */
+long proc_status_kb(pid_t pid, const char *key);
 long proc_rss_kb(pid_t pid);
 /* utime + stime of pid, in clock ticks. */
 uint64_t proc_cpu_ticks(pid_t pid);

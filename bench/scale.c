@@ -162,17 +162,7 @@ static double sc_unmap_all_batches(struct bsession *s, uint64_t n)
  * page-table state, which with a real backend lives in the kernel). */
 static long proc_shmem_kb(pid_t pid)
 {
-	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return -1;
-	long kb = -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssShmem: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
+	return proc_status_kb(pid, "RssShmem");
 }
 
 void bench_scale(const struct bench_opts *o)

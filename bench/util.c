@@ -560,19 +560,26 @@ int bdaemon_stop(struct bdaemon *d)
 	return ret;
 }
 
-long proc_rss_kb(pid_t pid)
+long proc_status_kb(pid_t pid, const char *key)
 {
 	char path[64], line[256];
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return -1;
+	size_t kl = strlen(key);
 	long kb = -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+		if (strncmp(line, key, kl) == 0 && line[kl] == ':' &&
+		    sscanf(line + kl + 1, " %ld kB", &kb) == 1)
 			break;
 	fclose(f);
 	return kb;
+}
+
+long proc_rss_kb(pid_t pid)
+{
+	return proc_status_kb(pid, "VmRSS");
 }
 
 uint64_t proc_cpu_ticks(pid_t pid)
