@@ -12,6 +12,8 @@ pkgs=(
   clang libclang-rt-14-dev
   # VM test tier
   qemu-system-x86 busybox-static cpio kexec-tools xz-utils
+  # the Linux 7.x VM kernel, built from Debian's linux-source package (tests/vm/build-kernel.sh)
+  make bc flex bison libelf-dev libssl-dev
   # VM test tier, the systemd guest (vm-systemd): its rootfs is assembled from these
   # packages' files, and systemd-analyze scores the unit
   systemd udev dbus-daemon dbus-bin

@@ -28,7 +28,9 @@
  *   watchdog          sd_watchdog_enabled() sees WATCHDOG_USEC/WATCHDOG_PID
  *   child=A|B         a forked child sends "A\nB" with a memfd
  *   loop=N            until killed (30 s at most): stores memfds as N, one
- *                     per message, counting them in the fd held as "journal"
+ *                     per message, counting them in the fd held as "journal";
+ *                     at a full store ($FDSTORE) says STATUS=full and
+ *                     stores no more
  *   journal=N         the received N fds number the journal's count or one
  *                     more (killed between a store and its count)
  *   ignoreterm | sleep=ms | hang (30 s at most, then exit 4) | exit=n
@@ -279,6 +281,23 @@ static void journal_write(int fd, uint64_t v)
 		fail("journal pwrite: %s", strerror(errno));
 }
 
+/* As the daemon must: an fd is journaled only if the store can keep it.
+ * systemd drops an fd beyond FileDescriptorStoreMax with a log line of its
+ * own and tells the service nothing, so a service that journals past
+ * $FDSTORE journals objects the next instance will not get. What the store
+ * holds now is what this instance was passed plus what it stored since. */
+static size_t store_room(void)
+{
+	const char *v = getenv("FDSTORE");
+	if (!v)
+		fail("loop: no $FDSTORE, so no known store capacity");
+	/* Every held fd is in the store but the socket-activation listener. */
+	size_t cap = strtoul(v, NULL, 10), used = 0;
+	for (size_t i = 0; i < nheld; i++)
+		used += !(held[i].received && strcmp(held[i].name, "dmabroker.socket") == 0);
+	return cap > used ? cap - used : 0;
+}
+
 static void do_loop(const char *name)
 {
 	struct held *j = first_held_entry("journal");
@@ -287,12 +306,22 @@ static void do_loop(const char *name)
 	journal_write(journal, count);
 	char msg[300];
 	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+	size_t room = store_room();
+	bool full = false;
 	time_t end = time(NULL) + 30;
 	notify("STATUS=looping");
 	while (time(NULL) < end) {
+		if (room == 0) { /* full: store nothing more, wait to be killed */
+			if (!full)
+				notify("STATUS=full");
+			full = true;
+			usleep(10000);
+			continue;
+		}
 		int fd = new_memfd(name);
 		notify_fds(msg, &fd, 1);
 		close(fd);
+		room--;
 		journal_write(journal, ++count);
 		usleep(300);
 	}

@@ -93,9 +93,15 @@ activation() {
 	say "the first connection started dmabroker.service (pid $DPID, user $(stat -c %U "/proc/$DPID"))"
 }
 
+# The daemon refreshes STATUS= from a periodic tick, so the line catches up with the
+# client's session, context and two 1 MiB mappings a moment after the client answered:
+# wait for exactly that line (the event), then systemctl status must show it too (nothing
+# changes the broker's state between the two reads).
+STATUS_WANT="1 client, 1 context, 2 mappings, 2.0 MiB pinned; handoff normal"
+status_is_want() { _txt=$(prop dmabroker.service StatusText) && [ "$_txt" = "$STATUS_WANT" ]; }
 status_line() {
-	_txt=$(prop dmabroker.service StatusText)
-	[ -n "$_txt" ] || bad "no StatusText: the daemon sent no STATUS=" || return 1
+	wait_until 60 status_is_want ||
+		bad "StatusText is \"$_txt\", want \"$STATUS_WANT\"" || return 1
 	_out=$(systemctl status --no-pager dmabroker.service 2>&1)
 	echo "$_out" | sed -n '1,12p' | sed 's/^/vmtest: | /'
 	echo "$_out" | grep -F "Status: \"$_txt\"" >/dev/null ||
