@@ -119,7 +119,7 @@ struct dmb_region {
 	uint64_t page_size;
 	bool writable;
 	bool hugetlb;
-	const char *kind;       /* "memfd", "tmpfs", "hugetlbfs" */
+	const char *kind;       /* "memfd", "hugetlbfs" (by the file system and seals) */
 	uint64_t map_refs;      /* mappings that use this region */
 	struct dmb_bregion *breg;
 };

@@ -41,17 +41,6 @@ static int region_cmp(const struct dmb_region *a, const struct dmb_region *b)
 }
 RB_GENERATE(dmb_region_tree, dmb_region, node, region_cmp)
 
-static bool fd_is_memfd(int fd)
-{
-	char path[64], target[128];
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	ssize_t n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return false;
-	target[n] = '\0';
-	return strncmp(target, "/memfd:", 7) == 0;
-}
-
 int region_validate_fd(int fd, uint64_t *size, uint64_t *page_size, bool *writable,
 		       bool *hugetlb, const char **kind, struct dmb_err *e)
 {
@@ -124,7 +113,12 @@ int region_validate_fd(int fd, uint64_t *size, uint64_t *page_size, bool *writab
 	*page_size = ps;
 	*hugetlb = huge;
 	*writable = acc == O_RDWR && !(seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE));
-	*kind = huge ? "hugetlbfs" : fd_is_memfd(fd) ? "memfd" : "tmpfs";
+	/* What the kernel says of the file, never its name: a tmpfs file that
+	 * carries F_SEAL_SHRINK can only come from memfd_create(MFD_ALLOW_SEALING)
+	 * (other shmem files start and stay with F_SEAL_SEAL), whatever its
+	 * /proc link says. A memfd the kernel re-created after a kexec (LUO) has
+	 * an empty name, "/ (deleted)", and is a memfd all the same. */
+	*kind = huge ? "hugetlbfs" : "memfd";
 	return 0;
 }
 
