@@ -712,10 +712,9 @@ static void open_preserver(struct handoff *h)
 			 spec, pe.msg[0] ? pe.msg : strerror(-r));
 		log_warning("host handoff: %s", h->pv_error);
 	} else if (!h->pv && !strcmp(spec, "auto")) {
-		snprintf(h->pv_error, sizeof(h->pv_error),
-			 "this kernel has no Live Update Orchestrator (/dev/liveupdate is missing: it "
-			 "needs Linux 6.19+ built with CONFIG_LIVEUPDATE and booted with kho=on "
-			 "liveupdate=on), so the host handoff is not available");
+		char why[400];
+		preserver_luo_absent(why, sizeof(why));
+		snprintf(h->pv_error, sizeof(h->pv_error), "/dev/liveupdate is missing: %.400s", why);
 	} else if (!h->pv) {
 		snprintf(h->pv_error, sizeof(h->pv_error),
 			 "no preserver is configured ([handoff] preserver = none), so the host "

@@ -79,7 +79,7 @@ struct handoff {
 	struct server *srv;
 	struct dmb_preserver *pv;     /* NULL: none (or it could not be opened) */
 	char pv_name[16];
-	char pv_error[320];           /* why there is no preserver */
+	char pv_error[480];           /* why there is no preserver */
 	uint32_t state;               /* enum jrnl_handoff */
 	uint64_t since_ms;
 	int session_fd;               /* outgoing (prepared) or incoming (restoring, reclaiming) */

@@ -1,6 +1,9 @@
 /* dmb-sim-preserver — plays the kernel's Live Update Orchestrator for tests.
  *
- *   dmb-sim-preserver serve SOCKET         serve in the foreground
+ *   dmb-sim-preserver serve SOCKET [--memfd-v1]
+ *                                          serve in the foreground;
+ *                                          --memfd-v1 plays Linux 6.19's memfd
+ *                                          preservation, which loses seals
  *   dmb-sim-preserver kexec SOCKET [--incompatible]
  *                                          the simulated kexec
  *   dmb-sim-preserver status SOCKET [--json]
@@ -8,7 +11,7 @@
  *
  * The daemon's preserve/sim.c is its client; the wire and the meaning of a
  * connection are in daemon/preserve/sim_proto.h. The rules copied from the
- * kernel (../shared/docs/kernel-uapi.md §4):
+ * kernel's LUO (docs/operations.md, "Host handoff"):
  *   - CREATE: EEXIST for a duplicate outgoing name, ENOMEM past 819
  *     sessions; RETRIEVE: ENOENT for an unknown incoming name, EINVAL the
  *     second time; both EBUSY while another connection HOLDs the device, EIO
@@ -73,6 +76,7 @@ struct file {
 	int fd;
 	off_t size; /* at PRESERVE_FD: frozen while preserved */
 	bool retrieved;
+	bool recreated; /* --memfd-v1: fd is the unsealable copy */
 };
 
 struct session {
@@ -100,6 +104,7 @@ static struct {
 	struct session *sessions;
 	struct conn *holder;
 	bool incompatible;
+	bool memfd_v1; /* --memfd-v1: retrieved memfds come back unsealable */
 	unsigned kexecs;
 } S = { .listen_fd = -1 };
 
@@ -237,14 +242,52 @@ static int op_preserve(struct conn *c, const struct simp_req *q, int *fd)
 	return 0;
 }
 
+static off_t size_now(int fd);
+
+/* Linux 6.19 (memfd-v1) re-creates a retrieved memfd with the same pages but
+ * no seals, and unsealable (F_SEAL_SEAL): here, a copy of the contents in a
+ * memfd created without MFD_ALLOW_SEALING, with an empty name as the
+ * kernel's. The copy replaces the preserved file, so a second retrieve gets
+ * the same new file. */
+static int v1_recreate(struct file *f)
+{
+	int nfd = memfd_create("", MFD_CLOEXEC);
+	if (nfd < 0)
+		return -errno;
+	off_t size = size_now(f->fd);
+	if (size < 0 || ftruncate(nfd, size) < 0) {
+		close(nfd);
+		return -EIO;
+	}
+	char buf[65536];
+	for (off_t off = 0; off < size;) {
+		ssize_t n = pread(f->fd, buf, sizeof(buf), off);
+		if (n <= 0 || pwrite(nfd, buf, (size_t)n, off) != n) {
+			close(nfd);
+			return -EIO;
+		}
+		off += n;
+	}
+	close(f->fd);
+	f->fd = nfd;
+	f->recreated = true;
+	return 0;
+}
+
 static int op_retrieve_fd(struct conn *c, const struct simp_req *q, int *out)
 {
 	if (c->kind != C_SESSION || c->s->state != S_RETRIEVED)
 		return -EINVAL;
 	for (unsigned i = 0; i < c->s->nfiles; i++)
 		if (c->s->files[i].token == q->token) {
-			c->s->files[i].retrieved = true;
-			*out = c->s->files[i].fd;
+			struct file *f = &c->s->files[i];
+			if (S.memfd_v1 && !f->recreated) {
+				int r = v1_recreate(f);
+				if (r < 0)
+					return r;
+			}
+			f->retrieved = true;
+			*out = f->fd;
 			return 0;
 		}
 	return -ENOENT;
@@ -430,6 +473,8 @@ static int send_reply(struct conn *c, const struct simp_req *q, int result, int 
 	rep.op = q ? q->op : 0;
 	rep.id = q ? q->id : 0;
 	rep.result = result;
+	if (q && q->op == SIMP_PING && result == 0)
+		rep.flags = S.memfd_v1 ? 0 : SIMP_CAP_MEMFD_SEALS;
 	if (text)
 		snprintf(rep.text, sizeof(rep.text), "%s", text);
 	struct iovec iov = { .iov_base = &rep, .iov_len = sizeof(rep) };
@@ -709,7 +754,7 @@ static int cmd_simple(const char *path, uint16_t op, uint32_t flags)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: dmb-sim-preserver serve SOCKET\n"
+	fprintf(stderr, "usage: dmb-sim-preserver serve SOCKET [--memfd-v1]\n"
 			"       dmb-sim-preserver kexec SOCKET [--incompatible]\n"
 			"       dmb-sim-preserver status SOCKET [--json]\n"
 			"       dmb-sim-preserver hold SOCKET\n");
@@ -724,8 +769,10 @@ int main(int argc, char **argv)
 	const char *opt = argc > 3 ? argv[3] : NULL;
 	if (argc > 4)
 		return usage();
-	if (strcmp(cmd, "serve") == 0 && !opt)
+	if (strcmp(cmd, "serve") == 0 && (!opt || strcmp(opt, "--memfd-v1") == 0)) {
+		S.memfd_v1 = opt != NULL;
 		return serve(path);
+	}
 	if (strcmp(cmd, "kexec") == 0 && (!opt || strcmp(opt, "--incompatible") == 0))
 		return cmd_simple(path, SIMP_KEXEC, opt ? SIMP_KEXEC_INCOMPATIBLE : 0);
 	if (strcmp(cmd, "status") == 0 && (!opt || strcmp(opt, "--json") == 0))

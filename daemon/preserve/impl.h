@@ -12,6 +12,9 @@
 
 /* dev_path: the LUO device node (PRESERVE_LUO_DEVICE in production). */
 int luo_preserver_new(const char *dev_path, struct dmb_preserver **out, struct dmb_err *e);
+/* Tests: the kernel release the LUO preserver judges (default: the running
+ * kernel's, from /proc). Linux 7.3+ brings memfd seals across a kexec. */
+void luo_preserver_set_release(struct dmb_preserver *p, const char *release);
 /* sock_path: the unix socket dmb-sim-preserver serves. */
 int sim_preserver_new(const char *sock_path, struct dmb_preserver **out, struct dmb_err *e);
 

@@ -21,6 +21,7 @@
 struct luo {
 	struct dmb_preserver base;
 	char dev[256];
+	char release[128]; /* the kernel release; "" means read /proc */
 };
 
 static struct luo *to_luo(struct dmb_preserver *p)
@@ -40,22 +41,40 @@ static void read_line(const char *path, char *buf, size_t n)
 	buf[strcspn(buf, "\n")] = '\0';
 }
 
-/* The device is missing: say what this kernel lacks. */
-static int explain_missing(struct luo *l, int err, struct dmb_err *e)
+/* Why this kernel has no LUO device, as a sentence (no device path). */
+void preserver_luo_absent(char *buf, size_t n)
 {
 	char release[128], cmdline[4096];
 	read_line("/proc/sys/kernel/osrelease", release, sizeof(release));
 	read_line("/proc/cmdline", cmdline, sizeof(cmdline));
-	const char *hint = "";
-	if (cmdline[0] && !strstr(cmdline, "liveupdate=on") && !strstr(cmdline, "liveupdate=1") &&
-	    !strstr(cmdline, "liveupdate=y"))
-		hint = "; this kernel's command line has no liveupdate=on";
-	return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -err,
-			"%s does not exist (%s): this kernel (%s) has no Live Update Orchestrator; "
-			"a host handoff needs Linux 6.19 or later built with CONFIG_LIVEUPDATE "
-			"and booted with kho=on liveupdate=on%s",
-			l->dev, ksys_errno_name(err), release[0] ? release : "of unknown release",
-			hint);
+	const char *rel = release[0] ? release : "of unknown release";
+	unsigned major = 0, minor = 0;
+	bool old = sscanf(release, "%u.%u", &major, &minor) == 2 &&
+		   (major < 6 || (major == 6 && minor < 19));
+	bool enabled = strstr(cmdline, "liveupdate=on") || strstr(cmdline, "liveupdate=1") ||
+		       strstr(cmdline, "liveupdate=y");
+	/* A kernel built with LUO registers the device only when booted with
+	 * liveupdate=on (which needs kho=on). */
+	if (!old && cmdline[0] && !enabled)
+		snprintf(buf, n,
+			 "this kernel (%.40s) was booted without liveupdate=on, so its Live Update "
+			 "Orchestrator is off: boot it with kho=on liveupdate=on (Linux 6.19+, "
+			 "CONFIG_LIVEUPDATE)",
+			 rel);
+	else
+		snprintf(buf, n,
+			 "this kernel (%.40s) has no Live Update Orchestrator: that needs Linux 6.19+ "
+			 "built with CONFIG_LIVEUPDATE and booted with kho=on liveupdate=on",
+			 rel);
+}
+
+/* The device is missing: say what this kernel lacks. */
+static int explain_missing(struct luo *l, int err, struct dmb_err *e)
+{
+	char why[400];
+	preserver_luo_absent(why, sizeof(why));
+	return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -err, "%s does not exist (%s): %s", l->dev,
+			ksys_errno_name(err), why);
 }
 
 /* Opens the device for one operation; closed by the caller. */
@@ -69,6 +88,22 @@ static int open_dev(struct luo *l, struct dmb_err *e)
 	return preserve_explain(e, l->dev, PRESERVE_OP_OPEN, fd, NULL, 0);
 }
 
+/* Whether this kernel's LUO brings a memfd's seals across the kexec. The
+ * memfd handler of Linux 6.19 (format "memfd-v1") re-creates a retrieved
+ * memfd unsealable, without F_SEAL_SHRINK, so the broker could re-adopt no
+ * region after the kexec and the guests' memory would be lost when the
+ * session is finished. 7.3 (format "memfd-v2") re-applies the seals. The
+ * uAPI tells neither the format nor the seals before the kexec, so the
+ * kernel release decides: 7.3 and later are what this was proven on; 7.0 to
+ * 7.2 were not tried and are refused with the rest. */
+static bool release_keeps_seals(const char *release)
+{
+	unsigned major = 0, minor = 0;
+	if (sscanf(release, "%u.%u", &major, &minor) != 2)
+		return false;
+	return major > 7 || (major == 7 && minor >= 3);
+}
+
 static int luo_probe(struct dmb_preserver *p, struct dmb_err *e)
 {
 	struct luo *l = to_luo(p);
@@ -76,7 +111,24 @@ static int luo_probe(struct dmb_preserver *p, struct dmb_err *e)
 	if (fd < 0)
 		return fd;
 	close(fd);
+	char release[128];
+	if (l->release[0])
+		snprintf(release, sizeof(release), "%s", l->release);
+	else
+		read_line("/proc/sys/kernel/osrelease", release, sizeof(release));
+	if (!release_keeps_seals(release))
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
+				"this kernel (%.40s) re-creates preserved memfds without their seals: "
+				"no region could be re-adopted after the kexec and guest memory would "
+				"be lost; a handoff needs Linux 7.3+",
+				release[0] ? release : "of unknown release");
 	return 0;
+}
+
+void luo_preserver_set_release(struct dmb_preserver *p, const char *release)
+{
+	struct luo *l = to_luo(p);
+	snprintf(l->release, sizeof(l->release), "%s", release ? release : "");
 }
 
 /* CREATE_SESSION and RETRIEVE_SESSION share their layout. */

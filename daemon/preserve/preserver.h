@@ -21,6 +21,7 @@
  * by another process (EBUSY); stop it and retry"). */
 #pragma once
 
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -75,4 +76,8 @@ struct dmb_preserver {
  * exclusive, so it is opened only for the moment an operation needs it.
  * *out is NULL for "none". */
 int preserver_open(const char *spec, struct dmb_preserver **out, struct dmb_err *e);
+
+/* Why this kernel has no /dev/liveupdate, as one sentence: booted without
+ * liveupdate=on, or no LUO at all (preserve/luo.c). */
+void preserver_luo_absent(char *buf, size_t n);
 void preserver_close(struct dmb_preserver *p);

@@ -202,7 +202,23 @@ static int sim_probe(struct dmb_preserver *p, struct dmb_err *e)
 	_cleanup_close_ int conn = sim_connect(s, e);
 	if (conn < 0)
 		return conn;
-	return request(s, conn, SIMP_PING, PRESERVE_OP_OPEN, NULL, 0, -1, NULL, e);
+	struct simp_req req = { .op = SIMP_PING };
+	struct simp_reply rep;
+	int got = -1;
+	int r = call(conn, &req, -1, &rep, &got);
+	if (got >= 0)
+		close(got);
+	if (r < 0)
+		return explain_transport(s, r, e);
+	if (rep.result < 0)
+		return preserve_explain(e, s->dev, PRESERVE_OP_OPEN, rep.result, NULL, 0);
+	/* As the LUO preserver judges the kernel (preserve/luo.c). */
+	if (!(rep.flags & SIMP_CAP_MEMFD_SEALS))
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
+				"the simulated kernel re-creates preserved memfds without their seals "
+				"(as Linux 6.19): no region could be re-adopted after the kexec and guest "
+				"memory would be lost; a handoff needs Linux 7.3+");
+	return 0;
 }
 
 static int open_session(struct simp *s, enum simp_op op, enum preserve_op pop, const char *name,

@@ -60,13 +60,18 @@ struct simp_req {
 	char name[SIMP_NAME_LEN]; /* NUL-terminated */
 };
 
+/* SIMP_PING reply flags: what the simulated kernel's memfd preservation
+ * brings across a kexec. Without SIMP_CAP_MEMFD_SEALS it plays Linux 6.19
+ * (format memfd-v1): a retrieved memfd is a new file that cannot be sealed. */
+#define SIMP_CAP_MEMFD_SEALS 1u
+
 struct simp_reply {
 	uint32_t magic;
 	uint16_t version;
 	uint16_t op;
 	uint64_t id;
 	int32_t result; /* 0 or a negative errno */
-	uint32_t reserved;
+	uint32_t flags; /* SIMP_PING: SIMP_CAP_*; otherwise 0 */
 	char text[192]; /* a sentence when result < 0 (may be empty) */
 };
 

@@ -422,6 +422,11 @@ Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock)
 
 pid_t sim_preserver_start(const char *sock)
 {
+	return sim_preserver_start_opt(sock, NULL);
+}
+
+pid_t sim_preserver_start_opt(const char *sock, const char *opt)
+{
 	const char *bin = getenv("DMB_SIM_PRESERVER");
 	if (!bin || !bin[0])
 		fail_msg("DMB_SIM_PRESERVER is not set");
@@ -433,7 +438,7 @@ pid_t sim_preserver_start(const char *sock)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		int devnull = open("/dev/null", O_WRONLY);
 		dup2(devnull, 1);
-		execl(bin, bin, "serve", sock, (char *)NULL);
+		execl(bin, bin, "serve", sock, opt, (char *)NULL);
 		_exit(127);
 	}
 	for (int i = 0; i < 500 && access(sock, F_OK) < 0; i++)

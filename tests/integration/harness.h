@@ -98,5 +98,7 @@ Dmb__Reply *raw_reply(struct dmb_client *c, bool nonblock);
 /* Starts the simulated LUO preserver, `$DMB_SIM_PRESERVER serve sock`, and
  * waits (bounded) for its socket; it dies with the test. Returns its pid. */
 pid_t sim_preserver_start(const char *sock);
+/* The same with one option of `serve` (e.g. "--memfd-v1"; NULL: none). */
+pid_t sim_preserver_start_opt(const char *sock, const char *opt);
 /* SIGTERM and reap; pid <= 0 does nothing. */
 void sim_preserver_stop(pid_t pid);

@@ -612,6 +612,46 @@ static void test_no_preserver_and_busy(void **state)
 	preserver_stop();
 }
 
+/* A preserver whose memfd preservation loses seals (Linux 6.19, played by
+ * `dmb-sim-preserver serve --memfd-v1`): after the kexec no region could be
+ * re-adopted (an unsealable memfd is refused) and the guests' memory would
+ * be lost when the session is finished. So prepare is refused before
+ * anything is preserved, forced or not, saying why; nothing changes. */
+static void test_seals_lost_refused(void **state)
+{
+	snprintf(pv_sock, sizeof(pv_sock), "%s/preserver.sock", H.dir);
+	pv_pid = sim_preserver_start_opt(pv_sock, "--memfd-v1");
+	use_config(NULL);
+	start();
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm", 64 * 1024, 5);
+	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	for (int force = 0; force <= 1; force++) {
+		assert_code(adm, dmb_handoff_prepare(adm, force, &hi), DMB_FAILED_PRECONDITION);
+		const char *m = dmb_last_error(adm)->message;
+		assert_non_null(strstr(m, "without their seals"));
+		assert_non_null(strstr(m, "Linux 7.3+"));
+		assert_non_null(strstr(m, "nothing was changed"));
+	}
+	expect_state(adm, "normal");
+	/* Nothing was preserved: the simulated kernel holds no session. */
+	char st[4096];
+	preserver_status(st, sizeof(st));
+	assert_non_null(strstr(st, "sessions: 0\n"));
+	vmm_map(&v, 0, 0x200000, PG); /* mutations unaffected */
+	expect_pattern(v.c, v.ctx, 0x100000, 0, 64 * 1024, v.seed, v.size);
+	expect_pattern(v.c, v.ctx, 0x200000, 0, PG, v.seed, v.size);
+	dmb_close(adm);
+	assert_ok(v.c, dmb_context_destroy(v.c, v.ctx));
+	dmb_close(v.c);
+	assert_true(daemon_wait_idle(&d));
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 /* ------------------------------------------------------------ crash mid-restore */
 
 static void test_crash_mid_restore(void **state)
@@ -1240,6 +1280,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_full_handoff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_seals_lost_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),
