@@ -83,6 +83,7 @@
  * exact bytes of every command without an IOMMU. */
 #include "backend/backend.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1191,6 +1192,52 @@ static bool probe_cmd(int fd, unsigned long req, void *arg, const char *name)
 	return r != -ENOTTY;
 }
 
+/* At start-up, so that a client sees "p2p-dmabuf" in the features of its very
+ * first Hello: whether this kernel's VFIO exports BARs as dma-bufs
+ * (CONFIG_VFIO_PCI_DMABUF, 6.19+) can only be asked of a bound device, so
+ * the first VFIO cdev that binds to our scratch iommufd answers it. Binding
+ * fails harmlessly (EINVAL/EBUSY) on a device someone has open, the broker's
+ * own predecessor included; a device nobody uses is opened and closed, as
+ * any VFIO user would. dev_open probes every device again. */
+#define IFD_DMABUF_PROBE_TRIES 8
+
+static void probe_dmabuf_at_start(struct ifd_backend *be, int iommufd, const char *devices)
+{
+	DIR *dir = opendir(devices);
+	if (!dir)
+		return;
+	struct dirent *de;
+	unsigned tries = 0;
+	while ((de = readdir(dir)) && !be->dmabuf_seen && tries < IFD_DMABUF_PROBE_TRIES) {
+		unsigned n;
+		char end;
+		if (sscanf(de->d_name, "vfio%u%c", &n, &end) != 1)
+			continue;
+		char path[PATH_MAX];
+		if (ksys_path(path, sizeof(path), "%s/%s", devices, de->d_name) < 0)
+			continue;
+		tries++;
+		_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		struct dmb_vfio_device_bind_iommufd bind = {
+			.argsz = DMB_VFIO_BIND_IOMMUFD_MINSZ,
+			.flags = 0,
+			.iommufd = iommufd,
+		};
+		int r = ksys_ioctl(fd, DMB_VFIO_DEVICE_BIND_IOMMUFD, &bind);
+		if (r < 0) {
+			log_debug("iommufd: dma-buf probe: %s does not bind here (%s)", de->d_name,
+				  ksys_errno_name(r));
+			continue;
+		}
+		struct ifd_dev d = { .fd = fd };
+		snprintf(d.bdf, sizeof(d.bdf), "%.12s", de->d_name);
+		probe_dmabuf(be, &d);
+	}
+	closedir(dir);
+}
+
 int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend **out,
 		       struct dmb_err *e)
 {
@@ -1258,9 +1305,11 @@ int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend 
 	if (be->change_process)
 		be->features[n++] = "change-process";
 	be->features[n] = NULL;
-	be->n_features = n; /* "p2p-dmabuf" may go here later (probe_dmabuf) */
+	be->n_features = n; /* "p2p-dmabuf" may go here (probe_dmabuf) */
 	be->base.ops = &ifd_ops;
 	be->base.features = be->features;
+	if (be->map_file)
+		probe_dmabuf_at_start(be, fd, devices);
 
 	log_debug("iommufd backend on %s (map-file: %s, change-process: %s)", path,
 		 be->map_file ? "yes" : "no", be->change_process ? "yes" : "no");

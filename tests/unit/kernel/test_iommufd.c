@@ -582,6 +582,16 @@ static void test_dev_state(void **state)
 	ops->dev_close(dev);
 }
 
+/* The backend again, from scratch, with the fake kernel as it is now. */
+static void recreate(struct fx *f)
+{
+	dmb_backend_destroy(f->be);
+	struct dmb_backend_config cfg = {.name = "iommufd", .sysfs_root = f->sys, .dev_root = f->dev};
+	struct dmb_err e = {0};
+	fake_reset();
+	assert_int_equal(dmb_iommufd_create(&cfg, &f->be, &e), 0);
+}
+
 static void test_dmabuf_probe(void **state)
 {
 	struct fx *f = *state;
@@ -589,7 +599,17 @@ static void test_dmabuf_probe(void **state)
 	struct dmb_err e = {0};
 	struct dmb_bdev *dev;
 
-	assert_false(has_feature(f->be, "p2p-dmabuf")); /* no device seen yet */
+	/* Announced from the start: a VMM checks the features of its first Hello,
+	 * before any device is open. The first cdev that binds answers. */
+	recreate(f);
+	assert_true(has_feature(f->be, "p2p-dmabuf"));
+	const struct fake_call *b = fake_find(DMB_VFIO_DEVICE_BIND_IOMMUFD, 0);
+	assert_non_null(b);
+	const struct fake_call *pf = fake_find(VFIO_DEVICE_FEATURE, 0);
+	assert_non_null(pf);
+	assert_int_equal(pf->fd, b->fd);
+	assert_true(fake_all_cloexec());
+	assert_int_equal(k.exports, 0);
 	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
 	fake_reset();
 	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &dev, NULL, &e), 0);
@@ -624,6 +644,9 @@ static void test_dmabuf_probe_missing(void **state)
 	struct dmb_bdev *a, *b;
 
 	k.dmabuf_errno = ENOTTY; /* 6.13-6.18 */
+	recreate(f);
+	ops = f->be->ops;
+	assert_false(has_feature(f->be, "p2p-dmabuf")); /* the start-up probe said no */
 	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
 	assert_int_equal(ops->dev_open(f->ctx, "0000:00:03.0", &a, NULL, &e), 0);
 	assert_int_equal(ops->dev_open(f->ctx, "0000:00:04.0", &b, NULL, &e), 0);
