@@ -89,8 +89,8 @@ bool handoff_preservable(struct dmb_ctx *ctx, char *reason, size_t len)
 	struct dmb_region *reg;
 	RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
 		if (reg->hugetlb || strcmp(reg->kind ? reg->kind : "", "memfd") != 0) {
-			snprintf(reason, len, "region %" PRIu64 " is a %s file; only plain memfds (not "
-				 "hugetlb, not named tmpfs files) can be preserved", reg->id,
+			snprintf(reason, len, "region %" PRIu64 " is a %s file; LUO preserves only "
+				 "plain (not hugetlb) memfds", reg->id,
 				 reg->kind ? reg->kind : "non-memfd");
 			return false;
 		}
