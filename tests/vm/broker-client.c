@@ -7,7 +7,10 @@
  * default admin, which only matters for the status print), against a daemon whose
  * allow-list holds the two edu devices. One scenario per invocation, one session each:
  *
- *   broker-client info  SOCK BDF    server info (backend must be vfio-type1), IOVA
+ * The backend must be $VMTEST_WANT_BACKEND (vfio-type1 when unset); the pins a killed
+ * client leaves are read where that backend charges them (VmLck or VmPin).
+ *
+ *   broker-client info  SOCK BDF    server info (backend as above), IOVA
  *                                   ranges and the DMA-mapping limit, after opening BDF
  *   broker-client ram   SOCK BDF    memfd (F_SEAL_SHRINK) registered, mapped twice;
  *                                   edu round trips RAM -> edu -> RAM at several IOVAs,
@@ -34,10 +37,11 @@
  *                                   before the reply) and restored (ID again,
  *                                   MAPPINGS_RESTORED) around a mediated memory-disable
  *                                   and a mediated reset; a memory-disable written
- *                                   through the client's own device fd is revoked by the
- *                                   watcher within POLL_MS (the daemon's
+ *                                   through sysfs by another process is revoked by the
+ *                                   watcher (which polls every POLL_MS, the daemon's
  *                                   [p2p] poll_interval_ms) and restored when the bit is
- *                                   back; closing B revokes for good (permanent event,
+ *                                   back (written through the client's own device fd);
+ *                                   closing B revokes for good (permanent event,
  *                                   fault, mapping gone from the listing)
  *
  * Prints "broker-client: ok: ..." per step, "broker-client: FAIL: ..." on the first
@@ -82,8 +86,6 @@
  */
 #define DMAR_WINDOW_MS 5000
 #define P2P_MAX_FAULTS 3
-/* Scheduling slack under TCG on top of one watcher period. */
-#define P2P_WATCH_SLACK_MS 400
 #define P2P_WATCH_WAIT_MS 5000
 
 static const char *prog_step = "";
@@ -228,12 +230,13 @@ static bool has_fault_addr(const char *msg, uint64_t iova)
 	return false;
 }
 
-/* "0000:01:00.0" -> "[01:00.0]", the form the DMAR fault message uses. */
+/* "0000:01:00.0" -> "01:00.0]": the DMAR fault message names the device "[01:00.0]"
+ * on Linux 6.x and "[0000:01:00.0]" on 7.x; both end so. */
 static void dmar_dev(const char *bdf, char *out, size_t outsz)
 {
 	size_t n = strlen(bdf);
 
-	snprintf(out, outsz, "[%s]", n > 7 ? bdf + n - 7 : bdf);
+	snprintf(out, outsz, "%s]", n > 7 ? bdf + n - 7 : bdf);
 }
 
 /*
@@ -279,10 +282,27 @@ static int kmsg_wait_fault(int fd, const char *bdf, uint64_t iova, char *line, s
 	}
 }
 
-/* ---- the kernel's pin accounting ------------------------------------------------- */
+/* ---- the backend under test and the kernel's pin accounting ---------------------- */
 
-/* VFIO type1 charges every page it pins for MAP_DMA to the mapping process's
- * locked_vm: the daemon's VmLck. Returns kB, or -1. */
+/* The backend the daemon must be running: $VMTEST_WANT_BACKEND (the guest's /init sets
+ * it from the kernel command line), vfio-type1 by default. */
+static const char *want_backend(void)
+{
+	const char *b = getenv("VMTEST_WANT_BACKEND");
+
+	return b && *b ? b : "vfio-type1";
+}
+
+/* Where the kernel charges the pages a backend pins for the daemon, as a
+ * /proc/PID/status field. VFIO type1 charges the mapping process's locked_vm (VmLck);
+ * iommufd charges the mm's pinned_vm (VmPin) and, for a task without CAP_IPC_LOCK,
+ * the user's locked_vm, which /proc does not show per process. */
+static const char *pin_field(void)
+{
+	return strcmp(want_backend(), "iommufd") == 0 ? "VmPin" : "VmLck";
+}
+
+/* The daemon's pin_field() in kB, or -1. */
 static long vm_locked_kb(pid_t pid)
 {
 	char path[64], line[256];
@@ -293,9 +313,12 @@ static long vm_locked_kb(pid_t pid)
 	f = fopen(path, "re");
 	if (!f)
 		return -1;
+	size_t fl = strlen(pin_field());
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+		if (strncmp(line, pin_field(), fl) == 0 && line[fl] == ':') {
+			kb = strtol(line + fl + 1, NULL, 10);
 			break;
+		}
 	fclose(f);
 	return kb;
 }
@@ -320,17 +343,18 @@ static pid_t daemon_pid(const char *sock)
 	return (pid_t)st.pid;
 }
 
-/* The daemon's VmLck must be base_kb + delta_kb. */
+/* The daemon's pin_field() must be base_kb + delta_kb. */
 static int expect_locked(pid_t dpid, long base_kb, long delta_kb, const char *when)
 {
 	long kb = vm_locked_kb(dpid);
 
 	if (kb < 0)
-		return fail(0, "cannot read VmLck of dmabrokerd (pid %d)", (int)dpid);
+		return fail(0, "cannot read %s of dmabrokerd (pid %d)", pin_field(), (int)dpid);
 	if (kb != base_kb + delta_kb)
-		return fail(0, "%s: dmabrokerd VmLck is %ld kB, want %ld kB", when, kb,
+		return fail(0, "%s: dmabrokerd %s is %ld kB, want %ld kB", when, pin_field(), kb,
 			    base_kb + delta_kb);
-	ok("%s: dmabrokerd VmLck %ld kB (pinned by type1: %+ld kB)", when, kb, delta_kb);
+	ok("%s: dmabrokerd %s %ld kB (pinned by %s: %+ld kB)", when, pin_field(), kb,
+	   want_backend(), delta_kb);
 	return 0;
 }
 
@@ -358,7 +382,7 @@ static void sess_close(struct sess *s)
 	s->c = NULL;
 }
 
-/* connect (backend must be vfio-type1) + context; no device yet. */
+/* connect (backend must be want_backend()) + context; no device yet. */
 static int sess_connect(struct sess *s, const char *sock, const char *name)
 {
 	const struct dmb_server_info *si;
@@ -373,8 +397,8 @@ static int sess_connect(struct sess *s, const char *sock, const char *name)
 		return fail(r, "dmb_connect %s", sock);
 	}
 	si = dmb_server_info(s->c);
-	if (strcmp(si->backend, "vfio-type1") != 0)
-		return fail(0, "broker backend is '%s', not vfio-type1", si->backend);
+	if (strcmp(si->backend, want_backend()) != 0)
+		return fail(0, "broker backend is '%s', not %s", si->backend, want_backend());
 	r = dmb_context_create(s->c, name, &s->ctx);
 	if (r < 0)
 		return bfail(s->c, r, "dmb_context_create");
@@ -558,6 +582,17 @@ static int run_info(const char *sock, const char *bdf)
 	   si->server_version, si->protocol_version, si->backend, si->features,
 	   si->max_packet_bytes, si->max_fds, si->max_batch, si->session_id,
 	   si->admin ? ", admin" : "");
+	/* On iommufd P2P goes through VFIO dma-buf export (7.x): a VMM must see it in the
+	 * features of its first Hello, before any device is open. */
+	if (strcmp(want_backend(), "iommufd") == 0) {
+		const char *f = strstr(si->features, "p2p-dmabuf");
+
+		if (!f) {
+			fail(0, "features [%s] of a fresh session lack p2p-dmabuf", si->features);
+			goto out;
+		}
+		ok("p2p-dmabuf announced before any device was opened");
+	}
 	if (sess_open_edu(&s, bdf) < 0)
 		goto out;
 	if (get_ranges(&s, &ii, true) < 0)
@@ -1233,10 +1268,39 @@ static int set_command(struct p2p *t, uint16_t set, uint16_t clear, const char *
 	return 0;
 }
 
-/* Writes B's command register through our own device fd (not the broker) and waits
- * for the watcher's event; the latency must be within one poll period + slack. */
+/* Another process (a forked child) writes B's command register through sysfs
+ * (/sys/bus/pci/devices/BDF/config), as an operator's setpci would: neither the broker
+ * nor any of its device fds is involved. Returns 0 when the child wrote it. */
+static int sysfs_update_command(const char *bdf, uint16_t set, uint16_t clear)
+{
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		char path[128];
+		uint16_t cmd;
+		int fd;
+
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", bdf);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0 || pread(fd, &cmd, 2, 4) != 2)
+			_exit(1);
+		cmd = (uint16_t)((cmd | set) & ~clear);
+		_exit(pwrite(fd, &cmd, 2, 4) == 2 ? 0 : 2);
+	}
+	int st;
+
+	if (waitpid(pid, &st, 0) < 0)
+		return -errno;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+}
+
+/* Writes B's command register behind the broker's back -- through sysfs from another
+ * process when via_sysfs, else through our own device fd -- and waits for the watcher's
+ * event (its latency is printed, never judged: timing is the bench's business). */
 static int behind_back(struct p2p *t, uint16_t set, uint16_t clear, uint32_t kind,
-		       int poll_ms)
+		       int poll_ms, bool via_sysfs)
 {
 	struct evlog l;
 	uint16_t cmd = 0;
@@ -1247,13 +1311,15 @@ static int behind_back(struct p2p *t, uint16_t set, uint16_t clear, uint32_t kin
 	memset(&l, 0, sizeof(l));
 	if (dmb_dispatch(t->a.c, ev_collect, &l) < 0 || l.n)
 		return fail(0, "%zu unexpected event(s) pending before the write", l.n);
-	r = edu_update_command(&t->eb, set, clear);
+	r = via_sysfs ? sysfs_update_command(t->bdf_b, set, clear) : edu_update_command(&t->eb, set, clear);
 	t0 = mono_ms();
 	if (r == 0)
 		r = edu_get_command(&t->eb, &cmd);
 	if (r < 0)
-		return fail(r, "pwrite of B's command register through the client's device fd");
-	ok("B's command register written through the client's own device fd: 0x%04x", cmd);
+		return fail(r, "write of B's command register %s",
+			    via_sysfs ? "through sysfs by another process" : "through the client's device fd");
+	ok("B's command register written %s: 0x%04x",
+	   via_sysfs ? "through sysfs by another process" : "through the client's own device fd", cmd);
 	i = wait_event(t, &l, kind, P2P_WATCH_WAIT_MS);
 	if (i == -ETIMEDOUT)
 		return fail(0, "no %s within %d ms of the write (poll_interval_ms %d)",
@@ -1265,9 +1331,6 @@ static int behind_back(struct p2p *t, uint16_t set, uint16_t clear, uint32_t kin
 		return -1;
 	if (l.n != 1)
 		return fail(0, "%zu events came, want only %s", l.n, ev_name(kind));
-	if (lat > poll_ms + P2P_WATCH_SLACK_MS)
-		return fail(0, "the watcher took %" PRId64 " ms, more than poll_interval_ms %d + %d ms",
-			    lat, poll_ms, P2P_WATCH_SLACK_MS);
 	ok("the watcher caught it: %s %" PRId64 " ms after the write (poll_interval_ms %d)",
 	   ev_name(kind), lat, poll_ms);
 	return 0;
@@ -1405,11 +1468,11 @@ static int run_p2p(const char *sock, const char *bdf_a, const char *bdf_b, int p
 	}
 
 	/* 5. Behind the broker's back: the client clears the bit through its own fd. */
-	if (behind_back(&t, 0, EDU_CMD_MEMORY, DMB_EV_MAPPINGS_REVOKED, poll_ms) < 0 ||
+	if (behind_back(&t, 0, EDU_CMD_MEMORY, DMB_EV_MAPPINGS_REVOKED, poll_ms, true) < 0 ||
 	    expect_listed(&t, true) < 0 || expect_p2p_fault(&t, "step 5 (memory off behind the broker's back)") < 0)
 		goto out;
 	/* ... and sets it again the same way: restored by the watcher. */
-	if (behind_back(&t, EDU_CMD_MEMORY, 0, DMB_EV_MAPPINGS_RESTORED, poll_ms) < 0 ||
+	if (behind_back(&t, EDU_CMD_MEMORY, 0, DMB_EV_MAPPINGS_RESTORED, poll_ms, false) < 0 ||
 	    expect_listed(&t, false) < 0 || expect_p2p_id(&t, "step 5 (memory back on)") < 0)
 		goto out;
 	if (print_device(&t) < 0)

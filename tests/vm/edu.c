@@ -3,11 +3,14 @@
 #include "edu.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <linux/pci_regs.h>
 #include <linux/vfio.h>
@@ -55,6 +58,46 @@ int edu_open(struct edu *e, int device_fd)
 	e->bar0_offset = bar.offset;
 	e->cfg_offset = cfg.offset;
 	e->cfg_size = cfg.size;
+	return 0;
+}
+
+int edu_open_sysfs(struct edu *e, const char *bdf, int *cfg_fd)
+{
+	char path[128];
+	struct stat st;
+	void *p;
+	int fd, r;
+
+	memset(e, 0, sizeof(*e));
+	e->device_fd = -1;
+	*cfg_fd = -1;
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource0", bdf);
+	fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || st.st_size < EDU_REG_DMA_CMD + 8) {
+		r = -ENODEV;
+		close(fd);
+		return r;
+	}
+	p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	r = p == MAP_FAILED ? -errno : 0;
+	close(fd); /* the mapping stays */
+	if (r < 0)
+		return r;
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", bdf);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		munmap(p, (size_t)st.st_size);
+		return r;
+	}
+	e->device_fd = fd;
+	e->bar0 = p;
+	e->bar0_size = (size_t)st.st_size;
+	e->cfg_offset = 0;
+	e->cfg_size = 256;
+	*cfg_fd = fd;
 	return 0;
 }
 

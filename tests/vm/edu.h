@@ -81,6 +81,14 @@ struct edu {
  * the command register. On failure *e is left closed (edu_close() is still safe).
  */
 int edu_open(struct edu *e, int device_fd);
+/*
+ * The same edu without VFIO: BAR0 through /sys/bus/pci/devices/BDF/resource0 and config
+ * space through .../config (root only; the device may be bound to vfio-pci and in use).
+ * *cfg_fd is the config file, which the caller closes after edu_close(). For a test
+ * that must drive the device while no VFIO user (broker or client) hands it a device
+ * fd, e.g. between a kexec and the reclaim. edu_reset() does not work on it.
+ */
+int edu_open_sysfs(struct edu *e, const char *bdf, int *cfg_fd);
 /* Unmaps BAR0. Safe on a zeroed, failed or already closed struct. */
 void edu_close(struct edu *e);
 

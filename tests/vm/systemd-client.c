@@ -261,7 +261,7 @@ static int kmsg_wait_fault(int fd, const char *bdf, uint64_t iova, char *line, s
 	size_t bl = strlen(bdf);
 	char dev[24], want[48], rec[8192];
 
-	snprintf(dev, sizeof(dev), "[%s]", bl > 7 ? bdf + bl - 7 : bdf);
+	snprintf(dev, sizeof(dev), "%s]", bl > 7 ? bdf + bl - 7 : bdf); /* 6.x "[01:00.0]", 7.x "[0000:01:00.0]" */
 	snprintf(want, sizeof(want), "fault addr 0x%" PRIx64 " ", iova);
 	for (;;) {
 		ssize_t n;

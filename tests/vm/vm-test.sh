@@ -3,11 +3,15 @@
 # This is what `meson test --suite vm` runs; it also works by hand.
 #
 # usage: vm-test.sh -n NAME -i INIT -K KERNEL_DIR -w WORK_DIR [-t VM_TIMEOUT]
-#                   [-f SRC=DEST]... [BIN[=DEST]]...
+#                   [-k 6.1|7] [-a CMDLINE] [-f SRC=DEST]... [BIN[=DEST]]...
 #
 #   -n NAME        test name: WORK_DIR/NAME.cpio.gz, WORK_DIR/NAME.console.log
 #   -i INIT        guest /init script (sources /lib/vmtest/guest-lib.sh)
-#   -K KERNEL_DIR  cache dir for fetch-kernel.sh (shared by all VM tests)
+#   -K KERNEL_DIR  the kernel's directory (shared by the VM tests of one kernel)
+#   -k KERNEL      6.1: Debian 12's image (fetch-kernel.sh, the default); 7: Linux 7.x
+#                  built from Debian's linux-source-7.N (build-kernel.sh)
+#   -a CMDLINE     more kernel command line (NAME=VALUE words the kernel does not know
+#                  reach the guest's /init as environment variables)
 #   -w WORK_DIR    where the image and logs go
 #   -t SECONDS     limit for the VM run (default 240)
 #   -f, BIN        passed to mkinitramfs.sh
@@ -15,9 +19,9 @@ set -euo pipefail
 trap 'echo "vm-test: error: unexpected failure at line $LINENO" >&2' ERR
 
 here=$(cd "$(dirname "$0")" && pwd)
-name='' init='' kdir='' work='' tmo=240
+name='' init='' kdir='' work='' tmo=240 kind=6.1 extra=''
 mk_args=()
-while getopts "n:i:K:w:t:f:h" opt; do
+while getopts "n:i:K:w:t:f:k:a:h" opt; do
   case $opt in
     n) name=$OPTARG ;;
     i) init=$OPTARG ;;
@@ -25,6 +29,8 @@ while getopts "n:i:K:w:t:f:h" opt; do
     w) work=$OPTARG ;;
     t) tmo=$OPTARG ;;
     f) mk_args+=(-f "$OPTARG") ;;
+    k) kind=$OPTARG ;;
+    a) extra=$OPTARG ;;
     *) sed -n '5,6p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +44,11 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 t=$(now)
-"$here/fetch-kernel.sh" "$kdir"
+case $kind in
+  6.1) "$here/fetch-kernel.sh" "$kdir" ;;
+  7) "$here/build-kernel.sh" "$kdir" ;;
+  *) echo "vm-test: error: -k $kind: want 6.1 or 7" >&2; exit 2 ;;
+esac
 t_fetch=$(since "$t")
 
 t=$(now)
@@ -49,5 +59,8 @@ t_initrd=$(since "$t")
 
 kernel=$kdir/vmlinuz
 [ -f "$kdir/vmlinux" ] && kernel=$kdir/vmlinux # PVH boot: no in-guest decompression
-echo "vm-test: $name: kernel $(cat "$kdir/version") ($(basename "$kernel")), fetch ${t_fetch}s, initramfs ${t_initrd}s"
-exec "$here/run-vm.sh" -k "$kernel" -r "$work/$name.cpio.gz" -l "$work/$name.console.log" -t "$tmo"
+src=
+[ ! -f "$kdir/source" ] || src=", from $(cat "$kdir/source")"
+echo "vm-test: $name: kernel $(cat "$kdir/version") ($(basename "$kernel")$src), kernel ${t_fetch}s, initramfs ${t_initrd}s"
+exec "$here/run-vm.sh" -k "$kernel" -r "$work/$name.cpio.gz" -l "$work/$name.console.log" -t "$tmo" \
+  ${extra:+-a "$extra"}
