@@ -19,6 +19,10 @@ void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_l
 	core->limits = *limits;
 	core->next_id = 1;
 	RB_INIT(&core->contexts);
+	LIST_INIT(&core->accts);
+	/* Not budgeted until the server says what RLIMIT_NOFILE and the fd
+	 * store allow (in-process users: tests, benchmarks). */
+	core->fds.limit = core->fds.store_limit = UINT64_MAX;
 }
 
 void core_fini(struct dmb_core *core)
@@ -50,6 +54,11 @@ struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t ui
 	struct dmb_owner *o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
+	o->acct = acct_get(core, uid);
+	if (!o->acct) {
+		free(o);
+		return NULL;
+	}
 	o->core = core;
 	o->session_id = session_id;
 	o->uid = uid;
@@ -96,5 +105,6 @@ void owner_free(struct dmb_owner *o)
 	}
 	if (o->core->jh)
 		o->core->jh->session_end(o->core->jh->opaque, o->session_id);
+	acct_put(o->acct);
 	free(o);
 }
