@@ -75,9 +75,12 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 
 struct session *session_new(struct server *srv, int fd)
 {
-	struct session *s = session_create(srv, fd, core_new_id(&srv->core));
+	uint64_t id = core_new_id(&srv->core);
+	struct session *s = id ? session_create(srv, fd, id) : NULL;
 	if (s)
 		s->stored = persist_session_new(&srv->persist, s->id, fd);
+	else if (id)
+		core_release_id(&srv->core, id);
 	return s;
 }
 
@@ -86,6 +89,7 @@ struct session *session_adopt(struct server *srv, int fd, uint64_t id)
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	(void)core_claim_id(&srv->core, id);
 	struct session *s = session_create(srv, fd, id);
 	if (s) {
 		s->stored = true;
@@ -94,6 +98,8 @@ struct session *session_adopt(struct server *srv, int fd, uint64_t id)
 		snprintf(s->name, sizeof(s->name), "(adopted)");
 		log_info("session %" PRIu64 " (uid %u pid %d) adopted from the fd store", id,
 			 (unsigned)s->cred.uid, (int)s->cred.pid);
+	} else {
+		core_release_id(&srv->core, id);
 	}
 	return s;
 }
@@ -161,6 +167,7 @@ void session_free(struct session *s)
 	close(s->fd);
 	log_debug("session %" PRIu64 " (uid %u pid %d '%s'): closed after %" PRIu64 " requests", s->id,
 		  (unsigned)s->cred.uid, (int)s->cred.pid, s->name, s->n_requests);
+	core_release_id(&srv->core, s->id);
 	free(s);
 	server_listen_resume(srv);
 }

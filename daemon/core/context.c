@@ -64,8 +64,14 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 		return dmb_fail(e, DMB_E_INTERNAL, errno, "no random bytes for the reclaim token");
 	}
 
-	/* Commit: from here on the context is visible. */
 	ctx->id = core_new_id(core);
+	if (!ctx->id) {
+		core->be->ops->ctx_close(ctx->bctx);
+		ctx_unaccount(ctx);
+		free(ctx);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	/* Commit: from here on the context is visible. */
 	ctx->owner = owner;
 	ctx->last_session = owner->session_id;
 	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
@@ -120,8 +126,7 @@ struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uid_t 
 		TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
 		owner->n_contexts++;
 	}
-	if (core->next_id <= id)
-		core->next_id = id + 1;
+	(void)core_claim_id(core, id);
 	ctx_refresh_iova(ctx);
 	return ctx;
 }
@@ -232,6 +237,7 @@ void ctx_destroy(struct dmb_ctx *ctx)
 		ctx->owner->n_contexts--;
 	}
 	ctx_unaccount(ctx);
+	core_release_id(core, ctx->id);
 	free(ctx);
 }
 

@@ -271,10 +271,18 @@ struct dmb_journal_hooks {
 	void (*id_used)(void *o, uint64_t id);
 };
 
+struct dmb_id {
+	RB_ENTRY(dmb_id) node;
+	uint64_t id;
+};
+RB_HEAD(dmb_id_tree, dmb_id);
+RB_PROTOTYPE(dmb_id_tree, dmb_id, node, id_cmp)
+
 struct dmb_core {
 	struct dmb_backend *be;
 	struct dmb_limits limits;
-	uint64_t next_id;
+	uint64_t next_id;             /* above every id used (the journal's watermark) */
+	struct dmb_id_tree ids;       /* every live object's id (core.c) */
 
 	struct dmb_ctx_tree contexts;
 	uint32_t n_contexts;
@@ -319,7 +327,12 @@ struct dmb_core {
 void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_limits *limits);
 /* Destroys every context (non-persistent and persistent). */
 void core_fini(struct dmb_core *core);
+/* A fresh random id for a session, context, region or device (0: out of
+ * memory or randomness); core_release_id when the object goes. */
 uint64_t core_new_id(struct dmb_core *core);
+/* Re-adoption: an id the journal names is taken again (false: in use). */
+bool core_claim_id(struct dmb_core *core, uint64_t id);
+void core_release_id(struct dmb_core *core, uint64_t id);
 /* Calls event_fn; owner may be NULL (a context without a session). */
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
 /* See dmb_core.ctx_quiesce. */

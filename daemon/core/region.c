@@ -191,6 +191,10 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 		return r;
 	}
 	reg->id = core_new_id(core);
+	if (!reg->id) {
+		region_free(reg);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
 	if (core->jh) {
 		r = core->jh->region_add(core->jh->opaque, reg, e);
 		if (r < 0) {
@@ -213,8 +217,7 @@ int region_adopt(struct dmb_ctx *ctx, uint64_t id, int fd, uint64_t size, struct
 	acct_force(ctx->acct, DMB_FD_REGION);
 	reg->id = id;
 	region_link(ctx, reg);
-	if (ctx->core->next_id <= id)
-		ctx->core->next_id = id + 1;
+	(void)core_claim_id(ctx->core, id);
 	*out = reg;
 	return 0;
 }
@@ -251,5 +254,7 @@ void region_free(struct dmb_region *r)
 		r->breg->be->ops->region_close(r->breg);
 	safe_close(r->fd);
 	acct_release(r->ctx->acct, DMB_FD_REGION);
+	if (r->id)
+		core_release_id(r->ctx->core, r->id);
 	free(r);
 }
