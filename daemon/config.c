@@ -99,7 +99,7 @@ static bool allow_entry_valid(const char *t)
 enum {
 	R_CONTEXTS = 1u << 0, R_REGIONS = 1u << 1, R_MAPPINGS = 1u << 2, R_DEVMAX = 1u << 3,
 	R_PINNED = 1u << 4, R_ADMIN = 1u << 5, R_P2P = 1u << 6, R_XCTX = 1u << 7,
-	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = 1u << 10,
+	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS,
 };
 
 /* "8G", "512M", "4096": bytes with an optional K/M/G/T suffix (powers of 2). */

@@ -29,7 +29,9 @@
 #define DMB_FDSTORE_RESERVE 16
 
 /* A policy section: [default], [gid N] or [uid N]. Only the keys it names
- * (bits in `set`) override what less specific sections granted. */
+ * (bits in `set`) override what less specific sections granted;
+ * DMB_RULE_FDS is the bit of `fds` (policy check looks at it). */
+#define DMB_RULE_FDS (1u << 10)
 struct dmb_rule {
 	enum { DMB_RULE_DEFAULT, DMB_RULE_GID, DMB_RULE_UID } kind;
 	uint32_t id;

@@ -308,6 +308,19 @@ grep -Eq '^  devices: +0000:01:00\.0$' "$TMP/out" || fail "policy check: uid 100
 grep -Eq '^  pinned bytes: +no limit$' "$TMP/out" || fail "policy check: uid 1001 has no pinned limit"
 pass "policy check: a good file with a drop-in, and what uid 1000 / 1001 would get"
 
+# A grant the shipped unit cannot honour is valid, with a warning.
+FDP=$TMP/fds.conf
+printf '[uid 7]\nfds = 100000\n[uid 8]\nfds = 0\n' >"$FDP"
+ctl_raw policy check "$FDP"
+expect_rc 0 "policy check of a file with large fds grants"
+grep -q "^$FDP: warning: \[uid 7\] fds = 100000 exceeds the broker's fd budget" "$TMP/err" ||
+	fail "policy check: expected a warning about [uid 7] fds = 100000"
+grep -q "^$FDP: warning: \[uid 8\] fds = 0: no per-uid limit" "$TMP/err" ||
+	fail "policy check: expected a warning about [uid 8] fds = 0"
+ctl_raw policy check "$POL"
+[ -s "$TMP/err" ] && fail "policy check of the defaults: expected no warning, got: $(cat "$TMP/err")"
+pass "policy check warns about fds grants the shipped unit cannot honour, not about the defaults"
+
 BAD=$TMP/bad.conf
 printf '[default]\ncontexts = 4\n\n[uid 7]\np2p = maybe\n' >"$BAD"
 ctl_raw --json policy check "$BAD"
