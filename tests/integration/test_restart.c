@@ -471,6 +471,7 @@ static void test_fd_store_capacity(void **state)
 	int n = 0, r;
 	while (n < 200 && (r = dmb_region_register(c, ctx, m, 0, &ri)) == 0)
 		n++;
+	fprintf(stderr, "fd store: %d regions kept, then: %s\n", n, dmb_last_error(c)->message);
 	assert_true(n > 0 && n < 200);
 	assert_int_equal(dmb_last_error(c)->code, DMB_RESOURCE_EXHAUSTED);
 	assert_non_null(strstr(dmb_last_error(c)->message, "fd store is full"));
