@@ -39,6 +39,47 @@ static void rule_name(const struct dmb_rule *r, char *buf, size_t cap)
 		snprintf(buf, cap, "%s %" PRIu32, r->kind == DMB_RULE_UID ? "uid" : "gid", r->id);
 }
 
+/* Warns (stderr, one line each) about fds grants the shipped unit cannot
+ * honour: more than the broker's fd budget under it (LimitNOFILE, the fd
+ * store) lets one uid take every fd, and 0 sets no per-uid bound at all.
+ * Returns how many. */
+static size_t warn_fds(const struct dmb_config *cfg, const char *file, struct json *j)
+{
+	uint64_t nofile = DMB_UNIT_NOFILE - DMB_FD_RESERVE;
+	uint64_t store = cfg->fd_store_max > DMB_FDSTORE_RESERVE ? cfg->fd_store_max - DMB_FDSTORE_RESERVE : 0;
+	uint64_t budget = nofile < store ? nofile : store;
+	size_t n = 0;
+	char name[32], msg[256];
+	for (size_t i = 0; i <= cfg->n_rules; i++) {
+		uint64_t fds;
+		if (i == cfg->n_rules) {
+			fds = cfg->limits.fds;
+			snprintf(name, sizeof(name), "limits");
+		} else {
+			if (!(cfg->rules[i].set & DMB_RULE_FDS))
+				continue;
+			fds = cfg->rules[i].lim.fds;
+			rule_name(&cfg->rules[i], name, sizeof(name));
+		}
+		if (fds == 0)
+			snprintf(msg, sizeof(msg), "[%s] fds = 0: no per-uid limit, one uid can take the "
+				 "broker's whole fd budget (%" PRIu64 ")", name, budget);
+		else if (fds > budget)
+			snprintf(msg, sizeof(msg), "[%s] fds = %" PRIu64 " exceeds the broker's fd budget "
+				 "under the shipped unit (%" PRIu64 ": LimitNOFILE=%u and fd_store_max %" PRIu64
+				 " less reserves): one uid can take every fd", name, fds, budget,
+				 DMB_UNIT_NOFILE, cfg->fd_store_max);
+		else
+			continue;
+		n++;
+		if (j)
+			json_str(j, NULL, msg);
+		else
+			fprintf(stderr, "%s: warning: %s\n", file, msg);
+	}
+	return n;
+}
+
 static const char *yes_no(bool b)
 {
 	return b ? "yes" : "no";
@@ -77,6 +118,10 @@ static void grant_human(const struct dmb_config *cfg, const struct ctl_ident *id
 		       fmt_bytes(l->pinned_bytes, b, sizeof(b)), l->pinned_bytes);
 	else
 		printf("  pinned bytes:         no limit\n");
+	if (l->fds)
+		printf("  fds:                  %" PRIu64 "\n", l->fds);
+	else
+		printf("  fds:                  no limit\n");
 }
 
 static void grant_json(struct json *j, const struct dmb_config *cfg, const struct ctl_ident *id,
@@ -110,6 +155,7 @@ static void grant_json(struct json *j, const struct dmb_config *cfg, const struc
 	json_u64(j, "mappings_per_context", l->mappings_per_context);
 	json_u64(j, "devices_per_context", l->devices_per_context);
 	json_u64(j, "pinned_bytes", l->pinned_bytes); /* 0: no limit */
+	json_u64(j, "fds", l->fds);                   /* 0: no limit */
 	json_close(j, '}');
 	json_close(j, '}');
 }
@@ -144,12 +190,16 @@ int ctl_policy_check(const char *file, bool json, const struct ctl_ident *ident)
 		json_str(&j, "file", file);
 		json_bool(&j, "ok", true);
 		json_u64(&j, "policy_sections", cfg->n_rules);
+		json_open(&j, "warnings", '[');
+		warn_fds(cfg, file, &j);
+		json_close(&j, ']');
 		if (ident)
 			grant_json(&j, cfg, ident, &pol);
 		json_close(&j, '}');
 	} else {
 		printf("%s: ok (%zu policy section%s)\n", file, cfg->n_rules,
 		       cfg->n_rules == 1 ? "" : "s");
+		warn_fds(cfg, file, NULL);
 		if (ident)
 			grant_human(cfg, ident, &pol);
 	}

@@ -26,7 +26,12 @@ void config_defaults(struct dmb_config *cfg)
 		.regions_per_context = 1024,
 		.mappings_per_context = 4u << 20,
 		.devices_per_context = 32,
+		/* Fds the broker holds for one uid: about 2,000 regions on the
+		 * sim and iommufd backends, a sixteenth of the unit's
+		 * LimitNOFILE (see DMB_UNIT_NOFILE). */
+		.fds = 4096,
 	};
+	cfg->fd_store_max = DMB_UNIT_FDSTORE_MAX;
 	cfg->max_sessions = 4096;
 	cfg->grace_period_s = 300;
 	snprintf(cfg->handoff_preserver, sizeof(cfg->handoff_preserver), "auto");
@@ -94,7 +99,7 @@ static bool allow_entry_valid(const char *t)
 enum {
 	R_CONTEXTS = 1u << 0, R_REGIONS = 1u << 1, R_MAPPINGS = 1u << 2, R_DEVMAX = 1u << 3,
 	R_PINNED = 1u << 4, R_ADMIN = 1u << 5, R_P2P = 1u << 6, R_XCTX = 1u << 7,
-	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9,
+	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS,
 };
 
 /* "8G", "512M", "4096": bytes with an optional K/M/G/T suffix (powers of 2). */
@@ -196,6 +201,7 @@ static int on_key(void *user, const char *section, const char *key, const char *
 			{ "session_queue_bytes", 1ull << 32, &cfg->session_queue_bytes, 64 },
 			{ "pinned_bytes", UINT64_MAX, &cfg->limits.pinned_bytes, 64 },
 			{ "pinned_bytes_total", UINT64_MAX, &cfg->pinned_bytes_total, 64 },
+			{ "fds", 1u << 24, &cfg->limits.fds, 64 },
 		};
 		size_t i;
 		for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
@@ -277,6 +283,11 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				r->lim.devices_per_context = (uint32_t)u;
 				r->set |= R_DEVMAX;
 			}
+		} else if (!strcmp(key, "fds")) {
+			if (parse_u64(value, 1u << 24, &u) < 0)
+				return WHY("fds must be a number from 0 to %u (0: no limit)", 1u << 24);
+			r->lim.fds = u;
+			r->set |= R_FDS;
 		} else if (!strcmp(key, "mappings_per_context")) {
 			if (parse_u64(value, 1ull << 32, &u) < 0)
 				return WHY("mappings_per_context must be a number from 0 to %llu", 1ull << 32);
@@ -302,6 +313,13 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		} else
 			return WHY("unknown key '%s' in [%s]", key, section);
 	} else if (!strcmp(section, "persist")) {
+		if (!strcmp(key, "fd_store_max")) {
+			if (parse_u64(value, 1u << 24, &u) < 0 || u < 1)
+				return WHY("fd_store_max must be the unit's FileDescriptorStoreMax, from 1 to %u",
+					   1u << 24);
+			cfg->fd_store_max = u;
+			return 1;
+		}
 		if (strcmp(key, "grace_period_s"))
 			return WHY("unknown key '%s' in [persist]", key);
 		if (parse_u64(value, 86400 * 30, &u) < 0)
@@ -477,6 +495,8 @@ void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 				p->limits.devices_per_context = r->lim.devices_per_context;
 			if (r->set & R_PINNED)
 				p->limits.pinned_bytes = r->lim.pinned_bytes;
+			if (r->set & R_FDS)
+				p->limits.fds = r->lim.fds;
 			if (r->set & R_ADMIN)
 				p->admin = r->admin;
 			if (r->set & R_P2P)

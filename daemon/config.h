@@ -15,9 +15,23 @@
 #define DMB_MAX_RULE_ALLOW 32
 #define DMB_WORKERS_AUTO UINT32_MAX
 #define DMB_MAX_WORKERS 256
+/* The shipped unit's LimitNOFILE= and FileDescriptorStoreMax=
+ * (systemd/dmabroker.service.in; tests/unit/test_config.c keeps them equal):
+ * the defaults must fit inside them. */
+#define DMB_UNIT_NOFILE 65536
+#define DMB_UNIT_FDSTORE_MAX 65536
+/* Fds kept out of every budget: accepting a connection, the fds of a packet
+ * being handled (up to 253), admin sessions, the journal (two while it is
+ * compacted), a region being stored, the bus, metrics, the preserver and
+ * what a restart needs. The fd store's reserve: the journal (two), the host
+ * handoff's sessions and spare entries. */
+#define DMB_FD_RESERVE 384
+#define DMB_FDSTORE_RESERVE 16
 
 /* A policy section: [default], [gid N] or [uid N]. Only the keys it names
- * (bits in `set`) override what less specific sections granted. */
+ * (bits in `set`) override what less specific sections granted;
+ * DMB_RULE_FDS is the bit of `fds` (policy check looks at it). */
+#define DMB_RULE_FDS (1u << 10)
 struct dmb_rule {
 	enum { DMB_RULE_DEFAULT, DMB_RULE_GID, DMB_RULE_UID } kind;
 	uint32_t id;
@@ -37,6 +51,9 @@ struct dmb_config {
 	struct dmb_limits limits;
 	uint32_t max_sessions;
 	uint32_t grace_period_s;      /* [persist] unclaimed persistent contexts */
+	/* [persist] fd_store_max: the unit's FileDescriptorStoreMax= ($FDSTORE
+	 * wins where systemd sets it) */
+	uint64_t fd_store_max;
 
 	/* [handoff] */
 	char handoff_preserver[128];  /* auto, luo, luo:PATH, sim:SOCKET, none */

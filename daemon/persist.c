@@ -348,10 +348,10 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 		const struct dmb_owner *o = ctx->owner;
 		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
 		/* A detached context keeps its last session (0: nobody since a
-		 * host handoff's restore), as a replay of the live journal does. */
+		 * host handoff's restore), as a replay of the live journal does,
+		 * and the uid it is charged to. */
 		r = jrnl_append_ctx_create(j, ctx->id, o ? o->session_id : ctx->last_session,
-					   o ? o->uid : 0,
-					   o ? o->gid : 0, flags, ctx->name, ctx->token, e);
+					   ctx->acct->uid, o ? o->gid : 0, flags, ctx->name, ctx->token, e);
 		struct dmb_region *reg;
 		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
 			if (r < 0)
@@ -564,7 +564,7 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		return;
 	}
 	struct session *s = jc->detached ? NULL : find_session(srv, jc->session);
-	struct dmb_ctx *ctx = ctx_adopt(core, s ? s->owner : NULL, jc->id, jc->name, jc->persistent,
+	struct dmb_ctx *ctx = ctx_adopt(core, s ? s->owner : NULL, jc->uid, jc->id, jc->name, jc->persistent,
 					jc->token, bctx);
 	if (!ctx) {
 		ops->ctx_close(bctx);
@@ -824,6 +824,24 @@ static int parse_gen(const char *name, uint64_t *gen)
 	return name && sscanf(name, "jrnl.%" SCNu64, gen) == 1 ? 0 : -1;
 }
 
+/* systemd drops an fd beyond FileDescriptorStoreMax= with a log line of its
+ * own and tells us nothing, so an object journaled with such an fd would be
+ * lost at the next restart. The store's capacity is known instead: $FDSTORE
+ * where systemd sets it (v254+), else [persist] fd_store_max (the unit's
+ * value); objects beyond it are refused (core/account.c) and a connection
+ * beyond it is not stored. */
+static void store_budget(struct dmb_fd_budget *b, const struct dmb_config *cfg)
+{
+	const char *v = getenv("FDSTORE");
+	char *end;
+	unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+	bool from_env = v && *v && !*end && n > 0;
+	b->store_max = from_env ? n : cfg->fd_store_max;
+	b->store_limit = b->store_max > DMB_FDSTORE_RESERVE ? b->store_max - DMB_FDSTORE_RESERVE : 0;
+	log_info("fd store: %" PRIu64 " entries (%s), %u kept for the journal and the host handoff",
+		 b->store_max, from_env ? "$FDSTORE" : "[persist] fd_store_max", DMB_FDSTORE_RESERVE);
+}
+
 int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, struct dmb_err *e)
 {
 	memset(p, 0, sizeof(*p));
@@ -848,6 +866,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	}
 	p->generation = best;
 	p->enabled = true;
+	store_budget(&srv->core.fds, srv->cfg);
 	srv->core.jh = NULL; /* restoring journals nothing */
 	int r = 0;
 	if (jfd >= 0) {
@@ -952,15 +971,25 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	return 0;
 }
 
-void persist_session_new(struct persist *p, uint64_t id, int fd)
+bool persist_session_new(struct persist *p, uint64_t id, int fd)
 {
 	if (!p->enabled)
-		return;
+		return false;
+	/* A connection that could not be stored still works; it just ends with
+	 * this process (the log says why). */
+	struct dmb_fd_budget *b = &p->srv->core.fds;
+	if (b->store_used >= b->store_limit) {
+		log_ratelimited(LOG_WARNING, "session %" PRIu64 ": not kept in the fd store, which is "
+				"full (%" PRIu64 " entries): this connection ends with the process", id,
+				b->store_max);
+		return false;
+	}
 	char name[64];
 	snprintf(name, sizeof(name), "session.%" PRIu64, id);
-	/* A connection that could not be stored still works; it just ends with
-	 * this process (store_fd logged why). */
-	(void)store_fd(name, fd);
+	if (store_fd(name, fd) < 0)
+		return false;
+	b->store_used++;
+	return true;
 }
 
 bool persist_handover(struct persist *p)

@@ -56,8 +56,9 @@ struct persist {
  * the stored state could not be read at all. */
 int persist_init(struct persist *p, struct server *srv, struct stored_fds *stored,
 		 struct dmb_err *e);
-/* A new client connection: its fd goes to the store. */
-void persist_session_new(struct persist *p, uint64_t id, int fd);
+/* A new client connection: its fd goes to the store, when there is room.
+ * True when it was stored. */
+bool persist_session_new(struct persist *p, uint64_t id, int fd);
 /* Clean stop with a successor: backends prepare (type1 invalidates vaddrs).
  * Returns true when the daemon must exit WITHOUT tearing anything down. */
 bool persist_handover(struct persist *p);

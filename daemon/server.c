@@ -29,6 +29,57 @@ uint64_t server_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Out of fds (EMFILE/ENFILE): the listener stays readable while a client
+ * waits, so a level-triggered loop would call accept() again at once,
+ * forever. Stop watching it instead, say so once, and try again when a
+ * session has closed or after a second (fds a packet carried are closed
+ * without telling us). */
+static void listen_pause(struct server *srv)
+{
+	if (srv->listen_paused)
+		return;
+	srv->listen_paused = true;
+	event_del(srv->ev_listen);
+	if (!srv->fd_starved)
+		log_warning("out of file descriptors (RLIMIT_NOFILE %" PRIu64 ", %u sessions): not "
+			    "accepting connections until one is freed; clients wait in the backlog",
+			    srv->core.fds.nofile, srv->n_sessions);
+	srv->fd_starved = true;
+	struct timeval tv = { 1, 0 };
+	event_add(srv->ev_listen_retry, &tv);
+}
+
+void server_listen_resume(struct server *srv)
+{
+	if (!srv->listen_paused)
+		return;
+	srv->listen_paused = false;
+	event_del(srv->ev_listen_retry);
+	event_add(srv->ev_listen, NULL);
+}
+
+static void listen_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	server_listen_resume(arg);
+}
+
+/* Past the fd budget only admin sessions are taken (the reserve keeps room
+ * for them); anyone else is refused at once, never left hanging. */
+static bool over_fd_budget(struct server *srv, int fd)
+{
+	if (srv->core.fds.used < srv->core.fds.limit)
+		return false;
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+	    config_is_admin(srv->cfg, cred.uid))
+		return false;
+	log_ratelimited(LOG_WARNING, "refusing a connection (uid %u pid %d): the broker's fd budget "
+			"(%" PRIu64 " fds) is used up", (unsigned)cred.uid, (int)cred.pid,
+			srv->core.fds.limit);
+	return true;
+}
+
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
 	struct server *srv = arg;
@@ -36,14 +87,22 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE)
-				log_ratelimited(LOG_WARNING, "accept: out of file descriptors; clients wait");
+				listen_pause(srv);
 			else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				log_warning("accept: %m");
 			return;
 		}
+		if (srv->fd_starved) {
+			srv->fd_starved = false;
+			log_notice("accepting connections again (%u sessions)", srv->n_sessions);
+		}
 		if (srv->n_sessions >= srv->cfg->max_sessions) {
 			log_ratelimited(LOG_WARNING, "refusing a connection: limit sessions (%u) reached",
 				    srv->cfg->max_sessions);
+			close(fd);
+			continue;
+		}
+		if (over_fd_budget(srv, fd)) {
 			close(fd);
 			continue;
 		}
@@ -241,16 +300,25 @@ void server_quiesce(struct server *srv)
 }
 
 /* Each client costs a socket, each region an fd or two: serve thousands
- * of clients by raising the soft fd limit to the hard one. */
-static void raise_fd_limit(void)
+ * of clients by raising the soft fd limit to the hard one. What it ends up
+ * as, less the reserve, is the broker's fd budget (core/account.c). */
+static void raise_fd_limit(struct dmb_fd_budget *b)
 {
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return; /* not budgeted */
+	if (rl.rlim_cur < rl.rlim_max) {
+		struct rlimit up = { rl.rlim_max, rl.rlim_max };
+		if (setrlimit(RLIMIT_NOFILE, &up) < 0)
 			log_warning("could not raise the fd limit to %llu: %m",
 				    (unsigned long long)rl.rlim_max);
+		else
+			rl = up;
 	}
+	b->nofile = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+	b->limit = b->nofile > DMB_FD_RESERVE ? b->nofile - DMB_FD_RESERVE : 0;
+	log_info("fd budget: %" PRIu64 " of RLIMIT_NOFILE %" PRIu64 " for sessions, contexts, "
+		 "regions and devices; %u kept in reserve", b->limit, b->nofile, DMB_FD_RESERVE);
 }
 
 /* What systemd passed: the listening socket (socket activation) and the
@@ -300,7 +368,6 @@ static int take_listen_fds(int *listen_fd, struct stored_fds *st)
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
-	raise_fd_limit();
 	int inherited_fd = -1;
 	struct stored_fds stored = { 0 };
 	if (take_listen_fds(&inherited_fd, &stored) < 0)
@@ -311,6 +378,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->start_ms = server_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
+	raise_fd_limit(&srv->core.fds);
 	srv->core.event_fn = server_event_cb;
 	srv->core.event_opaque = srv;
 	srv->start_realtime_s = (uint64_t)time(NULL);
@@ -348,7 +416,8 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 		log_info("listening on %s", cfg->socket_path);
 	}
 	srv->ev_listen = event_new(base, srv->listen_fd, EV_READ | EV_PERSIST, accept_cb, srv);
-	if (!srv->ev_listen)
+	srv->ev_listen_retry = event_new(base, -1, 0, listen_retry_cb, srv);
+	if (!srv->ev_listen || !srv->ev_listen_retry)
 		return -ENOMEM;
 	event_add(srv->ev_listen, NULL);
 
@@ -461,6 +530,8 @@ void server_fini(struct server *srv)
 	core_fini(&srv->core);
 	if (srv->ev_listen)
 		event_free(srv->ev_listen);
+	if (srv->ev_listen_retry)
+		event_free(srv->ev_listen_retry);
 	if (srv->ev_poll)
 		event_free(srv->ev_poll);
 	if (srv->listen_fd > 0) {

@@ -92,6 +92,7 @@ struct session {
 	bool read_paused;       /* backpressure: too much output queued */
 	bool reading;           /* ev_read is added */
 	bool closing;
+	bool stored;            /* its connection is in the fd store */
 	struct rpc_job *inflight; /* its request running on a worker */
 	struct parked *parked;    /* its request waiting for a gated context */
 	uint32_t event_mask;
@@ -124,6 +125,9 @@ struct server {
 	int listen_fd;
 	bool listen_owned;      /* we created (and unlink) the socket path */
 	struct event *ev_listen;
+	struct event *ev_listen_retry; /* out of fds: try accepting again */
+	bool listen_paused;     /* ev_listen is off: accept() said EMFILE/ENFILE */
+	bool fd_starved;        /* logged that; cleared by the next accept */
 	struct event *ev_poll;  /* P2P watcher */
 	TAILQ_HEAD(, session) sessions;
 	uint32_t n_sessions;
@@ -179,6 +183,8 @@ void server_fini(struct server *srv);
  * to every session; existing mappings stay. A bad file changes nothing. */
 int server_reload(struct server *srv, const char *path, struct dmb_err *e);
 uint64_t server_now_ms(void);
+/* An fd was freed: accept again if running out of them had stopped it. */
+void server_listen_resume(struct server *srv);
 
 /* admin.c: what the admin requests (socket and D-Bus) do, in one place. */
 void server_totals(const struct server *srv, struct server_totals *t);

@@ -67,6 +67,7 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 	s->reading = true;
 	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
 	srv->n_sessions++;
+	srv->core.fds.used++; /* its socket */
 	log_debug("session %" PRIu64 ": connected (uid %u gid %u pid %d)", s->id,
 		  (unsigned)s->cred.uid, (unsigned)s->cred.gid, (int)s->cred.pid);
 	return s;
@@ -74,9 +75,12 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 
 struct session *session_new(struct server *srv, int fd)
 {
-	struct session *s = session_create(srv, fd, core_new_id(&srv->core));
+	uint64_t id = core_new_id(&srv->core);
+	struct session *s = id ? session_create(srv, fd, id) : NULL;
 	if (s)
-		persist_session_new(&srv->persist, s->id, fd);
+		s->stored = persist_session_new(&srv->persist, s->id, fd);
+	else if (id)
+		core_release_id(&srv->core, id);
 	return s;
 }
 
@@ -85,12 +89,17 @@ struct session *session_adopt(struct server *srv, int fd, uint64_t id)
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	(void)core_claim_id(&srv->core, id);
 	struct session *s = session_create(srv, fd, id);
 	if (s) {
+		s->stored = true;
+		srv->core.fds.store_used++;
 		s->hello_done = true;
 		snprintf(s->name, sizeof(s->name), "(adopted)");
 		log_info("session %" PRIu64 " (uid %u pid %d) adopted from the fd store", id,
 			 (unsigned)s->cred.uid, (int)s->cred.pid);
+	} else {
+		core_release_id(&srv->core, id);
 	}
 	return s;
 }
@@ -143,6 +152,8 @@ void session_free(struct session *s)
 	}
 	TAILQ_REMOVE(&srv->sessions, s, link);
 	srv->n_sessions--;
+	srv->core.fds.used--;
+	srv->core.fds.store_used -= s->stored;
 	event_free(s->ev_read);
 	event_free(s->ev_write);
 	/* The client is gone: its non-persistent contexts go with it, which
@@ -156,7 +167,9 @@ void session_free(struct session *s)
 	close(s->fd);
 	log_debug("session %" PRIu64 " (uid %u pid %d '%s'): closed after %" PRIu64 " requests", s->id,
 		  (unsigned)s->cred.uid, (int)s->cred.pid, s->name, s->n_requests);
+	core_release_id(&srv->core, s->id);
 	free(s);
+	server_listen_resume(srv);
 }
 
 void session_update_reading(struct session *s)

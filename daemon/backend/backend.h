@@ -111,8 +111,19 @@ struct dmb_fdset {
 	struct dmb_fd_entry e[DMB_MAX_OBJ_FDS];
 };
 
+/* What one object costs in fds (core/account.c budgets them): `fds` the
+ * daemon holds (a region's includes the fd the core keeps), `stored` the
+ * entries it takes in the fd store under systemd. Upper bounds: a type1
+ * device counts its group's fd, which it may share with another device. */
+enum dmb_fd_kind { DMB_FD_CTX, DMB_FD_REGION, DMB_FD_DEVICE, DMB_FD_KINDS };
+struct dmb_fd_cost {
+	uint8_t fds[DMB_FD_KINDS];
+	uint8_t stored[DMB_FD_KINDS];
+};
+
 struct dmb_backend_ops {
 	const char *name; /* "sim", "vfio-type1", "iommufd" */
+	struct dmb_fd_cost fd_cost;
 
 	void (*destroy)(struct dmb_backend *be);
 

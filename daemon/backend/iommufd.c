@@ -1129,6 +1129,9 @@ static int ifd_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err
 
 static const struct dmb_backend_ops ifd_ops = {
 	.name = "iommufd",
+	/* context: its iommufd; region: our dup + the core's fd (one stored);
+	 * device: its cdev fd */
+	.fd_cost = { .fds = { 1, 2, 1 }, .stored = { 1, 1, 1 } },
 	.destroy = ifd_destroy,
 	.ctx_open = ifd_ctx_open,
 	.ctx_close = ifd_ctx_close,

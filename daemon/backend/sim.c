@@ -982,6 +982,9 @@ static const char *const sim_features[] = {
 
 static const struct dmb_backend_ops sim_ops = {
 	.name = "sim",
+	/* context: its table memfd; region: our dup + the core's fd (one stored);
+	 * device: its config and BAR0 memfds */
+	.fd_cost = { .fds = { 1, 2, 2 }, .stored = { 1, 1, 2 } },
 	.destroy = sim_destroy,
 	.ctx_open = sim_ctx_open,
 	.ctx_close = sim_ctx_close,

@@ -1573,6 +1573,9 @@ static int t1_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err 
 
 static const struct dmb_backend_ops t1_ops = {
 	.name = "vfio-type1",
+	/* context: its container; region: the core's fd (the mapping is our mmap);
+	 * device: its fd and, when it is the first of its group, the group's */
+	.fd_cost = { .fds = { 1, 1, 2 }, .stored = { 1, 1, 2 } },
 	.destroy = t1_destroy,
 	.ctx_open = t1_ctx_open,
 	.ctx_close = t1_ctx_close,

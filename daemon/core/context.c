@@ -10,6 +10,14 @@
 #include "util/log.h"
 #include "util/macro.h"
 
+/* Gives back what a context was charged (its own fds, one context). */
+static void ctx_unaccount(struct dmb_ctx *ctx)
+{
+	acct_release(ctx->acct, DMB_FD_CTX);
+	ctx->acct->contexts--;
+	acct_put(TAKE_PTR(ctx->acct));
+}
+
 int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struct dmb_ctx **out,
 	       struct dmb_err *e)
 {
@@ -19,14 +27,21 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
 				"persistent contexts need the broker's state to survive it: it runs "
 				"without a file-descriptor store (not under systemd)");
-	if (owner->n_contexts >= owner->pol.limits.contexts_per_owner)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit contexts_per_client (%u) reached",
-				owner->pol.limits.contexts_per_owner);
-
+	int r = acct_check_contexts(owner->acct, &owner->pol.limits, e);
+	if (r < 0)
+		return r;
 	struct dmb_ctx *ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	/* Its fds are charged before the backend opens any. */
+	r = acct_charge(owner->acct, &owner->pol.limits, DMB_FD_CTX, e);
+	if (r < 0) {
+		free(ctx);
+		return r;
+	}
+	ctx->acct = owner->acct;
+	ctx->acct->refs++;
+	ctx->acct->contexts++;
 	ctx->core = core;
 	ctx->persistent = persistent;
 	snprintf(ctx->name, sizeof(ctx->name), "%s", name ? name : "");
@@ -34,8 +49,9 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 	RB_INIT(&ctx->regions);
 	TAILQ_INIT(&ctx->devices);
 
-	int r = core->be->ops->ctx_open(core->be, &ctx->bctx, e);
+	r = core->be->ops->ctx_open(core->be, &ctx->bctx, e);
 	if (r < 0) {
+		ctx_unaccount(ctx);
 		free(ctx);
 		return dmb_fail(e, dmb_code_from_errno(r), -r, "could not open a backend context: %s",
 				strerror(-r));
@@ -43,12 +59,19 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 
 	if (persistent && getrandom(ctx->token, sizeof(ctx->token), 0) != (ssize_t)sizeof(ctx->token)) {
 		core->be->ops->ctx_close(ctx->bctx);
+		ctx_unaccount(ctx);
 		free(ctx);
 		return dmb_fail(e, DMB_E_INTERNAL, errno, "no random bytes for the reclaim token");
 	}
 
-	/* Commit: from here on the context is visible. */
 	ctx->id = core_new_id(core);
+	if (!ctx->id) {
+		core->be->ops->ctx_close(ctx->bctx);
+		ctx_unaccount(ctx);
+		free(ctx);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	/* Commit: from here on the context is visible. */
 	ctx->owner = owner;
 	ctx->last_session = owner->session_id;
 	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
@@ -67,13 +90,24 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 	return 0;
 }
 
-struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64_t id,
+struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uid_t uid, uint64_t id,
 			  const char *name, bool persistent, const uint8_t *token,
 			  struct dmb_bctx *bctx)
 {
 	struct dmb_ctx *ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return NULL;
+	/* Charged to its uid whether or not a session holds it: what it held
+	 * before the restart, so no limit refuses it. */
+	ctx->acct = owner ? owner->acct : acct_get(core, uid);
+	if (!ctx->acct) {
+		free(ctx);
+		return NULL;
+	}
+	if (owner)
+		ctx->acct->refs++;
+	ctx->acct->contexts++;
+	acct_force(ctx->acct, DMB_FD_CTX);
 	ctx->core = core;
 	ctx->id = id;
 	ctx->persistent = persistent;
@@ -92,8 +126,7 @@ struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64
 		TAILQ_INSERT_TAIL(&owner->contexts, ctx, owner_link);
 		owner->n_contexts++;
 	}
-	if (core->next_id <= id)
-		core->next_id = id + 1;
+	(void)core_claim_id(core, id);
 	ctx_refresh_iova(ctx);
 	return ctx;
 }
@@ -119,18 +152,23 @@ int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size
 	if (ctx->owner == owner)
 		return dmb_fail(e, DMB_E_ALREADY_EXISTS, EEXIST,
 				"context %" PRIu64 " already belongs to this session", id);
-	if (owner->n_contexts >= owner->pol.limits.contexts_per_owner)
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit contexts_per_client (%u) reached", owner->pol.limits.contexts_per_owner);
 	uint8_t fresh[sizeof(ctx->token)];
 	if (getrandom(fresh, sizeof(fresh), 0) != (ssize_t)sizeof(fresh))
 		return dmb_fail(e, DMB_E_INTERNAL, errno, "no random bytes for the reclaim token");
+	/* The same uid already counts it; another takes it only within its
+	 * own limits. */
+	int r = acct_move_ctx(ctx, owner->acct, &owner->pol.limits, e);
+	if (r < 0)
+		return r;
+	uint64_t pinned = ctx->mapped_bytes - ctx->p2p_bytes;
 	if (ctx->owner) {
 		/* Taken from a live session (a VMM whose successor reclaims
 		 * before the old session has noticed it is dead). */
 		TAILQ_REMOVE(&ctx->owner->contexts, ctx, owner_link);
 		ctx->owner->n_contexts--;
+		ctx->owner->pinned_bytes -= pinned;
 	}
+	owner->pinned_bytes += pinned;
 	memcpy(ctx->token, fresh, sizeof(fresh));
 	ctx->owner = owner;
 	ctx->last_session = owner->session_id;
@@ -182,6 +220,7 @@ void ctx_destroy(struct dmb_ctx *ctx)
 
 	struct dmb_region *r;
 	while ((r = RB_MIN(dmb_region_tree, &ctx->regions))) {
+		/* region_free gives its fds back. */
 		RB_REMOVE(dmb_region_tree, &ctx->regions, r);
 		if (core->jh)
 			core->jh->region_remove(core->jh->opaque, r);
@@ -197,6 +236,8 @@ void ctx_destroy(struct dmb_ctx *ctx)
 		TAILQ_REMOVE(&ctx->owner->contexts, ctx, owner_link);
 		ctx->owner->n_contexts--;
 	}
+	ctx_unaccount(ctx);
+	core_release_id(core, ctx->id);
 	free(ctx);
 }
 

@@ -30,12 +30,16 @@
 struct dmb_core;
 struct dmb_ctx;
 
+/* contexts_per_owner, pinned_bytes and fds bound a principal (a uid: every
+ * session of it and its persistent contexts, account.c); the others one
+ * context. */
 struct dmb_limits {
 	uint32_t contexts_per_owner;
 	uint32_t regions_per_context;
 	uint64_t mappings_per_context;
 	uint32_t devices_per_context;
-	uint64_t pinned_bytes;      /* RAM mapped by one client; 0 = no limit */
+	uint64_t pinned_bytes;      /* RAM mapped by one principal; 0 = no limit */
+	uint64_t fds;               /* the broker's fds held for one principal; 0 = no limit */
 };
 
 /* What the policy grants one client, resolved from the configuration's
@@ -147,8 +151,31 @@ struct dmb_device {
 };
 TAILQ_HEAD(dmb_device_list, dmb_device);
 
+/* A principal's account (account.c): a uid's usage over all its sessions
+ * and the persistent contexts that outlived them. */
+struct dmb_acct {
+	LIST_ENTRY(dmb_acct) link;
+	struct dmb_core *core;
+	uid_t uid;
+	uint32_t refs;          /* owners and contexts of this uid */
+	uint32_t contexts;
+	uint64_t pinned_bytes;  /* RAM mapped */
+	uint64_t fds;           /* daemon fds its objects cost */
+	uint64_t stored;        /* fd store entries they cost */
+};
+
+/* The broker's fds (account.c). limit: what objects and sessions may hold,
+ * RLIMIT_NOFILE less a reserve; store_limit: the fd store's entries
+ * likewise. UINT64_MAX: not budgeted (no fd store, or in-process use). */
+struct dmb_fd_budget {
+	uint64_t limit, used;
+	uint64_t store_limit, store_used;
+	uint64_t nofile, store_max;   /* what they were derived from, for messages */
+};
+
 struct dmb_owner {
 	struct dmb_core *core;
+	struct dmb_acct *acct;  /* this uid's account */
 	uint64_t session_id;
 	uid_t uid;
 	gid_t gid;
@@ -167,6 +194,7 @@ struct dmb_ctx {
 	uint64_t id;
 	struct dmb_core *core;
 	struct dmb_owner *owner;
+	struct dmb_acct *acct;        /* charged for it; kept while it is detached */
 	char name[65];
 	bool persistent;
 	uint8_t token[32];            /* reclaim token (persistent contexts) */
@@ -243,13 +271,23 @@ struct dmb_journal_hooks {
 	void (*id_used)(void *o, uint64_t id);
 };
 
+struct dmb_id {
+	RB_ENTRY(dmb_id) node;
+	uint64_t id;
+};
+RB_HEAD(dmb_id_tree, dmb_id);
+RB_PROTOTYPE(dmb_id_tree, dmb_id, node, id_cmp)
+
 struct dmb_core {
 	struct dmb_backend *be;
 	struct dmb_limits limits;
-	uint64_t next_id;
+	uint64_t next_id;             /* above every id used (the journal's watermark) */
+	struct dmb_id_tree ids;       /* every live object's id (core.c) */
 
 	struct dmb_ctx_tree contexts;
 	uint32_t n_contexts;
+	LIST_HEAD(, dmb_acct) accts;
+	struct dmb_fd_budget fds;
 	uint64_t n_mappings;
 	uint64_t mapped_bytes;
 	uint32_t n_regions;
@@ -289,7 +327,12 @@ struct dmb_core {
 void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_limits *limits);
 /* Destroys every context (non-persistent and persistent). */
 void core_fini(struct dmb_core *core);
+/* A fresh random id for a session, context, region or device (0: out of
+ * memory or randomness); core_release_id when the object goes. */
 uint64_t core_new_id(struct dmb_core *core);
+/* Re-adoption: an id the journal names is taken again (false: in use). */
+bool core_claim_id(struct dmb_core *core, uint64_t id);
+void core_release_id(struct dmb_core *core, uint64_t id);
 /* Calls event_fn; owner may be NULL (a context without a session). */
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
 /* See dmb_core.ctx_quiesce. */
@@ -298,6 +341,28 @@ static inline void core_quiesce(struct dmb_ctx *ctx)
 	if (ctx->core->ctx_quiesce)
 		ctx->core->ctx_quiesce(ctx->core->quiesce_opaque, ctx);
 }
+
+/* account.c */
+/* The account of uid (created at first use), with a reference; NULL: out
+ * of memory. */
+struct dmb_acct *acct_get(struct dmb_core *core, uid_t uid);
+void acct_put(struct dmb_acct *a);
+/* RESOURCE_EXHAUSTED naming the limit when one more context, or `want`
+ * more pinned bytes, would exceed lim for this principal. */
+int acct_check_contexts(const struct dmb_acct *a, const struct dmb_limits *lim, struct dmb_err *e);
+int acct_check_pinned(const struct dmb_acct *a, const struct dmb_limits *lim, uint64_t want,
+		      struct dmb_err *e);
+/* Charges one object's fds to a and to the broker, or refuses (naming the
+ * principal's `fds` limit, the broker's fd budget or the fd store) and
+ * changes nothing. acct_force charges without checking (re-adoption). */
+int acct_charge(struct dmb_acct *a, const struct dmb_limits *lim, enum dmb_fd_kind kind,
+		struct dmb_err *e);
+void acct_force(struct dmb_acct *a, enum dmb_fd_kind kind);
+void acct_release(struct dmb_acct *a, enum dmb_fd_kind kind);
+/* A reclaim by another uid: ctx's context, fds and pins move to `to` if
+ * its limits take them. */
+int acct_move_ctx(struct dmb_ctx *ctx, struct dmb_acct *to, const struct dmb_limits *lim,
+		  struct dmb_err *e);
 
 /* pol NULL: the core's default limits, no devices, not admin. */
 struct dmb_owner *owner_new(struct dmb_core *core, uint64_t session_id, uid_t uid, gid_t gid,
@@ -319,7 +384,8 @@ int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size
 /* Re-adoption after a restart: an existing backend context enters the
  * model with its old id, owner (or none: detached) and attributes; nothing
  * is journaled. */
-struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uint64_t id,
+/* owner NULL: detached, charged to uid's account. */
+struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uid_t uid, uint64_t id,
 			  const char *name, bool persistent, const uint8_t *token,
 			  struct dmb_bctx *bctx);
 /* Unmaps everything, closes devices and regions, frees. */

@@ -65,12 +65,24 @@ int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, s
 	_cleanup_free_ struct dmb_device *d = calloc(1, sizeof(*d));
 	if (!d)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	int r = ops->dev_open(ctx->bctx, bdf, &d->bdev, &d->info, e);
+	/* Its fds are charged before the backend opens any; device_close
+	 * gives them back. */
+	int r = acct_charge(ctx->acct, &ctx->owner->pol.limits, DMB_FD_DEVICE, e);
 	if (r < 0)
+		return r;
+	r = ops->dev_open(ctx->bctx, bdf, &d->bdev, &d->info, e);
+	if (r < 0) {
+		acct_release(ctx->acct, DMB_FD_DEVICE);
 		return dmb_fail(e, dmb_code_from_errno(r), -r, "could not open device %s: %s", bdf,
 				strerror(-r));
+	}
 
 	d->id = core_new_id(core);
+	if (!d->id) {
+		ops->dev_close(d->bdev);
+		acct_release(ctx->acct, DMB_FD_DEVICE);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
 	d->ctx = ctx;
 	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
 	TAILQ_INIT(&d->importers);
@@ -104,13 +116,13 @@ struct dmb_device *device_adopt(struct dmb_ctx *ctx, uint64_t id, const char *bd
 	d->ctx = ctx;
 	d->bdev = bdev;
 	d->info = *info;
+	acct_force(ctx->acct, DMB_FD_DEVICE);
 	snprintf(d->bdf, sizeof(d->bdf), "%s", bdf);
 	TAILQ_INIT(&d->importers);
 	TAILQ_INSERT_TAIL(&ctx->devices, d, link);
 	ctx->n_devices++;
 	ctx->core->n_devices++;
-	if (ctx->core->next_id <= id)
-		ctx->core->next_id = id + 1;
+	(void)core_claim_id(ctx->core, id);
 	uint16_t cmd;
 	struct dmb_err e = { 0 };
 	(void)p2p_read_command(d, &cmd, &e);
@@ -155,6 +167,8 @@ void device_close(struct dmb_device *d)
 	ctx->n_devices--;
 	ctx->core->n_devices--;
 	ctx->core->be->ops->dev_close(d->bdev);
+	acct_release(ctx->acct, DMB_FD_DEVICE);
+	core_release_id(ctx->core, d->id);
 	if (ctx->owner)
 		log_info("session %" PRIu64 " (uid %u pid %d): device %s detached from context %" PRIu64,
 			 ctx->owner->session_id, (unsigned)ctx->owner->uid, (int)ctx->owner->pid, d->bdf,

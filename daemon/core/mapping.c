@@ -182,6 +182,7 @@ void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	} else {
 		m->region->map_refs++;
 		ctx->core->pinned_bytes += m->length;
+		ctx->acct->pinned_bytes += m->length;
 		if (ctx->owner)
 			ctx->owner->pinned_bytes += m->length;
 	}
@@ -210,6 +211,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 	}
 	m->region->map_refs--;
 	ctx->core->pinned_bytes -= m->length;
+	ctx->acct->pinned_bytes -= m->length;
 	if (ctx->owner)
 		ctx->owner->pinned_bytes -= m->length;
 	node_free(ctx->core, m);
@@ -290,12 +292,9 @@ int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req
 			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "batch length overflows");
 		want += reqs[i].length;
 	}
-	if (lim->pinned_bytes && (ctx->owner->pinned_bytes + want > lim->pinned_bytes ||
-				  ctx->owner->pinned_bytes + want < want))
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
-				"limit pinned_bytes (%" PRIu64 ") would be exceeded: this client has "
-				"%" PRIu64 " bytes mapped and asks for %" PRIu64 " more",
-				lim->pinned_bytes, ctx->owner->pinned_bytes, want);
+	int r = acct_check_pinned(ctx->acct, lim, want, e);
+	if (r < 0)
+		return r;
 	uint64_t glim = ctx->core->pinned_bytes_limit;
 	if (glim && (ctx->core->pinned_bytes + want > glim || ctx->core->pinned_bytes + want < want))
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM,
@@ -317,7 +316,6 @@ int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req
 		memset(op->kept, 0, n);
 	}
 	size_t done = 0;
-	int r = 0;
 	for (; done < n; done++) {
 		struct dmb_region *reg = NULL;
 		r = map_validate(ctx, &reqs[done], &reg, e);

@@ -165,17 +165,30 @@ int region_register(struct dmb_ctx *ctx, int fd, uint64_t size, struct dmb_regio
 		    struct dmb_err *e)
 {
 	struct dmb_core *core = ctx->core;
-	uint32_t max_regions = ctx->owner->pol.limits.regions_per_context;
-	if (ctx->n_regions >= max_regions) {
+	const struct dmb_limits *lim = &ctx->owner->pol.limits;
+	if (ctx->n_regions >= lim->regions_per_context) {
 		safe_close(fd);
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit regions_per_context (%u) reached", max_regions);
+				"limit regions_per_context (%u) reached", lim->regions_per_context);
+	}
+	/* Charged before the backend takes its own copy; region_free gives
+	 * it back. */
+	int r = acct_charge(ctx->acct, lim, DMB_FD_REGION, e);
+	if (r < 0) {
+		safe_close(fd);
+		return r;
 	}
 	struct dmb_region *reg;
-	int r = region_prepare(ctx, fd, size, &reg, e);
-	if (r < 0)
+	r = region_prepare(ctx, fd, size, &reg, e);
+	if (r < 0) {
+		acct_release(ctx->acct, DMB_FD_REGION);
 		return r;
+	}
 	reg->id = core_new_id(core);
+	if (!reg->id) {
+		region_free(reg);
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
 	if (core->jh) {
 		r = core->jh->region_add(core->jh->opaque, reg, e);
 		if (r < 0) {
@@ -195,10 +208,10 @@ int region_adopt(struct dmb_ctx *ctx, uint64_t id, int fd, uint64_t size, struct
 	int r = region_prepare(ctx, fd, size, &reg, e);
 	if (r < 0)
 		return r;
+	acct_force(ctx->acct, DMB_FD_REGION);
 	reg->id = id;
 	region_link(ctx, reg);
-	if (ctx->core->next_id <= id)
-		ctx->core->next_id = id + 1;
+	(void)core_claim_id(ctx->core, id);
 	*out = reg;
 	return 0;
 }
@@ -234,5 +247,8 @@ void region_free(struct dmb_region *r)
 	if (r->breg)
 		r->breg->be->ops->region_close(r->breg);
 	safe_close(r->fd);
+	acct_release(r->ctx->acct, DMB_FD_REGION);
+	if (r->id)
+		core_release_id(r->ctx->core, r->id);
 	free(r);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 struct daemon g_daemon;
+static unsigned start_nofile; /* daemon_start_nofile's, for the child */
 
 static void sleep_ms(long ms)
 {
@@ -40,6 +42,44 @@ static void dump_log(const struct daemon *d)
 void daemon_start(struct daemon *d, const char *extra_config)
 {
 	daemon_start_args(d, extra_config, NULL);
+}
+
+void daemon_start_nofile(struct daemon *d, const char *extra_config, unsigned nofile)
+{
+	start_nofile = nofile;
+	daemon_start_args(d, extra_config, NULL);
+	start_nofile = 0;
+}
+
+unsigned long long daemon_cpu_ticks(const struct daemon *d)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)d->pid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* After "(comm)": state is field 3, utime 14 and stime 15. */
+	char *p = strrchr(buf, ')');
+	assert_non_null(p);
+	unsigned long long ut = 0, st = 0;
+	assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st),
+			 2);
+	return ut + st;
+}
+
+int daemon_log_count(const struct daemon *d, const char *needle)
+{
+	FILE *f = fopen(d->log, "r");
+	if (!f)
+		return 0;
+	char line[4096];
+	int n = 0;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, needle) != NULL;
+	fclose(f);
+	return n;
 }
 
 void daemon_start_args(struct daemon *d, const char *extra_config, const char *const *args)
@@ -76,6 +116,11 @@ void daemon_start_args(struct daemon *d, const char *extra_config, const char *c
 		unsetenv("LISTEN_PID");
 		unsetenv("NOTIFY_SOCKET");
 		unsetenv("INVOCATION_ID"); /* --bus=auto: no system bus in tests */
+		if (start_nofile) {
+			struct rlimit rl = { start_nofile, start_nofile };
+			if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+				_exit(126);
+		}
 		const char *argv[16] = { bin, "--config", cfg };
 		size_t n = 3;
 		for (size_t i = 0; args && args[i] && n < DMB_HARNESS_MAX_ARGS + 3; i++)

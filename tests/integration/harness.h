@@ -33,7 +33,15 @@ void daemon_start(struct daemon *d, const char *extra_config);
  * DMB_HARNESS_MAX_ARGS), e.g. { "--seccomp=log", NULL }. */
 #define DMB_HARNESS_MAX_ARGS 12
 void daemon_start_args(struct daemon *d, const char *extra_config, const char *const *args);
+/* daemon_start with the daemon's RLIMIT_NOFILE (soft and hard) set to
+ * nofile: a small fd table to run out of. */
+void daemon_start_nofile(struct daemon *d, const char *extra_config, unsigned nofile);
 void daemon_stop(struct daemon *d);
+/* User and system CPU time the daemon used so far, in clock ticks (from
+ * /proc/PID/stat). */
+unsigned long long daemon_cpu_ticks(const struct daemon *d);
+/* Lines of the daemon's log that contain needle. */
+int daemon_log_count(const struct daemon *d, const char *needle);
 /* Waits (10 s at most) for the daemon to end by itself, without signalling
  * it, and stores its wait status (WIFSIGNALED, WTERMSIG ...) in *status;
  * cleans up like daemon_stop but accepts any end. -ETIMEDOUT (the daemon is

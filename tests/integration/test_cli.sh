@@ -31,7 +31,12 @@ command -v python3 >/dev/null || { echo "FAIL: python3 is needed to parse JSON" 
 # Nothing from the caller's environment may steer the daemon or the clients.
 unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES NOTIFY_SOCKET DMABROKER_SOCKET
 
-HOLD=5          # seconds the example keeps its mappings (as the spec asks)
+# The example holds its mappings until the checks below are done and stop
+# it (SIGTERM): a hold of a few seconds ran out under ASan on a loaded
+# machine, where each dmabrokerctl call takes over a second. HOLD only
+# bounds a test that hangs; that a hold ends by itself is checked apart,
+# with --hold 1.
+HOLD=600
 SIZE_MIB=64
 MiB=1048576
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dmb-cli.XXXXXX") || exit 1
@@ -303,6 +308,19 @@ grep -Eq '^  devices: +0000:01:00\.0$' "$TMP/out" || fail "policy check: uid 100
 grep -Eq '^  pinned bytes: +no limit$' "$TMP/out" || fail "policy check: uid 1001 has no pinned limit"
 pass "policy check: a good file with a drop-in, and what uid 1000 / 1001 would get"
 
+# A grant the shipped unit cannot honour is valid, with a warning.
+FDP=$TMP/fds.conf
+printf '[uid 7]\nfds = 100000\n[uid 8]\nfds = 0\n' >"$FDP"
+ctl_raw policy check "$FDP"
+expect_rc 0 "policy check of a file with large fds grants"
+grep -q "^$FDP: warning: \[uid 7\] fds = 100000 exceeds the broker's fd budget" "$TMP/err" ||
+	fail "policy check: expected a warning about [uid 7] fds = 100000"
+grep -q "^$FDP: warning: \[uid 8\] fds = 0: no per-uid limit" "$TMP/err" ||
+	fail "policy check: expected a warning about [uid 8] fds = 0"
+ctl_raw policy check "$POL"
+[ -s "$TMP/err" ] && fail "policy check of the defaults: expected no warning, got: $(cat "$TMP/err")"
+pass "policy check warns about fds grants the shipped unit cannot honour, not about the defaults"
+
 BAD=$TMP/bad.conf
 printf '[default]\ncontexts = 4\n\n[uid 7]\np2p = maybe\n' >"$BAD"
 ctl_raw --json policy check "$BAD"
@@ -459,17 +477,23 @@ expect_err '^dmabrokerctl: not-found: ' "iova-ranges of another session's contex
 [ -s "$TMP/out" ] && fail "a refused --json request: expected nothing on stdout"
 pass "refusals exit 1 with 'dmabrokerctl: <code>: <message>'"
 
-# The example ends by itself after --hold.
-for ((n = 0; n < (HOLD + 15) * 10; n++)); do
-	kill -0 "$EX_PID" 2>/dev/null || break
-	sleep 0.1
-done
-kill -0 "$EX_PID" 2>/dev/null && fail "the example still runs $((HOLD + 15)) s after it started holding"
+# Checks done: the example stops when told to, tearing its mappings down.
+kill -0 "$EX_PID" 2>/dev/null || fail "the example ended before the checks were done (see $TMP/example.log)"
+kill -TERM "$EX_PID"
 wait "$EX_PID"
 EX_RC=$?
-[ "$EX_RC" -eq 0 ] || fail "the example: expected exit code 0, got $EX_RC"
+[ "$EX_RC" -eq 0 ] || fail "the example: expected exit code 0 after SIGTERM, got $EX_RC"
 grep -q '^DMA check: ok' "$TMP/example.log" || fail "the example: expected 'DMA check: ok' in its output"
+grep -q '^stopping early' "$TMP/example.log" || fail "the example: expected 'stopping early' after SIGTERM"
 pass "the example exited 0 after proving its mappings with sim DMA"
+
+# A hold ends by itself (it runs in the foreground: nothing else waits on it).
+"$EXAMPLE" --socket "$SOCK" --hold 1 --size 4 >"$TMP/example-short.log" 2>&1
+EX_RC=$?
+[ "$EX_RC" -eq 0 ] || fail "the example with --hold 1: expected exit code 0, got $EX_RC"
+grep -q '^holding the session for 1 s' "$TMP/example-short.log" || fail "the example with --hold 1: expected it to hold"
+grep -q '^stopping early' "$TMP/example-short.log" && fail "the example with --hold 1: expected it to end by itself"
+pass "the example's hold ends by itself"
 
 ctl --json list contexts --all
 expect_rc 0 "list contexts after the example"

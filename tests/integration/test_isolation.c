@@ -90,6 +90,40 @@ static void test_other_clients_ids_are_not_found(void **state)
 	assert_true(daemon_wait_idle(&g_daemon));
 }
 
+/* Ids say nothing about other clients: with one counter for every object,
+ * the gap between two of a client's ids counted what the others created
+ * meanwhile. A's contexts and regions, created while B creates some of its
+ * own, must not come out as small steps of a sequence. */
+static void test_ids_tell_nothing_about_others(void **state)
+{
+	struct dmb_client *a = client_connect(&g_daemon, "a");
+	struct dmb_client *b = client_connect(&g_daemon, "b");
+	int m = make_memfd(PG, 1);
+	uint64_t ids[32], other;
+	size_t n = 0;
+	for (int i = 0; i < 16; i++) {
+		struct dmb_region_info ri;
+		assert_ok(a, dmb_context_create(a, "a", &ids[n]));
+		assert_ok(a, dmb_region_register(a, ids[n], m, 0, &ri));
+		ids[n + 1] = ri.region;
+		n += 2;
+		if (i % 2)
+			assert_ok(b, dmb_context_create(b, "b", &other));
+	}
+	unsigned close_steps = 0;
+	for (size_t i = 1; i < n; i++) {
+		uint64_t d = ids[i] > ids[i - 1] ? ids[i] - ids[i - 1] : ids[i - 1] - ids[i];
+		close_steps += d <= 1024;
+	}
+	fprintf(stderr, "ids: %u of %zu steps between a client's ids are within 1024\n",
+		close_steps, n - 1);
+	assert_true(close_steps < 4);
+	close(m);
+	dmb_close(a);
+	dmb_close(b);
+	assert_true(daemon_wait_idle(&g_daemon));
+}
+
 static void test_session_end_destroys_contexts(void **state)
 {
 	int base = daemon_quiet_fd_count(&g_daemon, 0);
@@ -215,6 +249,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_other_clients_ids_are_not_found),
+		cmocka_unit_test(test_ids_tell_nothing_about_others),
 		cmocka_unit_test(test_session_end_destroys_contexts),
 		cmocka_unit_test(test_client_dies_mid_request),
 		cmocka_unit_test(test_client_that_never_reads),

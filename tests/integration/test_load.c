@@ -1543,8 +1543,11 @@ static int load_setup(void **state)
 		return -1;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	char cfg[128];
-	snprintf(cfg, sizeof(cfg), "[limits]\nsessions = %u\n", MAX_SESSIONS);
+	/* Limits bound a uid over all its sessions, and every client here is
+	 * the test's uid: grant it what 1,000 VMMs need. */
+	char cfg[160];
+	snprintf(cfg, sizeof(cfg), "[limits]\nsessions = %u\ncontexts_per_client = %u\nfds = 0\n",
+		 MAX_SESSIONS, 4 * N_GOOD);
 	daemon_start(&g_daemon, cfg);
 	return 0;
 }

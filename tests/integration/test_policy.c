@@ -131,6 +131,49 @@ static int gid_checks(struct dmb_client *c)
 	return 0;
 }
 
+/* Three sessions of uid 4242 ([default] contexts = 2, pinned_bytes = 64K)
+ * share that grant: limits bound the uid, not each connection. */
+static int uid_a_sessions(struct dmb_client *c)
+{
+	struct dmb_client *s2, *s3;
+	CHECK(dmb_connect(g_daemon.sock, "second", &s2) == 0);
+	CHECK(dmb_connect(g_daemon.sock, "third", &s3) == 0);
+	uint64_t c1, c2, c3;
+	int m = memfd_create("a", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	CHECK(ftruncate(m, 1 << 20) == 0 && fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+	struct dmb_region_info r1, r2;
+	CHECK(dmb_context_create(c, "a", &c1) == 0);
+	CHECK(dmb_region_register(c, c1, m, 0, &r1) == 0);
+	struct dmb_map_entry e = { r1.region, 0, 0x100000, 32 * 1024, DMB_READ };
+	CHECK(dmb_map(c, c1, &e) == 0);
+	CHECK(dmb_context_create(s2, "a", &c2) == 0);
+	CHECK(dmb_region_register(s2, c2, m, 0, &r2) == 0);
+	e.region = r2.region;
+	CHECK(dmb_map(s2, c2, &e) == 0);
+	/* Two contexts and 64K pinned between them: the third session gets
+	 * neither a context nor the second one another page. */
+	CHECK(dmb_context_create(s3, "a", &c3) < 0 && dmb_last_error(s3)->code == DMB_RESOURCE_EXHAUSTED);
+	CHECK(strstr(dmb_last_error(s3)->message, "contexts_per_client (2) of uid 4242"));
+	e.iova = 0x200000;
+	e.length = PG;
+	CHECK(dmb_map(s2, c2, &e) < 0 && dmb_last_error(s2)->code == DMB_RESOURCE_EXHAUSTED);
+	CHECK(strstr(dmb_last_error(s2)->message, "pinned_bytes (65536) of uid 4242"));
+	/* What one session gives back, another may take. */
+	CHECK(dmb_context_destroy(c, c1) == 0);
+	CHECK(dmb_map(s2, c2, &e) == 0);
+	CHECK(dmb_context_create(s3, "a", &c3) == 0);
+	close(m);
+	dmb_close(s2);
+	dmb_close(s3);
+	return 0;
+}
+
+static void test_limits_span_sessions(void **state)
+{
+	assert_int_equal(run_as(UID_A, UID_A, uid_a_sessions), 0);
+	assert_true(daemon_wait_idle(&g_daemon));
+}
+
 static void test_sections_resolve_per_client(void **state)
 {
 	assert_int_equal(run_as(UID_A, UID_A, uid_a_checks), 0);
@@ -214,6 +257,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sections_resolve_per_client),
+		cmocka_unit_test(test_limits_span_sessions),
 		cmocka_unit_test(test_reload_keeps_mappings),
 	};
 	return cmocka_run_group_tests_name("policy", tests, group_setup, group_stop_daemon);

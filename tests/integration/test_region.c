@@ -218,10 +218,15 @@ static void test_limits(void **state)
 		assert_ok(f->c, dmb_context_create(f->c, "l", &ctx[i]));
 	assert_code(f->c, dmb_context_create(f->c, "over", &extra), DMB_RESOURCE_EXHAUSTED);
 	assert_non_null(strstr(dmb_last_error(f->c)->message, "contexts_per_client"));
-	/* Another client is not affected. */
+	/* The limit is the uid's: another session of it gets no more. */
 	struct dmb_client *o = client_connect(&g_daemon, "other");
+	assert_code(o, dmb_context_create(o, "o", &extra), DMB_RESOURCE_EXHAUSTED);
+	assert_non_null(strstr(dmb_last_error(o)->message, "contexts_per_client"));
+	/* Once this session gives one back, the other may have it. */
+	assert_ok(f->c, dmb_context_destroy(f->c, ctx[2]));
 	assert_ok(o, dmb_context_create(o, "o", &extra));
 	dmb_close(o);
+	assert_ok(f->c, dmb_context_create(f->c, "l", &ctx[2]));
 
 	/* regions_per_context = 3 */
 	int m = make_memfd(PG, 0);

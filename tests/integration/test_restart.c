@@ -424,6 +424,78 @@ static void test_persistent_context_and_reclaim(void **state)
 	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
 }
 
+/* A persistent context that outlived its session still counts for its uid,
+ * also after a restart: limits bound the uid, not its live sessions. */
+static void test_persistent_context_counts_for_its_uid(void **state)
+{
+	start("[limits]\ncontexts_per_client = 1\n");
+	struct daemon d = as_daemon();
+	struct dmb_client *a = connect_or_dump(&d, "vmm-1");
+	uint64_t ctx, other;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(a, dmb_context_create_persistent(a, "kept", &ctx, token));
+	dmb_close(a);
+	struct dmb_client *b = connect_or_dump(&d, "vmm-2");
+	assert_code(b, dmb_context_create(b, "more", &other), DMB_RESOURCE_EXHAUSTED);
+	assert_non_null(strstr(dmb_last_error(b)->message, "contexts_per_client (1)"));
+	dmb_close(b);
+
+	restart(SIGKILL);
+	d.pid = H.pid;
+	b = connect_or_dump(&d, "vmm-3");
+	assert_code(b, dmb_context_create(b, "more", &other), DMB_RESOURCE_EXHAUSTED);
+	/* Its own uid takes it back without needing a second slot. */
+	assert_ok(b, dmb_context_reclaim(b, ctx, token, NULL));
+	assert_ok(b, dmb_context_destroy(b, ctx));
+	assert_ok(b, dmb_context_create(b, "more", &other));
+	dmb_close(b);
+}
+
+/* systemd drops an fd past FileDescriptorStoreMax with only a log line of
+ * its own: an object journaled with it would be lost at the next restart.
+ * The daemon knows the store's capacity ($FDSTORE) and refuses such an
+ * object; everything it accepted comes back. */
+static void test_fd_store_capacity(void **state)
+{
+	fds_destroy(&H);
+	struct fds_opts o = fds_default_opts();
+	o.store_max = 48; /* 32 for objects and connections, 16 in reserve */
+	assert_int_equal(fds_init(&H, &o), 0);
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *c = connect_or_dump(&d, "filler");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create(c, "full", &ctx));
+	int m = make_memfd(PG, 9);
+	struct dmb_region_info ri;
+	int n = 0, r;
+	while (n < 200 && (r = dmb_region_register(c, ctx, m, 0, &ri)) == 0)
+		n++;
+	fprintf(stderr, "fd store: %d regions kept, then: %s\n", n, dmb_last_error(c)->message);
+	assert_true(n > 0 && n < 200);
+	assert_int_equal(dmb_last_error(c)->code, DMB_RESOURCE_EXHAUSTED);
+	assert_non_null(strstr(dmb_last_error(c)->message, "fd store is full"));
+	struct dmb_map_entry e = { ri.region, 0, 0x100000, PG, DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map(c, ctx, &e));
+	assert_false(fds_log_has(&H, "Cannot store more fds"));
+
+	restart(SIGKILL);
+	d.pid = H.pid;
+	/* The connection came back with everything it had. */
+	struct dmb_stats st;
+	for (int i = 0; i < 50; i++) {
+		r = dmb_stats(c, ctx, &st);
+		if (r != -EAGAIN)
+			break;
+	}
+	assert_ok(c, r);
+	assert_int_equal(st.regions, (uint64_t)n);
+	assert_false(fds_log_has(&H, "could not be re-adopted"));
+	check_dma(c, ctx, m, 0, 0x100000, PG, 4);
+	close(m);
+	dmb_close(c);
+}
+
 static void test_session_ended_while_down(void **state)
 {
 	start(NULL);
@@ -467,6 +539,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_shared_memfd_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_persistent_context_counts_for_its_uid, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fd_store_capacity, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
 }

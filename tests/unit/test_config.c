@@ -326,6 +326,44 @@ static void test_metrics(void **state)
 	assert_refused(f, "[metrics]\nport = 9100\n", 2, "unknown key 'port' in [metrics]");
 }
 
+/* The value of KEY= in the shipped unit. */
+static uint64_t unit_value(const char *key)
+{
+	FILE *f = fopen(UT_SOURCE_ROOT "/systemd/dmabroker.service.in", "r");
+	assert_non_null(f);
+	char line[256];
+	uint64_t v = 0;
+	size_t n = strlen(key);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == '=')
+			v = strtoull(line + n + 1, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+/* Shipped defaults cannot exceed the shipped unit's limits: the constants
+ * the daemon and policy check use are the unit's, and one uid's default
+ * fds grant is a small part of the budget they leave. */
+static void test_defaults_fit_the_unit(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(unit_value("LimitNOFILE"), DMB_UNIT_NOFILE);
+	assert_int_equal(unit_value("FileDescriptorStoreMax"), DMB_UNIT_FDSTORE_MAX);
+	assert_int_equal(f->cfg.fd_store_max, DMB_UNIT_FDSTORE_MAX);
+	assert_true(f->cfg.limits.fds > 0);
+	assert_true(f->cfg.limits.fds * 8 <= DMB_UNIT_NOFILE - DMB_FD_RESERVE);
+	assert_true(f->cfg.limits.fds * 8 <= DMB_UNIT_FDSTORE_MAX - DMB_FDSTORE_RESERVE);
+	/* and the keys parse, per uid too */
+	assert_int_equal(load(f, "[limits]\nfds = 100\n[uid 5]\nfds = 7\n[persist]\nfd_store_max = 512\n"), 0);
+	struct dmb_client_policy p;
+	config_resolve(&f->cfg, 5, 5, &p);
+	assert_int_equal(p.limits.fds, 7);
+	config_resolve(&f->cfg, 6, 6, &p);
+	assert_int_equal(p.limits.fds, 100);
+	assert_int_equal(f->cfg.fd_store_max, 512);
+	assert_refused(f, "[persist]\nfd_store_max = 0\n", 2, "fd_store_max must be");
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -337,6 +375,7 @@ int main(void)
 		T(test_device_allowed),
 		T(test_admin),
 		T(test_metrics),
+		T(test_defaults_fit_the_unit),
 	};
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

@@ -1180,9 +1180,9 @@ static void test_random_model(void **state)
 
 int main(void)
 {
-	static const struct dmb_limits lim_maps = { 16, 16, 4, 4, 0 };
-	static const struct dmb_limits lim_regions = { 16, NREG, 1u << 20, 4, 0 };
-	static const struct dmb_limits lim_ctx = { 2, 16, 1u << 20, 4, 0 };
+	static const struct dmb_limits lim_maps = { 16, 16, 4, 4, 0, 0 };
+	static const struct dmb_limits lim_regions = { 16, NREG, 1u << 20, 4, 0, 0 };
+	static const struct dmb_limits lim_ctx = { 2, 16, 1u << 20, 4, 0, 0 };
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define TL(fn, lim)                                                                                \
 	cmocka_unit_test_prestate_setup_teardown(fn, setup_prestate, teardown, (void *)&(lim))

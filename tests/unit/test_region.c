@@ -381,7 +381,7 @@ static int setup(void **state)
 	assert_non_null(f);
 	struct dmb_backend_config cfg = { .name = "sim", .sim_populate = true };
 	assert_int_equal(dmb_sim_create(&cfg, &f->be, &f->e), 0);
-	static const struct dmb_limits lim = { 4, 4, 1024, 4, 0 };
+	static const struct dmb_limits lim = { 4, 4, 1024, 4, 0, 0 };
 	core_init(&f->core, f->be, &lim);
 	f->owner = owner_new(&f->core, 1, 1000, 1000, getpid(), false, NULL);
 	assert_non_null(f->owner);
