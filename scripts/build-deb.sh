@@ -21,15 +21,17 @@ out=$(cd "$out" && pwd)
 say() { echo "build-deb: $*"; }
 now() { date +%s; }
 
-# The files of the tree: what git knows (tracked, or new and not ignored), else
-# everything but build directories.
+# The files of the tree that the packages are built from: what git knows (tracked, or
+# new and not ignored), else everything but build directories; never tests/ and
+# bench/, which the package build does not configure (so editing a test does not
+# rebuild the packages).
 files() {
   if git -C "$top" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     git -C "$top" ls-files -z --cached --others --exclude-standard |
       while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done
   else
     find . -path ./.git -prune -o -path './build*' -prune -o -type f -print0 | sed -z 's,^\./,,'
-  fi
+  fi | grep -zv -e '^tests/' -e '^bench/'
 }
 
 stamp=$out/.source-hash

@@ -17,6 +17,9 @@ pkgs=(
   # VM test tier, the systemd guest (vm-systemd): its rootfs is assembled from these
   # packages' files, and systemd-analyze scores the unit
   systemd udev dbus-daemon dbus-bin
+  # the Debian packages (scripts/build-deb.sh), built and installed by the vm-systemd
+  # test: dpkg-buildpackage with debhelper's meson build system, then lintian
+  debhelper dpkg-dev fakeroot lintian
   # D-Bus tests (test_mgmt starts a private dbus-daemon)
   dbus
   # man page lint (docs/man/lint.sh: groff -ww)
