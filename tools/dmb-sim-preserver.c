@@ -8,7 +8,7 @@
  *
  * The daemon's preserve/sim.c is its client; the wire and the meaning of a
  * connection are in daemon/preserve/sim_proto.h. The rules copied from the
- * kernel (../shared/docs/kernel-uapi.md §4):
+ * kernel (include/uapi/linux/liveupdate.h, kernel/liveupdate/):
  *   - CREATE: EEXIST for a duplicate outgoing name, ENOMEM past 819
  *     sessions; RETRIEVE: ENOENT for an unknown incoming name, EINVAL the
  *     second time; both EBUSY while another connection HOLDs the device, EIO
