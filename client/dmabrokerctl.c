@@ -40,6 +40,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <sys/stat.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -115,8 +116,16 @@ static int ctl_connect(struct ctl *ctl)
 	int r = dmb_connect_raw(path, &ctl->c);
 
 	if (r < 0) {
-		fprintf(stderr, PROG ": cannot connect to %s: %s%s\n", path, strerror(-r),
-			r == -ENOENT || r == -ECONNREFUSED ? " (is dmabrokerd running?)" : "");
+		struct stat st;
+		/* connect(2) says ECONNREFUSED for a path that is no socket at all. */
+		if (stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+			fprintf(stderr, PROG ": cannot connect to %s: it is a %s, not a socket "
+					"(the broker's socket is %s unless configured otherwise)\n",
+				path, S_ISDIR(st.st_mode) ? "directory" : "file",
+				DMB_DEFAULT_SOCKET_PATH);
+		else
+			fprintf(stderr, PROG ": cannot connect to %s: %s%s\n", path, strerror(-r),
+				r == -ENOENT || r == -ECONNREFUSED ? " (is dmabrokerd running?)" : "");
 		return EXIT_TRANSPORT;
 	}
 	/* A broker that accepts but never answers must not hang a script: every
@@ -280,10 +289,12 @@ static int cmd_list_contexts(struct ctl *ctl)
 	if (!all)
 		fprintf(stderr, PROG ": note: not an admin session: only this session's own "
 				"contexts are listed\n");
-	if (ctl->json)
+	if (ctl->json) {
 		contexts_json(v, n, all);
-	else
+	} else {
 		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, context_row, NULL, NULL);
+		printf("\n%zu context%s\n", n, n == 1 ? "" : "s");
+	}
 	free(v);
 	return finish_output();
 }
@@ -703,10 +714,12 @@ static int cmd_list_clients(struct ctl *ctl)
 			fprintf(stderr, PROG ": hint: list clients needs an admin session\n");
 		return rc;
 	}
-	if (ctl->json)
+	if (ctl->json) {
 		clients_json(v, n);
-	else
+	} else {
 		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, client_row, NULL, NULL);
+		printf("\n%zu client%s\n", n, n == 1 ? "" : "s");
+	}
 	free(v);
 	return finish_output();
 }
@@ -1029,6 +1042,9 @@ static int parse_options(int argc, char **argv, struct ctl *ctl)
 	};
 	int c;
 
+	/* getopt reports a bad option under argv[0], the path the binary was run
+	 * by: every other message says PROG. */
+	argv[0] = (char *)PROG;
 	while ((c = getopt_long(argc, argv, "s:jaft:Vh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
@@ -1091,14 +1107,20 @@ static int run(int argc, char **argv)
 	if (argc == 0)
 		return usage_error("no command given");
 	const struct command *cmd = find_command(argc, argv, &args);
+	/* A known first word: name the second one it was given, if any. */
+	const char *what = argc > 1 ? argv[1] : NULL;
 	if (!cmd && strcmp(argv[0], "list") == 0)
-		return usage_error("list what? 'list clients', 'list contexts', 'list mappings "
-				   "CONTEXT' or 'list devices'");
+		return usage_error("%s%s%s'list clients', 'list contexts', 'list mappings "
+				   "CONTEXT' or 'list devices'", what ? "unknown list '" : "list what? ",
+				   what ? what : "", what ? "': use " : "");
 	if (!cmd && strcmp(argv[0], "handoff") == 0)
-		return usage_error("handoff what? 'handoff status', 'handoff prepare [--force]' or "
-				   "'handoff abort'");
+		return usage_error("%s%s%s'handoff status', 'handoff prepare [--force]' or "
+				   "'handoff abort'", what ? "unknown handoff command '" : "handoff what? ",
+				   what ? what : "", what ? "': use " : "");
 	if (!cmd && strcmp(argv[0], "policy") == 0)
-		return usage_error("policy what? 'policy check FILE'");
+		return usage_error("%s%s%s'policy check FILE'",
+				   what ? "unknown policy command '" : "policy what? ", what ? what : "",
+				   what ? "': use " : "");
 	if (!cmd)
 		return usage_error("unknown command '%s'", argv[0]);
 	size_t given = (size_t)argc - (size_t)(args - argv), want = cmd->operand != OP_NONE;

@@ -74,7 +74,14 @@ static int transport_error(struct dmb_client *c, int r, const char *what)
 	c->err.code = 0;
 	c->err.sys_errno = -r;
 	c->err.index = 0;
-	snprintf(c->err.message, sizeof(c->err.message), "%s: %s", what, strerror(-r));
+	if (r == -ECONNRESET || r == -EPIPE)
+		/* The broker's end closed: it stopped, or a restart without an fd
+		 * store ended every session. */
+		snprintf(c->err.message, sizeof(c->err.message),
+			 "%s: the broker closed the connection (dmabrokerd stopped or restarted)",
+			 what);
+	else
+		snprintf(c->err.message, sizeof(c->err.message), "%s: %s", what, strerror(-r));
 	return r;
 }
 

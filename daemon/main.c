@@ -22,7 +22,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: dmabrokerd [OPTIONS]\n"
 		"Serve IOMMU DMA mappings to unprivileged VMMs over a unix socket.\n\n"
-		"  -c, --config=FILE     configuration file (default %s/dmabroker/dmabroker.conf if present)\n"
+		"  -c, --config=FILE     configuration file (default %s if present)\n"
 		"  -s, --socket=PATH     listening socket (default %s)\n"
 		"  -b, --backend=NAME    auto, iommufd, vfio-type1 or sim (default auto; sim is never\n"
 		"                        chosen automatically)\n"
@@ -36,7 +36,7 @@ static void usage(FILE *f)
 		"                        system bus when started by systemd, else none)\n"
 		"  -V, --version         print the version and exit\n"
 		"  -h, --help            this text\n",
-		DMB_SYSCONFDIR, DMB_DEFAULT_SOCKET);
+		DMB_DEFAULT_CONFIG, DMB_DEFAULT_SOCKET);
 }
 
 struct opts {
@@ -66,6 +66,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	int c;
 	o->log_level = -1;
 	o->bus = BUS_AUTO;
+	argv[0] = (char *)"dmabrokerd"; /* getopt's messages: not the path it ran by */
 	while ((c = getopt_long(argc, argv, "c:s:b:l:Vh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o->config = optarg; break;
@@ -119,6 +120,26 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 	(void)server_reload_policy(arg, &e);
 }
 
+/* Says which configuration is in force: the file read, or none (built-in
+ * defaults), and whether it lets any client open any device at all. */
+static void log_config(const char *path, const struct dmb_config *cfg)
+{
+	size_t n = cfg->n_allow;
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		n += cfg->rules[i].n_allow;
+	if (!path)
+		log_notice("configuration: no file (%s does not exist): built-in defaults, no client "
+			   "may open any device (default deny) and only uid 0 is admin; see "
+			   "dmabroker.conf(5)", DMB_DEFAULT_CONFIG);
+	else if (!n)
+		log_notice("configuration: read %s (%zu policy section%s): it allows no device to any "
+			   "client (default deny; [devices] allow or a policy section's devices)",
+			   path, cfg->n_rules, cfg->n_rules == 1 ? "" : "s");
+	else
+		log_info("configuration: read %s (%zu policy section%s, %zu device entr%s allowed)",
+			 path, cfg->n_rules, cfg->n_rules == 1 ? "" : "s", n, n == 1 ? "y" : "ies");
+}
+
 static int run(int argc, char **argv)
 {
 	struct opts o = { 0 };
@@ -130,14 +151,14 @@ static int run(int argc, char **argv)
 	config_defaults(&cfg);
 	struct dmb_err e = { 0 };
 	const char *cfgfile = o.config;
-	char deflt[512];
-	if (!cfgfile) {
-		snprintf(deflt, sizeof(deflt), "%s/dmabroker/dmabroker.conf", DMB_SYSCONFDIR);
-		if (access(deflt, F_OK) == 0)
-			cfgfile = deflt;
-	}
+	if (!cfgfile && access(DMB_DEFAULT_CONFIG, F_OK) == 0)
+		cfgfile = DMB_DEFAULT_CONFIG;
 	if (cfgfile && config_load_tree(&cfg, cfgfile, &e) < 0)
 		return log_error_errno(-EINVAL, "configuration: %s", e.msg);
+	/* What the file said, before the command line overrides it. */
+	char file_socket[sizeof(cfg.socket_path)], file_backend[sizeof(cfg.backend)];
+	memcpy(file_socket, cfg.socket_path, sizeof(file_socket));
+	memcpy(file_backend, cfg.backend, sizeof(file_backend));
 	if (o.socket)
 		snprintf(cfg.socket_path, sizeof(cfg.socket_path), "%s", o.socket);
 	if (o.backend)
@@ -147,6 +168,7 @@ static int run(int argc, char **argv)
 	if (o.sim_populate)
 		cfg.sim_populate = true;
 	dmb_log_max_level = cfg.log_level;
+	log_config(cfgfile, &cfg);
 
 	signal(SIGPIPE, SIG_IGN);
 
@@ -183,6 +205,8 @@ static int run(int argc, char **argv)
 	static struct server srv;
 	r = server_init(&srv, base, &cfg, be);
 	srv.config_path = cfgfile;
+	memcpy(srv.file_socket, file_socket, sizeof(srv.file_socket));
+	memcpy(srv.file_backend, file_backend, sizeof(srv.file_backend));
 	/* Management before the sandbox: the bus connection and the metrics
 	 * directory are opened now (connect and open of a directory are not
 	 * in the allow-list). */

@@ -154,6 +154,18 @@ static int listen_on_path(struct server *srv, const char *path)
 	mode_t old = umask(0777 & ~srv->cfg->socket_mode);
 	r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
+	if (r < 0 && errno == ENOENT) {
+		char dir[sizeof(sa.sun_path)];
+		snprintf(dir, sizeof(dir), "%s", path);
+		char *slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		return log_error_errno(-ENOENT, "cannot listen on %s: the directory %s does not exist. "
+				       "Under systemd, start dmabroker.socket (it creates it and passes "
+				       "the socket); by hand, create it (systemd-tmpfiles --create "
+				       "dmabroker.conf does) or pass --socket PATH in an existing "
+				       "directory", path, slash ? (dir[0] ? dir : "/") : ".");
+	}
 	if (r < 0)
 		return log_error_errno(-errno, "bind %s: %m", path);
 	if (chmod(path, srv->cfg->socket_mode) < 0)
@@ -375,6 +387,8 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	memset(srv, 0, sizeof(*srv));
 	srv->base = base;
 	srv->cfg = cfg;
+	snprintf(srv->file_socket, sizeof(srv->file_socket), "%s", cfg->socket_path);
+	snprintf(srv->file_backend, sizeof(srv->file_backend), "%s", cfg->backend);
 	srv->start_ms = server_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
@@ -468,8 +482,16 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 	}
 	/* What a running daemon cannot change keeps its value (and says so). */
 	struct dmb_config *cur = srv->cfg;
-	if (strcmp(fresh->socket_path, cur->socket_path) || strcmp(fresh->backend, cur->backend))
-		log_warning("reload: socket and backend changes take effect at the next start");
+	/* Against what the file said at start, not against the values in force:
+	 * --socket, --backend and socket activation override the file. */
+	if (strcmp(fresh->socket_path, srv->file_socket))
+		log_warning("reload: [daemon] socket changed from %s to %s: takes effect at the next "
+			    "start (serving %s until then)", srv->file_socket, fresh->socket_path,
+			    cur->socket_path);
+	if (strcmp(fresh->backend, srv->file_backend))
+		log_warning("reload: [daemon] backend changed from %s to %s: takes effect at the next "
+			    "start (backend %s until then)", srv->file_backend, fresh->backend,
+			    cur->backend);
 	snprintf(fresh->socket_path, sizeof(fresh->socket_path), "%s", cur->socket_path);
 	snprintf(fresh->backend, sizeof(fresh->backend), "%s", cur->backend);
 	fresh->sim_populate = cur->sim_populate;

@@ -138,6 +138,10 @@ struct server {
 	uint64_t n_disconnects_abuse;
 	struct persist persist;
 	const char *config_path;  /* what a reload reads; NULL: built-in defaults */
+	/* [daemon] socket and backend as the configuration said at start, before
+	 * the command line: a reload warns only when the file changes them. */
+	char file_socket[108];
+	char file_backend[16];
 	uint64_t start_realtime_s;
 	/* management (bus.c, metrics.c, notify.c); NULL when off */
 	struct bus *bus;

@@ -8,18 +8,37 @@
 # explicitly here and announced: the daemon itself never falls back to it.
 #
 #   scripts/run.sh            demo: daemon + example + dmabrokerctl, then stop
-#   scripts/run.sh --serve    keep the daemon in the foreground afterwards
+#   scripts/run.sh --serve    keep the daemon running afterwards, until Ctrl-C or
+#                             SIGTERM: prints its socket and the line to export
+#
+# Every step prints a line with its elapsed time; the build shows ninja's
+# progress every tenth of its steps (whole log: build.build.log).
+# DMABROKER_BUILD_DIR=DIR uses an existing build there as it is: nothing is
+# installed or built (the integration test of this script does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROGRESS_TAG=run
+. scripts/progress.sh
 
 serve=0
 [ "${1:-}" = "--serve" ] && serve=1
 
-bash scripts/install-deps.sh
-if [ ! -f build/build.ninja ]; then
-  meson setup build >/dev/null
+if [ -n "${DMABROKER_BUILD_DIR:-}" ]; then
+  b=$DMABROKER_BUILD_DIR
+else
+  b=build
+  phase_start "checking the Debian packages it needs (scripts/install-deps.sh)"
+  bash scripts/install-deps.sh
+  phase_end
+  if [ ! -f "$b/build.ninja" ]; then
+    phase_start "configuring $b/ (meson setup; log: $b.setup.log)"
+    meson setup "$b" >"$b.setup.log" 2>&1 || { cat "$b.setup.log"; exit 1; }
+    phase_end
+  fi
+  phase_start "building $b/ (ninja; log: $b.build.log)"
+  ninja_progress "$b" "$b.build.log" || { tail -n 50 "$b.build.log"; echo "run: the build failed" >&2; exit 1; }
+  phase_end
 fi
-ninja -C build >/dev/null
 
 backend=auto
 if [ -e /dev/iommu ] || { [ -e /dev/vfio/vfio ] && [ -n "$(ls -A /sys/kernel/iommu_groups 2>/dev/null)" ]; }; then
@@ -35,13 +54,18 @@ mkdir -p "$rundir"
 sock=$rundir/dmabroker.sock
 log=$rundir/dmabrokerd.log
 cleanup() {
-  [ -n "${dpid:-}" ] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
   [ -n "${epid:-}" ] && kill "$epid" 2>/dev/null
+  [ -n "${dpid:-}" ] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
   rm -rf "$rundir"
+  return 0
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-build/daemon/dmabrokerd --backend="$backend" --socket="$sock" 2>"$log" &
+# Built-in defaults (admin: root; no device for anyone), never a configuration
+# installed on this machine at /etc/dmabroker/dmabroker.conf.
+"$b"/daemon/dmabrokerd --config=/dev/null --backend="$backend" --socket="$sock" 2>"$log" &
 dpid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { cat "$log"; echo "run: dmabrokerd did not start" >&2; exit 1; }
@@ -49,31 +73,40 @@ echo "run: dmabrokerd (pid $dpid) listening on $sock"
 echo
 
 export DMABROKER_SOCKET=$sock
-build/examples/dmabroker-example --socket "$sock" --hold 3 &
+"$b"/examples/dmabroker-example --socket "$sock" --hold 3 &
 epid=$!
 # Wait for the example's mappings to appear, then show them.
 for _ in $(seq 100); do
-  build/client/dmabrokerctl list contexts --all 2>/dev/null | grep -q example && break
+  "$b"/client/dmabrokerctl list contexts --all 2>/dev/null | grep -q example && break
   sleep 0.05
 done
 sleep 0.2
 echo
 echo "\$ dmabrokerctl status"
-build/client/dmabrokerctl status
+"$b"/client/dmabrokerctl status
 echo
 echo "\$ dmabrokerctl list contexts --all"
-build/client/dmabrokerctl list contexts --all
-ctx=$(build/client/dmabrokerctl --json list contexts --all | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["contexts"][0]["id"])')
+"$b"/client/dmabrokerctl list contexts --all
+ctx=$("$b"/client/dmabrokerctl --json list contexts --all | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["contexts"][0]["id"])')
 echo
 echo "\$ dmabrokerctl list mappings $ctx"
-build/client/dmabrokerctl list mappings "$ctx"
+"$b"/client/dmabrokerctl list mappings "$ctx"
 wait "$epid"; epid=
 echo
 echo "run: the example finished; its session ended, so the broker released its context"
-build/client/dmabrokerctl list contexts --all
+"$b"/client/dmabrokerctl list contexts --all
 
 if [ $serve -eq 1 ]; then
-  echo "run: serving in the foreground on $sock (Ctrl-C to stop); log: $log"
-  trap - EXIT
-  wait "$dpid"
+  echo
+  echo "run: dmabrokerd (pid $dpid) keeps serving $sock; its log: $log"
+  echo "run: to use it from another shell:"
+  echo
+  echo "    export DMABROKER_SOCKET=$sock"
+  echo
+  echo "run: Ctrl-C (or SIGTERM) stops it and removes $rundir"
+  wait "$dpid" || true
+  dpid=
+  echo "run: dmabrokerd exited; see $log" >&2
+  cat "$log" >&2
+  exit 1
 fi

@@ -5,20 +5,30 @@
 # plain build; unit and integration again under the sanitizers; a 60 s run
 # of each fuzzer. Prints one closing
 # line "N passed, N failed[, N skipped]"; exits non-zero if anything failed or
-# was skipped.
+# was skipped. Every step before the tests prints a line with its elapsed time,
+# and each build ninja's progress every tenth of its steps (whole logs:
+# DIR.setup.log, DIR.build.log); meson test prints each test as it ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
+PROGRESS_TAG=test
+. scripts/progress.sh
 
+phase_start "checking the Debian packages it needs (scripts/install-deps.sh)"
 bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+phase_end
 
 jobs=$(nproc)
 setup() { # dir, options...
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
+    phase_start "configuring $dir/ (meson setup $*)"
     meson setup "$dir" "$@" >"$top/$dir.setup.log" 2>&1 || { cat "$top/$dir.setup.log"; return 1; }
+    phase_end
   fi
-  ninja -C "$dir" >"$top/$dir.build.log" 2>&1 || { tail -50 "$top/$dir.build.log"; return 1; }
+  phase_start "building $dir/"
+  ninja_progress "$dir" "$top/$dir.build.log" || { tail -50 "$top/$dir.build.log"; return 1; }
+  phase_end
 }
 
 fail_build=0
@@ -38,14 +48,18 @@ run_suites() { # dir, suites...
   local dir=$1; shift
   local args=()
   for s in "$@"; do args+=(--suite "$s"); done
+  phase_start "testing $dir/: $*"
   meson test -C "$dir" --num-processes "$jobs" --print-errorlogs "${args[@]}" </dev/null
+  phase_end
 }
 
 run_suites build unit integration vm bench
 run_suites build-asan unit integration
 # The fuzzers side by side (60 s each of wall time, ~1 min on 2 cores).
 nfuzz=$(ls tests/fuzz/fuzz_*.c | wc -l)
+phase_start "fuzzing on build-fuzz/ (60 s per fuzzer, $nfuzz side by side)"
 meson test -C build-fuzz --num-processes "${nfuzz:-4}" --print-errorlogs --suite fuzz </dev/null
+phase_end
 
 # Count every test of the three runs from meson's own logs.
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \

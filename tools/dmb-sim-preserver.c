@@ -11,7 +11,7 @@
  *
  * The daemon's preserve/sim.c is its client; the wire and the meaning of a
  * connection are in daemon/preserve/sim_proto.h. The rules copied from the
- * kernel's LUO (docs/operations.md, "Host handoff"):
+ * kernel (include/uapi/linux/liveupdate.h, kernel/liveupdate/, mm/memfd_luo.c):
  *   - CREATE: EEXIST for a duplicate outgoing name, ENOMEM past 819
  *     sessions; RETRIEVE: ENOENT for an unknown incoming name, EINVAL the
  *     second time; both EBUSY while another connection HOLDs the device, EIO

@@ -41,9 +41,9 @@
  * fd through ksys_vdev (ksys.h), as in the type1 backend.
  *
  * P2P (map_bar, feature "p2p-dmabuf"): iommufd cannot map a BAR by address
- * (pinning a PFNMAP VMA fails, §3.4). Instead the peer's BAR range is
- * exported as a VFIO dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF, 6.19, §3.5) and
- * imported with IOMMU_IOAS_MAP_FILE (§3.6); the IOAS keeps its own
+ * (pinning a PFNMAP VMA fails). Instead the peer's BAR range is
+ * exported as a VFIO dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF, 6.19) and
+ * imported with IOMMU_IOAS_MAP_FILE (6.13); the IOAS keeps its own
  * reference, so the dma-buf fd is closed at once. Export support is probed
  * on every device at open (VFIO_DEVICE_FEATURE with PROBE); the feature is
  * announced once a device has it. The kernel revokes the import by itself
@@ -57,7 +57,7 @@
  * (iommufd pins only once a device is attached, and a page mapped twice is
  * pinned once; this counter is the daemon's budget view, not the kernel's.)
  *
- * Restart (backend.h, "restart"; kernel-uapi.md §1.4 CHANGE_PROCESS, §1.7).
+ * Restart (backend.h, "restart"; IOMMU_IOAS_CHANGE_PROCESS).
  * A context's kernel state is its iommufd, named "iommufd.ioas<ID>" so the
  * successor knows its IOAS (a bare "iommufd" is accepted too: the IOAS is
  * then found by asking IOMMU_IOAS_IOVA_RANGES of object IDs 1, 2, ...); a
@@ -526,7 +526,7 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 				strerror(err));
 	}
 
-	/* 16 bytes: the 6.6 struct, no VF token (kernel-uapi.md §2.2). */
+	/* 16 bytes: the 6.6 struct, no VF token (struct vfio_device_bind_iommufd). */
 	struct dmb_vfio_device_bind_iommufd bind = {
 		.argsz = DMB_VFIO_BIND_IOMMUFD_MINSZ,
 		.flags = 0,

@@ -2,7 +2,7 @@
  * semantics, plus the DMA engine tests use to prove that a mapping reaches
  * real memory.
  *
- * One sim context is one IOAS with a domain attached (kernel-uapi.md §1.4):
+ * One sim context is one IOAS with a domain attached (iommufd's IOAS):
  * - IOVA space: a 48-bit aperture minus the x86 MSI window, both modelled as
  *   reserved regions exactly as the kernel reports them; alignment 4096.
  * - Page table: an ordered map (RB tree keyed by IOVA) of areas. One map call
@@ -491,7 +491,7 @@ int sim_ctx_init(struct sim_backend *s, struct sim_ctx **out, struct dmb_err *e)
 	c->tab.fd = -1;
 	RB_INIT(&c->areas);
 	LIST_INIT(&c->devs);
-	/* What an x86 IOMMU domain adds to an IOAS on attach (uapi §1.4). */
+	/* What an x86 IOMMU domain adds to an IOAS on attach. */
 	c->reserved[c->n_reserved++] = (struct sim_reserved){
 		SIM_MSI_START, SIM_MSI_LAST, "the x86 MSI window" };
 	c->reserved[c->n_reserved++] = (struct sim_reserved){

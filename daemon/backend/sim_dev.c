@@ -516,7 +516,7 @@ int sim_map_bar(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, uint64
 	if (r < 0)
 		return r;
 
-	/* What the dma-buf export would refuse (kernel-uapi.md §3.5). */
+	/* What the dma-buf export would refuse (VFIO_DEVICE_FEATURE_DMA_BUF). */
 	struct dmb_bar_info bi;
 	r = sim_dev_bar_info(peer, bar, &bi, e);
 	if (r < 0)

@@ -48,16 +48,16 @@
  * daemon's MAP_SHARED mmap of the peer's BAR region, made from the peer's
  * device fd on first use and cached on the peer (t1_dev.bars) until the
  * peer closes — by looking up its PFNs; nothing is pinned or accounted
- * (kernel-uapi.md §3.4). The peer may sit in another container: only its
+ * (drivers/vfio/vfio_iommu_type1.c). The peer may sit in another container: only its
  * device fd is used. Type1 never hears about the peer's BAR state: the core
  * unmaps before the peer's memory goes off or the peer closes. If memory
  * decoding is off at MAP_DMA time the kernel says EFAULT. The iommufd
  * compat container (no vfio_iommu_type1 module) cannot map a PFNMAP VMA
- * (§2.7): there the feature is absent and map_bar is -EOPNOTSUPP. Each
+ * (drivers/iommu/iommufd/vfio_compat.c): there the feature is absent and map_bar is -EOPNOTSUPP. Each
  * context remembers its MMIO mappings (ksys_mmio_set) so that unmap keeps
  * pinned_bytes to RAM.
  *
- * Restart (backend.h, "restart"; kernel-uapi.md §2.4 "VADDR update"). A
+ * Restart (backend.h, "restart"; VFIO_UPDATE_VADDR). A
  * context's kernel state is its container fd ("container") and its group
  * fds ("group.<N>"); a device's is its device fd ("device"). The kernel's
  * mappings hold pins and IOMMU entries by themselves, but each remembers the

@@ -5,7 +5,7 @@
  * after; the session fds it returns stand alone (closing the device does
  * not affect them). Every ioctl goes through ksys_ioctl() and the open
  * through ksys_open(), so the unit tests' fake kernel sees the exact bytes.
- * Facts: ../shared/docs/kernel-uapi.md §4. */
+ * Facts: include/uapi/linux/liveupdate.h and kernel/liveupdate/. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
  *
  * Two implementations share this interface:
  *   luo  the kernel's Live Update Orchestrator, /dev/liveupdate (Linux 6.19+;
- *        facts in ../shared/docs/kernel-uapi.md §4)
+ *        include/uapi/linux/liveupdate.h)
  *   sim  a separate process (tools/dmb-sim-preserver) that plays the kernel for
  *        tests: it holds preserved fds while the daemon, its clients, the fd
  *        store and every sim backend object are thrown away by a simulated

@@ -1,14 +1,21 @@
 #!/bin/sh
 # The checks of the vm-systemd test, run by vmtest-systemd.service with the real systemd
 # as PID 1 (the busybox images' /init is not used here: systemd mounted everything, udev
-# and systemd-sysusers/-tmpfiles ran, the D-Bus system bus is listening). dmabroker's
-# units, snippets, rules and the daemon are the tree's own `meson install`, untouched.
+# and systemd-sysusers/-tmpfiles ran, the D-Bus system bus is listening). dmabroker
+# itself is not there at boot: the first checks install the tree's own Debian packages
+# with dpkg -i, as an operator does (their maintainer scripts create the user, enable
+# and start the socket, apply the udev rules), then put the test's configuration where
+# the documentation says, as the operator's edit of the conffile.
 # vm-systemd-client is the VMM: its session, context, device and mappings must outlive
 # every restart systemd makes, with edu DMA checked byte by byte all along.
 . /lib/vmtest/guest-lib.sh
 VMTEST_CHECK_TIMEOUT=60
-PATH=/usr/local/sbin:$PATH # the tree installs dmabrokerd under its prefix
 SOCK=/run/dmabroker/dmabroker.sock
+DEBS=/var/cache/vmtest/debs
+CONF=/etc/dmabroker/dmabroker.conf # the documented path, the package's conffile
+# Debian's dpkg, not busybox's applet of that name (this busybox's sh runs its own
+# applets before anything on PATH).
+DPKG=/usr/bin/dpkg DPKG_QUERY=/usr/bin/dpkg-query
 BDF=0000:01:00.0 # the only device vm-systemd.conf allows
 # The security exposure the unit must stay at or under (systemd-analyze security: 2.0
 # and below is the "OK" band; the unit scored 0.8 here and 1.0 offline when this was written).
@@ -59,15 +66,45 @@ answer() {
 # field NAME: the value of NAME=... in the last answer.
 field() { echo "$REPLY" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
+# The devices are bound to vfio-pci before the package comes, as on a host that
+# already runs VMs: the package must fix their nodes' group itself.
 setup() {
 	vm_load_modules || return 1
 	vm_bind_edus || return 1
 	[ "$EDU_A_BDF" = "$BDF" ] || bad "edu A at $EDU_A_BDF, but the config allows $BDF" || return 1
 	udevadm settle --timeout=30 || bad "udevadm settle" || return 1
-	# 60-dmabroker.rules: the broker's group owns the VFIO group node.
+	! id dmabroker >/dev/null 2>&1 || bad "user dmabroker exists before the package is installed"
+}
+
+# dpkg -i of dmabroker and libdmabroker0: the maintainer scripts create the user and
+# group (sysusers), /run/dmabroker (tmpfiles), enable and start dmabroker.socket (not
+# the service), and re-trigger udev so 60-dmabroker.rules gives the broker's group the
+# VFIO group node; /etc/dmabroker/dmabroker.conf is a conffile.
+package_install() {
+	_out=$($DPKG -i "$DEBS"/dmabroker_*.deb "$DEBS"/libdmabroker0_*.deb 2>&1)
+	_rc=$?
+	echo "$_out" | sed 's/^/vmtest: | /'
+	[ $_rc -eq 0 ] || bad "dpkg -i exited with $_rc" || return 1
+	for _p in dmabroker libdmabroker0; do
+		_s=$($DPKG_QUERY -W -f='${Status} ${Version}' "$_p")
+		say "$_p: $_s"
+		case $_s in "install ok installed "*) ;; *) bad "$_p is '$_s'" || return 1 ;; esac
+	done
+	_c=$($DPKG_QUERY -W -f='${Conffiles}\n' dmabroker)
+	echo "$_c" | grep -q "^ *$CONF [0-9a-f]" ||
+		bad "$CONF is not a conffile of dmabroker (conffiles: $_c)" || return 1
+	_e=$(systemctl is-enabled dmabroker.socket) _a=$(systemctl is-active dmabroker.socket)
+	[ "$_e $_a" = "enabled active" ] || bad "dmabroker.socket is $_e, $_a after installation" || return 1
+	_st=$(systemctl is-active dmabroker.service)
+	[ "$_st" = inactive ] || bad "dmabroker.service is $_st before any client connected" || return 1
+	id dmabroker >/dev/null 2>&1 || bad "no user dmabroker after installation" || return 1
+	udevadm settle --timeout=30 || bad "udevadm settle" || return 1
 	_o=$(stat -c '%U:%G %a' "/dev/vfio/$EDU_A_GROUP")
 	say "/dev/vfio/$EDU_A_GROUP: $_o; $(id dmabroker)"
-	[ "$_o" = "root:dmabroker 660" ] || bad "/dev/vfio/$EDU_A_GROUP is $_o, want root:dmabroker 660"
+	[ "$_o" = "root:dmabroker 660" ] || bad "/dev/vfio/$EDU_A_GROUP is $_o, want root:dmabroker 660" ||
+		return 1
+	# The operator's edit of the conffile: the test's policy (edu A, admin uid 0).
+	cp /usr/lib/vmtest/vm-systemd.conf "$CONF"
 }
 
 socket_unit() {
@@ -91,6 +128,15 @@ activation() {
 	_m=$(prop dmabroker.service MainPID)
 	[ "$_m" = "$DPID" ] || bad "MainPID $_m, but the daemon that answered is pid $DPID" || return 1
 	say "the first connection started dmabroker.service (pid $DPID, user $(stat -c %U "/proc/$DPID"))"
+}
+
+# The daemon read the file at the documented path (its edu A allow-list is what let
+# the client open the device) and said so.
+config_read() {
+	_want="configuration: read $CONF (0 policy sections, 1 device entry allowed)"
+	_l=$(journalctl -u dmabroker.service -o cat _PID="$DPID" | grep -F "configuration: ")
+	say "pid $DPID: $_l"
+	[ "$_l" = "$_want" ] || bad "want '$_want'"
 }
 
 # The daemon refreshes STATUS= from a periodic tick, so the line catches up with the
@@ -213,10 +259,12 @@ stop_all() {
 }
 
 step vm-setup setup
+step package-install package_install
 [ "$VMTEST_FAILED" -eq 0 ] || { journalctl -b --no-pager | tail -n 40; finish; }
 step socket-unit socket_unit
 step socket-activation activation
 if [ "$VMTEST_FAILED" -eq 0 ]; then
+	step documented-config config_read
 	step status-line status_line
 	step restart-keeps-mappings restart_keeps_mappings
 	step dbus-object dbus_object

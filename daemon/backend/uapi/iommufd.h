@@ -5,9 +5,9 @@
  * verbatim copy. So every name here carries a dmb_/DMB_ prefix and is
  * otherwise spelled as in the kernel's include/uapi/linux/iommufd.h, and the
  * layouts are pinned by _Static_assert against the values re-derived from a
- * 7.0 tree (../shared/docs/kernel-uapi.md §1).
+ * 7.0 tree's include/uapi/linux/iommufd.h.
  *
- * Conventions of this uAPI (kernel-uapi.md §0.2, §0.3):
+ * Conventions of this uAPI (drivers/iommu/iommufd/main.c):
  * - Every command is _IO(';', nr): no size or direction bits. A number
  *   built with _IOW/_IOWR is simply unknown to the kernel (ENOTTY).
  * - "size-first": the first u32 of every argument is `size`, the sizeof
@@ -169,7 +169,7 @@ struct dmb_iommu_ioas_change_process {
 	uint32_t __reserved;
 };
 
-/* Layouts, from kernel-uapi.md §1.3/§1.4 (LP64). */
+/* Layouts, from include/uapi/linux/iommufd.h (LP64). */
 #define DMB_UAPI_ASSERT_SIZE(t, n) _Static_assert(sizeof(t) == (n), #t " must be " #n " bytes")
 #define DMB_UAPI_ASSERT_OFF(t, f, n) \
 	_Static_assert(offsetof(t, f) == (n), #t "." #f " must be at offset " #n)

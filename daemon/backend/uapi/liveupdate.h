@@ -5,8 +5,8 @@
  * <linux/liveupdate.h>; newer systems have one whose names would clash with
  * a verbatim copy. So every name here carries a dmb_/DMB_ prefix and is
  * otherwise spelled as in the kernel's include/uapi/linux/liveupdate.h; the
- * layouts and numbers are pinned by _Static_assert against the facts in
- * ../shared/docs/kernel-uapi.md §4.2 and §4.6.
+ * layouts and numbers are pinned by _Static_assert against that header
+ * (Linux 6.19+) and its driver, kernel/liveupdate/.
  *
  * Conventions:
  * - Every command is _IO(0xBA, nr): no size or direction bits. The device

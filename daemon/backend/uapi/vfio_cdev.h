@@ -5,8 +5,8 @@
  *
  * They coexist with any <linux/vfio.h>: every name carries a dmb_/DMB_
  * prefix and is otherwise spelled as in the kernel's
- * include/uapi/linux/vfio.h. Layouts from ../shared/docs/kernel-uapi.md
- * §2.2, §3.3, §3.5 (LP64), pinned by _Static_assert.
+ * include/uapi/linux/vfio.h. Layouts from that header
+ * (LP64), pinned by _Static_assert.
  *
  * VFIO ioctls are _IO(';', 100 + n) — no size or direction bits — and use
  * the "argsz" convention: argsz >= the command's minimum (EINVAL otherwise),

@@ -2,10 +2,10 @@
  * vfio-type1 backend uses. They all exist in Linux 6.1's <linux/vfio.h>
  * (the newest, UNMAP_ALL / UPDATE_VADDR, are from 5.12), so we take them
  * from there and pin every number and layout we depend on against
- * ../shared/docs/kernel-uapi.md §2.1–§2.4 (LP64), so a different header
+ * the kernel's own layouts (LP64), so a different header
  * cannot silently change what we send.
  *
- * Two layout quirks of the type1 GET_INFO capability chain (§2.4):
+ * Two layout quirks of the type1 GET_INFO capability chain (drivers/vfio/vfio_iommu_type1.c):
  * - vfio_iommu_type1_info_cap_migration has 4 bytes of implicit padding at
  *   offset 12 (pgsize_bitmap is at 16);
  * - vfio_iommu_type1_info_dma_avail is 12 bytes but occupies 16 in the
@@ -84,7 +84,7 @@ DMB_UAPI_ASSERT_SIZE(struct vfio_region_info, 32);
 DMB_UAPI_ASSERT_OFF(struct vfio_region_info, index, 8);
 DMB_UAPI_ASSERT_OFF(struct vfio_region_info, size, 16);
 DMB_UAPI_ASSERT_OFF(struct vfio_region_info, offset, 24);
-/* Region info and the vfio-pci region indexes (§2.2, §3.1): BARs 0-5,
+/* Region info and the vfio-pci region indexes: BARs 0-5,
  * config space 7. */
 _Static_assert(VFIO_REGION_INFO_FLAG_READ == 0x1 && VFIO_REGION_INFO_FLAG_WRITE == 0x2 &&
 		       VFIO_REGION_INFO_FLAG_MMAP == 0x4,

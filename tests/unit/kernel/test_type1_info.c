@@ -1,5 +1,5 @@
 /* dmb_type1_parse_info: decoding VFIO_IOMMU_GET_INFO buffers built byte by
- * byte as the kernel lays them out (kernel-uapi.md §2.4), including the
+ * byte as the kernel lays them out (drivers/vfio/vfio_iommu_type1.c), including the
  * chain's padding quirks: the MIGRATION cap's 4 hidden bytes at offset 12
  * and DMA_AVAIL's 12 bytes occupying 16. Padding is filled with garbage so
  * a parser that reads it, or steps by sizeof instead of `next`, fails. */

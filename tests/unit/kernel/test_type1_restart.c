@@ -1,6 +1,6 @@
 /* The vfio-type1 restart hooks against a fake kernel that models a
- * container's mappings the way vfio_iommu_type1 does (kernel-uapi.md §2.4,
- * "VADDR update"): each mapping has an extent, a vaddr, a "vaddr invalid"
+ * container's mappings the way vfio_iommu_type1 does (drivers/vfio/
+ * vfio_iommu_type1.c, VFIO_UPDATE_VADDR): each mapping has an extent, a vaddr, a "vaddr invalid"
  * flag and whether the process that made it is a previous one. Checks the
  * exact bytes of the VADDR invalidate/update calls, adoption from fds (fake
  * container, group and device files), the clean (handed over) and crash
