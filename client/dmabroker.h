@@ -264,6 +264,7 @@ struct dmb_reclaimed_region {
 	uint64_t region;
 	uint64_t size;
 	int fd;                 /* the region's memfd (caller owns it), or -1 */
+	bool stranded;          /* after a kexec: the memfd only, no region or mappings */
 };
 struct dmb_reclaimed_device {
 	uint64_t device;

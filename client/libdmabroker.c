@@ -1153,7 +1153,8 @@ int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
 				if (fd >= 0)
 					fds[k] = -1;
 				out->regions[out->n_regions++] = (struct dmb_reclaimed_region){
-					b->regions[i]->region_id, b->regions[i]->size, fd };
+					b->regions[i]->region_id, b->regions[i]->size, fd,
+					b->regions[i]->stranded };
 			}
 			for (size_t i = 0; i < b->n_devices && out->n_devices < DMB_RECLAIM_MAX; i++) {
 				int32_t k = b->devices[i]->fd_index;

@@ -515,6 +515,19 @@ static void reclaim_check(struct handoff *h)
 			r->claimed = true; /* gone: nothing to wait for */
 			continue;
 		}
+		if (now >= h->deadline_ms && ctx->n_stranded) {
+			/* Its memfds are the only copy of that guest memory: never
+			 * freed by a timer, nor by finishing the session. */
+			if (!r->kept)
+				log_error("host handoff: context %" PRIu64 " '%s' holds %zu memfd(s) of "
+					  "guest memory that could not be re-adopted; it is kept, and the "
+					  "preserver session stays open, until its owner reclaims it (the "
+					  "memfds come back with the reclaim) or an admin revokes it",
+					  ctx->id, ctx->name, ctx->n_stranded);
+			r->kept = true;
+			unclaimed++;
+			continue;
+		}
 		if (now >= h->deadline_ms) {
 			log_notice("host handoff: context %" PRIu64 " '%s' released: not reclaimed within "
 				   "%u s after the host update", ctx->id, ctx->name,

@@ -73,6 +73,7 @@ struct handoff_status {
 struct handoff_restored {
 	uint64_t id;
 	bool claimed;
+	bool kept; /* past the grace period, kept for its stranded memfds */
 };
 
 struct handoff {

@@ -587,14 +587,24 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 	for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
 		int fd = rs->fetch ? rs->fetch->fd(rs->fetch->opaque, jr->fd_name)
 				   : take_named(rs, jr->fd_name);
+		/* After a kexec the memfd is all that is left of that guest memory:
+		 * one that cannot be adopted is kept for its owner (ctx_strand). */
+		int keep = rs->fetch && fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
 		struct dmb_region *reg;
 		struct dmb_err re = { 0 };
 		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0) {
-			log_error("context %" PRIu64 ": region %" PRIu64 " could not be re-adopted: %s",
-				  jc->id, jr->id, fd < 0 ? "its memfd was not kept" : re.msg);
-			degrade(ctx, "region %" PRIu64 " was not restored (%s)", jr->id,
-				fd < 0 ? "its memfd was not kept" : re.msg);
+			log_error("context %" PRIu64 ": region %" PRIu64 " could not be re-adopted: %s%s",
+				  jc->id, jr->id, fd < 0 ? "its memfd was not kept" : re.msg,
+				  keep >= 0 ? "; its memfd is kept for the owner's reclaim" : "");
+			degrade(ctx, "region %" PRIu64 " was not restored (%s)%s", jr->id,
+				fd < 0 ? "its memfd was not kept" : re.msg,
+				keep >= 0 ? "; its memfd comes back with the reclaim" : "");
+			if (keep >= 0)
+				ctx_strand(ctx, jr->id, jr->size, keep);
+			keep = -1;
 		}
+		if (keep >= 0)
+			close(keep);
 	}
 	for (struct jrnl_dev *jd = jrnl_ctx_dev_first(jc); jd; jd = jrnl_ctx_dev_next(jd)) {
 		struct dmb_fdset dfds = { 0 };

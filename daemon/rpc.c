@@ -238,7 +238,7 @@ static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
 	b->reclaim_token.len = sizeof(ctx->token);
 	b->mappings = ctx->n_mappings;
 
-	size_t nr = ctx->n_regions, nd = ctx->n_devices;
+	size_t nr = ctx->n_regions + ctx->n_stranded, nd = ctx->n_devices;
 	Dmb__ReclaimedRegion *ra = rpc_alloc(c, nr * sizeof(*ra));
 	Dmb__ReclaimedRegion **rp = rpc_alloc(c, nr * sizeof(*rp));
 	Dmb__ReclaimedDevice *da = rpc_alloc(c, nd * sizeof(*da));
@@ -254,6 +254,21 @@ static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
 		ra[i].fd_index = -1;
 		if (q->want_fds && c->n_out_fds < DMB_MAX_FDS) {
 			c->out_fds[c->n_out_fds] = reg->fd; /* borrowed: the send copies it */
+			ra[i].fd_index = (int32_t)c->n_out_fds++;
+		}
+		rp[i] = &ra[i];
+		i++;
+	}
+	/* Memfds a kexec handed back that could not become regions again: the
+	 * guest's memory all the same (struct dmb_ctx). */
+	for (size_t k = 0; k < ctx->n_stranded; k++) {
+		dmb__reclaimed_region__init(&ra[i]);
+		ra[i].region_id = ctx->stranded[k].region_id;
+		ra[i].size = ctx->stranded[k].size;
+		ra[i].stranded = true;
+		ra[i].fd_index = -1;
+		if (q->want_fds && c->n_out_fds < DMB_MAX_FDS) {
+			c->out_fds[c->n_out_fds] = ctx->stranded[k].fd; /* borrowed */
 			ra[i].fd_index = (int32_t)c->n_out_fds++;
 		}
 		rp[i] = &ra[i];

@@ -4,8 +4,10 @@
  *                                          serve in the foreground;
  *                                          --memfd-v1 plays Linux 6.19's memfd
  *                                          preservation, which loses seals
- *   dmb-sim-preserver kexec SOCKET [--incompatible]
- *                                          the simulated kexec
+ *   dmb-sim-preserver kexec SOCKET [--incompatible|--memfd-v1]
+ *                                          the simulated kexec (--memfd-v1: into
+ *                                          a "kernel" that re-creates retrieved
+ *                                          memfds without their seals)
  *   dmb-sim-preserver status SOCKET [--json]
  *   dmb-sim-preserver hold SOCKET          hold the "device" until killed
  *
@@ -432,6 +434,8 @@ static int op_kexec(const struct simp_req *q, char *why, size_t n)
 			s->files[i].retrieved = false;
 	}
 	S.incompatible = q->flags & SIMP_KEXEC_INCOMPATIBLE;
+	if (q->flags & SIMP_KEXEC_MEMFD_V1)
+		S.memfd_v1 = true;
 	S.kexecs++;
 	return 0;
 }
@@ -755,7 +759,7 @@ static int cmd_simple(const char *path, uint16_t op, uint32_t flags)
 static int usage(void)
 {
 	fprintf(stderr, "usage: dmb-sim-preserver serve SOCKET [--memfd-v1]\n"
-			"       dmb-sim-preserver kexec SOCKET [--incompatible]\n"
+			"       dmb-sim-preserver kexec SOCKET [--incompatible|--memfd-v1]\n"
 			"       dmb-sim-preserver status SOCKET [--json]\n"
 			"       dmb-sim-preserver hold SOCKET\n");
 	return 2;
@@ -773,8 +777,12 @@ int main(int argc, char **argv)
 		S.memfd_v1 = opt != NULL;
 		return serve(path);
 	}
-	if (strcmp(cmd, "kexec") == 0 && (!opt || strcmp(opt, "--incompatible") == 0))
-		return cmd_simple(path, SIMP_KEXEC, opt ? SIMP_KEXEC_INCOMPATIBLE : 0);
+	if (strcmp(cmd, "kexec") == 0 && (!opt || strcmp(opt, "--incompatible") == 0 ||
+					   strcmp(opt, "--memfd-v1") == 0))
+		return cmd_simple(path, SIMP_KEXEC,
+				  !opt ? 0
+				  : strcmp(opt, "--incompatible") == 0 ? SIMP_KEXEC_INCOMPATIBLE
+								       : SIMP_KEXEC_MEMFD_V1);
 	if (strcmp(cmd, "status") == 0 && (!opt || strcmp(opt, "--json") == 0))
 		return cmd_simple(path, SIMP_STATUS, opt ? SIMP_STATUS_JSON : 0);
 	if (strcmp(cmd, "hold") == 0 && !opt)

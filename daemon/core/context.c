@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "util/log.h"
 #include "util/macro.h"
@@ -238,7 +239,23 @@ void ctx_destroy(struct dmb_ctx *ctx)
 	}
 	ctx_unaccount(ctx);
 	core_release_id(core, ctx->id);
+	for (size_t i = 0; i < ctx->n_stranded; i++)
+		close(ctx->stranded[i].fd);
+	free(ctx->stranded);
 	free(ctx);
+}
+
+void ctx_strand(struct dmb_ctx *ctx, uint64_t region_id, uint64_t size, int fd)
+{
+	struct dmb_stranded *n = realloc(ctx->stranded, (ctx->n_stranded + 1) * sizeof(*n));
+	if (!n) {
+		log_error("context %" PRIu64 ": out of memory keeping the memfd of region %" PRIu64
+			  "; its memory is freed when the handoff ends", ctx->id, region_id);
+		close(fd);
+		return;
+	}
+	ctx->stranded = n;
+	n[ctx->n_stranded++] = (struct dmb_stranded){ region_id, size, fd };
 }
 
 void ctx_refresh_iova(struct dmb_ctx *ctx)

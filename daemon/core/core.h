@@ -209,6 +209,18 @@ struct dmb_ctx {
 	 * did not come back, a mapping that could not be made): what, told to
 	 * the owner on reclaim. Empty: complete. */
 	char degraded[200];
+	/* Restored after a host handoff: memfds the previous kernel handed back
+	 * that could not be re-adopted as regions (say they lost their seals).
+	 * Their pages are the guest's memory: kept until the context is
+	 * destroyed, handed to the owner with every reclaim, and the handoff
+	 * does not release the context at the end of its grace period (nor
+	 * finish the preserver session) while it holds any. */
+	struct dmb_stranded {
+		uint64_t region_id;
+		uint64_t size;
+		int fd;
+	} *stranded;
+	size_t n_stranded;
 
 	struct dmb_iova_info iova;   /* refreshed on device attach/detach */
 	int iova_err;                /* <0: the backend could not tell (iova_msg says why) */
@@ -390,6 +402,9 @@ struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uid_t 
 			  struct dmb_bctx *bctx);
 /* Unmaps everything, closes devices and regions, frees. */
 void ctx_destroy(struct dmb_ctx *ctx);
+/* Keeps fd (taken: closed on failure) as a stranded memfd of ctx (see
+ * struct dmb_ctx). */
+void ctx_strand(struct dmb_ctx *ctx, uint64_t region_id, uint64_t size, int fd);
 void ctx_refresh_iova(struct dmb_ctx *ctx);
 /* Checks [iova, last] lies inside one usable IOVA range of the context. */
 int ctx_check_iova(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e);

@@ -48,6 +48,9 @@ enum simp_op {
 /* SIMP_KEXEC flags: the next "kernel" cannot read the handoff data, so
  * every CREATE/RETRIEVE answers EIO until the kexec after it. */
 #define SIMP_KEXEC_INCOMPATIBLE 1u
+/* SIMP_KEXEC flags: the next "kernel" re-creates retrieved memfds without
+ * their seals (as Linux 6.19), from then on. */
+#define SIMP_KEXEC_MEMFD_V1 2u
 
 struct simp_req {
 	uint32_t magic;

@@ -1256,3 +1256,15 @@ bool fds_log_has(const struct fds *h, const char *needle)
 	fclose(f);
 	return hit;
 }
+
+bool fds_wait_log(const struct fds *h, const char *needle, int timeout_ms)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	while (!fds_log_has(h, needle)) {
+		if (now_ms() >= deadline)
+			return false;
+		struct timespec ts = { 0, 20 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	return true;
+}

@@ -185,3 +185,5 @@ int fds_wait_notify(struct fds *h, const char *pattern, int timeout_ms, char *li
 void fds_dump_log(const struct fds *h);
 /* True if the log holds needle (e.g. "Sanitizer"). */
 bool fds_log_has(const struct fds *h, const char *needle);
+/* Waits (at most timeout_ms) until the service log has a line with needle. */
+bool fds_wait_log(const struct fds *h, const char *needle, int timeout_ms);

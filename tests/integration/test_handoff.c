@@ -652,6 +652,73 @@ static void test_seals_lost_refused(void **state)
 	preserver_stop();
 }
 
+/* A kexec into a kernel that re-creates the preserved memfds without their
+ * seals (the simulated 6.19, `kexec --memfd-v1`): no region can be
+ * re-adopted, but the memfd is the only copy of that guest memory. The
+ * context comes back degraded and is not released when the grace period
+ * ends, the preserver session is not finished (the simulated kernel still
+ * holds it), and the owner's reclaim hands the memfd back, stranded, with
+ * every byte; only then is the handoff over. */
+static void test_stranded_memfd_kept(void **state)
+{
+	preserver_start();
+	use_config(NULL); /* [handoff] grace_period_s = 3 */
+	start();
+	struct daemon d = as_daemon();
+	struct vmm v;
+	vmm_create(&v, "vm", 64 * 1024, 44);
+	vmm_map(&v, 0, 0x100000, 64 * 1024);
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	dmb_close(adm);
+	dmb_close(v.c);
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	assert_int_equal(run_tool("kexec", "--memfd-v1"), 0);
+	fds_store_clear(&H);
+	start();
+	d.pid = H.pid;
+	adm = conn("admin");
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.degraded, 1);
+	/* The grace period ends: the context is kept, the log says why. */
+	assert_true(fds_wait_log(&H, "it is kept, and the preserver session stays open", 60000));
+	assert_ok(adm, dmb_handoff_status(adm, &hi));
+	assert_string_equal(hi.state, "reclaiming");
+	assert_int_equal(hi.unclaimed, 1);
+	char st[4096];
+	preserver_status(st, sizeof(st));
+	assert_non_null(strstr(st, "sessions: 1\n"));
+	/* The owner reclaims: the memfd comes back with the guest's bytes. */
+	struct dmb_client *v2 = conn("vm-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(v2, dmb_context_reclaim(v2, v.ctx, v.token, &ri));
+	assert_true(ri.degraded);
+	assert_int_equal(ri.mappings, 0);
+	assert_int_equal(ri.n_regions, 1);
+	assert_true(ri.regions[0].stranded);
+	assert_int_equal(ri.regions[0].region, v.region);
+	assert_int_equal(ri.regions[0].size, v.size);
+	assert_true(ri.regions[0].fd >= 0);
+	uint8_t *want = malloc(v.size), *got = malloc(v.size);
+	fill_pattern(want, v.size, v.seed);
+	assert_int_equal(pread(ri.regions[0].fd, got, v.size, 0), (ssize_t)v.size);
+	assert_memory_equal(got, want, v.size);
+	free(want);
+	free(got);
+	close(ri.regions[0].fd);
+	assert_true(wait_state("normal", 30000));
+	preserver_status(st, sizeof(st));
+	assert_non_null(strstr(st, "sessions: 0\n"));
+	assert_ok(v2, dmb_context_destroy(v2, v.ctx));
+	dmb_close(v2);
+	dmb_close(adm);
+	assert_true(daemon_wait_idle(&d));
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 /* ------------------------------------------------------------ crash mid-restore */
 
 static void test_crash_mid_restore(void **state)
@@ -1281,6 +1348,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seals_lost_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stranded_memfd_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_mid_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepared_session_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_prepare_not_journaled, setup, teardown),

@@ -28,8 +28,9 @@
  *   and B with their tokens: every byte of the memfd is what phase 1 left plus exactly
  *   what those DMAs wrote; edu DMA through the device fd; a new region is mapped. C, not
  *   reclaimed, is released after the grace period, the LUO session finished and the
- *   handoff state back to normal. Then the second prepare (of contexts the kernel
- *   re-created: memfds with an empty name) and "ready" again.
+ *   handoff state back to normal. Then the second prepare, by `dmabrokerctl handoff
+ *   prepare`, of contexts the kernel re-created (memfds with an empty name), and
+ *   "ready" again.
  * phase3: the same restore checks and reclaim with the second tokens; both regions'
  *   bytes are right; all reclaimed, so the session finishes and the state is normal.
  *
@@ -670,11 +671,16 @@ static int after_kexec(const char *bdf_a, const char *bdf_b)
 			return fail("no line in the daemon's log about finishing the LUO session");
 		ok("vm-c, never reclaimed, released after the grace period; LUO session finished");
 
-		/* The second handoff, of contexts whose memfds the kernel re-created. */
-		CHECK(adm, dmb_handoff_prepare(adm, false, &hi), "the second dmb_handoff_prepare");
-		if (hi.contexts != 2 || hi.n_left_out != 0)
-			return fail("second prepare: %u context(s), %zu left out", hi.contexts,
-				    hi.n_left_out);
+		/* The second handoff, of contexts whose memfds the kernel re-created, as
+		 * an operator starts it: dmabrokerctl. */
+		char cmd[256];
+		snprintf(cmd, sizeof(cmd), "dmabrokerctl --socket %s handoff prepare", H.sock);
+		int st = system(cmd);
+		if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			return fail("'%s' failed (wait status 0x%x)", cmd, st);
+		if (handoff_state(adm, "prepared", &hi) != 0 || hi.contexts != 2 || hi.n_left_out != 0)
+			return fail("after dmabrokerctl handoff prepare: state %s, %u context(s), %zu left "
+				    "out", hi.state, hi.contexts, hi.n_left_out);
 		ok("prepared again: %u context(s), %" PRIu64 " mapping(s), %u memfd(s)", hi.contexts,
 		   hi.mappings, hi.regions);
 		s.has_rn = true;
