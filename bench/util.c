@@ -478,9 +478,12 @@ int bdaemon_start_cfg(struct bdaemon *d, const struct bench_opts *o, bool popula
 	if (!f)
 		return -errno;
 	/* Warning level: the hot path must not pay for debug lines. The limits
-	 * leave room for 1M mappings and 256 clients (the defaults do). */
+	 * leave room for 1M mappings and 256 clients; they bound a uid over all
+	 * its sessions, and every client of a benchmark is this uid, so its
+	 * contexts and fds are granted for all of them. */
 	fprintf(f, "[daemon]\nsocket = %s\nsocket_mode = 0600\nbackend = sim\nlog_level = warning\n"
-		   "sim_populate = %s\n[limits]\nmappings_per_context = 4194304\nsessions = 4096\n",
+		   "sim_populate = %s\n[limits]\nmappings_per_context = 4194304\nsessions = 4096\n"
+		   "contexts_per_client = 65536\nfds = 0\n",
 		d->sock, populate ? "yes" : "no");
 	if (extra_config)
 		fputs(extra_config, f);
