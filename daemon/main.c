@@ -8,13 +8,13 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
-#include "bus.h"
-#include "config.h"
-#include "metrics.h"
-#include "notify.h"
+#include "mgmt/bus.h"
+#include "policy/config.h"
+#include "mgmt/metrics.h"
+#include "mgmt/notify.h"
 #include "dmb-build.h"
-#include "sandbox.h"
-#include "server.h"
+#include "policy/sandbox.h"
+#include "server/server.h"
 #include "util/log.h"
 
 static void usage(FILE *f)

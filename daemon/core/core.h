@@ -258,7 +258,7 @@ typedef bool (*dmb_device_allowed_fn)(void *opaque, const struct dmb_owner *owne
 
 struct dmb_range;
 
-/* Persistence (daemon/persist.c) watches every change of the model, to
+/* Persistence (daemon/state/persist.c) watches every change of the model, to
  * journal it and keep the kernel objects' fds in the fd store. The hooks
  * that return int run before the change reaches the kernel and can refuse
  * it; the void ones run after it happened. NULL: no persistence. */
@@ -320,7 +320,7 @@ struct dmb_core {
 	/* Before the core calls the backend on a context other than the one a
 	 * request named (a P2P revocation, restoration or release reaching an
 	 * importer), it calls this: the server waits there for a worker that
-	 * is running a backend call on that context (daemon/worker.h). NULL:
+	 * is running a backend call on that context (daemon/server/worker.h). NULL:
 	 * nothing runs off the loop. */
 	void (*ctx_quiesce)(void *opaque, struct dmb_ctx *ctx);
 	void *quiesce_opaque;
@@ -447,7 +447,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m);
 int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e);
 
 /* The same in three phases, for running the kernel calls on a worker thread
- * (daemon/worker.h): map_prepare and map_finish on the loop thread (they
+ * (daemon/server/worker.h): map_prepare and map_finish on the loop thread (they
  * change the model and the journal), map_kernel on any thread (backend
  * calls on op->ctx only; the caller guarantees nothing else touches that
  * context in between). reqs must stay valid until map_finish. A failed

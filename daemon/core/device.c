@@ -1,6 +1,6 @@
 /* Devices: PCI functions opened by the broker and attached to a context.
  * Which BDFs a client may open is the policy's decision (device_allowed). */
-#include "core.h"
+#include "core/core.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* Unit tests of the daemon configuration (daemon/config.c): defaults, a full
+/* Unit tests of the daemon configuration (daemon/policy/config.c): defaults, a full
  * file, every kind of error (named by file:line, and leaving the previous
  * configuration untouched), the device allow-list and the admin list. */
 #include <setjmp.h>
@@ -16,7 +16,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "policy/config.h"
 #include "dmb-build.h"
 
 struct fx {

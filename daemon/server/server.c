@@ -1,6 +1,6 @@
 /* The listening socket: created at the configured path, or inherited from
  * systemd socket activation (LISTEN_FDS). */
-#include "server.h"
+#include "server/server.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -15,9 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bus.h"
-#include "metrics.h"
-#include "notify.h"
+#include "mgmt/bus.h"
+#include "mgmt/metrics.h"
+#include "mgmt/notify.h"
 #include "protocol.h"
 #include "util/log.h"
 #include "util/macro.h"

@@ -30,14 +30,14 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
-#include "config.h"
-#include "handoff.h"
-#include "persist.h"
+#include "policy/config.h"
+#include "core/handoff.h"
+#include "state/persist.h"
 #include "protocol.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
 #include "wire.h"
-#include "worker.h"
+#include "server/worker.h"
 
 struct event_base;
 struct event;

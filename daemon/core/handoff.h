@@ -5,7 +5,7 @@
  *
  * prepare: every context that can be preserved (handoff_preservable) is
  * written into a fresh snapshot journal, and that journal plus every region
- * memfd is preserved in one preserver session (daemon/preserve/preserver.h)
+ * memfd is preserved in one preserver session (daemon/backend/preserve/preserver.h)
  * under [handoff] session_name. From then on mutating requests are refused
  * with UNAVAILABLE (reads work) until the kexec or an abort. The session fd
  * is kept open (closing it aborts the session) and sits in the fd store as

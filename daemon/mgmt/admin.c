@@ -6,11 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "bus.h"
-#include "notify.h"
+#include "mgmt/bus.h"
+#include "mgmt/notify.h"
 #include "protocol.h"
-#include "handoff.h"
-#include "server.h"
+#include "core/handoff.h"
+#include "server/server.h"
 #include "util/log.h"
 
 void server_totals(const struct server *srv, struct server_totals *t)

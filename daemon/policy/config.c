@@ -1,4 +1,4 @@
-#include "config.h"
+#include "policy/config.h"
 #include "dmb-build.h"
 
 #include <dirent.h>

@@ -1,5 +1,5 @@
 /* sd_notify: READY, STATUS and the watchdog (notify.h). */
-#include "notify.h"
+#include "mgmt/notify.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
-#include "bus.h"
-#include "server.h"
+#include "mgmt/bus.h"
+#include "server/server.h"
 #include "util/log.h"
 
 struct notify {

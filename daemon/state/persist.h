@@ -64,7 +64,7 @@ bool persist_session_new(struct persist *p, uint64_t id, int fd);
 bool persist_handover(struct persist *p);
 void persist_fini(struct persist *p);
 
-/* ---- host handoff (daemon/handoff.c) ---- */
+/* ---- host handoff (daemon/core/handoff.c) ---- */
 
 struct dmb_ctx;
 struct dmb_region;
