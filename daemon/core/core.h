@@ -24,36 +24,12 @@
 #include <sys/types.h>
 
 #include "backend/backend.h"
+#include "policy/limits.h"
 #include "util/err.h"
 #include "util/rbtree.h"
 
 struct dmb_core;
 struct dmb_ctx;
-
-/* contexts_per_owner, pinned_bytes and fds bound a principal (a uid: every
- * session of it and its persistent contexts, account.c); the others one
- * context. */
-struct dmb_limits {
-	uint32_t contexts_per_owner;
-	uint32_t regions_per_context;
-	uint64_t mappings_per_context;
-	uint32_t devices_per_context;
-	uint64_t pinned_bytes;      /* RAM mapped by one principal; 0 = no limit */
-	uint64_t fds;               /* the broker's fds held for one principal; 0 = no limit */
-};
-
-/* What the policy grants one client, resolved from the configuration's
- * [default], [gid N] and [uid N] sections when it connects and again at
- * every reload. */
-struct dmb_client_policy {
-	struct dmb_limits limits;
-	bool admin;
-	bool p2p;                   /* may map peer BARs at all */
-	bool p2p_cross_context;     /* peer attached to another of its contexts */
-	bool p2p_cross_client;      /* peer of another client, by address */
-	size_t n_allow;
-	const char (*allow)[16];    /* BDFs and vendor:device; into the loaded config */
-};
 
 enum {
 	DMB_MAP_MMIO = 1u << 0,    /* a peer BAR (struct dmb_p2p), not RAM */
@@ -547,5 +523,3 @@ void device_close(struct dmb_device *d);
 /* Sim: device d's own DMA engine. */
 int device_sim_dma(struct dmb_device *d, uint64_t iova, void *buf, size_t len, bool to_memory,
 		   struct dmb_err *e);
-/* Validates "DDDD:BB:DD.F" (lower-case hex). */
-bool device_bdf_valid(const char *bdf);

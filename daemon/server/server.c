@@ -377,6 +377,12 @@ static int take_listen_fds(int *listen_fd, struct stored_fds *st)
 	return n;
 }
 
+/* The core asks the policy before opening a device for a client. */
+static bool device_allowed_cb(void *opaque, const struct dmb_owner *owner, const char *bdf)
+{
+	return config_device_allowed(&owner->pol, bdf);
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
@@ -396,7 +402,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.event_fn = server_event_cb;
 	srv->core.event_opaque = srv;
 	srv->start_realtime_s = (uint64_t)time(NULL);
-	srv->core.device_allowed = config_device_allowed;
+	srv->core.device_allowed = device_allowed_cb;
 	srv->core.policy_opaque = cfg;
 	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
 	srv->core.ctx_quiesce = ctx_quiesce_cb;

@@ -31,10 +31,10 @@ struct fx {
  * resolve the client's policy from the configuration, then ask. */
 static bool allowed(const struct dmb_config *c, const char *bdf)
 {
-	struct dmb_owner o;
-	memset(&o, 0, sizeof(o));
-	config_resolve(c, 1000, 1000, &o.pol);
-	return config_device_allowed((void *)c, &o, bdf);
+	struct dmb_client_policy pol;
+	memset(&pol, 0, sizeof(pol));
+	config_resolve(c, 1000, 1000, &pol);
+	return config_device_allowed(&pol, bdf);
 }
 
 static int setup(void **state)
