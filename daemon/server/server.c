@@ -15,9 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mgmt/bus.h"
-#include "mgmt/metrics.h"
-#include "mgmt/notify.h"
 #include "protocol.h"
 #include "util/log.h"
 #include "util/macro.h"
@@ -539,9 +536,8 @@ void server_fini(struct server *srv)
 {
 	server_quiesce(srv);
 	worker_pool_fini(&srv->pool);
-	notify_fini(srv);
-	bus_fini(srv);
-	metrics_fini(srv, true);
+	if (srv->watch && srv->watch->stop)
+		srv->watch->stop(srv);
 	handoff_fini(&srv->handoff);
 	persist_fini(&srv->persist);
 	struct session *s;
