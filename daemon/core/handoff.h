@@ -25,8 +25,9 @@
  * The crash rules (what the next start does in each state) are in
  * docs/journal.md, "Host handoff".
  *
- * The functions below are the whole API: rpc.c calls them, and so will the
- * D-Bus object. Plain C, no protobuf. */
+ * The functions below are the whole API: the socket's requests
+ * (server/rpc.c) and the D-Bus object (mgmt/bus.c) call them. Plain C, no
+ * protobuf. */
 #pragma once
 
 #include <stdbool.h>

@@ -1,3 +1,13 @@
+/* daemon/policy/: what the administrator allows.
+ * Owns: the configuration file and its resolution per client (config.c),
+ * the limits and the client policy as types (limits.h), and the process
+ * sandbox (sandbox.c). config.c with util/err.c and util/log.c is built as
+ * libdmbpolicy: all that dmabrokerctl links of the daemon.
+ * May call: util/, common/ (and sandbox.c the backend's uapi headers, for
+ * the ioctl numbers it allows). Never calls: core/, server/, state/,
+ * mgmt/, backend/ code. No circle inside.
+ */
+
 /* Daemon configuration: an INI file (libinih) plus command-line overrides.
  * Every key is documented in docs/operations.md and dmabroker.conf(5). */
 #pragma once

@@ -1,3 +1,18 @@
+/* daemon/server/: the part that talks to clients.
+ * Owns: the listening socket and the sessions (server.c, session.c), the
+ * request table and its handlers (rpc.c), the admin operations both the
+ * socket and D-Bus use (admin.c), and the scheduling of long calls: the
+ * worker pool (worker.c), context gates, parking and replay (server.c, rpc.c).
+ * May call: core/ (the model, and the handoff engine), state/ (persist),
+ * policy/, proto/, util/; backend/ only through the core.
+ * Never calls: mgmt/ (management hears it through struct server_watch).
+ * Circles inside, as designed: server.c <-> session.c <-> rpc.c (a session
+ * hands each packet to rpc_handle(), which replies through the session and
+ * parks or replays through the server's gates). Still open (see
+ * docs/architecture.md): core/handoff.c and state/persist.c reach into
+ * struct server and its sessions.
+ */
+
 /* The listening socket (server.c), per-connection sessions (session.c) and
  * request dispatch (rpc.c).
  *
