@@ -209,7 +209,7 @@ static void run_placement(const struct bench_opts *o, struct bdaemon *d, struct 
  * packs the Request, the daemon unpacks (and frees) it, packs the
  * ServerMessage reply, the client unpacks (and frees) that. protobuf-c,
  * sizing each message first as the library did; or the fast codec
- * (common/fastcodec.c), as both ends now do for Map and Unmap. */
+ * (proto/fastcodec.c), as both ends now do for Map and Unmap. */
 static uint64_t fast_once(const Dmb__Request *req, uint8_t *buf)
 {
 	struct fc_request in;
@@ -327,7 +327,7 @@ void bench_small(const struct bench_opts *o)
 	cr = result_add("small map round trip", "fast codec per map RTT", "", fast / 1e3, "us",
 			codec / 1e3, "protobuf codec");
 	result_note(cr, "in-process, best of 5: what client and daemon run for Map/Unmap "
-			"(common/fastcodec.c)");
+			"(proto/fastcodec.c)");
 
 	struct pingpong pp;
 	if (pp_start(&pp) < 0) {

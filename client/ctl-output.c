@@ -1,6 +1,8 @@
 /* dmabrokerctl's output helpers: see ctl-output.h. */
 #include "ctl-output.h"
 
+#include "text.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -79,21 +81,7 @@ size_t text_width(const char *s)
 
 const char *fmt_bytes(uint64_t v, char *buf, size_t cap)
 {
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
-	double d = (double)v;
-	size_t u = 0;
-
-	if (v < 1024) {
-		snprintf(buf, cap, "%" PRIu64 " B", v);
-		return buf;
-	}
-	/* 1023.97 KiB would print as "1024.0 KiB": move up a unit first. */
-	while (d >= 1024.0 - 0.05 && u + 1 < sizeof(units) / sizeof(units[0])) {
-		d /= 1024.0;
-		u++;
-	}
-	snprintf(buf, cap, "%.1f %s", d, units[u]);
-	return buf;
+	return dmb_common_fmt_bytes(v, buf, cap);
 }
 
 const char *fmt_uptime(uint64_t ms, char *buf, size_t cap)

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "policy/config.h"
 #include "ctl-output.h"
 #include "util/err.h"
 

@@ -1,5 +1,5 @@
 /* dmabrokerctl policy check: validates a broker configuration offline with
- * the daemon's own parser (daemon/config.c), so what it accepts is exactly
+ * the daemon's own parser (daemon/policy/config.c), so what it accepts is exactly
  * what dmabrokerd would load at start or on SIGHUP. Kept in its own file
  * because the daemon's headers and the library's cannot share one
  * translation unit (both define struct dmb_range and dmb_iova_info). */

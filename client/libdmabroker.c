@@ -12,6 +12,7 @@
 #include "dmabroker-internal.h"
 #include "fastcodec.h"
 #include "protocol.h"
+#include "text.h"
 #include "wire.h"
 
 #define EVQ_MAX 4096
@@ -39,17 +40,9 @@ struct dmb_client {
 	bool fast_busy;
 };
 
-static const char *const code_names[] = {
-	"ok", "invalid-argument", "permission-denied", "not-found", "already-exists",
-	"resource-exhausted", "failed-precondition", "unavailable", "internal",
-	"unimplemented", "out-of-range",
-};
-
 const char *dmb_error_code_name(int code)
 {
-	if (code < 0 || (size_t)code >= sizeof(code_names) / sizeof(code_names[0]))
-		return "unknown";
-	return code_names[code];
+	return dmb_common_code_name(code, "ok");
 }
 
 static int errno_of_code(int code)

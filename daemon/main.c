@@ -8,13 +8,13 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
-#include "bus.h"
-#include "config.h"
-#include "metrics.h"
-#include "notify.h"
+#include "mgmt/mgmt.h"
+#include "policy/config.h"
+#include "mgmt/metrics.h"
+#include "mgmt/notify.h"
 #include "dmb-build.h"
-#include "sandbox.h"
-#include "server.h"
+#include "policy/sandbox.h"
+#include "server/server.h"
 #include "util/log.h"
 
 static void usage(FILE *f)
@@ -211,11 +211,7 @@ static int run(int argc, char **argv)
 	 * directory are opened now (connect and open of a directory are not
 	 * in the allow-list). */
 	if (r >= 0)
-		r = metrics_init(&srv);
-	if (r >= 0)
-		r = bus_init(&srv, (enum bus_kind)o.bus);
-	if (r >= 0)
-		r = notify_init(&srv);
+		r = mgmt_attach(&srv, (enum bus_kind)o.bus);
 	if (r >= 0) /* after initialisation, before READY=1 */
 		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv));
 	if (r < 0) {

@@ -1,4 +1,4 @@
-/* The fast codec's contract as checks (common/fastcodec.h), shared by
+/* The fast codec's contract as checks (proto/fastcodec.h), shared by
  * tests/unit/test_fastcodec.c and tests/fuzz/fuzz_fastcodec.c: every answer
  * of the fast codec is compared with what protobuf-c does with the same
  * message or packet. Each check returns NULL when the contract holds, else a

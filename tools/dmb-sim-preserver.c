@@ -12,7 +12,7 @@
  *   dmb-sim-preserver hold SOCKET          hold the "device" until killed
  *
  * The daemon's preserve/sim.c is its client; the wire and the meaning of a
- * connection are in daemon/preserve/sim_proto.h. The rules copied from the
+ * connection are in daemon/backend/preserve/sim_proto.h. The rules copied from the
  * kernel (include/uapi/linux/liveupdate.h, kernel/liveupdate/, mm/memfd_luo.c):
  *   - CREATE: EEXIST for a duplicate outgoing name, ENOMEM past 819
  *     sessions; RETRIEVE: ENOENT for an unknown incoming name, EINVAL the
@@ -63,7 +63,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "preserve/sim_proto.h"
+#include "backend/preserve/sim_proto.h"
 
 #define MAX_CONNS 256
 /* The six seals memfd-v2 records; F_SEAL_EXEC (0x0020, Linux 6.3) is spelled

@@ -1,3 +1,15 @@
+/* daemon/backend/: every ioctl the daemon issues.
+ * Owns: the backend table (backend.c), iommufd.c and vfio_type1.c (the
+ * kernel's two IOMMU interfaces), ksys.c (the syscall and ioctl shims
+ * both use), the simulated
+ * backend (sim*.c), and preserve/ (the LUO ioctls and the simulated
+ * preserver that plays the kernel for tests).
+ * May call: util/, the kernel. Never calls: any other part of the daemon.
+ * Circles inside, as designed: sim.c <-> sim_dev.c (the simulated IOMMU
+ * and its devices share one table); preserve/preserver.c picks luo.c or
+ * sim.c, which use its helpers.
+ */
+
 /* backend.h — the only interface between dmabroker and the kernel's IOMMU.
  *
  * Every IOMMU/VFIO ioctl the daemon issues lives behind this vtable

@@ -15,7 +15,7 @@
  * RLIMIT_NOFILE and the fd store leave once the reserve is set aside
  * (struct dmb_fd_budget); it is released when the object goes, whatever
  * the kernel did meanwhile, so charges and releases always match. */
-#include "core.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,4 +1,4 @@
-#include "core.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,3 +1,17 @@
+/* daemon/core/: the object model, one file per object (context.c,
+ * region.c, mapping.c, device.c, p2p.c, account.c, core.c the ids, owners
+ * and events), and the host-handoff engine (handoff.c).
+ * May call: backend/ (through struct dmb_backend's table; every other part
+ * reaches the backend through the core's functions), policy/ (limits and
+ * the device address check), util/. The journal is reached only through
+ * the dmb_journal_hooks that state/ installs.
+ * Never calls: server/, mgmt/, proto/ (no socket, no protobuf).
+ * Circles inside, as designed: the objects call one another (a context
+ * closes its devices and mappings; a mapping checks its context's IOVA
+ * space; a device revokes its P2P importers). Still open: handoff.c uses
+ * struct server and persist.c (docs/architecture.md).
+ */
+
 /* The core model: owners (sessions as the core sees them), contexts,
  * regions, mappings and devices. The core never touches a socket; it calls
  * the backend (backend.h) and reports events through a callback.
@@ -24,36 +38,12 @@
 #include <sys/types.h>
 
 #include "backend/backend.h"
+#include "policy/limits.h"
 #include "util/err.h"
 #include "util/rbtree.h"
 
 struct dmb_core;
 struct dmb_ctx;
-
-/* contexts_per_owner, pinned_bytes and fds bound a principal (a uid: every
- * session of it and its persistent contexts, account.c); the others one
- * context. */
-struct dmb_limits {
-	uint32_t contexts_per_owner;
-	uint32_t regions_per_context;
-	uint64_t mappings_per_context;
-	uint32_t devices_per_context;
-	uint64_t pinned_bytes;      /* RAM mapped by one principal; 0 = no limit */
-	uint64_t fds;               /* the broker's fds held for one principal; 0 = no limit */
-};
-
-/* What the policy grants one client, resolved from the configuration's
- * [default], [gid N] and [uid N] sections when it connects and again at
- * every reload. */
-struct dmb_client_policy {
-	struct dmb_limits limits;
-	bool admin;
-	bool p2p;                   /* may map peer BARs at all */
-	bool p2p_cross_context;     /* peer attached to another of its contexts */
-	bool p2p_cross_client;      /* peer of another client, by address */
-	size_t n_allow;
-	const char (*allow)[16];    /* BDFs and vendor:device; into the loaded config */
-};
 
 enum {
 	DMB_MAP_MMIO = 1u << 0,    /* a peer BAR (struct dmb_p2p), not RAM */
@@ -258,7 +248,7 @@ typedef bool (*dmb_device_allowed_fn)(void *opaque, const struct dmb_owner *owne
 
 struct dmb_range;
 
-/* Persistence (daemon/persist.c) watches every change of the model, to
+/* Persistence (daemon/state/persist.c) watches every change of the model, to
  * journal it and keep the kernel objects' fds in the fd store. The hooks
  * that return int run before the change reaches the kernel and can refuse
  * it; the void ones run after it happened. NULL: no persistence. */
@@ -320,7 +310,7 @@ struct dmb_core {
 	/* Before the core calls the backend on a context other than the one a
 	 * request named (a P2P revocation, restoration or release reaching an
 	 * importer), it calls this: the server waits there for a worker that
-	 * is running a backend call on that context (daemon/worker.h). NULL:
+	 * is running a backend call on that context (daemon/server/worker.h). NULL:
 	 * nothing runs off the loop. */
 	void (*ctx_quiesce)(void *opaque, struct dmb_ctx *ctx);
 	void *quiesce_opaque;
@@ -447,7 +437,7 @@ void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m);
 int map_batch(struct dmb_ctx *ctx, const struct dmb_map_req *reqs, size_t n, struct dmb_err *e);
 
 /* The same in three phases, for running the kernel calls on a worker thread
- * (daemon/worker.h): map_prepare and map_finish on the loop thread (they
+ * (daemon/server/worker.h): map_prepare and map_finish on the loop thread (they
  * change the model and the journal), map_kernel on any thread (backend
  * calls on op->ctx only; the caller guarantees nothing else touches that
  * context in between). reqs must stay valid until map_finish. A failed
@@ -547,5 +537,3 @@ void device_close(struct dmb_device *d);
 /* Sim: device d's own DMA engine. */
 int device_sim_dma(struct dmb_device *d, uint64_t iova, void *buf, size_t len, bool to_memory,
 		   struct dmb_err *e);
-/* Validates "DDDD:BB:DD.F" (lower-case hex). */
-bool device_bdf_valid(const char *bdf);

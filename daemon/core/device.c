@@ -1,33 +1,16 @@
 /* Devices: PCI functions opened by the broker and attached to a context.
  * Which BDFs a client may open is the policy's decision (device_allowed). */
-#include "core.h"
+#include "core/core.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "policy/config.h"
 #include "util/log.h"
 #include "util/macro.h"
-
-bool device_bdf_valid(const char *bdf)
-{
-	/* DDDD:BB:DD.F */
-	static const char shape[] = "xxxx:xx:xx.x";
-	if (!bdf || strlen(bdf) != sizeof(shape) - 1)
-		return false;
-	for (size_t i = 0; shape[i]; i++) {
-		if (shape[i] == 'x') {
-			if (!isxdigit((unsigned char)bdf[i]) || isupper((unsigned char)bdf[i]))
-				return false;
-		} else if (bdf[i] != shape[i])
-			return false;
-	}
-	unsigned dev = (unsigned)strtoul(bdf + 8, NULL, 16), fn = (unsigned)(bdf[11] - '0');
-	return dev < 32 && bdf[11] >= '0' && fn < 8;
-}
 
 int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e)
 {

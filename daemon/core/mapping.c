@@ -9,7 +9,7 @@
  * the backend, so what reaches the kernel is well-formed and an unmap is
  * all-or-nothing (the kernel's own IOMMU_IOAS_UNMAP may remove earlier areas
  * and then fail on a straddling one). */
-#include "core.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -265,7 +265,7 @@ static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, siz
 }
 
 /* A map runs in three phases so that the kernel call can run on a worker
- * thread (daemon/worker.h) while the model stays with the event loop:
+ * thread (daemon/server/worker.h) while the model stays with the event loop:
  * map_prepare (loop: check, reserve, journal), map_kernel (any thread: the
  * backend calls only, on a context nobody else touches meanwhile), and
  * map_finish (loop: keep or drop the reserved records). */

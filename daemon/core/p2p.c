@@ -16,7 +16,7 @@
  * IOVA range stays reserved for it, lists show it, unmap removes it. Owners
  * of affected mappings get MAPPINGS_REVOKED / MAPPINGS_RESTORED events, queued
  * before the reply to the request that caused them. */
-#include "core.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <inttypes.h>

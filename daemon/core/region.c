@@ -15,7 +15,7 @@
  *   tmpfs files) are refused; memfds are the interface;
  * - writable mappings need an fd open O_RDWR and no write seal.
  */
-#include "core.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -79,7 +79,7 @@
  * unknown flags are only checked in journals of this minor or older.
  * ---------------------------------------------------------------------------
  */
-#include "journal.h"
+#include "state/journal.h"
 
 #include <endian.h>
 #include <errno.h>

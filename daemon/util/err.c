@@ -1,5 +1,7 @@
 #include "err.h"
 
+#include "text.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -69,12 +71,5 @@ int dmb_code_from_errno(int neg_errno)
 
 const char *dmb_code_name(int code)
 {
-	static const char *const names[] = {
-		"none", "invalid-argument", "permission-denied", "not-found",
-		"already-exists", "resource-exhausted", "failed-precondition",
-		"unavailable", "internal", "unimplemented", "out-of-range",
-	};
-	if (code < 0 || (unsigned)code >= sizeof(names) / sizeof(names[0]))
-		return "unknown";
-	return names[code];
+	return dmb_common_code_name(code, "none");
 }

@@ -8,7 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "policy/config.h"
 #include "util/log.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -33,8 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (size_t u = 0; u < sizeof(ids) / sizeof(ids[0]); u++) {
 			struct dmb_client_policy p;
 			config_resolve(&cfg, ids[u], ids[(u + 1) % 6], &p);
-			struct dmb_owner o = { .uid = ids[u], .pol = p };
-			(void)config_device_allowed(&cfg, &o, "0000:01:00.0");
+			(void)config_device_allowed(&p, "0000:01:00.0");
 			(void)config_is_admin(&cfg, ids[u]);
 		}
 	}

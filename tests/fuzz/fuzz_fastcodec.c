@@ -1,5 +1,5 @@
-/* fuzz_fastcodec: the small-map fast codec (common/fastcodec.c) against
- * protobuf-c, on any input (the contract: common/fastcodec.h).
+/* fuzz_fastcodec: the small-map fast codec (proto/fastcodec.c) against
+ * protobuf-c, on any input (the contract: proto/fastcodec.h).
  *
  * Input: one packet. It is decoded as a Request and as a ServerMessage by
  * both codecs: the fast one must decline or agree exactly with protobuf-c.

@@ -22,9 +22,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "policy/config.h"
 #include "protocol.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -11,7 +11,7 @@
  *     and never read a reply; the daemon must pause them, not stall others;
  *   - 10 floods: pipelined requests as fast as the socket takes them;
  *   - 10 garbage senders: undecodable packets; each connection must get 64
- *     error replies and then be cut (MAX_BAD_PACKETS in daemon/session.c);
+ *     error replies and then be cut (MAX_BAD_PACKETS in daemon/server/session.c);
  *   - 5 burst-closers: a burst of Map requests, then close() at once;
  *   - 5 killers: forked processes that fire Map requests and are SIGKILLed
  *     with them in flight (forked before any thread exists);

@@ -1,4 +1,4 @@
-/* The daemon's sandbox (daemon/sandbox.c), proven on the real binary:
+/* The daemon's sandbox (daemon/policy/sandbox.c), proven on the real binary:
  *   - after start-up it runs under a seccomp filter, with no_new_privs and
  *     no capability but CAP_IPC_LOCK, and still serves (map + sim DMA);
  *   - a forbidden syscall kills it by SIGSYS: a syscall not on the list
@@ -293,7 +293,7 @@ static unsigned check_calls(const char *file, const char *src, const char *fn,
 		if (k == 0 || (name[0] >= 'a' && name[0] <= 'z'))
 			continue;
 		if (!in_table(sandbox, table, name))
-			fail_msg("%s issues %s, which is not in %s of daemon/sandbox.c: the filter "
+			fail_msg("%s issues %s, which is not in %s of daemon/policy/sandbox.c: the filter "
 				 "would kill the daemon",
 				 file, name, table);
 		checked++;
@@ -303,7 +303,7 @@ static unsigned check_calls(const char *file, const char *src, const char *fn,
 
 static void test_backend_ioctls_allowed(void **state)
 {
-	char *sandbox = read_source("daemon/sandbox.c");
+	char *sandbox = read_source("daemon/policy/sandbox.c");
 	static const struct {
 		const char *file, *table;
 	} srcs[] = {
@@ -311,7 +311,7 @@ static void test_backend_ioctls_allowed(void **state)
 		{ "daemon/backend/ksys.c", "type1_ioctls" },
 		{ "daemon/backend/iommufd.c", "iommufd_ioctls" },
 		{ "daemon/backend/ksys.c", "iommufd_ioctls" },
-		{ "daemon/preserve/luo.c", "luo_ioctls" },
+		{ "daemon/backend/preserve/luo.c", "luo_ioctls" },
 	};
 	unsigned total = 0;
 	for (size_t i = 0; i < sizeof(srcs) / sizeof(srcs[0]); i++) {

@@ -1,4 +1,4 @@
-/* Long backend calls off the event loop (daemon/worker.h): with
+/* Long backend calls off the event loop (daemon/server/worker.h): with
  * --sim-populate a map costs one page fault per page, as pinning does, so a
  * 1 GiB map keeps a worker busy long enough to watch what the rest of the
  * daemon does meanwhile. Every check is about order, never about time: a

@@ -1,4 +1,4 @@
-/* Unit tests of the daemon configuration (daemon/config.c): defaults, a full
+/* Unit tests of the daemon configuration (daemon/policy/config.c): defaults, a full
  * file, every kind of error (named by file:line, and leaving the previous
  * configuration untouched), the device allow-list and the admin list. */
 #include <setjmp.h>
@@ -16,7 +16,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "policy/config.h"
 #include "dmb-build.h"
 
 struct fx {
@@ -31,10 +31,10 @@ struct fx {
  * resolve the client's policy from the configuration, then ask. */
 static bool allowed(const struct dmb_config *c, const char *bdf)
 {
-	struct dmb_owner o;
-	memset(&o, 0, sizeof(o));
-	config_resolve(c, 1000, 1000, &o.pol);
-	return config_device_allowed((void *)c, &o, bdf);
+	struct dmb_client_policy pol;
+	memset(&pol, 0, sizeof(pol));
+	config_resolve(c, 1000, 1000, &pol);
+	return config_device_allowed(&pol, bdf);
 }
 
 static int setup(void **state)

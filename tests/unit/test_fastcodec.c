@@ -1,4 +1,4 @@
-/* Unit tests of the small-map fast codec (common/fastcodec.c) against
+/* Unit tests of the small-map fast codec (proto/fastcodec.c) against
  * protobuf-c, which stays the reference: random Map/Unmap requests and their
  * replies (every varint width, 0 and the maxima, missing sub-messages) must
  * encode to protobuf-c's exact bytes and decode to protobuf-c's exact

@@ -1,4 +1,4 @@
-/* Unit tests of packet I/O (common/wire.c) over a real
+/* Unit tests of packet I/O (proto/wire.c) over a real
  * socketpair(AF_UNIX, SOCK_SEQPACKET): fds travel with their packet, arrive
  * O_CLOEXEC and are owned by the received packet until taken; truncation,
  * empty packets, end of stream and non-blocking reads are told apart. */

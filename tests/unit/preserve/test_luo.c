@@ -19,8 +19,8 @@
 #include "backend/ksys.h"
 #include "backend/uapi/liveupdate.h"
 #include "fake.h"
-#include "preserve/impl.h"
-#include "preserve/preserver.h"
+#include "backend/preserve/impl.h"
+#include "backend/preserve/preserver.h"
 
 static struct {
 	char *root;

@@ -23,8 +23,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "preserve/preserver.h"
-#include "preserve/sim_proto.h"
+#include "backend/preserve/preserver.h"
+#include "backend/preserve/sim_proto.h"
 
 static struct {
 	char dir[64];

@@ -12,7 +12,7 @@
 
 #include "fastcodec.h"
 #include "protocol.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 #include "util/macro.h"
 

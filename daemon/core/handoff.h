@@ -5,7 +5,7 @@
  *
  * prepare: every context that can be preserved (handoff_preservable) is
  * written into a fresh snapshot journal, and that journal plus every region
- * memfd is preserved in one preserver session (daemon/preserve/preserver.h)
+ * memfd is preserved in one preserver session (daemon/backend/preserve/preserver.h)
  * under [handoff] session_name. From then on mutating requests are refused
  * with UNAVAILABLE (reads work) until the kexec or an abort. The session fd
  * is kept open (closing it aborts the session) and sits in the fd store as
@@ -25,8 +25,9 @@
  * The crash rules (what the next start does in each state) are in
  * docs/journal.md, "Host handoff".
  *
- * The functions below are the whole API: rpc.c calls them, and so will the
- * D-Bus object. Plain C, no protobuf. */
+ * The functions below are the whole API: the socket's requests
+ * (server/rpc.c) and the D-Bus object (mgmt/bus.c) call them. Plain C, no
+ * protobuf. */
 #pragma once
 
 #include <stdbool.h>

@@ -15,7 +15,7 @@
 
 #include "backend/ksys.h"
 #include "backend/uapi/liveupdate.h"
-#include "preserve/impl.h"
+#include "backend/preserve/impl.h"
 #include "util/macro.h"
 
 struct luo {

@@ -1,6 +1,8 @@
 /* fastcodec: see fastcodec.h for the packets and the contract. */
 #include "fastcodec.h"
 
+#include "dmabroker-fields.h"
+
 /* Tags (field number << 3 | wire type) as they appear on the wire. */
 enum {
 	T1_VARINT = 0x08,
@@ -14,6 +16,49 @@ enum {
 	T18_LEN_0 = 0x92, /* field 18 */
 	T_HI_1 = 0x01,    /* second byte of both */
 };
+
+/* Every tag above against the .proto's field number of each field it is
+ * written for (dmabroker-fields.h, generated from the .proto at build time)
+ * and, for the bodies, against protobuf-c's generated oneof cases: a field
+ * renumbered in the .proto stops the build here instead of changing bytes. */
+#define WT_VARINT 0
+#define WT_LEN 2
+#define CHECK_TAG(tag, field, wt)                                                  \
+	_Static_assert((tag) == ((DMB_FIELD_##field) << 3 | (wt)),                 \
+		       "fast codec: " #tag " is not the tag of " #field)
+CHECK_TAG(T1_VARINT, Request_id, WT_VARINT);
+CHECK_TAG(T1_VARINT, Map_context_id, WT_VARINT);
+CHECK_TAG(T2_LEN, Map_entry, WT_LEN);
+CHECK_TAG(T1_VARINT, MapEntry_region_id, WT_VARINT);
+CHECK_TAG(T2_VARINT, MapEntry_offset, WT_VARINT);
+CHECK_TAG(T3_VARINT, MapEntry_iova, WT_VARINT);
+CHECK_TAG(T4_VARINT, MapEntry_length, WT_VARINT);
+CHECK_TAG(T5_VARINT, MapEntry_prot, WT_VARINT);
+CHECK_TAG(T1_VARINT, Unmap_context_id, WT_VARINT);
+CHECK_TAG(T2_LEN, Unmap_range, WT_LEN);
+CHECK_TAG(T1_VARINT, Range_iova, WT_VARINT);
+CHECK_TAG(T2_VARINT, Range_length, WT_VARINT);
+CHECK_TAG(T1_LEN, ServerMessage_reply, WT_LEN);
+CHECK_TAG(T1_VARINT, Reply_id, WT_VARINT);
+CHECK_TAG(T1_VARINT, MapReply_mapped, WT_VARINT);
+CHECK_TAG(T1_VARINT, UnmapReply_unmapped_bytes, WT_VARINT);
+CHECK_TAG(T2_VARINT, UnmapReply_unmapped_count, WT_VARINT);
+/* Fields 16 and 18 take two tag bytes: low seven bits with the
+ * continuation bit, then the rest. */
+#define CHECK_TAG_2B(lo, field)                                                    \
+	_Static_assert((lo) == ((((DMB_FIELD_##field) << 3 | WT_LEN) & 0x7f) | 0x80) && \
+			       T_HI_1 == ((DMB_FIELD_##field) << 3 | WT_LEN) >> 7,     \
+		       "fast codec: " #lo " is not the tag of " #field)
+CHECK_TAG_2B(T16_LEN_0, Request_map);
+CHECK_TAG_2B(T18_LEN_0, Request_unmap);
+CHECK_TAG_2B(T16_LEN_0, Reply_map);
+CHECK_TAG_2B(T18_LEN_0, Reply_unmap);
+_Static_assert(DMB__REQUEST__BODY_MAP == DMB_FIELD_Request_map &&
+		       DMB__REQUEST__BODY_UNMAP == DMB_FIELD_Request_unmap &&
+		       DMB__REPLY__BODY_MAP == DMB_FIELD_Reply_map &&
+		       DMB__REPLY__BODY_UNMAP == DMB_FIELD_Reply_unmap &&
+		       DMB__SERVER_MESSAGE__KIND_REPLY == DMB_FIELD_ServerMessage_reply,
+	       "fast codec: protobuf-c's generated body cases differ from the .proto");
 
 /* ------------------------------------------------------------ encoding */
 

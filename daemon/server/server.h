@@ -1,3 +1,18 @@
+/* daemon/server/: the part that talks to clients.
+ * Owns: the listening socket and the sessions (server.c, session.c), the
+ * request table and its handlers (rpc.c), the admin operations both the
+ * socket and D-Bus use (admin.c), and the scheduling of long calls: the
+ * worker pool (worker.c), context gates, parking and replay (server.c, rpc.c).
+ * May call: core/ (the model, and the handoff engine), state/ (persist),
+ * policy/, proto/, util/; backend/ only through the core.
+ * Never calls: mgmt/ (management hears it through struct server_watch).
+ * Circles inside, as designed: server.c <-> session.c <-> rpc.c (a session
+ * hands each packet to rpc_handle(), which replies through the session and
+ * parks or replays through the server's gates). Still open (see
+ * docs/architecture.md): core/handoff.c and state/persist.c reach into
+ * struct server and its sessions.
+ */
+
 /* The listening socket (server.c), per-connection sessions (session.c) and
  * request dispatch (rpc.c).
  *
@@ -30,14 +45,14 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
-#include "config.h"
-#include "handoff.h"
-#include "persist.h"
+#include "policy/config.h"
+#include "core/handoff.h"
+#include "state/persist.h"
 #include "protocol.h"
 #include "core/core.h"
 #include "dmabroker.pb-c.h"
 #include "wire.h"
-#include "worker.h"
+#include "server/worker.h"
 
 struct event_base;
 struct event;
@@ -143,7 +158,9 @@ struct server {
 	char file_socket[108];
 	char file_backend[16];
 	uint64_t start_realtime_s;
-	/* management (bus.c, metrics.c, notify.c); NULL when off */
+	/* management (mgmt/: bus.c, metrics.c, notify.c); NULL when off. The
+	 * server only holds them: it calls out to management through watch. */
+	const struct server_watch *watch;
 	struct bus *bus;
 	struct metrics *metrics;
 	struct notify *notify;
@@ -156,6 +173,19 @@ struct server {
 	uint32_t n_gates;
 	struct ctx_gate *replaying;   /* the gate whose waiter is being replayed */
 	struct event *ev_replay;      /* replays parked requests (never nested) */
+};
+
+/* What the management surfaces (mgmt/) hear from the server: set by
+ * mgmt_attach(), each hook optional. The server never calls into mgmt/
+ * otherwise, so management stays a layer above it. */
+struct server_watch {
+	/* The host-handoff state changed (server_handoff_state() tells it). */
+	void (*handoff_state_changed)(struct server *srv);
+	/* A P2P revocation took `count` mappings of a context out of the IOMMU. */
+	void (*mappings_revoked)(struct server *srv, uint64_t context, uint64_t device,
+				 uint64_t count);
+	/* The server is being torn down (server_fini): close the surfaces. */
+	void (*stop)(struct server *srv);
 };
 
 /* Totals the management interfaces publish (D-Bus properties, STATUS=,
@@ -192,8 +222,9 @@ void server_listen_resume(struct server *srv);
 
 /* admin.c: what the admin requests (socket and D-Bus) do, in one place. */
 void server_totals(const struct server *srv, struct server_totals *t);
-/* The host-handoff state: "normal" until the handoff engine is wired in; it
- * replaces this one function and calls server_handoff_state_changed(). */
+/* The host-handoff state as the management interfaces name it ("normal",
+ * "prepared", ...); the handoff engine calls server_handoff_state_changed()
+ * on every transition. */
 const char *server_handoff_state(const struct server *srv);
 void server_handoff_state_changed(struct server *srv);
 struct server_revoke {

@@ -12,7 +12,7 @@
  * happens while prepared (a client leaving, a P2P revocation); none of that
  * changes what is preserved: mutations are refused, and grace-period
  * releases wait (persist.hold_releases). */
-#include "handoff.h"
+#include "core/handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -25,9 +25,9 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "preserve/preserver.h"
+#include "backend/preserve/preserver.h"
 #include "protocol.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 #include "util/macro.h"
 

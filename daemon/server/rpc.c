@@ -16,7 +16,7 @@
 #include "dmb-build.h"
 #include "fastcodec.h"
 #include "protocol.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 #include "util/macro.h"
 

@@ -1,6 +1,6 @@
 /* preserver.c — preserver_open()'s spec strings, and the sentences both
  * preservers give for the kernel's answers. See preserver.h and impl.h. */
-#include "preserve/preserver.h"
+#include "backend/preserve/preserver.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "preserve/impl.h"
+#include "backend/preserve/impl.h"
 #include "util/err.h"
 
 int preserve_check_name(const char *name, struct dmb_err *e)

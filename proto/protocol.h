@@ -1,3 +1,11 @@
+/* proto/: the wire contract, shared by the daemon and libdmabroker.
+ * Owns: dmabroker.proto (protobuf-c generates the codec), the framing of a
+ * packet on the SOCK_SEQPACKET socket (wire.c), the fast codec of the
+ * small-map hot path (fastcodec.c, its tags checked at compile time against
+ * the .proto by field-numbers.py's header), and these constants.
+ * May call: protobuf-c and the C library only. No circle inside.
+ */
+
 /* Limits of the wire contract (docs/protocol.md "Limits"). Shared by the
  * daemon and libdmabroker. */
 #pragma once

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "preserve/preserver.h"
+#include "backend/preserve/preserver.h"
 
 #define PRESERVE_LUO_DEVICE "/dev/liveupdate"
 

@@ -1,6 +1,6 @@
 /* The listening socket: created at the configured path, or inherited from
  * systemd socket activation (LISTEN_FDS). */
-#include "server.h"
+#include "server/server.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -15,9 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bus.h"
-#include "metrics.h"
-#include "notify.h"
 #include "protocol.h"
 #include "util/log.h"
 #include "util/macro.h"
@@ -377,6 +374,12 @@ static int take_listen_fds(int *listen_fd, struct stored_fds *st)
 	return n;
 }
 
+/* The core asks the policy before opening a device for a client. */
+static bool device_allowed_cb(void *opaque, const struct dmb_owner *owner, const char *bdf)
+{
+	return config_device_allowed(&owner->pol, bdf);
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
@@ -396,7 +399,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.event_fn = server_event_cb;
 	srv->core.event_opaque = srv;
 	srv->start_realtime_s = (uint64_t)time(NULL);
-	srv->core.device_allowed = config_device_allowed;
+	srv->core.device_allowed = device_allowed_cb;
 	srv->core.policy_opaque = cfg;
 	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
 	srv->core.ctx_quiesce = ctx_quiesce_cb;
@@ -533,9 +536,8 @@ void server_fini(struct server *srv)
 {
 	server_quiesce(srv);
 	worker_pool_fini(&srv->pool);
-	notify_fini(srv);
-	bus_fini(srv);
-	metrics_fini(srv, true);
+	if (srv->watch && srv->watch->stop)
+		srv->watch->stop(srv);
 	handoff_fini(&srv->handoff);
 	persist_fini(&srv->persist);
 	struct session *s;

@@ -1,16 +1,16 @@
-/* What the admin surface does, shared by the socket requests (rpc.c) and
- * the D-Bus object (bus.c): totals, the handoff state, revoking a context,
- * reloading the policy; and the core's events on their way out. */
+/* What an administrator may do to the running server, shared by the socket's
+ * admin requests (rpc.c) and the D-Bus object (mgmt/bus.c): totals, the
+ * handoff state, revoking a context, reloading the policy; and the core's
+ * events on their way out. What management must hear goes through
+ * srv->watch, never by a call into mgmt/. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "bus.h"
-#include "notify.h"
 #include "protocol.h"
-#include "handoff.h"
-#include "server.h"
+#include "core/handoff.h"
+#include "server/server.h"
 #include "util/log.h"
 
 void server_totals(const struct server *srv, struct server_totals *t)
@@ -39,8 +39,8 @@ const char *server_handoff_state(const struct server *srv)
 /* handoff.c calls this on every transition, after logging it once. */
 void server_handoff_state_changed(struct server *srv)
 {
-	bus_emit_handoff_state_changed(srv, server_handoff_state(srv));
-	notify_status_now(srv);
+	if (srv->watch && srv->watch->handoff_state_changed)
+		srv->watch->handoff_state_changed(srv);
 }
 
 int server_revoke_context(struct server *srv, uint64_t id, const char *who,
@@ -99,8 +99,8 @@ int server_reload_policy(struct server *srv, struct dmb_err *e)
 void server_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_event *ev)
 {
 	struct server *srv = opaque;
-	if (ev->kind == DMB_EVENT_MAPPINGS_REVOKED)
-		bus_emit_mappings_revoked(srv, ev->context_id, ev->device_id, ev->n_ranges);
+	if (ev->kind == DMB_EVENT_MAPPINGS_REVOKED && srv->watch && srv->watch->mappings_revoked)
+		srv->watch->mappings_revoked(srv, ev->context_id, ev->device_id, ev->n_ranges);
 	if (owner)
 		session_event_cb(srv, owner, ev);
 }

@@ -9,7 +9,7 @@
  * Arguments are checked where a check is cheap and means something:
  *   - ioctl: the request number must be one the chosen backend issues
  *     (the sim backend issues none), one of the five LUO requests (the
- *     host-handoff preserver), or FIONREAD (common/wire.c's SIOCINQ);
+ *     host-handoff preserver), or FIONREAD (proto/wire.c's SIOCINQ);
  *   - openat: read-only or read-write opens of existing files only (no
  *     O_CREAT, O_TRUNC, O_APPEND, O_WRONLY, O_TMPFILE): sysfs attributes,
  *     the VFIO and iommufd device nodes, a policy reload;
@@ -32,7 +32,7 @@
  * Sanitizer builds (ASan, UBSan) run with the filter on too: their runtime
  * needs a few more calls (reports, LeakSanitizer's stop-the-world at exit),
  * added only in those builds (SANITIZER_SYSCALLS below). */
-#include "sandbox.h"
+#include "policy/sandbox.h"
 
 #include <cap-ng.h>
 #include <errno.h>
@@ -93,7 +93,7 @@ static const int plain_syscalls[] = {
 	SCMP_SYS(sendto), SCMP_SYS(recvfrom),
 	SCMP_SYS(rt_sigaction), SCMP_SYS(rt_sigprocmask), SCMP_SYS(rt_sigreturn),
 	SCMP_SYS(restart_syscall),
-	/* clients (server.c, session.c, common/wire.c): accept, packets with
+	/* clients (server.c, session.c, proto/wire.c): accept, packets with
 	 * SCM_RIGHTS, SO_PEERCRED, buffer sizes, the end-of-stream poll */
 	SCMP_SYS(accept4), SCMP_SYS(recvmsg), SCMP_SYS(sendmsg),
 	SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(poll), SCMP_SYS(ppoll),
@@ -158,7 +158,7 @@ static const int fcntl_cmds[] = {
 	F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC, F_GET_SEALS, F_ADD_SEALS,
 };
 
-/* ioctl requests of every backend: common/wire.c's SIOCINQ (== FIONREAD). */
+/* ioctl requests of every backend: proto/wire.c's SIOCINQ (== FIONREAD). */
 static const unsigned long common_ioctls[] = { SIOCINQ };
 
 #ifdef DMB_SANITIZER

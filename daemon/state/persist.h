@@ -1,3 +1,14 @@
+/* daemon/state/: what outlives the process.
+ * Owns: the journal (journal.c: record codec, memfd file, replayed model,
+ * compaction), and persistence across a restart (persist.c: the fd store,
+ * snapshot and restore).
+ * May call: core/ (to rebuild the model at restore), backend/ (adoption
+ * through the core's objects), policy/, util/. journal.c calls nothing but
+ * util/.
+ * Never calls: mgmt/. Still open: persist.c includes server.h to store and
+ * re-adopt sessions (docs/architecture.md).
+ */
+
 /* Persistence across a daemon restart: the state journal plus systemd's
  * file-descriptor store.
  *
@@ -64,7 +75,7 @@ bool persist_session_new(struct persist *p, uint64_t id, int fd);
 bool persist_handover(struct persist *p);
 void persist_fini(struct persist *p);
 
-/* ---- host handoff (daemon/handoff.c) ---- */
+/* ---- host handoff (daemon/core/handoff.c) ---- */
 
 struct dmb_ctx;
 struct dmb_region;

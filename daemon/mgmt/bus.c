@@ -19,8 +19,8 @@
  * SD_BUS_CREDS_AUGMENT: that reads /proc/PID, which can be another process
  * by then, and its reads make calls outside the seccomp allow-list. Refusals are AccessDenied with a sentence
  * and one rate-limited log line naming the caller. */
-#include "bus.h"
-#include "handoff.h"
+#include "mgmt/bus.h"
+#include "core/handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -33,7 +33,7 @@
 #include <time.h>
 
 #include "dmb-build.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 #include "util/macro.h"
 

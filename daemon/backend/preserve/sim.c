@@ -15,8 +15,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "preserve/impl.h"
-#include "preserve/sim_proto.h"
+#include "backend/preserve/impl.h"
+#include "backend/preserve/sim_proto.h"
 #include "util/macro.h"
 
 #define SIM_TIMEOUT_MS 10000

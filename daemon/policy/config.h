@@ -1,3 +1,13 @@
+/* daemon/policy/: what the administrator allows.
+ * Owns: the configuration file and its resolution per client (config.c),
+ * the limits and the client policy as types (limits.h), and the process
+ * sandbox (sandbox.c). config.c with util/err.c and util/log.c is built as
+ * libdmbpolicy: all that dmabrokerctl links of the daemon.
+ * May call: util/, common/ (and sandbox.c the backend's uapi headers, for
+ * the ioctl numbers it allows). Never calls: core/, server/, state/,
+ * mgmt/, backend/ code. No circle inside.
+ */
+
 /* Daemon configuration: an INI file (libinih) plus command-line overrides.
  * Every key is documented in docs/operations.md and dmabroker.conf(5). */
 #pragma once
@@ -7,7 +17,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "core/core.h"
+#include "policy/limits.h"
+#include "util/err.h"
 
 #define DMB_MAX_ALLOW 256
 #define DMB_MAX_ADMINS 32
@@ -105,6 +116,9 @@ int config_load_tree(struct dmb_config *cfg, const char *path, struct dmb_err *e
 void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 		    struct dmb_client_policy *out);
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid);
-/* Policy hook for the core: may this owner open the device at bdf? */
-bool config_device_allowed(void *cfg, const struct dmb_owner *owner, const char *bdf);
+/* May a client with this policy open the device at bdf (its address, or its
+ * vendor:device read from sysfs, is on the allow list)? */
+bool config_device_allowed(const struct dmb_client_policy *pol, const char *bdf);
 int config_parse_log_level(const char *s);
+/* Validates a device address, "DDDD:BB:DD.F" (lower-case hex). */
+bool device_bdf_valid(const char *bdf);

@@ -1,5 +1,5 @@
 /* sim_proto.h — the wire between the daemon's simulated preserver
- * (daemon/preserve/sim.c) and the program that plays the kernel for it
+ * (daemon/backend/preserve/sim.c) and the program that plays the kernel for it
  * (tools/dmb-sim-preserver.c).
  *
  * A unix SOCK_SEQPACKET socket; one fixed-size request per packet, one

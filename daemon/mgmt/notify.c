@@ -1,5 +1,5 @@
 /* sd_notify: READY, STATUS and the watchdog (notify.h). */
-#include "notify.h"
+#include "mgmt/notify.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -9,8 +9,9 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
-#include "bus.h"
-#include "server.h"
+#include "mgmt/bus.h"
+#include "text.h"
+#include "server/server.h"
 #include "util/log.h"
 
 struct notify {
@@ -22,27 +23,11 @@ struct notify {
 };
 
 /* "64.0 MiB": binary units, one decimal. */
-static void fmt_bytes(uint64_t v, char *buf, size_t len)
-{
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
-	if (v < 1024) {
-		snprintf(buf, len, "%" PRIu64 " B", v);
-		return;
-	}
-	size_t u = 0;
-	double d = (double)v;
-	while (d >= 1024.0 && u + 1 < sizeof(units) / sizeof(units[0])) {
-		d /= 1024.0;
-		u++;
-	}
-	snprintf(buf, len, "%.1f %s", d, units[u]);
-}
-
 void notify_format_status(const struct server_totals *t, const char *handoff, char *buf,
 			  size_t len)
 {
 	char pinned[32];
-	fmt_bytes(t->pinned_bytes, pinned, sizeof(pinned));
+	dmb_common_fmt_bytes(t->pinned_bytes, pinned, sizeof(pinned));
 	snprintf(buf, len,
 		 "%" PRIu32 " client%s, %" PRIu32 " context%s, %" PRIu64 " mapping%s, %s pinned; "
 		 "handoff %s",

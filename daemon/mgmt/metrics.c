@@ -1,5 +1,5 @@
 /* Prometheus text metrics, written to a file (metrics.h). */
-#include "metrics.h"
+#include "mgmt/metrics.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "dmb-build.h"
-#include "server.h"
+#include "server/server.h"
 #include "util/log.h"
 
 struct metrics {

@@ -1,6 +1,7 @@
-#include "config.h"
+#include "policy/config.h"
 #include "dmb-build.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <ini.h>
@@ -521,6 +522,23 @@ bool config_is_admin(const struct dmb_config *cfg, uid_t uid)
 	return false;
 }
 
+bool device_bdf_valid(const char *bdf)
+{
+	/* DDDD:BB:DD.F */
+	static const char shape[] = "xxxx:xx:xx.x";
+	if (!bdf || strlen(bdf) != sizeof(shape) - 1)
+		return false;
+	for (size_t i = 0; shape[i]; i++) {
+		if (shape[i] == 'x') {
+			if (!isxdigit((unsigned char)bdf[i]) || isupper((unsigned char)bdf[i]))
+				return false;
+		} else if (bdf[i] != shape[i])
+			return false;
+	}
+	unsigned dev = (unsigned)strtoul(bdf + 8, NULL, 16), fn = (unsigned)(bdf[11] - '0');
+	return dev < 32 && bdf[11] >= '0' && fn < 8;
+}
+
 static bool read_id(const char *bdf, const char *what, char out[5])
 {
 	char path[128];
@@ -536,9 +554,8 @@ static bool read_id(const char *bdf, const char *what, char out[5])
 	return ok;
 }
 
-bool config_device_allowed(void *opaque, const struct dmb_owner *owner, const char *bdf)
+bool config_device_allowed(const struct dmb_client_policy *pol, const char *bdf)
 {
-	const struct dmb_client_policy *pol = &owner->pol;
 	char ven[5] = "", dev[5] = "", vd[10] = "";
 	bool have_ids = false, tried = false;
 

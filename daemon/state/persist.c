@@ -11,7 +11,7 @@
  * A failed append (the memfd cannot grow) leaves the journal behind the
  * model: from then on mutations are refused (`broken`), reads keep working,
  * and the log says why. */
-#include "persist.h"
+#include "state/persist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #include "protocol.h"
-#include "server.h"
+#include "server/server.h"
 #include "state/journal.h"
 #include "util/log.h"
 #include "util/macro.h"

@@ -1,5 +1,5 @@
 /* The worker pool (worker.h). */
-#include "worker.h"
+#include "server/worker.h"
 
 #include <errno.h>
 #include <event2/event.h>
