@@ -23,7 +23,7 @@
 # /var/cache/dmabroker-vm-kernel, else ~/.cache/dmabroker-vm-kernel when that is not
 # writable), keyed by the source package's version and a hash of the config fragment and
 # of RECIPE below, under a lock (several tests share it). Warm: a second. Cold: about
-# 12 min on 2 cores (tests/vm/README.md has the measured figure). Without network, the
+# 6 min on 2 cores (tests/vm/README.md has the measured figure). Without network, the
 # newest cached build is used and a note says so.
 set -euo pipefail
 
@@ -134,7 +134,7 @@ if [ ! -f "$entry/version" ]; then
   srcdir=$(ls -d "$work"/linux-source-*/ | head -n1)
   obj=$work/obj
   mkdir -p "$obj"
-  note "building $pkg $ver from $suite (cold: about 12 min on 2 cores; log: $work/build.log)"
+  note "building $pkg $ver from $suite (cold: about 6 min on 2 cores; log: $work/build.log)"
   {
     make -C "$srcdir" O="$obj" tinyconfig
     "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment"
