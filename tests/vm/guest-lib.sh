@@ -35,8 +35,26 @@ check() {
 	fi
 }
 
-# finish: prints the final marker and powers the VM off. Never returns.
+# kernel_health: fails when the kernel log holds a WARN, BUG, oops, lockup or hung
+# task (the console under "quiet" shows only errors; a WARN is a warning).
+kernel_health() {
+	_kb=$(dmesg 2>/dev/null | grep -E '(WARNING|BUG): |Oops|soft lockup|blocked for more than|Call Trace:|cut here')
+	[ -z "$_kb" ] && return 0
+	echo "vmtest: the kernel complained:"
+	dmesg | tail -n 60
+	return 1
+}
+
+# finish: checks the kernel's health, prints the final marker and powers the VM off.
+# Never returns.
 finish() {
+	if kernel_health; then
+		VMTEST_PASSED=$((VMTEST_PASSED + 1))
+		echo "VMTEST PASS kernel-health"
+	else
+		VMTEST_FAILED=$((VMTEST_FAILED + 1))
+		echo "VMTEST FAIL kernel-health"
+	fi
 	echo "VMTEST DONE pass=$VMTEST_PASSED fail=$VMTEST_FAILED"
 	sync
 	poweroff -f

@@ -9,7 +9,8 @@
 # root port's secondary bus reset). The serial console goes to LOGFILE, QEMU's own
 # stdout/stderr to LOGFILE.qemu.
 #
-# Exit 0 only if the guest printed "VMTEST DONE" and no "VMTEST FAIL" line; prints the
+# Exit 0 only if the guest printed "VMTEST DONE", no "VMTEST FAIL" line and no kernel
+# WARN/BUG/oops/lockup/hung-task report; prints the
 # guest's VMTEST lines and the wall time. On failure also prints the tail of both logs.
 # Exit codes: 0 pass, 1 test failure, 2 usage/setup error.
 set -uo pipefail
@@ -64,6 +65,11 @@ secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 lines=$(tr -d '\r' <"$log" | grep -a -oE 'VMTEST (PASS|FAIL|DONE)( .*)?$' || true)
 [ -z "$lines" ] || printf '%s\n' "$lines"
 
+# The guest kernel itself must stay healthy: a WARN, BUG, oops, lockup or hung task
+# on the console fails the run even when every check passed (the broker drives the
+# kernel's IOMMU, VFIO and LUO paths; a kernel complaint there is a finding).
+kernel_bad=$(tr -d '\r' <"$log" | grep -aE '(WARNING|BUG): |Oops|soft lockup|blocked for more than|Call Trace:' | head -n 5 || true)
+
 why=
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   why="timed out after ${tmo}s"
@@ -73,6 +79,8 @@ elif ! grep -q '^VMTEST DONE' <<<"$lines"; then
   why="no 'VMTEST DONE' marker (guest crashed or /init failed)"
 elif grep -q '^VMTEST FAIL' <<<"$lines"; then
   why="$(grep -c '^VMTEST FAIL' <<<"$lines") check(s) failed"
+elif [ -n "$kernel_bad" ]; then
+  why="the guest kernel complained: $(head -n1 <<<"$kernel_bad")"
 fi
 
 if [ -z "$why" ]; then
