@@ -1,15 +1,15 @@
 /* daemon/core/: the object model, one file per object (context.c,
  * region.c, mapping.c, device.c, p2p.c, account.c, core.c the ids, owners
- * and events), and the host-handoff engine (handoff.c).
+ * and events).
  * May call: backend/ (through struct dmb_backend's table; every other part
  * reaches the backend through the core's functions), policy/ (limits and
  * the device address check), util/. The journal is reached only through
  * the dmb_journal_hooks that state/ installs.
- * Never calls: server/, mgmt/, proto/ (no socket, no protobuf).
+ * Never calls: state/ (but through those hooks), server/, mgmt/, proto/
+ * (no socket, no protobuf).
  * Circles inside, as designed: the objects call one another (a context
  * closes its devices and mappings; a mapping checks its context's IOVA
- * space; a device revokes its P2P importers). Still open: handoff.c uses
- * struct server and persist.c (docs/architecture.md).
+ * space; a device revokes its P2P importers).
  */
 
 /* The core model: owners (sessions as the core sees them), contexts,

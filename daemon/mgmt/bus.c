@@ -20,7 +20,7 @@
  * by then, and its reads make calls outside the seccomp allow-list. Refusals are AccessDenied with a sentence
  * and one rate-limited log line naming the caller. */
 #include "mgmt/bus.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -34,6 +34,7 @@
 
 #include "dmb-build.h"
 #include "server/server.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -268,7 +269,7 @@ static int method_list_clients(sd_bus_message *m, void *userdata, sd_bus_error *
 	int r = sd_bus_message_new_method_return(m, &reply);
 	if (r >= 0)
 		r = sd_bus_message_open_container(reply, 'a', "(tuuusbuttutt)");
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	struct session *s;
 	TAILQ_FOREACH(s, &b->srv->sessions, link) {
 		if (r < 0)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "protocol.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 #include "server/server.h"
 #include "util/log.h"
 
@@ -36,7 +36,7 @@ const char *server_handoff_state(const struct server *srv)
 	return handoff_state_name(srv->handoff.state);
 }
 
-/* handoff.c calls this on every transition, after logging it once. */
+/* Every handoff transition, after handoff.c logged it once (state_host). */
 void server_handoff_state_changed(struct server *srv)
 {
 	if (srv->watch && srv->watch->handoff_state_changed)

@@ -17,6 +17,7 @@
 #include "fastcodec.h"
 #include "protocol.h"
 #include "server/server.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -1010,7 +1011,7 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	b->backend = (char *)core->be->ops->name;
 	b->n_features = count_features(core->be->features);
 	b->features = (char **)(core->be->features ? core->be->features : no_features);
-	b->uptime_ms = server_now_ms() - srv->start_ms;
+	b->uptime_ms = dmb_now_ms() - srv->start_ms;
 	b->sessions = srv->n_sessions;
 	b->pid = (uint32_t)getpid();
 	dmb__stats_reply__init(&c->totals);
@@ -1131,7 +1132,7 @@ static int rpc_list_clients(struct rpc_call *c, struct dmb_err *e)
 	Dmb__ClientInfo **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
 	if (!arr || !ptrs)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	size_t i = 0;
 	struct session *s;
 	TAILQ_FOREACH(s, &srv->sessions, link) {

@@ -16,15 +16,9 @@
 #include <unistd.h>
 
 #include "protocol.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
-
-uint64_t server_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Out of fds (EMFILE/ENFILE): the listener stays readable while a client
  * waits, so a level-triggered loop would call accept() again at once,
@@ -380,6 +374,48 @@ static bool device_allowed_cb(void *opaque, const struct dmb_owner *owner, const
 	return config_device_allowed(&owner->pol, bdf);
 }
 
+/* ------------------------------------------------------------ state/'s host */
+
+/* What persist.c and handoff.c reach of the sessions (state/host.h). */
+static struct dmb_owner *host_session_owner(void *opaque, uint64_t session_id)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		if (s->id == session_id)
+			return s->owner;
+	return NULL;
+}
+
+static bool host_adopt_session(void *opaque, int fd, uint64_t session_id)
+{
+	return session_adopt(opaque, fd, session_id) != NULL;
+}
+
+static void host_restarted(void *opaque)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		session_send_restarted(s);
+}
+
+static void host_handoff_changed(void *opaque, const struct dmb_event *ev)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	if (ev)
+		TAILQ_FOREACH(s, &srv->sessions, link)
+			session_event_cb(srv, s->owner, ev);
+	server_handoff_state_changed(srv);
+}
+
+static uint32_t host_busy_contexts(void *opaque)
+{
+	struct server *srv = opaque;
+	return srv->n_gates;
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
@@ -392,7 +428,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->cfg = cfg;
 	snprintf(srv->file_socket, sizeof(srv->file_socket), "%s", cfg->socket_path);
 	snprintf(srv->file_backend, sizeof(srv->file_backend), "%s", cfg->backend);
-	srv->start_ms = server_now_ms();
+	srv->start_ms = dmb_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
 	raise_fd_limit(&srv->core.fds);
@@ -447,9 +483,20 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 
 	/* Persisted state (fd store), after the listening socket: adopted
 	 * sessions and contexts come back before anyone new is accepted. */
+	srv->host = (struct state_host){
+		.base = base,
+		.cfg = cfg,
+		.core = &srv->core,
+		.opaque = srv,
+		.session_owner = host_session_owner,
+		.adopt_session = host_adopt_session,
+		.restarted = host_restarted,
+		.handoff_changed = host_handoff_changed,
+		.busy_contexts = host_busy_contexts,
+	};
 	struct dmb_err e = { 0 };
 	handoff_take_stored(&srv->handoff, &stored);
-	int r = persist_init(&srv->persist, srv, &stored, &e);
+	int r = persist_init(&srv->persist, &srv->host, &stored, &e);
 	for (size_t i = 0; i < stored.n; i++)
 		free(stored.name[i]);
 	free(stored.name);
@@ -457,7 +504,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	/* After the journal: it says where a host handoff stands. */
-	r = handoff_init(&srv->handoff, srv, &e);
+	r = handoff_init(&srv->handoff, &srv->host, &srv->persist, &e);
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	return 0;

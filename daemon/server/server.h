@@ -3,14 +3,13 @@
  * request table and its handlers (rpc.c), the admin operations both the
  * socket and D-Bus use (admin.c), and the scheduling of long calls: the
  * worker pool (worker.c), context gates, parking and replay (server.c, rpc.c).
- * May call: core/ (the model, and the handoff engine), state/ (persist),
+ * May call: core/ (the model), state/ (persist, the handoff engine),
  * policy/, proto/, util/; backend/ only through the core.
  * Never calls: mgmt/ (management hears it through struct server_watch).
  * Circles inside, as designed: server.c <-> session.c <-> rpc.c (a session
  * hands each packet to rpc_handle(), which replies through the session and
- * parks or replays through the server's gates). Still open (see
- * docs/architecture.md): core/handoff.c and state/persist.c reach into
- * struct server and its sessions.
+ * parks or replays through the server's gates). state/ reaches the
+ * sessions only through the struct state_host that server.c installs.
  */
 
 /* The listening socket (server.c), per-connection sessions (session.c) and
@@ -46,7 +45,7 @@
 #include <sys/socket.h>
 
 #include "policy/config.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 #include "state/persist.h"
 #include "protocol.h"
 #include "core/core.h"
@@ -119,7 +118,7 @@ struct session {
 
 	uint64_t n_requests;
 	uint32_t n_bad_packets;
-	uint64_t start_ms;      /* accepted (or adopted) at, server_now_ms() */
+	uint64_t start_ms;      /* accepted (or adopted) at, dmb_now_ms() */
 };
 
 /* Bump allocator for decoding requests: everything a request's decode
@@ -168,6 +167,7 @@ struct server {
 	uint64_t n_requests_kind[64];
 	uint64_t n_errors_code[16];
 	struct handoff handoff;
+	struct state_host host;       /* what persist and handoff reach of us */
 	struct worker_pool pool;
 	LIST_HEAD(, ctx_gate) gates;
 	uint32_t n_gates;
@@ -216,15 +216,14 @@ void server_fini(struct server *srv);
 /* Re-reads the configuration (main file and drop-ins) and applies its policy
  * to every session; existing mappings stay. A bad file changes nothing. */
 int server_reload(struct server *srv, const char *path, struct dmb_err *e);
-uint64_t server_now_ms(void);
 /* An fd was freed: accept again if running out of them had stopped it. */
 void server_listen_resume(struct server *srv);
 
 /* admin.c: what the admin requests (socket and D-Bus) do, in one place. */
 void server_totals(const struct server *srv, struct server_totals *t);
 /* The host-handoff state as the management interfaces name it ("normal",
- * "prepared", ...); the handoff engine calls server_handoff_state_changed()
- * on every transition. */
+ * "prepared", ...); the handoff engine's every transition reaches
+ * server_handoff_state_changed() (through struct state_host). */
 const char *server_handoff_state(const struct server *srv);
 void server_handoff_state_changed(struct server *srv);
 struct server_revoke {
