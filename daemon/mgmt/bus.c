@@ -222,7 +222,7 @@ static int prop_string(sd_bus *bus, const char *path, const char *iface, const c
 	if (strcmp(prop, "Version") == 0)
 		v = DMB_VERSION;
 	else if (strcmp(prop, "Backend") == 0)
-		v = b->srv->core.be->ops->name;
+		v = core_backend_name(&b->srv->core);
 	else if (strcmp(prop, "HandoffState") == 0)
 		v = server_handoff_state(b->srv);
 	return sd_bus_message_append(reply, "s", v);
@@ -232,8 +232,7 @@ static int prop_features(sd_bus *bus, const char *path, const char *iface, const
 			 sd_bus_message *reply, void *userdata, sd_bus_error *err)
 {
 	struct bus *b = userdata;
-	static const char *const none[] = { NULL };
-	const char *const *f = b->srv->core.be->features ? b->srv->core.be->features : none;
+	const char *const *f = core_backend_features(&b->srv->core);
 	return sd_bus_message_append_strv(reply, (char **)f);
 }
 

@@ -23,7 +23,7 @@ void server_totals(const struct server *srv, struct server_totals *t)
 		.regions = core->n_regions,
 		.mappings = core->n_mappings,
 		.mapped_bytes = core->mapped_bytes,
-		.pinned_bytes = core->be->ops->pinned_bytes(core->be),
+		.pinned_bytes = core_pinned_bytes(core),
 		.p2p_mappings = core->p2p_mappings,
 		.revocations = core->revocations,
 		.restorations = core->restorations,

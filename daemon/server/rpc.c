@@ -138,8 +138,6 @@ static struct dmb_ctx *need_ctx(struct rpc_call *c, uint64_t id, struct dmb_err 
 
 /* ------------------------------------------------------------ handshake */
 
-static const char *const no_features[] = { NULL };
-
 static size_t count_features(const char *const *f)
 {
 	size_t n = 0;
@@ -152,7 +150,7 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 {
 	struct session *s = c->s;
 	const Dmb__Hello *h = c->req->hello;
-	struct dmb_backend *be = s->srv->core.be;
+	const struct dmb_core *core = &s->srv->core;
 
 	if (s->hello_done)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EALREADY, "the handshake was already done");
@@ -172,9 +170,9 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 	dmb__hello_reply__init(r);
 	r->protocol_version = DMB_PROTOCOL_VERSION;
 	r->server_version = (char *)DMB_VERSION;
-	r->backend = (char *)be->ops->name;
-	r->n_features = count_features(be->features);
-	r->features = (char **)(be->features ? be->features : no_features);
+	r->backend = (char *)core_backend_name(core);
+	r->n_features = count_features(core_backend_features(core));
+	r->features = (char **)core_backend_features(core);
 	r->max_packet_bytes = DMB_MAX_PACKET;
 	r->max_fds_per_packet = DMB_MAX_FDS;
 	r->max_batch = DMB_MAX_BATCH;
@@ -279,13 +277,12 @@ static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
 	b->regions = rp;
 	i = 0;
 	struct dmb_device *d;
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	TAILQ_FOREACH(d, &ctx->devices, link) {
 		dmb__reclaimed_device__init(&da[i]);
 		da[i].device_id = d->id;
 		da[i].bdf = d->bdf;
 		da[i].fd_index = -1;
-		int fd = ops->dev_fd ? ops->dev_fd(d->bdev) : -1;
+		int fd = core_device_fd(d);
 		if (q->want_fds && fd >= 0 && c->n_out_fds < DMB_MAX_FDS) {
 			c->out_fds[c->n_out_fds] = fd;
 			da[i].fd_index = (int32_t)c->n_out_fds++;
@@ -705,7 +702,7 @@ static int rpc_device_open(struct rpc_call *c, struct dmb_err *e)
 	b->group = d->info.group;
 	b->viable = d->info.viable;
 	if (q->want_fd) {
-		int fd = ctx->core->be->ops->dev_fd ? ctx->core->be->ops->dev_fd(d->bdev) : -EOPNOTSUPP;
+		int fd = core_device_fd(d);
 		if (fd < 0) {
 			device_close(d);
 			return dmb_fail(e, DMB_E_UNIMPLEMENTED, -fd,
@@ -1008,9 +1005,9 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	Dmb__StatusReply *b = &c->body.status;
 	dmb__status_reply__init(b);
 	b->server_version = (char *)DMB_VERSION;
-	b->backend = (char *)core->be->ops->name;
-	b->n_features = count_features(core->be->features);
-	b->features = (char **)(core->be->features ? core->be->features : no_features);
+	b->backend = (char *)core_backend_name(core);
+	b->n_features = count_features(core_backend_features(core));
+	b->features = (char **)core_backend_features(core);
 	b->uptime_ms = dmb_now_ms() - srv->start_ms;
 	b->sessions = srv->n_sessions;
 	b->pid = (uint32_t)getpid();
@@ -1019,7 +1016,7 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	c->totals.regions = core->n_regions;
 	c->totals.mappings = core->n_mappings;
 	c->totals.mapped_bytes = core->mapped_bytes;
-	c->totals.pinned_bytes = core->be->ops->pinned_bytes(core->be);
+	c->totals.pinned_bytes = core_pinned_bytes(core);
 	c->totals.devices = core->n_devices;
 	c->totals.p2p_mappings = core->p2p_mappings;
 	c->totals.p2p_bytes = core->p2p_bytes;
