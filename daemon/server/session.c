@@ -135,7 +135,7 @@ void session_free(struct session *s)
 	struct server *srv = s->srv;
 	if (s->inflight) {
 		/* A worker is running its request on one of its contexts: the
-		 * contexts go when the call is finished (rpc.c frees the session
+		 * contexts go when the call is finished (sched.c frees the session
 		 * from its write callback then). Until then it reads nothing
 		 * and is sent nothing. */
 		s->closing = true;
