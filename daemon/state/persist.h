@@ -1,15 +1,16 @@
 /* daemon/state/: what outlives the process, and the kernel.
- * Owns: the journal (journal.c: record codec, memfd file, replayed model,
- * compaction), persistence across a restart (persist.c: the fd store,
+ * Owns: the journal (journal.c: record codec and memfd file;
+ * journal_model.c: the model a replay builds; journal_compact.c), persistence across a restart (persist.c: the fd store,
  * snapshot and restore), and the host-handoff engine (handoff.c: the same
  * snapshot and restore across a kexec, through a preserver).
  * May call: core/ (to rebuild the model at restore), backend/ (adoption
  * through the core's objects; the preserver of backend/preserve/),
- * policy/, util/. journal.c calls nothing but util/. The sessions are
+ * policy/, util/. The journal's files call nothing but util/. The sessions are
  * reached only through struct state_host (host.h), which the server fills
  * in: state/ holds no struct server.
  * Never calls: server/, mgmt/.
- * Circles inside: none (handoff.c -> persist.c -> journal.c).
+ * Circles inside: none (handoff.c -> persist.c -> journal_compact.c ->
+ * journal_model.c -> journal.c).
  */
 
 /* Persistence across a daemon restart: the state journal plus systemd's
