@@ -1,7 +1,8 @@
 /* daemon/backend/: every ioctl the daemon issues.
  * Owns: the backend table (backend.c), iommufd.c and vfio_type1.c (the
- * kernel's two IOMMU interfaces), ksys.c (the syscall and ioctl shims
- * both use), the simulated
+ * kernel's two IOMMU interfaces), ksys.c (what both use: the syscall and
+ * ioctl shims, the lookup of an errno's sentence, the VFIO device ops),
+ * the simulated
  * backend (sim*.c), and preserve/ (the LUO ioctls and the simulated
  * preserver that plays the kernel for tests).
  * May call: util/, the kernel. Never calls: any other part of the daemon.

@@ -121,7 +121,7 @@ struct ifd_backend {
 struct ifd_ctx;
 
 struct ifd_dev {
-	struct dmb_bdev base;
+	struct ksys_vdev v; /* first: the core's struct dmb_bdev; borrows fd */
 	struct ifd_dev *next;
 	struct ifd_ctx *ctx;
 	int fd;
@@ -129,7 +129,6 @@ struct ifd_dev {
 	uint32_t hwpt_id; /* the HWPT the kernel attached it to */
 	char name[32];    /* "vfioN" */
 	char bdf[KSYS_BDF_LEN + 1];
-	struct ksys_vdev v; /* borrows fd */
 	int dmabuf_err;   /* 0: exports BARs as dma-bufs; else the probe's -errno */
 };
 
@@ -373,51 +372,34 @@ static int ifd_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct 
 
 static int bind_error(struct dmb_err *e, const char *bdf, int r)
 {
-	const char *why;
-	int code = dmb_code_from_errno(r);
-	switch (-r) {
-	case EPERM:
-		why = "a device of its IOMMU group is bound to a host driver or owned elsewhere, "
-		      "or there is no interrupt remapping";
-		code = DMB_E_FAILED_PRECONDITION;
-		break;
-	case EBUSY:
-		why = "its VFIO group node is open (a legacy VFIO user holds it)";
-		code = DMB_E_FAILED_PRECONDITION;
-		break;
-	case EINVAL:
-		why = "already bound through another fd, or the IOMMU is not cache-coherent";
-		code = DMB_E_FAILED_PRECONDITION;
-		break;
-	default:
-		why = strerror(-r);
-		break;
-	}
+	static const struct ksys_why whys[] = {
+		{ EPERM, DMB_E_FAILED_PRECONDITION,
+		  "a device of its IOMMU group is bound to a host driver or owned elsewhere, "
+		  "or there is no interrupt remapping" },
+		{ EBUSY, DMB_E_FAILED_PRECONDITION,
+		  "its VFIO group node is open (a legacy VFIO user holds it)" },
+		{ EINVAL, DMB_E_FAILED_PRECONDITION,
+		  "already bound through another fd, or the IOMMU is not cache-coherent" },
+		{ 0 },
+	};
+	int code;
+	const char *why = ksys_explain(r, whys, &code);
 	return dmb_fail(e, code, -r, "VFIO_DEVICE_BIND_IOMMUFD of %s failed (%s): %s", bdf,
 			ksys_errno_name(r), why);
 }
 
 static int attach_error(struct dmb_err *e, const char *bdf, int r)
 {
-	const char *why;
-	int code = dmb_code_from_errno(r);
-	switch (-r) {
-	case EADDRINUSE:
-		why = "its reserved IOVA regions collide with the IOAS's allowed ranges";
-		code = DMB_E_FAILED_PRECONDITION;
-		break;
-	case EBUSY:
-		why = "the device or a sibling is being reset";
-		code = DMB_E_UNAVAILABLE;
-		break;
-	case EINVAL:
-		why = "its IOMMU cannot share the IOAS's page table";
-		code = DMB_E_FAILED_PRECONDITION;
-		break;
-	default:
-		why = strerror(-r);
-		break;
-	}
+	static const struct ksys_why whys[] = {
+		{ EADDRINUSE, DMB_E_FAILED_PRECONDITION,
+		  "its reserved IOVA regions collide with the IOAS's allowed ranges" },
+		{ EBUSY, DMB_E_UNAVAILABLE, "the device or a sibling is being reset" },
+		{ EINVAL, DMB_E_FAILED_PRECONDITION,
+		  "its IOMMU cannot share the IOAS's page table" },
+		{ 0 },
+	};
+	int code;
+	const char *why = ksys_explain(r, whys, &code);
 	return dmb_fail(e, code, -r, "VFIO_DEVICE_ATTACH_IOMMUFD_PT of %s failed (%s): %s", bdf,
 			ksys_errno_name(r), why);
 }
@@ -450,7 +432,7 @@ static struct ifd_dev *dev_new(struct ifd_ctx *c, int fd, uint32_t devid, uint32
 	struct ifd_dev *d = calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
-	d->base.ctx = &c->base;
+	d->v.base.ctx = &c->base;
 	d->ctx = c;
 	d->fd = fd;
 	d->devid = devid;
@@ -561,7 +543,7 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 		return oom(e, "an iommufd device"); /* closing fd unbinds */
 	fd = -1; /* the device's now */
 	dev_info_fill(be, bdf, name, info);
-	*out = &d->base;
+	*out = &d->v.base;
 	return 0;
 }
 
@@ -569,7 +551,7 @@ static void ifd_dev_close(struct dmb_bdev *bd)
 {
 	if (!bd)
 		return;
-	struct ifd_dev *d = dmb_container_of(bd, struct ifd_dev, base);
+	struct ifd_dev *d = dmb_container_of(bd, struct ifd_dev, v.base);
 	for (struct ifd_dev **pp = &d->ctx->devs; *pp; pp = &(*pp)->next) {
 		if (*pp == d) {
 			*pp = d->next;
@@ -579,40 +561,9 @@ static void ifd_dev_close(struct dmb_bdev *bd)
 	ifd_dev_free(d, !d->ctx->handed_over);
 }
 
-static int ifd_dev_fd(struct dmb_bdev *bd)
-{
-	return dmb_container_of(bd, struct ifd_dev, base)->fd;
-}
-
 static inline struct ifd_dev *ifd_dev(struct dmb_bdev *bd)
 {
-	return dmb_container_of(bd, struct ifd_dev, base);
-}
-
-static int ifd_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
-			    struct dmb_err *e)
-{
-	/* mappable as on type1 (VFIO lets the BAR be mmapped): whether this
-	 * kernel can export it as a dma-buf is map_bar's to say, in a sentence
-	 * naming what is missing. */
-	return ksys_vdev_bar_info(&ifd_dev(bd)->v, bar, out, e);
-}
-
-static int ifd_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
-			       struct dmb_err *e)
-{
-	return ksys_vdev_config_read(&ifd_dev(bd)->v, off, buf, len, e);
-}
-
-static int ifd_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
-				struct dmb_err *e)
-{
-	return ksys_vdev_config_write(&ifd_dev(bd)->v, off, buf, len, e);
-}
-
-static int ifd_dev_reset(struct dmb_bdev *bd, struct dmb_err *e)
-{
-	return ksys_vdev_reset(&ifd_dev(bd)->v, e);
+	return dmb_container_of(bd, struct ifd_dev, v.base);
 }
 
 /* ---- regions and mappings ---- */
@@ -705,32 +656,19 @@ static int ifd_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset,
 		r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_MAP, &m);
 	}
 	if (r < 0) {
-		const char *why;
-		int code = dmb_code_from_errno(r);
-		switch (-r) {
-		case EEXIST:
-			why = "the range overlaps an existing mapping of the IOAS";
-			break;
-		case EINVAL:
-			why = "not aligned to the IOAS, inside a reserved IOVA region, or an unsuitable "
-			      "file";
-			break;
-		case ENOMEM:
-			why = "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)";
-			code = DMB_E_RESOURCE_EXHAUSTED;
-			break;
-		case EFAULT:
-			why = "the kernel could not pin the region's pages";
-			code = DMB_E_INTERNAL;
-			break;
-		case EBUSY:
-			why = "the IOAS is busy";
-			code = DMB_E_UNAVAILABLE;
-			break;
-		default:
-			why = strerror(-r);
-			break;
-		}
+		static const struct ksys_why whys[] = {
+			{ EEXIST, 0, "the range overlaps an existing mapping of the IOAS" },
+			{ EINVAL, 0,
+			  "not aligned to the IOAS, inside a reserved IOVA region, or an unsuitable "
+			  "file" },
+			{ ENOMEM, DMB_E_RESOURCE_EXHAUSTED,
+			  "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)" },
+			{ EFAULT, DMB_E_INTERNAL, "the kernel could not pin the region's pages" },
+			{ EBUSY, DMB_E_UNAVAILABLE, "the IOAS is busy" },
+			{ 0 },
+		};
+		int code;
+		const char *why = ksys_explain(r, whys, &code);
 		return dmb_fail(e, code, -r,
 				"%s of %#" PRIx64 " bytes at IOVA %#" PRIx64 " failed (%s): %s", cmd,
 				length, iova, ksys_errno_name(r), why);
@@ -783,27 +721,18 @@ static int export_dmabuf(struct ifd_dev *peer, unsigned bar, uint64_t offset, ui
 	int fd = ksys_ioctl(peer->fd, VFIO_DEVICE_FEATURE, &q);
 	if (fd >= 0)
 		return fd;
-	const char *why;
-	int code = dmb_code_from_errno(fd);
-	switch (-fd) {
-	case ENOTTY:
-		why = "VFIO dma-buf export of BARs (Linux 6.19+) is missing";
-		code = DMB_E_UNIMPLEMENTED;
-		break;
-	case EOPNOTSUPP:
-		why = "the peer's VFIO driver cannot export dma-bufs";
-		code = DMB_E_UNIMPLEMENTED;
-		break;
-	case EINVAL:
-		why = "the range is not page-aligned, lies past the BAR, or the BAR is I/O space";
-		break;
-	case ENODEV:
-		why = "not a BAR the kernel exports";
-		break;
-	default:
-		why = strerror(-fd);
-		break;
-	}
+	static const struct ksys_why whys[] = {
+		{ ENOTTY, DMB_E_UNIMPLEMENTED,
+		  "VFIO dma-buf export of BARs (Linux 6.19+) is missing" },
+		{ EOPNOTSUPP, DMB_E_UNIMPLEMENTED,
+		  "the peer's VFIO driver cannot export dma-bufs" },
+		{ EINVAL, 0,
+		  "the range is not page-aligned, lies past the BAR, or the BAR is I/O space" },
+		{ ENODEV, 0, "not a BAR the kernel exports" },
+		{ 0 },
+	};
+	int code;
+	const char *why = ksys_explain(fd, whys, &code);
 	return dmb_fail(e, code, -fd,
 			"VFIO_DEVICE_FEATURE_DMA_BUF of BAR %u of %s [%#" PRIx64 ", +%#" PRIx64
 			") failed (%s): %s",
@@ -855,31 +784,18 @@ static int ifd_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar
 	};
 	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_MAP_FILE, &m);
 	if (r < 0) {
-		const char *why;
-		int code = dmb_code_from_errno(r);
-		switch (-r) {
-		case ENODEV:
-			why = "the peer's BAR is revoked (memory decoding off, or a reset in "
-			      "progress)";
-			code = DMB_E_FAILED_PRECONDITION;
-			break;
-		case EOPNOTSUPP:
-			why = "this kernel's iommufd cannot import a VFIO dma-buf";
-			break;
-		case EEXIST:
-			why = "the range overlaps an existing mapping of the IOAS";
-			break;
-		case EINVAL:
-			why = "not aligned to the IOAS, or inside a reserved IOVA region";
-			break;
-		case EBUSY:
-			why = "the IOAS is busy";
-			code = DMB_E_UNAVAILABLE;
-			break;
-		default:
-			why = strerror(-r);
-			break;
-		}
+		static const struct ksys_why whys[] = {
+			{ ENODEV, DMB_E_FAILED_PRECONDITION,
+			  "the peer's BAR is revoked (memory decoding off, or a reset in "
+			  "progress)" },
+			{ EOPNOTSUPP, 0, "this kernel's iommufd cannot import a VFIO dma-buf" },
+			{ EEXIST, 0, "the range overlaps an existing mapping of the IOAS" },
+			{ EINVAL, 0, "not aligned to the IOAS, or inside a reserved IOVA region" },
+			{ EBUSY, DMB_E_UNAVAILABLE, "the IOAS is busy" },
+			{ 0 },
+		};
+		int code;
+		const char *why = ksys_explain(r, whys, &code);
 		return dmb_fail(e, code, -r,
 				"IOMMU_IOAS_MAP_FILE of a dma-buf of BAR %u of %s [%#" PRIx64
 				", +%#" PRIx64 ") at IOVA %#" PRIx64 " failed (%s): %s",
@@ -1047,7 +963,7 @@ static int ifd_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct d
 		close(fds->e[i].fd);
 	}
 	dev_info_fill(be, bdf, name, info);
-	*out = &d->base;
+	*out = &d->v.base;
 	return 0;
 }
 
@@ -1143,11 +1059,11 @@ static const struct dmb_backend_ops ifd_ops = {
 	.unmap_all = ifd_unmap_all,
 	.dev_open = ifd_dev_open,
 	.dev_close = ifd_dev_close,
-	.dev_fd = ifd_dev_fd,
-	.dev_bar_info = ifd_dev_bar_info,
-	.dev_config_read = ifd_dev_config_read,
-	.dev_config_write = ifd_dev_config_write,
-	.dev_reset = ifd_dev_reset,
+	.dev_fd = ksys_dev_fd,
+	.dev_bar_info = ksys_dev_bar_info,
+	.dev_config_read = ksys_dev_config_read,
+	.dev_config_write = ksys_dev_config_write,
+	.dev_reset = ksys_dev_reset,
 	.map_bar = ifd_map_bar,
 	.dma = NULL,
 	.ctx_fds = ifd_ctx_fds,

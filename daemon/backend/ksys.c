@@ -36,6 +36,18 @@ struct ksys_ops ksys_ops = {
 	.open = ksys_open_default,
 };
 
+const char *ksys_explain(int r, const struct ksys_why *rows, int *code)
+{
+	*code = dmb_code_from_errno(r);
+	for (; rows->err; rows++)
+		if (rows->err == -r) {
+			if (rows->code)
+				*code = rows->code;
+			return rows->why;
+		}
+	return strerror(-r);
+}
+
 const char *ksys_errno_name(int err)
 {
 	const char *s = strerrorname_np(err < 0 ? -err : err);
@@ -300,7 +312,6 @@ int ksys_vfio_region_info(int fd, unsigned index, struct ksys_region *out)
 void ksys_vdev_init(struct ksys_vdev *v, int fd, const char *bdf)
 {
 	struct ksys_region cfg = {0};
-	memset(v, 0, sizeof(*v));
 	v->fd = fd;
 	snprintf(v->bdf, sizeof(v->bdf), "%s", bdf);
 	v->cfg_err = ksys_vfio_region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
@@ -516,4 +527,41 @@ int ksys_fdname_u32(const char *name, const char *prefix, uint32_t *out)
 	}
 	*out = (uint32_t)v;
 	return 0;
+}
+
+/* ---- the backend table's device ops ---- */
+
+static inline struct ksys_vdev *vdev_of(struct dmb_bdev *bd)
+{
+	return dmb_container_of(bd, struct ksys_vdev, base);
+}
+
+int ksys_dev_fd(struct dmb_bdev *bd)
+{
+	return vdev_of(bd)->fd;
+}
+
+int ksys_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
+		      struct dmb_err *e)
+{
+	/* mappable as VFIO says (the BAR may be mmapped): whether the kernel
+	 * can also export it as a dma-buf is the backend's map_bar to say. */
+	return ksys_vdev_bar_info(vdev_of(bd), bar, out, e);
+}
+
+int ksys_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
+			 struct dmb_err *e)
+{
+	return ksys_vdev_config_read(vdev_of(bd), off, buf, len, e);
+}
+
+int ksys_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
+			  struct dmb_err *e)
+{
+	return ksys_vdev_config_write(vdev_of(bd), off, buf, len, e);
+}
+
+int ksys_dev_reset(struct dmb_bdev *bd, struct dmb_err *e)
+{
+	return ksys_vdev_reset(vdev_of(bd), e);
 }

@@ -48,6 +48,17 @@ static inline int ksys_open(const char *path, int flags)
 /* "ENOENT" for 2 or -2; "E?" when unknown. */
 const char *ksys_errno_name(int err);
 
+/* One errno a backend explains for one ioctl: the sentence, and the wire
+ * code when it is not dmb_code_from_errno()'s (0). */
+struct ksys_why {
+	int err;
+	int code;
+	const char *why;
+};
+/* The sentence for the negative errno r among rows (ended by { 0 }), else
+ * strerror(-r); *code is the row's code, else dmb_code_from_errno(r). */
+const char *ksys_explain(int r, const struct ksys_why *rows, int *code);
+
 /* A PCI function address as the kernel names it: "dddd:bb:dd.f". */
 #define KSYS_BDF_LEN 12
 /* Accepts "dddd:bb:dd.f" or "bb:dd.f" (domain 0), hex in either case, and
@@ -111,9 +122,12 @@ struct ksys_region {
 /* Returns 0 or the ioctl's negative errno. */
 int ksys_vfio_region_info(int fd, unsigned index, struct ksys_region *out);
 
-/* One VFIO PCI device as the backends keep it. Filled by ksys_vdev_init at
- * open and read-only afterwards, so any thread may use it. */
+/* One VFIO PCI device as the backends keep it: each backend's device
+ * struct begins with one, so the device ops below serve both. Filled by
+ * ksys_vdev_init at open (base is the backend's to fill) and read-only
+ * afterwards, so any thread may use it. */
 struct ksys_vdev {
+	struct dmb_bdev base;       /* what the core holds */
 	int fd;                     /* borrowed from the backend's device */
 	char bdf[KSYS_BDF_LEN + 1];
 	int cfg_err;                /* 0, or the -errno of GET_REGION_INFO(config) */
@@ -142,6 +156,17 @@ int ksys_vdev_bar_info(const struct ksys_vdev *v, unsigned bar, struct dmb_bar_i
 /* VFIO_DEVICE_RESET; EINVAL (no FLR, no usable slot/bus reset) and EAGAIN
  * (device lock contended) get their own sentences. */
 int ksys_vdev_reset(const struct ksys_vdev *v, struct dmb_err *e);
+
+/* The same, as the backend table's device ops (dev_fd, dev_bar_info,
+ * dev_config_read, dev_config_write, dev_reset) of a struct ksys_vdev. */
+int ksys_dev_fd(struct dmb_bdev *bd);
+int ksys_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
+		      struct dmb_err *e);
+int ksys_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
+			 struct dmb_err *e);
+int ksys_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
+			  struct dmb_err *e);
+int ksys_dev_reset(struct dmb_bdev *bd, struct dmb_err *e);
 
 /* ---- MMIO (peer BAR) mappings of one context ----
  *

@@ -153,12 +153,11 @@ struct t1_bar {
 };
 
 struct t1_dev {
-	struct dmb_bdev base;
+	struct ksys_vdev v; /* first: the core's struct dmb_bdev; borrows fd */
 	struct t1_dev *next;
 	struct t1_ctx *ctx;
 	struct t1_group *group;
 	int fd;
-	struct ksys_vdev v; /* borrows fd */
 	/* map_bar of another context may mmap this device's BARs while this
 	 * context runs on another thread: bars[] is under bar_lock. */
 	pthread_mutex_t bar_lock;
@@ -732,7 +731,7 @@ static void dev_link(struct t1_ctx *c, struct t1_group *g, struct t1_dev *d, int
 	d->fd = fd;
 	d->ctx = c;
 	d->group = g;
-	d->base.ctx = &c->base;
+	d->v.base.ctx = &c->base;
 	pthread_mutex_init(&d->bar_lock, NULL);
 	ksys_vdev_init(&d->v, fd, bdf);
 	if (d->v.cfg_err < 0)
@@ -815,7 +814,7 @@ static int t1_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev 
 	if (new_group)
 		release_idle_groups(c); /* the new group now holds the IOMMU */
 	dev_info_fill(be, bdf, gid, info);
-	*out = &d->base;
+	*out = &d->v.base;
 	return 0;
 
 out_release:
@@ -828,7 +827,7 @@ static void t1_dev_close(struct dmb_bdev *bd)
 {
 	if (!bd)
 		return;
-	struct t1_dev *d = dmb_container_of(bd, struct t1_dev, base);
+	struct t1_dev *d = dmb_container_of(bd, struct t1_dev, v.base);
 	struct t1_ctx *c = d->ctx;
 	for (struct t1_dev **pp = &c->devs; *pp; pp = &(*pp)->next) {
 		if (*pp == d) {
@@ -840,37 +839,9 @@ static void t1_dev_close(struct dmb_bdev *bd)
 	release_idle_groups(c);
 }
 
-static int t1_dev_fd(struct dmb_bdev *bd)
-{
-	return dmb_container_of(bd, struct t1_dev, base)->fd;
-}
-
 static inline struct t1_dev *t1_dev(struct dmb_bdev *bd)
 {
-	return dmb_container_of(bd, struct t1_dev, base);
-}
-
-static int t1_dev_bar_info(struct dmb_bdev *bd, unsigned bar, struct dmb_bar_info *out,
-			   struct dmb_err *e)
-{
-	return ksys_vdev_bar_info(&t1_dev(bd)->v, bar, out, e);
-}
-
-static int t1_dev_config_read(struct dmb_bdev *bd, uint32_t off, void *buf, size_t len,
-			      struct dmb_err *e)
-{
-	return ksys_vdev_config_read(&t1_dev(bd)->v, off, buf, len, e);
-}
-
-static int t1_dev_config_write(struct dmb_bdev *bd, uint32_t off, const void *buf, size_t len,
-			       struct dmb_err *e)
-{
-	return ksys_vdev_config_write(&t1_dev(bd)->v, off, buf, len, e);
-}
-
-static int t1_dev_reset(struct dmb_bdev *bd, struct dmb_err *e)
-{
-	return ksys_vdev_reset(&t1_dev(bd)->v, e);
+	return dmb_container_of(bd, struct t1_dev, v.base);
 }
 
 /* The daemon's mmap of BAR `bar` of d, made on first use. */
@@ -966,30 +937,20 @@ static int t1_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar,
 	};
 	r = ksys_ioctl(c->container, VFIO_IOMMU_MAP_DMA, &m);
 	if (r < 0) {
-		const char *why;
-		int code = dmb_code_from_errno(r);
-		switch (-r) {
-		case EFAULT:
-			why = "the peer's BAR is not accessible (memory decoding off?)";
-			code = DMB_E_FAILED_PRECONDITION;
-			break;
-		case EEXIST:
-			why = "the range overlaps an existing mapping of the container";
-			break;
-		case ENOSPC:
-			why = "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)";
-			break;
-		case EINVAL:
-			why = "outside the container's IOVA ranges or not aligned to its page size";
-			break;
-		case EBUSY:
-			why = "the container is busy (a vaddr update is in progress)";
-			code = DMB_E_UNAVAILABLE;
-			break;
-		default:
-			why = strerror(-r);
-			break;
-		}
+		static const struct ksys_why whys[] = {
+			{ EFAULT, DMB_E_FAILED_PRECONDITION,
+			  "the peer's BAR is not accessible (memory decoding off?)" },
+			{ EEXIST, 0, "the range overlaps an existing mapping of the container" },
+			{ ENOSPC, 0,
+			  "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)" },
+			{ EINVAL, 0,
+			  "outside the container's IOVA ranges or not aligned to its page size" },
+			{ EBUSY, DMB_E_UNAVAILABLE,
+			  "the container is busy (a vaddr update is in progress)" },
+			{ 0 },
+		};
+		int code;
+		const char *why = ksys_explain(r, whys, &code);
 		return dmb_fail(e, code, -r,
 				"VFIO_IOMMU_MAP_DMA of BAR %u of %s [%#" PRIx64 ", +%#" PRIx64
 				") at IOVA %#" PRIx64 " failed (%s): %s",
@@ -1063,33 +1024,21 @@ static int t1_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset, 
 	};
 	int r = ksys_ioctl(c->container, VFIO_IOMMU_MAP_DMA, &m);
 	if (r < 0) {
-		const char *why;
-		int code = dmb_code_from_errno(r);
-		switch (-r) {
-		case EEXIST:
-			why = "the range overlaps an existing mapping of the container";
-			break;
-		case ENOSPC:
-			why = "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)";
-			break;
-		case ENOMEM:
-			why = "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)";
-			break;
-		case EFAULT:
-			why = "the kernel could not pin the region's pages";
-			code = DMB_E_INTERNAL;
-			break;
-		case EINVAL:
-			why = "outside the container's IOVA ranges or not aligned to its page size";
-			break;
-		case EBUSY:
-			why = "the container is busy (a vaddr update is in progress)";
-			code = DMB_E_UNAVAILABLE;
-			break;
-		default:
-			why = strerror(-r);
-			break;
-		}
+		static const struct ksys_why whys[] = {
+			{ EEXIST, 0, "the range overlaps an existing mapping of the container" },
+			{ ENOSPC, 0,
+			  "the container has no mapping slots left (vfio_iommu_type1.dma_entry_limit)" },
+			{ ENOMEM, 0,
+			  "pinning would exceed the locked-memory limit (RLIMIT_MEMLOCK)" },
+			{ EFAULT, DMB_E_INTERNAL, "the kernel could not pin the region's pages" },
+			{ EINVAL, 0,
+			  "outside the container's IOVA ranges or not aligned to its page size" },
+			{ EBUSY, DMB_E_UNAVAILABLE,
+			  "the container is busy (a vaddr update is in progress)" },
+			{ 0 },
+		};
+		int code;
+		const char *why = ksys_explain(r, whys, &code);
 		return dmb_fail(e, code, -r,
 				"VFIO_IOMMU_MAP_DMA of %#" PRIx64 " bytes at IOVA %#" PRIx64
 				" failed (%s): %s",
@@ -1380,7 +1329,7 @@ static int t1_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dm
 		close(fds->e[i].fd);
 	}
 	dev_info_fill(be, bdf, gid, info);
-	*out = &d->base;
+	*out = &d->v.base;
 	return 0;
 }
 
@@ -1587,11 +1536,11 @@ static const struct dmb_backend_ops t1_ops = {
 	.unmap_all = t1_unmap_all,
 	.dev_open = t1_dev_open,
 	.dev_close = t1_dev_close,
-	.dev_fd = t1_dev_fd,
-	.dev_bar_info = t1_dev_bar_info,
-	.dev_config_read = t1_dev_config_read,
-	.dev_config_write = t1_dev_config_write,
-	.dev_reset = t1_dev_reset,
+	.dev_fd = ksys_dev_fd,
+	.dev_bar_info = ksys_dev_bar_info,
+	.dev_config_read = ksys_dev_config_read,
+	.dev_config_write = ksys_dev_config_write,
+	.dev_reset = ksys_dev_reset,
 	.map_bar = t1_map_bar,
 	.dma = NULL,
 	.ctx_fds = t1_ctx_fds,

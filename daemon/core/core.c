@@ -28,6 +28,22 @@ static int id_cmp(const struct dmb_id *a, const struct dmb_id *b)
 RB_GENERATE(dmb_id_tree, dmb_id, node, id_cmp)
 
 
+const char *core_backend_name(const struct dmb_core *core)
+{
+	return core->be->ops->name;
+}
+
+const char *const *core_backend_features(const struct dmb_core *core)
+{
+	static const char *const none[] = { NULL };
+	return core->be->features ? core->be->features : none;
+}
+
+uint64_t core_pinned_bytes(const struct dmb_core *core)
+{
+	return core->be->ops->pinned_bytes(core->be);
+}
+
 void core_init(struct dmb_core *core, struct dmb_backend *be, const struct dmb_limits *limits)
 {
 	memset(core, 0, sizeof(*core));

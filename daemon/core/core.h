@@ -1,15 +1,15 @@
 /* daemon/core/: the object model, one file per object (context.c,
  * region.c, mapping.c, device.c, p2p.c, account.c, core.c the ids, owners
- * and events), and the host-handoff engine (handoff.c).
+ * and events).
  * May call: backend/ (through struct dmb_backend's table; every other part
  * reaches the backend through the core's functions), policy/ (limits and
  * the device address check), util/. The journal is reached only through
  * the dmb_journal_hooks that state/ installs.
- * Never calls: server/, mgmt/, proto/ (no socket, no protobuf).
+ * Never calls: state/ (but through those hooks), server/, mgmt/, proto/
+ * (no socket, no protobuf).
  * Circles inside, as designed: the objects call one another (a context
  * closes its devices and mappings; a mapping checks its context's IOVA
- * space; a device revokes its P2P importers). Still open: handoff.c uses
- * struct server and persist.c (docs/architecture.md).
+ * space; a device revokes its P2P importers).
  */
 
 /* The core model: owners (sessions as the core sees them), contexts,
@@ -337,6 +337,13 @@ bool core_claim_id(struct dmb_core *core, uint64_t id);
 void core_release_id(struct dmb_core *core, uint64_t id);
 /* Calls event_fn; owner may be NULL (a context without a session). */
 void core_emit(struct dmb_core *core, struct dmb_owner *owner, const struct dmb_event *ev);
+/* What the backend is, for Hello, Status, D-Bus and metrics: its name
+ * ("iommufd", "type1", "sim"), its features (never NULL: empty list) and
+ * the bytes it holds pinned by its own accounting. The server and
+ * management ask these; only the core touches the backend's table. */
+const char *core_backend_name(const struct dmb_core *core);
+const char *const *core_backend_features(const struct dmb_core *core);
+uint64_t core_pinned_bytes(const struct dmb_core *core);
 /* See dmb_core.ctx_quiesce. */
 static inline void core_quiesce(struct dmb_ctx *ctx)
 {
@@ -534,6 +541,9 @@ int p2p_adopt_record(struct dmb_ctx *ctx, struct dmb_device *peer, unsigned bar,
 int device_open(struct dmb_ctx *ctx, const char *bdf, struct dmb_device **out, struct dmb_err *e);
 struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id);
 void device_close(struct dmb_device *d);
+/* The device's own fd (VFIO device), borrowed: -EOPNOTSUPP when the backend
+ * hands none out. */
+int core_device_fd(const struct dmb_device *d);
 /* Sim: device d's own DMA engine. */
 int device_sim_dma(struct dmb_device *d, uint64_t iova, void *buf, size_t len, bool to_memory,
 		   struct dmb_err *e);

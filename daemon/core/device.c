@@ -137,6 +137,12 @@ struct dmb_device *device_lookup(struct dmb_owner *owner, uint64_t id)
 	return NULL;
 }
 
+int core_device_fd(const struct dmb_device *d)
+{
+	const struct dmb_backend_ops *ops = d->ctx->core->be->ops;
+	return ops->dev_fd ? ops->dev_fd(d->bdev) : -EOPNOTSUPP;
+}
+
 void device_close(struct dmb_device *d)
 {
 	if (!d)

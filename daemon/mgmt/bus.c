@@ -20,7 +20,7 @@
  * by then, and its reads make calls outside the seccomp allow-list. Refusals are AccessDenied with a sentence
  * and one rate-limited log line naming the caller. */
 #include "mgmt/bus.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -34,6 +34,7 @@
 
 #include "dmb-build.h"
 #include "server/server.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -221,7 +222,7 @@ static int prop_string(sd_bus *bus, const char *path, const char *iface, const c
 	if (strcmp(prop, "Version") == 0)
 		v = DMB_VERSION;
 	else if (strcmp(prop, "Backend") == 0)
-		v = b->srv->core.be->ops->name;
+		v = core_backend_name(&b->srv->core);
 	else if (strcmp(prop, "HandoffState") == 0)
 		v = server_handoff_state(b->srv);
 	return sd_bus_message_append(reply, "s", v);
@@ -231,8 +232,7 @@ static int prop_features(sd_bus *bus, const char *path, const char *iface, const
 			 sd_bus_message *reply, void *userdata, sd_bus_error *err)
 {
 	struct bus *b = userdata;
-	static const char *const none[] = { NULL };
-	const char *const *f = b->srv->core.be->features ? b->srv->core.be->features : none;
+	const char *const *f = core_backend_features(&b->srv->core);
 	return sd_bus_message_append_strv(reply, (char **)f);
 }
 
@@ -268,7 +268,7 @@ static int method_list_clients(sd_bus_message *m, void *userdata, sd_bus_error *
 	int r = sd_bus_message_new_method_return(m, &reply);
 	if (r >= 0)
 		r = sd_bus_message_open_container(reply, 'a', "(tuuusbuttutt)");
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	struct session *s;
 	TAILQ_FOREACH(s, &b->srv->sessions, link) {
 		if (r < 0)

@@ -58,7 +58,7 @@ static void render(struct server *srv, FILE *f)
 	fputs("dmabroker_info{version=\"", f);
 	label(f, DMB_VERSION);
 	fputs("\",backend=\"", f);
-	label(f, srv->core.be->ops->name);
+	label(f, core_backend_name(&srv->core));
 	fputs("\"} 1\n", f);
 	one(f, "dmabroker_start_time_seconds", "gauge",
 	    "When this broker process started, in seconds since the Unix epoch.",

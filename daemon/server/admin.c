@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "protocol.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 #include "server/server.h"
 #include "util/log.h"
 
@@ -23,7 +23,7 @@ void server_totals(const struct server *srv, struct server_totals *t)
 		.regions = core->n_regions,
 		.mappings = core->n_mappings,
 		.mapped_bytes = core->mapped_bytes,
-		.pinned_bytes = core->be->ops->pinned_bytes(core->be),
+		.pinned_bytes = core_pinned_bytes(core),
 		.p2p_mappings = core->p2p_mappings,
 		.revocations = core->revocations,
 		.restorations = core->restorations,
@@ -36,7 +36,7 @@ const char *server_handoff_state(const struct server *srv)
 	return handoff_state_name(srv->handoff.state);
 }
 
-/* handoff.c calls this on every transition, after logging it once. */
+/* Every handoff transition, after handoff.c logged it once (state_host). */
 void server_handoff_state_changed(struct server *srv)
 {
 	if (srv->watch && srv->watch->handoff_state_changed)

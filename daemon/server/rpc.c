@@ -4,7 +4,11 @@
  *
  * Every request kind has one row in rpc_table: its handler, whether it is
  * allowed before the handshake, whether it needs an admin session, and
- * whether it may carry fds. A kind not in the table gets UNIMPLEMENTED. */
+ * whether it may carry fds. A kind not in the table gets UNIMPLEMENTED.
+ *
+ * Not here: the scheduling of long maps and unmaps, the gates and the
+ * parking of requests behind them (sched.c), and the allocator a request
+ * is decoded into (arena.c). */
 #include <errno.h>
 #include <event2/event.h>
 #include <inttypes.h>
@@ -16,45 +20,10 @@
 #include "dmb-build.h"
 #include "fastcodec.h"
 #include "protocol.h"
-#include "server/server.h"
+#include "server/rpc.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
-
-struct rpc_call {
-	struct session *s;
-	Dmb__Request *req;
-	struct wire_rx *rx;
-	Dmb__Reply reply;
-	int out_fds[DMB_MAX_FDS];
-	size_t n_out_fds;
-	/* heap blocks the reply points into; freed after it is sent */
-	void *heap[8];
-	size_t n_heap;
-	union {
-		Dmb__HelloReply hello;
-		Dmb__ContextCreateReply context_create;
-		Dmb__RegionRegisterReply region_register;
-		Dmb__IovaRangesReply iova_ranges;
-		Dmb__MapReply map;
-		Dmb__UnmapReply unmap;
-		Dmb__StatsReply stats;
-		Dmb__DeviceOpenReply device_open;
-		Dmb__SimDmaReply sim_dma;
-		Dmb__StatusReply status;
-		Dmb__ListContextsReply list_contexts;
-		Dmb__ListMappingsReply list_mappings;
-		Dmb__DeviceStateReply device_state;
-		Dmb__ListDevicesReply list_devices;
-		Dmb__ContextReclaimReply context_reclaim;
-		Dmb__ListClientsReply list_clients;
-		Dmb__RevokeContextReply revoke_context;
-		Dmb__ReloadPolicyReply reload_policy;
-		Dmb__HandoffPrepareReply handoff_prepare;
-		Dmb__HandoffStatusReply handoff_status;
-	} body;
-	Dmb__StatsReply totals;
-	bool deferred; /* a worker runs it; the reply comes from job_done */
-};
 
 typedef int (*rpc_fn)(struct rpc_call *c, struct dmb_err *e);
 
@@ -137,8 +106,6 @@ static struct dmb_ctx *need_ctx(struct rpc_call *c, uint64_t id, struct dmb_err 
 
 /* ------------------------------------------------------------ handshake */
 
-static const char *const no_features[] = { NULL };
-
 static size_t count_features(const char *const *f)
 {
 	size_t n = 0;
@@ -151,7 +118,7 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 {
 	struct session *s = c->s;
 	const Dmb__Hello *h = c->req->hello;
-	struct dmb_backend *be = s->srv->core.be;
+	const struct dmb_core *core = &s->srv->core;
 
 	if (s->hello_done)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EALREADY, "the handshake was already done");
@@ -171,9 +138,9 @@ static int rpc_hello(struct rpc_call *c, struct dmb_err *e)
 	dmb__hello_reply__init(r);
 	r->protocol_version = DMB_PROTOCOL_VERSION;
 	r->server_version = (char *)DMB_VERSION;
-	r->backend = (char *)be->ops->name;
-	r->n_features = count_features(be->features);
-	r->features = (char **)(be->features ? be->features : no_features);
+	r->backend = (char *)core_backend_name(core);
+	r->n_features = count_features(core_backend_features(core));
+	r->features = (char **)core_backend_features(core);
 	r->max_packet_bytes = DMB_MAX_PACKET;
 	r->max_fds_per_packet = DMB_MAX_FDS;
 	r->max_batch = DMB_MAX_BATCH;
@@ -278,13 +245,12 @@ static int rpc_context_reclaim(struct rpc_call *c, struct dmb_err *e)
 	b->regions = rp;
 	i = 0;
 	struct dmb_device *d;
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	TAILQ_FOREACH(d, &ctx->devices, link) {
 		dmb__reclaimed_device__init(&da[i]);
 		da[i].device_id = d->id;
 		da[i].bdf = d->bdf;
 		da[i].fd_index = -1;
-		int fd = ops->dev_fd ? ops->dev_fd(d->bdev) : -1;
+		int fd = core_device_fd(d);
 		if (q->want_fds && fd >= 0 && c->n_out_fds < DMB_MAX_FDS) {
 			c->out_fds[c->n_out_fds] = fd;
 			da[i].fd_index = (int32_t)c->n_out_fds++;
@@ -392,208 +358,13 @@ static void req_from_entry(struct dmb_map_req *q, const Dmb__MapEntry *m)
 	};
 }
 
-static int reply_mapped(struct rpc_call *c, uint32_t n)
+int rpc_reply_mapped(struct rpc_call *c, uint32_t n)
 {
 	Dmb__MapReply *b = &c->body.map;
 	dmb__map_reply__init(b);
 	b->mapped = n;
 	SET_BODY(c, map, MAP);
 	return 0;
-}
-
-/* ------------------------------------------------------------ worker calls
- *
- * A map or unmap of at least worker_min_bytes runs its backend call on a
- * worker (server.h explains what waits meanwhile). The request's entries
- * move into the job (the arena is reset when rpc_handle returns); the reply
- * is built and sent by job_done on the loop thread. */
-
-struct rpc_job {
-	struct worker_job w;
-	struct server *srv;
-	struct session *s;
-	struct ctx_gate *gate;
-	uint64_t req_id;
-	bool is_map;
-	struct map_op mop;
-	struct unmap_op uop;
-	void *owned;                 /* the entries, when on the heap */
-	union {
-		struct dmb_map_req req;
-		struct dmb_range range;
-	} one;
-};
-
-static void reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err);
-static int reply_mapped(struct rpc_call *c, uint32_t n);
-static int reply_unmapped(struct rpc_call *c, uint64_t bytes, uint64_t count);
-
-static void job_run(struct worker_job *w)
-{
-	struct rpc_job *j = dmb_container_of(w, struct rpc_job, w);
-	if (j->is_map)
-		map_kernel(&j->mop);
-	else
-		unmap_kernel(&j->uop);
-}
-
-static void job_done(struct worker_job *w)
-{
-	struct rpc_job *j = dmb_container_of(w, struct rpc_job, w);
-	struct session *s = j->s;
-	struct server *srv = j->srv;
-	struct dmb_err e = { 0 };
-	struct rpc_call c = { .s = s };
-	Dmb__Error err;
-	dmb__reply__init(&c.reply);
-	c.reply.id = j->req_id;
-	int r;
-	if (j->is_map) {
-		uint32_t n = (uint32_t)j->mop.n;
-		r = map_finish(&j->mop, &e);
-		if (r >= 0)
-			reply_mapped(&c, n);
-	} else {
-		uint64_t bytes, count;
-		r = unmap_finish(&j->uop, &bytes, &count, &e);
-		if (r >= 0)
-			reply_unmapped(&c, bytes, count);
-	}
-	if (r < 0) {
-		reply_error(&c, &e, &err);
-		if ((size_t)err.code < DMB_ARRAY_SIZE(srv->n_errors_code))
-			srv->n_errors_code[err.code]++;
-	}
-	session_send_reply(s, &c.reply, NULL, 0); /* nothing if the session is closing */
-	j->gate->job = NULL;
-	s->inflight = NULL;
-	free(j->owned);
-	free(j);
-	server_schedule_replay(srv);
-	if (s->closing)
-		event_active(s->ev_write, EV_WRITE, 0); /* frees it: its contexts go now */
-	else
-		session_update_reading(s);
-}
-
-void rpc_job_wait(struct server *srv, struct rpc_job *job)
-{
-	worker_wait(&srv->pool, &job->w);
-}
-
-static bool offload_wanted(struct server *srv, uint64_t bytes)
-{
-	return srv->pool.n_threads && !srv->pool.start_failed &&
-	       bytes >= srv->cfg->worker_min_bytes;
-}
-
-/* Hands a prepared job to a worker; -EAGAIN: the caller runs it inline. */
-static int job_start(struct rpc_call *c, struct rpc_job *j, struct dmb_ctx *ctx)
-{
-	struct server *srv = c->s->srv;
-	struct ctx_gate *g = server_gate_get(srv, ctx->id);
-	if (!g)
-		return -EAGAIN;
-	j->w.run = job_run;
-	j->w.done = job_done;
-	j->srv = srv;
-	j->s = c->s;
-	j->gate = g;
-	j->req_id = c->req->id;
-	g->job = j;
-	if (worker_submit(&srv->pool, &j->w) < 0) {
-		g->job = NULL;
-		server_schedule_replay(srv); /* frees the gate if idle */
-		return -EAGAIN;
-	}
-	c->s->inflight = j;
-	session_update_reading(c->s);
-	c->deferred = true;
-	return 0;
-}
-
-/* Maps reqs[0..n) (takes reqs when n > 1: a heap array). */
-static int run_map(struct rpc_call *c, struct dmb_ctx *ctx, struct dmb_map_req *reqs, size_t n,
-		   struct dmb_err *e)
-{
-	uint64_t bytes = 0;
-	for (size_t i = 0; i < n; i++)
-		bytes = reqs[i].length > UINT64_MAX - bytes ? UINT64_MAX : bytes + reqs[i].length;
-	struct rpc_job *j = offload_wanted(c->s->srv, bytes) ? calloc(1, sizeof(*j)) : NULL;
-	if (!j) {
-		int r = map_batch(ctx, reqs, n, e);
-		if (n > 1)
-			free(reqs);
-		return r < 0 ? r : reply_mapped(c, (uint32_t)n);
-	}
-	j->is_map = true;
-	const struct dmb_map_req *q = reqs;
-	if (n == 1) {
-		j->one.req = reqs[0];
-		q = &j->one.req;
-	} else {
-		j->owned = reqs;
-	}
-	int r = map_prepare(&j->mop, ctx, q, n, e);
-	if (r < 0)
-		goto out;
-	if (job_start(c, j, ctx) == 0)
-		return 0;
-	map_kernel(&j->mop);
-	r = map_finish(&j->mop, e);
-	if (r >= 0)
-		reply_mapped(c, (uint32_t)n);
-out:
-	free(j->owned);
-	free(j);
-	return r;
-}
-
-/* Unmaps ranges[0..n) (takes ranges when n > 1), or everything (all). The
- * backend calls of a context with P2P mappings stay on the loop: a
- * revocation may reach those mappings at any time. */
-static int run_unmap(struct rpc_call *c, struct dmb_ctx *ctx, struct dmb_range *ranges, size_t n,
-		     bool all, struct dmb_err *e)
-{
-	uint64_t bytes = 0;
-	if (all)
-		bytes = ctx->mapped_bytes;
-	for (size_t i = 0; i < n; i++)
-		bytes = ranges[i].length > UINT64_MAX - bytes ? UINT64_MAX : bytes + ranges[i].length;
-	struct rpc_job *j = !ctx->p2p_mappings && offload_wanted(c->s->srv, bytes)
-				    ? calloc(1, sizeof(*j)) : NULL;
-	uint64_t got, count;
-	int r;
-	if (!j) {
-		r = all ? unmap_all(ctx, &got, &count, e) : unmap_ranges(ctx, ranges, n, &got, &count, e);
-		if (n > 1)
-			free(ranges);
-		return r < 0 ? r : reply_unmapped(c, got, count);
-	}
-	if (all) {
-		r = unmap_all_prepare(&j->uop, ctx);
-	} else {
-		const struct dmb_range *q = ranges;
-		if (n == 1) {
-			j->one.range = ranges[0];
-			q = &j->one.range;
-		} else {
-			j->owned = ranges;
-		}
-		r = unmap_prepare(&j->uop, ctx, q, n, e);
-	}
-	if (r < 0)
-		goto out;
-	if (job_start(c, j, ctx) == 0)
-		return 0;
-	unmap_kernel(&j->uop);
-	r = unmap_finish(&j->uop, &got, &count, e);
-	if (r >= 0)
-		reply_unmapped(c, got, count);
-out:
-	free(j->owned);
-	free(j);
-	return r;
 }
 
 static int rpc_map(struct rpc_call *c, struct dmb_err *e)
@@ -606,7 +377,7 @@ static int rpc_map(struct rpc_call *c, struct dmb_err *e)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "Map has no entry");
 	struct dmb_map_req mr;
 	req_from_entry(&mr, q->entry);
-	return run_map(c, ctx, &mr, 1, e);
+	return sched_map(c, ctx, &mr, 1, e);
 }
 
 static int rpc_map_batch(struct rpc_call *c, struct dmb_err *e)
@@ -628,10 +399,10 @@ static int rpc_map_batch(struct rpc_call *c, struct dmb_err *e)
 	}
 	for (size_t i = 0; i < q->n_entries; i++)
 		req_from_entry(&reqs[i], q->entries[i]);
-	return run_map(c, ctx, reqs, q->n_entries, e);
+	return sched_map(c, ctx, reqs, q->n_entries, e);
 }
 
-static int reply_unmapped(struct rpc_call *c, uint64_t bytes, uint64_t count)
+int rpc_reply_unmapped(struct rpc_call *c, uint64_t bytes, uint64_t count)
 {
 	Dmb__UnmapReply *b = &c->body.unmap;
 	dmb__unmap_reply__init(b);
@@ -650,7 +421,7 @@ static int rpc_unmap(struct rpc_call *c, struct dmb_err *e)
 	if (!q->range)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "Unmap has no range");
 	struct dmb_range rg = { q->range->iova, q->range->length };
-	return run_unmap(c, ctx, &rg, 1, false, e);
+	return sched_unmap(c, ctx, &rg, 1, false, e);
 }
 
 static int rpc_unmap_batch(struct rpc_call *c, struct dmb_err *e)
@@ -672,7 +443,7 @@ static int rpc_unmap_batch(struct rpc_call *c, struct dmb_err *e)
 	}
 	for (size_t i = 0; i < q->n_ranges; i++)
 		rg[i] = (struct dmb_range){ q->ranges[i]->iova, q->ranges[i]->length };
-	return run_unmap(c, ctx, rg, q->n_ranges, false, e);
+	return sched_unmap(c, ctx, rg, q->n_ranges, false, e);
 }
 
 static int rpc_unmap_all(struct rpc_call *c, struct dmb_err *e)
@@ -680,7 +451,7 @@ static int rpc_unmap_all(struct rpc_call *c, struct dmb_err *e)
 	struct dmb_ctx *ctx = need_ctx(c, c->req->unmap_all->context_id, e);
 	if (!ctx)
 		return -ENOENT;
-	return run_unmap(c, ctx, NULL, 0, true, e);
+	return sched_unmap(c, ctx, NULL, 0, true, e);
 }
 
 /* ------------------------------------------------------------ devices */
@@ -704,7 +475,7 @@ static int rpc_device_open(struct rpc_call *c, struct dmb_err *e)
 	b->group = d->info.group;
 	b->viable = d->info.viable;
 	if (q->want_fd) {
-		int fd = ctx->core->be->ops->dev_fd ? ctx->core->be->ops->dev_fd(d->bdev) : -EOPNOTSUPP;
+		int fd = core_device_fd(d);
 		if (fd < 0) {
 			device_close(d);
 			return dmb_fail(e, DMB_E_UNIMPLEMENTED, -fd,
@@ -772,7 +543,7 @@ static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
 		.length = q->length, .prot = q->prot,
 	};
 	int r = p2p_map(ctx, &mr, e);
-	return r < 0 ? r : reply_mapped(c, 1);
+	return r < 0 ? r : rpc_reply_mapped(c, 1);
 }
 
 static int reply_device_state(struct rpc_call *c, struct dmb_device *d)
@@ -1007,10 +778,10 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	Dmb__StatusReply *b = &c->body.status;
 	dmb__status_reply__init(b);
 	b->server_version = (char *)DMB_VERSION;
-	b->backend = (char *)core->be->ops->name;
-	b->n_features = count_features(core->be->features);
-	b->features = (char **)(core->be->features ? core->be->features : no_features);
-	b->uptime_ms = server_now_ms() - srv->start_ms;
+	b->backend = (char *)core_backend_name(core);
+	b->n_features = count_features(core_backend_features(core));
+	b->features = (char **)core_backend_features(core);
+	b->uptime_ms = dmb_now_ms() - srv->start_ms;
 	b->sessions = srv->n_sessions;
 	b->pid = (uint32_t)getpid();
 	dmb__stats_reply__init(&c->totals);
@@ -1018,7 +789,7 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	c->totals.regions = core->n_regions;
 	c->totals.mappings = core->n_mappings;
 	c->totals.mapped_bytes = core->mapped_bytes;
-	c->totals.pinned_bytes = core->be->ops->pinned_bytes(core->be);
+	c->totals.pinned_bytes = core_pinned_bytes(core);
 	c->totals.devices = core->n_devices;
 	c->totals.p2p_mappings = core->p2p_mappings;
 	c->totals.p2p_bytes = core->p2p_bytes;
@@ -1131,7 +902,7 @@ static int rpc_list_clients(struct rpc_call *c, struct dmb_err *e)
 	Dmb__ClientInfo **ptrs = rpc_alloc(c, n * sizeof(*ptrs));
 	if (!arr || !ptrs)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	size_t i = 0;
 	struct session *s;
 	TAILQ_FOREACH(s, &srv->sessions, link) {
@@ -1347,7 +1118,7 @@ const char *rpc_request_name(size_t kind)
 }
 #undef ROW
 
-static void reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err)
+void rpc_reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err)
 {
 	dmb__error__init(err);
 	err->code = (Dmb__ErrorCode)(e->code ? e->code : DMB_E_INTERNAL);
@@ -1367,176 +1138,9 @@ static void reply_bad_packet(struct session *s, uint64_t id, const struct dmb_er
 	Dmb__Error err;
 	dmb__reply__init(&c.reply);
 	c.reply.id = id;
-	reply_error(&c, e, &err);
+	rpc_reply_error(&c, e, &err);
 	s->n_bad_packets++;
 	session_send_reply(s, &c.reply, NULL, 0);
-}
-
-struct arena_big {
-	struct arena_big *next;
-	max_align_t data[];
-};
-
-static void *arena_alloc(void *opaque, size_t size)
-{
-	struct arena *a = opaque;
-	size = (size + 15) & ~(size_t)15;
-	if (size <= a->cap - a->used) {
-		void *p = a->buf + a->used;
-		a->used += size;
-		return p;
-	}
-	struct arena_big *b = malloc(sizeof(*b) + size);
-	if (!b)
-		return NULL;
-	b->next = a->big;
-	a->big = b;
-	return b->data;
-}
-
-static void arena_free(void *opaque, void *p)
-{
-	/* everything goes at arena_reset */
-}
-
-static void arena_reset(struct arena *a)
-{
-	a->used = 0;
-	while (a->big) {
-		struct arena_big *b = a->big;
-		a->big = b->next;
-		free(b);
-	}
-}
-
-int arena_init(struct arena *a, size_t cap)
-{
-	a->buf = malloc(cap);
-	a->cap = a->buf ? cap : 0;
-	a->used = 0;
-	a->big = NULL;
-	return a->buf ? 0 : -ENOMEM;
-}
-
-void arena_fini(struct arena *a)
-{
-	arena_reset(a);
-	free(a->buf);
-	a->buf = NULL;
-	a->cap = 0;
-}
-
-/* ------------------------------------------------------------ gates */
-
-static uint64_t gated_device(struct rpc_call *c, uint64_t dev_id)
-{
-	struct dmb_device *d = device_lookup(c->s->owner, dev_id);
-	return d && server_gate_blocks(c->s->srv, d->ctx->id) ? d->ctx->id : 0;
-}
-
-static uint64_t gated_ctx(struct rpc_call *c, uint64_t id)
-{
-	return server_gate_blocks(c->s->srv, id) ? id : 0;
-}
-
-/* The gated context this request must wait for, or 0: every context the
- * request names, directly or through a device. */
-static uint64_t blocking_ctx(struct rpc_call *c)
-{
-	const Dmb__Request *q = c->req;
-	switch (q->body_case) {
-	case DMB__REQUEST__BODY_CONTEXT_DESTROY:
-		return gated_ctx(c, q->context_destroy->context_id);
-	case DMB__REQUEST__BODY_CONTEXT_RECLAIM:
-		return gated_ctx(c, q->context_reclaim->context_id);
-	case DMB__REQUEST__BODY_REGION_REGISTER:
-		return gated_ctx(c, q->region_register->context_id);
-	case DMB__REQUEST__BODY_REGION_UNREGISTER:
-		return gated_ctx(c, q->region_unregister->context_id);
-	case DMB__REQUEST__BODY_IOVA_RANGES:
-		return gated_ctx(c, q->iova_ranges->context_id);
-	case DMB__REQUEST__BODY_MAP:
-		return gated_ctx(c, q->map->context_id);
-	case DMB__REQUEST__BODY_MAP_BATCH:
-		return gated_ctx(c, q->map_batch->context_id);
-	case DMB__REQUEST__BODY_UNMAP:
-		return gated_ctx(c, q->unmap->context_id);
-	case DMB__REQUEST__BODY_UNMAP_BATCH:
-		return gated_ctx(c, q->unmap_batch->context_id);
-	case DMB__REQUEST__BODY_UNMAP_ALL:
-		return gated_ctx(c, q->unmap_all->context_id);
-	case DMB__REQUEST__BODY_DEVICE_OPEN:
-		return gated_ctx(c, q->device_open->context_id);
-	case DMB__REQUEST__BODY_SIM_DMA:
-		return gated_ctx(c, q->sim_dma->context_id);
-	case DMB__REQUEST__BODY_LIST_MAPPINGS:
-		return gated_ctx(c, q->list_mappings->context_id);
-	case DMB__REQUEST__BODY_STATS: {
-		if (q->stats->context_id)
-			return gated_ctx(c, q->stats->context_id);
-		struct dmb_ctx *ctx;
-		TAILQ_FOREACH(ctx, &c->s->owner->contexts, owner_link)
-			if (gated_ctx(c, ctx->id))
-				return ctx->id;
-		return 0;
-	}
-	case DMB__REQUEST__BODY_DEVICE_CLOSE:
-		return gated_device(c, q->device_close->device_id);
-	case DMB__REQUEST__BODY_DEVICE_SET_COMMAND:
-		return gated_device(c, q->device_set_command->device_id);
-	case DMB__REQUEST__BODY_DEVICE_RESET:
-		return gated_device(c, q->device_reset->device_id);
-	case DMB__REQUEST__BODY_SIM_DEVICE_DMA:
-		return gated_device(c, q->sim_device_dma->device_id);
-	case DMB__REQUEST__BODY_MAP_PEER: {
-		const Dmb__MapPeer *m = q->map_peer;
-		uint64_t id = gated_ctx(c, m->context_id);
-		if (id)
-			return id;
-		if (m->peer_device_id)
-			return gated_device(c, m->peer_device_id);
-		struct dmb_device *d = m->peer_bdf && m->peer_bdf[0]
-					       ? device_find_bdf(&c->s->srv->core, m->peer_bdf) : NULL;
-		return d ? gated_ctx(c, d->ctx->id) : 0;
-	}
-	default:
-		return 0;
-	}
-}
-
-/* Keeps the packet (and its fds) on the context's gate; the session reads
- * nothing more until it has been replayed. */
-static int park(struct rpc_call *c, const uint8_t *buf, uint64_t ctx_id)
-{
-	struct session *s = c->s;
-	struct ctx_gate *g = server_gate_find(s->srv, ctx_id);
-	struct parked *p = g ? malloc(sizeof(*p) + c->rx->len) : NULL;
-	if (!p)
-		return -ENOMEM;
-	p->s = s;
-	p->gate = g;
-	p->len = c->rx->len;
-	memcpy(p->data, buf, c->rx->len);
-	p->nfds = c->rx->nfds;
-	for (size_t i = 0; i < p->nfds; i++) {
-		p->fds[i] = c->rx->fds[i];
-		c->rx->fds[i] = -1;
-	}
-	c->rx->nfds = 0;
-	STAILQ_INSERT_TAIL(&g->waiters, p, link);
-	s->parked = p;
-	session_update_reading(s);
-	return 0;
-}
-
-void rpc_parked_free(struct parked *p)
-{
-	if (!p)
-		return;
-	for (size_t i = 0; i < p->nfds; i++)
-		if (p->fds[i] >= 0)
-			close(p->fds[i]);
-	free(p);
 }
 
 static uint32_t first_unknown_field(const Dmb__Request *req)
@@ -1570,7 +1174,7 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 	}
 
 	struct arena *ar = &s->srv->arena;
-	ProtobufCAllocator alloc = { .alloc = arena_alloc, .free = arena_free, .allocator_data = ar };
+	ProtobufCAllocator alloc = arena_allocator(ar);
 	/* Map and Unmap, the hot path, by the fast codec; all else by protobuf-c. */
 	struct fc_request fast;
 	Dmb__Request *req = !rx->nfds && fc_request_unpack(buf, rx->len, &fast)
@@ -1615,7 +1219,7 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 			     rx->nfds);
 	} else if ((ent->flags & RPC_MUTATES) && handoff_refuses(&s->srv->handoff, ent->name, &e)) {
 		r = -EAGAIN;
-	} else if (s->srv->n_gates && (gated = blocking_ctx(&c)) != 0 && park(&c, buf, gated) == 0) {
+	} else if (s->srv->n_gates && (gated = sched_blocking_ctx(&c)) != 0 && sched_park(&c, buf, gated) == 0) {
 		/* Answered when it is replayed (and counted then). */
 		s->n_requests--;
 		arena_reset(ar);
@@ -1633,7 +1237,7 @@ void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx)
 		return;
 	}
 	if (r < 0) {
-		reply_error(&c, &e, &err);
+		rpc_reply_error(&c, &e, &err);
 		if ((size_t)err.code < DMB_ARRAY_SIZE(s->srv->n_errors_code))
 			s->srv->n_errors_code[err.code]++;
 	}

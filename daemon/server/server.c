@@ -16,15 +16,9 @@
 #include <unistd.h>
 
 #include "protocol.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
-
-uint64_t server_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Out of fds (EMFILE/ENFILE): the listener stays readable while a client
  * waits, so a level-triggered loop would call accept() again at once,
@@ -188,126 +182,6 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* ---- gates: contexts with a backend call on a worker (server.h) ---- */
-
-struct ctx_gate *server_gate_find(struct server *srv, uint64_t ctx_id)
-{
-	struct ctx_gate *g;
-	LIST_FOREACH(g, &srv->gates, link)
-		if (g->ctx_id == ctx_id)
-			return g;
-	return NULL;
-}
-
-struct ctx_gate *server_gate_get(struct server *srv, uint64_t ctx_id)
-{
-	struct ctx_gate *g = server_gate_find(srv, ctx_id);
-	if (g)
-		return g;
-	g = calloc(1, sizeof(*g));
-	if (!g)
-		return NULL;
-	g->ctx_id = ctx_id;
-	STAILQ_INIT(&g->waiters);
-	LIST_INSERT_HEAD(&srv->gates, g, link);
-	srv->n_gates++;
-	return g;
-}
-
-bool server_gate_blocks(struct server *srv, uint64_t ctx_id)
-{
-	if (!srv->n_gates)
-		return false;
-	struct ctx_gate *g = server_gate_find(srv, ctx_id);
-	/* Behind a call in flight, or behind requests parked earlier (unless
-	 * this is the one being replayed from that gate). */
-	return g && (g->job || (!STAILQ_EMPTY(&g->waiters) && g != srv->replaying));
-}
-
-void server_schedule_replay(struct server *srv)
-{
-	if (srv->ev_replay)
-		event_active(srv->ev_replay, EV_TIMEOUT, 0);
-}
-
-/* Replays the waiters of every open gate in arrival order, until the gate
- * closes again (a replayed request started a new call) or is empty; frees
- * idle gates. Only this function frees gates, so the walk is safe. */
-static void replay_parked(struct server *srv)
-{
-	struct ctx_gate *g = LIST_FIRST(&srv->gates), *next;
-	for (; g; g = next) {
-		struct parked *p;
-		while (!g->job && (p = STAILQ_FIRST(&g->waiters))) {
-			STAILQ_REMOVE_HEAD(&g->waiters, link);
-			struct session *s = p->s;
-			s->parked = NULL;
-			struct wire_rx *rx = calloc(1, sizeof(*rx));
-			if (!rx) {
-				/* Cannot replay it: the client sees no reply; end the
-				 * session rather than answer out of order. */
-				rpc_parked_free(p);
-				s->closing = true;
-				event_active(s->ev_write, EV_WRITE, 0);
-				continue;
-			}
-			rx->len = p->len;
-			rx->nfds = p->nfds;
-			memcpy(rx->fds, p->fds, p->nfds * sizeof(int));
-			p->nfds = 0; /* rx owns them now */
-			srv->replaying = g;
-			rpc_handle(s, p->data, rx);
-			srv->replaying = NULL;
-			free(rx);
-			rpc_parked_free(p);
-			session_update_reading(s); /* level-triggered: what waits is read */
-		}
-		next = LIST_NEXT(g, link);
-		if (!g->job && STAILQ_EMPTY(&g->waiters)) {
-			LIST_REMOVE(g, link);
-			srv->n_gates--;
-			free(g);
-		}
-	}
-}
-
-static void replay_cb(evutil_socket_t fd, short what, void *arg)
-{
-	replay_parked(arg);
-}
-
-/* dmb_core.ctx_quiesce: a P2P revocation (or restoration, or release)
- * reaches a context whose call is on a worker: wait for it and finish it
- * now. Its parked requests are replayed later, from the loop. */
-static void ctx_quiesce_cb(void *opaque, struct dmb_ctx *ctx)
-{
-	struct server *srv = opaque;
-	if (!srv->n_gates)
-		return;
-	struct ctx_gate *g = server_gate_find(srv, ctx->id);
-	if (g && g->job)
-		rpc_job_wait(srv, g->job);
-}
-
-void server_quiesce(struct server *srv)
-{
-	for (;;) {
-		worker_drain(&srv->pool);
-		if (!srv->n_gates)
-			break;
-		replay_parked(srv);
-		if (!srv->n_gates && !srv->pool.n_jobs)
-			break;
-	}
-	/* Sessions whose client went away while their call ran. */
-	struct session *s, *next;
-	for (s = TAILQ_FIRST(&srv->sessions); s; s = next) {
-		next = TAILQ_NEXT(s, link);
-		if (s->closing && !s->inflight)
-			session_free(s);
-	}
-}
-
 /* Each client costs a socket, each region an fd or two: serve thousands
  * of clients by raising the soft fd limit to the hard one. What it ends up
  * as, less the reserve, is the broker's fd budget (core/account.c). */
@@ -380,6 +254,48 @@ static bool device_allowed_cb(void *opaque, const struct dmb_owner *owner, const
 	return config_device_allowed(&owner->pol, bdf);
 }
 
+/* ------------------------------------------------------------ state/'s host */
+
+/* What persist.c and handoff.c reach of the sessions (state/host.h). */
+static struct dmb_owner *host_session_owner(void *opaque, uint64_t session_id)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		if (s->id == session_id)
+			return s->owner;
+	return NULL;
+}
+
+static bool host_adopt_session(void *opaque, int fd, uint64_t session_id)
+{
+	return session_adopt(opaque, fd, session_id) != NULL;
+}
+
+static void host_restarted(void *opaque)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		session_send_restarted(s);
+}
+
+static void host_handoff_changed(void *opaque, const struct dmb_event *ev)
+{
+	struct server *srv = opaque;
+	struct session *s;
+	if (ev)
+		TAILQ_FOREACH(s, &srv->sessions, link)
+			session_event_cb(srv, s->owner, ev);
+	server_handoff_state_changed(srv);
+}
+
+static uint32_t host_busy_contexts(void *opaque)
+{
+	struct server *srv = opaque;
+	return srv->n_gates;
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
@@ -392,7 +308,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->cfg = cfg;
 	snprintf(srv->file_socket, sizeof(srv->file_socket), "%s", cfg->socket_path);
 	snprintf(srv->file_backend, sizeof(srv->file_backend), "%s", cfg->backend);
-	srv->start_ms = server_now_ms();
+	srv->start_ms = dmb_now_ms();
 	TAILQ_INIT(&srv->sessions);
 	core_init(&srv->core, be, &cfg->limits);
 	raise_fd_limit(&srv->core.fds);
@@ -402,15 +318,9 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.device_allowed = device_allowed_cb;
 	srv->core.policy_opaque = cfg;
 	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
-	srv->core.ctx_quiesce = ctx_quiesce_cb;
-	srv->core.quiesce_opaque = srv;
-	LIST_INIT(&srv->gates);
-	unsigned nw = cfg->workers == DMB_WORKERS_AUTO ? worker_default_threads() : cfg->workers;
-	if (worker_pool_init(&srv->pool, base, nw) < 0)
-		return log_error_errno(-ENOMEM, "cannot set up the worker pool");
-	srv->ev_replay = event_new(base, -1, 0, replay_cb, srv);
-	if (!srv->ev_replay)
-		return -ENOMEM;
+	int r = sched_init(srv);
+	if (r < 0)
+		return r;
 
 	srv->rxbuf = malloc(DMB_MAX_PACKET + 1);
 	srv->txbuf = malloc(DMB_MAX_PACKET);
@@ -447,9 +357,20 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 
 	/* Persisted state (fd store), after the listening socket: adopted
 	 * sessions and contexts come back before anyone new is accepted. */
+	srv->host = (struct state_host){
+		.base = base,
+		.cfg = cfg,
+		.core = &srv->core,
+		.opaque = srv,
+		.session_owner = host_session_owner,
+		.adopt_session = host_adopt_session,
+		.restarted = host_restarted,
+		.handoff_changed = host_handoff_changed,
+		.busy_contexts = host_busy_contexts,
+	};
 	struct dmb_err e = { 0 };
 	handoff_take_stored(&srv->handoff, &stored);
-	int r = persist_init(&srv->persist, srv, &stored, &e);
+	r = persist_init(&srv->persist, &srv->host, &stored, &e);
 	for (size_t i = 0; i < stored.n; i++)
 		free(stored.name[i]);
 	free(stored.name);
@@ -457,7 +378,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	/* After the journal: it says where a host handoff stands. */
-	r = handoff_init(&srv->handoff, srv, &e);
+	r = handoff_init(&srv->handoff, &srv->host, &srv->persist, &e);
 	if (r < 0)
 		return log_error_errno(r, "%s", e.msg);
 	return 0;
@@ -543,14 +464,7 @@ void server_fini(struct server *srv)
 	struct session *s;
 	while ((s = TAILQ_FIRST(&srv->sessions)))
 		session_free(s);
-	struct ctx_gate *g;
-	while ((g = LIST_FIRST(&srv->gates))) {
-		LIST_REMOVE(g, link);
-		free(g);
-	}
-	srv->n_gates = 0;
-	if (srv->ev_replay)
-		event_free(srv->ev_replay);
+	sched_fini(srv);
 	core_fini(&srv->core);
 	if (srv->ev_listen)
 		event_free(srv->ev_listen);

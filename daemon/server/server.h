@@ -1,16 +1,20 @@
 /* daemon/server/: the part that talks to clients.
  * Owns: the listening socket and the sessions (server.c, session.c), the
- * request table and its handlers (rpc.c), the admin operations both the
+ * request table and its handlers (rpc.c, with rpc.h), the allocator
+ * requests are decoded into (arena.c), the admin operations both the
  * socket and D-Bus use (admin.c), and the scheduling of long calls: the
- * worker pool (worker.c), context gates, parking and replay (server.c, rpc.c).
- * May call: core/ (the model, and the handoff engine), state/ (persist),
+ * worker pool (worker.c), worker calls, context gates, parking and replay
+ * (sched.c).
+ * May call: core/ (the model), state/ (persist, the handoff engine),
  * policy/, proto/, util/; backend/ only through the core.
  * Never calls: mgmt/ (management hears it through struct server_watch).
- * Circles inside, as designed: server.c <-> session.c <-> rpc.c (a session
- * hands each packet to rpc_handle(), which replies through the session and
- * parks or replays through the server's gates). Still open (see
- * docs/architecture.md): core/handoff.c and state/persist.c reach into
- * struct server and its sessions.
+ * Circles inside, as designed: server.c <-> session.c <-> rpc.c <-> sched.c
+ * (a session hands each packet to rpc_handle(), which replies through the
+ * session; sched.c runs the long maps and unmaps, parks the requests that
+ * name a gated context and replays them through rpc_handle()); admin.c
+ * serves rpc.c and is called back by server.c (the core's events, handoff
+ * state changes). state/ reaches the
+ * sessions only through the struct state_host that server.c installs.
  */
 
 /* The listening socket (server.c), per-connection sessions (session.c) and
@@ -23,7 +27,7 @@
  * reachable through server-pushed events) it is disconnected.
  *
  * Long backend calls (maps and unmaps of at least worker_min_bytes) run on
- * a worker thread (worker.h) in three phases: rpc.c prepares them on the
+ * a worker thread (worker.h) in three phases: sched.c prepares them on the
  * loop (checks, model, journal), a worker makes the backend call, and the
  * loop finishes them (model, journal, reply). Meanwhile:
  *   - the requesting session reads nothing more (its replies stay in
@@ -46,7 +50,7 @@
 #include <sys/socket.h>
 
 #include "policy/config.h"
-#include "core/handoff.h"
+#include "state/handoff.h"
 #include "state/persist.h"
 #include "protocol.h"
 #include "core/core.h"
@@ -119,7 +123,7 @@ struct session {
 
 	uint64_t n_requests;
 	uint32_t n_bad_packets;
-	uint64_t start_ms;      /* accepted (or adopted) at, server_now_ms() */
+	uint64_t start_ms;      /* accepted (or adopted) at, dmb_now_ms() */
 };
 
 /* Bump allocator for decoding requests: everything a request's decode
@@ -168,6 +172,7 @@ struct server {
 	uint64_t n_requests_kind[64];
 	uint64_t n_errors_code[16];
 	struct handoff handoff;
+	struct state_host host;       /* what persist and handoff reach of us */
 	struct worker_pool pool;
 	LIST_HEAD(, ctx_gate) gates;
 	uint32_t n_gates;
@@ -216,15 +221,14 @@ void server_fini(struct server *srv);
 /* Re-reads the configuration (main file and drop-ins) and applies its policy
  * to every session; existing mappings stay. A bad file changes nothing. */
 int server_reload(struct server *srv, const char *path, struct dmb_err *e);
-uint64_t server_now_ms(void);
 /* An fd was freed: accept again if running out of them had stopped it. */
 void server_listen_resume(struct server *srv);
 
 /* admin.c: what the admin requests (socket and D-Bus) do, in one place. */
 void server_totals(const struct server *srv, struct server_totals *t);
 /* The host-handoff state as the management interfaces name it ("normal",
- * "prepared", ...); the handoff engine calls server_handoff_state_changed()
- * on every transition. */
+ * "prepared", ...); the handoff engine's every transition reaches
+ * server_handoff_state_changed() (through struct state_host). */
 const char *server_handoff_state(const struct server *srv);
 void server_handoff_state_changed(struct server *srv);
 struct server_revoke {
@@ -257,7 +261,9 @@ void session_event_cb(void *opaque, struct dmb_owner *owner, const struct dmb_ev
  * closing, no backpressure, nothing in flight or parked). */
 void session_update_reading(struct session *s);
 
-/* Gates (server.c). */
+/* sched.c: worker calls, gates, parking and replay. */
+int sched_init(struct server *srv);
+void sched_fini(struct server *srv);
 struct ctx_gate *server_gate_find(struct server *srv, uint64_t ctx_id);
 /* The gate of ctx_id, created if missing; NULL when out of memory. */
 struct ctx_gate *server_gate_get(struct server *srv, uint64_t ctx_id);
@@ -269,14 +275,20 @@ void server_schedule_replay(struct server *srv);
  * nothing is left (stop and handover). */
 void server_quiesce(struct server *srv);
 
-/* rpc.c: handles one received packet (fds in rx are consumed or closed). */
+/* arena.c */
 int arena_init(struct arena *a, size_t cap);
 void arena_fini(struct arena *a);
+/* Drops everything allocated since the last reset. */
+void arena_reset(struct arena *a);
+/* The arena as protobuf-c's allocator. */
+ProtobufCAllocator arena_allocator(struct arena *a);
+
+/* rpc.c: handles one received packet (fds in rx are consumed or closed). */
 void rpc_handle(struct session *s, const uint8_t *buf, struct wire_rx *rx);
 /* The name of a Request body case ("map", "status"), NULL if not served. */
 const char *rpc_request_name(size_t kind);
 #define RPC_MAX_KIND 64
-/* A parked request is dropped (its session is going away). */
+/* sched.c: a parked request is dropped (its session is going away). */
 void rpc_parked_free(struct parked *p);
-/* Waits for a call on a worker and finishes it now (reply included). */
+/* sched.c: waits for a call on a worker and finishes it now (reply included). */
 void rpc_job_wait(struct server *srv, struct rpc_job *job);

@@ -13,6 +13,7 @@
 #include "fastcodec.h"
 #include "protocol.h"
 #include "server/server.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -38,7 +39,7 @@ static struct session *session_create(struct server *srv, int fd, uint64_t id)
 	s->fd = fd;
 	s->id = id;
 	s->event_mask = DMB_EVENT_ALL;
-	s->start_ms = server_now_ms();
+	s->start_ms = dmb_now_ms();
 	STAILQ_INIT(&s->outq);
 
 	socklen_t len = sizeof(s->cred);
@@ -134,7 +135,7 @@ void session_free(struct session *s)
 	struct server *srv = s->srv;
 	if (s->inflight) {
 		/* A worker is running its request on one of its contexts: the
-		 * contexts go when the call is finished (rpc.c frees the session
+		 * contexts go when the call is finished (sched.c frees the session
 		 * from its write callback then). Until then it reads nothing
 		 * and is sent nothing. */
 		s->closing = true;

@@ -3,7 +3,7 @@
  *
  * A job has two halves: run() on a worker thread, done() on the loop thread.
  * The pool knows nothing about contexts or sessions: the caller decides what
- * a job may touch (rpc.c and session.c hold the job's context and session so
+ * a job may touch (sched.c and session.c hold the job's context and session so
  * that nothing else on the loop reaches them until done() has run).
  *
  * Handing back: a worker that finishes a job puts it on the finished list

@@ -5,10 +5,12 @@
  * byte layout is specified once, at the top of journal.c.
  *
  * Three parts:
- *   - the journal file: create / open (validate) / append / replay / compact;
+ *   - the journal file: create / open (validate) / append / replay
+ *     (journal.c), compact (journal_compact.c);
  *   - the record: struct jrnl_rec, what an append takes and a replay gives;
  *   - the state model: struct jrnl_state, what a replay builds and what the
- *     daemon re-adopts from (and what a compaction writes out).
+ *     daemon re-adopts from (and what a compaction writes out)
+ *     (journal_model.c).
  *
  * Rules the caller relies on
  *   - An append returns only after the record is committed: a SIGKILL at any

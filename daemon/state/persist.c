@@ -29,8 +29,10 @@
 #include <unistd.h>
 
 #include "protocol.h"
-#include "server/server.h"
+#include "core/core.h"
+#include "policy/config.h"
 #include "state/journal.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -330,7 +332,7 @@ static const struct dmb_journal_hooks hooks_template = {
 static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, uint32_t handoff,
 		    struct jrnl **out, struct dmb_err *e)
 {
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	struct jrnl *j;
 	int r = jrnl_create(&j, e);
 	if (r < 0)
@@ -439,7 +441,7 @@ static void maybe_compact(struct persist *p)
 	if (++p->appends < COMPACT_CHECK_EVERY)
 		return;
 	p->appends = 0;
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	uint64_t live = jrnl_snapshot_estimate(core->n_contexts, core->n_regions, core->n_devices,
 					       core->n_mappings);
 	if (!jrnl_should_compact(p->j, live))
@@ -518,15 +520,6 @@ static void close_set(struct dmb_fdset *s)
 	s->n = 0;
 }
 
-static struct session *find_session(struct server *srv, uint64_t id)
-{
-	struct session *s;
-	TAILQ_FOREACH(s, &srv->sessions, link)
-		if (s->id == id)
-			return s;
-	return NULL;
-}
-
 static struct dmb_device *find_device(struct dmb_core *core, uint64_t id)
 {
 	struct dmb_ctx *c;
@@ -542,8 +535,7 @@ static struct dmb_device *find_device(struct dmb_core *core, uint64_t id)
 static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 {
 	struct persist *p = rs->p;
-	struct server *srv = p->srv;
-	struct dmb_core *core = &srv->core;
+	struct dmb_core *core = p->host->core;
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_err e = { 0 };
 
@@ -563,8 +555,8 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		p->lost++;
 		return;
 	}
-	struct session *s = jc->detached ? NULL : find_session(srv, jc->session);
-	struct dmb_ctx *ctx = ctx_adopt(core, s ? s->owner : NULL, jc->uid, jc->id, jc->name, jc->persistent,
+	struct dmb_owner *o = jc->detached ? NULL : p->host->session_owner(p->host->opaque, jc->session);
+	struct dmb_ctx *ctx = ctx_adopt(core, o, jc->uid, jc->id, jc->name, jc->persistent,
 					jc->token, bctx);
 	if (!ctx) {
 		ops->ctx_close(bctx);
@@ -576,9 +568,9 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
 	}
 	ctx->stored.n = fds.n;
-	if (!s && !rs->fresh)
+	if (!o && !rs->fresh)
 		ctx->last_session = jc->session;
-	if (!s && jc->persistent && !rs->fresh) {
+	if (!o && jc->persistent && !rs->fresh) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ctx->detached_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
@@ -644,7 +636,7 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 {
 	struct persist *p = rs->p;
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_ctx *ctx = ctx_lookup_any(core, jc->id);
 	if (!ctx)
@@ -734,8 +726,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh,
 		   const struct persist_fetch *fetch, struct dmb_err *e)
 {
-	struct server *srv = p->srv;
-	struct dmb_core *core = &srv->core;
+	struct dmb_core *core = p->host->core;
 	struct jrnl *j;
 	struct jrnl_state state;
 	struct jrnl_replay_result res;
@@ -774,7 +765,7 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh
 		used[i] = true;
 		if (sid >= core->next_id)
 			core->next_id = sid + 1;
-		if (!session_adopt(srv, st->fd[i], sid))
+		if (!p->host->adopt_session(p->host->opaque, st->fd[i], sid))
 			safe_close(st->fd[i]);
 	}
 	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&state); jc; jc = jrnl_state_ctx_next(jc))
@@ -809,11 +800,11 @@ static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct persist *p = arg;
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-	uint64_t grace = (uint64_t)p->srv->cfg->grace_period_s * 1000;
+	uint64_t grace = (uint64_t)p->host->cfg->grace_period_s * 1000;
 	if (p->hold_releases)
 		return; /* prepared for a handoff: what is preserved stays as it is */
 	struct dmb_ctx *c, *next;
@@ -821,7 +812,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 		next = RB_NEXT(dmb_ctx_tree, &core->contexts, c);
 		if (!c->owner && c->detached_ms && now - c->detached_ms >= grace) {
 			log_notice("context %" PRIu64 " '%s' released: not reclaimed within %u s", c->id,
-				   c->name, p->srv->cfg->grace_period_s);
+				   c->name, p->host->cfg->grace_period_s);
 			ctx_destroy(c);
 		}
 	}
@@ -852,10 +843,12 @@ static void store_budget(struct dmb_fd_budget *b, const struct dmb_config *cfg)
 		 b->store_max, from_env ? "$FDSTORE" : "[persist] fd_store_max", DMB_FDSTORE_RESERVE);
 }
 
-int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, struct dmb_err *e)
+int persist_init(struct persist *p, const struct state_host *host, struct stored_fds *st,
+		 struct dmb_err *e)
 {
 	memset(p, 0, sizeof(*p));
-	p->srv = srv;
+	p->host = host;
+	struct dmb_core *core = host->core;
 	const char *ns = getenv("NOTIFY_SOCKET");
 	if (!ns || !*ns) {
 		log_info("no NOTIFY_SOCKET: running without an fd store; a restart unmaps everything");
@@ -876,8 +869,8 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	}
 	p->generation = best;
 	p->enabled = true;
-	store_budget(&srv->core.fds, srv->cfg);
-	srv->core.jh = NULL; /* restoring journals nothing */
+	store_budget(&core->fds, host->cfg);
+	core->jh = NULL; /* restoring journals nothing */
 	int r = 0;
 	if (jfd >= 0) {
 		/* Older generations: a compaction was interrupted. */
@@ -890,7 +883,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 				st->name[i] = NULL;
 			}
 		}
-		uint64_t t0 = server_now_ms();
+		uint64_t t0 = dmb_now_ms();
 		r = restore(p, st, jfd, false, NULL, e);
 		if (r < 0) {
 			log_error("the state journal could not be read (%s): starting empty; the old "
@@ -904,7 +897,7 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 			log_notice("restored %" PRIu64 " context(s) and %" PRIu64 " mapping(s) in %" PRIu64
 				   " ms without unmapping (%" PRIu64 " mapped again, %" PRIu64
 				   " stray removed, %" PRIu64 " context(s) lost)",
-				   p->restored_contexts, p->restored_mappings, server_now_ms() - t0,
+				   p->restored_contexts, p->restored_mappings, dmb_now_ms() - t0,
 				   p->remapped, p->stray, p->lost);
 		}
 	} else {
@@ -918,8 +911,8 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	/* Non-persistent contexts whose session ended while we were down go
 	 * now, before the snapshot (which then does not know them). */
 	struct dmb_ctx *c, *next;
-	for (c = RB_MIN(dmb_ctx_tree, &srv->core.contexts); c; c = next) {
-		next = RB_NEXT(dmb_ctx_tree, &srv->core.contexts, c);
+	for (c = RB_MIN(dmb_ctx_tree, &core->contexts); c; c = next) {
+		next = RB_NEXT(dmb_ctx_tree, &core->contexts, c);
 		if (!c->owner && !c->persistent) {
 			log_info("context %" PRIu64 " released: its session ended while the broker was "
 				 "down", c->id);
@@ -964,16 +957,14 @@ int persist_init(struct persist *p, struct server *srv, struct stored_fds *st, s
 	static struct dmb_journal_hooks hooks;
 	hooks = hooks_template;
 	hooks.opaque = p;
-	srv->core.jh = &hooks;
+	core->jh = &hooks;
 
 	/* Sessions adopted from the store: tell them, so a request in flight
 	 * at the restart can be retried. */
-	struct session *s;
-	TAILQ_FOREACH(s, &srv->sessions, link)
-		session_send_restarted(s);
+	host->restarted(host->opaque);
 
 	/* Persistent contexts nobody holds: released after the grace period. */
-	p->ev_grace = event_new(srv->base, -1, EV_PERSIST, grace_cb, p);
+	p->ev_grace = event_new(host->base, -1, EV_PERSIST, grace_cb, p);
 	struct timeval tv = { 1, 0 };
 	if (p->ev_grace)
 		event_add(p->ev_grace, &tv);
@@ -987,7 +978,7 @@ bool persist_session_new(struct persist *p, uint64_t id, int fd)
 		return false;
 	/* A connection that could not be stored still works; it just ends with
 	 * this process (the log says why). */
-	struct dmb_fd_budget *b = &p->srv->core.fds;
+	struct dmb_fd_budget *b = &p->host->core->fds;
 	if (b->store_used >= b->store_limit) {
 		log_ratelimited(LOG_WARNING, "session %" PRIu64 ": not kept in the fd store, which is "
 				"full (%" PRIu64 " entries): this connection ends with the process", id,
@@ -1006,7 +997,7 @@ bool persist_handover(struct persist *p)
 {
 	if (!p->enabled)
 		return false;
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_ctx *c;
 	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
@@ -1024,8 +1015,8 @@ void persist_fini(struct persist *p)
 	if (p->ev_grace)
 		event_free(p->ev_grace);
 	p->ev_grace = NULL;
-	if (p->srv)
-		p->srv->core.jh = NULL;
+	if (p->host)
+		p->host->core->jh = NULL;
 	jrnl_close(p->j);
 	p->j = NULL;
 }
@@ -1047,12 +1038,12 @@ int persist_set_handoff(struct persist *p, uint32_t state, struct dmb_err *e)
 int persist_restore_fresh(struct persist *p, const struct persist_fetch *fetch, int jfd,
 			  struct dmb_err *e)
 {
-	const struct dmb_journal_hooks *jh = p->srv->core.jh;
-	p->srv->core.jh = NULL; /* journaled at once, by the snapshot that follows */
+	const struct dmb_journal_hooks *jh = p->host->core->jh;
+	p->host->core->jh = NULL; /* journaled at once, by the snapshot that follows */
 	p->restored_contexts = p->restored_mappings = p->lost = 0;
 	struct stored_fds none = { 0 };
 	int r = restore(p, &none, jfd, true, fetch, e);
-	p->srv->core.jh = jh;
+	p->host->core->jh = jh;
 	return r;
 }
 
@@ -1060,7 +1051,7 @@ int persist_store_everything(struct persist *p, struct dmb_err *e)
 {
 	if (!p->enabled)
 		return 0;
-	struct dmb_core *core = &p->srv->core;
+	struct dmb_core *core = p->host->core;
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {

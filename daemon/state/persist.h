@@ -1,12 +1,16 @@
-/* daemon/state/: what outlives the process.
- * Owns: the journal (journal.c: record codec, memfd file, replayed model,
- * compaction), and persistence across a restart (persist.c: the fd store,
- * snapshot and restore).
+/* daemon/state/: what outlives the process, and the kernel.
+ * Owns: the journal (journal.c: record codec and memfd file;
+ * journal_model.c: the model a replay builds; journal_compact.c), persistence across a restart (persist.c: the fd store,
+ * snapshot and restore), and the host-handoff engine (handoff.c: the same
+ * snapshot and restore across a kexec, through a preserver).
  * May call: core/ (to rebuild the model at restore), backend/ (adoption
- * through the core's objects), policy/, util/. journal.c calls nothing but
- * util/.
- * Never calls: mgmt/. Still open: persist.c includes server.h to store and
- * re-adopt sessions (docs/architecture.md).
+ * through the core's objects; the preserver of backend/preserve/),
+ * policy/, util/. The journal's files call nothing but util/. The sessions are
+ * reached only through struct state_host (host.h), which the server fills
+ * in: state/ holds no struct server.
+ * Never calls: server/, mgmt/.
+ * Circles inside: none (handoff.c -> persist.c -> journal_compact.c ->
+ * journal_model.c -> journal.c).
  */
 
 /* Persistence across a daemon restart: the state journal plus systemd's
@@ -35,9 +39,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "state/host.h"
 #include "util/err.h"
 
-struct server;
 struct jrnl;
 
 /* Fds systemd passed that are not the listening socket. */
@@ -48,7 +52,7 @@ struct stored_fds {
 };
 
 struct persist {
-	struct server *srv;
+	const struct state_host *host;
 	bool enabled;
 	struct jrnl *j;
 	uint64_t generation;       /* of the stored journal's name, jrnl.<generation> */
@@ -65,7 +69,7 @@ struct persist {
  * else starts a fresh journal. Takes the stored fds (closes what it does not
  * use). Returns 0 (also when persistence is off), or a negative errno when
  * the stored state could not be read at all. */
-int persist_init(struct persist *p, struct server *srv, struct stored_fds *stored,
+int persist_init(struct persist *p, const struct state_host *host, struct stored_fds *stored,
 		 struct dmb_err *e);
 /* A new client connection: its fd goes to the store, when there is room.
  * True when it was stored. */

@@ -27,17 +27,19 @@
  *
  * The functions below are the whole API: the socket's requests
  * (server/rpc.c) and the D-Bus object (mgmt/bus.c) call them. Plain C, no
- * protobuf. */
+ * protobuf. The engine reaches the sessions (HANDOFF events, whether a
+ * worker call is running) only through struct state_host (host.h). */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "state/host.h"
 #include "state/journal.h"
 #include "util/err.h"
 
-struct server;
+struct persist;
 struct stored_fds;
 struct dmb_ctx;
 struct dmb_preserver;
@@ -78,7 +80,8 @@ struct handoff_restored {
 };
 
 struct handoff {
-	struct server *srv;
+	const struct state_host *host;
+	struct persist *persist;
 	struct dmb_preserver *pv;     /* NULL: none (or it could not be opened) */
 	char pv_name[16];
 	char pv_error[480];           /* why there is no preserver */
@@ -102,7 +105,8 @@ void handoff_take_stored(struct handoff *h, struct stored_fds *stored);
  * back what a previous process left (see docs/journal.md) or, when the
  * preserver holds an incoming session of our name, restores from it.
  * Failures are logged; the broker then starts normal. */
-int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e);
+int handoff_init(struct handoff *h, const struct state_host *host, struct persist *persist,
+		 struct dmb_err *e);
 void handoff_fini(struct handoff *h);
 
 int handoff_status(struct handoff *h, struct handoff_status *out);

@@ -12,7 +12,7 @@
  * happens while prepared (a client leaving, a P2P revocation); none of that
  * changes what is preserved: mutations are refused, and grace-period
  * releases wait (persist.hold_releases). */
-#include "core/handoff.h"
+#include "state/handoff.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -27,7 +27,10 @@
 
 #include "backend/preserve/preserver.h"
 #include "protocol.h"
-#include "server/server.h"
+#include "core/core.h"
+#include "policy/config.h"
+#include "state/persist.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
@@ -51,26 +54,22 @@ const char *handoff_state_name(uint32_t state)
  * client, update the STATUS line. */
 static void announce(struct handoff *h, uint32_t state, const char *sentence)
 {
-	struct server *srv = h->srv;
 	h->state = state;
-	h->since_ms = server_now_ms();
-	srv->persist.hold_releases = state == JRNL_HANDOFF_PREPARED;
+	h->since_ms = dmb_now_ms();
+	h->persist->hold_releases = state == JRNL_HANDOFF_PREPARED;
 	log_notice("host handoff: %s: %s", handoff_state_name(state), sentence);
 	struct dmb_event ev = {
 		.kind = DMB_EVENT_HANDOFF,
 		.message = sentence,
 		.handoff_state = handoff_state_name(state),
 	};
-	struct session *s;
-	TAILQ_FOREACH(s, &srv->sessions, link)
-		session_event_cb(srv, s->owner, &ev);
-	server_handoff_state_changed(srv);
+	h->host->handoff_changed(h->host->opaque, &ev);
 }
 
 /* Journals the state, then announces it. */
 static int set_state(struct handoff *h, uint32_t state, const char *sentence, struct dmb_err *e)
 {
-	int r = persist_set_handoff(&h->srv->persist, state, e);
+	int r = persist_set_handoff(h->persist, state, e);
 	if (r < 0)
 		return r;
 	announce(h, state, sentence);
@@ -101,7 +100,7 @@ bool handoff_preservable(struct dmb_ctx *ctx, char *reason, size_t len)
 /* Counts what would be preserved and lists what cannot be. */
 static void survey(struct handoff *h, struct handoff_status *sum)
 {
-	struct dmb_core *core = &h->srv->core;
+	struct dmb_core *core = h->host->core;
 	sum->contexts = sum->regions = sum->devices = 0;
 	sum->mappings = sum->bytes = 0;
 	sum->n_left_out = sum->n_left_out_total = 0;
@@ -177,7 +176,7 @@ static int no_preserver(struct handoff *h, struct dmb_err *e)
  * file) and fills tm. */
 static int preserve_regions(struct handoff *h, int sfd, struct token_map *tm, struct dmb_err *e)
 {
-	struct dmb_core *core = &h->srv->core;
+	struct dmb_core *core = h->host->core;
 	tm->e = calloc(core->n_regions + 1, sizeof(*tm->e));
 	if (!tm->e)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -216,26 +215,26 @@ static int preserve_regions(struct handoff *h, int sfd, struct token_map *tm, st
 
 static int prepare(struct handoff *h, bool force, struct handoff_status *out, struct dmb_err *e)
 {
-	struct server *srv = h->srv;
 	if (h->state != JRNL_HANDOFF_NORMAL)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EALREADY,
 				"a host handoff is already under way (state %s); %s",
 				handoff_state_name(h->state), busy_hint(h->state));
 	if (!h->pv)
 		return no_preserver(h, e);
-	if (srv->persist.broken)
+	if (h->persist->broken)
 		return dmb_fail(e, DMB_E_UNAVAILABLE, EIO,
 				"the state journal is not taking records; restart the broker, then "
 				"prepare again");
 	/* A long map or unmap on a worker (and requests waiting behind it)
 	 * would change the model after the snapshot: refuse rather than wait
 	 * on the loop; mutations already in flight finish within seconds. */
-	if (srv->n_gates) {
+	uint32_t busy = h->host->busy_contexts(h->host->opaque);
+	if (busy) {
 		e->retry_after_ms = 1000;
 		return dmb_fail(e, DMB_E_UNAVAILABLE, EBUSY,
 				"%u context(s) have a long map or unmap running; nothing was changed, "
 				"retry in a moment",
-				srv->n_gates);
+				busy);
 	}
 	struct dmb_err pe = { 0 };
 	int r = h->pv->ops->probe(h->pv, &pe);
@@ -262,7 +261,7 @@ static int prepare(struct handoff *h, bool force, struct handoff_status *out, st
 		return r;
 	}
 
-	const char *name = srv->cfg->handoff_session;
+	const char *name = h->host->cfg->handoff_session;
 	int sfd = -1;
 	dmb_err_clear(&pe);
 	r = h->pv->ops->create_session(h->pv, name, &sfd, &pe);
@@ -274,7 +273,7 @@ static int prepare(struct handoff *h, bool force, struct handoff_status *out, st
 	/* The session fd goes to the fd store first: from here on a restart
 	 * finds it (and rolls back or goes on, by the journal's state). */
 	bool stored = false;
-	if (srv->persist.enabled) {
+	if (h->persist->enabled) {
 		r = persist_store_fd(HANDOFF_FD_OUTGOING, sfd);
 		if (r < 0) {
 			close(sfd);
@@ -292,7 +291,7 @@ static int prepare(struct handoff *h, bool force, struct handoff_status *out, st
 	if (r == 0) {
 		struct persist_snapshot_filter f = { .opaque = &tm, .keep = keep_ctx,
 						     .region_name = region_name };
-		r = persist_snapshot(&srv->persist, &f, JRNL_HANDOFF_PREPARED, &snap, e);
+		r = persist_snapshot(h->persist, &f, JRNL_HANDOFF_PREPARED, &snap, e);
 	}
 	if (r == 0) {
 		dmb_err_clear(&pe);
@@ -356,7 +355,7 @@ int handoff_abort(struct handoff *h, struct dmb_err *e)
 				handoff_state_name(h->state));
 	/* Out of the store first: a crash from here on finds no session and
 	 * rolls back to normal. Then closing the session unpreserves. */
-	if (h->srv->persist.enabled)
+	if (h->persist->enabled)
 		persist_unstore(HANDOFF_FD_OUTGOING);
 	h->session_fd = safe_close(h->session_fd);
 	/* Tests: a crash between the two (journal prepared, no session). */
@@ -367,7 +366,7 @@ int handoff_abort(struct handoff *h, struct dmb_err *e)
 		raise(SIGKILL);
 	}
 	struct dmb_err je = { 0 };
-	if (persist_set_handoff(&h->srv->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
+	if (persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
 		log_warning("host handoff: the abort could not be journaled (%s); the next start "
 			    "rolls back to normal anyway (no session in the fd store)", je.msg);
 	memset(&h->sum, 0, sizeof(h->sum));
@@ -400,11 +399,11 @@ static struct handoff_restored *restored_find(struct handoff *h, uint64_t id)
 
 int handoff_status(struct handoff *h, struct handoff_status *out)
 {
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	memset(out, 0, sizeof(*out));
 	out->state = handoff_state_name(h->state);
 	out->preserver = h->pv ? h->pv->ops->name : "none";
-	snprintf(out->session_name, sizeof(out->session_name), "%s", h->srv->cfg->handoff_session);
+	snprintf(out->session_name, sizeof(out->session_name), "%s", h->host->cfg->handoff_session);
 	out->since_ms = now - h->since_ms;
 	switch (h->state) {
 	case JRNL_HANDOFF_NORMAL: {
@@ -450,7 +449,7 @@ int handoff_status(struct handoff *h, struct handoff_status *out)
 		break;
 	case JRNL_HANDOFF_RECLAIMING: {
 		for (size_t i = 0; i < h->n_restored; i++) {
-			struct dmb_ctx *ctx = ctx_lookup_any(&h->srv->core, h->restored[i].id);
+			struct dmb_ctx *ctx = ctx_lookup_any(h->host->core, h->restored[i].id);
 			if (!ctx)
 				continue;
 			out->contexts++;
@@ -488,9 +487,9 @@ static void finish(struct handoff *h)
 				  pe.msg[0] ? pe.msg : strerror(-r));
 	}
 	struct dmb_err je = { 0 };
-	if (persist_set_handoff(&h->srv->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
+	if (persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je) < 0)
 		log_warning("host handoff: the end could not be journaled: %s", je.msg);
-	if (h->srv->persist.enabled)
+	if (h->persist->enabled)
 		persist_unstore(HANDOFF_FD_INCOMING);
 	h->session_fd = safe_close(h->session_fd);
 	free(h->restored);
@@ -504,13 +503,13 @@ static void reclaim_check(struct handoff *h)
 {
 	if (h->state != JRNL_HANDOFF_RECLAIMING)
 		return;
-	uint64_t now = server_now_ms();
+	uint64_t now = dmb_now_ms();
 	unsigned unclaimed = 0;
 	for (size_t i = 0; i < h->n_restored; i++) {
 		struct handoff_restored *r = &h->restored[i];
 		if (r->claimed)
 			continue;
-		struct dmb_ctx *ctx = ctx_lookup_any(&h->srv->core, r->id);
+		struct dmb_ctx *ctx = ctx_lookup_any(h->host->core, r->id);
 		if (!ctx) {
 			r->claimed = true; /* gone: nothing to wait for */
 			continue;
@@ -531,7 +530,7 @@ static void reclaim_check(struct handoff *h)
 		if (now >= h->deadline_ms) {
 			log_notice("host handoff: context %" PRIu64 " '%s' released: not reclaimed within "
 				   "%u s after the host update", ctx->id, ctx->name,
-				   h->srv->cfg->handoff_grace_s);
+				   h->host->cfg->handoff_grace_s);
 			ctx_destroy(ctx);
 			r->claimed = true;
 			continue;
@@ -558,7 +557,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 static void start_reclaiming(struct handoff *h)
 {
-	struct dmb_core *core = &h->srv->core;
+	struct dmb_core *core = h->host->core;
 	free(h->restored);
 	h->restored = calloc(core->n_contexts + 1, sizeof(*h->restored));
 	h->n_restored = 0;
@@ -571,9 +570,9 @@ static void start_reclaiming(struct handoff *h)
 		h->restored[h->n_restored++] = (struct handoff_restored){ .id = ctx->id };
 		ctx->detached_ms = 0; /* ours to release, not the restart grace period's */
 	}
-	h->deadline_ms = server_now_ms() + (uint64_t)h->srv->cfg->handoff_grace_s * 1000;
+	h->deadline_ms = dmb_now_ms() + (uint64_t)h->host->cfg->handoff_grace_s * 1000;
 	if (!h->ev_tick)
-		h->ev_tick = event_new(h->srv->base, -1, EV_PERSIST, tick_cb, h);
+		h->ev_tick = event_new(h->host->base, -1, EV_PERSIST, tick_cb, h);
 	struct timeval tv = { 0, TICK_MS * 1000 };
 	if (h->ev_tick)
 		event_add(h->ev_tick, &tv);
@@ -607,8 +606,7 @@ static int fetch_region(void *opaque, const char *name)
  * Returns <0 only when nothing could be restored at all. */
 static int restore_incoming(struct handoff *h, struct dmb_err *e)
 {
-	struct server *srv = h->srv;
-	uint64_t t0 = server_now_ms();
+	uint64_t t0 = dmb_now_ms();
 	struct dmb_err pe = { 0 };
 	int jfd = -1;
 	int r = h->pv->ops->retrieve_fd(h->pv, h->session_fd, TOKEN_JOURNAL, &jfd, &pe);
@@ -619,7 +617,7 @@ static int restore_incoming(struct handoff *h, struct dmb_err *e)
 	 * rebuilt (retrieving a token again gives the same file, so a restart
 	 * of an interrupted restore does the same). */
 	struct persist_fetch fetch = { .opaque = h, .fd = fetch_region };
-	r = persist_restore_fresh(&srv->persist, &fetch, jfd, e);
+	r = persist_restore_fresh(h->persist, &fetch, jfd, e);
 	if (r < 0)
 		return r;
 
@@ -628,36 +626,36 @@ static int restore_incoming(struct handoff *h, struct dmb_err *e)
 	const char *crash = getenv("DMABROKERD_TEST_HANDOFF_CRASH");
 	struct dmb_err se = { 0 };
 	if (crash && !strcmp(crash, "restoring")) {
-		(void)persist_store_everything(&srv->persist, &se);
+		(void)persist_store_everything(h->persist, &se);
 		log_notice("host handoff: DMABROKERD_TEST_HANDOFF_CRASH=restoring: crashing mid-restore");
 		raise(SIGKILL);
 	}
-	if (persist_store_everything(&srv->persist, &se) < 0)
+	if (persist_store_everything(h->persist, &se) < 0)
 		log_error("host handoff: %s; a broker restart before the contexts are reclaimed would "
 			  "lose them", se.msg);
-	srv->persist.handoff = JRNL_HANDOFF_RECLAIMING;
+	h->persist->handoff = JRNL_HANDOFF_RECLAIMING;
 	dmb_err_clear(&se);
-	if (persist_resnapshot(&srv->persist, &se) < 0) {
+	if (persist_resnapshot(h->persist, &se) < 0) {
 		log_error("host handoff: the restored state could not be journaled (%s)", se.msg);
 		struct dmb_err je = { 0 };
-		(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_RECLAIMING, &je);
+		(void)persist_set_handoff(h->persist, JRNL_HANDOFF_RECLAIMING, &je);
 	}
 	unsigned degraded = 0;
 	struct dmb_ctx *ctx;
-	RB_FOREACH(ctx, dmb_ctx_tree, &srv->core.contexts)
+	RB_FOREACH(ctx, dmb_ctx_tree, &h->host->core->contexts)
 		if (ctx->degraded[0]) {
 			degraded++;
 			log_warning("host handoff: context %" PRIu64 " '%s' is degraded: %s", ctx->id,
 				    ctx->name, ctx->degraded);
 		}
 	log_notice("host handoff: restored %u context(s), %" PRIu64 " mapping(s), %u device(s) from "
-		   "the previous kernel in %" PRIu64 " ms (%u degraded)", srv->core.n_contexts,
-		   srv->core.n_mappings, srv->core.n_devices, server_now_ms() - t0, degraded);
+		   "the previous kernel in %" PRIu64 " ms (%u degraded)", h->host->core->n_contexts,
+		   h->host->core->n_mappings, h->host->core->n_devices, dmb_now_ms() - t0, degraded);
 	start_reclaiming(h);
 	char sentence[200];
 	snprintf(sentence, sizeof(sentence),
 		 "restored %u context(s) after a host kernel update; reclaim them with their tokens "
-		 "within %u s", srv->core.n_contexts, srv->cfg->handoff_grace_s);
+		 "within %u s", h->host->core->n_contexts, h->host->cfg->handoff_grace_s);
 	announce(h, JRNL_HANDOFF_RECLAIMING, sentence);
 	return 0;
 }
@@ -670,17 +668,17 @@ static void restore_failed(struct handoff *h, struct dmb_err *e)
 	log_error("host handoff: the restore failed: %s", e->msg);
 	dmb_err_clear(e);
 	struct dmb_err je = { 0 };
-	(void)persist_set_handoff(&h->srv->persist, JRNL_HANDOFF_NORMAL, &je);
-	if (h->srv->persist.enabled)
+	(void)persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je);
+	if (h->persist->enabled)
 		persist_unstore(HANDOFF_FD_INCOMING);
 	h->session_fd = safe_close(h->session_fd);
 	h->state = JRNL_HANDOFF_NORMAL;
-	server_handoff_state_changed(h->srv);
+	h->host->handoff_changed(h->host->opaque, NULL);
 }
 
 static void destroy_all(struct handoff *h)
 {
-	struct dmb_core *core = &h->srv->core;
+	struct dmb_core *core = h->host->core;
 	struct dmb_ctx *c;
 	while ((c = RB_MIN(dmb_ctx_tree, &core->contexts)))
 		ctx_destroy(c);
@@ -716,7 +714,7 @@ void handoff_take_stored(struct handoff *h, struct stored_fds *st)
 
 static void open_preserver(struct handoff *h)
 {
-	const char *spec = h->srv->cfg->handoff_preserver;
+	const char *spec = h->host->cfg->handoff_preserver;
 	struct dmb_err pe = { 0 };
 	int r = preserver_open(spec, &h->pv, &pe);
 	if (r < 0) {
@@ -736,11 +734,13 @@ static void open_preserver(struct handoff *h)
 	snprintf(h->pv_name, sizeof(h->pv_name), "%s", h->pv ? h->pv->ops->name : "none");
 }
 
-int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
+int handoff_init(struct handoff *h, const struct state_host *host, struct persist *persist,
+		 struct dmb_err *e)
 {
-	h->srv = srv;
-	h->since_ms = server_now_ms();
-	h->state = srv->persist.handoff;
+	h->host = host;
+	h->persist = persist;
+	h->since_ms = dmb_now_ms();
+	h->state = h->persist->handoff;
 	open_preserver(h);
 	struct dmb_err je = { 0 };
 
@@ -751,14 +751,14 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 			h->stored_out = -1;
 			survey(h, &h->sum);
 			snprintf(h->sum.session_name, sizeof(h->sum.session_name), "%s",
-				 srv->cfg->handoff_session);
-			srv->persist.hold_releases = true;
+				 h->host->cfg->handoff_session);
+			h->persist->hold_releases = true;
 			log_notice("host handoff: still prepared after a broker restart (the preserver "
 				   "session came back from the fd store); changes stay refused");
 		} else {
 			log_warning("host handoff: the journal says prepared but the preserver session is "
 				    "gone (closing it aborted it): rolled back to normal; prepare again");
-			(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_NORMAL, &je);
+			(void)persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je);
 			/* Clients that came back with the fd store were told
 			 * "prepared": they hear the end of it. */
 			announce(h, JRNL_HANDOFF_NORMAL, "the host handoff was rolled back after a broker "
@@ -778,7 +778,7 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 		} else {
 			log_error("host handoff: a restore was interrupted and the preserver session is "
 				  "%s: nothing can be restored", h->pv ? "gone" : "unreachable (no preserver)");
-			(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_NORMAL, &je);
+			(void)persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je);
 			h->state = JRNL_HANDOFF_NORMAL;
 		}
 		break;
@@ -789,11 +789,11 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 			start_reclaiming(h);
 			log_notice("host handoff: still reclaiming after a broker restart: %zu context(s) "
 				   "unclaimed; the grace period starts again (%u s)", h->n_restored,
-				   srv->cfg->handoff_grace_s);
+				   h->host->cfg->handoff_grace_s);
 		} else {
 			log_warning("host handoff: reclaiming, but the preserver session is gone: back to "
 				    "normal (unclaimed contexts are released by the restart grace period)");
-			(void)persist_set_handoff(&srv->persist, JRNL_HANDOFF_NORMAL, &je);
+			(void)persist_set_handoff(h->persist, JRNL_HANDOFF_NORMAL, &je);
 			h->state = JRNL_HANDOFF_NORMAL;
 		}
 		break;
@@ -818,10 +818,10 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 	if (h->state == JRNL_HANDOFF_NORMAL && h->pv) {
 		int sfd = -1;
 		struct dmb_err pe = { 0 };
-		int r = h->pv->ops->retrieve_session(h->pv, srv->cfg->handoff_session, &sfd, &pe);
+		int r = h->pv->ops->retrieve_session(h->pv, h->host->cfg->handoff_session, &sfd, &pe);
 		if (r == 0) {
 			/* Into the store at once: a session is retrieved only once. */
-			if (srv->persist.enabled && persist_store_fd(HANDOFF_FD_INCOMING, sfd) < 0)
+			if (h->persist->enabled && persist_store_fd(HANDOFF_FD_INCOMING, sfd) < 0)
 				log_warning("host handoff: the retrieved session could not be kept in the fd "
 					    "store; a crash during the restore would lose it");
 			h->session_fd = sfd;
@@ -835,7 +835,7 @@ int handoff_init(struct handoff *h, struct server *srv, struct dmb_err *e)
 		}
 	}
 	if (h->state != JRNL_HANDOFF_NORMAL)
-		srv->persist.hold_releases = h->state == JRNL_HANDOFF_PREPARED;
+		h->persist->hold_releases = h->state == JRNL_HANDOFF_PREPARED;
 	return 0;
 }
 
