@@ -2,9 +2,9 @@
 # run-vm.sh - boots one VM test and judges it from its serial console.
 #
 # usage: run-vm.sh -k VMLINUZ -r INITRD -l LOGFILE [-t SECONDS] [-a EXTRA_CMDLINE]
-#                  [-q QEMU_ARG]...
+#                  [-c CPUS] [-q QEMU_ARG]...
 #
-# Machine: q35 + intel-iommu, TCG, 1 GiB, 2 vCPUs, two pcie-root-ports with one edu
+# Machine: q35 + intel-iommu, TCG, 1 GiB, 2 vCPUs (-c), two pcie-root-ports with one edu
 # behind each (each edu in its own IOMMU group, and VFIO_DEVICE_RESET works through the
 # root port's secondary bus reset). The serial console goes to LOGFILE, QEMU's own
 # stdout/stderr to LOGFILE.qemu.
@@ -18,15 +18,16 @@ set -uo pipefail
 die() { echo "run-vm: error: $*" >&2; exit 2; }
 usage() { sed -n '4,5p' "$0" >&2; exit 2; }
 
-kernel='' initrd='' log='' tmo=240 extra=''
+kernel='' initrd='' log='' tmo=240 extra='' cpus=2
 qemu_extra=()
-while getopts "k:r:l:t:a:q:h" opt; do
+while getopts "k:r:l:t:a:c:q:h" opt; do
   case $opt in
     k) kernel=$OPTARG ;;
     r) initrd=$OPTARG ;;
     l) log=$OPTARG ;;
     t) tmo=$OPTARG ;;
     a) extra=$OPTARG ;;
+    c) cpus=$OPTARG ;;
     q) qemu_extra+=("$OPTARG") ;;
     *) usage ;;
   esac
@@ -46,11 +47,38 @@ cmdline+=" mitigations=off tsc=reliable no_timer_check i8042.noaux i8042.nokbd"
 mkdir -p "$(dirname "$log")"
 : >"$log"
 start=$(date +%s.%N)
-# -nographic would put the monitor on stdio: give it none, and the serial a file.
+# The monitor on a unix socket: when the time runs out, what every vCPU was executing
+# goes to LOGFILE.hang (a guest that stops making any progress says nothing itself).
+mon=$log.mon
+rm -f "$mon" "$log.hang"
+(
+  sleep $((tmo > 8 ? tmo - 3 : tmo)) || exit 0
+  python3 - "$mon" >"$log.hang" 2>&1 <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(3)
+s.connect(sys.argv[1])
+out = b""
+for cmd in (b"info cpus\n", b"info registers -a\n"):
+    s.sendall(cmd)
+    end = time.time() + 2
+    while time.time() < end:
+        try:
+            d = s.recv(65536)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        out += d
+sys.stdout.write(out.decode("utf-8", "replace"))
+PY
+) &
+watch_pid=$!
+# -nographic would put the monitor on stdio: give it a socket, and the serial a file.
 # stdin is /dev/null: CI runs without one. `timeout -k` makes sure QEMU really goes.
 timeout -k 10 "$tmo" "$qemu" \
-  -machine q35 -accel tcg -m 1G -smp 2 -nographic -no-reboot \
-  -nodefaults -no-user-config -monitor none -serial "file:$log" \
+  -machine q35 -accel tcg -m 1G -smp "$cpus" -nographic -no-reboot \
+  -nodefaults -no-user-config -monitor "unix:$mon,server=on,wait=off" -serial "file:$log" \
   -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
   -device intel-iommu \
   -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
@@ -58,6 +86,9 @@ timeout -k 10 "$tmo" "$qemu" \
   -device edu,bus=rp1 -device edu,bus=rp2 \
   "${qemu_extra[@]}" </dev/null >"$log.qemu" 2>&1
 rc=$?
+kill "$watch_pid" 2>/dev/null
+wait "$watch_pid" 2>/dev/null
+rm -f "$mon"
 end=$(date +%s.%N)
 secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 
@@ -73,6 +104,8 @@ kernel_bad=$(tr -d '\r' <"$log" | grep -aE '(WARNING|BUG): |Oops|soft lockup|blo
 why=
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   why="timed out after ${tmo}s"
+  grep -q 'CPU' "$log.hang" 2>/dev/null ||
+    why="$why, and QEMU itself no longer answered its monitor (the emulator froze, not only the guest)"
 elif [ $rc -ne 0 ]; then
   why="qemu exited with status $rc"
 elif ! grep -q '^VMTEST DONE' <<<"$lines"; then
@@ -94,5 +127,21 @@ tr -d '\r' <"$log" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tail -n 60
 if [ -s "$log.qemu" ]; then
   echo "---- last 20 lines of $log.qemu ----"
   tail -n 20 "$log.qemu"
+fi
+if [ -s "$log.hang" ]; then
+  # Where each vCPU was, by symbol when the kernel is an ELF with a symbol table.
+  echo "---- the vCPUs when the time ran out ($log.hang) ----"
+  grep -E '^\* CPU|^  CPU|^RIP=' "$log.hang" | head -n 8
+  if head -c4 "$kernel" | grep -q ELF && command -v nm >/dev/null; then
+    nm -n "$kernel" 2>/dev/null | python3 -c '
+import bisect, re, sys
+syms = [(int(a, 16), n) for a, t, n in (l.split()[:3] for l in sys.stdin if len(l.split()) >= 3)]
+keys = [a for a, _ in syms]
+for rip in re.findall(r"^RIP=([0-9a-f]+)", open(sys.argv[1]).read(), re.M):
+    r = int(rip, 16)
+    i = bisect.bisect_right(keys, r) - 1
+    print("RIP %s = %s+0x%x" % (rip, syms[i][1], r - syms[i][0]) if i >= 0 else "RIP %s" % rip)
+' "$log.hang"
+  fi
 fi
 exit 1

@@ -12,6 +12,7 @@
 #                  built from Debian's linux-source-7.N (build-kernel.sh)
 #   -a CMDLINE     more kernel command line (NAME=VALUE words the kernel does not know
 #                  reach the guest's /init as environment variables)
+#   -c CPUS        vCPUs of the machine (default 2)
 #   -w WORK_DIR    where the image and logs go
 #   -t SECONDS     limit for the VM run (default 240)
 #   -f, BIN        passed to mkinitramfs.sh
@@ -19,9 +20,9 @@ set -euo pipefail
 trap 'echo "vm-test: error: unexpected failure at line $LINENO" >&2' ERR
 
 here=$(cd "$(dirname "$0")" && pwd)
-name='' init='' kdir='' work='' tmo=240 kind=6.1 extra=''
+name='' init='' kdir='' work='' tmo=240 kind=6.1 extra='' cpus=2
 mk_args=()
-while getopts "n:i:K:w:t:f:k:a:h" opt; do
+while getopts "n:i:K:w:t:f:k:a:c:h" opt; do
   case $opt in
     n) name=$OPTARG ;;
     i) init=$OPTARG ;;
@@ -31,6 +32,7 @@ while getopts "n:i:K:w:t:f:k:a:h" opt; do
     f) mk_args+=(-f "$OPTARG") ;;
     k) kind=$OPTARG ;;
     a) extra=$OPTARG ;;
+    c) cpus=$OPTARG ;;
     *) sed -n '5,6p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -63,4 +65,4 @@ src=
 [ ! -f "$kdir/source" ] || src=", from $(cat "$kdir/source")"
 echo "vm-test: $name: kernel $(cat "$kdir/version") ($(basename "$kernel")$src), kernel ${t_fetch}s, initramfs ${t_initrd}s"
 exec "$here/run-vm.sh" -k "$kernel" -r "$work/$name.cpio.gz" -l "$work/$name.console.log" -t "$tmo" \
-  ${extra:+-a "$extra"}
+  -c "$cpus" ${extra:+-a "$extra"}
