@@ -31,103 +31,15 @@
 #include "protocol.h"
 #include "core/core.h"
 #include "policy/config.h"
+#include "state/fdstore.h"
 #include "state/journal.h"
+#include "state/restore.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/macro.h"
 
 #define ID_BLOCK 1024
 #define COMPACT_CHECK_EVERY 4096
-
-/* ------------------------------------------------------------ fd store */
-
-/* 0, or a negative errno when the fd store did not take it. */
-static int store_fd(const char *name, int fd)
-{
-	char msg[300];
-	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
-	int r;
-	/* ETOOMANYREFS: this uid has more fds in flight on unix sockets than its
-	 * fd limit (other clients of ours sending fds); they drain quickly.
-	 * Wait with poll: it is in the seccomp allow-list, (clock_)nanosleep
-	 * is not, and a sleep there killed the daemon. */
-	for (int i = 0; (r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1)) == -ETOOMANYREFS && i < 50; i++)
-		(void)poll(NULL, 0, 2);
-	if (r <= 0) {
-		log_ratelimited(LOG_ERR, "could not store fd '%s' in the fd store: %s", name,
-				r < 0 ? strerror(-r) : "no NOTIFY_SOCKET");
-		return r < 0 ? r : -ENOTCONN;
-	}
-	return 0;
-}
-
-/* What a client hears when an object's fds could not be kept: without them
- * a restart would lose the object, so the request is refused. */
-static int store_failed(int r, const char *what, uint64_t id, struct dmb_err *e)
-{
-	return dmb_fail(e, DMB_E_UNAVAILABLE, -r,
-			"%s %" PRIu64 " could not be kept in the fd store (%s), so it would not "
-			"survive a restart; retry", what, id, strerror(-r));
-}
-
-static void unstore(const char *name)
-{
-	char msg[300];
-	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-	(void)sd_notify(0, msg);
-}
-
-/* Stores a backend object's fds as <prefix>.<id>.<name> and remembers the
- * names (for FDSTOREREMOVE when the object goes). Returns the first failure
- * (the others are still stored, so the names stay complete). */
-static int store_set(const char *prefix, uint64_t id, const struct dmb_fdset *fds,
-		     struct dmb_fdset *names)
-{
-	int ret = 0;
-	struct dmb_fdset old = *names;
-	names->n = 0;
-	for (size_t i = 0; i < fds->n && i < DMB_MAX_OBJ_FDS; i++) {
-		char name[64];
-		snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, fds->e[i].name);
-		int r = store_fd(name, fds->e[i].fd);
-		if (r < 0 && ret == 0)
-			ret = r;
-		names->e[names->n].fd = -1;
-		snprintf(names->e[names->n].name, sizeof(names->e[0].name), "%s", fds->e[i].name);
-		names->n++;
-	}
-	/* Names that are no longer exported (a group that left) go. */
-	for (size_t i = 0; i < old.n; i++) {
-		bool kept = false;
-		for (size_t k = 0; k < names->n && !kept; k++)
-			kept = !strcmp(old.e[i].name, names->e[k].name);
-		if (!kept) {
-			char name[64];
-			snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, old.e[i].name);
-			unstore(name);
-		}
-	}
-	return ret;
-}
-
-static void unstore_set(const char *prefix, uint64_t id, struct dmb_fdset *names)
-{
-	for (size_t i = 0; i < names->n; i++) {
-		char name[64];
-		snprintf(name, sizeof(name), "%s.%" PRIu64 ".%s", prefix, id, names->e[i].name);
-		unstore(name);
-	}
-	names->n = 0;
-}
-
-static int store_ctx(struct dmb_ctx *ctx)
-{
-	const struct dmb_backend_ops *ops = ctx->core->be->ops;
-	struct dmb_fdset fds = { 0 };
-	if (ops->ctx_fds && ops->ctx_fds(ctx->bctx, &fds) == 0)
-		return store_set("ctx", ctx->id, &fds, &ctx->stored);
-	return 0;
-}
 
 /* ------------------------------------------------------------ journal */
 
@@ -160,9 +72,9 @@ static void maybe_compact(struct persist *p);
 static int h_ctx_create(void *o, struct dmb_ctx *ctx, struct dmb_err *e)
 {
 	struct persist *p = o;
-	int r = store_ctx(ctx);
+	int r = fdstore_put_ctx(ctx);
 	if (r < 0)
-		return store_failed(r, "context", ctx->id, e);
+		return fdstore_refused(r, "context", ctx->id, e);
 	uint32_t flags = ctx->persistent ? JRNL_CTX_PERSISTENT : 0;
 	return APPEND(p, e, jrnl_append_ctx_create(p->j, ctx->id, ctx->owner->session_id,
 						    ctx->owner->uid, ctx->owner->gid, flags, ctx->name,
@@ -173,7 +85,7 @@ static void h_ctx_destroy(void *o, struct dmb_ctx *ctx)
 {
 	struct persist *p = o;
 	APPEND_AFTER(p, jrnl_append_ctx_destroy(p->j, ctx->id, &_je));
-	unstore_set("ctx", ctx->id, &ctx->stored);
+	fdstore_remove_set("ctx", ctx->id, &ctx->stored);
 }
 
 static void h_ctx_reclaim(void *o, struct dmb_ctx *ctx)
@@ -197,15 +109,15 @@ static int h_region_add(void *o, struct dmb_region *r, struct dmb_err *e)
 	if (own < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, errno,
 				"cannot reopen region %" PRIu64 " for the fd store: %m", r->id);
-	int sr = store_fd(name, own);
+	int sr = fdstore_put(name, own);
 	close(own);
 	if (sr < 0)
-		return store_failed(sr, "region", r->id, e);
+		return fdstore_refused(sr, "region", r->id, e);
 	uint32_t flags = (r->writable ? JRNL_REGION_WRITABLE : 0) | (r->hugetlb ? JRNL_REGION_HUGETLB : 0);
 	int ret = APPEND(p, e, jrnl_append_region_add(p->j, r->ctx->id, r->id, r->size, r->page_size,
 						      flags, name, &_je));
 	if (ret < 0)
-		unstore(name);
+		fdstore_remove(name);
 	return ret;
 }
 
@@ -215,12 +127,8 @@ static void h_region_remove(void *o, struct dmb_region *r)
 	APPEND_AFTER(p, jrnl_append_region_remove(p->j, r->ctx->id, r->id, &_je));
 	char name[64];
 	snprintf(name, sizeof(name), "region.%" PRIu64, r->id);
-	unstore(name);
+	fdstore_remove(name);
 }
-
-/* MMIO entries carry the peer device in `region` and the BAR in flags. */
-#define JMAP_MMIO 1u
-#define JMAP_BAR(f) (((f) >> 8) & 0xff)
 
 static int h_map_add(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
 		     struct dmb_err *e)
@@ -276,10 +184,10 @@ static int h_device_add(void *o, struct dmb_device *d, struct dmb_err *e)
 	struct dmb_fdset fds = { 0 };
 	int r = 0;
 	if (ops->dev_fds && ops->dev_fds(d->bdev, &fds) == 0)
-		r = store_set("dev", d->id, &fds, &d->stored);
-	int rc = store_ctx(d->ctx); /* type1: a new group */
+		r = fdstore_put_set("dev", d->id, &fds, &d->stored);
+	int rc = fdstore_put_ctx(d->ctx); /* type1: a new group */
 	if (r < 0 || rc < 0)
-		return store_failed(r < 0 ? r : rc, "device", d->id, e);
+		return fdstore_refused(r < 0 ? r : rc, "device", d->id, e);
 	return APPEND(p, e, jrnl_append_device_add(p->j, d->ctx->id, d->id, d->bdf, &_je));
 }
 
@@ -287,7 +195,7 @@ static void h_device_remove(void *o, struct dmb_device *d)
 {
 	struct persist *p = o;
 	APPEND_AFTER(p, jrnl_append_device_remove(p->j, d->ctx->id, d->id, &_je));
-	unstore_set("dev", d->id, &d->stored);
+	fdstore_remove_set("dev", d->id, &d->stored);
 }
 
 static void h_session_end(void *o, uint64_t session_id)
@@ -296,7 +204,7 @@ static void h_session_end(void *o, uint64_t session_id)
 	APPEND_AFTER(p, jrnl_append_session_end(p->j, session_id, &_je));
 	char name[64];
 	snprintf(name, sizeof(name), "session.%" PRIu64, session_id);
-	unstore(name);
+	fdstore_remove(name);
 }
 
 static void h_id_used(void *o, uint64_t id)
@@ -422,14 +330,14 @@ static int swap_journal(struct persist *p, struct jrnl *fresh)
 	char newname[64], oldname[64];
 	snprintf(newname, sizeof(newname), "jrnl.%" PRIu64, p->generation + 1);
 	snprintf(oldname, sizeof(oldname), "jrnl.%" PRIu64, p->generation);
-	int r = store_fd(newname, jrnl_fd(fresh));
+	int r = fdstore_put(newname, jrnl_fd(fresh));
 	if (r < 0) {
 		jrnl_close(fresh);
 		return r;
 	}
 	p->generation++;
 	if (p->j)
-		unstore(oldname);
+		fdstore_remove(oldname);
 	jrnl_close(p->j);
 	p->j = fresh;
 	p->appends = 0;
@@ -456,343 +364,6 @@ static void maybe_compact(struct persist *p)
 		return; /* the old journal goes on; the next check tries again */
 	log_info("journal compacted to %" PRIu64 " bytes (%" PRIu64 " mappings)",
 		 jrnl_committed(p->j), core->n_mappings);
-}
-
-/* ------------------------------------------------------------ restore */
-
-struct restore {
-	struct persist *p;
-	struct stored_fds *st;
-	bool *used;
-	/* After a kexec: nothing of the old kernel objects exists; every
-	 * context, device and mapping is made anew (same ids, IOVAs, tokens). */
-	bool fresh;
-	/* fresh: where each region's memfd comes from, by its journaled name. */
-	const struct persist_fetch *fetch;
-};
-
-/* Restored with something missing: the owner hears it on reclaim. */
-static void degrade(struct dmb_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void degrade(struct dmb_ctx *ctx, const char *fmt, ...)
-{
-	size_t used = strlen(ctx->degraded);
-	if (used + 4 >= sizeof(ctx->degraded))
-		return;
-	if (used)
-		used += (size_t)snprintf(ctx->degraded + used, sizeof(ctx->degraded) - used, "; ");
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(ctx->degraded + used, sizeof(ctx->degraded) - used, fmt, ap);
-	va_end(ap);
-}
-
-static int take_named(struct restore *rs, const char *name)
-{
-	for (size_t i = 0; i < rs->st->n; i++)
-		if (!rs->used[i] && rs->st->name[i] && !strcmp(rs->st->name[i], name)) {
-			rs->used[i] = true;
-			return rs->st->fd[i];
-		}
-	return -1;
-}
-
-/* Every stored fd named <prefix>.<id>.<x> as a backend fdset (x = name). */
-static void take_set(struct restore *rs, const char *prefix, uint64_t id, struct dmb_fdset *out)
-{
-	char pre[64];
-	int n = snprintf(pre, sizeof(pre), "%s.%" PRIu64 ".", prefix, id);
-	out->n = 0;
-	for (size_t i = 0; i < rs->st->n && out->n < DMB_MAX_OBJ_FDS; i++) {
-		const char *nm = rs->st->name[i];
-		if (rs->used[i] || !nm || strncmp(nm, pre, (size_t)n))
-			continue;
-		rs->used[i] = true;
-		out->e[out->n].fd = rs->st->fd[i];
-		snprintf(out->e[out->n].name, sizeof(out->e[0].name), "%s", nm + n);
-		out->n++;
-	}
-}
-
-static void close_set(struct dmb_fdset *s)
-{
-	for (size_t i = 0; i < s->n; i++)
-		safe_close(s->e[i].fd);
-	s->n = 0;
-}
-
-static struct dmb_device *find_device(struct dmb_core *core, uint64_t id)
-{
-	struct dmb_ctx *c;
-	RB_FOREACH(c, dmb_ctx_tree, &core->contexts) {
-		struct dmb_device *d;
-		TAILQ_FOREACH(d, &c->devices, link)
-			if (d->id == id)
-				return d;
-	}
-	return NULL;
-}
-
-static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
-{
-	struct persist *p = rs->p;
-	struct dmb_core *core = p->host->core;
-	const struct dmb_backend_ops *ops = core->be->ops;
-	struct dmb_err e = { 0 };
-
-	struct dmb_fdset fds = { 0 };
-	struct dmb_bctx *bctx = NULL;
-	int r;
-	if (rs->fresh) {
-		r = ops->ctx_open(core->be, &bctx, &e);
-	} else {
-		take_set(rs, "ctx", jc->id, &fds);
-		r = ops->ctx_adopt ? ops->ctx_adopt(core->be, &fds, &bctx, &e) : -EOPNOTSUPP;
-	}
-	if (r < 0) {
-		log_error("context %" PRIu64 " could not be re-adopted (%s); it is lost and its "
-			  "mappings go with the old kernel objects", jc->id, e.msg[0] ? e.msg : strerror(-r));
-		close_set(&fds);
-		p->lost++;
-		return;
-	}
-	struct dmb_owner *o = jc->detached ? NULL : p->host->session_owner(p->host->opaque, jc->session);
-	struct dmb_ctx *ctx = ctx_adopt(core, o, jc->uid, jc->id, jc->name, jc->persistent,
-					jc->token, bctx);
-	if (!ctx) {
-		ops->ctx_close(bctx);
-		p->lost++;
-		return;
-	}
-	for (size_t i = 0; i < fds.n; i++) {
-		ctx->stored.e[i].fd = -1;
-		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);
-	}
-	ctx->stored.n = fds.n;
-	if (!o && !rs->fresh)
-		ctx->last_session = jc->session;
-	if (!o && jc->persistent && !rs->fresh) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ctx->detached_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
-	}
-
-	for (struct jrnl_region *jr = jrnl_ctx_region_first(jc); jr; jr = jrnl_ctx_region_next(jr)) {
-		int fd = rs->fetch ? rs->fetch->fd(rs->fetch->opaque, jr->fd_name)
-				   : take_named(rs, jr->fd_name);
-		/* After a kexec the memfd is all that is left of that guest memory:
-		 * one that cannot be adopted is kept for its owner (ctx_strand). */
-		int keep = rs->fetch && fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-		struct dmb_region *reg;
-		struct dmb_err re = { 0 };
-		if (fd < 0 || region_adopt(ctx, jr->id, fd, jr->size, &reg, &re) < 0) {
-			log_error("context %" PRIu64 ": region %" PRIu64 " could not be re-adopted: %s%s",
-				  jc->id, jr->id, fd < 0 ? "its memfd was not kept" : re.msg,
-				  keep >= 0 ? "; its memfd is kept for the owner's reclaim" : "");
-			degrade(ctx, "region %" PRIu64 " was not restored (%s)%s", jr->id,
-				fd < 0 ? "its memfd was not kept" : re.msg,
-				keep >= 0 ? "; its memfd comes back with the reclaim" : "");
-			if (keep >= 0)
-				ctx_strand(ctx, jr->id, jr->size, keep);
-			keep = -1;
-		}
-		if (keep >= 0)
-			close(keep);
-	}
-	for (struct jrnl_dev *jd = jrnl_ctx_dev_first(jc); jd; jd = jrnl_ctx_dev_next(jd)) {
-		struct dmb_fdset dfds = { 0 };
-		struct dmb_bdev *bdev = NULL;
-		struct dmb_dev_info info = { 0 };
-		struct dmb_err de = { 0 };
-		if (rs->fresh) {
-			r = -ENOENT; /* opened again by BDF below: devices come back reset */
-		} else {
-			take_set(rs, "dev", jd->id, &dfds);
-			r = ops->dev_adopt ? ops->dev_adopt(bctx, jd->bdf, &dfds, &bdev, &info, &de)
-					   : -EOPNOTSUPP;
-		}
-		if (r == -ENOENT && ops->dev_open) {
-			/* Detached from the backend just before the crash: attach it
-			 * again, under its journaled id. */
-			close_set(&dfds);
-			dmb_err_clear(&de);
-			r = ops->dev_open(bctx, jd->bdf, &bdev, &info, &de);
-		}
-		if (r < 0) {
-			log_error("context %" PRIu64 ": device %s could not be re-adopted: %s", jc->id,
-				  jd->bdf, de.msg[0] ? de.msg : strerror(-r));
-			degrade(ctx, "device %s is missing (%s)", jd->bdf, de.msg[0] ? de.msg : strerror(-r));
-			close_set(&dfds);
-			continue;
-		}
-		struct dmb_device *d = device_adopt(ctx, jd->id, jd->bdf, bdev, &info);
-		if (d) {
-			d->stored = dfds;
-			for (size_t i = 0; i < d->stored.n; i++)
-				d->stored.e[i].fd = -1;
-		}
-	}
-}
-
-static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
-{
-	struct persist *p = rs->p;
-	struct dmb_core *core = p->host->core;
-	const struct dmb_backend_ops *ops = core->be->ops;
-	struct dmb_ctx *ctx = ctx_lookup_any(core, jc->id);
-	if (!ctx)
-		return;
-	for (struct jrnl_map *jm = jrnl_ctx_map_first(jc); jm; jm = jrnl_ctx_map_next(jm)) {
-		struct dmb_err e = { 0 };
-		int r;
-		if (jm->flags & JMAP_MMIO) {
-			struct dmb_device *peer = find_device(core, jm->region);
-			unsigned bar = JMAP_BAR(jm->flags);
-			if (!peer) {
-				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " dropped: its peer "
-					  "device %" PRIu64 " is gone", jc->id, jm->iova, jm->region);
-				degrade(ctx, "P2P mapping 0x%" PRIx64 " dropped (its peer device is missing)",
-					jm->iova);
-				continue;
-			}
-			uint16_t cmd = 0;
-			bool on = p2p_read_command(peer, &cmd, &e) == 0 && (cmd & DMB_PCI_COMMAND_MEMORY);
-			if (rs->fresh)
-				r = -ENOENT;
-			else
-				r = ops->map_bar_adopt ? ops->map_bar_adopt(ctx->bctx, peer->bdev, bar,
-									    jm->offset, jm->iova, jm->length,
-									    jm->prot, &e)
-						       : -ENOENT;
-			if (r == 0 && !on) {
-				/* The kernel still maps a BAR that no longer decodes. */
-				uint64_t got;
-				ops->unmap(ctx->bctx, jm->iova, jm->length, &got, NULL);
-			} else if (r == -ENOENT && on) {
-				r = ops->map_bar(ctx->bctx, peer->bdev, bar, jm->offset, jm->iova, jm->length,
-						 jm->prot, &e);
-				p->remapped += r == 0;
-			} else if (r == -ENOENT) {
-				r = 0;
-			}
-			if (r < 0) {
-				log_error("context %" PRIu64 ": P2P mapping 0x%" PRIx64 " could not be "
-					  "restored: %s", jc->id, jm->iova, e.msg);
-				degrade(ctx, "P2P mapping 0x%" PRIx64 " could not be restored (%s)", jm->iova,
-					e.msg);
-				continue;
-			}
-			p2p_adopt_record(ctx, peer, bar, jm->offset, jm->iova, jm->length, jm->prot, !on);
-			p->restored_mappings++;
-			continue;
-		}
-		struct dmb_region *reg = region_lookup(ctx, jm->region);
-		if (!reg) {
-			log_error("context %" PRIu64 ": mapping 0x%" PRIx64 " dropped: its region %" PRIu64
-				  " was not restored", jc->id, jm->iova, jm->region);
-			continue;
-		}
-		if (rs->fresh)
-			r = -ENOENT;
-		else
-			r = ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, jm->offset, jm->iova,
-							    jm->length, jm->prot, &e)
-					   : -EOPNOTSUPP;
-		if (r == -ENOENT) {
-			/* Journaled, but the old process died before the kernel
-			 * call: do it now. */
-			r = ops->map(ctx->bctx, reg->breg, jm->offset, jm->iova, jm->length, jm->prot, &e);
-			p->remapped += r == 0 && !rs->fresh;
-		}
-		if (r < 0) {
-			log_error("context %" PRIu64 ": mapping [0x%" PRIx64 ", +0x%" PRIx64 "] could not be "
-				  "restored: %s", jc->id, jm->iova, jm->length, e.msg[0] ? e.msg : strerror(-r));
-			degrade(ctx, "mapping 0x%" PRIx64 " could not be made again (%s)", jm->iova,
-				e.msg[0] ? e.msg : strerror(-r));
-			continue;
-		}
-		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot);
-		p->restored_mappings++;
-	}
-	uint64_t stray = 0;
-	struct dmb_err e = { 0 };
-	if (!rs->fresh && ops->adopt_finish && ops->adopt_finish(ctx->bctx, &stray, &e) == 0 && stray) {
-		log_notice("context %" PRIu64 ": %" PRIu64 " mapping(s) the journal did not name were "
-			   "removed", ctx->id, stray);
-		p->stray += stray;
-	}
-	p->restored_contexts++;
-}
-
-static int restore(struct persist *p, struct stored_fds *st, int jfd, bool fresh,
-		   const struct persist_fetch *fetch, struct dmb_err *e)
-{
-	struct dmb_core *core = p->host->core;
-	struct jrnl *j;
-	struct jrnl_state state;
-	struct jrnl_replay_result res;
-	jrnl_state_init(&state);
-	/* One walk: the records are validated (CRC, seq, payload) while they
-	 * are replayed, not once to open and again to replay. */
-	int r = jrnl_open_replay_fd(jfd, &jrnl_state_ops, &state, &res, &j, e);
-	if (r < 0 && r != -EBADMSG) {
-		jrnl_state_fini(&state);
-		safe_close(jfd); /* consumed either way */
-		return r;
-	}
-	if (res.stop != JRNL_STOP_END)
-		log_warning("journal: replay stopped early (%s): everything before it is restored",
-			    res.why);
-	core->next_id = state.next_id > core->next_id ? state.next_id : core->next_id;
-	if (!fresh)
-		p->handoff = state.handoff;
-
-	_cleanup_free_ bool *used = calloc(st->n + 1, sizeof(*used));
-	if (!used) {
-		jrnl_state_fini(&state);
-		jrnl_close(j);
-		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
-	}
-	struct restore rs = { .p = p, .st = st, .used = used, .fresh = fresh, .fetch = fetch };
-	for (size_t i = 0; i < st->n; i++)
-		if (st->fd[i] == jfd)
-			used[i] = true;
-
-	/* Clients first: their connections, then what they own. */
-	for (size_t i = 0; i < st->n; i++) {
-		uint64_t sid;
-		if (used[i] || !st->name[i] || sscanf(st->name[i], "session.%" SCNu64, &sid) != 1)
-			continue;
-		used[i] = true;
-		if (sid >= core->next_id)
-			core->next_id = sid + 1;
-		if (!p->host->adopt_session(p->host->opaque, st->fd[i], sid))
-			safe_close(st->fd[i]);
-	}
-	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&state); jc; jc = jrnl_state_ctx_next(jc))
-		restore_ctx(&rs, jc);
-	for (struct jrnl_ctx *jc = jrnl_state_ctx_first(&state); jc; jc = jrnl_state_ctx_next(jc))
-		restore_maps(&rs, jc);
-	jrnl_state_fini(&state);
-
-	/* What nobody claimed belonged to objects the journal no longer has. */
-	for (size_t i = 0; i < st->n; i++)
-		if (!used[i]) {
-			if (!fresh) {
-				log_info("fd store: dropping '%s' (no longer in the journal)",
-					 st->name[i] ? st->name[i] : "?");
-				unstore(st->name[i] ? st->name[i] : "");
-			}
-			st->fd[i] = safe_close(st->fd[i]);
-		}
-	if (fresh) {
-		jrnl_close(j);
-		return 0;
-	}
-
-	/* The old journal's generation name goes; a snapshot of what was
-	 * really restored replaces it. */
-	p->j = j;
-	return 0;
 }
 
 /* ------------------------------------------------------------ grace */
@@ -877,20 +448,20 @@ int persist_init(struct persist *p, const struct state_host *host, struct stored
 		for (size_t i = 0; i < st->n; i++) {
 			uint64_t g;
 			if (parse_gen(st->name[i], &g) == 0 && st->fd[i] != jfd) {
-				unstore(st->name[i]);
+				fdstore_remove(st->name[i]);
 				st->fd[i] = safe_close(st->fd[i]);
 				free(st->name[i]);
 				st->name[i] = NULL;
 			}
 		}
 		uint64_t t0 = dmb_now_ms();
-		r = restore(p, st, jfd, false, NULL, e);
+		r = restore_journal(p, st, jfd, false, NULL, e);
 		if (r < 0) {
 			log_error("the state journal could not be read (%s): starting empty; the old "
 				  "kernel objects are released as their fds close", e->msg);
 			for (size_t i = 0; i < st->n; i++)
 				if (st->fd[i] != jfd && st->fd[i] >= 0) {
-					unstore(st->name[i] ? st->name[i] : "");
+					fdstore_remove(st->name[i] ? st->name[i] : "");
 					safe_close(st->fd[i]);
 				}
 		} else {
@@ -903,7 +474,7 @@ int persist_init(struct persist *p, const struct state_host *host, struct stored
 	} else {
 		for (size_t i = 0; i < st->n; i++) {
 			log_info("fd store: dropping '%s' (no journal)", st->name[i] ? st->name[i] : "?");
-			unstore(st->name[i] ? st->name[i] : "");
+			fdstore_remove(st->name[i] ? st->name[i] : "");
 			safe_close(st->fd[i]);
 		}
 	}
@@ -918,15 +489,15 @@ int persist_init(struct persist *p, const struct state_host *host, struct stored
 				 "down", c->id);
 			/* Not journaled (the snapshot comes next), but its fds must
 			 * leave the store, or systemd keeps its kernel objects. */
-			unstore_set("ctx", c->id, &c->stored);
+			fdstore_remove_set("ctx", c->id, &c->stored);
 			struct dmb_device *d;
 			TAILQ_FOREACH(d, &c->devices, link)
-				unstore_set("dev", d->id, &d->stored);
+				fdstore_remove_set("dev", d->id, &d->stored);
 			struct dmb_region *reg;
 			RB_FOREACH(reg, dmb_region_tree, &c->regions) {
 				char name[64];
 				snprintf(name, sizeof(name), "region.%" PRIu64, reg->id);
-				unstore(name);
+				fdstore_remove(name);
 			}
 			ctx_destroy(c);
 		}
@@ -987,7 +558,7 @@ bool persist_session_new(struct persist *p, uint64_t id, int fd)
 	}
 	char name[64];
 	snprintf(name, sizeof(name), "session.%" PRIu64, id);
-	if (store_fd(name, fd) < 0)
+	if (fdstore_put(name, fd) < 0)
 		return false;
 	b->store_used++;
 	return true;
@@ -1042,7 +613,7 @@ int persist_restore_fresh(struct persist *p, const struct persist_fetch *fetch, 
 	p->host->core->jh = NULL; /* journaled at once, by the snapshot that follows */
 	p->restored_contexts = p->restored_mappings = p->lost = 0;
 	struct stored_fds none = { 0 };
-	int r = restore(p, &none, jfd, true, fetch, e);
+	int r = restore_journal(p, &none, jfd, true, fetch, e);
 	p->host->core->jh = jh;
 	return r;
 }
@@ -1055,15 +626,15 @@ int persist_store_everything(struct persist *p, struct dmb_err *e)
 	const struct dmb_backend_ops *ops = core->be->ops;
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &core->contexts) {
-		int r = store_ctx(ctx);
+		int r = fdstore_put_ctx(ctx);
 		if (r < 0)
-			return store_failed(r, "context", ctx->id, e);
+			return fdstore_refused(r, "context", ctx->id, e);
 		struct dmb_device *d;
 		TAILQ_FOREACH(d, &ctx->devices, link) {
 			struct dmb_fdset fds = { 0 };
 			if (ops->dev_fds && ops->dev_fds(d->bdev, &fds) == 0 &&
-			    (r = store_set("dev", d->id, &fds, &d->stored)) < 0)
-				return store_failed(r, "device", d->id, e);
+			    (r = fdstore_put_set("dev", d->id, &fds, &d->stored)) < 0)
+				return fdstore_refused(r, "device", d->id, e);
 		}
 		struct dmb_region *reg;
 		RB_FOREACH(reg, dmb_region_tree, &ctx->regions) {
@@ -1074,10 +645,10 @@ int persist_store_everything(struct persist *p, struct dmb_err *e)
 			if (own < 0)
 				return dmb_fail(e, DMB_E_INTERNAL, errno,
 						"cannot reopen region %" PRIu64 " for the fd store: %m", reg->id);
-			r = store_fd(name, own);
+			r = fdstore_put(name, own);
 			close(own);
 			if (r < 0)
-				return store_failed(r, "region", reg->id, e);
+				return fdstore_refused(r, "region", reg->id, e);
 		}
 	}
 	return 0;
@@ -1100,10 +671,10 @@ int persist_resnapshot(struct persist *p, struct dmb_err *e)
 
 int persist_store_fd(const char *name, int fd)
 {
-	return store_fd(name, fd);
+	return fdstore_put(name, fd);
 }
 
 void persist_unstore(const char *name)
 {
-	unstore(name);
+	fdstore_remove(name);
 }

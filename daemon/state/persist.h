@@ -1,16 +1,19 @@
 /* daemon/state/: what outlives the process, and the kernel.
  * Owns: the journal (journal.c: record codec and memfd file;
- * journal_model.c: the model a replay builds; journal_compact.c), persistence across a restart (persist.c: the fd store,
- * snapshot and restore), and the host-handoff engine (handoff.c: the same
- * snapshot and restore across a kexec, through a preserver).
+ * journal_model.c: the model a replay builds; journal_compact.c), persistence
+ * across a restart (persist.c: the journal hooks, snapshots and the entry
+ * points; restore.c: the replay that rebuilds the model and re-adopts every
+ * kernel object; fdstore.c: systemd's fd store), and the host-handoff engine
+ * (handoff.c: the same snapshot and restore across a kexec, through a
+ * preserver).
  * May call: core/ (to rebuild the model at restore), backend/ (adoption
  * through the core's objects; the preserver of backend/preserve/),
  * policy/, util/. The journal's files call nothing but util/. The sessions are
  * reached only through struct state_host (host.h), which the server fills
  * in: state/ holds no struct server.
  * Never calls: server/, mgmt/.
- * Circles inside: none (handoff.c -> persist.c -> journal_compact.c ->
- * journal_model.c -> journal.c).
+ * Circles inside: none (handoff.c -> persist.c -> restore.c -> fdstore.c;
+ * persist.c -> journal_compact.c -> journal_model.c -> journal.c).
  */
 
 /* Persistence across a daemon restart: the state journal plus systemd's
