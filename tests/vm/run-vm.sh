@@ -51,28 +51,39 @@ start=$(date +%s.%N)
 # goes to LOGFILE.hang (a guest that stops making any progress says nothing itself).
 mon=$log.mon
 rm -f "$mon" "$log.hang"
+# Its own fds go to /dev/null (a test runner waits for the end of its output pipe), and
+# stopping it stops its sleep.
 (
-  sleep $((tmo > 8 ? tmo - 3 : tmo)) || exit 0
+  trap 'kill "$sleep_pid" 2>/dev/null; exit 0' TERM
+  sleep $((tmo > 12 ? tmo - 6 : tmo)) &
+  sleep_pid=$!
+  wait "$sleep_pid" || exit 0
   python3 - "$mon" >"$log.hang" 2>&1 <<'PY'
 import socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(3)
-s.connect(sys.argv[1])
 out = b""
-for cmd in (b"info cpus\n", b"info registers -a\n"):
-    s.sendall(cmd)
-    end = time.time() + 2
-    while time.time() < end:
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            break
-        if not d:
-            break
-        out += d
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect(sys.argv[1])
+    out += s.recv(4096)  # the greeting: QEMU's main loop answers
+    for cmd in (b"info cpus\n", b"info registers -a\n"):
+        s.sendall(cmd)
+        got = b""
+        end = time.time() + 1.5
+        while time.time() < end and not got.rstrip().endswith(b"(qemu)"):
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            if not d:
+                break
+            got += d
+        out += got
+except OSError as e:
+    out += ("\nmonitor: %s\n" % e).encode()
 sys.stdout.write(out.decode("utf-8", "replace"))
 PY
-) &
+) </dev/null >/dev/null 2>&1 &
 watch_pid=$!
 # -nographic would put the monitor on stdio: give it a socket, and the serial a file.
 # stdin is /dev/null: CI runs without one. `timeout -k` makes sure QEMU really goes.
