@@ -2,11 +2,11 @@
  * devices and owners, as append-only records in a memfd, so that it survives
  * a daemon restart (systemd fd store) and a kexec (LUO session) exactly like
  * the kernel objects it describes. docs/journal.md is the reader's guide; the
- * byte layout is specified once, at the top of journal.c.
+ * byte layout is specified once, at the top of journal_file.c.
  *
  * Three parts:
  *   - the journal file: create / open (validate) / append / replay
- *     (journal.c), compact (journal_compact.c);
+ *     (journal_file.c), compact (journal_compact.c);
  *   - the record: struct jrnl_rec, what an append takes and a replay gives;
  *   - the state model: struct jrnl_state, what a replay builds and what the
  *     daemon re-adopts from (and what a compaction writes out)

@@ -2,7 +2,7 @@
  * journal builds and what the daemon re-adopts from. Every record is "make
  * it so" (jrnl_state_apply), so a replay is idempotent. It knows the
  * records (struct jrnl_rec), never their bytes: the codec and the file are
- * journal.c's. */
+ * journal_file.c's. */
 #include "state/journal.h"
 
 #include <errno.h>

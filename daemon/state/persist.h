@@ -1,6 +1,8 @@
 /* daemon/state/: what outlives the process, and the kernel.
- * Owns: the journal (journal.c: record codec and memfd file;
- * journal_model.c: the model a replay builds; journal_compact.c), persistence
+ * Owns: the journal by layer (journal_codec.c: the record codec, CRC-32C
+ * and validation; journal_file.c: the memfd file, appends, walking and
+ * replay; journal_model.c: the model a replay builds; journal_compact.c:
+ * compaction), persistence
  * across a restart (persist.c: the journal hooks, snapshots and the entry
  * points; restore.c: the replay that rebuilds the model and re-adopts every
  * kernel object; fdstore.c: systemd's fd store), and the host-handoff engine
@@ -13,7 +15,8 @@
  * in: state/ holds no struct server.
  * Never calls: server/, mgmt/.
  * Circles inside: none (handoff.c -> persist.c -> restore.c -> fdstore.c;
- * persist.c -> journal_compact.c -> journal_model.c -> journal.c).
+ * persist.c -> journal_compact.c -> journal_model.c -> journal_file.c ->
+ * journal_codec.c).
  */
 
 /* Persistence across a daemon restart: the state journal plus systemd's

@@ -45,7 +45,7 @@ static void put64(uint8_t *p, uint64_t v)
 	put32(p + 4, (uint32_t)(v >> 32));
 }
 
-/* The layout is specified at the top of daemon/state/journal.c. */
+/* The layout is specified at the top of daemon/state/journal_file.c. */
 static void repair(uint8_t *f, size_t size, bool fix_seq)
 {
 	if (size < JRNL_HEADER_SIZE)

@@ -1,7 +1,7 @@
-/* Unit tests of the state journal (daemon/state/journal.c).
+/* Unit tests of the state journal (daemon/state/journal_file.c).
  *
  * The format is checked byte by byte against the specification in
- * journal.c's header comment, re-stated here with the test's own offsets,
+ * journal_file.c's header comment, re-stated here with the test's own offsets,
  * so a drift between the code and the document fails a test.
  *
  * The state model (struct jrnl_state) is checked against an independent,
