@@ -72,22 +72,11 @@ broker_stop() {
 	[ $_st -eq 0 ] || { echo "dmabrokerd exited with status $_st"; return 1; }
 }
 
-# shell_check NAME FUNCTION: a check made of shell code.
-shell_check() {
-	if "$2"; then
-		VMTEST_PASSED=$((VMTEST_PASSED + 1))
-		echo "VMTEST PASS $1"
-	else
-		VMTEST_FAILED=$((VMTEST_FAILED + 1))
-		echo "VMTEST FAIL $1"
-	fi
-}
-
 mkdir -p /run/dmabroker
 if [ "${VMTEST_AUTO:-0}" = 1 ]; then
 	broker_start auto
 	check broker-auto broker-client info "$SOCK" "$EDU_A_BDF"
-	shell_check broker-auto-stop broker_stop
+	step broker-auto-stop broker_stop
 fi
 broker_start "$BACKEND"
 
@@ -107,7 +96,7 @@ POLL_MS=$(sed -n 's/^poll_interval_ms *= *\([0-9][0-9]*\).*/\1/p' "$CONF")
 check broker-p2p broker-client p2p "$SOCK" "$EDU_A_BDF" "$EDU_B_BDF" "${POLL_MS:-100}"
 
 # The daemon survived all of that and stops cleanly on SIGTERM.
-shell_check broker-shutdown broker_stop
+step broker-shutdown broker_stop
 
 [ "$VMTEST_FAILED" -eq 0 ] || dump_log
 finish

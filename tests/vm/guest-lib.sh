@@ -45,16 +45,24 @@ kernel_health() {
 	return 1
 }
 
+# step NAME FUNCTION [ARG...]: a check made of shell code, reported like check's
+# (check's timeout(1) cannot run a shell function: every wait inside must be bounded).
+step() {
+	_sn=$1
+	shift
+	if "$@"; then
+		VMTEST_PASSED=$((VMTEST_PASSED + 1))
+		echo "VMTEST PASS $_sn"
+	else
+		VMTEST_FAILED=$((VMTEST_FAILED + 1))
+		echo "VMTEST FAIL $_sn"
+	fi
+}
+
 # finish: checks the kernel's health, prints the final marker and powers the VM off.
 # Never returns.
 finish() {
-	if kernel_health; then
-		VMTEST_PASSED=$((VMTEST_PASSED + 1))
-		echo "VMTEST PASS kernel-health"
-	else
-		VMTEST_FAILED=$((VMTEST_FAILED + 1))
-		echo "VMTEST FAIL kernel-health"
-	fi
+	step kernel-health kernel_health
 	echo "VMTEST DONE pass=$VMTEST_PASSED fail=$VMTEST_FAILED"
 	sync
 	poweroff -f

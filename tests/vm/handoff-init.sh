@@ -46,7 +46,8 @@ if [ ! -e "$STATE/ready" ]; then
 fi
 echo "VMTEST PASS handoff-phase$PHASE"
 # This kernel's log goes with the kexec: judge it now.
-kernel_health || { VMTEST_FAILED=$((VMTEST_FAILED + 1)); echo "VMTEST FAIL kernel-health-phase$PHASE"; finish; }
+step "kernel-health-phase$PHASE" kernel_health
+[ "$VMTEST_FAILED" -eq 0 ] || finish
 
 # The next initramfs: this root file system as it is now (the state included).
 cd / || vm_fail_setup "cd /"

@@ -21,20 +21,6 @@ BDF=0000:01:00.0 # the only device vm-systemd.conf allows
 # and below is the "OK" band; the unit scored 0.8 here and 1.0 offline when this was written).
 MAX_EXPOSURE=${MAX_EXPOSURE:-1.0}
 
-# step NAME FUNCTION [ARG...]: a check made of shell code (check's timeout(1) cannot run
-# a function; every wait inside is bounded).
-step() {
-	_sn=$1
-	shift
-	if "$@"; then
-		VMTEST_PASSED=$((VMTEST_PASSED + 1))
-		echo "VMTEST PASS $_sn"
-	else
-		VMTEST_FAILED=$((VMTEST_FAILED + 1))
-		echo "VMTEST FAIL $_sn"
-	fi
-}
-
 say() { echo "vmtest: $*"; }
 bad() { echo "vmtest: FAIL: $*"; return 1; }
 
