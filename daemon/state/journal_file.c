@@ -4,7 +4,7 @@
  * constants below and struct jrnl are in journal_impl.h.
  *
  * ---------------------------------------------------------------------------
- * Format, version 1.0. All integers little-endian. (docs/journal.md explains
+ * Format, version 1.1 (1.0 plus DISCARD, POPULATE and MAP granules). All integers little-endian. (docs/journal.md explains
  * it; this block is the specification.)
  *
  * File
@@ -55,7 +55,10 @@
  * overwriting any debris. A memfd's shared mapping IS the file, so nothing
  * has to be flushed for a restart or a LUO handoff.
  *
- * Payloads (v1.0); strings are length-prefixed, no NUL, no terminator
+ * MAP entry flags: bit 0 MMIO (a peer BAR; region = the peer device, bits
+ * 8..15 the BAR); v1.1: bits 16..21 log2 of a granular mapping's granule.
+ *
+ * Payloads (v1.1); strings are length-prefixed, no NUL, no terminator
  *   CONTEXT_CREATE   u64 ctx, u64 session, u32 uid, u32 gid, u32 flags,
  *                    u16 name_len (<= 64), u16 0, u8 token[32], name
  *   CONTEXT_DESTROY  u64 ctx
@@ -69,6 +72,8 @@
  *   UNMAP            u64 ctx, u32 n (1..16384), u32 0,
  *                    n x { u64 iova, u64 length }     (length > 0, no wrap)
  *   UNMAP_ALL        u64 ctx
+ *   DISCARD, POPULATE (v1.1) u64 ctx, u32 n (1..16384), u32 0,
+ *                    n x { u64 iova, u64 length }     (length > 0, no wrap)
  *   DEVICE_ADD       u64 ctx, u64 device, u16 bdf_len (1..15), bdf
  *   DEVICE_REMOVE    u64 ctx, u64 device
  *   SESSION_END      u64 session
@@ -434,6 +439,16 @@ int jrnl_append_unmap_ranges(struct jrnl *j, uint64_t ctx, const struct jrnl_ran
 	r.u.unmap.ctx = ctx;
 	r.u.unmap.n = n;
 	r.u.unmap.r = ranges;
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_convert(struct jrnl *j, uint64_t ctx, bool discard, const struct jrnl_range *ranges,
+			uint32_t n, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = discard ? JRNL_DISCARD : JRNL_POPULATE };
+	r.u.convert.ctx = ctx;
+	r.u.convert.n = n;
+	r.u.convert.r = ranges;
 	return jrnl_append(j, &r, e);
 }
 

@@ -196,6 +196,43 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 	}
 }
 
+/* A granular mapping: one kernel area per populated granule, adopted (or
+ * mapped again: after a kexec, or journaled but never made); its discarded
+ * granules are unmapped (a no-op unless the old process died between
+ * journaling a discard and the kernel call): a granule the journal names
+ * discarded is never left in the IOMMU. All or nothing per mapping. */
+static int restore_granular(struct restore *rs, struct dmb_ctx *ctx, struct dmb_region *reg,
+			    const struct jrnl_map *jm, struct dmb_err *e)
+{
+	struct persist *p = rs->p;
+	const struct dmb_backend_ops *ops = p->host->core->be->ops;
+	uint64_t g = jrnl_map_granule(jm->flags), n = jm->length / g;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t iova = jm->iova + i * g, off = jm->offset + i * g;
+		if (jm->discarded && ((jm->discarded[i / 64] >> (i % 64)) & 1)) {
+			uint64_t got = 0;
+			if (!rs->fresh)
+				ops->unmap(ctx->bctx, iova, g, &got, NULL);
+			continue;
+		}
+		int r = rs->fresh ? -ENOENT
+		      : ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, off, iova, g, jm->prot, e)
+				       : -EOPNOTSUPP;
+		if (r == -ENOENT) {
+			r = ops->map(ctx->bctx, reg->breg, off, iova, g, jm->prot, e);
+			p->remapped += r == 0 && !rs->fresh;
+		}
+		if (r < 0) {
+			uint64_t got = 0;
+			if (i)
+				ops->unmap(ctx->bctx, jm->iova, i * g, &got, NULL);
+			return r;
+		}
+	}
+	return map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot, g,
+				jm->discarded);
+}
+
 static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 {
 	struct persist *p = rs->p;
@@ -254,6 +291,19 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 				  " was not restored", jc->id, jm->iova, jm->region);
 			continue;
 		}
+		if (jrnl_map_granule(jm->flags)) {
+			r = restore_granular(rs, ctx, reg, jm, &e);
+			if (r < 0) {
+				log_error("context %" PRIu64 ": granular mapping [0x%" PRIx64 ", +0x%" PRIx64
+					  "] could not be restored: %s", jc->id, jm->iova, jm->length,
+					  e.msg[0] ? e.msg : strerror(-r));
+				degrade(ctx, "granular mapping 0x%" PRIx64 " could not be made again (%s)",
+					jm->iova, e.msg[0] ? e.msg : strerror(-r));
+				continue;
+			}
+			p->restored_mappings++;
+			continue;
+		}
 		if (rs->fresh)
 			r = -ENOENT;
 		else
@@ -273,7 +323,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 				e.msg[0] ? e.msg : strerror(-r));
 			continue;
 		}
-		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot);
+		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot, 0, NULL);
 		p->restored_mappings++;
 	}
 	uint64_t stray = 0;
