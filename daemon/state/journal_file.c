@@ -400,6 +400,15 @@ int jrnl_append_map(struct jrnl *j, uint64_t ctx, uint64_t iova, uint64_t length
 				"refusing to journal a malformed record: MAP entry 0 (iova 0x%" PRIx64
 				", length 0x%" PRIx64 ", offset 0x%" PRIx64 ") is empty or wraps",
 				iova, length, offset);
+	if (DMB_UNLIKELY(flags & JRNL_MAP_GRANULE(0x3f))) {
+		/* a granular entry: the full check */
+		struct jrnl_map_entry m = { iova, length, region, offset, prot, flags };
+		struct jrnl_rec r = { .type = JRNL_MAP };
+		r.u.map.ctx = ctx;
+		r.u.map.n = 1;
+		r.u.map.e = &m;
+		return jrnl_append(j, &r, e);
+	}
 	const uint32_t payload = 16 + MAP_ENTRY_SIZE;
 	uint8_t *p = NULL;
 	int r = begin(j, payload, &p, e);
