@@ -291,6 +291,9 @@ struct dmb_journal_hooks {
 	 * journaled before the kernel call (may refuse), a populate after it. */
 	int (*convert)(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n,
 		       bool discard, struct dmb_err *e);
+	/* The model now holds what `convert` journaled (or its undo): the
+	 * journal may compact. */
+	void (*converted)(void *o);
 	int (*p2p_add)(void *o, struct dmb_ctx *ctx, const struct dmb_map_peer_req *q,
 		       struct dmb_err *e);
 	void (*unmap)(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n);

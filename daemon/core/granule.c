@@ -351,6 +351,7 @@ int map_convert(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n, b
 			if (jh->convert(jh->opaque, ctx, ranges, n, false, &e2) < 0)
 				log_error("context %" PRIu64 ": a failed discard could not be taken back "
 					  "in the journal: %s", ctx->id, e2.msg);
+			jh->converted(jh->opaque);
 		}
 		memset(res, 0, sizeof(*res));
 		return r;
@@ -374,5 +375,7 @@ int map_convert(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n, b
 	}
 	for (size_t i = 0; i < n; i++)
 		conv_flip(ctx, &ranges[i], discard);
+	if (jh)
+		jh->converted(jh->opaque);
 	return 0;
 }

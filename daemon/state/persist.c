@@ -161,6 +161,11 @@ static int h_convert(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, si
 	return ret;
 }
 
+static void h_converted(void *o)
+{
+	maybe_compact(o);
+}
+
 static int h_map_add(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
 		     struct dmb_err *e)
 {
@@ -257,6 +262,7 @@ static const struct dmb_journal_hooks hooks_template = {
 	.p2p_add = h_p2p_add,
 	.unmap = h_unmap,
 	.convert = h_convert,
+	.converted = h_converted,
 	.unmap_all = h_unmap_all,
 	.device_add = h_device_add,
 	.device_remove = h_device_remove,
