@@ -1,6 +1,6 @@
 /* daemon/core/: the object model, one file per object (context.c,
- * region.c, mapping.c, device.c, p2p.c, account.c, core.c the ids, owners
- * and events).
+ * region.c, mapping.c, granule.c the granules of granular mappings,
+ * device.c, p2p.c, account.c, core.c the ids, owners and events).
  * May call: backend/ (through struct dmb_backend's table; every other part
  * reaches the backend through the core's functions), policy/ (limits and
  * the device address check), util/. The journal is reached only through
