@@ -302,7 +302,25 @@ int map_convert(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n, b
 	memset(res, 0, sizeof(*res));
 	if (n == 0)
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "the request has no ranges");
-	/* 1. Every range against the model before anything changes. */
+	/* 1. Every range against the model before anything changes. Disjoint
+	 * first (cheap): then the walks below visit each granule of the
+	 * context at most once, however many ranges the request has. */
+	for (size_t i = 0; i < n; i++) {
+		uint64_t last;
+		if (ranges[i].length == 0 || !dmb_range_last(ranges[i].iova, ranges[i].length, &last)) {
+			if (e)
+				e->index = (uint32_t)i;
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, ranges[i].length ? EOVERFLOW : EINVAL,
+					"range %zu (iova 0x%" PRIx64 ", length 0x%" PRIx64 ") is empty "
+					"or wraps", i, ranges[i].iova, ranges[i].length);
+		}
+	}
+	size_t a, b;
+	if (!map_ranges_disjoint(ranges, n, &a, &b)) {
+		if (e)
+			e->index = (uint32_t)b;
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "ranges %zu and %zu overlap", a, b);
+	}
 	uint64_t change = 0, bytes = 0, same = 0;
 	for (size_t i = 0; i < n; i++) {
 		int r = conv_check(ctx, &ranges[i], discard, &change, &bytes, &same, e);
@@ -311,12 +329,6 @@ int map_convert(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n, b
 				e->index = (uint32_t)i;
 			return r;
 		}
-	}
-	size_t a, b;
-	if (!map_ranges_disjoint(ranges, n, &a, &b)) {
-		if (e)
-			e->index = (uint32_t)b;
-		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "ranges %zu and %zu overlap", a, b);
 	}
 	res->granules = change;
 	res->bytes = bytes;

@@ -8,6 +8,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +343,61 @@ static void test_convert_malformed(void **state)
 	fx_close(&f);
 }
 
+/* A Discard or Populate carrying fds (they take none): refused, the fds are
+ * closed by the daemon (its fd count comes back), nothing changes. */
+static void test_convert_with_fds(void **state)
+{
+	struct fx f;
+	fx_open(&f, NG * PG);
+	struct dmb_map_entry e = { f.region, 0, GIOVA, NG * PG, DMB_READ | DMB_WRITE };
+	assert_ok(f.c, dmb_map_granular(f.c, f.ctx, &e, DMB_GRANULE_4K, NULL));
+	int before = daemon_fd_count(&g_daemon);
+	for (int k = 0; k < 2; k++) {
+		Dmb__Range rg = DMB__RANGE__INIT, *rp = &rg;
+		rg.iova = GIOVA;
+		rg.length = 4 * PG;
+		Dmb__Convert cv = DMB__CONVERT__INIT;
+		cv.context_id = f.ctx;
+		cv.n_ranges = 1;
+		cv.ranges = &rp;
+		Dmb__Request req = DMB__REQUEST__INIT;
+		req.id = 77;
+		if (k) {
+			req.body_case = DMB__REQUEST__BODY_POPULATE;
+			req.populate = &cv;
+		} else {
+			req.body_case = DMB__REQUEST__BODY_DISCARD;
+			req.discard = &cv;
+		}
+		uint8_t buf[128];
+		size_t n = dmb__request__pack(&req, buf);
+		int fds[2] = { dup(f.memfd), open("/dev/null", O_RDONLY | O_CLOEXEC) };
+		char cbuf[CMSG_SPACE(sizeof(fds))];
+		memset(cbuf, 0, sizeof(cbuf));
+		struct iovec iov = { buf, n };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(fds));
+		memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+		assert_int_equal(sendmsg(dmb_socket(f.c), &mh, 0), (ssize_t)n);
+		close(fds[0]);
+		close(fds[1]);
+		Dmb__Reply *rep = raw_reply(f.c, false);
+		assert_int_equal(rep->id, 77);
+		assert_non_null(rep->error);
+		assert_int_equal(rep->error->code, DMB__ERROR_CODE__INVALID_ARGUMENT);
+		dmb__reply__free_unpacked(rep, NULL);
+	}
+	assert_int_equal(daemon_fd_count(&g_daemon), before);
+	assert_int_equal(listed(&f, GIOVA).discarded, 0);
+	bool disc[NG] = { 0 };
+	check_granules(&f, disc);
+	fx_close(&f);
+}
+
 /* A client that sends a large discard and a large populate and dies
  * without reading the replies: its context goes with it and no pin stays. */
 static void test_client_dies_mid_request(void **state)
@@ -432,6 +488,7 @@ int main(void)
 		cmocka_unit_test(test_map_granule_bad_input),
 		cmocka_unit_test(test_convert_bad_input),
 		cmocka_unit_test(test_convert_malformed),
+		cmocka_unit_test(test_convert_with_fds),
 		cmocka_unit_test(test_client_dies_mid_request),
 		cmocka_unit_test(test_limits),
 	};
