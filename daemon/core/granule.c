@@ -122,9 +122,11 @@ uint64_t map_page_size(struct dmb_ctx *ctx, const struct dmb_mapping *m)
 
 /* ------------------------------------------------------------ convert */
 
-/* Calls fn(granule) for each granule of the ranges whose state the request
- * changes (discarded != discard), in order, until fn fails or `limit`
- * granules were visited. Returns the number visited; *r gets fn's error. */
+/* One walk of a request's kernel calls: the granules whose state it changes
+ * (discarded != discard), each unmapped (discard) or mapped again
+ * (populate), or the inverse when undoing. The bitmaps change only after
+ * the walk succeeded, so the undo walk visits the same granules in the
+ * same order. */
 struct conv {
 	struct dmb_ctx *ctx;
 	bool discard;
