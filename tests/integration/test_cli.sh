@@ -530,7 +530,7 @@ if b['memory'] != $1 or b['bus_master'] or b['command'] != (2 if $1 else 0):
 if (b['revocations'], b['restorations']) != ($3, $4):
     sys.exit('B: expected %d revocations, %d restorations, got %r' % ($3, $4, (b['revocations'], b['restorations'])))
 want = [dict(context=$P2P_CTX, owner_uid=$ME, iova=1 << 30, last=(1 << 30) + 0xffff, length=0x10000,
-             bar=0, offset=0x10000, revoked=$2)]
+             bar=0, offset=0x10000, revoked=$2, attr='mmio')]
 if b['importers'] != want: sys.exit('B: expected importers %r, got %r' % (want, b['importers']))
 "
 	json || fail "list devices --json: $PY_MSG"
@@ -560,10 +560,10 @@ check_mappings() {
 m = d['mappings']
 if len(m) != 2: sys.exit('expected 2 mappings (RAM and P2P), got %r' % m)
 ram, p2p = m
-if ram['mmio'] or ram['revoked'] or ram['region'] == 0 or (ram['iova'], ram['length']) != (0, 2 << 20):
+if ram['mmio'] or ram['revoked'] or ram['region'] == 0 or (ram['iova'], ram['length']) != (0, 2 << 20) or ram['attr'] != 'cacheable':
     sys.exit('expected 2 MiB of RAM at IOVA 0: %r' % ram)
 want = dict(iova=1 << 30, length=0x10000, region=0, offset=0x10000, prot='rw', mmio=True,
-            peer_device=$P2P_B, bar=0, revoked=$2)
+            peer_device=$P2P_B, bar=0, revoked=$2, attr='mmio')
 for k, v in want.items():
     if p2p.get(k) != v: sys.exit('P2P mapping: expected %s=%r, got %r' % (k, v, p2p.get(k)))
 "
@@ -581,8 +581,8 @@ for k, v in want.items():
 }
 
 check_devices True False 0 0
-check_devices_table live '0x0002 mem\+ bm-' 0
-check_mappings live False 0
+check_devices_table 'live mmio' '0x0002 mem\+ bm-' 0
+check_mappings 'live mmio' False 0
 pass "list devices / list mappings show B's BAR0 imported by context $P2P_CTX, live"
 
 ctl --json status
@@ -600,8 +600,8 @@ p2p_cmd revoke
 [ "$P2P_REPLY" = "ok memory=0 importers=1 revoked=1 revocations=1 restorations=0" ] ||
 	fail "p2p-setup revoke: expected 'ok memory=0 importers=1 revoked=1 revocations=1 restorations=0', got '$P2P_REPLY'"
 check_devices False True 1 0
-check_devices_table revoked '0x0000 mem- bm-' 1
-check_mappings revoked True 1
+check_devices_table 'revoked mmio' '0x0000 mem- bm-' 1
+check_mappings 'revoked mmio' True 1
 ctl status
 expect_rc 0 "status after the revocation"
 grep -Eq '^P2P: +1 mapping ' "$TMP/out" || fail "status: expected 'P2P: 1 mapping ...'"
@@ -613,8 +613,8 @@ p2p_cmd restore
 [ "$P2P_REPLY" = "ok memory=1 importers=1 revoked=0 revocations=1 restorations=1" ] ||
 	fail "p2p-setup restore: expected 'ok memory=1 importers=1 revoked=0 revocations=1 restorations=1', got '$P2P_REPLY'"
 check_devices True False 1 1
-check_devices_table live '0x0002 mem\+ bm-' 0
-check_mappings live False 0
+check_devices_table 'live mmio' '0x0002 mem\+ bm-' 0
+check_mappings 'live mmio' False 0
 ctl --json status
 JSON_CODE="
 t = d['totals']
