@@ -306,6 +306,15 @@ expect_rc 0 "policy check --uid 1001 --gid 5"
 grep -Eq '^  admin: +yes$' "$TMP/out" || fail "policy check: uid 1001 is admin by its drop-in"
 grep -Eq '^  devices: +0000:01:00\.0$' "$TMP/out" || fail "policy check: uid 1001 gets [devices] allow"
 grep -Eq '^  pinned bytes: +no limit$' "$TMP/out" || fail "policy check: uid 1001 has no pinned limit"
+# [p2p] type1 unset: the default for this host (refuse with SME active, else warn), said as such
+if grep -qw sme <(grep -m1 '^flags' /proc/cpuinfo); then HOST_T1=refuse; else HOST_T1=warn; fi
+grep -Eq "^  p2p through type1: +$HOST_T1 \(the default; this host: host memory encryption is " "$TMP/out" ||
+	fail "policy check: expected '  p2p through type1:    $HOST_T1 (the default; this host: ...)'"
+printf '[p2p]\ntype1 = refuse\n' >"$POL.d/20-p2p.conf"
+ctl_raw --json policy check "$POL" --uid 1001 --gid 5
+python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["grant"]; sys.exit(0 if g.get("p2p_type1") == "refuse" else "p2p_type1: %r" % g.get("p2p_type1"))' "$TMP/out" ||
+	fail "policy check --json: expected p2p_type1 refuse with [p2p] type1 = refuse"
+rm "$POL.d/20-p2p.conf"
 pass "policy check: a good file with a drop-in, and what uid 1000 / 1001 would get"
 
 # A grant the shipped unit cannot honour is valid, with a warning.
