@@ -1249,6 +1249,18 @@ static int p2p_listed(struct p2p *t, bool *found, struct dmb_mapping_info *out)
 	return 0;
 }
 
+/* The IOMMU attributes this kernel path gives a peer BAR: iommufd maps the
+ * dma-buf as MMIO, type1 maps the BAR's mmap like RAM (cacheable). */
+static uint32_t want_p2p_attr(void)
+{
+	return strcmp(want_backend(), "iommufd") == 0 ? DMB_ATTR_MMIO : DMB_ATTR_CACHEABLE;
+}
+
+static const char *attr_str(uint32_t a)
+{
+	return a == DMB_ATTR_MMIO ? "mmio" : a == DMB_ATTR_CACHEABLE ? "cacheable" : "unspecified";
+}
+
 static int expect_listed(struct p2p *t, bool revoked)
 {
 	struct dmb_mapping_info mi;
@@ -1256,6 +1268,9 @@ static int expect_listed(struct p2p *t, bool revoked)
 
 	if (p2p_listed(t, &found, &mi) < 0)
 		return -1;
+	if (found && mi.attr != want_p2p_attr())
+		return fail(0, "dmb_list_mappings: IOVA 0x%llx has attributes %s, want %s (%s backend)",
+			    P2P_IOVA, attr_str(mi.attr), attr_str(want_p2p_attr()), want_backend());
 	if (!found || !mi.mmio || mi.peer_device != t->dev_b || mi.bar != 0 || mi.length != MiB ||
 	    mi.revoked != revoked)
 		return fail(0, "dmb_list_mappings: IOVA 0x%llx %s (mmio %d, peer %" PRIu64 ", BAR %u, length 0x%" PRIx64 ", revoked %d), want an MMIO mapping of BAR0 of device %" PRIu64 ", revoked %d",
@@ -1434,13 +1449,20 @@ static int run_p2p(const char *sock, const char *bdf_a, const char *bdf_b, int p
 	   t.ctx_b, bdf_b, t.dev_b, di.group, st.command, id);
 
 	/* 1. A reads B's ID register through a broker P2P mapping of B's BAR0. */
-	r = dmb_map_peer(t.a.c, t.a.ctx, t.dev_b, NULL, 0, 0, P2P_IOVA, MiB, DMB_READ | DMB_WRITE);
+	uint32_t attr = 0;
+	r = dmb_map_peer_attr(t.a.c, t.a.ctx, t.dev_b, NULL, 0, 0, P2P_IOVA, MiB,
+			      DMB_READ | DMB_WRITE, &attr);
 	if (r < 0) {
 		bfail(t.a.c, r, "dmb_map_peer BAR0 of %s at IOVA 0x%llx", bdf_b, P2P_IOVA);
 		goto out;
 	}
-	ok("dmb_map_peer: BAR0 of %s (device %" PRIu64 ", context %" PRIu64 ") at IOVA [0x%llx, 0x%llx) of context %" PRIu64,
-	   bdf_b, t.dev_b, t.ctx_b, P2P_IOVA, P2P_IOVA + MiB, t.a.ctx);
+	ok("dmb_map_peer: BAR0 of %s (device %" PRIu64 ", context %" PRIu64 ") at IOVA [0x%llx, 0x%llx) of context %" PRIu64 ", attributes %s",
+	   bdf_b, t.dev_b, t.ctx_b, P2P_IOVA, P2P_IOVA + MiB, t.a.ctx, attr_str(attr));
+	if (attr != want_p2p_attr()) {
+		fail(0, "the MapPeer reply says the BAR is mapped %s; the %s backend maps it %s",
+		     attr_str(attr), want_backend(), attr_str(want_p2p_attr()));
+		goto out;
+	}
 	if (expect_listed(&t, false) < 0 || print_device(&t) < 0 ||
 	    expect_p2p_id(&t, "step 1 (mapped)") < 0)
 		goto out;
