@@ -202,10 +202,9 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 				"backend maps a peer BAR with cacheable attributes and [p2p] type1 is "
 				"refuse", ctx->id, peer->bdf, ops->name);
 		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
-				"the %s backend would map BAR %u of %s with cacheable IOMMU attributes "
-				"instead of MMIO ones, and the broker's policy ([p2p] type1) refuses that "
-				"on this host; P2P with MMIO attributes needs the iommufd backend "
-				"(Linux 6.19+ with VFIO_PCI_DMABUF)", ops->name, q->bar, peer->bdf);
+				"the %s backend would map BAR %u of %s as cacheable, not MMIO, and "
+				"[p2p] type1 refuses that on this host; iommufd maps BARs as MMIO "
+				"(Linux 6.19+, VFIO_PCI_DMABUF)", ops->name, q->bar, peer->bdf);
 	}
 	if (q->prot == 0 || (q->prot & ~(uint32_t)(DMB_PROT_READ | DMB_PROT_WRITE)))
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,

@@ -204,7 +204,8 @@ static void test_cacheable_refused_with_sme(void **state)
 	assert_code(f.c, map_b(&f, &attr), DMB_PERMISSION_DENIED);
 	assert_int_equal(attr, 77);
 	assert_non_null(strstr(dmb_last_error(f.c)->message, "[p2p] type1"));
-	assert_non_null(strstr(dmb_last_error(f.c)->message, "cacheable IOMMU attributes"));
+	assert_non_null(strstr(dmb_last_error(f.c)->message, "as cacheable, not MMIO"));
+	assert_non_null(strstr(dmb_last_error(f.c)->message, "(Linux 6.19+, VFIO_PCI_DMABUF)"));
 	check_nothing_mapped(&f);
 	assert_int_equal(daemon_log_count(&f.d, "P2P mapping of " BDF_B " refused"), 1);
 
