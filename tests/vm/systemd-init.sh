@@ -140,6 +140,22 @@ status_line() {
 		bad "systemctl status does not show Status: \"$_txt\""
 }
 
+# systemctl reload: the unit's ExecReload= sends SIGHUP to the main process, which
+# re-reads the configuration in place: the same pid, said in the journal, and the
+# client's DMA and session go on untouched.
+reloaded() {
+	journalctl -u dmabroker.service -o cat _PID="$DPID" | grep -qF "policy reloaded from $CONF"
+}
+reload_unit() {
+	systemctl reload dmabroker.service || bad "systemctl reload failed" || return 1
+	wait_until 60 reloaded || bad "no 'policy reloaded from $CONF' line from pid $DPID" || return 1
+	_m=$(prop dmabroker.service MainPID)
+	[ "$_m" = "$DPID" ] || bad "MainPID $_m after a reload, was $DPID" || return 1
+	ask check || return 1
+	[ "$(field pid)" = "$DPID" ] || bad "the session's answers come from pid $(field pid)" || return 1
+	say "systemctl reload: pid $DPID re-read $CONF; the client's DMA and session went on"
+}
+
 # new_main OLD: an active service with another MainPID than OLD.
 new_main() {
 	[ "$(systemctl is-active dmabroker.service)" = active ] &&
@@ -252,6 +268,7 @@ step socket-activation activation
 if [ "$VMTEST_FAILED" -eq 0 ]; then
 	step documented-config config_read
 	step status-line status_line
+	step systemctl-reload reload_unit
 	step restart-keeps-mappings restart_keeps_mappings
 	step dbus-object dbus_object
 	step watchdog-restart watchdog
