@@ -14,6 +14,21 @@ static uint64_t rec_bytes(uint64_t payload)
 	return align8(REC_OVERHEAD + payload);
 }
 
+/* What jrnl_snapshot_discards writes for m: DISCARD records of up to
+ * JRNL_BATCH_MAX ranges, one range per run of adjacent discarded granules. */
+static uint64_t discard_bytes(const struct jrnl_map *m)
+{
+	uint64_t g = jrnl_map_granule(m->flags), ng = m->length / g, runs = 0;
+	for (uint64_t i = 0; i < ng; i++) {
+		bool d = (m->discarded[i / 64] >> (i % 64)) & 1;
+		bool prev = i && ((m->discarded[(i - 1) / 64] >> ((i - 1) % 64)) & 1);
+		runs += d && !prev;
+	}
+	uint64_t full = runs / JRNL_BATCH_MAX, rest = runs % JRNL_BATCH_MAX;
+	return full * rec_bytes(16 + (uint64_t)RANGE_SIZE * JRNL_BATCH_MAX) +
+	       (rest ? rec_bytes(16 + RANGE_SIZE * rest) : 0);
+}
+
 uint64_t jrnl_state_snapshot_bytes(const struct jrnl_state *s)
 {
 	uint64_t n = rec_bytes(8) + rec_bytes(8); /* watermark, handoff */
@@ -24,9 +39,8 @@ uint64_t jrnl_state_snapshot_bytes(const struct jrnl_state *s)
 		for (struct jrnl_dev *d = jrnl_ctx_dev_first(c); d; d = jrnl_ctx_dev_next(d))
 			n += rec_bytes(18 + strlen(d->bdf));
 		for (struct jrnl_map *m = jrnl_ctx_map_first(c); m; m = jrnl_ctx_map_next(m))
-			if (m->n_discarded) /* at most one range per discarded granule */
-				n += (m->n_discarded / JRNL_BATCH_MAX + 1) * rec_bytes(16) +
-				     m->n_discarded * RANGE_SIZE;
+			if (m->n_discarded) /* one range per run of discarded granules */
+				n += discard_bytes(m);
 		uint64_t full = c->n_maps / SNAP_BATCH, rest = c->n_maps % SNAP_BATCH;
 		n += full * rec_bytes(16 + (uint64_t)MAP_ENTRY_SIZE * SNAP_BATCH);
 		if (rest)

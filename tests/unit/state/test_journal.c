@@ -241,6 +241,7 @@ struct m_dev {
 struct m_map {
 	uint64_t ctx, iova, length, region, offset;
 	uint32_t prot, flags;
+	uint64_t disc;         /* granular (4 KiB, at most 16 granules): bit i discarded */
 };
 
 #define M_MAX 4096
@@ -359,7 +360,27 @@ static void model_apply(struct model *m, const struct jrnl_rec *r)
 		for (uint32_t k = 0; k < r->u.map.n; k++) {
 			const struct jrnl_map_entry *e = &r->u.map.e[k];
 			m->map[m->n_map++] = (struct m_map){ r->u.map.ctx, e->iova, e->length,
-							     e->region, e->offset, e->prot, e->flags };
+							     e->region, e->offset, e->prot, e->flags, 0 };
+		}
+		break;
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
+		/* the generator's ranges lie inside one granular mapping */
+		for (uint32_t k = 0; k < r->u.convert.n; k++) {
+			const struct jrnl_range *g = &r->u.convert.r[k];
+			for (size_t i = 0; i < m->n_map; i++) {
+				struct m_map *x = &m->map[i];
+				if (x->ctx != r->u.convert.ctx || g->iova < x->iova ||
+				    g->iova >= x->iova + x->length)
+					continue;
+				for (uint64_t a = g->iova; a < g->iova + g->length; a += 4096) {
+					uint64_t bit = UINT64_C(1) << ((a - x->iova) / 4096);
+					if (r->type == JRNL_DISCARD)
+						x->disc |= bit;
+					else
+						x->disc &= ~bit;
+				}
+			}
 		}
 		break;
 	case JRNL_UNMAP:
@@ -476,6 +497,8 @@ static void model_check(const struct model *m, const struct jrnl_state *s)
 			assert_int_equal(y->offset, x->offset);
 			assert_int_equal(y->prot, x->prot);
 			assert_int_equal(y->flags, x->flags);
+			assert_int_equal(y->n_discarded, (uint64_t)__builtin_popcountll(x->disc));
+			assert_int_equal(y->discarded ? y->discarded[0] : 0, x->disc);
 		}
 		for (size_t k = 0; k < m->n_dev; k++) {
 			const struct m_dev *d = &m->dev[k];
@@ -651,8 +674,10 @@ static void gen_op(struct model *m, struct op *o, unsigned map_weight)
 				e[got++] = (struct jrnl_map_entry){ slot * SLOT + start, len, g->id,
 								    rndn(g->size / 4096) * 4096,
 								    1 + (uint32_t)rndn(3),
-								    /* RAM entries: never JRNL_MAP_MMIO */
-								    (uint32_t)rndn(2) << 1 };
+								    /* RAM entries: never JRNL_MAP_MMIO;
+								     * some granular (4 KiB) */
+								    (uint32_t)rndn(2) << 1 |
+								    (rndn(3) ? 0 : JRNL_MAP_GRANULE(12)) };
 			}
 			if (!got) {
 				free(e);
@@ -797,6 +822,25 @@ static void gen_op(struct model *m, struct op *o, unsigned map_weight)
 		if (k < 85) {
 			r->type = JRNL_HANDOFF_STATE;
 			r->u.handoff.state = (uint32_t)rndn(JRNL_HANDOFF_LAST + 1);
+			break;
+		}
+		if (k < 95) { /* DISCARD / POPULATE granules of a granular mapping */
+			const struct m_map *g[64];
+			size_t ng = 0;
+			for (size_t i = 0; i < m->n_map && ng < 64; i++)
+				if (jrnl_map_granule(m->map[i].flags))
+					g[ng++] = &m->map[i];
+			if (!ng)
+				continue;
+			const struct m_map *x = g[rndn(ng)];
+			uint64_t n = x->length / 4096, first = rndn(n), cnt = 1 + rndn(n - first);
+			struct jrnl_range *rg = calloc(1, sizeof(*rg));
+			*rg = (struct jrnl_range){ x->iova + first * 4096, cnt * 4096 };
+			r->type = rndn(2) ? JRNL_DISCARD : JRNL_POPULATE;
+			r->u.convert.ctx = x->ctx;
+			r->u.convert.n = 1;
+			r->u.convert.r = rg;
+			o->arr = rg;
 			break;
 		}
 	}
