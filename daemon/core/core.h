@@ -104,6 +104,10 @@ DMB_RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp, )
  * are discarded. Contexts without granular mappings never look there. */
 #define DMB_GRANULE_4K (UINT64_C(1) << 12)
 #define DMB_GRANULE_2M (UINT64_C(1) << 21)
+/* Granules of one granular mapping at most: 16 GiB of 4 KiB granules, 8 TiB
+ * of 2 MiB ones (each is a kernel area; the default mappings_per_context
+ * is the same number). Bounds the bitmap and every walk over it. */
+#define DMB_GRANULES_MAX (UINT64_C(1) << 22)
 struct dmb_gran {
 	RB_ENTRY(dmb_gran) node;
 	struct dmb_mapping *m;

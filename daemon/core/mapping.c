@@ -166,6 +166,10 @@ static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct
 			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 					"granule 0x%" PRIx64 " is smaller than the 0x%" PRIx64 "-byte pages "
 					"this region and IOMMU map in", q->granule, align);
+		if (q->length / q->granule > DMB_GRANULES_MAX)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG,
+					"a granular mapping has at most %" PRIu64 " granules, not %" PRIu64
+					": split it into several", DMB_GRANULES_MAX, q->length / q->granule);
 		if (!dmb_is_aligned(q->iova, q->granule) || !dmb_is_aligned(q->length, q->granule) ||
 		    !dmb_is_aligned(q->offset, q->granule))
 			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,

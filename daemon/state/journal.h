@@ -98,7 +98,7 @@ enum jrnl_handoff {
  * 21: 2 MiB), 0 for an ordinary mapping. */
 #define JRNL_MAP_GRANULE_SHIFT(f) (((f) >> 16) & 0x3fu)
 #define JRNL_MAP_GRANULE(shift) ((uint32_t)(shift) << 16)
-#define JRNL_GRANULES_MAX (UINT64_C(1) << 32) /* of one granular mapping */
+#define JRNL_GRANULES_MAX (UINT64_C(1) << 22) /* of one granular mapping (DMB_GRANULES_MAX) */
 #define JRNL_MAP_FLAGS_ALL (JRNL_MAP_MMIO | UINT32_C(0xff00) | JRNL_MAP_GRANULE(0x3f))
 static inline uint64_t jrnl_map_granule(uint32_t flags)
 {

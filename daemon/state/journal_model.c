@@ -263,16 +263,20 @@ static int apply_convert(struct jrnl_state *s, struct jrnl_ctx *c, const struct 
 				return -ENOMEM;
 		}
 		if (m->discarded) {
-			for (uint64_t i = (cur - m->iova) / g, k = (end - m->iova) / g; i <= k; i++) {
-				uint64_t bit = UINT64_C(1) << (i % 64);
-				bool was = m->discarded[i / 64] & bit;
-				if (was == discard)
-					continue;
-				m->discarded[i / 64] ^= bit;
+			/* a word at a time: bits [i, k] */
+			uint64_t i = (cur - m->iova) / g, k = (end - m->iova) / g;
+			for (uint64_t w = i / 64; w <= k / 64; w++) {
+				uint64_t lo = w == i / 64 ? i % 64 : 0, hi = w == k / 64 ? k % 64 : 63;
+				uint64_t mask = (hi == 63 ? ~UINT64_C(0) : (UINT64_C(1) << (hi + 1)) - 1) &
+						~((UINT64_C(1) << lo) - 1);
+				uint64_t old = m->discarded[w];
+				uint64_t neu = discard ? old | mask : old & ~mask;
+				uint64_t diff = (uint64_t)__builtin_popcountll(old ^ neu);
+				m->discarded[w] = neu;
 				if (discard)
-					m->n_discarded++;
+					m->n_discarded += diff;
 				else
-					m->n_discarded--;
+					m->n_discarded -= diff;
 			}
 			if (m->n_discarded == 0) {
 				free(m->discarded);

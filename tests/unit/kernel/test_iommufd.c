@@ -850,8 +850,9 @@ static void test_granular_layout(void **state)
 	memset(&areas, 0, sizeof(areas));
 	k.areas = &areas;
 	const uint64_t G = 4096, IOVA = 0x100000, OFF = 0x10000, M2 = 2u << 20;
+	/* mappings_per_context above DMB_GRANULES_MAX: the granule limit is hit first */
 	struct dmb_limits lim = { .contexts_per_owner = 4, .regions_per_context = 4,
-				  .mappings_per_context = 1u << 20, .devices_per_context = 4 };
+				  .mappings_per_context = 1u << 24, .devices_per_context = 4 };
 	struct dmb_core core;
 	core_init(&core, f->be, &lim);
 	core.device_allowed = allow_all;
@@ -948,6 +949,19 @@ static void test_granular_layout(void **state)
 	assert_int_equal(unmap_ranges(ctx, &both, 1, &bytes, &count, &e), 0);
 	assert_int_equal(ctx->n_mappings, 0);
 	assert_int_equal(core.pinned_bytes, 0);
+
+	/* more than DMB_GRANULES_MAX granules: refused before the kernel (a sparse
+	 * 16 GiB + 4 KiB memfd) */
+	struct dmb_region *big = NULL;
+	uint64_t too_many = (DMB_GRANULES_MAX + 1) * G;
+	assert_int_equal(region_register(ctx, sealed_memfd(too_many), 0, &big, &e), 0);
+	struct dmb_map_req q3 = { big->id, 0, UINT64_C(1) << 40, too_many, DMB_PROT_READ, G };
+	fake_reset();
+	e = (struct dmb_err){ 0 };
+	assert_int_equal(map_batch(ctx, &q3, 1, &e), -E2BIG);
+	assert_int_equal(e.code, DMB_E_INVALID_ARGUMENT);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP_FILE), 0);
+	assert_int_equal(ctx->n_mappings, 0);
 
 	/* the model is the kernel's: an unmap inside an area is refused */
 	assert_int_equal(fake_areas_map(&areas, IOVA, 16 * G, 0), 0);
