@@ -100,7 +100,7 @@ static bool allow_entry_valid(const char *t)
 enum {
 	R_CONTEXTS = 1u << 0, R_REGIONS = 1u << 1, R_MAPPINGS = 1u << 2, R_DEVMAX = 1u << 3,
 	R_PINNED = 1u << 4, R_ADMIN = 1u << 5, R_P2P = 1u << 6, R_XCTX = 1u << 7,
-	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS,
+	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS, R_NOIOMMU = 1u << 11,
 };
 
 /* "8G", "512M", "4096": bytes with an optional K/M/G/T suffix (powers of 2). */
@@ -294,6 +294,11 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				return WHY("mappings_per_context must be a number from 0 to %llu", 1ull << 32);
 			r->lim.mappings_per_context = u;
 			r->set |= R_MAPPINGS;
+		} else if (!strcmp(key, "noiommu")) {
+			if (!bool_value(value, &b))
+				return WHY("noiommu must be yes or no");
+			r->noiommu = b;
+			r->set |= R_NOIOMMU;
 		} else if (!strcmp(key, "admin") || !strcmp(key, "p2p") ||
 			   !strcmp(key, "p2p_cross_context") || !strcmp(key, "p2p_cross_client")) {
 			if (!bool_value(value, &b))
@@ -506,6 +511,8 @@ void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 				p->p2p_cross_context = r->p2p_cross_context;
 			if (r->set & R_XCLIENT)
 				p->p2p_cross_client = r->p2p_cross_client;
+			if (r->set & R_NOIOMMU)
+				p->noiommu = r->noiommu;
 			if (r->set & R_ALLOW) {
 				p->n_allow = r->n_allow;
 				p->allow = r->allow;

@@ -49,6 +49,7 @@ struct dmb_rule {
 	unsigned set;
 	struct dmb_limits lim;
 	bool admin, p2p, p2p_cross_context, p2p_cross_client;
+	bool noiommu;
 	size_t n_allow;
 	char allow[DMB_MAX_RULE_ALLOW][16];
 };

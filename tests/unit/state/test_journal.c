@@ -877,7 +877,7 @@ static void test_format_bytes(void **state)
 
 	/* header */
 	assert_memory_equal(f, "DMBJRNL\0", 8);
-	assert_int_equal(le32_at(f + H_OFF_VERSION), 0x00010000u);
+	assert_int_equal(le32_at(f + H_OFF_VERSION), JRNL_VERSION);
 	assert_int_equal(le32_at(f + H_OFF_HSIZE), 64);
 	assert_int_equal(le64_at(f + H_OFF_GEN), 1);
 	assert_int_equal(le64_at(f + H_OFF_BASESEQ), 1);
@@ -1884,14 +1884,14 @@ static void test_newer_minor(void **state)
 	write_raw_record(fd, off + 48, JRNL_SESSION_END, 3, pl, 16);
 	set_committed(fd, off + 48 + 40 - 64);
 
-	/* as 1.0: an unknown type is corruption */
+	/* as this version: an unknown type is corruption */
 	struct jrnl *r = reopen(j);
 	assert_non_null(jrnl_damaged(r));
 	assert_non_null(strstr(jrnl_damaged(r), "unknown record type"));
 	jrnl_close(r);
 
-	/* as 1.1 */
-	rewrite_header(fd, (1u << 16) | 1, 64, 1);
+	/* as the next minor */
+	rewrite_header(fd, (1u << 16) | (JRNL_VERSION_MINOR + 1), 64, 1);
 	r = reopen(j);
 	assert_null(jrnl_damaged(r));
 	uint32_t counts[2] = { 0, 0 };
