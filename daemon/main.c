@@ -175,8 +175,12 @@ static int run(int argc, char **argv)
 	const char *simdevs[17] = { 0 };
 	for (size_t i = 0; i < cfg.n_sim_devices; i++)
 		simdevs[i] = cfg.sim_devices[i];
+	const char *simnoiommu[17] = { 0 };
+	for (size_t i = 0; i < cfg.n_sim_noiommu; i++)
+		simnoiommu[i] = cfg.sim_noiommu[i];
 	struct dmb_backend_config bcfg = {
 		.sim_devices = cfg.n_sim_devices ? simdevs : NULL,
+		.sim_noiommu_devices = cfg.n_sim_noiommu ? simnoiommu : NULL,
 		.name = cfg.backend,
 		.sysfs_root = "/sys",
 		.dev_root = "/dev",

@@ -371,18 +371,21 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		} else
 			return WHY("unknown key '%s' in [p2p]", key);
 	} else if (!strcmp(section, "sim")) {
-		if (strcmp(key, "devices"))
+		bool noiommu = !strcmp(key, "noiommu_devices");
+		if (strcmp(key, "devices") && !noiommu)
 			return WHY("unknown key '%s' in [sim]", key);
-		cfg->n_sim_devices = 0;
+		size_t *n = noiommu ? &cfg->n_sim_noiommu : &cfg->n_sim_devices;
+		char (*list)[16] = noiommu ? cfg->sim_noiommu : cfg->sim_devices;
+		*n = 0;
 		char buf[1024];
 		snprintf(buf, sizeof(buf), "%s", value);
 		for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
 		     t = strtok_r(NULL, " \t,", &save)) {
 			if (!device_bdf_valid(t))
 				return WHY("'%s' is not a PCI address dddd:bb:dd.f", t);
-			if (cfg->n_sim_devices >= 16)
+			if (*n >= 16)
 				return WHY("more than 16 simulated devices");
-			snprintf(cfg->sim_devices[cfg->n_sim_devices++], sizeof(cfg->sim_devices[0]), "%s", t);
+			snprintf(list[(*n)++], sizeof(list[0]), "%s", t);
 		}
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(key, "textfile")) {

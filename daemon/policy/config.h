@@ -93,9 +93,11 @@ struct dmb_config {
 	size_t n_rules;
 	struct dmb_rule rules[DMB_MAX_RULES];
 
-	/* [sim] devices */
+	/* [sim] devices, and noiommu_devices: those without an IOMMU */
 	size_t n_sim_devices;
 	char sim_devices[16][16];
+	size_t n_sim_noiommu;
+	char sim_noiommu[16][16];
 
 	/* [metrics]: Prometheus text file, rewritten every interval_s ("" = off) */
 	char metrics_textfile[256];
