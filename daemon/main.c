@@ -217,7 +217,8 @@ static int run(int argc, char **argv)
 	if (r >= 0)
 		r = mgmt_attach(&srv, (enum bus_kind)o.bus);
 	if (r >= 0) /* after initialisation, before READY=1 */
-		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv));
+		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv),
+				  config_grants_noiommu(&cfg));
 	if (r < 0) {
 		server_fini(&srv);
 		event_base_free(base);

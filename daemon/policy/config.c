@@ -524,6 +524,14 @@ void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 	}
 }
 
+bool config_grants_noiommu(const struct dmb_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		if ((cfg->rules[i].set & R_NOIOMMU) && cfg->rules[i].noiommu)
+			return true;
+	return false;
+}
+
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid)
 {
 	for (size_t i = 0; i < cfg->n_admin_uids; i++)

@@ -119,6 +119,8 @@ int config_load_tree(struct dmb_config *cfg, const char *path, struct dmb_err *e
 void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 		    struct dmb_client_policy *out);
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid);
+/* Whether any policy section says `noiommu = yes`. */
+bool config_grants_noiommu(const struct dmb_config *cfg);
 /* May a client with this policy open the device at bdf (its address, or its
  * vendor:device read from sysfs, is on the allow list)? */
 bool config_device_allowed(const struct dmb_client_policy *pol, const char *bdf);
