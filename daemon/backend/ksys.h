@@ -24,8 +24,9 @@ struct ksys_ops {
 	/* Returns the ioctl's non-negative result or a negative errno. */
 	int (*ioctl)(int fd, unsigned long req, void *arg);
 	/* Returns a new fd or a negative errno. Only for device nodes whose
-	 * open itself answers (/dev/liveupdate: EBUSY, EIO), so tests can
-	 * play those answers; other opens call open(2) directly. */
+	 * open itself answers (/dev/liveupdate: EBUSY, EIO; a VFIO cdev:
+	 * noiommu-vfioN without CAP_SYS_RAWIO is EPERM), so tests can play
+	 * those answers; other opens call open(2) directly. */
 	int (*open)(const char *path, int flags);
 };
 
