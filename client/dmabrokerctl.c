@@ -3,7 +3,8 @@
  *   dmabrokerctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND
  *
  *   status                    server version, backend, features, uptime, totals (admin)
- *   list contexts [--all]     contexts; --all (every client's) is the default for admins
+ *   list contexts [--all]     contexts; --all (every client's) is the default for admins;
+ *                             ISOLATION says NONE(no-IOMMU) for no-IOMMU contexts
  *   list mappings CONTEXT     the mappings of one context (admins: any client's),
  *                             P2P (peer BAR) mappings marked as such
  *   list devices [--all]      open devices: command register, reset, revocation
@@ -170,6 +171,7 @@ static void status_json(const struct ctl *ctl, const struct dmb_status *st)
 	json_u64(&j, "sessions", st->sessions);
 	json_open(&j, "totals", '{');
 	json_u64(&j, "contexts", t->contexts);
+	json_u64(&j, "noiommu_contexts", t->noiommu_contexts);
 	json_u64(&j, "regions", t->regions);
 	json_u64(&j, "mappings", t->mappings);
 	json_u64(&j, "mapped_bytes", t->mapped_bytes);
@@ -195,7 +197,11 @@ static void status_human(const struct ctl *ctl, const struct dmb_status *st)
 	printf("Features:  %s\n", st->features[0] ? st->features : "(none)");
 	printf("Uptime:    %s\n", fmt_uptime(st->uptime_ms, up, sizeof(up)));
 	printf("Sessions:  %" PRIu32 "\n", st->sessions);
-	printf("Contexts:  %" PRIu32 "\n", t->contexts);
+	if (t->noiommu_contexts)
+		printf("Contexts:  %" PRIu32 " (%" PRIu32 " no-IOMMU: NO isolation)\n", t->contexts,
+		       t->noiommu_contexts);
+	else
+		printf("Contexts:  %" PRIu32 "\n", t->contexts);
 	printf("Regions:   %" PRIu32 "\n", t->regions);
 	printf("Mappings:  %" PRIu64 "\n", t->mappings);
 	printf("Mapped:    %s (%" PRIu64 " bytes)\n", fmt_bytes(t->mapped_bytes, b1, sizeof(b1)),
@@ -244,6 +250,7 @@ static void context_row(const void *rows, size_t i, char cells[][CELL_MAX])
 	snprintf(cells[6], CELL_MAX, "%" PRIu64, x->mappings);
 	fmt_bytes(x->mapped_bytes, cells[7], CELL_MAX);
 	snprintf(cells[8], CELL_MAX, "%" PRIu32, x->devices);
+	snprintf(cells[9], CELL_MAX, "%s", x->noiommu ? "NONE(no-IOMMU)" : "iommu");
 }
 
 static void contexts_json(const struct dmb_context_info *v, size_t n, bool all)
@@ -265,6 +272,7 @@ static void contexts_json(const struct dmb_context_info *v, size_t n, bool all)
 		json_u64(&j, "mappings", v[i].mappings);
 		json_u64(&j, "mapped_bytes", v[i].mapped_bytes);
 		json_u64(&j, "devices", v[i].devices);
+		json_bool(&j, "noiommu", v[i].noiommu);
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
@@ -277,6 +285,7 @@ static int cmd_list_contexts(struct ctl *ctl)
 		{ "ID", true }, { "NAME", false }, { "UID", true },
 		{ "PID", true }, { "SESSION", true }, { "REGIONS", true },
 		{ "MAPPINGS", true }, { "MAPPED", true }, { "DEVICES", true },
+		{ "ISOLATION", true },
 	};
 	bool admin = dmb_server_info(ctl->c)->admin;
 	bool all = ctl->all || admin;
@@ -294,6 +303,13 @@ static int cmd_list_contexts(struct ctl *ctl)
 	} else {
 		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, context_row, NULL, NULL);
 		printf("\n%zu context%s\n", n, n == 1 ? "" : "s");
+		size_t bare = 0;
+		for (size_t i = 0; i < n; i++)
+			bare += v[i].noiommu;
+		if (bare)
+			printf("%zu no-IOMMU context%s: %s devices reach all of memory (no "
+			       "isolation)\n",
+			       bare, bare == 1 ? "" : "s", bare == 1 ? "its" : "their");
 	}
 	free(v);
 	return finish_output();

@@ -83,6 +83,22 @@ static void fx_close(struct fx *f)
 	close(f->memfd);
 }
 
+/* dmabrokerctl's output for args (against the test daemon) contains want. */
+static bool ctl_says(const char *args, const char *want)
+{
+	const char *ctl = getenv("DMABROKERCTL");
+	assert_non_null(ctl);
+	char cmd[512], line[512];
+	snprintf(cmd, sizeof(cmd), "%s --socket %s %s 2>&1", ctl, g_daemon.sock, args);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	bool found = false;
+	while (fgets(line, sizeof(line), p))
+		found |= strstr(line, want) != NULL;
+	assert_int_equal(pclose(p), 0);
+	return found;
+}
+
 /* Every range of [iova, iova+len), paged, into out (cap entries). */
 static size_t all_ranges(struct dmb_client *c, uint64_t ctx, uint64_t iova, uint64_t len,
 			 struct dmb_phys_range *out, size_t cap)
@@ -170,6 +186,11 @@ static void test_moves_bytes_at_phys(void **state)
 	assert_int_equal(ss.totals.noiommu_contexts, 1);
 	assert_int_equal(ss.totals.pinned_bytes, f.size);
 	assert_true(daemon_log_count(&g_daemon, "gives NO isolation") >= 1);
+	assert_true(ctl_says("list contexts", "NONE(no-IOMMU)"));
+	assert_true(ctl_says("list contexts", "1 no-IOMMU context"));
+	assert_true(ctl_says("--json list contexts", "\"noiommu\": true"));
+	assert_true(ctl_says("status", "(1 no-IOMMU: NO isolation)"));
+	assert_true(ctl_says("--json status", "\"noiommu_contexts\": 1"));
 
 	/* Unmapping unpins: the old physical addresses fault, nothing moves. */
 	uint64_t bytes = 0;
