@@ -109,6 +109,8 @@ static void grant_human(const struct dmb_config *cfg, const struct ctl_ident *id
 		printf("%s%s", i ? " " : "", p->allow[i]);
 	printf("\n  p2p:                  %s (cross-context %s, cross-client %s)\n", yes_no(p->p2p),
 	       yes_no(p->p2p_cross_context), yes_no(p->p2p_cross_client));
+	printf("  no-IOMMU contexts:    %s\n",
+	       p->noiommu ? "yes (NO isolation: devices without an IOMMU)" : "no");
 	printf("  contexts:             %" PRIu32 "\n", l->contexts_per_owner);
 	printf("  regions per context:  %" PRIu32 "\n", l->regions_per_context);
 	printf("  mappings per context: %" PRIu64 "\n", l->mappings_per_context);
@@ -149,6 +151,7 @@ static void grant_json(struct json *j, const struct dmb_config *cfg, const struc
 	json_bool(j, "p2p", p->p2p);
 	json_bool(j, "p2p_cross_context", p->p2p_cross_context);
 	json_bool(j, "p2p_cross_client", p->p2p_cross_client);
+	json_bool(j, "noiommu", p->noiommu);
 	json_open(j, "limits", '{');
 	json_u64(j, "contexts", l->contexts_per_owner);
 	json_u64(j, "regions_per_context", l->regions_per_context);
