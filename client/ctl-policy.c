@@ -111,6 +111,11 @@ static void grant_human(const struct dmb_config *cfg, const struct ctl_ident *id
 	       yes_no(p->p2p_cross_context), yes_no(p->p2p_cross_client));
 	printf("  no-IOMMU contexts:    %s\n",
 	       p->noiommu ? "yes (NO isolation: devices without an IOMMU)" : "no");
+	char what[256];
+	int enc = hostmem_encrypted(NULL, what, sizeof(what));
+	printf("  p2p through type1:    %s (%s; this host: %s)\n",
+	       p2p_cacheable_name(p2p_cacheable_effective(cfg, enc > 0)),
+	       cfg->p2p_type1 ? "[p2p] type1" : "the default", what);
 	printf("  contexts:             %" PRIu32 "\n", l->contexts_per_owner);
 	printf("  regions per context:  %" PRIu32 "\n", l->regions_per_context);
 	printf("  mappings per context: %" PRIu64 "\n", l->mappings_per_context);
@@ -152,6 +157,10 @@ static void grant_json(struct json *j, const struct dmb_config *cfg, const struc
 	json_bool(j, "p2p_cross_context", p->p2p_cross_context);
 	json_bool(j, "p2p_cross_client", p->p2p_cross_client);
 	json_bool(j, "noiommu", p->noiommu);
+	char what[256];
+	/* what MapPeer of a backend with cacheable P2P attributes gets here */
+	json_str(j, "p2p_type1", p2p_cacheable_name(p2p_cacheable_effective(
+					  cfg, hostmem_encrypted(NULL, what, sizeof(what)) > 0)));
 	json_open(j, "limits", '{');
 	json_u64(j, "contexts", l->contexts_per_owner);
 	json_u64(j, "regions_per_context", l->regions_per_context);

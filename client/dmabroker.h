@@ -46,6 +46,10 @@ enum dmb_error_code {
 #define DMB_READ 1u
 #define DMB_WRITE 2u
 
+/* Memory attributes of an IOMMU mapping (MemAttr on the wire). */
+#define DMB_ATTR_CACHEABLE 1u
+#define DMB_ATTR_MMIO 2u
+
 /* Event kinds (struct dmb_event.kind, dmb_subscribe mask). */
 #define DMB_EV_CONTEXT_LOST 1u
 #define DMB_EV_MAPPINGS_REVOKED 2u
@@ -157,6 +161,7 @@ struct dmb_importer {
 	uint64_t offset;
 	bool revoked;
 	uint32_t owner_uid;
+	uint32_t attr;          /* DMB_ATTR_MMIO or DMB_ATTR_CACHEABLE */
 };
 
 struct dmb_device_listing {
@@ -207,6 +212,9 @@ struct dmb_mapping_info {
 	uint64_t peer_device;
 	uint32_t bar;
 	bool revoked;
+	/* the IOMMU attributes: DMB_ATTR_CACHEABLE (RAM; a P2P mapping of the
+	 * vfio-type1 backend) or DMB_ATTR_MMIO (a P2P mapping made as MMIO) */
+	uint32_t attr;
 };
 
 struct dmb_event {
@@ -337,6 +345,13 @@ int dmb_device_close(struct dmb_client *c, uint64_t device);
 int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
 		 const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
 		 uint64_t length, uint32_t prot);
+/* The same, and *attr (if not NULL) gets the memory attributes the IOMMU
+ * maps the BAR with: DMB_ATTR_MMIO, or DMB_ATTR_CACHEABLE where the backend
+ * can only map it like RAM (vfio-type1; docs/operations.md "P2P memory
+ * attributes"). */
+int dmb_map_peer_attr(struct dmb_client *c, uint64_t context, uint64_t peer_device,
+		      const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
+		      uint64_t length, uint32_t prot, uint32_t *attr);
 /* Mediated command-register change: revokes P2P importers before memory
  * decoding goes off, restores them after it is back on. */
 int dmb_device_set_command(struct dmb_client *c, uint64_t device, uint16_t set_bits,

@@ -372,6 +372,13 @@ static int fetch_mappings(struct ctl *ctl, uint64_t context, struct mapping_list
 	}
 }
 
+/* The IOMMU attributes of a mapping, as 'list mappings' and 'list devices'
+ * print them. */
+static const char *attr_name(uint32_t attr)
+{
+	return attr == DMB_ATTR_MMIO ? "mmio" : attr == DMB_ATTR_CACHEABLE ? "cacheable" : "-";
+}
+
 /* A P2P mapping's REGION cell names the peer's BAR ("bar0@dev7": BAR 0 of the
  * broker's device 7, as in 'list devices'); OFFSET is then into the BAR. */
 static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
@@ -387,7 +394,11 @@ static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
 		snprintf(cells[2], CELL_MAX, "%" PRIu64, m->region);
 	snprintf(cells[3], CELL_MAX, "0x%" PRIx64, m->offset);
 	snprintf(cells[4], CELL_MAX, "%s", prot_name(m->prot));
-	snprintf(cells[5], CELL_MAX, "%s", !m->mmio ? "-" : m->revoked ? "revoked" : "live");
+	if (m->mmio)
+		snprintf(cells[5], CELL_MAX, "%s %s", m->revoked ? "revoked" : "live",
+			 attr_name(m->attr));
+	else
+		snprintf(cells[5], CELL_MAX, "-");
 }
 
 static void mappings_json(uint64_t context, const struct mapping_list *l)
@@ -410,6 +421,7 @@ static void mappings_json(uint64_t context, const struct mapping_list *l)
 		json_u64(&j, "peer_device", m->peer_device); /* P2P only, else 0 */
 		json_u64(&j, "bar", m->bar);                 /* P2P only, else 0 */
 		json_bool(&j, "revoked", m->revoked);
+		json_str(&j, "attr", attr_name(m->attr)); /* mmio, cacheable */
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
@@ -498,7 +510,7 @@ static void importer_cells(const struct dmb_importer *m, char cells[][CELL_MAX])
 		 m->iova + m->length - 1);
 	fmt_bytes(m->length, cells[3], CELL_MAX);
 	snprintf(cells[4], CELL_MAX, "bar%" PRIu32 "+0x%" PRIx64, m->bar, m->offset);
-	snprintf(cells[5], CELL_MAX, "%s", m->revoked ? "revoked" : "live");
+	snprintf(cells[5], CELL_MAX, "%s %s", m->revoked ? "revoked" : "live", attr_name(m->attr));
 }
 
 static void device_importers(const void *rows, size_t i, void *opaque)
@@ -571,6 +583,7 @@ static void devices_json(const struct dmb_device_listing *v, size_t n, bool all)
 			json_u64(&j, "bar", m->bar);
 			json_u64(&j, "offset", m->offset);
 			json_bool(&j, "revoked", m->revoked);
+			json_str(&j, "attr", attr_name(m->attr));
 			json_close(&j, '}');
 		}
 		json_close(&j, ']');

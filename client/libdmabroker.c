@@ -932,6 +932,7 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 				.iova = m->iova, .length = m->length, .region = m->region_id,
 				.offset = m->offset, .prot = m->prot, .mmio = m->mmio,
 				.peer_device = m->peer_device_id, .bar = m->bar, .revoked = m->revoked,
+				.attr = (uint32_t)m->attr,
 			};
 			(*n)++;
 		}
@@ -947,6 +948,14 @@ int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
 		 const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
 		 uint64_t length, uint32_t prot)
 {
+	return dmb_map_peer_attr(c, context, peer_device, peer_bdf, bar, offset, iova, length,
+				 prot, NULL);
+}
+
+int dmb_map_peer_attr(struct dmb_client *c, uint64_t context, uint64_t peer_device,
+		      const char *peer_bdf, unsigned bar, uint64_t offset, uint64_t iova,
+		      uint64_t length, uint32_t prot, uint32_t *attr)
+{
 	REQ(q, MAP_PEER, map_peer, Dmb__MapPeer, DMB__MAP_PEER__INIT);
 	q.context_id = context;
 	q.peer_device_id = peer_device;
@@ -956,7 +965,16 @@ int dmb_map_peer(struct dmb_client *c, uint64_t context, uint64_t peer_device,
 	q.iova = iova;
 	q.length = length;
 	q.prot = prot;
-	return simple_call(c, &req, NULL);
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_MAP)
+		r = bad_body(c, rep, "MapPeer");
+	else if (attr)
+		*attr = (uint32_t)rep->map->attr;
+	reply_free(c, rep);
+	return r;
 }
 
 static void state_from_pb(struct dmb_device_state *o, const Dmb__DeviceStateReply *s)
@@ -1048,7 +1066,7 @@ int dmb_list_devices(struct dmb_client *c, bool all, struct dmb_device_listing *
 		for (size_t j = 0; j < d->n_importers; j++, imp++) {
 			const Dmb__Importer *m = d->importers[j];
 			*imp = (struct dmb_importer){ m->context_id, m->iova, m->length, m->bar,
-						      m->offset, m->revoked, m->owner_uid };
+						      m->offset, m->revoked, m->owner_uid, (uint32_t)m->attr };
 			if (m->revoked)
 				o->state.revoked++;
 		}

@@ -185,6 +185,7 @@ static int run(int argc, char **argv)
 		.sysfs_root = "/sys",
 		.dev_root = "/dev",
 		.sim_populate = cfg.sim_populate,
+		.sim_p2p_attr = cfg.sim_p2p_attr ? DMB_MEM_CACHEABLE : DMB_MEM_MMIO,
 	};
 	struct dmb_backend *be = NULL;
 	r = dmb_backend_create(&bcfg, &be, &e);

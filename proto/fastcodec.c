@@ -163,7 +163,9 @@ size_t fc_server_message_pack(const Dmb__ServerMessage *m, uint8_t *out, size_t 
 	p = open_len(&l0, p);
 	p = put_field(p, T1_VARINT, r->id);
 	if (r->body_case == DMB__REPLY__BODY_MAP && r->map) {
-		if (!plain(&r->map->base, &dmb__map_reply__descriptor))
+		/* only `mapped`: a reply with more (a MapPeer's attr) goes
+		 * through protobuf-c */
+		if (!plain(&r->map->base, &dmb__map_reply__descriptor) || r->map->attr)
 			return 0;
 		*p++ = T16_LEN_0;
 		*p++ = T_HI_1;

@@ -274,11 +274,23 @@ struct dmb_backend_ops {
 	uint64_t (*pinned_bytes)(struct dmb_backend *be);
 };
 
+/* The memory attributes of an IOMMU mapping (the wire's MemAttr values). */
+enum dmb_mem_attr {
+	DMB_MEM_UNSPECIFIED = 0,
+	DMB_MEM_CACHEABLE = 1, /* ordinary memory: cached, writes may merge */
+	DMB_MEM_MMIO = 2,      /* IOMMU_MMIO: what a peer BAR needs */
+};
+
 struct dmb_backend {
 	const struct dmb_backend_ops *ops;
 	/* Detected features, e.g. "map-file", "unmap-all", "vaddr-update";
 	 * NULL-terminated. */
 	const char *const *features;
+	/* The attributes map_bar gives a peer BAR in the IOMMU: MMIO where the
+	 * kernel path sets IOMMU_MMIO (iommufd's dma-buf mapping), CACHEABLE
+	 * where it maps the BAR like RAM (VFIO type1 through a user address:
+	 * Linux up to at least 7.3.4 does not set IOMMU_MMIO there). */
+	enum dmb_mem_attr p2p_attr;
 };
 
 /* Start-up options shared by the backends. */
@@ -293,6 +305,9 @@ struct dmb_backend_config {
 	 * in sim_devices, or added to it); NULL-terminated, NULL: none. */
 	const char *const *sim_noiommu_devices;
 	bool sim_populate;         /* sim: touch every page on map, as pinning does */
+	/* sim: the attributes its P2P mappings model (DMB_MEM_MMIO, iommufd's
+	 * dma-buf path, unless set; DMB_MEM_CACHEABLE models type1's) */
+	enum dmb_mem_attr sim_p2p_attr;
 };
 
 /* backend.c: pick and create a backend. "auto" probes iommufd, then

@@ -1327,6 +1327,9 @@ int dmb_iommufd_create(const struct dmb_backend_config *cfg, struct dmb_backend 
 	be->n_features = n; /* "p2p-dmabuf" may go here (probe_dmabuf) */
 	be->base.ops = &ifd_ops;
 	be->base.features = be->features;
+	/* A dma-buf area's pages are MMIO batches: pages.c batch_to_domain
+	 * drops IOMMU_CACHE and sets IOMMU_MMIO for them. */
+	be->base.p2p_attr = DMB_MEM_MMIO;
 	if (be->map_file)
 		probe_dmabuf_at_start(be, fd, devices);
 

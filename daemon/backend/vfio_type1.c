@@ -1634,6 +1634,10 @@ int dmb_type1_create(const struct dmb_backend_config *cfg, struct dmb_backend **
 	be->features[n] = NULL;
 	be->base.ops = &t1_ops;
 	be->base.features = be->features;
+	/* MAP_DMA of a BAR's VM_PFNMAP vaddr is mapped like RAM: vfio_iommu_type1.c
+	 * passes dma->prot | IOMMU_CACHE to iommu_map and never IOMMU_MMIO
+	 * (7.3.4), so the IOMMU treats the BAR as ordinary cacheable memory. */
+	be->base.p2p_attr = DMB_MEM_CACHEABLE;
 
 	log_debug("vfio-type1 backend on %s (unmap-all: %s, vaddr-update: %s, p2p: %s)", path,
 		  be->unmap_all ? "yes" : "no", be->vaddr_update ? "yes" : "no",

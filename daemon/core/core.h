@@ -90,6 +90,7 @@ struct dmb_p2p {
 	struct dmb_device *peer;
 	unsigned bar;
 	bool revoked;                     /* absent from the IOMMU now */
+	enum dmb_mem_attr attr;           /* what the backend's kernel path maps it with */
 };
 TAILQ_HEAD(dmb_p2p_list, dmb_p2p);
 RB_HEAD(dmb_map_tree, dmb_mapping);
@@ -305,6 +306,9 @@ struct dmb_core {
 	uint64_t pinned_bytes;        /* RAM mapped, all clients */
 	uint64_t pinned_bytes_limit;  /* 0 = no limit */
 
+	/* [p2p] type1 in force (policy/config.h p2p_cacheable_effective): for
+	 * MapPeer on a backend whose P2P mappings are cacheable */
+	enum dmb_p2p_cacheable p2p_cacheable;
 	uint64_t revocations;
 	uint64_t restorations;
 	uint64_t p2p_mappings;

@@ -196,6 +196,16 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 	if (!ops->map_bar || !ops->dev_bar_info)
 		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
 				"the %s backend cannot map a peer device's BAR (no P2P support)", ops->name);
+	if (core->be->p2p_attr == DMB_MEM_CACHEABLE &&
+	    core->p2p_cacheable == DMB_P2P_CACHEABLE_REFUSE) {
+		log_ratelimited(LOG_NOTICE, "context %" PRIu64 ": P2P mapping of %s refused: the %s "
+				"backend maps a peer BAR with cacheable attributes and [p2p] type1 is "
+				"refuse", ctx->id, peer->bdf, ops->name);
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"the %s backend would map BAR %u of %s as cacheable, not MMIO, and "
+				"[p2p] type1 refuses that on this host; iommufd maps BARs as MMIO "
+				"(Linux 6.19+, VFIO_PCI_DMABUF)", ops->name, q->bar, peer->bdf);
+	}
 	if (q->prot == 0 || (q->prot & ~(uint32_t)(DMB_PROT_READ | DMB_PROT_WRITE)))
 		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 				"prot 0x%x is not valid: use READ (1), WRITE (2) or both", q->prot);
@@ -280,9 +290,15 @@ int p2p_map(struct dmb_ctx *ctx, const struct dmb_map_peer_req *q, struct dmb_er
 	p->ctx = ctx;
 	p->peer = peer;
 	p->bar = q->bar;
+	p->attr = core->be->p2p_attr;
 	TAILQ_INSERT_TAIL(&peer->importers, p, peer_link);
 	peer->n_importers++;
 	map_insert(ctx, &p->m);
+	if (p->attr == DMB_MEM_CACHEABLE && core->p2p_cacheable == DMB_P2P_CACHEABLE_WARN)
+		log_ratelimited(LOG_WARNING, "context %" PRIu64 ": P2P mapping [0x%" PRIx64 ", 0x%"
+				PRIx64 "] -> %s BAR %u is mapped with cacheable IOMMU attributes, not "
+				"as MMIO (the %s backend cannot do otherwise; [p2p] type1 = warn)",
+				ctx->id, q->iova, last, peer->bdf, q->bar, ops->name);
 	log_info("context %" PRIu64 ": P2P mapping [0x%" PRIx64 ", 0x%" PRIx64 "] -> %s BAR %u +0x%" PRIx64,
 		 ctx->id, q->iova, last, peer->bdf, q->bar, q->offset);
 	return 0;
@@ -445,6 +461,7 @@ int p2p_adopt_record(struct dmb_ctx *ctx, struct dmb_device *peer, unsigned bar,
 	p->ctx = ctx;
 	p->peer = peer;
 	p->bar = bar;
+	p->attr = ctx->core->be->p2p_attr;
 	TAILQ_INSERT_TAIL(&peer->importers, p, peer_link);
 	peer->n_importers++;
 	if (revoked)

@@ -324,7 +324,7 @@ static int method_list_contexts(sd_bus_message *m, void *userdata, sd_bus_error 
 	return r;
 }
 
-#define DEVICE_SIG "(tstuqqqbbbtta(tuttutb))"
+#define DEVICE_SIG "(tstuqqqbbbtta(tuttutbs))"
 
 static int append_device(sd_bus_message *reply, struct dmb_device *d)
 {
@@ -333,7 +333,7 @@ static int append_device(sd_bus_message *reply, struct dmb_device *d)
 	if (!d->in_reset)
 		(void)p2p_read_command(d, &cmd, &e); /* refreshes d->command */
 	struct dmb_ctx *ctx = d->ctx;
-	int r = sd_bus_message_open_container(reply, 'r', "tstuqqqbbbtta(tuttutb)");
+	int r = sd_bus_message_open_container(reply, 'r', "tstuqqqbbbtta(tuttutbs)");
 	if (r >= 0)
 		r = sd_bus_message_append(reply, "tstuqqqbbbtt", d->id, d->bdf, ctx->id,
 					  ctx->owner ? (uint32_t)ctx->owner->uid : 0u,
@@ -342,15 +342,15 @@ static int append_device(sd_bus_message *reply, struct dmb_device *d)
 					  (int)((d->command & DMB_PCI_COMMAND_MASTER) != 0),
 					  (int)d->in_reset, d->revocations, d->restorations);
 	if (r >= 0)
-		r = sd_bus_message_open_container(reply, 'a', "(tuttutb)");
+		r = sd_bus_message_open_container(reply, 'a', "(tuttutbs)");
 	struct dmb_p2p *p;
 	TAILQ_FOREACH(p, &d->importers, peer_link) {
 		if (r < 0)
 			break;
-		r = sd_bus_message_append(reply, "(tuttutb)", p->ctx->id,
+		r = sd_bus_message_append(reply, "(tuttutbs)", p->ctx->id,
 					  p->ctx->owner ? (uint32_t)p->ctx->owner->uid : 0u, p->m.iova,
 					  p->m.length, (uint32_t)p->bar, p->m.offset,
-					  (int)p->revoked);
+					  (int)p->revoked, p->attr == DMB_MEM_MMIO ? "mmio" : "cacheable");
 	}
 	if (r >= 0)
 		r = sd_bus_message_close_container(reply);

@@ -49,6 +49,23 @@ void config_defaults(struct dmb_config *cfg)
 	cfg->metrics_interval_s = 15;
 }
 
+enum dmb_p2p_cacheable p2p_cacheable_effective(const struct dmb_config *cfg, bool mem_encrypted)
+{
+	if (cfg->p2p_type1 != DMB_P2P_CACHEABLE_UNSET)
+		return cfg->p2p_type1;
+	return mem_encrypted ? DMB_P2P_CACHEABLE_REFUSE : DMB_P2P_CACHEABLE_WARN;
+}
+
+const char *p2p_cacheable_name(enum dmb_p2p_cacheable v)
+{
+	switch (v) {
+	case DMB_P2P_CACHEABLE_ALLOW: return "allow";
+	case DMB_P2P_CACHEABLE_WARN: return "warn";
+	case DMB_P2P_CACHEABLE_REFUSE: return "refuse";
+	default: return "unset";
+	}
+}
+
 int config_parse_log_level(const char *s)
 {
 	static const struct { const char *n; int l; } levels[] = {
@@ -368,8 +385,25 @@ static int on_key(void *user, const char *section, const char *key, const char *
 		} else if (!strcmp(key, "cross_context")) {
 			if (!bool_value(value, &cfg->p2p_cross_context))
 				return WHY("cross_context must be yes or no");
+		} else if (!strcmp(key, "type1")) {
+			if (!strcmp(value, "allow"))
+				cfg->p2p_type1 = DMB_P2P_CACHEABLE_ALLOW;
+			else if (!strcmp(value, "warn"))
+				cfg->p2p_type1 = DMB_P2P_CACHEABLE_WARN;
+			else if (!strcmp(value, "refuse"))
+				cfg->p2p_type1 = DMB_P2P_CACHEABLE_REFUSE;
+			else
+				return WHY("type1 must be allow, warn or refuse");
 		} else
 			return WHY("unknown key '%s' in [p2p]", key);
+	} else if (!strcmp(section, "sim") && !strcmp(key, "p2p_attrs")) {
+		if (!strcmp(value, "mmio"))
+			cfg->sim_p2p_attr = 0;
+		else if (!strcmp(value, "cacheable"))
+			cfg->sim_p2p_attr = 1;
+		else
+			return WHY("p2p_attrs must be mmio (as iommufd maps a peer BAR) or cacheable "
+				   "(as vfio-type1 does)");
 	} else if (!strcmp(section, "sim")) {
 		bool noiommu = !strcmp(key, "noiommu_devices");
 		if (strcmp(key, "devices") && !noiommu)

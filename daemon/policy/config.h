@@ -84,6 +84,10 @@ struct dmb_config {
 
 	/* [p2p] */
 	uint32_t p2p_poll_interval_ms;
+	/* [p2p] type1: P2P mappings the backend makes with cacheable attributes
+	 * (DMB_P2P_CACHEABLE_UNSET: refuse where host memory encryption is
+	 * active, else warn; p2p_cacheable_effective resolves it) */
+	enum dmb_p2p_cacheable p2p_type1;
 	bool p2p;
 	bool p2p_cross_context;
 	bool p2p_cross_client;
@@ -98,6 +102,9 @@ struct dmb_config {
 	char sim_devices[16][16];
 	size_t n_sim_noiommu;
 	char sim_noiommu[16][16];
+	/* [sim] p2p_attrs: 0 mmio (iommufd's, the default), 1 cacheable
+	 * (type1's) */
+	int sim_p2p_attr;
 
 	/* [metrics]: Prometheus text file, rewritten every interval_s ("" = off) */
 	char metrics_textfile[256];
@@ -125,5 +132,15 @@ bool config_grants_noiommu(const struct dmb_config *cfg);
  * vendor:device read from sysfs, is on the allow list)? */
 bool config_device_allowed(const struct dmb_client_policy *pol, const char *bdf);
 int config_parse_log_level(const char *s);
+/* The [p2p] type1 setting in force: the file's, else refuse where host
+ * memory encryption is active and warn elsewhere. */
+enum dmb_p2p_cacheable p2p_cacheable_effective(const struct dmb_config *cfg, bool mem_encrypted);
+const char *p2p_cacheable_name(enum dmb_p2p_cacheable v);
+
+/* hostmem.c: is host memory encryption active (AMD SME: the kernel keeps
+ * the "sme" CPU flag only when it runs with SME on)? Reads cpuinfo (NULL:
+ * /proc/cpuinfo). 1: active, 0: not, -errno: could not tell (then `what`
+ * says why). `what` gets one phrase for the log either way. */
+int hostmem_encrypted(const char *cpuinfo, char *what, size_t n);
 /* Validates a device address, "DDDD:BB:DD.F" (lower-case hex). */
 bool device_bdf_valid(const char *bdf);

@@ -35,3 +35,12 @@ struct dmb_client_policy {
 	size_t n_allow;
 	const char (*allow)[16];    /* BDFs and vendor:device; into the loaded config */
 };
+
+/* What the broker does with a P2P mapping the backend can only make with
+ * cacheable IOMMU attributes (vfio-type1's). */
+enum dmb_p2p_cacheable {
+	DMB_P2P_CACHEABLE_UNSET = 0,
+	DMB_P2P_CACHEABLE_ALLOW,
+	DMB_P2P_CACHEABLE_WARN,
+	DMB_P2P_CACHEABLE_REFUSE,
+};

@@ -549,7 +549,11 @@ static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
 		.length = q->length, .prot = q->prot,
 	};
 	int r = p2p_map(ctx, &mr, e);
-	return r < 0 ? r : rpc_reply_mapped(c, 1);
+	if (r < 0)
+		return r;
+	rpc_reply_mapped(c, 1);
+	c->body.map.attr = (Dmb__MemAttr)c->s->srv->core.be->p2p_attr;
+	return 0;
 }
 
 static int reply_device_state(struct rpc_call *c, struct dmb_device *d)
@@ -648,6 +652,7 @@ static int rpc_list_devices(struct rpc_call *c, struct dmb_err *e)
 				m->offset = p->m.offset;
 				m->revoked = p->revoked;
 				m->owner_uid = p->ctx->owner ? p->ctx->owner->uid : 0;
+				m->attr = (Dmb__MemAttr)p->attr;
 				iptrs[k++] = m;
 				o->n_importers++;
 			}
@@ -924,8 +929,10 @@ static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 			arr[i].peer_device_id = p->peer ? p->peer->id : 0;
 			arr[i].bar = p->bar;
 			arr[i].revoked = (map_flags(m) & DMB_MAP_REVOKED) != 0;
+			arr[i].attr = (Dmb__MemAttr)p->attr;
 		} else {
 			arr[i].region_id = m->region->id;
+			arr[i].attr = DMB__MEM_ATTR__MEM_ATTR_CACHEABLE;
 		}
 		ptrs[i] = &arr[i];
 	}
@@ -1157,6 +1164,9 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(PHYS_RANGES, "phys-ranges", rpc_phys_ranges, 0),
 };
 _Static_assert(DMB_ARRAY_SIZE(rpc_table) <= RPC_MAX_KIND, "RPC_MAX_KIND is too small");
+_Static_assert((int)DMB_MEM_CACHEABLE == (int)DMB__MEM_ATTR__MEM_ATTR_CACHEABLE &&
+		       (int)DMB_MEM_MMIO == (int)DMB__MEM_ATTR__MEM_ATTR_MMIO,
+	       "enum dmb_mem_attr is the wire's MemAttr");
 
 const char *rpc_request_name(size_t kind)
 {

@@ -296,6 +296,37 @@ static uint32_t host_busy_contexts(void *opaque)
 	return srv->n_gates;
 }
 
+/* Host memory encryption, detected once (the kernel cannot change it while
+ * running), and the [p2p] type1 policy it sets by default; both in the log
+ * at start-up, for every backend, so an operator reading it knows what a
+ * move to vfio-type1 would mean. */
+static void p2p_policy_init(struct server *srv)
+{
+	char what[256];
+	int enc = hostmem_encrypted(getenv("DMABROKERD_TEST_CPUINFO"), what, sizeof(what));
+	srv->mem_encrypted = enc > 0;
+	enum dmb_p2p_cacheable v = p2p_cacheable_effective(srv->cfg, srv->mem_encrypted);
+	srv->core.p2p_cacheable = v;
+	const struct dmb_backend *be = srv->core.be;
+	const char *how = be->p2p_attr == DMB_MEM_CACHEABLE ? "cacheable IOMMU attributes"
+			  : be->p2p_attr == DMB_MEM_MMIO ? "MMIO attributes" : "no P2P";
+	if (be->p2p_attr == DMB_MEM_CACHEABLE && v == DMB_P2P_CACHEABLE_REFUSE)
+		log_notice("P2P: %s; the %s backend maps peer BARs with %s, so [p2p] type1 = refuse%s: "
+			   "MapPeer is refused", what, be->ops->name, how,
+			   srv->cfg->p2p_type1 ? " (set in the configuration)" : " (the default here)");
+	else if (be->p2p_attr == DMB_MEM_CACHEABLE)
+		log_notice("P2P: %s; the %s backend maps peer BARs with %s; [p2p] type1 = %s%s", what,
+			   be->ops->name, how, p2p_cacheable_name(v),
+			   srv->cfg->p2p_type1 ? " (set in the configuration)" : " (the default here)");
+	else
+		log_info("P2P: %s; the %s backend maps peer BARs with %s ([p2p] type1 = %s would "
+			 "apply to vfio-type1)", what, be->ops->name, how, p2p_cacheable_name(v));
+	if (srv->mem_encrypted && v == DMB_P2P_CACHEABLE_ALLOW && be->p2p_attr == DMB_MEM_CACHEABLE)
+		log_warning("P2P: [p2p] type1 = allow with host memory encryption active: P2P DMA "
+			    "through the %s backend may reach an encrypted alias of the peer BAR, "
+			    "not the BAR", be->ops->name);
+}
+
 int server_init(struct server *srv, struct event_base *base, struct dmb_config *cfg,
 		struct dmb_backend *be)
 {
@@ -318,6 +349,7 @@ int server_init(struct server *srv, struct event_base *base, struct dmb_config *
 	srv->core.device_allowed = device_allowed_cb;
 	srv->core.policy_opaque = cfg;
 	srv->core.pinned_bytes_limit = cfg->pinned_bytes_total;
+	p2p_policy_init(srv);
 	int r = sched_init(srv);
 	if (r < 0)
 		return r;
@@ -421,6 +453,7 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 	fresh->sim_populate = cur->sim_populate;
 	fresh->n_sim_devices = cur->n_sim_devices;
 	memcpy(fresh->sim_devices, cur->sim_devices, sizeof(cur->sim_devices));
+	fresh->sim_p2p_attr = cur->sim_p2p_attr;
 	fresh->log_level = cur->log_level; /* the command line may have set it */
 	if (strcmp(fresh->metrics_textfile, cur->metrics_textfile) ||
 	    fresh->metrics_interval_s != cur->metrics_interval_s)
@@ -438,6 +471,12 @@ int server_reload(struct server *srv, const char *path, struct dmb_err *e)
 
 	srv->core.limits = cur->limits;
 	srv->core.pinned_bytes_limit = cur->pinned_bytes_total;
+	enum dmb_p2p_cacheable was = srv->core.p2p_cacheable;
+	srv->core.p2p_cacheable = p2p_cacheable_effective(cur, srv->mem_encrypted);
+	if (was != srv->core.p2p_cacheable)
+		log_notice("reload: [p2p] type1 is now %s (was %s): new P2P mappings of the %s "
+			   "backend follow it, existing ones stay", p2p_cacheable_name(srv->core.p2p_cacheable),
+			   p2p_cacheable_name(was), srv->core.be->ops->name);
 	struct session *s;
 	TAILQ_FOREACH(s, &srv->sessions, link) {
 		config_resolve(cur, s->cred.uid, s->cred.gid, &s->owner->pol);

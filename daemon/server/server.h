@@ -141,6 +141,7 @@ struct server {
 	struct event_base *base;
 	struct dmb_config *cfg;
 	struct dmb_core core;
+	bool mem_encrypted;     /* host memory encryption active (policy/hostmem.c) */
 	int listen_fd;
 	bool listen_owned;      /* we created (and unlink) the socket path */
 	struct event *ev_listen;

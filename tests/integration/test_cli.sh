@@ -306,6 +306,15 @@ expect_rc 0 "policy check --uid 1001 --gid 5"
 grep -Eq '^  admin: +yes$' "$TMP/out" || fail "policy check: uid 1001 is admin by its drop-in"
 grep -Eq '^  devices: +0000:01:00\.0$' "$TMP/out" || fail "policy check: uid 1001 gets [devices] allow"
 grep -Eq '^  pinned bytes: +no limit$' "$TMP/out" || fail "policy check: uid 1001 has no pinned limit"
+# [p2p] type1 unset: the default for this host (refuse with SME active, else warn), said as such
+if grep -qw sme <(grep -m1 '^flags' /proc/cpuinfo); then HOST_T1=refuse; else HOST_T1=warn; fi
+grep -Eq "^  p2p through type1: +$HOST_T1 \(the default; this host: host memory encryption is " "$TMP/out" ||
+	fail "policy check: expected '  p2p through type1:    $HOST_T1 (the default; this host: ...)'"
+printf '[p2p]\ntype1 = refuse\n' >"$POL.d/20-p2p.conf"
+ctl_raw --json policy check "$POL" --uid 1001 --gid 5
+python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["grant"]; sys.exit(0 if g.get("p2p_type1") == "refuse" else "p2p_type1: %r" % g.get("p2p_type1"))' "$TMP/out" ||
+	fail "policy check --json: expected p2p_type1 refuse with [p2p] type1 = refuse"
+rm "$POL.d/20-p2p.conf"
 pass "policy check: a good file with a drop-in, and what uid 1000 / 1001 would get"
 
 # A grant the shipped unit cannot honour is valid, with a warning.
@@ -530,7 +539,7 @@ if b['memory'] != $1 or b['bus_master'] or b['command'] != (2 if $1 else 0):
 if (b['revocations'], b['restorations']) != ($3, $4):
     sys.exit('B: expected %d revocations, %d restorations, got %r' % ($3, $4, (b['revocations'], b['restorations'])))
 want = [dict(context=$P2P_CTX, owner_uid=$ME, iova=1 << 30, last=(1 << 30) + 0xffff, length=0x10000,
-             bar=0, offset=0x10000, revoked=$2)]
+             bar=0, offset=0x10000, revoked=$2, attr='mmio')]
 if b['importers'] != want: sys.exit('B: expected importers %r, got %r' % (want, b['importers']))
 "
 	json || fail "list devices --json: $PY_MSG"
@@ -560,10 +569,10 @@ check_mappings() {
 m = d['mappings']
 if len(m) != 2: sys.exit('expected 2 mappings (RAM and P2P), got %r' % m)
 ram, p2p = m
-if ram['mmio'] or ram['revoked'] or ram['region'] == 0 or (ram['iova'], ram['length']) != (0, 2 << 20):
+if ram['mmio'] or ram['revoked'] or ram['region'] == 0 or (ram['iova'], ram['length']) != (0, 2 << 20) or ram['attr'] != 'cacheable':
     sys.exit('expected 2 MiB of RAM at IOVA 0: %r' % ram)
 want = dict(iova=1 << 30, length=0x10000, region=0, offset=0x10000, prot='rw', mmio=True,
-            peer_device=$P2P_B, bar=0, revoked=$2)
+            peer_device=$P2P_B, bar=0, revoked=$2, attr='mmio')
 for k, v in want.items():
     if p2p.get(k) != v: sys.exit('P2P mapping: expected %s=%r, got %r' % (k, v, p2p.get(k)))
 "
@@ -581,8 +590,8 @@ for k, v in want.items():
 }
 
 check_devices True False 0 0
-check_devices_table live '0x0002 mem\+ bm-' 0
-check_mappings live False 0
+check_devices_table 'live mmio' '0x0002 mem\+ bm-' 0
+check_mappings 'live mmio' False 0
 pass "list devices / list mappings show B's BAR0 imported by context $P2P_CTX, live"
 
 ctl --json status
@@ -600,8 +609,8 @@ p2p_cmd revoke
 [ "$P2P_REPLY" = "ok memory=0 importers=1 revoked=1 revocations=1 restorations=0" ] ||
 	fail "p2p-setup revoke: expected 'ok memory=0 importers=1 revoked=1 revocations=1 restorations=0', got '$P2P_REPLY'"
 check_devices False True 1 0
-check_devices_table revoked '0x0000 mem- bm-' 1
-check_mappings revoked True 1
+check_devices_table 'revoked mmio' '0x0000 mem- bm-' 1
+check_mappings 'revoked mmio' True 1
 ctl status
 expect_rc 0 "status after the revocation"
 grep -Eq '^P2P: +1 mapping ' "$TMP/out" || fail "status: expected 'P2P: 1 mapping ...'"
@@ -613,8 +622,8 @@ p2p_cmd restore
 [ "$P2P_REPLY" = "ok memory=1 importers=1 revoked=0 revocations=1 restorations=1" ] ||
 	fail "p2p-setup restore: expected 'ok memory=1 importers=1 revoked=0 revocations=1 restorations=1', got '$P2P_REPLY'"
 check_devices True False 1 1
-check_devices_table live '0x0002 mem\+ bm-' 0
-check_mappings live False 0
+check_devices_table 'live mmio' '0x0002 mem\+ bm-' 0
+check_mappings 'live mmio' False 0
 ctl --json status
 JSON_CODE="
 t = d['totals']

@@ -505,9 +505,9 @@ static void test_list_devices_and_revocation_signal(void **state)
 	sd_bus_message *m = call0(b, "ListDevices", &e);
 	if (!m)
 		fail_msg("ListDevices: %s", e.message);
-	assert_true(sd_bus_message_enter_container(m, 'a', "(tstuqqqbbbtta(tuttutb))") >= 0);
+	assert_true(sd_bus_message_enter_container(m, 'a', "(tstuqqqbbbtta(tuttutbs))") >= 0);
 	int found_b = 0, r;
-	while ((r = sd_bus_message_enter_container(m, 'r', "tstuqqqbbbtta(tuttutb)")) > 0) {
+	while ((r = sd_bus_message_enter_container(m, 'r', "tstuqqqbbbtta(tuttutbs)")) > 0) {
 		uint64_t id, dctx, revs, rests;
 		const char *bdf;
 		uint32_t uid;
@@ -515,13 +515,16 @@ static void test_list_devices_and_revocation_signal(void **state)
 		int mem, bm, inreset;
 		assert_true(sd_bus_message_read(m, "tstuqqqbbbtt", &id, &bdf, &dctx, &uid, &ven, &dev,
 						&cmd, &mem, &bm, &inreset, &revs, &rests) > 0);
-		assert_true(sd_bus_message_enter_container(m, 'a', "(tuttutb)") >= 0);
+		assert_true(sd_bus_message_enter_container(m, 'a', "(tuttutbs)") >= 0);
 		uint64_t ictx, iiova, ilen, ioff;
 		uint32_t iuid, ibar;
 		int irev, nimp = 0;
-		while (sd_bus_message_read(m, "(tuttutb)", &ictx, &iuid, &iiova, &ilen, &ibar, &ioff,
-					   &irev) > 0) {
+		const char *iattr;
+		while (sd_bus_message_read(m, "(tuttutbs)", &ictx, &iuid, &iiova, &ilen, &ibar, &ioff,
+					   &irev, &iattr) > 0) {
 			nimp++;
+			/* the sim models iommufd's dma-buf path */
+			assert_string_equal(iattr, "mmio");
 			assert_int_equal(ictx, ctx);
 			assert_int_equal(iiova, iova);
 			assert_int_equal(ilen, 64 * 1024);

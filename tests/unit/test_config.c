@@ -392,6 +392,75 @@ static void test_defaults_fit_the_unit(void **state)
 	assert_refused(f, "[persist]\nfd_store_max = 0\n", 2, "fd_store_max must be");
 }
 
+/* [p2p] type1 and [sim] p2p_attrs, and the policy in force with and without
+ * host memory encryption. */
+static void test_p2p_type1(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(f->cfg.p2p_type1, DMB_P2P_CACHEABLE_UNSET);
+	assert_int_equal(p2p_cacheable_effective(&f->cfg, false), DMB_P2P_CACHEABLE_WARN);
+	assert_int_equal(p2p_cacheable_effective(&f->cfg, true), DMB_P2P_CACHEABLE_REFUSE);
+	static const struct {
+		const char *v;
+		enum dmb_p2p_cacheable want;
+	} ok[] = {
+		{ "allow", DMB_P2P_CACHEABLE_ALLOW },
+		{ "warn", DMB_P2P_CACHEABLE_WARN },
+		{ "refuse", DMB_P2P_CACHEABLE_REFUSE },
+	};
+	for (size_t i = 0; i < 3; i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "[p2p]\ntype1 = %s\n", ok[i].v);
+		assert_int_equal(load(f, text), 0);
+		assert_int_equal(f->cfg.p2p_type1, ok[i].want);
+		/* set: the host does not change it */
+		assert_int_equal(p2p_cacheable_effective(&f->cfg, true), ok[i].want);
+		assert_int_equal(p2p_cacheable_effective(&f->cfg, false), ok[i].want);
+		assert_string_equal(p2p_cacheable_name(ok[i].want), ok[i].v);
+	}
+	assert_refused(f, "[p2p]\ntype1 = yes\n", 2, "type1 must be allow, warn or refuse");
+	assert_refused(f, "[p2p]\ntype1 =\n", 2, "type1 must be allow, warn or refuse");
+	assert_refused(f, "[p2p]\ntype1 = Refuse\n", 2, "type1 must be allow, warn or refuse");
+	assert_int_equal(f->cfg.p2p_type1, DMB_P2P_CACHEABLE_REFUSE); /* untouched */
+
+	assert_int_equal(f->cfg.sim_p2p_attr, 0);
+	assert_int_equal(load(f, "[sim]\np2p_attrs = cacheable\n"), 0);
+	assert_int_equal(f->cfg.sim_p2p_attr, 1);
+	assert_int_equal(load(f, "[sim]\np2p_attrs = mmio\ndevices = 0000:05:00.0\n"), 0);
+	assert_int_equal(f->cfg.sim_p2p_attr, 0);
+	assert_int_equal(f->cfg.n_sim_devices, 1);
+	assert_refused(f, "[sim]\np2p_attrs = uncached\n", 2, "p2p_attrs must be mmio");
+}
+
+/* hostmem_encrypted reads the first CPU's flags line and nothing else. */
+static void test_hostmem(void **state)
+{
+	struct fx *f = *state;
+	char what[256];
+	static const struct {
+		const char *text;
+		int want;
+		const char *says;
+	} cases[] = {
+		{ "processor\t: 0\nflags\t\t: fpu sme sev\n", 1, "is active" },
+		{ "processor\t: 0\nflags\t\t: fpu sev smep\n", 0, "is not active" },
+		{ "flags\t\t: fpu sme_coherent\n", 0, "is not active" },
+		{ "flags\t\t: sme\n", 1, "is active" },
+		/* only the first flags line counts */
+		{ "flags\t\t: fpu\nflags\t\t: sme\n", 0, "is not active" },
+		{ "processor\t: 0\nFeatures\t: fp asimd\n", -ENOENT, "unknown" },
+		{ "", -ENOENT, "unknown" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		write_file(f, cases[i].text);
+		assert_int_equal(hostmem_encrypted(f->path, what, sizeof(what)), cases[i].want);
+		assert_non_null(strstr(what, cases[i].says));
+		assert_non_null(strstr(what, f->path));
+	}
+	assert_int_equal(hostmem_encrypted("/nonexistent/cpuinfo", what, sizeof(what)), -ENOENT);
+	assert_non_null(strstr(what, "cannot read /nonexistent/cpuinfo"));
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -405,6 +474,8 @@ int main(void)
 		T(test_noiommu),
 		T(test_metrics),
 		T(test_defaults_fit_the_unit),
+		T(test_p2p_type1),
+		T(test_hostmem),
 	};
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

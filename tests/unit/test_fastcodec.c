@@ -261,6 +261,10 @@ static void test_encode_declines(void **state)
 	sm.kind_case = DMB__SERVER_MESSAGE__KIND_REPLY;
 	sm.reply = &r;
 	assert_int_not_equal(fc_server_message_pack(&sm, buf, sizeof(buf)), 0);
+	/* a MapPeer's reply carries the P2P attributes: protobuf-c's, not dropped */
+	mr.attr = DMB__MEM_ATTR__MEM_ATTR_MMIO;
+	assert_int_equal(fc_server_message_pack(&sm, buf, sizeof(buf)), 0);
+	mr.attr = DMB__MEM_ATTR__MEM_ATTR_UNSPECIFIED;
 	Dmb__Error err = DMB__ERROR__INIT;
 	err.code = DMB__ERROR_CODE__NOT_FOUND;
 	err.message = (char *)"context 9 not found";

@@ -71,6 +71,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "dmabroker.h"
@@ -96,7 +97,7 @@
  * fresh window (one window for all three lost the third's record line on a slow run).
  */
 #define DMAR_WINDOW_MS 5000
-#define P2P_MAX_FAULTS 3
+#define P2P_MAX_FAULTS 4
 #define P2P_WATCH_WAIT_MS 5000
 
 static const char *prog_step = "";
@@ -1239,6 +1240,73 @@ static int expect_p2p_fault(struct p2p *t, const char *when)
 	return 0;
 }
 
+/* The IOMMU attributes this kernel path gives a peer BAR: iommufd maps the
+ * dma-buf as MMIO, type1 maps the BAR's mmap like RAM (cacheable). */
+static uint32_t want_p2p_attr(void)
+{
+	return strcmp(want_backend(), "iommufd") == 0 ? DMB_ATTR_MMIO : DMB_ATTR_CACHEABLE;
+}
+
+static const char *attr_str(uint32_t a)
+{
+	return a == DMB_ATTR_MMIO ? "mmio" : a == DMB_ATTR_CACHEABLE ? "cacheable" : "unspecified";
+}
+
+/* Writes (text) or removes (NULL) the drop-in of the daemon's configuration
+ * (broker-init.sh runs it with --config=VM_CONF) and has the broker reload it. */
+#define VM_CONF_D "/etc/dmabroker/vm-broker.conf.d"
+static int policy_dropin(struct p2p *t, const char *text)
+{
+	struct dmb_reload_info ri;
+	int r;
+
+	if (text) {
+		FILE *f;
+
+		if (mkdir(VM_CONF_D, 0755) < 0 && errno != EEXIST)
+			return fail(-errno, "mkdir %s", VM_CONF_D);
+		f = fopen(VM_CONF_D "/50-p2p.conf", "we");
+		if (!f)
+			return fail(-errno, "fopen %s/50-p2p.conf", VM_CONF_D);
+		fputs(text, f);
+		if (fclose(f) != 0)
+			return fail(-errno, "write %s/50-p2p.conf", VM_CONF_D);
+	} else if (unlink(VM_CONF_D "/50-p2p.conf") < 0) {
+		return fail(-errno, "unlink %s/50-p2p.conf", VM_CONF_D);
+	}
+	r = dmb_reload_policy(t->a.c, &ri);
+	if (r < 0)
+		return bfail(t->a.c, r, "dmb_reload_policy");
+	ok("policy reloaded %s the drop-in %s/50-p2p.conf", text ? "with" : "without", VM_CONF_D);
+	return 0;
+}
+
+/* type1 maps a peer BAR with cacheable attributes: with [p2p] type1 = refuse (a
+ * drop-in and a reload), MapPeer is refused with the sentence and nothing reaches
+ * the IOMMU (A's DMA at the IOVA faults); back to the default after. */
+static int expect_policy_refuses(struct p2p *t)
+{
+	const struct dmb_error *err;
+	uint32_t attr = 0;
+	int r;
+
+	if (policy_dropin(t, "[p2p]\ntype1 = refuse\n") < 0)
+		return -1;
+	r = dmb_map_peer_attr(t->a.c, t->a.ctx, t->dev_b, NULL, 0, 0, P2P_IOVA, MiB,
+			      DMB_READ | DMB_WRITE, &attr);
+	err = dmb_last_error(t->a.c);
+	if (r >= 0)
+		return fail(0, "step 0: MapPeer with [p2p] type1 = refuse succeeded (attributes %s)",
+			    attr_str(attr));
+	if (err->code != DMB_PERMISSION_DENIED || !strstr(err->message, "[p2p] type1"))
+		return fail(r, "step 0: MapPeer with [p2p] type1 = refuse: code %d, '%s'; want "
+			    "PERMISSION_DENIED naming [p2p] type1", err->code, err->message);
+	ok("step 0: MapPeer refused with [p2p] type1 = refuse: %s", err->message);
+	if (expect_p2p_fault(t, "step 0 (refused by policy)") < 0)
+		return -1;
+	return policy_dropin(t, NULL);
+}
+
 /* The P2P mapping as dmb_list_mappings of A's context shows it (found: false if
  * it is not listed). */
 static int p2p_listed(struct p2p *t, bool *found, struct dmb_mapping_info *out)
@@ -1267,6 +1335,9 @@ static int expect_listed(struct p2p *t, bool revoked)
 
 	if (p2p_listed(t, &found, &mi) < 0)
 		return -1;
+	if (found && mi.attr != want_p2p_attr())
+		return fail(0, "dmb_list_mappings: IOVA 0x%llx has attributes %s, want %s (%s backend)",
+			    P2P_IOVA, attr_str(mi.attr), attr_str(want_p2p_attr()), want_backend());
 	if (!found || !mi.mmio || mi.peer_device != t->dev_b || mi.bar != 0 || mi.length != MiB ||
 	    mi.revoked != revoked)
 		return fail(0, "dmb_list_mappings: IOVA 0x%llx %s (mmio %d, peer %" PRIu64 ", BAR %u, length 0x%" PRIx64 ", revoked %d), want an MMIO mapping of BAR0 of device %" PRIu64 ", revoked %d",
@@ -1444,14 +1515,25 @@ static int run_p2p(const char *sock, const char *bdf_a, const char *bdf_b, int p
 	ok("context %" PRIu64 ": device %s opened (id %" PRIu64 ", group %s), command 0x%04x, ID 0x%08" PRIx32,
 	   t.ctx_b, bdf_b, t.dev_b, di.group, st.command, id);
 
+	/* 0. type1 only: the [p2p] type1 policy can refuse such a mapping. */
+	if (want_p2p_attr() == DMB_ATTR_CACHEABLE && expect_policy_refuses(&t) < 0)
+		goto out;
+
 	/* 1. A reads B's ID register through a broker P2P mapping of B's BAR0. */
-	r = dmb_map_peer(t.a.c, t.a.ctx, t.dev_b, NULL, 0, 0, P2P_IOVA, MiB, DMB_READ | DMB_WRITE);
+	uint32_t attr = 0;
+	r = dmb_map_peer_attr(t.a.c, t.a.ctx, t.dev_b, NULL, 0, 0, P2P_IOVA, MiB,
+			      DMB_READ | DMB_WRITE, &attr);
 	if (r < 0) {
 		bfail(t.a.c, r, "dmb_map_peer BAR0 of %s at IOVA 0x%llx", bdf_b, P2P_IOVA);
 		goto out;
 	}
-	ok("dmb_map_peer: BAR0 of %s (device %" PRIu64 ", context %" PRIu64 ") at IOVA [0x%llx, 0x%llx) of context %" PRIu64,
-	   bdf_b, t.dev_b, t.ctx_b, P2P_IOVA, P2P_IOVA + MiB, t.a.ctx);
+	ok("dmb_map_peer: BAR0 of %s (device %" PRIu64 ", context %" PRIu64 ") at IOVA [0x%llx, 0x%llx) of context %" PRIu64 ", attributes %s",
+	   bdf_b, t.dev_b, t.ctx_b, P2P_IOVA, P2P_IOVA + MiB, t.a.ctx, attr_str(attr));
+	if (attr != want_p2p_attr()) {
+		fail(0, "the MapPeer reply says the BAR is mapped %s; the %s backend maps it %s",
+		     attr_str(attr), want_backend(), attr_str(want_p2p_attr()));
+		goto out;
+	}
 	if (expect_listed(&t, false) < 0 || print_device(&t) < 0 ||
 	    expect_p2p_id(&t, "step 1 (mapped)") < 0)
 		goto out;

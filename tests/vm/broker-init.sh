@@ -94,6 +94,24 @@ check broker-handoff-refused broker-client handoff "$SOCK" "$EDU_A_BDF"
 # period comes from $CONF.
 POLL_MS=$(sed -n 's/^poll_interval_ms *= *\([0-9][0-9]*\).*/\1/p' "$CONF")
 check broker-p2p broker-client p2p "$SOCK" "$EDU_A_BDF" "$EDU_B_BDF" "${POLL_MS:-100}"
+# What the daemon said about P2P attributes: at start-up, how this backend maps a peer
+# BAR and the [p2p] type1 setting for this host (QEMU's CPU model has no SME); then,
+# type1 only, the warning for the cacheable mapping broker-p2p made.
+p2p_attrs_logged() {
+	if [ "$BACKEND" = iommufd ]; then
+		_want="maps peer BARs with MMIO attributes ([p2p] type1 = warn would apply to vfio-type1)"
+	else
+		_want="maps peer BARs with cacheable IOMMU attributes; [p2p] type1 = warn (the default here)"
+	fi
+	grep -F "P2P: host memory encryption is not active" "$DLOG" | grep -qF "$_want" ||
+		{ echo "no start-up line '... $_want' in $DLOG"; return 1; }
+	_n=$(grep -cF "is mapped with cacheable IOMMU attributes, not as MMIO" "$DLOG")
+	_w=0
+	[ "$BACKEND" = iommufd ] || _w=1
+	[ "$_n" -eq "$_w" ] || { echo "$_n per-mapping cacheable warnings in $DLOG, want $_w"; return 1; }
+	vm_log "the log states the $BACKEND backend's P2P attributes and the type1 policy"
+}
+step broker-p2p-attrs p2p_attrs_logged
 
 # The daemon survived all of that and stops cleanly on SIGTERM.
 step broker-shutdown broker_stop
