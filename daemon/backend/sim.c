@@ -1039,7 +1039,7 @@ int dmb_sim_create(const struct dmb_backend_config *cfg, struct dmb_backend **ou
 	}
 	s->base.ops = &sim_ops;
 	s->base.features = sim_features;
-	s->base.p2p_attr = cfg->sim_p2p_attr ? cfg->sim_p2p_attr : DMB_MEM_MMIO;
+	s->base.p2p_attr = cfg && cfg->sim_p2p_attr ? cfg->sim_p2p_attr : DMB_MEM_MMIO;
 	s->populate = cfg && cfg->sim_populate;
 	atomic_init(&s->pinned, 0);
 	atomic_init(&s->live, 0);
