@@ -738,9 +738,14 @@ static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
 static int rpc_phys_ranges(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__PhysRanges *q = c->req->phys_ranges;
-	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	/* An admin may ask of any context (dmabrokerctl phys-ranges), as
+	 * ListMappings. */
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
+	if (!ctx && c->s->admin)
+		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
 	if (!ctx)
-		return -ENOENT;
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found",
+				q->context_id);
 	struct dmb_phys_range *ranges = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ranges));
 	Dmb__PhysRange *arr = rpc_alloc(c, DMB_MAX_LIST * sizeof(*arr));
 	Dmb__PhysRange **ptrs = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ptrs));
