@@ -184,9 +184,8 @@ int ctx_phys_ranges(struct dmb_ctx *ctx, uint64_t iova, uint64_t length,
 				"the %s backend cannot tell physical addresses", ops->name);
 	at = iova;
 	while (*n < max) {
+		/* not 0: length > 0 and iova + length did not overflow */
 		uint64_t phys = 0, len = 0, want = last - at + 1;
-		if (want == 0)
-			want = UINT64_MAX; /* the whole 64-bit space: cannot be mapped */
 		int r = ops->phys(ctx->bctx, at, want, &phys, &len, e);
 		if (r < 0) {
 			if (r == -EOPNOTSUPP && (!e || !e->msg[0] || ctx->n_devices == 0))
