@@ -491,6 +491,18 @@ static void test_client_dies_mid_request(void **state)
 			size_t len = dmb__request__pack(&req, pkt);
 			assert_int_equal(send(dmb_socket(f.c), pkt, len, 0), (ssize_t)len);
 		}
+		/* and ContextCreate{noiommu} requests, whose contexts die with it */
+		Dmb__ContextCreate cc = DMB__CONTEXT_CREATE__INIT;
+		cc.noiommu = true;
+		cc.name = (char *)"dying";
+		Dmb__Request creq = DMB__REQUEST__INIT;
+		creq.body_case = DMB__REQUEST__BODY_CONTEXT_CREATE;
+		creq.context_create = &cc;
+		for (int i = 0; i < 4; i++) {
+			creq.id = 2000 + (uint64_t)i;
+			size_t len = dmb__request__pack(&creq, pkt);
+			assert_int_equal(send(dmb_socket(f.c), pkt, len, 0), (ssize_t)len);
+		}
 		dmb_close(f.c); /* the context dies with the session */
 		close(f.memfd);
 	}
