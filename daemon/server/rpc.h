@@ -43,6 +43,7 @@ struct rpc_call {
 		Dmb__ReloadPolicyReply reload_policy;
 		Dmb__HandoffPrepareReply handoff_prepare;
 		Dmb__HandoffStatusReply handoff_status;
+		Dmb__PhysRangesReply phys_ranges;
 	} body;
 	Dmb__StatsReply totals;
 	bool deferred; /* a worker runs it; the reply comes from job_done */

@@ -35,7 +35,7 @@
  * reads a higher minor (whose new record types carry JRNL_TYPE_OPTIONAL and
  * whose payloads may have grown at the end). */
 #define JRNL_VERSION_MAJOR 1u
-#define JRNL_VERSION_MINOR 0u
+#define JRNL_VERSION_MINOR 1u
 #define JRNL_VERSION ((JRNL_VERSION_MAJOR << 16) | JRNL_VERSION_MINOR)
 
 #define JRNL_HEADER_SIZE 64u
@@ -70,7 +70,8 @@ enum jrnl_type {
 /* CONTEXT_CREATE flags */
 #define JRNL_CTX_PERSISTENT (UINT32_C(1) << 0)
 #define JRNL_CTX_DETACHED (UINT32_C(1) << 1)   /* its session ended (snapshots) */
-#define JRNL_CTX_FLAGS_ALL (JRNL_CTX_PERSISTENT | JRNL_CTX_DETACHED)
+#define JRNL_CTX_NOIOMMU (UINT32_C(1) << 2)    /* a no-IOMMU context (1.1) */
+#define JRNL_CTX_FLAGS_ALL (JRNL_CTX_PERSISTENT | JRNL_CTX_DETACHED | JRNL_CTX_NOIOMMU)
 /* REGION_ADD flags */
 #define JRNL_REGION_WRITABLE (UINT32_C(1) << 0)
 #define JRNL_REGION_HUGETLB (UINT32_C(1) << 1)
@@ -315,6 +316,7 @@ struct jrnl_ctx {
 	uint32_t uid, gid;
 	bool persistent;
 	bool detached;                /* its session ended; waits for a reclaim */
+	bool noiommu;                 /* a no-IOMMU context */
 	uint8_t token[JRNL_TOKEN_SIZE];
 	char name[JRNL_NAME_MAX + 1];
 	struct jrnl_region_tree regions;
