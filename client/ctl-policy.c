@@ -109,6 +109,8 @@ static void grant_human(const struct dmb_config *cfg, const struct ctl_ident *id
 		printf("%s%s", i ? " " : "", p->allow[i]);
 	printf("\n  p2p:                  %s (cross-context %s, cross-client %s)\n", yes_no(p->p2p),
 	       yes_no(p->p2p_cross_context), yes_no(p->p2p_cross_client));
+	printf("  no-IOMMU contexts:    %s\n",
+	       p->noiommu ? "yes (NO isolation: devices without an IOMMU)" : "no");
 	char what[256];
 	int enc = hostmem_encrypted(NULL, what, sizeof(what));
 	printf("  p2p through type1:    %s (%s; this host: %s)\n",
@@ -154,6 +156,7 @@ static void grant_json(struct json *j, const struct dmb_config *cfg, const struc
 	json_bool(j, "p2p", p->p2p);
 	json_bool(j, "p2p_cross_context", p->p2p_cross_context);
 	json_bool(j, "p2p_cross_client", p->p2p_cross_client);
+	json_bool(j, "noiommu", p->noiommu);
 	char what[256];
 	/* what MapPeer of a backend with cacheable P2P attributes gets here */
 	json_str(j, "p2p_type1", p2p_cacheable_name(p2p_cacheable_effective(

@@ -136,6 +136,7 @@ struct dmb_stats {
 	uint64_t p2p_bytes;
 	uint64_t revocations;
 	uint64_t restorations;
+	uint32_t noiommu_contexts; /* of contexts: no-IOMMU ones (no isolation) */
 };
 
 /* PCI command register bits (dmb_device_set_command). */
@@ -198,6 +199,7 @@ struct dmb_context_info {
 	uint64_t mappings;
 	uint64_t mapped_bytes;
 	uint32_t devices;
+	bool noiommu;           /* a no-IOMMU context: NO isolation */
 };
 
 struct dmb_mapping_info {
@@ -292,6 +294,26 @@ struct dmb_reclaim_info {
 };
 int dmb_context_create_persistent(struct dmb_client *c, const char *name, uint64_t *context,
 				  uint8_t token[DMB_RECLAIM_TOKEN_SIZE]);
+/* Context creation with flags: DMB_CONTEXT_PERSISTENT (token receives the
+ * reclaim token; NULL only without it) and DMB_CONTEXT_NOIOMMU (a context
+ * for devices with no IOMMU: no isolation; the broker's policy must grant
+ * it, see docs/security.md). */
+#define DMB_CONTEXT_PERSISTENT 1u
+#define DMB_CONTEXT_NOIOMMU 2u
+int dmb_context_create_flags(struct dmb_client *c, const char *name, unsigned flags,
+			     uint64_t *context, uint8_t token[DMB_RECLAIM_TOKEN_SIZE]);
+
+/* No-IOMMU contexts: the physically contiguous ranges behind
+ * [iova, iova+length), every byte of which must be mapped, in IOVA order;
+ * at most cap (and 4096) per call: with *more set, call again from *next
+ * with the rest of the length. */
+struct dmb_phys_range {
+	uint64_t iova;
+	uint64_t phys;
+	uint64_t length;
+};
+int dmb_phys_ranges(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t length,
+		    struct dmb_phys_range *out, size_t cap, size_t *n, bool *more, uint64_t *next);
 /* out NULL: no fds handed back. */
 int dmb_context_reclaim(struct dmb_client *c, uint64_t context,
 			uint8_t token[DMB_RECLAIM_TOKEN_SIZE], struct dmb_reclaim_info *out);

@@ -3,7 +3,8 @@
  *   dmabrokerctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND
  *
  *   status                    server version, backend, features, uptime, totals (admin)
- *   list contexts [--all]     contexts; --all (every client's) is the default for admins
+ *   list contexts [--all]     contexts; --all (every client's) is the default for admins;
+ *                             ISOLATION says NONE(no-IOMMU) for no-IOMMU contexts
  *   list mappings CONTEXT     the mappings of one context (admins: any client's),
  *                             P2P (peer BAR) mappings marked as such
  *   list devices [--all]      open devices: command register, reset, revocation
@@ -12,6 +13,8 @@
  *   revoke CONTEXT            kill any client's context; its owner is told (admin)
  *   reload                    re-read the broker's configuration, as SIGHUP (admin)
  *   iova-ranges CONTEXT       usable IOVA ranges, alignment and the backend's mapping limit
+ *   phys-ranges CONTEXT       a no-IOMMU context: the physical ranges behind its RAM
+ *                             mappings (admins: any client's context)
  *   handoff status            where a host handoff (kernel update by kexec) stands (admin)
  *   handoff prepare [--force] preserve every context for the next kernel; --force leaves
  *                             out the contexts that cannot be preserved (admin)
@@ -170,6 +173,7 @@ static void status_json(const struct ctl *ctl, const struct dmb_status *st)
 	json_u64(&j, "sessions", st->sessions);
 	json_open(&j, "totals", '{');
 	json_u64(&j, "contexts", t->contexts);
+	json_u64(&j, "noiommu_contexts", t->noiommu_contexts);
 	json_u64(&j, "regions", t->regions);
 	json_u64(&j, "mappings", t->mappings);
 	json_u64(&j, "mapped_bytes", t->mapped_bytes);
@@ -195,7 +199,11 @@ static void status_human(const struct ctl *ctl, const struct dmb_status *st)
 	printf("Features:  %s\n", st->features[0] ? st->features : "(none)");
 	printf("Uptime:    %s\n", fmt_uptime(st->uptime_ms, up, sizeof(up)));
 	printf("Sessions:  %" PRIu32 "\n", st->sessions);
-	printf("Contexts:  %" PRIu32 "\n", t->contexts);
+	if (t->noiommu_contexts)
+		printf("Contexts:  %" PRIu32 " (%" PRIu32 " no-IOMMU: NO isolation)\n", t->contexts,
+		       t->noiommu_contexts);
+	else
+		printf("Contexts:  %" PRIu32 "\n", t->contexts);
 	printf("Regions:   %" PRIu32 "\n", t->regions);
 	printf("Mappings:  %" PRIu64 "\n", t->mappings);
 	printf("Mapped:    %s (%" PRIu64 " bytes)\n", fmt_bytes(t->mapped_bytes, b1, sizeof(b1)),
@@ -244,6 +252,7 @@ static void context_row(const void *rows, size_t i, char cells[][CELL_MAX])
 	snprintf(cells[6], CELL_MAX, "%" PRIu64, x->mappings);
 	fmt_bytes(x->mapped_bytes, cells[7], CELL_MAX);
 	snprintf(cells[8], CELL_MAX, "%" PRIu32, x->devices);
+	snprintf(cells[9], CELL_MAX, "%s", x->noiommu ? "NONE(no-IOMMU)" : "iommu");
 }
 
 static void contexts_json(const struct dmb_context_info *v, size_t n, bool all)
@@ -265,6 +274,7 @@ static void contexts_json(const struct dmb_context_info *v, size_t n, bool all)
 		json_u64(&j, "mappings", v[i].mappings);
 		json_u64(&j, "mapped_bytes", v[i].mapped_bytes);
 		json_u64(&j, "devices", v[i].devices);
+		json_bool(&j, "noiommu", v[i].noiommu);
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
@@ -277,6 +287,7 @@ static int cmd_list_contexts(struct ctl *ctl)
 		{ "ID", true }, { "NAME", false }, { "UID", true },
 		{ "PID", true }, { "SESSION", true }, { "REGIONS", true },
 		{ "MAPPINGS", true }, { "MAPPED", true }, { "DEVICES", true },
+		{ "ISOLATION", true },
 	};
 	bool admin = dmb_server_info(ctl->c)->admin;
 	bool all = ctl->all || admin;
@@ -294,6 +305,13 @@ static int cmd_list_contexts(struct ctl *ctl)
 	} else {
 		table_print(cols, sizeof(cols) / sizeof(cols[0]), v, n, context_row, NULL, NULL);
 		printf("\n%zu context%s\n", n, n == 1 ? "" : "s");
+		size_t bare = 0;
+		for (size_t i = 0; i < n; i++)
+			bare += v[i].noiommu;
+		if (bare)
+			printf("%zu no-IOMMU context%s: %s devices reach all of memory (no "
+			       "isolation)\n",
+			       bare, bare == 1 ? "" : "s", bare == 1 ? "its" : "their");
 	}
 	free(v);
 	return finish_output();
@@ -485,6 +503,108 @@ static int cmd_list_mappings(struct ctl *ctl)
 			mappings_human(&l);
 		rc = finish_output();
 	}
+	free(l.v);
+	return rc;
+}
+
+/* ------------------------------------------------------------ phys-ranges */
+
+struct phys_list {
+	struct dmb_phys_range *v;
+	size_t n, cap;
+};
+
+static int phys_list_reserve(struct phys_list *l, size_t more)
+{
+	if (l->cap - l->n >= more)
+		return 0;
+	size_t cap = l->cap ? l->cap : 256;
+	while (cap - l->n < more) {
+		if (cap > SIZE_MAX / 2 / sizeof(*l->v))
+			return -ENOMEM;
+		cap *= 2;
+	}
+	void *p = realloc(l->v, cap * sizeof(*l->v));
+	if (!p)
+		return -ENOMEM;
+	l->v = p;
+	l->cap = cap;
+	return 0;
+}
+
+static void phys_row(const void *rows, size_t i, char cells[][CELL_MAX])
+{
+	const struct dmb_phys_range *x = (const struct dmb_phys_range *)rows + i;
+	snprintf(cells[0], CELL_MAX, "0x%016" PRIx64, x->iova);
+	snprintf(cells[1], CELL_MAX, "0x%016" PRIx64, x->phys);
+	fmt_bytes(x->length, cells[2], CELL_MAX);
+}
+
+/* The physical ranges behind every RAM mapping of a no-IOMMU context, all
+ * collected before anything is printed. */
+static int cmd_phys_ranges(struct ctl *ctl)
+{
+	static const struct column cols[] = {
+		{ "IOVA", false }, { "PHYS", false }, { "LENGTH", true },
+	};
+	struct mapping_list m = { 0 };
+	struct phys_list l = { 0 };
+	int rc = fetch_mappings(ctl, ctl->context, &m);
+
+	for (size_t i = 0; rc == EXIT_OK && i < m.n; i++) {
+		if (m.v[i].mmio)
+			continue;
+		uint64_t iova = m.v[i].iova, end = m.v[i].iova + m.v[i].length;
+		while (rc == EXIT_OK && iova < end) {
+			size_t got = 0;
+			bool more = false;
+			uint64_t next = 0;
+			if (phys_list_reserve(&l, DMB_MAX_LIST) < 0) {
+				fprintf(stderr, PROG ": phys-ranges: out of memory\n");
+				rc = EXIT_TRANSPORT;
+				break;
+			}
+			int r = dmb_phys_ranges(ctl->c, ctl->context, iova, end - iova, l.v + l.n,
+						DMB_MAX_LIST, &got, &more, &next);
+			if (r < 0) {
+				rc = call_failed(ctl, r, "phys-ranges");
+				break;
+			}
+			l.n += got;
+			if (!more)
+				break;
+			if (got == 0 || next <= iova || next >= end) {
+				fprintf(stderr, PROG ": phys-ranges: the broker's paging did not "
+						"advance (next 0x%" PRIx64 ")\n", next);
+				rc = EXIT_TRANSPORT;
+				break;
+			}
+			iova = next;
+		}
+	}
+	if (rc == EXIT_OK && ctl->json) {
+		struct json j = { .f = stdout };
+		json_open(&j, NULL, '{');
+		json_u64(&j, "context", ctl->context);
+		json_open(&j, "ranges", '[');
+		for (size_t i = 0; i < l.n; i++) {
+			json_open(&j, NULL, '{');
+			json_u64(&j, "iova", l.v[i].iova);
+			json_u64(&j, "phys", l.v[i].phys);
+			json_u64(&j, "length", l.v[i].length);
+			json_close(&j, '}');
+		}
+		json_close(&j, ']');
+		json_close(&j, '}');
+	} else if (rc == EXIT_OK) {
+		table_print(cols, sizeof(cols) / sizeof(cols[0]), l.v, l.n, phys_row, NULL, NULL);
+		printf("\n%zu physically contiguous range%s (no-IOMMU context: its devices use "
+		       "these addresses, no isolation)\n",
+		       l.n, l.n == 1 ? "" : "s");
+	}
+	if (rc == EXIT_OK)
+		rc = finish_output();
+	free(m.v);
 	free(l.v);
 	return rc;
 }
@@ -990,6 +1110,7 @@ static const struct command commands[] = {
 	{ { "revoke", NULL }, OP_CONTEXT, false, false, cmd_revoke },
 	{ { "reload", NULL }, OP_NONE, false, false, cmd_reload },
 	{ { "iova-ranges", NULL }, OP_CONTEXT, false, false, cmd_iova_ranges },
+	{ { "phys-ranges", NULL }, OP_CONTEXT, false, false, cmd_phys_ranges },
 	{ { "policy", "check" }, OP_FILE, false, true, cmd_policy_check },
 	{ { "handoff", "status" }, OP_NONE, false, false, cmd_handoff_status },
 	{ { "handoff", "prepare" }, OP_NONE, false, false, cmd_handoff_prepare },
@@ -1020,6 +1141,8 @@ static void usage(FILE *f)
 		"  reload                  re-read the broker's configuration, as SIGHUP; a bad\n"
 		"                          file changes nothing (admin)\n"
 		"  iova-ranges CONTEXT     usable IOVA ranges, alignment, backend mapping limit\n"
+		"  phys-ranges CONTEXT     a no-IOMMU context: the physical ranges behind its RAM\n"
+		"                          mappings (admins: any client's context)\n"
 		"                          (only contexts of this session)\n"
 		"  handoff status          where a host handoff (kernel update by kexec) stands:\n"
 		"                          state, preserver, what is (or would be) preserved (admin)\n"

@@ -905,6 +905,7 @@ static void stats_from_pb(struct dmb_stats *o, const Dmb__StatsReply *s)
 	o->p2p_bytes = s->p2p_bytes;
 	o->revocations = s->revocations;
 	o->restorations = s->restorations;
+	o->noiommu_contexts = s->noiommu_contexts;
 }
 
 int dmb_stats(struct dmb_client *c, uint64_t context, struct dmb_stats *out)
@@ -973,7 +974,7 @@ int dmb_list_contexts(struct dmb_client *c, bool all, struct dmb_context_info **
 			.owner_pid = ci->owner_pid, .session = ci->session_id,
 			.persistent = ci->persistent, .regions = ci->regions,
 			.mappings = ci->mappings, .mapped_bytes = ci->mapped_bytes,
-			.devices = ci->devices,
+			.devices = ci->devices, .noiommu = ci->noiommu,
 		};
 		snprintf(arr[i].name, sizeof(arr[i].name), "%s", ci->name);
 	}
@@ -1206,6 +1207,71 @@ int dmb_context_create_persistent(struct dmb_client *c, const char *name, uint64
 	} else {
 		*context = rep->context_create->context_id;
 		memcpy(token, rep->context_create->reclaim_token.data, DMB_RECLAIM_TOKEN_SIZE);
+	}
+	reply_free(c, rep);
+	return r;
+}
+
+int dmb_context_create_flags(struct dmb_client *c, const char *name, unsigned flags,
+			     uint64_t *context, uint8_t token[DMB_RECLAIM_TOKEN_SIZE])
+{
+	if ((flags & ~(DMB_CONTEXT_PERSISTENT | DMB_CONTEXT_NOIOMMU)) ||
+	    ((flags & DMB_CONTEXT_PERSISTENT) && !token))
+		return -EINVAL;
+	REQ(q, CONTEXT_CREATE, context_create, Dmb__ContextCreate, DMB__CONTEXT_CREATE__INIT);
+	q.name = (char *)(name ? name : "");
+	q.persistent = flags & DMB_CONTEXT_PERSISTENT;
+	q.noiommu = flags & DMB_CONTEXT_NOIOMMU;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_CONTEXT_CREATE ||
+	    (q.persistent && rep->context_create->reclaim_token.len != DMB_RECLAIM_TOKEN_SIZE)) {
+		r = bad_body(c, rep, "ContextCreate");
+	} else {
+		*context = rep->context_create->context_id;
+		if (q.persistent)
+			memcpy(token, rep->context_create->reclaim_token.data,
+			       DMB_RECLAIM_TOKEN_SIZE);
+	}
+	reply_free(c, rep);
+	return r;
+}
+
+int dmb_phys_ranges(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t length,
+		    struct dmb_phys_range *out, size_t cap, size_t *n, bool *more, uint64_t *next)
+{
+	REQ(q, PHYS_RANGES, phys_ranges, Dmb__PhysRanges, DMB__PHYS_RANGES__INIT);
+	q.context_id = context;
+	q.iova = iova;
+	q.length = length;
+	*n = 0;
+	*more = false;
+	if (next)
+		*next = 0;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_PHYS_RANGES) {
+		r = bad_body(c, rep, "PhysRanges");
+	} else {
+		Dmb__PhysRangesReply *b = rep->phys_ranges;
+		for (size_t i = 0; i < b->n_ranges && i < cap; i++) {
+			out[i] = (struct dmb_phys_range){ .iova = b->ranges[i]->iova,
+							  .phys = b->ranges[i]->phys,
+							  .length = b->ranges[i]->length };
+			(*n)++;
+		}
+		*more = b->more;
+		if (next)
+			*next = b->next_iova;
+		if (*n < b->n_ranges) { /* cut to cap: go on after the last one kept */
+			*more = true;
+			if (next)
+				*next = *n ? out[*n - 1].iova + out[*n - 1].length : iova;
+		}
 	}
 	reply_free(c, rep);
 	return r;

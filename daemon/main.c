@@ -175,8 +175,12 @@ static int run(int argc, char **argv)
 	const char *simdevs[17] = { 0 };
 	for (size_t i = 0; i < cfg.n_sim_devices; i++)
 		simdevs[i] = cfg.sim_devices[i];
+	const char *simnoiommu[17] = { 0 };
+	for (size_t i = 0; i < cfg.n_sim_noiommu; i++)
+		simnoiommu[i] = cfg.sim_noiommu[i];
 	struct dmb_backend_config bcfg = {
 		.sim_devices = cfg.n_sim_devices ? simdevs : NULL,
+		.sim_noiommu_devices = cfg.n_sim_noiommu ? simnoiommu : NULL,
 		.name = cfg.backend,
 		.sysfs_root = "/sys",
 		.dev_root = "/dev",
@@ -214,7 +218,8 @@ static int run(int argc, char **argv)
 	if (r >= 0)
 		r = mgmt_attach(&srv, (enum bus_kind)o.bus);
 	if (r >= 0) /* after initialisation, before READY=1 */
-		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv));
+		r = sandbox_apply(o.seccomp, be->ops->name, metrics_dirfd(&srv),
+				  config_grants_noiommu(&cfg));
 	if (r < 0) {
 		server_fini(&srv);
 		event_base_free(base);

@@ -216,6 +216,27 @@ struct dmb_backend_ops {
 	int (*dma)(struct dmb_bctx *c, uint64_t iova, void *buf, size_t len, bool to_memory,
 		   struct dmb_err *e);
 
+	/* ---- no-IOMMU contexts (NULL where the backend has none) ----
+	 *
+	 * A no-IOMMU context is for devices with no IOMMU in front of them
+	 * (iommufd's no-IOMMU mode, Linux 7.3: the cdev noiommu-vfioN): maps
+	 * pin as in any context, but the device addresses physical memory, so
+	 * the context gives no isolation at all.
+	 *
+	 * ctx_set_noiommu: makes c, just opened (or adopted) and without a
+	 * device, a no-IOMMU context. From then on dev_open accepts only
+	 * devices without an IOMMU in c, and in any other context only devices
+	 * with one; each refusal is FAILED_PRECONDITION with a sentence.
+	 *
+	 * phys: the physical address behind iova (mapped RAM of c) and how many
+	 * bytes from there, at most max_len and within one mapping, are
+	 * physically contiguous (*len >= 1). -ENOENT: iova is not mapped;
+	 * -EOPNOTSUPP: no device is attached yet (the kernel keeps physical
+	 * addresses only in the page table a no-IOMMU device brings). */
+	int (*ctx_set_noiommu)(struct dmb_bctx *c, struct dmb_err *e);
+	int (*phys)(struct dmb_bctx *c, uint64_t iova, uint64_t max_len, uint64_t *phys,
+		    uint64_t *len, struct dmb_err *e);
+
 	/* ---- restart (all NULL where the backend cannot be adopted) ----
 	 *
 	 * ctx_fds / dev_fds: the fds holding the object's kernel state, borrowed
@@ -284,6 +305,9 @@ struct dmb_backend_config {
 	 * edu-like device 1234:11e8 with a 1 MiB memory BAR0); NULL-terminated. */
 	const char *const *sim_devices;
 	const char *dev_root;      /* "/dev" unless tests say otherwise */
+	/* sim: simulated functions with no IOMMU in front of them (each also
+	 * in sim_devices, or added to it); NULL-terminated, NULL: none. */
+	const char *const *sim_noiommu_devices;
 	bool sim_populate;         /* sim: touch every page on map, as pinning does */
 	/* sim: the attributes its P2P mappings model (DMB_MEM_MMIO, iommufd's
 	 * dma-buf path, unless set; DMB_MEM_CACHEABLE models type1's) */

@@ -79,6 +79,16 @@
  *     uAPI enumerates areas, and the journal names every one by
  *     construction.
  *
+ * No-IOMMU contexts (Linux 7.3, CONFIG_IOMMUFD_NOIOMMU, booted with
+ * vfio.enable_unsafe_noiommu_mode=1): a device with no IOMMU gets the cdev
+ * noiommu-vfioN; it binds (the kernel gives it a dummy group) and attaches
+ * to the IOAS, whose areas it then holds in a software-only page table
+ * (hwpt_noiommu.c): maps pin as usual. Such devices open only in a context
+ * made a no-IOMMU one (ctx_set_noiommu), and other devices only in other
+ * contexts. phys is IOMMU_IOAS_NOIOMMU_GET_PA (ENOENT: not mapped;
+ * EOPNOTSUPP: no such device attached yet). Opening the cdev and GET_PA
+ * need CAP_SYS_RAWIO (EPERM); GET_HW_INFO answers EOPNOTSUPP for them.
+ *
  * Every ioctl goes through ksys_ioctl(), so tests/unit/kernel checks the
  * exact bytes of every command without an IOMMU. */
 #include "backend/backend.h"
@@ -127,7 +137,7 @@ struct ifd_dev {
 	int fd;
 	uint32_t devid;   /* iommufd DEVICE object */
 	uint32_t hwpt_id; /* the HWPT the kernel attached it to */
-	char name[32];    /* "vfioN" */
+	char name[32];    /* "vfioN", or "noiommu-vfioN" (no IOMMU) */
 	char bdf[KSYS_BDF_LEN + 1];
 	int dmabuf_err;   /* 0: exports BARs as dma-bufs; else the probe's -errno */
 };
@@ -141,6 +151,7 @@ struct ifd_ctx {
 	struct ksys_mmio_set mmio; /* peer BAR (dma-buf) mappings, not pinned */
 	struct ifd_dev *devs;
 	/* Restart (see "Restart" in the header comment). */
+	bool noiommu;     /* a no-IOMMU context: only noiommu-vfioN devices */
 	bool handed_over; /* ctx_prepare_handover was called: close forgets */
 	bool va_stale;    /* an adopted area was mapped by a previous process's address */
 	uint64_t n_adopted, n_va;
@@ -488,18 +499,39 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 		if (drv[0] && ksys_driver_keeps_group_viable(drv) && strstr(drv, "vfio"))
 			return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r,
 					"%s is bound to %s but has no VFIO device cdev (vfio-dev/ "
-					"missing: no-IOMMU mode?)",
+					"missing: a device without an IOMMU gets one only from Linux "
+					"7.3 with CONFIG_IOMMUFD_NOIOMMU)",
 					bdf, drv);
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, -r,
 				"%s is not bound to vfio-pci (driver: %s)", bdf, drv[0] ? drv : "none");
 	}
+	bool dev_noiommu = ksys_noiommu_name(name);
+	if (dev_noiommu && !c->noiommu)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, ENODEV,
+				"%s has no IOMMU (VFIO no-IOMMU device %s): it can only be opened in a "
+				"no-IOMMU context (ContextCreate with noiommu), which gives no "
+				"isolation",
+				bdf, name);
+	if (!dev_noiommu && c->noiommu)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EINVAL,
+				"%s has an IOMMU (VFIO device %s): a no-IOMMU context is only for "
+				"devices without one; open it in a normal context",
+				bdf, name);
 	r = ksys_path(path, sizeof(path), "%s/vfio/devices/%s", be->dev_root, name);
 	if (r < 0)
 		return dmb_fail(e, DMB_E_INTERNAL, -r, "the VFIO device path is too long");
 
-	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	/* Through ksys_open: the open itself answers (a noiommu-vfioN cdev
+	 * without CAP_SYS_RAWIO: EPERM), which the unit tests play. */
+	_cleanup_close_ int fd = ksys_open(path, O_RDWR);
 	if (fd < 0) {
-		int err = errno;
+		int err = -fd;
+		fd = -1;
+		if (err == EPERM && dev_noiommu)
+			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err,
+					"opening %s (%s) failed (EPERM): a no-IOMMU device needs "
+					"CAP_SYS_RAWIO, which the broker does not hold",
+					path, bdf);
 		if (err == EACCES || err == EPERM)
 			return dmb_fail(e, DMB_E_PERMISSION_DENIED, err, "opening %s (%s) failed (%s)", path,
 					bdf, ksys_errno_name(err));
@@ -537,6 +569,10 @@ static int ifd_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev
 		log_debug("iommufd: %s (%s) bound as device %u, HWPT %u, IOMMU type %u, caps %#" PRIx64,
 			  bdf, name, bind.out_devid, att.pt_id, hw.out_data_type,
 			  (uint64_t)hw.out_capabilities);
+	else if (dev_noiommu) /* no IOMMU to describe: EOPNOTSUPP */
+		log_warning("iommufd: %s (%s) bound as device %u without an IOMMU: it reaches all "
+			    "of memory (no isolation)",
+			    bdf, name, bind.out_devid);
 
 	struct ifd_dev *d = dev_new(c, fd, bind.out_devid, att.pt_id, name, bdf);
 	if (!d)
@@ -806,6 +842,63 @@ static int ifd_map_bar(struct dmb_bctx *bc, struct dmb_bdev *bpeer, unsigned bar
 	return 0;
 }
 
+/* ---- no-IOMMU contexts (Linux 7.3, IOMMUFD_NOIOMMU) ---- */
+
+static int ifd_ctx_set_noiommu(struct dmb_bctx *bc, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	if (c->devs)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EBUSY,
+				"a context with devices cannot become a no-IOMMU context");
+	c->noiommu = true;
+	return 0;
+}
+
+static int ifd_phys(struct dmb_bctx *bc, uint64_t iova, uint64_t max_len, uint64_t *phys,
+		    uint64_t *len, struct dmb_err *e)
+{
+	struct ifd_ctx *c = ifd_ctx(bc);
+	struct dmb_iommu_ioas_noiommu_get_pa q = {
+		.size = sizeof(q),
+		.flags = 0,
+		.ioas_id = c->ioas_id,
+		.__reserved = 0,
+		.iova = iova,
+		.length = max_len,
+	};
+	int r = ksys_ioctl(c->fd, DMB_IOMMU_IOAS_NOIOMMU_GET_PA, &q);
+	if (r == -ENOENT)
+		return r; /* not mapped: the core says which IOVA */
+	if (r == -EOPNOTSUPP && !c->devs)
+		return r; /* no device yet: the core says so */
+	if (r < 0) {
+		static const struct ksys_why whys[] = {
+			{ ENOTTY, DMB_E_UNIMPLEMENTED,
+			  "this kernel has no IOMMU_IOAS_NOIOMMU_GET_PA (Linux 7.3 with "
+			  "CONFIG_IOMMUFD_NOIOMMU)" },
+			{ EPERM, DMB_E_PERMISSION_DENIED,
+			  "it needs CAP_SYS_RAWIO, which the broker does not hold" },
+			{ EOPNOTSUPP, DMB_E_FAILED_PRECONDITION,
+			  "the area is not held by a no-IOMMU device's page table" },
+			{ EINVAL, DMB_E_INVALID_ARGUMENT, "a zero length, or a revoked area" },
+			{ 0 },
+		};
+		int code;
+		const char *why = ksys_explain(r, whys, &code);
+		return dmb_fail(e, code, -r,
+				"IOMMU_IOAS_NOIOMMU_GET_PA at IOVA %#" PRIx64 " failed (%s): %s", iova,
+				ksys_errno_name(r), why);
+	}
+	if (q.length == 0 || q.length > max_len)
+		return dmb_fail(e, DMB_E_INTERNAL, EPROTO,
+				"IOMMU_IOAS_NOIOMMU_GET_PA at IOVA %#" PRIx64 " answered %" PRIu64
+				" bytes for at most %" PRIu64,
+				iova, (uint64_t)q.length, max_len);
+	*phys = q.out_phys;
+	*len = q.length;
+	return 0;
+}
+
 /* ---- restart (see "Restart" in the header comment) ---- */
 
 static int ifd_ctx_fds(struct dmb_bctx *bc, struct dmb_fdset *out)
@@ -951,6 +1044,11 @@ static int ifd_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct d
 	}
 	if (ksys_vfio_dev_name(be->sysfs_root, bdf, name, sizeof(name)) < 0)
 		log_debug("iommufd: adopting %s: no vfio-dev entry in sysfs", bdf);
+	else if (ksys_noiommu_name(name) != c->noiommu)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EINVAL,
+				"%s (%s) %s, but the adopted context %s a no-IOMMU context", bdf, name,
+				c->noiommu ? "has an IOMMU" : "has no IOMMU",
+				c->noiommu ? "is" : "is not");
 
 	struct ifd_dev *d = dev_new(c, fd, devid, 0, name, bdf);
 	if (!d)
@@ -1066,6 +1164,8 @@ static const struct dmb_backend_ops ifd_ops = {
 	.dev_reset = ksys_dev_reset,
 	.map_bar = ifd_map_bar,
 	.dma = NULL,
+	.ctx_set_noiommu = ifd_ctx_set_noiommu,
+	.phys = ifd_phys,
 	.ctx_fds = ifd_ctx_fds,
 	.dev_fds = ifd_dev_fds,
 	.ctx_adopt = ifd_ctx_adopt,

@@ -216,10 +216,14 @@ int ksys_vfio_dev_name(const char *sysfs_root, const char *bdf, char *out, size_
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		const char *s = de->d_name;
+		/* "vfioN", or "noiommu-vfioN" for a device without an IOMMU
+		 * (Linux 7.3, IOMMUFD_NOIOMMU + enable_unsafe_noiommu_mode) */
+		if (strncmp(s, KSYS_NOIOMMU_PREFIX, strlen(KSYS_NOIOMMU_PREFIX)) == 0)
+			s += strlen(KSYS_NOIOMMU_PREFIX);
 		if (strncmp(s, "vfio", 4) != 0 || s[4] == '\0' ||
 		    strspn(s + 4, "0123456789") != strlen(s + 4))
 			continue;
-		r = ksys_path(out, n, "%s", s);
+		r = ksys_path(out, n, "%s", de->d_name);
 		break;
 	}
 	closedir(d);

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "backend/backend.h" /* struct dmb_bar_info, struct dmb_err */
 
@@ -23,8 +24,9 @@ struct ksys_ops {
 	/* Returns the ioctl's non-negative result or a negative errno. */
 	int (*ioctl)(int fd, unsigned long req, void *arg);
 	/* Returns a new fd or a negative errno. Only for device nodes whose
-	 * open itself answers (/dev/liveupdate: EBUSY, EIO), so tests can
-	 * play those answers; other opens call open(2) directly. */
+	 * open itself answers (/dev/liveupdate: EBUSY, EIO; a VFIO cdev:
+	 * noiommu-vfioN without CAP_SYS_RAWIO is EPERM), so tests can play
+	 * those answers; other opens call open(2) directly. */
 	int (*open)(const char *path, int flags);
 };
 
@@ -88,9 +90,16 @@ int ksys_pci_ids(const char *sysfs_root, const char *bdf, uint16_t *vendor, uint
 /* IOMMU group number (-ENOENT: the device has no IOMMU group). */
 int ksys_iommu_group(const char *sysfs_root, const char *bdf, unsigned *group);
 
-/* The "vfioN" entry under <sysfs>/bus/pci/devices/<bdf>/vfio-dev/
+/* The "vfioN" entry under <sysfs>/bus/pci/devices/<bdf>/vfio-dev/, or
+ * "noiommu-vfioN" for a device with no IOMMU in front of it (Linux 7.3 with
+ * vfio.enable_unsafe_noiommu_mode=1; ksys_noiommu_name tells)
  * (-ENOENT: not bound to a VFIO driver, or no cdev support). */
+#define KSYS_NOIOMMU_PREFIX "noiommu-"
 int ksys_vfio_dev_name(const char *sysfs_root, const char *bdf, char *out, size_t n);
+static inline bool ksys_noiommu_name(const char *name)
+{
+	return strncmp(name, KSYS_NOIOMMU_PREFIX, sizeof(KSYS_NOIOMMU_PREFIX) - 1) == 0;
+}
 
 /* True for drivers that leave a group viable: VFIO drivers, pci-stub,
  * pcieport (the kernel's driver_managed_dma drivers). */

@@ -53,6 +53,9 @@
  * MMIO part: a peer BAR whose memory decoding is off answers a decode error
  * (-EIO). Only then do bytes move, so a failed DMA moves nothing.
  *
+ * No-IOMMU contexts (devices declared without an IOMMU, simulated physical
+ * addresses, DMA to them): sim_noiommu.c.
+ *
  * Restart (sim_table.c, sim_adopt.c). The sim's "kernel objects" are fds:
  * each context's authoritative state is a memfd table of its areas and
  * attached devices (sim_table.c; the RB tree is an index of it), each
@@ -728,6 +731,9 @@ static int sim_map(struct dmb_bctx *bc, struct dmb_bregion *br, uint64_t offset,
 	ret = sim_check_iova(c, offset, iova, length, last, e);
 	if (ret < 0)
 		return ret;
+	ret = sim_check_noiommu_map(c, offset, length, e);
+	if (ret < 0)
+		return ret;
 
 	/* Pin-time checks (memfd_pin_folios, FOLL_WRITE). */
 	if (offset > r->size || length > r->size - offset)
@@ -978,7 +984,7 @@ static void sim_destroy(struct dmb_backend *be)
 }
 
 static const char *const sim_features[] = {
-	"map-file", "unmap-all", "dma-engine", "devices", "p2p", "adopt", NULL,
+	"map-file", "unmap-all", "dma-engine", "devices", "p2p", "adopt", "noiommu", NULL,
 };
 
 static const struct dmb_backend_ops sim_ops = {
@@ -1005,6 +1011,8 @@ static const struct dmb_backend_ops sim_ops = {
 	.map_bar = sim_map_bar,
 	.dev_dma = sim_dev_dma,
 	.dma = sim_dma,
+	.ctx_set_noiommu = sim_ctx_set_noiommu,
+	.phys = sim_phys,
 	.ctx_fds = sim_ctx_fds,
 	.dev_fds = sim_dev_fds,
 	.ctx_adopt = sim_ctx_adopt,
@@ -1036,7 +1044,8 @@ int dmb_sim_create(const struct dmb_backend_config *cfg, struct dmb_backend **ou
 	s->populate = cfg && cfg->sim_populate;
 	atomic_init(&s->pinned, 0);
 	atomic_init(&s->live, 0);
-	r = sim_devices_create(s, cfg ? cfg->sim_devices : NULL, e);
+	r = sim_devices_create(s, cfg ? cfg->sim_devices : NULL,
+			       cfg ? cfg->sim_noiommu_devices : NULL, e);
 	if (r < 0) {
 		sim_free(s);
 		return r;

@@ -327,7 +327,10 @@ int sim_dev_adopt(struct dmb_bctx *bc, const char *bdf_in, const struct dmb_fdse
 		return dmb_fail(e, DMB_E_NOT_FOUND, ENODEV, "no simulated device at %s; the sim has: %s",
 				bdf, have);
 	}
-	int r = fdset_take(fds, "device", names, DMB_ARRAY_SIZE(names), fd, e);
+	int r = sim_check_dev_kind(c, d, e);
+	if (r < 0)
+		return r;
+	r = fdset_take(fds, "device", names, DMB_ARRAY_SIZE(names), fd, e);
 	if (r < 0)
 		return r;
 

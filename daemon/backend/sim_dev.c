@@ -202,15 +202,62 @@ static int sim_dev_init(struct sim_backend *s, struct sim_dev *d, unsigned index
 	return 0;
 }
 
-int sim_devices_create(struct sim_backend *s, const char *const *list, struct dmb_err *e)
+static int sim_devices_add(struct sim_backend *s, const char *const *list, size_t n,
+			   const char *const *noiommu, struct dmb_err *e);
+
+static bool in_list(const char *const *list, const char *bdf)
 {
-	size_t n = 0;
-	if (!list)
-		list = sim_default_devices;
-	while (list[n])
-		if (++n > SIM_MAX_DEVICES)
+	char a[SIM_BDF_LEN + 1];
+	for (size_t i = 0; list && list[i]; i++)
+		if (sim_bdf_normalize(list[i], a) && strcmp(a, bdf) == 0)
+			return true;
+	return false;
+}
+
+int sim_devices_create(struct sim_backend *s, const char *const *list_in,
+		       const char *const *noiommu, struct dmb_err *e)
+{
+	size_t n = 0, n_in = 0, n_no = 0;
+	const char *const *list = list_in ? list_in : sim_default_devices;
+	while (list[n_in])
+		if (++n_in > SIM_MAX_DEVICES)
 			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG,
 					"sim: more than %u simulated devices", SIM_MAX_DEVICES);
+	while (noiommu && noiommu[n_no])
+		if (++n_no > SIM_MAX_DEVICES)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG,
+					"sim: more than %u simulated devices", SIM_MAX_DEVICES);
+	/* The no-IOMMU devices not in the list are added after it. */
+	const char **all = calloc(n_in + n_no + 1, sizeof(*all));
+	if (!all)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "sim: out of memory for devices");
+	for (size_t i = 0; i < n_in; i++)
+		all[n++] = list[i];
+	for (size_t i = 0; i < n_no; i++) {
+		char bdf[SIM_BDF_LEN + 1];
+		if (!sim_bdf_normalize(noiommu[i], bdf)) {
+			free(all);
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"sim: simulated no-IOMMU device '%.32s' is not a PCI address "
+					"dddd:bb:dd.f",
+					noiommu[i]);
+		}
+		if (!in_list(list, bdf))
+			all[n++] = noiommu[i];
+	}
+	if (n > SIM_MAX_DEVICES) {
+		free(all);
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG,
+				"sim: more than %u simulated devices", SIM_MAX_DEVICES);
+	}
+	int r = sim_devices_add(s, all, n, noiommu, e);
+	free(all);
+	return r;
+}
+
+static int sim_devices_add(struct sim_backend *s, const char *const *list, size_t n,
+			   const char *const *noiommu, struct dmb_err *e)
+{
 	if (n == 0)
 		return 0;
 
@@ -228,6 +275,7 @@ int sim_devices_create(struct sim_backend *s, const char *const *list, struct dm
 				return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
 						"sim: simulated device %s is listed twice", bdf);
 		int r = sim_dev_init(s, &s->devs[s->n_devs], (unsigned)i, bdf, e);
+		s->devs[s->n_devs].noiommu = in_list(noiommu, bdf);
 		s->n_devs++; /* counted even half-built, so sim_devices_destroy sees it */
 		if (r < 0)
 			return r;
@@ -295,6 +343,9 @@ int sim_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 				bdf, have);
 	}
 
+	int r = sim_check_dev_kind(c, d, e);
+	if (r < 0)
+		return r;
 	sim_lock_excl(s);
 	if (d->ctx) {
 		bool same = d->ctx == c;
@@ -307,7 +358,7 @@ int sim_dev_open(struct dmb_bctx *bc, const char *bdf_in, struct dmb_bdev **out,
 	struct sim_rec rec;
 	uint32_t slot;
 	sim_dev_rec(d, &rec);
-	int r = sim_table_put(&c->tab, &rec, &slot, e);
+	r = sim_table_put(&c->tab, &rec, &slot, e);
 	if (r == 0)
 		sim_dev_attach(c, d, slot);
 	sim_unlock(s);
@@ -573,7 +624,9 @@ int sim_dev_dma(struct dmb_bdev *bd, uint64_t iova, void *buf, size_t len, bool 
 		r = dmb_fail(e, DMB_E_FAILED_PRECONDITION, EPERM,
 			     "%s cannot DMA at IOVA 0x%" PRIx64 ": its bus mastering is off "
 			     "(command 0x%04x)", d->bdf, iova, cmd);
-	if (r == 0)
+	if (r == 0 && d->noiommu)
+		r = sim_phys_xfer(d->ctx, who, iova, buf, len, to_memory, e);
+	else if (r == 0)
 		r = sim_dma_xfer(d->ctx, who, iova, buf, len, to_memory, e);
 	sim_unlock(s);
 	return r;

@@ -9,6 +9,8 @@
  *                daemon restart (format and crash rules are described there)
  *   sim_adopt.c  the restart hooks: export fds, adopt contexts, devices and
  *                mappings in the next process
+ *   sim_noiommu.c  no-IOMMU contexts: devices without an IOMMU, simulated
+ *                physical addresses (GET_PA) and DMA to them
  *
  * The design notes (IOAS model, error model, locking) are at the top of
  * sim.c; every name shared between the files starts with sim_.
@@ -171,6 +173,7 @@ struct sim_dev {
 	uint32_t bdf_packed;
 	int cfg_fd;                      /* 256-byte config space memfd */
 	uint64_t cfg_ino;
+	bool noiommu;                    /* no IOMMU in front of it (sim_noiommu.c) */
 	struct sim_region *bar0;         /* the device's reference */
 	uint32_t slot;                   /* its DEV record in ctx's table while
 					  * attached */
@@ -267,6 +270,7 @@ struct sim_ctx {
 	uint32_t n_srcs, cap_srcs;
 	uint32_t src_hint;               /* the entry the last map used */
 	LIST_HEAD(sim_dev_list, sim_dev) devs; /* attached devices (dev_lock) */
+	bool noiommu;                    /* a no-IOMMU context (sim_noiommu.c) */
 	struct sim_pending_dev *pending; /* adoption only: unclaimed DEV records */
 	size_t n_pending;
 	/* Sorted by start, non-overlapping. Fixed: devices add none. */
@@ -342,7 +346,10 @@ int sim_dma_xfer(struct sim_ctx *c, const char *who, uint64_t iova, void *buf, s
 int sim_file_id(int fd, uint64_t *dev, uint64_t *ino, struct dmb_err *e);
 
 /* sim_dev.c */
-int sim_devices_create(struct sim_backend *s, const char *const *list, struct dmb_err *e);
+/* list: the functions (NULL: the default four); noiommu: those without an
+ * IOMMU, added to the list when not in it (NULL: none). */
+int sim_devices_create(struct sim_backend *s, const char *const *list,
+		       const char *const *noiommu, struct dmb_err *e);
 void sim_devices_destroy(struct sim_backend *s);
 struct sim_dev *sim_dev_find(struct sim_backend *s, const char *bdf);
 void sim_dev_list(const struct sim_backend *s, char *buf, size_t size);
@@ -370,6 +377,18 @@ int sim_map_bar(struct dmb_bctx *bc, struct dmb_bdev *peer, unsigned bar, uint64
 		uint64_t iova, uint64_t length, uint32_t prot, struct dmb_err *e);
 int sim_dev_dma(struct dmb_bdev *bd, uint64_t iova, void *buf, size_t len, bool to_memory,
 		struct dmb_err *e);
+
+/* sim_noiommu.c */
+uint64_t sim_phys_of(const struct sim_region *r, uint64_t off);
+int sim_check_noiommu_map(const struct sim_ctx *c, uint64_t offset, uint64_t length,
+			  struct dmb_err *e);
+int sim_check_dev_kind(const struct sim_ctx *c, const struct sim_dev *d, struct dmb_err *e);
+int sim_ctx_set_noiommu(struct dmb_bctx *bc, struct dmb_err *e);
+int sim_phys(struct dmb_bctx *bc, uint64_t iova, uint64_t max_len, uint64_t *phys, uint64_t *len,
+	     struct dmb_err *e);
+/* A no-IOMMU device's DMA to physical addresses of pages its context pins. */
+int sim_phys_xfer(struct sim_ctx *c, const char *who, uint64_t phys, void *buf, size_t len,
+		  bool to_memory, struct dmb_err *e);
 
 /* sim_adopt.c */
 int sim_ctx_fds(struct dmb_bctx *bc, struct dmb_fdset *out);

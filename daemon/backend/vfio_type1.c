@@ -1521,6 +1521,20 @@ static int t1_adopt_finish(struct dmb_bctx *bc, uint64_t *stray, struct dmb_err 
 	return 0;
 }
 
+/* VFIO's legacy no-IOMMU mode (the group /dev/vfio/noiommu-N with
+ * VFIO_NOIOMMU_IOMMU) has no VFIO_IOMMU_MAP_DMA: nothing is mapped or pinned
+ * through the container, and userspace would have to pin its memory itself
+ * and read physical addresses from /proc/self/pagemap. The broker offers
+ * no-IOMMU contexts only through iommufd (Linux 7.3). */
+static int t1_ctx_set_noiommu(struct dmb_bctx *bc, struct dmb_err *e)
+{
+	(void)bc;
+	return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+			"the vfio-type1 backend cannot make no-IOMMU contexts: VFIO's no-IOMMU group "
+			"mode has no DMA mapping (no VFIO_IOMMU_MAP_DMA) for the broker to pin "
+			"through; use the iommufd backend (Linux 7.3 with CONFIG_IOMMUFD_NOIOMMU)");
+}
+
 static const struct dmb_backend_ops t1_ops = {
 	.name = "vfio-type1",
 	/* context: its container; region: the core's fd (the mapping is our mmap);
@@ -1544,6 +1558,7 @@ static const struct dmb_backend_ops t1_ops = {
 	.dev_reset = ksys_dev_reset,
 	.map_bar = t1_map_bar,
 	.dma = NULL,
+	.ctx_set_noiommu = t1_ctx_set_noiommu,
 	.ctx_fds = t1_ctx_fds,
 	.dev_fds = t1_dev_fds,
 	.ctx_adopt = t1_ctx_adopt,

@@ -22,8 +22,23 @@ static void ctx_unaccount(struct dmb_ctx *ctx)
 int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struct dmb_ctx **out,
 	       struct dmb_err *e)
 {
+	return ctx_create_kind(owner, name, persistent, false, out, e);
+}
+
+int ctx_create_kind(struct dmb_owner *owner, const char *name, bool persistent, bool noiommu,
+		    struct dmb_ctx **out, struct dmb_err *e)
+{
 	struct dmb_core *core = owner->core;
 
+	if (noiommu && !owner->pol.noiommu)
+		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EPERM,
+				"no-IOMMU contexts give no isolation and are not granted to uid %u: "
+				"the policy setting `noiommu = yes` (in [default], [gid N] or [uid N]) "
+				"grants them",
+				(unsigned)owner->uid);
+	if (noiommu && !core->be->ops->ctx_set_noiommu)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"the %s backend has no no-IOMMU contexts", core->be->ops->name);
 	if (persistent && !core->jh)
 		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
 				"persistent contexts need the broker's state to survive it: it runs "
@@ -58,6 +73,19 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 		return dmb_fail(e, dmb_code_from_errno(r), -r, "could not open a backend context: %s",
 				strerror(-r));
 	}
+	if (noiommu) {
+		r = core->be->ops->ctx_set_noiommu(ctx->bctx, e);
+		if (r < 0) {
+			core->be->ops->ctx_close(ctx->bctx);
+			ctx_unaccount(ctx);
+			free(ctx);
+			if (!e || !e->msg[0])
+				dmb_fail(e, dmb_code_from_errno(r), -r,
+					 "the %s backend cannot make a no-IOMMU context: %s",
+					 core->be->ops->name, strerror(-r));
+			return r;
+		}
+	}
 
 	if (persistent && getrandom(ctx->token, sizeof(ctx->token), 0) != (ssize_t)sizeof(ctx->token)) {
 		core->be->ops->ctx_close(ctx->bctx);
@@ -74,6 +102,9 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 	}
 	/* Commit: from here on the context is visible. */
+	ctx->noiommu = noiommu;
+	if (noiommu)
+		core->n_noiommu++;
 	ctx->owner = owner;
 	ctx->last_session = owner->session_id;
 	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
@@ -88,7 +119,106 @@ int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struc
 			return r;
 		}
 	}
+	if (noiommu)
+		log_warning("context %" PRIu64 " '%s' of uid %u is a no-IOMMU context: its devices "
+			    "reach all of memory, it gives NO isolation",
+			    ctx->id, ctx->name, (unsigned)owner->uid);
 	*out = ctx;
+	return 0;
+}
+
+int ctx_adopt_noiommu(struct dmb_core *core, struct dmb_bctx *bctx, struct dmb_err *e)
+{
+	if (!core->be->ops->ctx_set_noiommu)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"the %s backend has no no-IOMMU contexts", core->be->ops->name);
+	return core->be->ops->ctx_set_noiommu(bctx, e);
+}
+
+void ctx_mark_noiommu(struct dmb_ctx *ctx)
+{
+	if (ctx->noiommu)
+		return;
+	ctx->noiommu = true;
+	ctx->core->n_noiommu++;
+	log_warning("context %" PRIu64 " '%s' (adopted) is a no-IOMMU context: its devices reach "
+		    "all of memory, it gives NO isolation",
+		    ctx->id, ctx->name);
+}
+
+int ctx_phys_ranges(struct dmb_ctx *ctx, uint64_t iova, uint64_t length,
+		    struct dmb_phys_range *out, size_t max, size_t *n, bool *more,
+		    uint64_t *next_iova, struct dmb_err *e)
+{
+	const struct dmb_backend_ops *ops = ctx->core->be->ops;
+	*n = 0;
+	*more = false;
+	*next_iova = 0;
+	if (!ctx->noiommu)
+		return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EINVAL,
+				"context %" PRIu64 " is not a no-IOMMU context: its devices use IOVAs "
+				"through the IOMMU, physical addresses are for no-IOMMU contexts only",
+				ctx->id);
+	if (length == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "length must not be 0");
+	uint64_t last;
+	if (!dmb_range_last(iova, length, &last))
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EOVERFLOW, "iova + length overflows");
+	if (max == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "no room for a range");
+	/* The whole range must be mapped RAM before the backend is asked. */
+	uint64_t at = iova;
+	for (;;) {
+		struct dmb_mapping *m = map_find(ctx, at);
+		if (!m || map_is_mmio(m))
+			return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT,
+					"IOVA 0x%" PRIx64 " of context %" PRIu64 " is not mapped%s: "
+					"[0x%" PRIx64 ", 0x%" PRIx64 "] must be mapped RAM throughout",
+					at, ctx->id, m ? " RAM (a peer BAR)" : "", iova, last);
+		uint64_t m_last = m->iova + m->length - 1;
+		if (m_last >= last)
+			break;
+		at = m_last + 1;
+	}
+	if (!ops->phys)
+		return dmb_fail(e, DMB_E_UNIMPLEMENTED, EOPNOTSUPP,
+				"the %s backend cannot tell physical addresses", ops->name);
+	at = iova;
+	while (*n < max) {
+		/* not 0: length > 0 and iova + length did not overflow */
+		uint64_t phys = 0, len = 0, want = last - at + 1;
+		int r = ops->phys(ctx->bctx, at, want, &phys, &len, e);
+		if (r < 0) {
+			if (r == -EOPNOTSUPP && (!e || !e->msg[0] || ctx->n_devices == 0))
+				return dmb_fail(e, DMB_E_FAILED_PRECONDITION, EOPNOTSUPP,
+						"context %" PRIu64 " has no device yet: the physical "
+						"addresses are known once a device without an IOMMU is "
+						"attached (DeviceOpen)",
+						ctx->id);
+			if (!e || !e->msg[0])
+				dmb_fail(e, dmb_code_from_errno(r), -r,
+					 "the backend could not tell the physical address of IOVA "
+					 "0x%" PRIx64 ": %s",
+					 at, strerror(-r));
+			*n = 0;
+			return r;
+		}
+		if (len == 0 || len > want)
+			return dmb_fail(e, DMB_E_INTERNAL, EPROTO,
+					"the backend answered %" PRIu64 " bytes for IOVA 0x%" PRIx64, len,
+					at);
+		/* Coalesce with the previous range when both continue. */
+		if (*n && out[*n - 1].iova + out[*n - 1].length == at &&
+		    out[*n - 1].phys + out[*n - 1].length == phys)
+			out[*n - 1].length += len;
+		else
+			out[(*n)++] = (struct dmb_phys_range){ at, phys, len };
+		if (len == want || at + len - 1 == last)
+			return 0;
+		at += len;
+	}
+	*more = true;
+	*next_iova = at;
 	return 0;
 }
 
@@ -235,6 +365,8 @@ void ctx_destroy(struct dmb_ctx *ctx)
 		core->jh->ctx_destroy(core->jh->opaque, ctx);
 	RB_REMOVE(dmb_ctx_tree, &core->contexts, ctx);
 	core->n_contexts--;
+	if (ctx->noiommu)
+		core->n_noiommu--;
 	if (ctx->owner) {
 		TAILQ_REMOVE(&ctx->owner->contexts, ctx, owner_link);
 		ctx->owner->n_contexts--;

@@ -211,6 +211,9 @@ struct dmb_ctx {
 	struct dmb_acct *acct;        /* charged for it; kept while it is detached */
 	char name[65];
 	bool persistent;
+	/* A no-IOMMU context (ContextCreate.noiommu): its devices have no IOMMU,
+	 * they DMA to physical addresses (PhysRanges): no isolation. */
+	bool noiommu;
 	uint8_t token[32];            /* reclaim token (persistent contexts) */
 	uint64_t detached_ms;         /* when its session ended (persistent), else 0 */
 	/* The session that owned it last (kept when it detaches); 0: nobody
@@ -345,6 +348,7 @@ struct dmb_core {
 	uint64_t restorations;
 	uint64_t p2p_mappings;
 	uint64_t p2p_bytes;
+	uint32_t n_noiommu;           /* no-IOMMU contexts among n_contexts */
 
 	/* Before the core calls the backend on a context other than the one a
 	 * request named (a P2P revocation, restoration or release reaching an
@@ -421,6 +425,30 @@ void owner_free(struct dmb_owner *owner);
 /* context.c */
 int ctx_create(struct dmb_owner *owner, const char *name, bool persistent, struct dmb_ctx **out,
 	       struct dmb_err *e);
+/* The same, for a no-IOMMU context when noiommu: refused (PERMISSION_DENIED,
+ * naming the setting) unless the owner's policy grants `noiommu`, and
+ * (UNIMPLEMENTED or the backend's sentence) where the backend has no such
+ * contexts. Logged as a warning: it gives no isolation. */
+int ctx_create_kind(struct dmb_owner *owner, const char *name, bool persistent, bool noiommu,
+		    struct dmb_ctx **out, struct dmb_err *e);
+/* Re-adoption of a no-IOMMU context: the backend context (adopted, no
+ * device yet) becomes one again before ctx_adopt. */
+int ctx_adopt_noiommu(struct dmb_core *core, struct dmb_bctx *bctx, struct dmb_err *e);
+/* Marks an adopted context as a no-IOMMU one (after ctx_adopt_noiommu). */
+void ctx_mark_noiommu(struct dmb_ctx *ctx);
+/* PhysRanges: the physically contiguous ranges behind [iova, iova+length)
+ * of a no-IOMMU context, in IOVA order, at most max of them. Every byte of
+ * the range must be mapped RAM (NOT_FOUND names the first byte that is
+ * not); checked whole before the backend is asked. *more: the range goes on
+ * at *next_iova. */
+struct dmb_phys_range {
+	uint64_t iova;
+	uint64_t phys;
+	uint64_t length;
+};
+int ctx_phys_ranges(struct dmb_ctx *ctx, uint64_t iova, uint64_t length,
+		    struct dmb_phys_range *out, size_t max, size_t *n, bool *more,
+		    uint64_t *next_iova, struct dmb_err *e);
 /* The owner's context with this id, or NULL (also for another owner's). */
 struct dmb_ctx *ctx_lookup(struct dmb_owner *owner, uint64_t id);
 /* Any context (admin views). */

@@ -246,6 +246,8 @@ static int prop_count(sd_bus *bus, const char *path, const char *iface, const ch
 		return sd_bus_message_append(reply, "u", t.clients);
 	if (strcmp(prop, "Contexts") == 0)
 		return sd_bus_message_append(reply, "u", t.contexts);
+	if (strcmp(prop, "NoIommuContexts") == 0)
+		return sd_bus_message_append(reply, "u", t.noiommu_contexts);
 	if (strcmp(prop, "Devices") == 0)
 		return sd_bus_message_append(reply, "u", t.devices);
 	if (strcmp(prop, "Mappings") == 0)
@@ -302,17 +304,17 @@ static int method_list_contexts(sd_bus_message *m, void *userdata, sd_bus_error 
 	sd_bus_message *reply = NULL;
 	int r = sd_bus_message_new_method_return(m, &reply);
 	if (r >= 0)
-		r = sd_bus_message_open_container(reply, 'a', "(tsuutbuttu)");
+		r = sd_bus_message_open_container(reply, 'a', "(tsuutbuttub)");
 	struct dmb_ctx *ctx;
 	RB_FOREACH(ctx, dmb_ctx_tree, &b->srv->core.contexts) {
 		if (r < 0)
 			break;
-		r = sd_bus_message_append(reply, "(tsuutbuttu)", ctx->id, ctx->name,
+		r = sd_bus_message_append(reply, "(tsuutbuttub)", ctx->id, ctx->name,
 					  ctx->owner ? (uint32_t)ctx->owner->uid : 0u,
 					  ctx->owner ? (uint32_t)ctx->owner->pid : 0u,
 					  ctx->owner ? ctx->owner->session_id : (uint64_t)0,
 					  (int)ctx->persistent, ctx->n_regions, ctx->n_mappings,
-					  ctx->mapped_bytes, ctx->n_devices);
+					  ctx->mapped_bytes, ctx->n_devices, (int)ctx->noiommu);
 	}
 	if (r >= 0)
 		r = sd_bus_message_close_container(reply);
@@ -508,13 +510,14 @@ static const sd_bus_vtable broker_vtable[] = {
 	SD_BUS_PROPERTY("HandoffState", "s", prop_string, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Clients", "u", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Contexts", "u", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("NoIommuContexts", "u", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Devices", "u", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Mappings", "t", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("PinnedBytes", "t", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Revocations", "t", prop_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_METHOD_WITH_NAMES("ListClients", "", , "a(tuuusbuttutt)", SD_BUS_PARAM(clients),
 				 method_list_clients, SD_BUS_VTABLE_UNPRIVILEGED),
-	SD_BUS_METHOD_WITH_NAMES("ListContexts", "", , "a(tsuutbuttu)", SD_BUS_PARAM(contexts),
+	SD_BUS_METHOD_WITH_NAMES("ListContexts", "", , "a(tsuutbuttub)", SD_BUS_PARAM(contexts),
 				 method_list_contexts, SD_BUS_VTABLE_UNPRIVILEGED),
 	SD_BUS_METHOD_WITH_NAMES("ListDevices", "", , "a" DEVICE_SIG, SD_BUS_PARAM(devices),
 				 method_list_devices, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -577,7 +580,7 @@ void bus_counts_changed(struct server *srv, const struct server_totals *t)
 	struct bus *b = srv->bus;
 	if (!b || !b->bus)
 		return;
-	char *names[8];
+	char *names[9];
 	size_t n = 0;
 	const struct server_totals *o = &b->last;
 	bool all = !b->have_last;
@@ -585,6 +588,8 @@ void bus_counts_changed(struct server *srv, const struct server_totals *t)
 		names[n++] = (char *)"Clients";
 	if (all || o->contexts != t->contexts)
 		names[n++] = (char *)"Contexts";
+	if (all || o->noiommu_contexts != t->noiommu_contexts)
+		names[n++] = (char *)"NoIommuContexts";
 	if (all || o->devices != t->devices)
 		names[n++] = (char *)"Devices";
 	if (all || o->mappings != t->mappings)

@@ -71,6 +71,9 @@ static void render(struct server *srv, FILE *f)
 
 	one(f, "dmabroker_clients", "gauge", "Connected client sessions.", t.clients);
 	one(f, "dmabroker_contexts", "gauge", "DMA contexts (IOMMU address spaces).", t.contexts);
+	one(f, "dmabroker_noiommu_contexts", "gauge",
+	    "No-IOMMU contexts (devices without an IOMMU: NO isolation), counted in contexts too.",
+	    t.noiommu_contexts);
 	one(f, "dmabroker_devices", "gauge", "Devices open and attached to contexts.", t.devices);
 	one(f, "dmabroker_regions", "gauge", "Registered guest memory regions.", t.regions);
 	one(f, "dmabroker_mappings", "gauge", "IOVA mappings, RAM and P2P.", t.mappings);

@@ -117,7 +117,7 @@ static bool allow_entry_valid(const char *t)
 enum {
 	R_CONTEXTS = 1u << 0, R_REGIONS = 1u << 1, R_MAPPINGS = 1u << 2, R_DEVMAX = 1u << 3,
 	R_PINNED = 1u << 4, R_ADMIN = 1u << 5, R_P2P = 1u << 6, R_XCTX = 1u << 7,
-	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS,
+	R_XCLIENT = 1u << 8, R_ALLOW = 1u << 9, R_FDS = DMB_RULE_FDS, R_NOIOMMU = 1u << 11,
 };
 
 /* "8G", "512M", "4096": bytes with an optional K/M/G/T suffix (powers of 2). */
@@ -311,6 +311,11 @@ static int on_key(void *user, const char *section, const char *key, const char *
 				return WHY("mappings_per_context must be a number from 0 to %llu", 1ull << 32);
 			r->lim.mappings_per_context = u;
 			r->set |= R_MAPPINGS;
+		} else if (!strcmp(key, "noiommu")) {
+			if (!bool_value(value, &b))
+				return WHY("noiommu must be yes or no");
+			r->noiommu = b;
+			r->set |= R_NOIOMMU;
 		} else if (!strcmp(key, "admin") || !strcmp(key, "p2p") ||
 			   !strcmp(key, "p2p_cross_context") || !strcmp(key, "p2p_cross_client")) {
 			if (!bool_value(value, &b))
@@ -400,18 +405,21 @@ static int on_key(void *user, const char *section, const char *key, const char *
 			return WHY("p2p_attrs must be mmio (as iommufd maps a peer BAR) or cacheable "
 				   "(as vfio-type1 does)");
 	} else if (!strcmp(section, "sim")) {
-		if (strcmp(key, "devices"))
+		bool noiommu = !strcmp(key, "noiommu_devices");
+		if (strcmp(key, "devices") && !noiommu)
 			return WHY("unknown key '%s' in [sim]", key);
-		cfg->n_sim_devices = 0;
+		size_t *n = noiommu ? &cfg->n_sim_noiommu : &cfg->n_sim_devices;
+		char (*list)[16] = noiommu ? cfg->sim_noiommu : cfg->sim_devices;
+		*n = 0;
 		char buf[1024];
 		snprintf(buf, sizeof(buf), "%s", value);
 		for (char *save = NULL, *t = strtok_r(buf, " \t,", &save); t;
 		     t = strtok_r(NULL, " \t,", &save)) {
 			if (!device_bdf_valid(t))
 				return WHY("'%s' is not a PCI address dddd:bb:dd.f", t);
-			if (cfg->n_sim_devices >= 16)
+			if (*n >= 16)
 				return WHY("more than 16 simulated devices");
-			snprintf(cfg->sim_devices[cfg->n_sim_devices++], sizeof(cfg->sim_devices[0]), "%s", t);
+			snprintf(list[(*n)++], sizeof(list[0]), "%s", t);
 		}
 	} else if (!strcmp(section, "metrics")) {
 		if (!strcmp(key, "textfile")) {
@@ -540,12 +548,22 @@ void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 				p->p2p_cross_context = r->p2p_cross_context;
 			if (r->set & R_XCLIENT)
 				p->p2p_cross_client = r->p2p_cross_client;
+			if (r->set & R_NOIOMMU)
+				p->noiommu = r->noiommu;
 			if (r->set & R_ALLOW) {
 				p->n_allow = r->n_allow;
 				p->allow = r->allow;
 			}
 		}
 	}
+}
+
+bool config_grants_noiommu(const struct dmb_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_rules; i++)
+		if ((cfg->rules[i].set & R_NOIOMMU) && cfg->rules[i].noiommu)
+			return true;
+	return false;
 }
 
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid)

@@ -49,6 +49,7 @@ struct dmb_rule {
 	unsigned set;
 	struct dmb_limits lim;
 	bool admin, p2p, p2p_cross_context, p2p_cross_client;
+	bool noiommu;
 	size_t n_allow;
 	char allow[DMB_MAX_RULE_ALLOW][16];
 };
@@ -96,9 +97,11 @@ struct dmb_config {
 	size_t n_rules;
 	struct dmb_rule rules[DMB_MAX_RULES];
 
-	/* [sim] devices */
+	/* [sim] devices, and noiommu_devices: those without an IOMMU */
 	size_t n_sim_devices;
 	char sim_devices[16][16];
+	size_t n_sim_noiommu;
+	char sim_noiommu[16][16];
 	/* [sim] p2p_attrs: 0 mmio (iommufd's, the default), 1 cacheable
 	 * (type1's) */
 	int sim_p2p_attr;
@@ -123,6 +126,8 @@ int config_load_tree(struct dmb_config *cfg, const char *path, struct dmb_err *e
 void config_resolve(const struct dmb_config *cfg, uid_t uid, gid_t gid,
 		    struct dmb_client_policy *out);
 bool config_is_admin(const struct dmb_config *cfg, uid_t uid);
+/* Whether any policy section says `noiommu = yes`. */
+bool config_grants_noiommu(const struct dmb_config *cfg);
 /* May a client with this policy open the device at bdf (its address, or its
  * vendor:device read from sysfs, is on the allow list)? */
 bool config_device_allowed(const struct dmb_client_policy *pol, const char *bdf);

@@ -29,6 +29,9 @@ struct dmb_client_policy {
 	bool p2p;                   /* may map peer BARs at all */
 	bool p2p_cross_context;     /* peer attached to another of its contexts */
 	bool p2p_cross_client;      /* peer of another client, by address */
+	/* may create no-IOMMU contexts (devices without an IOMMU: no
+	 * isolation at all); only a policy section's `noiommu = yes` grants it */
+	bool noiommu;
 	size_t n_allow;
 	const char (*allow)[16];    /* BDFs and vendor:device; into the loaded config */
 };

@@ -187,7 +187,7 @@ static const unsigned long type1_ioctls[] = {
 static const unsigned long iommufd_ioctls[] = {
 	DMB_IOMMU_IOAS_ALLOC, DMB_IOMMU_DESTROY, DMB_IOMMU_IOAS_IOVA_RANGES,
 	DMB_IOMMU_IOAS_MAP, DMB_IOMMU_IOAS_MAP_FILE, DMB_IOMMU_IOAS_UNMAP,
-	DMB_IOMMU_GET_HW_INFO, DMB_IOMMU_IOAS_CHANGE_PROCESS,
+	DMB_IOMMU_GET_HW_INFO, DMB_IOMMU_IOAS_CHANGE_PROCESS, DMB_IOMMU_IOAS_NOIOMMU_GET_PA,
 	DMB_VFIO_DEVICE_BIND_IOMMUFD, DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT,
 	DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT, VFIO_DEVICE_FEATURE,
 	VFIO_DEVICE_GET_REGION_INFO, VFIO_DEVICE_RESET,
@@ -383,7 +383,12 @@ static int install_seccomp(enum sandbox_seccomp mode, const char *backend, int m
 
 /* ---- capabilities ---- */
 
-/* Keeps CAP_IPC_LOCK when it is held: the IOMMU backends pin every mapped
+/* Keeps CAP_SYS_RAWIO when it is held and want_rawio (the iommufd backend
+ * and a configuration that grants no-IOMMU contexts): the kernel asks it
+ * of every open of a noiommu-vfioN cdev (device_cdev.c) and of every
+ * IOMMU_IOAS_NOIOMMU_GET_PA (ioas.c). The shipped unit does not give it;
+ * an operator who enables no-IOMMU contexts adds it (docs/operations.md).
+ * Keeps CAP_IPC_LOCK when it is held: the IOMMU backends pin every mapped
  * page, and that is charged to RLIMIT_MEMLOCK (type1: the mapping task's
  * locked_vm; iommufd: the user's) unless the task that maps has
  * CAP_IPC_LOCK. The broker pins on behalf of all its clients, so a limit
@@ -391,11 +396,12 @@ static int install_seccomp(enum sandbox_seccomp mode, const char *backend, int m
  * needed once the device nodes are open or openable by file permissions:
  * everything else is dropped, the bounding set too (when CAP_SETPCAP
  * allows), and the ambient set is cleared. */
-static int drop_capabilities(void)
+static int drop_capabilities(bool want_rawio)
 {
 	if (capng_get_caps_process() < 0)
 		return log_error_errno(-EIO, "capabilities: cannot read this process's capabilities");
 	bool ipc_lock = capng_have_capability(CAPNG_PERMITTED, CAP_IPC_LOCK);
+	bool rawio = want_rawio && capng_have_capability(CAPNG_PERMITTED, CAP_SYS_RAWIO);
 	bool setpcap = capng_have_capability(CAPNG_EFFECTIVE, CAP_SETPCAP);
 
 	capng_select_t sel = CAPNG_SELECT_CAPS | CAPNG_SELECT_AMBIENT;
@@ -403,12 +409,21 @@ static int drop_capabilities(void)
 	if (ipc_lock)
 		capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | CAPNG_BOUNDING_SET,
 			     CAP_IPC_LOCK);
+	if (rawio)
+		capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | CAPNG_BOUNDING_SET,
+			     CAP_SYS_RAWIO);
 	if (setpcap)
 		sel |= CAPNG_SELECT_BOUNDS;
 	int r = capng_apply(sel);
 	if (r < 0)
 		return log_error_errno(-EPERM, "capabilities: dropping them failed (libcap-ng %d)", r);
-	log_info("sandbox: capabilities dropped%s", ipc_lock ? "; kept CAP_IPC_LOCK (pinning)" : "");
+	log_info("sandbox: capabilities dropped%s%s", ipc_lock ? "; kept CAP_IPC_LOCK (pinning)" : "",
+		 rawio ? "; kept CAP_SYS_RAWIO (no-IOMMU devices: the policy grants no-IOMMU "
+			 "contexts)" : "");
+	if (want_rawio && !rawio)
+		log_warning("sandbox: the policy grants no-IOMMU contexts but the broker does not "
+			    "hold CAP_SYS_RAWIO: opening a no-IOMMU device will fail (EPERM); see "
+			    "docs/operations.md, \"No-IOMMU contexts\"");
 	return 0;
 }
 
@@ -464,12 +479,13 @@ static int arm_test_hook(void)
 	return 0;
 }
 
-int sandbox_apply(enum sandbox_seccomp mode, const char *backend, int metrics_dirfd)
+int sandbox_apply(enum sandbox_seccomp mode, const char *backend, int metrics_dirfd,
+		  bool noiommu)
 {
 	int r = arm_test_hook();
 	if (r < 0)
 		return r;
-	r = drop_capabilities();
+	r = drop_capabilities(noiommu && strcmp(backend, "iommufd") == 0);
 	if (r < 0)
 		return r;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)

@@ -27,6 +27,7 @@ void server_totals(const struct server *srv, struct server_totals *t)
 		.p2p_mappings = core->p2p_mappings,
 		.revocations = core->revocations,
 		.restorations = core->restorations,
+		.noiommu_contexts = core->n_noiommu,
 	};
 }
 

@@ -159,11 +159,17 @@ static int rpc_context_create(struct rpc_call *c, struct dmb_err *e)
 	if (r < 0)
 		return r;
 	struct dmb_ctx *ctx;
-	r = ctx_create(c->s->owner, q->name, q->persistent, &ctx, e);
-	if (r < 0)
+	r = ctx_create_kind(c->s->owner, q->name, q->persistent, q->noiommu, &ctx, e);
+	if (r < 0) {
+		if (q->noiommu)
+			log_notice("session %" PRIu64 " (uid %u pid %d): no-IOMMU context refused: %s",
+				   c->s->id, (unsigned)c->s->cred.uid, (int)c->s->cred.pid,
+				   e ? e->msg : "");
 		return r;
-	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " '%s' created", c->s->id,
-		 (unsigned)c->s->cred.uid, (int)c->s->cred.pid, ctx->id, ctx->name);
+	}
+	log_info("session %" PRIu64 " (uid %u pid %d): context %" PRIu64 " '%s' created%s", c->s->id,
+		 (unsigned)c->s->cred.uid, (int)c->s->cred.pid, ctx->id, ctx->name,
+		 ctx->noiommu ? " (no-IOMMU: no isolation)" : "");
 	Dmb__ContextCreateReply *b = &c->body.context_create;
 	dmb__context_create_reply__init(b);
 	b->context_id = ctx->id;
@@ -795,6 +801,47 @@ static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
 	return sim_dma(c, "SimDma", ctx, NULL, q->iova, q->length, q->to_memory, &q->data, e);
 }
 
+/* ------------------------------------------------------------ no-IOMMU */
+
+static int rpc_phys_ranges(struct rpc_call *c, struct dmb_err *e)
+{
+	const Dmb__PhysRanges *q = c->req->phys_ranges;
+	/* An admin may ask of any context (dmabrokerctl phys-ranges), as
+	 * ListMappings. */
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
+	if (!ctx && c->s->admin)
+		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
+	if (!ctx)
+		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found",
+				q->context_id);
+	struct dmb_phys_range *ranges = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ranges));
+	Dmb__PhysRange *arr = rpc_alloc(c, DMB_MAX_LIST * sizeof(*arr));
+	Dmb__PhysRange **ptrs = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ptrs));
+	if (!ranges || !arr || !ptrs)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	size_t n = 0;
+	bool more = false;
+	uint64_t next = 0;
+	int r = ctx_phys_ranges(ctx, q->iova, q->length, ranges, DMB_MAX_LIST, &n, &more, &next, e);
+	if (r < 0)
+		return r;
+	Dmb__PhysRangesReply *b = &c->body.phys_ranges;
+	dmb__phys_ranges_reply__init(b);
+	for (size_t i = 0; i < n; i++) {
+		dmb__phys_range__init(&arr[i]);
+		arr[i].iova = ranges[i].iova;
+		arr[i].phys = ranges[i].phys;
+		arr[i].length = ranges[i].length;
+		ptrs[i] = &arr[i];
+	}
+	b->n_ranges = n;
+	b->ranges = ptrs;
+	b->more = more;
+	b->next_iova = next;
+	SET_BODY(c, phys_ranges, PHYS_RANGES);
+	return 0;
+}
+
 /* ------------------------------------------------------------ events, stats */
 
 static int rpc_subscribe(struct rpc_call *c, struct dmb_err *e)
@@ -809,6 +856,7 @@ static int rpc_subscribe(struct rpc_call *c, struct dmb_err *e)
 static void stats_add_ctx(Dmb__StatsReply *st, const struct dmb_ctx *ctx)
 {
 	st->contexts++;
+	st->noiommu_contexts += ctx->noiommu;
 	st->regions += ctx->n_regions;
 	st->mappings += ctx->n_mappings;
 	st->mapped_bytes += ctx->mapped_bytes;
@@ -859,6 +907,7 @@ static int rpc_status(struct rpc_call *c, struct dmb_err *e)
 	b->pid = (uint32_t)getpid();
 	dmb__stats_reply__init(&c->totals);
 	c->totals.contexts = core->n_contexts;
+	c->totals.noiommu_contexts = core->n_noiommu;
 	c->totals.regions = core->n_regions;
 	c->totals.mappings = core->n_mappings;
 	c->totals.mapped_bytes = core->mapped_bytes;
@@ -901,6 +950,7 @@ static int rpc_list_contexts(struct rpc_call *c, struct dmb_err *e)
 		ci->mappings = (ctx)->n_mappings;                         \
 		ci->mapped_bytes = (ctx)->mapped_bytes;                   \
 		ci->devices = (ctx)->n_devices;                           \
+		ci->noiommu = (ctx)->noiommu;                             \
 		ptrs[i] = ci;                                             \
 		i++;                                                      \
 	} while (0)
@@ -1190,6 +1240,7 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(LIST_CLIENTS, "list-clients", rpc_list_clients, RPC_ADMIN),
 	ROW(REVOKE_CONTEXT, "revoke-context", rpc_revoke_context, RPC_ADMIN | RPC_MUTATES),
 	ROW(RELOAD_POLICY, "reload-policy", rpc_reload_policy, RPC_ADMIN),
+	ROW(PHYS_RANGES, "phys-ranges", rpc_phys_ranges, 0),
 	ROW(DISCARD, "discard", rpc_discard, RPC_MUTATES),
 	ROW(POPULATE, "populate", rpc_populate, RPC_MUTATES),
 };

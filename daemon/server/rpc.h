@@ -43,6 +43,7 @@ struct rpc_call {
 		Dmb__ReloadPolicyReply reload_policy;
 		Dmb__HandoffPrepareReply handoff_prepare;
 		Dmb__HandoffStatusReply handoff_status;
+		Dmb__PhysRangesReply phys_ranges;
 		Dmb__ConvertReply convert;
 	} body;
 	uint64_t page_size;   /* MapReply.page_sizes of a single map */
@@ -69,6 +70,6 @@ int sched_unmap(struct rpc_call *c, struct dmb_ctx *ctx, struct dmb_range *range
 		bool all, struct dmb_err *e);
 /* The gated context this request must wait for, or 0. */
 uint64_t sched_blocking_ctx(struct rpc_call *c);
-/* Keeps the packet (and its fds) on the context's gate until it is
- * replayed; -ENOMEM: it could not. */
+/* Keeps the packet (and the one fd it names, closing the others) on the
+ * context's gate until it is replayed; -ENOMEM: it could not. */
 int sched_park(struct rpc_call *c, const uint8_t *buf, uint64_t ctx_id);

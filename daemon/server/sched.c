@@ -86,6 +86,7 @@ static void replay_parked(struct server *srv)
 			rx->nfds = p->nfds;
 			memcpy(rx->fds, p->fds, p->nfds * sizeof(int));
 			p->nfds = 0; /* rx owns them now */
+
 			srv->replaying = g;
 			rpc_handle(s, p->data, rx);
 			srv->replaying = NULL;
@@ -448,11 +449,25 @@ uint64_t sched_blocking_ctx(struct rpc_call *c)
 	}
 }
 
-/* Keeps the packet (and its fds) on the context's gate; the session reads
- * nothing more until it has been replayed. */
+/* Keeps the packet on the context's gate; the session reads nothing more
+ * until it has been replayed. Of its fds it keeps only the one the request
+ * names (RegionRegister's fd_index; the others would be closed unused when
+ * it runs): a parked request holds at most one fd, as its session holds
+ * one, so packets of 253 fds parked in many sessions cannot fill the
+ * broker's fd table. (Refusing one here would answer it out of order.)
+ * -ENOMEM: not parked (run it now). */
 int sched_park(struct rpc_call *c, const uint8_t *buf, uint64_t ctx_id)
 {
 	struct session *s = c->s;
+	struct wire_rx *rx = c->rx;
+	int64_t keep = -1;
+	if (c->req->body_case == DMB__REQUEST__BODY_REGION_REGISTER && c->req->region_register)
+		keep = c->req->region_register->fd_index;
+	for (size_t i = 0; i < rx->nfds; i++)
+		if ((int64_t)i != keep && rx->fds[i] >= 0) {
+			close(rx->fds[i]);
+			rx->fds[i] = -1;
+		}
 	struct ctx_gate *g = server_gate_find(s->srv, ctx_id);
 	struct parked *p = g ? malloc(sizeof(*p) + c->rx->len) : NULL;
 	if (!p)
@@ -477,6 +492,7 @@ void rpc_parked_free(struct parked *p)
 {
 	if (!p)
 		return;
+
 	for (size_t i = 0; i < p->nfds; i++)
 		if (p->fds[i] >= 0)
 			close(p->fds[i]);

@@ -207,6 +207,7 @@ struct server_totals {
 	uint64_t p2p_mappings;
 	uint64_t revocations;
 	uint64_t restorations;
+	uint32_t noiommu_contexts; /* of contexts: no-IOMMU ones (no isolation) */
 };
 
 /* server.c */

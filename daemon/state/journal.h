@@ -76,7 +76,8 @@ enum jrnl_type {
 /* CONTEXT_CREATE flags */
 #define JRNL_CTX_PERSISTENT (UINT32_C(1) << 0)
 #define JRNL_CTX_DETACHED (UINT32_C(1) << 1)   /* its session ended (snapshots) */
-#define JRNL_CTX_FLAGS_ALL (JRNL_CTX_PERSISTENT | JRNL_CTX_DETACHED)
+#define JRNL_CTX_NOIOMMU (UINT32_C(1) << 2)    /* a no-IOMMU context (1.1) */
+#define JRNL_CTX_FLAGS_ALL (JRNL_CTX_PERSISTENT | JRNL_CTX_DETACHED | JRNL_CTX_NOIOMMU)
 /* REGION_ADD flags */
 #define JRNL_REGION_WRITABLE (UINT32_C(1) << 0)
 #define JRNL_REGION_HUGETLB (UINT32_C(1) << 1)
@@ -339,6 +340,7 @@ struct jrnl_ctx {
 	uint32_t uid, gid;
 	bool persistent;
 	bool detached;                /* its session ended; waits for a reclaim */
+	bool noiommu;                 /* a no-IOMMU context */
 	uint8_t token[JRNL_TOKEN_SIZE];
 	char name[JRNL_NAME_MAX + 1];
 	struct jrnl_region_tree regions;

@@ -106,7 +106,8 @@ static int snapshot(struct jrnl *n, const struct jrnl_state *s, struct dmb_err *
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 	for (struct jrnl_ctx *c = jrnl_state_ctx_first(s); c; c = jrnl_state_ctx_next(c)) {
 		uint32_t flags = (c->persistent ? JRNL_CTX_PERSISTENT : 0) |
-				 (c->detached ? JRNL_CTX_DETACHED : 0);
+				 (c->detached ? JRNL_CTX_DETACHED : 0) |
+				 (c->noiommu ? JRNL_CTX_NOIOMMU : 0);
 		if ((r = jrnl_append_ctx_create(n, c->id, c->session, c->uid, c->gid, flags, c->name,
 						c->token, e)) < 0)
 			return r;

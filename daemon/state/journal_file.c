@@ -4,7 +4,8 @@
  * constants below and struct jrnl are in journal_impl.h.
  *
  * ---------------------------------------------------------------------------
- * Format, version 1.1 (1.0 plus DISCARD, POPULATE and MAP granules). All integers little-endian. (docs/journal.md explains
+ * Format, version 1.1 (1.0 plus the no-IOMMU context flag, DISCARD, POPULATE
+ * and MAP granules). All integers little-endian. (docs/journal.md explains
  * it; this block is the specification.)
  *
  * File

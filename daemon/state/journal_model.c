@@ -319,6 +319,7 @@ int jrnl_state_apply(struct jrnl_state *s, const struct jrnl_rec *rec)
 		c->gid = a->gid;
 		c->persistent = a->flags & JRNL_CTX_PERSISTENT;
 		c->detached = a->flags & JRNL_CTX_DETACHED;
+		c->noiommu = a->flags & JRNL_CTX_NOIOMMU;
 		memcpy(c->token, a->token, JRNL_TOKEN_SIZE);
 		snprintf(c->name, sizeof(c->name), "%s", a->name);
 		see_id(s, a->ctx);
@@ -484,7 +485,7 @@ static bool ctx_equal(const struct jrnl_ctx *a, const struct jrnl_ctx *b, char *
 {
 	if (a->session != b->session || a->uid != b->uid || a->gid != b->gid ||
 	    a->persistent != b->persistent || a->detached != b->detached ||
-	    memcmp(a->token, b->token, JRNL_TOKEN_SIZE) || strcmp(a->name, b->name))
+	    a->noiommu != b->noiommu || memcmp(a->token, b->token, JRNL_TOKEN_SIZE) || strcmp(a->name, b->name))
 		return DIFF("context %" PRIu64 ": attributes differ", a->id);
 	if (a->n_regions != b->n_regions || a->n_maps != b->n_maps || a->n_devs != b->n_devs ||
 	    a->mapped_bytes != b->mapped_bytes)

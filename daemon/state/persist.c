@@ -86,7 +86,8 @@ static int h_ctx_create(void *o, struct dmb_ctx *ctx, struct dmb_err *e)
 	int r = fdstore_put_ctx(ctx);
 	if (r < 0)
 		return fdstore_refused(r, "context", ctx->id, e);
-	uint32_t flags = ctx->persistent ? JRNL_CTX_PERSISTENT : 0;
+	uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) |
+			 (ctx->noiommu ? JRNL_CTX_NOIOMMU : 0);
 	return APPEND(p, e, jrnl_append_ctx_create(p->j, ctx->id, ctx->owner->session_id,
 						    ctx->owner->uid, ctx->owner->gid, flags, ctx->name,
 						    ctx->token, &_je));
@@ -294,7 +295,8 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 		if (f && f->keep && !f->keep(f->opaque, ctx))
 			continue;
 		const struct dmb_owner *o = ctx->owner;
-		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED);
+		uint32_t flags = (ctx->persistent ? JRNL_CTX_PERSISTENT : 0) | (o ? 0 : JRNL_CTX_DETACHED) |
+				 (ctx->noiommu ? JRNL_CTX_NOIOMMU : 0);
 		/* A detached context keeps its last session (0: nobody since a
 		 * host handoff's restore), as a replay of the live journal does,
 		 * and the uid it is charged to. */

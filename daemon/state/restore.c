@@ -111,6 +111,15 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		take_set(rs, "ctx", jc->id, &fds);
 		r = ops->ctx_adopt ? ops->ctx_adopt(core->be, &fds, &bctx, &e) : -EOPNOTSUPP;
 	}
+	if (r == 0 && jc->noiommu) {
+		/* Before any device comes back: it must be one without an IOMMU. */
+		r = ctx_adopt_noiommu(core, bctx, &e);
+		if (r < 0) {
+			ops->ctx_close(bctx);
+			bctx = NULL;
+			fds.n = 0; /* the backend context had taken them */
+		}
+	}
 	if (r < 0) {
 		log_error("context %" PRIu64 " could not be re-adopted (%s); it is lost and its "
 			  "mappings go with the old kernel objects", jc->id, e.msg[0] ? e.msg : strerror(-r));
@@ -126,6 +135,8 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 		p->lost++;
 		return;
 	}
+	if (jc->noiommu)
+		ctx_mark_noiommu(ctx);
 	for (size_t i = 0; i < fds.n; i++) {
 		ctx->stored.e[i].fd = -1;
 		snprintf(ctx->stored.e[i].name, sizeof(ctx->stored.e[0].name), "%s", fds.e[i].name);

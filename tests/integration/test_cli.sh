@@ -401,7 +401,7 @@ ctl --json list contexts --all
 JSON_CODE="
 c = [c for c in d['contexts'] if c['id'] == $CTX][0]
 want = dict(name='vmm-example', owner_uid=$ME, owner_pid=$EX_PID, regions=1, mappings=2,
-            mapped_bytes=$SIZE_MIB * $MiB, devices=0)
+            mapped_bytes=$SIZE_MIB * $MiB, devices=0, noiommu=False)
 for k, v in want.items():
     if c.get(k) != v: sys.exit('context %s: expected %s=%r, got %r' % (c['id'], k, v, c.get(k)))
 if d.get('all') is not True: sys.exit('expected all=true')
@@ -410,10 +410,10 @@ json || fail "list contexts --json: $PY_MSG"
 
 ctl list contexts
 expect_rc 0 "list contexts (table)"
-head -n1 "$TMP/out" | grep -Eq '^ *ID +NAME +UID +PID +SESSION +REGIONS +MAPPINGS +MAPPED +DEVICES$' ||
-	fail "list contexts: expected the header 'ID NAME UID PID SESSION REGIONS MAPPINGS MAPPED DEVICES'"
-grep -Eq "^ *$CTX +vmm-example +$ME +$EX_PID +[0-9]+ +1 +2 +64\.0 MiB +0\$" "$TMP/out" ||
-	fail "list contexts: expected the row '$CTX vmm-example $ME $EX_PID <session> 1 2 64.0 MiB 0'"
+head -n1 "$TMP/out" | grep -Eq '^ *ID +NAME +UID +PID +SESSION +REGIONS +MAPPINGS +MAPPED +DEVICES +ISOLATION$' ||
+	fail "list contexts: expected the header 'ID NAME UID PID SESSION REGIONS MAPPINGS MAPPED DEVICES ISOLATION'"
+grep -Eq "^ *$CTX +vmm-example +$ME +$EX_PID +[0-9]+ +1 +2 +64\.0 MiB +0 +iommu\$" "$TMP/out" ||
+	fail "list contexts: expected the row '$CTX vmm-example $ME $EX_PID <session> 1 2 64.0 MiB 0 iommu'"
 # Right-aligned last column: an aligned table has lines of one length (the table
 # ends at the blank line before the count line).
 [ "$(awk '!NF { exit } { print length($0) }' "$TMP/out" | sort -u | wc -l)" -eq 1 ] ||

@@ -430,6 +430,97 @@ static void test_full_handoff(void **state)
 	preserver_stop();
 }
 
+/* ------------------------------------------------------------ no-IOMMU */
+
+/* A persistent no-IOMMU context across a host handoff: it comes back as a
+ * no-IOMMU context with its device without an IOMMU, its memory at the
+ * same physical addresses, and the device moves bytes through them. */
+static void test_noiommu_handoff(void **state)
+{
+	preserver_start();
+	use_config("[devices]\nallow = 0000:05:00.0, " BDF_A "\n"
+		   "[sim]\nnoiommu_devices = 0000:05:00.0\n[default]\nnoiommu = yes\n");
+	start();
+	struct daemon d = as_daemon();
+	struct dmb_client *c = conn("bare");
+	uint64_t ctx;
+	uint8_t token[DMB_RECLAIM_TOKEN_SIZE];
+	assert_ok(c, dmb_context_create_flags(c, "bare", DMB_CONTEXT_NOIOMMU | DMB_CONTEXT_PERSISTENT,
+					      &ctx, token));
+	struct dmb_device_info di;
+	assert_ok(c, dmb_device_open(c, ctx, "0000:05:00.0", NULL, &di));
+	int m = make_memfd(64 * 1024, 9);
+	struct dmb_region_info reg;
+	assert_ok(c, dmb_region_register(c, ctx, m, 0, &reg));
+	close(m);
+	struct dmb_map_entry e = { reg.region, 0, 0x100000, 64 * 1024, DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map(c, ctx, &e));
+	struct dmb_phys_range before[16], after[16];
+	size_t n, n2;
+	bool more;
+	assert_ok(c, dmb_phys_ranges(c, ctx, 0x100000, 64 * 1024, before, 16, &n, &more, NULL));
+	assert_true(n > 1);
+
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.contexts, 1);
+	assert_int_equal(hi.devices, 1);
+	dmb_close(adm);
+	dmb_close(c);
+	kexec(SIGTERM);
+	start();
+	d.pid = H.pid;
+
+	struct dmb_client *c2 = conn("bare-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(c2, dmb_context_reclaim(c2, ctx, token, &ri));
+	assert_false(ri.degraded);
+	assert_int_equal(ri.mappings, 1);
+	assert_int_equal(ri.n_devices, 1);
+	assert_int_equal(ri.devices[0].device, di.device);
+	if (ri.devices[0].fd >= 0)
+		close(ri.devices[0].fd);
+	int mem = ri.regions[0].fd;
+	assert_true(mem >= 0);
+	struct dmb_context_info *ci;
+	size_t nc;
+	assert_ok(c2, dmb_list_contexts(c2, false, &ci, &nc));
+	assert_int_equal(nc, 1);
+	assert_true(ci[0].noiommu);
+	free(ci);
+	struct dmb_device_info other;
+	assert_code(c2, dmb_device_open(c2, ctx, BDF_A, NULL, &other), DMB_FAILED_PRECONDITION);
+	assert_ok(c2, dmb_phys_ranges(c2, ctx, 0x100000, 64 * 1024, after, 16, &n2, &more, NULL));
+	assert_int_equal(n2, n);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(after[i].iova, before[i].iova);
+		assert_int_equal(after[i].phys, before[i].phys);
+		assert_int_equal(after[i].length, before[i].length);
+	}
+	/* the device came back reset: bus mastering on again, then DMA */
+	assert_ok(c2, dmb_device_set_command(c2, di.device, DMB_PCI_BUS_MASTER, 0, NULL));
+	uint8_t want[512], got[512];
+	for (size_t i = 0; i < n; i++) {
+		uint64_t off = after[i].iova - 0x100000;
+		fill_pattern(want, sizeof(want), 40 + (unsigned)i);
+		assert_ok(c2, dmb_sim_device_dma_write(c2, di.device, after[i].phys, want, sizeof(want)));
+		fd_read(mem, off, got, sizeof(got));
+		assert_memory_equal(got, want, sizeof(want));
+		fill_pattern(want, sizeof(want), 60 + (unsigned)i);
+		fd_write(mem, off, want, sizeof(want));
+		assert_ok(c2, dmb_sim_device_dma_read(c2, di.device, after[i].phys, got, sizeof(got)));
+		assert_memory_equal(got, want, sizeof(want));
+	}
+	assert_ok(c2, dmb_context_destroy(c2, ctx));
+	close(mem);
+	dmb_close(c2);
+	assert_true(daemon_wait_idle(&d));
+	check_log_clean();
+	assert_true(fds_stop(&H, SIGTERM) >= 0);
+	preserver_stop();
+}
+
 /* ------------------------------------------------------------ refusals, force, abort */
 
 static int nonadmin_checks(void)
@@ -1418,6 +1509,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_full_handoff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_granular_handoff, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_handoff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seals_lost_refused, setup, teardown),

@@ -389,16 +389,18 @@ static void test_list_clients_and_contexts(void **state)
 	m = call0(b, "ListContexts", &e);
 	if (!m)
 		fail_msg("ListContexts: %s", e.message);
-	assert_true(sd_bus_message_enter_container(m, 'a', "(tsuutbuttu)") >= 0);
+	assert_true(sd_bus_message_enter_container(m, 'a', "(tsuutbuttub)") >= 0);
 	uint64_t id, owner_session, mapped;
 	uint32_t owner_uid, owner_pid, regions;
-	int persistent;
+	int persistent, noiommu;
 	found = 0;
-	while ((r = sd_bus_message_read(m, "(tsuutbuttu)", &id, &name, &owner_uid, &owner_pid,
-					&owner_session, &persistent, &regions, &maps, &mapped, &devs)) > 0) {
+	while ((r = sd_bus_message_read(m, "(tsuutbuttub)", &id, &name, &owner_uid, &owner_pid,
+					&owner_session, &persistent, &regions, &maps, &mapped, &devs,
+					&noiommu)) > 0) {
 		if (id != v.ctx)
 			continue;
 		found++;
+		assert_false(noiommu);
 		assert_string_equal(name, "lister");
 		assert_int_equal(owner_uid, getuid());
 		assert_int_equal(owner_pid, getpid());
@@ -411,6 +413,33 @@ static void test_list_clients_and_contexts(void **state)
 	assert_true(r >= 0);
 	assert_int_equal(found, 1);
 	sd_bus_message_unref(m);
+
+	/* A no-IOMMU context is marked as one: a property counts them, and
+	 * ListContexts says which. */
+	assert_int_equal(prop_u(b, "NoIommuContexts"), 0);
+	uint64_t bare;
+	assert_ok(v.c, dmb_context_create_flags(v.c, "bare", DMB_CONTEXT_NOIOMMU, &bare, NULL));
+	assert_int_equal(prop_u(b, "NoIommuContexts"), 1);
+	m = call0(b, "ListContexts", &e);
+	if (!m)
+		fail_msg("ListContexts: %s", e.message);
+	assert_true(sd_bus_message_enter_container(m, 'a', "(tsuutbuttub)") >= 0);
+	found = 0;
+	while ((r = sd_bus_message_read(m, "(tsuutbuttub)", &id, &name, &owner_uid, &owner_pid,
+					&owner_session, &persistent, &regions, &maps, &mapped, &devs,
+					&noiommu)) > 0) {
+		if (id == bare) {
+			found++;
+			assert_true(noiommu);
+		} else if (id == v.ctx) {
+			assert_false(noiommu);
+		}
+	}
+	assert_true(r >= 0);
+	assert_int_equal(found, 1);
+	sd_bus_message_unref(m);
+	assert_ok(v.c, dmb_context_destroy(v.c, bare));
+	assert_int_equal(prop_u(b, "NoIommuContexts"), 0);
 
 	/* The same through the socket's admin request. */
 	struct dmb_client_info *ci = NULL;
@@ -661,7 +690,7 @@ static void test_reload_policy(void **state)
 	uint32_t sessions, sections;
 	assert_true(sd_bus_message_read(m, "uu", &sessions, &sections) > 0);
 	assert_true(sessions >= 1);
-	assert_int_equal(sections, 1); /* the [uid N] admin section */
+	assert_int_equal(sections, 2); /* [uid 0] noiommu and the [uid N] admin section */
 	sd_bus_message_unref(m);
 
 	/* A bad file is refused with its file:line; nothing changes. */
@@ -681,7 +710,7 @@ static void test_reload_policy(void **state)
 	write_conf(g_conf_text);
 	struct dmb_reload_info info;
 	assert_ok(adm, dmb_reload_policy(adm, &info));
-	assert_int_equal(info.policy_sections, 1);
+	assert_int_equal(info.policy_sections, 2);
 	assert_non_null(strstr(info.path, "dmabroker.conf"));
 	check_dma(v.c, v.ctx, v.memfd, MiB - 4096, 0x100000000ull + MiB - 4096, 4096, 53);
 	dmb_close(adm);
@@ -913,6 +942,7 @@ static void test_metrics_textfile(void **state)
 	wait_metric(p, "dmabroker_pinned_bytes", pinned0 + 8 * MiB);
 	check_format(p);
 	assert_true(prom_value(p, "dmabroker_contexts") >= 1);
+	assert_true(prom_value(p, "dmabroker_noiommu_contexts") == 0);
 	assert_true(prom_value(p, "dmabroker_clients") >= 1);
 	assert_true(prom_value(p, "dmabroker_requests_total{request=\"map\"}") >= 1);
 	assert_true(prom_value(p, "dmabroker_requests_total{request=\"sim-dma\"}") >= 4);
@@ -1226,6 +1256,7 @@ int main(void)
 		 "[p2p]\nallow = yes\npoll_interval_ms = 20\n"
 		 "[sim]\ndevices = " BDF_A " " BDF_B " " BDF_C "\n"
 		 "[metrics]\ntextfile = %s\ninterval_s = 1\n"
+		 "[uid 0]\nnoiommu = yes\n"
 		 "[uid %u]\nadmin = yes\n",
 		 g_metrics, (unsigned)ADMIN_UID);
 	const char *const args[] = { "--bus=user", NULL };

@@ -369,6 +369,95 @@ static void test_shared_memfd_across_restart(void **state)
 	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
 }
 
+/* A no-IOMMU context survives restarts as one: still marked, still only
+ * for its device without an IOMMU, and its pages stay where they were
+ * pinned: the physical addresses are the same, and the device moves bytes
+ * through them both ways. */
+static bool same_ranges(const struct dmb_phys_range *a, const struct dmb_phys_range *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (a[i].iova != b[i].iova || a[i].phys != b[i].phys || a[i].length != b[i].length)
+			return false;
+	return true;
+}
+
+static void check_phys_dma(struct dmb_client *c, uint64_t dev, int memfd,
+			   const struct dmb_phys_range *r, size_t n, uint64_t iova0, unsigned seed)
+{
+	uint8_t want[256], got[256];
+	for (size_t i = 0; i < n; i++) {
+		uint64_t off = r[i].iova - iova0 + r[i].length - sizeof(want);
+		uint64_t phys = r[i].phys + r[i].length - sizeof(want);
+		fill_pattern(want, sizeof(want), seed + (unsigned)i);
+		fd_write(memfd, off, want, sizeof(want));
+		assert_ok(c, dmb_sim_device_dma_read(c, dev, phys, got, sizeof(got)));
+		assert_memory_equal(got, want, sizeof(want));
+		fill_pattern(want, sizeof(want), seed + 100 + (unsigned)i);
+		assert_ok(c, dmb_sim_device_dma_write(c, dev, phys, want, sizeof(want)));
+		fd_read(memfd, off, got, sizeof(got));
+		assert_memory_equal(got, want, sizeof(want));
+	}
+}
+
+static void test_noiommu_across_restart(void **state)
+{
+	start("[sim]\nnoiommu_devices = 0000:05:00.0\n"
+	      "[devices]\nallow = 0000:05:00.0, 0000:01:00.0\n"
+	      "[default]\nnoiommu = yes\n");
+	struct daemon d = as_daemon();
+	struct dmb_client *c = connect_or_dump(&d, "bare");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create_flags(c, "bare", DMB_CONTEXT_NOIOMMU, &ctx, NULL));
+	struct dmb_device_info di;
+	assert_ok(c, dmb_device_open(c, ctx, "0000:05:00.0", NULL, &di));
+	assert_ok(c, dmb_device_set_command(c, di.device, DMB_PCI_BUS_MASTER, 0, NULL));
+	int m = make_memfd(64 * 1024, 5);
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, m, 0, &ri));
+	struct dmb_map_entry e = { ri.region, 0, 0x100000, 64 * 1024, DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map(c, ctx, &e));
+	struct dmb_phys_range before[16], after[16];
+	size_t n, n2;
+	bool more;
+	assert_ok(c, dmb_phys_ranges(c, ctx, 0x100000, 64 * 1024, before, 16, &n, &more, NULL));
+	assert_false(more);
+	assert_true(n > 1);
+	check_phys_dma(c, di.device, m, before, n, 0x100000, 10);
+
+	int sigs[] = { SIGTERM, SIGKILL };
+	for (unsigned i = 0; i < 2; i++) {
+		restart(sigs[i]);
+		struct dmb_context_info *ci;
+		size_t nc;
+		assert_ok(c, dmb_list_contexts(c, false, &ci, &nc));
+		assert_int_equal(nc, 1);
+		assert_true(ci[0].noiommu);
+		free(ci);
+		struct dmb_stats st;
+		assert_ok(c, dmb_stats(c, 0, &st));
+		assert_int_equal(st.noiommu_contexts, 1);
+		assert_int_equal(st.pinned_bytes, 64 * 1024);
+		assert_ok(c, dmb_phys_ranges(c, ctx, 0x100000, 64 * 1024, after, 16, &n2, &more,
+					     NULL));
+		assert_int_equal(n2, n);
+		assert_true(same_ranges(before, after, n));
+		check_phys_dma(c, di.device, m, after, n, 0x100000, 20 + i * 10);
+		/* still a no-IOMMU context: a device with an IOMMU is refused */
+		struct dmb_device_info other;
+		assert_code(c, dmb_device_open(c, ctx, "0000:01:00.0", NULL, &other),
+			    DMB_FAILED_PRECONDITION);
+	}
+	uint64_t bytes;
+	assert_ok(c, dmb_unmap(c, ctx, 0x100000, 64 * 1024, &bytes));
+	uint8_t buf[64];
+	assert_true(dmb_sim_device_dma_read(c, di.device, after[0].phys, buf, sizeof(buf)) < 0);
+	close(m);
+	dmb_close(c);
+	d.pid = H.pid;
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
 /* A granular mapping with discarded granules across restarts (SIGTERM and
  * SIGKILL): populated granules keep moving bytes, discarded ones keep
  * faulting, the backend's pins stay exact, and discard/populate go on
@@ -612,6 +701,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sigkill_mid_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_client_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_shared_memfd_across_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_granular_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "fdstore.h"
+#include "wire.h"
 
 #define PG 4096ull
 #define HUGE (1024ull * 1024 * 1024)
@@ -205,6 +206,74 @@ static void test_same_context_waits_in_order(void **state)
 	daemon_stop(&d);
 }
 
+/* A request of another session naming a context whose map runs on a worker
+ * waits, parked with its packet (a session's own next request is not even
+ * read until its call is answered). Of the 200 fds a RegionRegister carried,
+ * the parked request holds only the one it names: known to be parked while
+ * the daemon's fd count is read, as the map's reply is not there yet after
+ * the read. Replayed after the map, it is answered (NOT_FOUND: not that
+ * session's context) and its fd goes too. */
+static void test_parked_request_keeps_one_fd(void **state)
+{
+	struct daemon d;
+	daemon_start_args(&d, workers_config, populate_args);
+	struct huge h;
+	huge_setup(&h, &d, "huge");
+	struct dmb_client *other = client_connect(&d, "other");
+	int before = daemon_fd_count(&d);
+	raw_send_map(h.c, 3001, h.ctx, h.region, HUGE_IOVA, HUGE);
+	wait_accepted(&d, HUGE);
+
+	int small = make_memfd(1024 * 1024, 8);
+	enum { NFDS = 200 };
+	int fds[NFDS];
+	for (int i = 0; i < NFDS; i++)
+		fds[i] = small;
+	Dmb__RegionRegister rr = DMB__REGION_REGISTER__INIT;
+	rr.context_id = h.ctx;
+	rr.fd_index = 7;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = 3002;
+	req.body_case = DMB__REQUEST__BODY_REGION_REGISTER;
+	req.region_register = &rr;
+	uint8_t buf[64];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(wire_send(dmb_socket(other), buf, n, fds, NFDS, false), 0);
+
+	/* Parked: the daemon holds one fd more than before (the kept one). */
+	int now = before, most = before;
+	for (int i = 0; i < 6000 && now != before + 1; i++) {
+		usleep(5000);
+		now = daemon_fd_count(&d);
+		most = now > most ? now : most;
+	}
+	if (now != before + 1)
+		fail_msg("the parked request never held exactly one fd: the daemon held up to %d "
+			 "more than before", most - before);
+	Dmb__Reply *early = raw_reply(h.c, true);
+	if (early)
+		fail_msg("the huge map was answered before the parked request could be observed "
+			 "(fd count %d, before %d)", now, before);
+	assert_int_equal(now, before + 1);
+
+	expect_mapped(raw_reply(h.c, false), 3001);
+	Dmb__Reply *r = raw_reply(other, false);
+	assert_non_null(r);
+	assert_int_equal(r->id, 3002);
+	assert_non_null(r->error);
+	assert_int_equal(r->error->code, DMB__ERROR_CODE__NOT_FOUND);
+	dmb__reply__free_unpacked(r, NULL);
+	assert_int_equal(daemon_fd_count(&d), before);
+	check_dma(h.c, h.ctx, h.fd, HUGE / 2, HUGE_IOVA + HUGE / 2, 64, 7);
+
+	dmb_close(other);
+	dmb_close(h.c);
+	close(h.fd);
+	close(small);
+	wait_idle_long(&d);
+	daemon_stop(&d);
+}
+
 static void test_client_killed_mid_map(void **state)
 {
 	struct daemon d;
@@ -309,6 +378,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_small_map_while_huge_runs),
 		cmocka_unit_test(test_same_context_waits_in_order),
+		cmocka_unit_test(test_parked_request_keeps_one_fd),
 		cmocka_unit_test(test_client_killed_mid_map),
 		cmocka_unit_test(test_restart_mid_map),
 	};

@@ -308,6 +308,34 @@ static void test_admin(void **state)
 	assert_refused(f, "[admin]\nuids = 4294967295\n", 2, "not a uid");
 }
 
+/* noiommu: off unless a policy section says yes; the most specific wins;
+ * the sim's no-IOMMU devices. */
+static void test_noiommu(void **state)
+{
+	struct fx *f = *state;
+	struct dmb_client_policy p;
+	config_resolve(&f->cfg, 1000, 1000, &p);
+	assert_false(p.noiommu);
+	assert_false(config_grants_noiommu(&f->cfg));
+	assert_int_equal(load(f, "[gid 500]\nnoiommu = yes\n[uid 1001]\nnoiommu = no\n"
+				 "[sim]\nnoiommu_devices = 0000:05:00.0, 0000:06:00.0\n"),
+			 0);
+	assert_true(config_grants_noiommu(&f->cfg));
+	config_resolve(&f->cfg, 1000, 500, &p);
+	assert_true(p.noiommu);
+	config_resolve(&f->cfg, 1001, 500, &p); /* [uid N] wins over [gid N] */
+	assert_false(p.noiommu);
+	config_resolve(&f->cfg, 1000, 1000, &p);
+	assert_false(p.noiommu);
+	assert_int_equal(f->cfg.n_sim_noiommu, 2);
+	assert_string_equal(f->cfg.sim_noiommu[1], "0000:06:00.0");
+	config_defaults(&f->cfg); /* a load adds its sections to what is there */
+	assert_int_equal(load(f, "[default]\nnoiommu = no\n"), 0);
+	assert_false(config_grants_noiommu(&f->cfg));
+	assert_refused(f, "[default]\nnoiommu = maybe\n", 2, "noiommu must be yes or no");
+	assert_refused(f, "[sim]\nnoiommu_devices = 5:0.0\n", 2, "not a PCI address");
+}
+
 static void test_metrics(void **state)
 {
 	struct fx *f = *state;
@@ -443,6 +471,7 @@ int main(void)
 		T(test_first_error_reported),
 		T(test_device_allowed),
 		T(test_admin),
+		T(test_noiommu),
 		T(test_metrics),
 		T(test_defaults_fit_the_unit),
 		T(test_p2p_type1),

@@ -48,6 +48,17 @@
  *                                   closing B revokes for good (permanent event,
  *                                   fault, mapping gone from the listing)
  *
+ *   broker-client noiommu SOCK BDF  a machine without an IOMMU (Linux 7.3, iommufd's
+ *                                   no-IOMMU mode): BDF (noiommu-vfioN) is refused in a
+ *                                   normal context, saying why; opened in a no-IOMMU
+ *                                   context (listed and counted as one), a memfd
+ *                                   mapped there pins (VmPin), PhysRanges tells its
+ *                                   physical ranges, and edu, programmed with those
+ *                                   physical addresses, moves the right bytes both ways,
+ *                                   page to page and across a contiguous range; an
+ *                                   unmapped or partly mapped range is refused; the
+ *                                   unmap unpins (VmPin back) and the range is gone
+ *
  * Prints "broker-client: ok: ..." per step, "broker-client: FAIL: ..." on the first
  * failure, and exits 0 only if every step passed. Never reads stdin.
  */
@@ -1707,6 +1718,171 @@ out:
 	return ret;
 }
 
+/* ---- no-IOMMU ---------------------------------------------------------------------- */
+
+#define NOIOMMU_IOVA 0x100000ull
+#define NOIOMMU_PAGES 16u
+#define PG 4096ull
+
+/* The physical address behind NOIOMMU_IOVA + off, from the ranges PhysRanges gave. */
+static uint64_t phys_at(const struct dmb_phys_range *r, size_t n, uint64_t off)
+{
+	uint64_t iova = NOIOMMU_IOVA + off;
+	for (size_t i = 0; i < n; i++)
+		if (iova >= r[i].iova && iova - r[i].iova < r[i].length)
+			return r[i].phys + (iova - r[i].iova);
+	return UINT64_MAX;
+}
+
+static int expect_code(struct dmb_client *c, int r, int code, const char *what)
+{
+	if (r >= 0)
+		return fail(0, "%s succeeded; want %s", what, dmb_error_code_name(code));
+	if (dmb_last_error(c)->code != code)
+		return bfail(c, r, "%s: want %s", what, dmb_error_code_name(code));
+	ok("%s refused: %s: %s", what, dmb_error_code_name(code), dmb_last_error(c)->message);
+	return 0;
+}
+
+static int run_noiommu(const char *sock, const char *bdf)
+{
+	const size_t len = NOIOMMU_PAGES * PG;
+	struct dmb_phys_range pr[NOIOMMU_PAGES + 1];
+	struct ram m = { .fd = -1 };
+	struct sess s = SESS_INIT;
+	struct dmb_device_info di;
+	uint64_t region, normal, next, unmapped = 0;
+	size_t n = 0;
+	bool more = false;
+	int fd = -1, r, ret = -1;
+
+	pid_t dpid = daemon_pid(sock);
+	if (dpid <= 0)
+		goto out;
+	long base = vm_locked_kb(dpid);
+	if (base < 0) {
+		fail(0, "cannot read %s of dmabrokerd", pin_field());
+		goto out;
+	}
+	if (sess_connect(&s, sock, "vm-noiommu") < 0)
+		goto out;
+	normal = s.ctx;
+	/* A normal context: the device has no IOMMU, and the broker says so (not that it
+	 * has no cdev). */
+	r = dmb_device_open(s.c, normal, bdf, &fd, &di);
+	if (expect_code(s.c, r, DMB_FAILED_PRECONDITION, "opening the no-IOMMU device in a normal context") < 0)
+		goto out;
+	if (!strstr(dmb_last_error(s.c)->message, "has no IOMMU") ||
+	    strstr(dmb_last_error(s.c)->message, "no VFIO device cdev")) {
+		fail(0, "the refusal does not say the device has no IOMMU");
+		goto out;
+	}
+	r = dmb_context_create_flags(s.c, "vm-noiommu", DMB_CONTEXT_NOIOMMU, &s.ctx, NULL);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_context_create_flags NOIOMMU");
+		goto out;
+	}
+	if (sess_open_edu(&s, bdf) < 0)
+		goto out;
+	if (strncmp(s.dev.group, "noiommu-vfio", 12) != 0) {
+		fail(0, "the device's cdev is %s, not noiommu-vfioN", s.dev.group);
+		goto out;
+	}
+	struct dmb_context_info *ci = NULL;
+	size_t nc = 0;
+	bool marked = false;
+	r = dmb_list_contexts(s.c, false, &ci, &nc);
+	for (size_t i = 0; r == 0 && i < nc; i++)
+		marked |= ci[i].context == s.ctx && ci[i].noiommu;
+	free(ci);
+	struct dmb_stats st;
+	if (r == 0)
+		r = dmb_stats(s.c, 0, &st);
+	if (r < 0 || !marked || st.noiommu_contexts != 1) {
+		fail(r, "the context is not listed and counted as a no-IOMMU one");
+		goto out;
+	}
+	ok("context %" PRIu64 " listed and counted as a no-IOMMU context", s.ctx);
+
+	if (ram_new(&m, len, "vm-noiommu") < 0 || reg(&s, &m, &region) < 0 ||
+	    map(&s, region, 0, NOIOMMU_IOVA, len) < 0)
+		goto out;
+	if (expect_locked(dpid, base, (long)(len / 1024), "after the map") < 0)
+		goto out;
+	r = dmb_phys_ranges(s.c, s.ctx, NOIOMMU_IOVA, len, pr, NOIOMMU_PAGES + 1, &n, &more, &next);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_phys_ranges");
+		goto out;
+	}
+	uint64_t at = NOIOMMU_IOVA;
+	size_t widest = 0;
+	for (size_t i = 0; i < n; i++) {
+		ok("IOVA [0x%" PRIx64 ", +0x%" PRIx64 ") is physical 0x%" PRIx64, pr[i].iova,
+		   pr[i].length, pr[i].phys);
+		if (pr[i].iova != at || pr[i].length == 0 || pr[i].phys == 0) {
+			fail(0, "range %zu does not continue the IOVA range", i);
+			goto out;
+		}
+		if (pr[i].phys + pr[i].length > EDU_DMA_MASK_LIMIT) {
+			fail(0, "physical 0x%" PRIx64 " is past edu's DMA mask (boot with mem=)",
+			     pr[i].phys);
+			goto out;
+		}
+		if (pr[i].length > pr[widest].length)
+			widest = i;
+		at += pr[i].length;
+	}
+	if (more || at != NOIOMMU_IOVA + len) {
+		fail(0, "the ranges cover up to 0x%" PRIx64 " (more %d), not the mapping", at, more);
+		goto out;
+	}
+	/* edu at the physical addresses: every page to another, both ways. */
+	for (unsigned i = 0; i < NOIOMMU_PAGES; i++) {
+		unsigned j = (i + 5) % NOIOMMU_PAGES;
+		if (roundtrip(&s, &m, phys_at(pr, n, i * PG), i * PG, &m, phys_at(pr, n, j * PG),
+			      j * PG, XFER, 40 + i) < 0)
+			goto out;
+	}
+	/* across a page boundary, inside a physically contiguous range */
+	if (pr[widest].length >= 2 * PG) {
+		uint64_t off = pr[widest].iova - NOIOMMU_IOVA + PG - 2000;
+		uint64_t dst = (off + 4 * PG) % len & ~(PG - 1);
+		if (roundtrip(&s, &m, pr[widest].phys + PG - 2000, off, &m, phys_at(pr, n, dst), dst,
+			      XFER, 77) < 0)
+			goto out;
+	} else {
+		ok("no two physically contiguous pages in this mapping (%zu ranges)", n);
+	}
+	/* bad ranges */
+	r = dmb_phys_ranges(s.c, s.ctx, NOIOMMU_IOVA + len, PG, pr, 1, &n, &more, NULL);
+	if (expect_code(s.c, r, DMB_NOT_FOUND, "PhysRanges of an unmapped IOVA") < 0)
+		goto out;
+	r = dmb_phys_ranges(s.c, s.ctx, NOIOMMU_IOVA, len + PG, pr, 1, &n, &more, NULL);
+	if (expect_code(s.c, r, DMB_NOT_FOUND, "PhysRanges past the mapping") < 0)
+		goto out;
+	r = dmb_phys_ranges(s.c, normal, NOIOMMU_IOVA, PG, pr, 1, &n, &more, NULL);
+	if (expect_code(s.c, r, DMB_FAILED_PRECONDITION, "PhysRanges of a normal context") < 0)
+		goto out;
+	/* the unmap unpins */
+	r = dmb_unmap(s.c, s.ctx, NOIOMMU_IOVA, len, &unmapped);
+	if (r < 0 || unmapped != len) {
+		bfail(s.c, r < 0 ? r : -EIO, "dmb_unmap (unmapped %" PRIu64 ")", unmapped);
+		goto out;
+	}
+	if (expect_locked(dpid, base, 0, "after the unmap") < 0)
+		goto out;
+	r = dmb_phys_ranges(s.c, s.ctx, NOIOMMU_IOVA, PG, pr, 1, &n, &more, NULL);
+	if (expect_code(s.c, r, DMB_NOT_FOUND, "PhysRanges after the unmap") < 0)
+		goto out;
+	ret = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
 /*
  * Granular mappings (confidential guests): 64 granules of 4 KiB at GRAN_IOVA, made by
  * the broker as one kernel area each. Bytes move through them; discarding granules
@@ -1840,7 +2016,7 @@ out:
 
 static int usage(void)
 {
-	fputs("usage: broker-client info|ram|unmap|kill|range|handoff|granular SOCKET BDF\n"
+	fputs("usage: broker-client info|ram|unmap|kill|range|handoff|noiommu|granular SOCKET BDF\n"
 	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n"
 	      "       broker-client p2p SOCKET BDF_A BDF_B POLL_MS\n",
 	      stderr);
@@ -1865,6 +2041,8 @@ int main(int argc, char **argv)
 		r = run_range(argv[2], argv[3]);
 	else if (argc == 4 && strcmp(argv[1], "handoff") == 0)
 		r = run_handoff(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "noiommu") == 0)
+		r = run_noiommu(argv[2], argv[3]);
 	else if (argc == 4 && strcmp(argv[1], "granular") == 0)
 		r = run_granular(argv[2], argv[3]);
 	else if (argc == 5 && strcmp(argv[1], "deny") == 0)

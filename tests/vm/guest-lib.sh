@@ -111,6 +111,8 @@ _wait_for() {
 
 # Binds every edu (1234:11e8) to vfio-pci and exports, in BDF order:
 #   EDU_A_BDF EDU_A_GROUP EDU_B_BDF EDU_B_GROUP   and   EDU_COUNT
+# With VMTEST_NOIOMMU=1 (a machine without an IOMMU, booted with
+# vfio.enable_unsafe_noiommu_mode=1) the group nodes are /dev/vfio/noiommu-N.
 vm_bind_edus() {
 	EDU_COUNT=0
 	for _d in /sys/bus/pci/devices/*; do
@@ -123,7 +125,9 @@ vm_bind_edus() {
 		[ "${_drv##*/}" = vfio-pci ] || { echo "$_bdf: bound to ${_drv##*/}"; return 1; }
 		_grp=$(readlink "$_d/iommu_group") || { echo "$_bdf: no IOMMU group"; return 1; }
 		_grp=${_grp##*/}
-		_wait_for -c "/dev/vfio/$_grp" || { echo "/dev/vfio/$_grp missing"; return 1; }
+		_node=/dev/vfio/$_grp
+		[ "${VMTEST_NOIOMMU:-0}" != 1 ] || _node=/dev/vfio/noiommu-$_grp
+		_wait_for -c "$_node" || { echo "$_node missing"; return 1; }
 		case $EDU_COUNT in
 		0) EDU_A_BDF=$_bdf EDU_A_GROUP=$_grp ;;
 		1) EDU_B_BDF=$_bdf EDU_B_GROUP=$_grp ;;

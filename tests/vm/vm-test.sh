@@ -3,7 +3,7 @@
 # This is what `meson test --suite vm` runs; it also works by hand.
 #
 # usage: vm-test.sh -n NAME -i INIT -K KERNEL_DIR -w WORK_DIR [-t VM_TIMEOUT]
-#                   [-k 6.1|7] [-a CMDLINE] [-f SRC=DEST]... [BIN[=DEST]]...
+#                   [-k 6.1|7] [-a CMDLINE] [-N] [-f SRC=DEST]... [BIN[=DEST]]...
 #
 #   -n NAME        test name: WORK_DIR/NAME.cpio.gz, WORK_DIR/NAME.console.log
 #   -i INIT        guest /init script (sources /lib/vmtest/guest-lib.sh)
@@ -13,6 +13,7 @@
 #   -a CMDLINE     more kernel command line (NAME=VALUE words the kernel does not know
 #                  reach the guest's /init as environment variables)
 #   -c CPUS        vCPUs of the machine (default 2)
+#   -N             no emulated IOMMU (VFIO's no-IOMMU mode; see run-vm.sh)
 #   -w WORK_DIR    where the image and logs go
 #   -t SECONDS     limit for the VM run (default 240)
 #   -f, BIN        passed to mkinitramfs.sh
@@ -20,9 +21,9 @@ set -euo pipefail
 trap 'echo "vm-test: error: unexpected failure at line $LINENO" >&2' ERR
 
 here=$(cd "$(dirname "$0")" && pwd)
-name='' init='' kdir='' work='' tmo=240 kind=6.1 extra='' cpus=2
+name='' init='' kdir='' work='' tmo=240 kind=6.1 extra='' cpus=2 noiommu=''
 mk_args=()
-while getopts "n:i:K:w:t:f:k:a:c:h" opt; do
+while getopts "n:i:K:w:t:f:k:a:c:Nh" opt; do
   case $opt in
     n) name=$OPTARG ;;
     i) init=$OPTARG ;;
@@ -33,6 +34,7 @@ while getopts "n:i:K:w:t:f:k:a:c:h" opt; do
     k) kind=$OPTARG ;;
     a) extra=$OPTARG ;;
     c) cpus=$OPTARG ;;
+    N) noiommu=-N ;;
     *) sed -n '5,6p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -65,4 +67,4 @@ src=
 [ ! -f "$kdir/source" ] || src=", from $(cat "$kdir/source")"
 echo "vm-test: $name: kernel $(cat "$kdir/version") ($(basename "$kernel")$src), kernel ${t_fetch}s, initramfs ${t_initrd}s"
 exec "$here/run-vm.sh" -k "$kernel" -r "$work/$name.cpio.gz" -l "$work/$name.console.log" -t "$tmo" \
-  -c "$cpus" ${extra:+-a "$extra"}
+  -c "$cpus" ${extra:+-a "$extra"} $noiommu

@@ -26,7 +26,7 @@ typedef uint64_t dmb_aligned_u64 __attribute__((aligned(8)));
 
 #define DMB_IOMMUFD_TYPE ';' /* 0x3B, shared with VFIO */
 
-/* nr 0x80 … 0x94; only what dmabroker uses is defined. */
+/* nr 0x80 … 0x95; only what dmabroker uses is defined. */
 #define DMB_IOMMU_DESTROY             _IO(DMB_IOMMUFD_TYPE, 0x80) /* 0x3B80, 6.2 */
 #define DMB_IOMMU_IOAS_ALLOC          _IO(DMB_IOMMUFD_TYPE, 0x81) /* 0x3B81, 6.2 */
 #define DMB_IOMMU_IOAS_ALLOW_IOVAS    _IO(DMB_IOMMUFD_TYPE, 0x82) /* 0x3B82, 6.2 */
@@ -37,6 +37,7 @@ typedef uint64_t dmb_aligned_u64 __attribute__((aligned(8)));
 #define DMB_IOMMU_GET_HW_INFO         _IO(DMB_IOMMUFD_TYPE, 0x8A) /* 0x3B8A, 6.6 */
 #define DMB_IOMMU_IOAS_MAP_FILE       _IO(DMB_IOMMUFD_TYPE, 0x8F) /* 0x3B8F, 6.13 */
 #define DMB_IOMMU_IOAS_CHANGE_PROCESS _IO(DMB_IOMMUFD_TYPE, 0x92) /* 0x3B92, 6.13 */
+#define DMB_IOMMU_IOAS_NOIOMMU_GET_PA _IO(DMB_IOMMUFD_TYPE, 0x95) /* 0x3B95, 7.3 */
 
 /* IOMMU_DESTROY: destroy any destroyable object (EBUSY while in use). */
 struct dmb_iommu_destroy {
@@ -169,6 +170,24 @@ struct dmb_iommu_ioas_change_process {
 	uint32_t __reserved;
 };
 
+/* IOMMU_IOAS_NOIOMMU_GET_PA (7.3, CONFIG_IOMMUFD_NOIOMMU): the physical
+ * address behind an IOVA of an IOAS whose areas a no-IOMMU device holds
+ * (ioas.c iommufd_ioas_noiommu_get_pa, io_pagetable.c iopt_get_phys).
+ * Needs CAP_SYS_RAWIO (EPERM); flags and __reserved 0 (EOPNOTSUPP); length
+ * 0 is EINVAL; ENOENT when iova is not mapped; EOPNOTSUPP when the area's
+ * storage domain is not the no-IOMMU one (no such device attached). On
+ * return length is the physically contiguous length from out_phys, in
+ * PAGE_SIZE steps, capped by the length asked and the area's end. */
+struct dmb_iommu_ioas_noiommu_get_pa {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	uint32_t __reserved;
+	dmb_aligned_u64 iova;
+	dmb_aligned_u64 length;   /* in: at most this many bytes; out: contiguous */
+	dmb_aligned_u64 out_phys;
+};
+
 /* Layouts, from include/uapi/linux/iommufd.h (LP64). */
 #define DMB_UAPI_ASSERT_SIZE(t, n) _Static_assert(sizeof(t) == (n), #t " must be " #n " bytes")
 #define DMB_UAPI_ASSERT_OFF(t, f, n) \
@@ -209,7 +228,13 @@ DMB_UAPI_ASSERT_OFF(struct dmb_iommu_hw_info, out_data_type, 24);
 DMB_UAPI_ASSERT_OFF(struct dmb_iommu_hw_info, out_max_pasid_log2, 28);
 DMB_UAPI_ASSERT_OFF(struct dmb_iommu_hw_info, out_capabilities, 32);
 DMB_UAPI_ASSERT_SIZE(struct dmb_iommu_ioas_change_process, 8);
+DMB_UAPI_ASSERT_SIZE(struct dmb_iommu_ioas_noiommu_get_pa, 40);
+DMB_UAPI_ASSERT_OFF(struct dmb_iommu_ioas_noiommu_get_pa, ioas_id, 8);
+DMB_UAPI_ASSERT_OFF(struct dmb_iommu_ioas_noiommu_get_pa, iova, 16);
+DMB_UAPI_ASSERT_OFF(struct dmb_iommu_ioas_noiommu_get_pa, length, 24);
+DMB_UAPI_ASSERT_OFF(struct dmb_iommu_ioas_noiommu_get_pa, out_phys, 32);
 
 _Static_assert(DMB_IOMMU_DESTROY == 0x3B80, "IOMMU_DESTROY");
 _Static_assert(DMB_IOMMU_IOAS_MAP_FILE == 0x3B8F, "IOMMU_IOAS_MAP_FILE");
 _Static_assert(DMB_IOMMU_IOAS_CHANGE_PROCESS == 0x3B92, "IOMMU_IOAS_CHANGE_PROCESS");
+_Static_assert(DMB_IOMMU_IOAS_NOIOMMU_GET_PA == 0x3B95, "IOMMU_IOAS_NOIOMMU_GET_PA");

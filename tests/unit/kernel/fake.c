@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "backend/ksys.h"
+#include "backend/uapi/iommufd.h"
 
 struct fake_call fake_calls[FAKE_MAX_CALLS];
 int fake_ncalls;
@@ -288,6 +289,59 @@ void fake_cfg_write16(const char *path, uint32_t off, uint16_t v)
 	    pwrite(fd, &v, 2, (off_t)(FAKE_REGION_OFFSET(VFIO_PCI_CONFIG_REGION_INDEX) + off)) != 2)
 		abort();
 	close(fd);
+}
+
+int fake_noiommu_open(const struct fake_noiommu *k, const char *path, int flags)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	if (strncmp(base, "noiommu-vfio", 12) == 0 && !k->rawio)
+		return -EPERM;
+	int fd = open(path, flags | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int fake_noiommu_get_pa(const struct fake_noiommu *k, void *arg)
+{
+	struct dmb_iommu_ioas_noiommu_get_pa *q = arg;
+	const uint64_t page = 4096;
+	if (!k->rawio)
+		return -EPERM;
+	if (q->flags || q->__reserved)
+		return -EOPNOTSUPP;
+	if (!q->length)
+		return -EINVAL;
+	if (q->iova >= UINT64_MAX) /* ULONG_MAX on LP64 */
+		return -EOVERFLOW;
+	if (q->ioas_id != k->ioas_id)
+		return -ENOENT;
+	for (size_t i = 0; i < k->n; i++) {
+		uint64_t start = k->area[i].iova, last = start + k->area[i].length - 1;
+		if (q->iova < start || q->iova > last)
+			continue;
+		if (!k->attached)
+			return -EOPNOTSUPP;
+		uint64_t iova = q->iova, max = q->length;
+		uint64_t pg = (iova - start) / page;
+		uint64_t phys = k->area[i].phys[pg] + iova % page;
+		uint64_t len = page - iova % page;
+		if (len > last - iova + 1)
+			len = last - iova + 1;
+		uint64_t cur = k->area[i].phys[pg];
+		while (len < max && (pg + 1) * page <= last - start) {
+			if (k->area[i].phys[pg + 1] != cur + page)
+				break;
+			pg++;
+			cur += page;
+			len += page;
+		}
+		if (len > max)
+			len = max;
+		q->out_phys = phys;
+		q->length = len;
+		return 0;
+	}
+	return -ENOENT;
 }
 
 /* ---- the kernel's areas ---- */

@@ -84,6 +84,35 @@ int fake_vfio_region_info(void *arg);
 uint16_t fake_cfg_read16(const char *path, uint32_t off);
 void fake_cfg_write16(const char *path, uint32_t off, uint16_t v);
 
+/* The no-IOMMU part of a Linux 7.3 kernel (IOMMUFD_NOIOMMU with
+ * vfio.enable_unsafe_noiommu_mode=1), as drivers/vfio/device_cdev.c,
+ * drivers/iommu/iommufd/ioas.c and io_pagetable.c behave:
+ *   - opening a noiommu-vfioN cdev needs CAP_SYS_RAWIO (EPERM);
+ *   - IOMMU_IOAS_NOIOMMU_GET_PA: CAP_SYS_RAWIO (EPERM), then flags and
+ *     __reserved 0 (EOPNOTSUPP), length 0 (EINVAL), iova >= ULONG_MAX
+ *     (EOVERFLOW), an unknown IOAS (ENOENT), an IOVA no area holds (ENOENT),
+ *     an area whose storage domain is not the no-IOMMU one, i.e. no such
+ *     device attached (EOPNOTSUPP); otherwise out_phys and the physically
+ *     contiguous length, in PAGE_SIZE steps from the first page's end,
+ *     capped by the area's end and the length asked.
+ * Each area's pages have their own physical addresses (phys[i] of page i),
+ * so the test decides what is contiguous. */
+#define FAKE_NOIOMMU_PAGES 64
+struct fake_noiommu {
+	bool rawio;          /* the caller holds CAP_SYS_RAWIO */
+	bool attached;       /* a no-IOMMU device is attached to the IOAS */
+	uint32_t ioas_id;
+	size_t n;
+	struct {
+		uint64_t iova, length;
+		uint64_t phys[FAKE_NOIOMMU_PAGES];
+	} area[8];
+};
+/* ksys_ops.open for the cdevs: EPERM for a noiommu-vfioN path without
+ * rawio, else open(2). */
+int fake_noiommu_open(const struct fake_noiommu *k, const char *path, int flags);
+int fake_noiommu_get_pa(const struct fake_noiommu *k, void *arg);
+
 /* The kernel's IOVA areas, as iommufd (io_pagetable.c) and VFIO type1 v2
  * (vfio_iommu_type1.c) keep them in Linux 7.3: one area per successful
  * map, never merged with its neighbours and never split. A test's handler

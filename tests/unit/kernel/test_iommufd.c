@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -47,6 +48,9 @@ static int areas_map(uint64_t iova, uint64_t length, uint64_t start)
 		return -ENOMEM;
 	return fake_areas_map(k.areas, iova, length, start);
 }
+
+/* The no-IOMMU part of the kernel (fake.h). */
+static struct fake_noiommu nk;
 
 static const struct dmb_iommu_iova_range ranges[] = {
 	{0, 0xFEDFFFFF},
@@ -149,12 +153,18 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 	case DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT: {
 		struct dmb_vfio_device_attach_iommufd_pt *a = arg;
 		a->pt_id = 12;
+		if (strstr(path, "/noiommu-vfio"))
+			nk.attached = true; /* the IOAS's areas get the no-IOMMU domain */
 		return 0;
 	}
+	case DMB_IOMMU_IOAS_NOIOMMU_GET_PA:
+		return fake_noiommu_get_pa(&nk, arg);
 	case DMB_VFIO_DEVICE_DETACH_IOMMUFD_PT:
 		return 0;
 	case DMB_IOMMU_GET_HW_INFO: {
 		struct dmb_iommu_hw_info *h = arg;
+		if (nk.attached && h->dev_id == 11)
+			return -EOPNOTSUPP; /* no IOMMU to describe */
 		h->out_data_type = 1;
 		h->out_capabilities = DMB_IOMMU_HW_CAP_DIRTY_TRACKING;
 		return 0;
@@ -823,6 +833,180 @@ static void test_map_bar(void **state)
 	ops->region_close(r);
 }
 
+/* ---- no-IOMMU contexts (Linux 7.3) ---- */
+
+static int nk_open(const char *path, int flags)
+{
+	return fake_noiommu_open(&nk, path, flags);
+}
+
+/* 0000:00:07.0 is a device without an IOMMU: its cdev is noiommu-vfio7. */
+static void add_noiommu_device(struct fx *f)
+{
+	char p[700];
+	snprintf(p, sizeof(p), "%s/dev/vfio/devices/noiommu-vfio7", f->root);
+	fake_vfio_device_file(p);
+	fake_pci(f->root, "0000:00:07.0", 0x1234, 0x11e8, "vfio-pci", 9, "noiommu-vfio7");
+	memset(&nk, 0, sizeof(nk));
+	ksys_ops.open = nk_open;
+}
+
+static void test_noiommu_devices(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_dev_info di;
+	add_noiommu_device(f);
+	char name[32];
+	assert_int_equal(ksys_vfio_dev_name(f->sys, "0000:00:07.0", name, sizeof(name)), 0);
+	assert_string_equal(name, "noiommu-vfio7");
+	assert_true(ksys_noiommu_name(name));
+
+	/* a normal context: the no-IOMMU device is refused, with the reason
+	 * (and not as a device without a cdev) */
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	fake_reset();
+	assert_true(ops->dev_open(f->ctx, "0000:00:07.0", &dev, &di, &e) < 0);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "has no IOMMU"));
+	assert_null(strstr(e.msg, "no VFIO device cdev"));
+	assert_int_equal(fake_count(DMB_VFIO_DEVICE_BIND_IOMMUFD), 0);
+	ops->ctx_close(f->ctx);
+	f->ctx = NULL;
+
+	/* a no-IOMMU context: a device with an IOMMU is refused */
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->ctx_set_noiommu(f->ctx, &e), 0);
+	memset(&e, 0, sizeof(e));
+	assert_true(ops->dev_open(f->ctx, "0000:00:03.0", &dev, &di, &e) < 0);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	assert_non_null(strstr(e.msg, "has an IOMMU"));
+
+	/* without CAP_SYS_RAWIO the kernel refuses the open */
+	memset(&e, 0, sizeof(e));
+	assert_true(ops->dev_open(f->ctx, "0000:00:07.0", &dev, &di, &e) < 0);
+	assert_int_equal(e.code, DMB_E_PERMISSION_DENIED);
+	assert_non_null(strstr(e.msg, "CAP_SYS_RAWIO"));
+
+	/* with it: bound and attached like any cdev */
+	nk.rawio = true;
+	fake_reset();
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:07.0", &dev, &di, &e), 0);
+	assert_string_equal(di.group, "noiommu-vfio7");
+	const struct fake_call *c = fake_find(DMB_VFIO_DEVICE_BIND_IOMMUFD, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/vfio/devices/noiommu-vfio7"));
+	c = fake_find(DMB_VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0);
+	assert_non_null(c);
+	assert_int_equal(((const struct dmb_vfio_device_attach_iommufd_pt *)(const void *)c->bytes)->pt_id, 3); /* the second context's IOAS */
+	assert_true(nk.attached);
+	/* a context with a device cannot change its kind */
+	memset(&e, 0, sizeof(e));
+	assert_true(ops->ctx_set_noiommu(f->ctx, &e) < 0);
+	assert_int_equal(e.code, DMB_E_FAILED_PRECONDITION);
+	ops->dev_close(dev);
+	ksys_ops.open = ksys_open_default;
+}
+
+static void test_noiommu_get_pa(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	struct dmb_bdev *dev;
+	struct dmb_dev_info di;
+	uint64_t phys = 0, len = 0;
+	add_noiommu_device(f);
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->ctx_set_noiommu(f->ctx, &e), 0);
+	nk.ioas_id = 2;
+	nk.rawio = true;
+	/* one area of 8 pages at 0x100000: pages 0-2 contiguous, 3 alone,
+	 * 4-7 contiguous elsewhere */
+	nk.n = 1;
+	nk.area[0].iova = 0x100000;
+	nk.area[0].length = 8 * 4096;
+	const uint64_t base[8] = { 0x7000000, 0x7001000, 0x7002000, 0x3000000,
+				   0x9000000, 0x9001000, 0x9002000, 0x9003000 };
+	memcpy(nk.area[0].phys, base, sizeof(base));
+
+	/* no device attached yet: the area has no no-IOMMU storage (EOPNOTSUPP,
+	 * left to the core to explain) */
+	assert_int_equal(ops->phys(f->ctx, 0x100000, 8 * 4096, &phys, &len, &e), -EOPNOTSUPP);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:07.0", &dev, &di, &e), 0);
+
+	fake_reset();
+	assert_int_equal(ops->phys(f->ctx, 0x100000, 8 * 4096, &phys, &len, &e), 0);
+	assert_int_equal(phys, 0x7000000);
+	assert_int_equal(len, 3 * 4096);
+	const struct fake_call *c = fake_find(DMB_IOMMU_IOAS_NOIOMMU_GET_PA, 0);
+	assert_non_null(c);
+	assert_true(fake_path_endswith(c->path, "/dev/iommu"));
+	assert_int_equal(c->len, 40);
+	const struct dmb_iommu_ioas_noiommu_get_pa *q = (const void *)c->bytes;
+	assert_int_equal(q->size, 40);
+	assert_int_equal(q->flags, 0);
+	assert_int_equal(q->ioas_id, 2);
+	assert_int_equal(q->__reserved, 0);
+	assert_int_equal(q->iova, 0x100000);
+	assert_int_equal(q->length, 8 * 4096);
+	/* mid-page, capped by the length asked; a lone page; the area's end */
+	assert_int_equal(ops->phys(f->ctx, 0x100000 + 100, 50, &phys, &len, &e), 0);
+	assert_int_equal(phys, 0x7000000 + 100);
+	assert_int_equal(len, 50);
+	assert_int_equal(ops->phys(f->ctx, 0x103000, 8 * 4096, &phys, &len, &e), 0);
+	assert_int_equal(phys, 0x3000000);
+	assert_int_equal(len, 4096);
+	assert_int_equal(ops->phys(f->ctx, 0x104000, UINT64_MAX, &phys, &len, &e), 0);
+	assert_int_equal(phys, 0x9000000);
+	assert_int_equal(len, 4 * 4096);
+	/* not mapped: ENOENT for the core to name */
+	assert_int_equal(ops->phys(f->ctx, 0x200000, 4096, &phys, &len, &e), -ENOENT);
+	/* CAP_SYS_RAWIO gone: a sentence */
+	nk.rawio = false;
+	memset(&e, 0, sizeof(e));
+	assert_true(ops->phys(f->ctx, 0x100000, 4096, &phys, &len, &e) < 0);
+	assert_int_equal(e.code, DMB_E_PERMISSION_DENIED);
+	assert_non_null(strstr(e.msg, "CAP_SYS_RAWIO"));
+	nk.rawio = true;
+	ops->dev_close(dev);
+	ksys_ops.open = ksys_open_default;
+}
+
+/* A kernel before 7.3: no GET_PA (ENOTTY); the type1 backend never makes
+ * no-IOMMU contexts. */
+static int old_kernel_handler(int fd, unsigned long req, void *arg, const char *path)
+{
+	if (req == DMB_IOMMU_IOAS_NOIOMMU_GET_PA)
+		return -ENOTTY;
+	return kernel(fd, req, arg, path);
+}
+
+static void test_noiommu_old_kernel(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	uint64_t phys, len;
+	add_noiommu_device(f);
+	nk.rawio = true;
+	nk.attached = true;
+	struct dmb_bdev *dev;
+	struct dmb_dev_info di;
+	assert_int_equal(ops->ctx_open(f->be, &f->ctx, &e), 0);
+	assert_int_equal(ops->ctx_set_noiommu(f->ctx, &e), 0);
+	assert_int_equal(ops->dev_open(f->ctx, "0000:00:07.0", &dev, &di, &e), 0);
+	fake_install(old_kernel_handler);
+	assert_true(ops->phys(f->ctx, 0x100000, 4096, &phys, &len, &e) < 0);
+	assert_int_equal(e.code, DMB_E_UNIMPLEMENTED);
+	assert_non_null(strstr(e.msg, "7.3"));
+	fake_install(kernel);
+	ops->dev_close(dev);
+	ksys_ops.open = ksys_open_default;
+}
+
 /* Granular mappings through the core on iommufd, against the kernel's area
  * rules (fake.h: an unmap never splits an area): one IOMMU_IOAS_MAP_FILE
  * per granule, a discard is one IOMMU_IOAS_UNMAP of exactly one area, a
@@ -990,6 +1174,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dmabuf_probe_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_bar_old_kernel, setup_old, teardown),
 		cmocka_unit_test_setup_teardown(test_map_bar, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_devices, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_get_pa, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_old_kernel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_granular_layout, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

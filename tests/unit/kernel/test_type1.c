@@ -278,6 +278,23 @@ static void test_unset_container(void **state)
 	close(d.fd);
 }
 
+/* No-IOMMU contexts: VFIO's no-IOMMU group mode has no MAP_DMA, so type1
+ * refuses them with a sentence and asks nothing of the kernel. */
+static void test_noiommu_refused(void **state)
+{
+	struct fx *f = *state;
+	const struct dmb_backend_ops *ops = f->be->ops;
+	struct dmb_err e = {0};
+	fake_reset();
+	assert_non_null(ops->ctx_set_noiommu);
+	assert_null(ops->phys);
+	assert_int_equal(ops->ctx_set_noiommu(f->ctx, &e), -EOPNOTSUPP);
+	assert_int_equal(e.code, DMB_E_UNIMPLEMENTED);
+	assert_non_null(strstr(e.msg, "no VFIO_IOMMU_MAP_DMA"));
+	assert_non_null(strstr(e.msg, "iommufd"));
+	assert_int_equal(fake_ncalls, 0);
+}
+
 static void test_open_map_unmap(void **state)
 {
 	struct fx *f = *state;
@@ -971,6 +988,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_create, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unset_container, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_noiommu_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_map_unmap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_sharing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_last_group_lingers, setup, teardown),

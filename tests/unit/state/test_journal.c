@@ -921,7 +921,7 @@ static void test_format_bytes(void **state)
 
 	/* header */
 	assert_memory_equal(f, "DMBJRNL\0", 8);
-	assert_int_equal(le32_at(f + H_OFF_VERSION), 0x00010001u);
+	assert_int_equal(le32_at(f + H_OFF_VERSION), JRNL_VERSION);
 	assert_int_equal(le32_at(f + H_OFF_HSIZE), 64);
 	assert_int_equal(le64_at(f + H_OFF_GEN), 1);
 	assert_int_equal(le64_at(f + H_OFF_BASESEQ), 1);
@@ -1189,7 +1189,11 @@ static size_t all_types(struct jrnl_rec *out)
 	*r = (struct jrnl_rec){ .type = JRNL_HANDOFF_STATE, .u.handoff.state = JRNL_HANDOFF_RECLAIMING };
 	r = &out[n++];
 	*r = (struct jrnl_rec){ .type = JRNL_CONTEXT_DESTROY, .u.ctx_destroy.ctx = UINT64_MAX };
-	/* v1.1 */
+	r = &out[n++];
+	*r = (struct jrnl_rec){ .type = JRNL_CONTEXT_CREATE };
+	r->u.ctx_create.ctx = 2; /* a no-IOMMU context (1.1) */
+	r->u.ctx_create.flags = JRNL_CTX_PERSISTENT | JRNL_CTX_NOIOMMU;
+	/* v1.1: granules discarded and populated */
 	r = &out[n++];
 	*r = (struct jrnl_rec){ .type = JRNL_DISCARD };
 	r->u.convert.ctx = 1;
@@ -1200,6 +1204,7 @@ static size_t all_types(struct jrnl_rec *out)
 	r->u.convert.ctx = 1;
 	r->u.convert.n = 2;
 	r->u.convert.r = some_ranges + 1;
+
 	return n;
 }
 
@@ -1242,7 +1247,7 @@ static void test_roundtrip_all_types(void **state)
 	const size_t wrapped_from = n;
 	const struct jrnl_rec *expect_wrapped[] = { &in[0], &in[15], &in[2], &in[3], &in[5], &in[7],
 						    &in[6], NULL, &in[8], &in[9], &in[10], &in[11],
-						    &in[12], &in[13], &in[14], &in[16], &in[17] };
+						    &in[12], &in[13], &in[14], &in[17], &in[18] };
 	struct jrnl_range one = { 0x1000, 0x1000 };
 	struct jrnl_rec unmap1 = { .type = JRNL_UNMAP, .u.unmap = { 1, 1, &one } };
 
@@ -1479,6 +1484,39 @@ static void test_state_rules(void **state)
 }
 
 /* ==== replay builds exactly the simple model ==== */
+
+/* The no-IOMMU flag (1.1): the model keeps it, a compaction writes it, a
+ * replay of the compacted journal reads it back. */
+static void test_noiommu_flag(void **state)
+{
+	(void)state;
+	struct jrnl *j = NULL;
+	struct dmb_err e = { 0 };
+	uint8_t tok[32] = { 1 };
+	assert_int_equal(jrnl_create(&j, &e), 0);
+	assert_int_equal(jrnl_append_ctx_create(j, 7, 3, 1000, 100, JRNL_CTX_NOIOMMU, "bare", tok, &e), 0);
+	assert_int_equal(jrnl_append_ctx_create(j, 8, 3, 1000, 100, JRNL_CTX_PERSISTENT, "vm", tok, &e), 0);
+	assert_int_equal(jrnl_append_ctx_create(j, 9, 3, 1000, 100,
+						JRNL_CTX_PERSISTENT | JRNL_CTX_NOIOMMU, "p", tok, &e), 0);
+	assert_int_equal(jrnl_append_session_end(j, 3, &e), 0);
+	struct jrnl_state s;
+	replay_into(j, &s, NULL, 0);
+	assert_null(jrnl_state_ctx(&s, 7)); /* not persistent: gone with its session */
+	assert_false(jrnl_state_ctx(&s, 8)->noiommu);
+	assert_true(jrnl_state_ctx(&s, 9)->noiommu);
+	assert_true(jrnl_state_ctx(&s, 9)->detached);
+	struct jrnl *c = NULL;
+	assert_int_equal(jrnl_compact(j, &s, &c, &e), 0);
+	struct jrnl_state s2;
+	replay_into(c, &s2, NULL, 0);
+	assert_true(jrnl_state_ctx(&s2, 9)->noiommu);
+	assert_false(jrnl_state_ctx(&s2, 8)->noiommu);
+	assert_states_equal(&s, &s2);
+	jrnl_state_fini(&s);
+	jrnl_state_fini(&s2);
+	jrnl_close(c);
+	jrnl_close(j);
+}
 
 static void test_replay_matches_model(void **state)
 {
@@ -1947,14 +1985,14 @@ static void test_newer_minor(void **state)
 	write_raw_record(fd, off + 48, JRNL_SESSION_END, 3, pl, 16);
 	set_committed(fd, off + 48 + 40 - 64);
 
-	/* as 1.0: an unknown type is corruption */
+	/* as this version: an unknown type is corruption */
 	struct jrnl *r = reopen(j);
 	assert_non_null(jrnl_damaged(r));
 	assert_non_null(strstr(jrnl_damaged(r), "unknown record type"));
 	jrnl_close(r);
 
-	/* as 1.2 */
-	rewrite_header(fd, (1u << 16) | 2, 64, 1);
+	/* as the next minor */
+	rewrite_header(fd, (1u << 16) | (JRNL_VERSION_MINOR + 1), 64, 1);
 	r = reopen(j);
 	assert_null(jrnl_damaged(r));
 	uint32_t counts[2] = { 0, 0 };
@@ -2519,6 +2557,7 @@ int main(void)
 		cmocka_unit_test(test_header_corruption),
 		cmocka_unit_test(test_newer_minor),
 		cmocka_unit_test(test_granular_records),
+		cmocka_unit_test(test_noiommu_flag),
 		cmocka_unit_test(test_seq_checked),
 		cmocka_unit_test(test_replay_twice),
 		cmocka_unit_test(test_snapshot_plus_tail),
