@@ -46,6 +46,7 @@ enum {
 	BENCH_REVOKE = 1u << 5,
 	BENCH_RESTART = 1u << 6,
 	BENCH_HANDOFF = 1u << 7,
+	BENCH_CONVERT = 1u << 8,
 };
 
 /* ---- time --------------------------------------------------------------- */
@@ -205,3 +206,4 @@ void bench_clients(const struct bench_opts *o);
 void bench_revoke(const struct bench_opts *o);
 void bench_restart(const struct bench_opts *o);
 void bench_handoff(const struct bench_opts *o);
+void bench_convert(const struct bench_opts *o);

@@ -351,7 +351,7 @@ static int core_batch_impl(uint64_t n, size_t b, struct direct_result *out)
 			uint64_t i = done + j;
 			reqs[j] = (struct dmb_map_req){ c.reg->id, (i % SCALE_PAGES) * PG,
 							BENCH_IOVA_BASE + i * PG, PG,
-							DMB_PROT_READ | DMB_PROT_WRITE };
+							DMB_PROT_READ | DMB_PROT_WRITE, 0 };
 		}
 		r = map_batch(c.ctx, reqs, k, NULL);
 	}
@@ -365,7 +365,7 @@ static int core_batch_impl(uint64_t n, size_t b, struct direct_result *out)
 			uint64_t i = done + j;
 			reqs[j] = (struct dmb_map_req){ c.reg->id, (i % SCALE_PAGES) * PG,
 							BENCH_IOVA_BASE + i * PG, PG,
-							DMB_PROT_READ | DMB_PROT_WRITE };
+							DMB_PROT_READ | DMB_PROT_WRITE, 0 };
 		}
 		struct dmb_err e = { 0 };
 		r = map_batch(c.ctx, reqs, k, &e);
@@ -412,7 +412,7 @@ static int fill(struct core_env *c, uint64_t n, struct scale_result *out)
 		for (uint64_t j = 0; j < k; j++) {
 			uint64_t i = b * SCALE_BATCH + j;
 			reqs[j] = (struct dmb_map_req){ c->reg->id, (i % SCALE_PAGES) * PG, iova_of(i), PG,
-							DMB_PROT_READ | DMB_PROT_WRITE };
+							DMB_PROT_READ | DMB_PROT_WRITE, 0 };
 		}
 		struct dmb_err e = { 0 };
 		uint64_t a = now_ns();
@@ -504,7 +504,7 @@ static int scale_impl(uint64_t n, unsigned ops, struct scale_result *out)
 	t0 = now_ns();
 	for (unsigned k = 0; k < ops; k++) {
 		uint64_t i = xorshift(&seed) % n;
-		struct dmb_map_req q = { c.reg->id, 0, iova_of(i), PG, DMB_PROT_READ };
+		struct dmb_map_req q = { c.reg->id, 0, iova_of(i), PG, DMB_PROT_READ, 0 };
 		struct dmb_err e = { 0 };
 		bad += map_batch(c.ctx, &q, 1, &e) != -EEXIST;
 	}
@@ -516,7 +516,7 @@ static int scale_impl(uint64_t n, unsigned ops, struct scale_result *out)
 		uint64_t i = xorshift(&seed) % n, bytes, count;
 		struct dmb_range rg = { iova_of(i), PG };
 		struct dmb_map_req q = { c.reg->id, (i % SCALE_PAGES) * PG, iova_of(i), PG,
-					 DMB_PROT_READ | DMB_PROT_WRITE };
+					 DMB_PROT_READ | DMB_PROT_WRITE, 0 };
 		uint64_t a = now_ns();
 		int x = unmap_ranges(c.ctx, &rg, 1, &bytes, &count, NULL);
 		uint64_t z = now_ns();

@@ -39,6 +39,7 @@ static const struct {
 	{ "revoke", BENCH_REVOKE, bench_revoke },
 	{ "restart", BENCH_RESTART, bench_restart },
 	{ "handoff", BENCH_HANDOFF, bench_handoff },
+	{ "convert", BENCH_CONVERT, bench_convert },
 };
 #define N_BENCHES (sizeof(benches) / sizeof(benches[0]))
 
@@ -51,7 +52,7 @@ static void usage(FILE *f)
 		"  --smoke         tiny sizes; correctness checks only (exit 1 if one fails)\n"
 		"  --json          JSON results on stdout (the table goes to stderr)\n"
 		"  --only LIST     comma-separated: small,batch,scale,hol,clients,revoke,restart,\n"
-		"                  handoff\n"
+		"                  handoff,convert\n"
 		"  --perf DIR      record the daemon with perf during the main phases\n"
 		"  --daemon PATH   the dmabrokerd binary (default: the build's; $DMABROKERD)\n"
 		"  --daemon-prefix CMD  run the daemon under CMD, e.g. 'valgrind --tool=callgrind'\n"

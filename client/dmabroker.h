@@ -215,6 +215,9 @@ struct dmb_mapping_info {
 	/* the IOMMU attributes: DMB_ATTR_CACHEABLE (RAM; a P2P mapping of the
 	 * vfio-type1 backend) or DMB_ATTR_MMIO (a P2P mapping made as MMIO) */
 	uint32_t attr;
+	uint64_t granule;       /* 0: ordinary; else a granular mapping's granule */
+	uint64_t page_size;     /* the largest IOMMU page size the mapping allows */
+	uint64_t discarded;     /* granules currently discarded */
 };
 
 struct dmb_event {
@@ -331,6 +334,29 @@ int dmb_unmap(struct dmb_client *c, uint64_t context, uint64_t iova, uint64_t le
 int dmb_unmap_batch(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
 		    uint64_t *unmapped_bytes);
 int dmb_unmap_all(struct dmb_client *c, uint64_t context, uint64_t *unmapped_bytes);
+
+/* Granular mappings (confidential guests): a mapping made of granule-sized
+ * IOMMU areas (granule DMB_GRANULE_4K or DMB_GRANULE_2M; iova, offset and
+ * length multiples of it) whose granules dmb_discard removes from the IOMMU
+ * and dmb_populate puts back, any set at a time, all or nothing per call.
+ * page_size (may be NULL) gets the largest IOMMU page size the mapping
+ * allows. */
+#define DMB_GRANULE_4K 4096u
+#define DMB_GRANULE_2M 2097152u
+int dmb_map_granular(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e,
+		     uint64_t granule, uint64_t *page_size);
+struct dmb_convert_info {
+	uint64_t granules;      /* granules whose state changed */
+	uint64_t bytes;
+	uint64_t unchanged;     /* already discarded (populated) */
+	uint64_t pinned_bytes;  /* the context's pinned bytes afterwards */
+};
+/* ranges: granule aligned, inside granular mappings; at most max_batch.
+ * out may be NULL. On failure dmb_last_error()->index names the range. */
+int dmb_discard(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		struct dmb_convert_info *out);
+int dmb_populate(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		 struct dmb_convert_info *out);
 
 /* Opens a PCI function (policy-checked) and attaches it to the context.
  * With fd_out non-NULL the broker hands back a duplicate of the device fd

@@ -381,6 +381,9 @@ static const char *attr_name(uint32_t attr)
 	return attr == DMB_ATTR_MMIO ? "mmio" : attr == DMB_ATTR_CACHEABLE ? "cacheable" : "-";
 }
 
+/* Which optional columns the table has (mappings_human). */
+static bool mapping_cols_granular, mapping_cols_p2p;
+
 /* A P2P mapping's REGION cell names the peer's BAR ("bar0@dev7": BAR 0 of the
  * broker's device 7, as in 'list devices'); OFFSET is then into the BAR. */
 static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
@@ -396,11 +399,28 @@ static void mapping_row(const void *rows, size_t i, char cells[][CELL_MAX])
 		snprintf(cells[2], CELL_MAX, "%" PRIu64, m->region);
 	snprintf(cells[3], CELL_MAX, "0x%" PRIx64, m->offset);
 	snprintf(cells[4], CELL_MAX, "%s", prot_name(m->prot));
-	if (m->mmio)
-		snprintf(cells[5], CELL_MAX, "%s %s", m->revoked ? "revoked" : "live",
-			 attr_name(m->attr));
+	if (m->page_size)
+		fmt_bytes(m->page_size, cells[5], CELL_MAX);
 	else
 		snprintf(cells[5], CELL_MAX, "-");
+	size_t k = 6;
+	if (mapping_cols_granular) {
+		if (m->granule) {
+			fmt_bytes(m->granule, cells[k++], CELL_MAX);
+			snprintf(cells[k++], CELL_MAX, "%" PRIu64 "/%" PRIu64, m->discarded,
+				 m->length / m->granule);
+		} else {
+			snprintf(cells[k++], CELL_MAX, "-");
+			snprintf(cells[k++], CELL_MAX, "-");
+		}
+	}
+	if (mapping_cols_p2p) {
+		if (m->mmio)
+			snprintf(cells[k++], CELL_MAX, "%s %s", m->revoked ? "revoked" : "live",
+				 attr_name(m->attr));
+		else
+			snprintf(cells[k++], CELL_MAX, "-");
+	}
 }
 
 static void mappings_json(uint64_t context, const struct mapping_list *l)
@@ -424,33 +444,50 @@ static void mappings_json(uint64_t context, const struct mapping_list *l)
 		json_u64(&j, "bar", m->bar);                 /* P2P only, else 0 */
 		json_bool(&j, "revoked", m->revoked);
 		json_str(&j, "attr", attr_name(m->attr)); /* mmio, cacheable */
+		json_u64(&j, "page_size", m->page_size);   /* largest IOMMU page it allows */
+		json_u64(&j, "granule", m->granule);       /* 0: not a granular mapping */
+		json_u64(&j, "discarded", m->discarded);   /* granules discarded now */
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
 	json_close(&j, '}');
 }
 
-/* The P2P column appears only when the context has P2P mappings, so a plain
- * VMM's table stays as it was. */
+/* PAGE is the largest IOMMU page size the mapping allows. The GRANULE and
+ * DISCARDED columns appear only when the context has granular mappings, the
+ * P2P column only when it has P2P mappings, so a plain VMM's table stays
+ * short. */
 static void mappings_human(const struct mapping_list *l)
 {
-	static const struct column cols[] = {
+	struct column cols[9] = {
 		{ "IOVA", false }, { "LENGTH", true }, { "REGION", true },
-		{ "OFFSET", true }, { "PROT", false }, { "P2P", false },
+		{ "OFFSET", true }, { "PROT", false }, { "PAGE", true },
 	};
-	uint64_t total = 0;
-	size_t p2p = 0, revoked = 0;
-	char b[32];
+	uint64_t total = 0, discarded = 0;
+	size_t p2p = 0, revoked = 0, granular = 0, n = 6;
+	char b[32], d[32];
 
 	for (size_t i = 0; i < l->n; i++) {
 		total += l->v[i].length;
 		p2p += l->v[i].mmio;
 		revoked += l->v[i].mmio && l->v[i].revoked;
+		granular += l->v[i].granule != 0;
+		discarded += l->v[i].discarded * l->v[i].granule;
 	}
-	table_print(cols, p2p ? 6 : 5, l->v, l->n, mapping_row, NULL, NULL);
+	mapping_cols_granular = granular != 0;
+	mapping_cols_p2p = p2p != 0;
+	if (granular) {
+		cols[n++] = (struct column){ "GRANULE", true };
+		cols[n++] = (struct column){ "DISCARDED", true };
+	}
+	if (p2p)
+		cols[n++] = (struct column){ "P2P", false };
+	table_print(cols, n, l->v, l->n, mapping_row, NULL, NULL);
 	printf("\n%zu mapping%s, %s", l->n, l->n == 1 ? "" : "s", fmt_bytes(total, b, sizeof(b)));
 	if (p2p)
 		printf(" (%zu P2P, %zu revoked)", p2p, revoked);
+	if (granular)
+		printf(" (%zu granular, %s discarded)", granular, fmt_bytes(discarded, d, sizeof(d)));
 	putchar('\n');
 }
 

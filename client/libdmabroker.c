@@ -676,6 +676,82 @@ int dmb_map_batch(struct dmb_client *c, uint64_t context, const struct dmb_map_e
 	return r;
 }
 
+int dmb_map_granular(struct dmb_client *c, uint64_t context, const struct dmb_map_entry *e,
+		     uint64_t granule, uint64_t *page_size)
+{
+	REQ(q, MAP, map, Dmb__Map, DMB__MAP__INIT);
+	Dmb__MapEntry m;
+	entry_to_pb(&m, e);
+	m.granule = granule;
+	q.context_id = context;
+	q.entry = &m;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	if (r < 0)
+		return r;
+	if (rep->body_case != DMB__REPLY__BODY_MAP)
+		r = bad_body(c, rep, "Map");
+	else if (page_size)
+		*page_size = rep->map->n_page_sizes ? rep->map->page_sizes[0] : 0;
+	reply_free(c, rep);
+	return r;
+}
+
+static int convert_call(struct dmb_client *c, uint64_t context, const struct dmb_range *rg,
+			size_t n, bool discard, struct dmb_convert_info *out)
+{
+	Dmb__Request req = DMB__REQUEST__INIT;
+	Dmb__Convert q = DMB__CONVERT__INIT;
+	if (discard) {
+		req.body_case = DMB__REQUEST__BODY_DISCARD;
+		req.discard = &q;
+	} else {
+		req.body_case = DMB__REQUEST__BODY_POPULATE;
+		req.populate = &q;
+	}
+	Dmb__Range *arr = malloc(n * sizeof(*arr) + 1);
+	Dmb__Range **ptrs = malloc(n * sizeof(*ptrs) + 1);
+	if (!arr || !ptrs) {
+		free(arr);
+		free(ptrs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		dmb__range__init(&arr[i]);
+		arr[i].iova = rg[i].iova;
+		arr[i].length = rg[i].length;
+		ptrs[i] = &arr[i];
+	}
+	q.context_id = context;
+	q.n_ranges = n;
+	q.ranges = ptrs;
+	Dmb__Reply *rep = NULL;
+	int r = simple_call(c, &req, &rep);
+	free(arr);
+	free(ptrs);
+	if (r < 0)
+		return r;
+	const Dmb__ConvertReply *b = discard ? rep->discard : rep->populate;
+	if (rep->body_case != (discard ? DMB__REPLY__BODY_DISCARD : DMB__REPLY__BODY_POPULATE) || !b)
+		r = bad_body(c, rep, discard ? "Discard" : "Populate");
+	else if (out)
+		*out = (struct dmb_convert_info){ b->granules, b->bytes, b->unchanged, b->pinned_bytes };
+	reply_free(c, rep);
+	return r;
+}
+
+int dmb_discard(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		struct dmb_convert_info *out)
+{
+	return convert_call(c, context, r, n, true, out);
+}
+
+int dmb_populate(struct dmb_client *c, uint64_t context, const struct dmb_range *r, size_t n,
+		 struct dmb_convert_info *out)
+{
+	return convert_call(c, context, r, n, false, out);
+}
+
 static int unmapped_reply(struct dmb_client *c, Dmb__Request *req, uint64_t *bytes)
 {
 	Dmb__Reply *rep = NULL;
@@ -933,6 +1009,8 @@ int dmb_list_mappings(struct dmb_client *c, uint64_t context, uint64_t start,
 				.offset = m->offset, .prot = m->prot, .mmio = m->mmio,
 				.peer_device = m->peer_device_id, .bar = m->bar, .revoked = m->revoked,
 				.attr = (uint32_t)m->attr,
+				.granule = m->granule, .page_size = m->page_size,
+				.discarded = m->discarded,
 			};
 			(*n)++;
 		}

@@ -10,6 +10,7 @@ enum {
 	T3_VARINT = 0x18,
 	T4_VARINT = 0x20,
 	T5_VARINT = 0x28,
+	T6_VARINT = 0x30,
 	T1_LEN = 0x0a,
 	T2_LEN = 0x12,
 	T16_LEN_0 = 0x82, /* field 16, length-delimited: two bytes */
@@ -34,6 +35,7 @@ CHECK_TAG(T2_VARINT, MapEntry_offset, WT_VARINT);
 CHECK_TAG(T3_VARINT, MapEntry_iova, WT_VARINT);
 CHECK_TAG(T4_VARINT, MapEntry_length, WT_VARINT);
 CHECK_TAG(T5_VARINT, MapEntry_prot, WT_VARINT);
+CHECK_TAG(T6_VARINT, MapEntry_granule, WT_VARINT);
 CHECK_TAG(T1_VARINT, Unmap_context_id, WT_VARINT);
 CHECK_TAG(T2_LEN, Unmap_range, WT_LEN);
 CHECK_TAG(T1_VARINT, Range_iova, WT_VARINT);
@@ -41,6 +43,7 @@ CHECK_TAG(T2_VARINT, Range_length, WT_VARINT);
 CHECK_TAG(T1_LEN, ServerMessage_reply, WT_LEN);
 CHECK_TAG(T1_VARINT, Reply_id, WT_VARINT);
 CHECK_TAG(T1_VARINT, MapReply_mapped, WT_VARINT);
+CHECK_TAG(T2_LEN, MapReply_page_sizes, WT_LEN);
 CHECK_TAG(T1_VARINT, UnmapReply_unmapped_bytes, WT_VARINT);
 CHECK_TAG(T2_VARINT, UnmapReply_unmapped_count, WT_VARINT);
 /* Fields 16 and 18 take two tag bytes: low seven bits with the
@@ -122,6 +125,7 @@ size_t fc_request_pack(const Dmb__Request *req, uint8_t *out, size_t cap)
 			p = put_field(p, T3_VARINT, e->iova);
 			p = put_field(p, T4_VARINT, e->length);
 			p = put_field(p, T5_VARINT, e->prot);
+			p = put_field(p, T6_VARINT, e->granule);
 			close_len(l2, p);
 		}
 		close_len(l1, p);
@@ -163,14 +167,23 @@ size_t fc_server_message_pack(const Dmb__ServerMessage *m, uint8_t *out, size_t 
 	p = open_len(&l0, p);
 	p = put_field(p, T1_VARINT, r->id);
 	if (r->body_case == DMB__REPLY__BODY_MAP && r->map) {
-		/* only `mapped`: a reply with more (a MapPeer's attr) goes
-		 * through protobuf-c */
-		if (!plain(&r->map->base, &dmb__map_reply__descriptor) || r->map->attr)
+		/* `mapped` and page_sizes (none, or the one of a single map,
+		 * packed): a reply with more (several page sizes, a MapPeer's
+		 * attr) goes through protobuf-c */
+		if (!plain(&r->map->base, &dmb__map_reply__descriptor) || r->map->n_page_sizes > 1 ||
+		    r->map->attr)
 			return 0;
 		*p++ = T16_LEN_0;
 		*p++ = T_HI_1;
 		p = open_len(&l1, p);
 		p = put_field(p, T1_VARINT, r->map->mapped);
+		if (r->map->n_page_sizes) {
+			uint8_t *l2;
+			*p++ = T2_LEN;
+			p = open_len(&l2, p);
+			p = put_varint(p, r->map->page_sizes[0]);
+			close_len(l2, p);
+		}
 	} else if (r->body_case == DMB__REPLY__BODY_UNMAP && r->unmap) {
 		if (!plain(&r->unmap->base, &dmb__unmap_reply__descriptor))
 			return 0;
@@ -265,7 +278,8 @@ static bool map_entry(struct rd *r, Dmb__MapEntry *e)
 	*e = (Dmb__MapEntry)DMB__MAP_ENTRY__INIT;
 	return opt_u64(r, T1_VARINT, &e->region_id) && opt_u64(r, T2_VARINT, &e->offset) &&
 	       opt_u64(r, T3_VARINT, &e->iova) && opt_u64(r, T4_VARINT, &e->length) &&
-	       opt_u32(r, T5_VARINT, &e->prot) && r->p == r->end;
+	       opt_u32(r, T5_VARINT, &e->prot) && opt_u64(r, T6_VARINT, &e->granule) &&
+	       r->p == r->end;
 }
 
 static bool range(struct rd *r, Dmb__Range *g)
@@ -337,8 +351,20 @@ bool fc_reply_unpack(const uint8_t *data, size_t len, struct fc_reply *out)
 		r.p += 2;
 		Dmb__MapReply *mr = &out->body.map;
 		*mr = (Dmb__MapReply)DMB__MAP_REPLY__INIT;
-		if (!body(&r, &b) || r.p != r.end || !opt_u32(&b, T1_VARINT, &mr->mapped) ||
-		    b.p != b.end)
+		if (!body(&r, &b) || r.p != r.end || !opt_u32(&b, T1_VARINT, &mr->mapped))
+			return false;
+		if (at(&b, T2_LEN)) {
+			/* page_sizes, packed, exactly one value (protobuf-c takes
+			 * any other shape) */
+			struct rd ps;
+			b.p++;
+			if (!body(&b, &ps) || ps.p == ps.end || !get_varint(&ps, &out->page_size) ||
+			    ps.p != ps.end)
+				return false;
+			mr->n_page_sizes = 1;
+			mr->page_sizes = &out->page_size;
+		}
+		if (b.p != b.end)
 			return false;
 		y->body_case = DMB__REPLY__BODY_MAP;
 		y->map = mr;

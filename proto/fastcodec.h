@@ -8,12 +8,14 @@
  * sub-messages are omitted; fields in field-number order):
  *
  *   Request       { 1: id, 16: Map   { 1: context_id, 2: MapEntry { 1: region_id,
- *                                        2: offset, 3: iova, 4: length, 5: prot } } }
+ *                                        2: offset, 3: iova, 4: length, 5: prot,
+ *                                        6: granule } } }
  *   Request       { 1: id, 18: Unmap { 1: context_id, 2: Range { 1: iova, 2: length } } }
- *   ServerMessage { 1: Reply { 1: id, 16: MapReply   { 1: mapped } } }
+ *   ServerMessage { 1: Reply { 1: id, 16: MapReply   { 1: mapped,
+ *                                                     2: page_sizes (packed, one) } } }
  *   ServerMessage { 1: Reply { 1: id, 18: UnmapReply { 1: unmapped_bytes, 2: unmapped_count } } }
  *
- * The largest is 77 bytes (FC_MAX_PACKET), so every length prefix is one byte.
+ * The largest is 88 bytes (FC_MAX_PACKET), so every length prefix is one byte.
  *
  * The contract, checked by tests/unit/test_fastcodec.c and by the libFuzzer
  * target tests/fuzz/fuzz_fastcodec.c against the protobuf-c in use:
@@ -61,6 +63,7 @@ struct fc_reply {
 		Dmb__MapReply map;
 		Dmb__UnmapReply unmap;
 	} body;
+	uint64_t page_size;     /* MapReply.page_sizes[0] */
 };
 
 /* Request{map} / Request{unmap} into out (cap >= FC_MAX_PACKET, else 0). */

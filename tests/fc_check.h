@@ -32,7 +32,8 @@ static inline bool fcc_request_same(const Dmb__Request *a, const Dmb__Request *b
 		const Dmb__MapEntry *e = x->entry, *f = y->entry;
 		return !e || (fcc_base_same(&e->base, &f->base) && e->region_id == f->region_id &&
 			      e->offset == f->offset && e->iova == f->iova &&
-			      e->length == f->length && e->prot == f->prot);
+			      e->length == f->length && e->prot == f->prot &&
+			      e->granule == f->granule);
 	}
 	if (a->body_case == DMB__REQUEST__BODY_UNMAP) {
 		const Dmb__Unmap *x = a->unmap, *y = b->unmap;
@@ -53,7 +54,11 @@ static inline bool fcc_reply_same(const Dmb__Reply *a, const Dmb__Reply *b)
 		return false;
 	if (a->body_case == DMB__REPLY__BODY_MAP)
 		return a->map && b->map && fcc_base_same(&a->map->base, &b->map->base) &&
-		       a->map->mapped == b->map->mapped;
+		       a->map->mapped == b->map->mapped &&
+		       a->map->n_page_sizes == b->map->n_page_sizes &&
+		       (!a->map->n_page_sizes ||
+			!memcmp(a->map->page_sizes, b->map->page_sizes,
+				a->map->n_page_sizes * sizeof(uint64_t)));
 	if (a->body_case == DMB__REPLY__BODY_UNMAP)
 		return a->unmap && b->unmap && fcc_base_same(&a->unmap->base, &b->unmap->base) &&
 		       a->unmap->unmapped_bytes == b->unmap->unmapped_bytes &&

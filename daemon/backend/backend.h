@@ -63,6 +63,10 @@ struct dmb_iova_info {
 	uint64_t alignment;          /* IOVA/offset/length granularity */
 	uint32_t max_mappings;       /* 0: no backend limit */
 	uint32_t mappings_available; /* valid when max_mappings != 0 */
+	/* The IOMMU page sizes the backend can use (bit n: 2^n bytes); 0: the
+	 * kernel does not say (iommufd has no uAPI for it), and the core
+	 * assumes 4 KiB, 2 MiB and 1 GiB. */
+	uint64_t pgsizes;
 };
 
 /* What the core tells a backend about a registered region. The core has

@@ -610,6 +610,7 @@ static int sim_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct 
 	if (!covered_to_end)
 		out->ranges[out->n++] = (struct dmb_iova_range){ next, UINT64_MAX };
 	out->alignment = SIM_IOVA_ALIGNMENT;
+	out->pgsizes = SIM_IOVA_ALIGNMENT | (UINT64_C(1) << 21) | (UINT64_C(1) << 30);
 	out->max_mappings = 0; /* iommufd has no count limit */
 	return 0;
 }

@@ -719,6 +719,7 @@ static int t1_iova_info(struct dmb_bctx *bc, struct dmb_iova_info *out, struct d
 		log_warning("vfio-type1: the container reports %u IOVA ranges; using the first %d",
 			    ti.nr_iovas, DMB_MAX_IOVA_RANGES);
 	*out = ti.iova;
+	out->pgsizes = ti.iova_pgsizes;
 	return 0;
 }
 

@@ -164,7 +164,7 @@ static void ctx_usage(const struct dmb_ctx *ctx, uint64_t *fds, uint64_t *stored
 {
 	uint32_t n[DMB_FD_KINDS] = { 1, ctx->n_regions, ctx->n_devices };
 	cost_of(ctx->core, n, fds, stored);
-	*pinned = ctx->mapped_bytes - ctx->p2p_bytes;
+	*pinned = ctx_pinned_bytes(ctx);
 }
 
 int acct_move_ctx(struct dmb_ctx *ctx, struct dmb_acct *to, const struct dmb_limits *lim,

@@ -62,6 +62,7 @@ int ctx_create_kind(struct dmb_owner *owner, const char *name, bool persistent, 
 	ctx->persistent = persistent;
 	snprintf(ctx->name, sizeof(ctx->name), "%s", name ? name : "");
 	RB_INIT(&ctx->maps);
+	RB_INIT(&ctx->grans);
 	RB_INIT(&ctx->regions);
 	TAILQ_INIT(&ctx->devices);
 
@@ -247,6 +248,7 @@ struct dmb_ctx *ctx_adopt(struct dmb_core *core, struct dmb_owner *owner, uid_t 
 		memcpy(ctx->token, token, sizeof(ctx->token));
 	snprintf(ctx->name, sizeof(ctx->name), "%s", name ? name : "");
 	RB_INIT(&ctx->maps);
+	RB_INIT(&ctx->grans);
 	RB_INIT(&ctx->regions);
 	TAILQ_INIT(&ctx->devices);
 	RB_INSERT(dmb_ctx_tree, &core->contexts, ctx);
@@ -291,7 +293,7 @@ int ctx_reclaim(struct dmb_owner *owner, uint64_t id, const uint8_t *token, size
 	int r = acct_move_ctx(ctx, owner->acct, &owner->pol.limits, e);
 	if (r < 0)
 		return r;
-	uint64_t pinned = ctx->mapped_bytes - ctx->p2p_bytes;
+	uint64_t pinned = ctx_pinned_bytes(ctx);
 	if (ctx->owner) {
 		/* Taken from a live session (a VMM whose successor reclaims
 		 * before the old session has noticed it is dead). */

@@ -1,6 +1,6 @@
 /* daemon/core/: the object model, one file per object (context.c,
- * region.c, mapping.c, device.c, p2p.c, account.c, core.c the ids, owners
- * and events).
+ * region.c, mapping.c, granule.c the granules of granular mappings,
+ * device.c, p2p.c, account.c, core.c the ids, owners and events).
  * May call: backend/ (through struct dmb_backend's table; every other part
  * reaches the backend through the core's functions), policy/ (limits and
  * the device address check), util/. The journal is reached only through
@@ -95,6 +95,29 @@ struct dmb_p2p {
 TAILQ_HEAD(dmb_p2p_list, dmb_p2p);
 RB_HEAD(dmb_map_tree, dmb_mapping);
 DMB_RB_PROTOTYPE(dmb_map_tree, dmb_mapping, node, map_cmp, )
+
+/* A granular mapping (granule.c): a RAM mapping made of granule-sized
+ * kernel areas, each of which Discard removes and Populate restores. The
+ * mapping node itself stays an ordinary struct dmb_mapping (its IOVA stays
+ * reserved while granules are discarded); this record beside it, in the
+ * context's `grans` tree by IOVA, holds the granule and which granules
+ * are discarded. Contexts without granular mappings never look there. */
+#define DMB_GRANULE_4K (UINT64_C(1) << 12)
+#define DMB_GRANULE_2M (UINT64_C(1) << 21)
+/* Granules of one granular mapping at most: 16 GiB of 4 KiB granules, 8 TiB
+ * of 2 MiB ones (each is a kernel area; the default mappings_per_context
+ * is the same number). Bounds the bitmap and every walk over it. */
+#define DMB_GRANULES_MAX (UINT64_C(1) << 22)
+struct dmb_gran {
+	RB_ENTRY(dmb_gran) node;
+	struct dmb_mapping *m;
+	uint64_t granule;
+	uint64_t n;              /* granules: m->length / granule */
+	uint64_t discarded;      /* of which discarded now */
+	uint64_t bits[];         /* bit i set: granule i is discarded */
+};
+RB_HEAD(dmb_gran_tree, dmb_gran);
+RB_PROTOTYPE(dmb_gran_tree, dmb_gran, node, gran_cmp)
 
 /* DMB_MAP_* of a mapping. */
 static inline uint32_t map_flags(const struct dmb_mapping *m)
@@ -223,6 +246,10 @@ struct dmb_ctx {
 	struct dmb_map_tree maps;
 	uint64_t n_mappings;
 	uint64_t mapped_bytes;          /* RAM and MMIO */
+	struct dmb_gran_tree grans;     /* granular mappings' records (granule.c) */
+	uint64_t n_grans;
+	uint64_t gran_areas;            /* kernel areas they are made of */
+	uint64_t discarded_bytes;       /* their discarded granules: mapped, not pinned */
 	uint64_t p2p_mappings;
 	uint64_t p2p_bytes;
 
@@ -267,6 +294,14 @@ struct dmb_journal_hooks {
 	void (*region_remove)(void *o, struct dmb_region *r);
 	int (*map_add)(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
 		       struct dmb_err *e);
+	/* Granules of granular mappings discarded or populated (ranges in
+	 * IOVA space, each inside one granular mapping). A discard is
+	 * journaled before the kernel call (may refuse), a populate after it. */
+	int (*convert)(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n,
+		       bool discard, struct dmb_err *e);
+	/* The model now holds what `convert` journaled (or its undo): the
+	 * journal may compact. */
+	void (*converted)(void *o);
 	int (*p2p_add)(void *o, struct dmb_ctx *ctx, const struct dmb_map_peer_req *q,
 		       struct dmb_err *e);
 	void (*unmap)(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n);
@@ -461,6 +496,7 @@ struct dmb_map_req {
 	uint64_t iova;
 	uint64_t length;
 	uint32_t prot;
+	uint64_t granule;     /* 0, or DMB_GRANULE_4K / _2M: a granular mapping */
 };
 
 struct dmb_range {
@@ -529,13 +565,53 @@ struct dmb_mapping *map_first_from(struct dmb_ctx *ctx, uint64_t start);
 struct dmb_mapping *map_next(struct dmb_ctx *ctx, struct dmb_mapping *m);
 /* The mapping containing iova, or NULL. */
 struct dmb_mapping *map_find(struct dmb_ctx *ctx, uint64_t iova);
-/* Re-adoption: records a mapping the backend already holds (no kernel call). */
+/* Re-adoption: records a mapping the backend already holds (no kernel call).
+ * granule 0: ordinary; else a granular mapping whose discarded granules
+ * are the set bits of `discarded` (NULL: none), which the backend must not
+ * hold. */
 int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, uint64_t length,
-		     uint64_t offset, uint32_t prot);
+		     uint64_t offset, uint32_t prot, uint64_t granule, const uint64_t *discarded);
 /* Drops the core's records of every mapping (after the backend removed them). */
 void map_forget_all(struct dmb_ctx *ctx);
+/* True when no two of the (non-empty) ranges intersect; else names two. */
+bool map_ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b);
 /* Checks that [iova, last] overlaps no mapping; names the one it overlaps. */
 int map_check_free(struct dmb_ctx *ctx, uint64_t iova, uint64_t last, struct dmb_err *e);
+
+/* granule.c */
+/* The granular record of m, or NULL (ordinary or MMIO). */
+struct dmb_gran *gran_of(struct dmb_ctx *ctx, const struct dmb_mapping *m);
+static inline bool gran_bit(const struct dmb_gran *g, uint64_t i)
+{
+	return (g->bits[i / 64] >> (i % 64)) & 1;
+}
+/* Bytes of RAM mapping m that are in the IOMMU (and pinned). */
+uint64_t map_pinned_bytes(struct dmb_ctx *ctx, const struct dmb_mapping *m);
+static inline uint64_t ctx_pinned_bytes(const struct dmb_ctx *ctx)
+{
+	return ctx->mapped_bytes - ctx->p2p_bytes - ctx->discarded_bytes;
+}
+/* Creates the record of a granular mapping just inserted (all populated;
+ * with `discarded`, those granules discarded) and accounts for it. */
+int gran_attach(struct dmb_ctx *ctx, struct dmb_mapping *m, uint64_t granule,
+		const uint64_t *discarded);
+/* Removes the record (the mapping is being removed); accounts for it. */
+void gran_detach(struct dmb_ctx *ctx, struct dmb_gran *g);
+/* The largest IOMMU page size (4 KiB, 2 MiB or 1 GiB) the mapping allows:
+ * its IOVA, offset and length multiples of it, no larger than its granule
+ * or its region's page size, and one the context's IOMMU supports. */
+uint64_t map_page_size(struct dmb_ctx *ctx, const struct dmb_mapping *m);
+/* Discard (discard true) or populate the granules in ranges[0..n), all or
+ * nothing: every range is checked first (granule aligned, inside granular
+ * mappings of ctx, disjoint), then the kernel calls run; a failure puts
+ * back what the request changed. */
+struct dmb_convert_result {
+	uint64_t granules;    /* changed */
+	uint64_t bytes;
+	uint64_t unchanged;   /* already in the wanted state */
+};
+int map_convert(struct dmb_ctx *ctx, const struct dmb_range *ranges, size_t n, bool discard,
+		struct dmb_convert_result *res, struct dmb_err *e);
 
 /* p2p.c */
 struct dmb_map_peer_req {

@@ -156,6 +156,27 @@ static int map_validate(struct dmb_ctx *ctx, const struct dmb_map_req *q, struct
 		return dmb_fail(e, DMB_E_OUT_OF_RANGE, EINVAL,
 				"range [0x%" PRIx64 ", 0x%" PRIx64 "] is past the end of region %" PRIu64
 				" (0x%" PRIx64 " bytes)", q->offset, rlast, r->id, r->size);
+	if (q->granule) {
+		/* A granular mapping is one kernel area per granule: each must be
+		 * a whole number of the IOMMU's and the region's pages. */
+		if (q->granule != DMB_GRANULE_4K && q->granule != DMB_GRANULE_2M)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"granule 0x%" PRIx64 " is not valid: use 4096 or 2097152", q->granule);
+		if (q->granule < align)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"granule 0x%" PRIx64 " is smaller than the 0x%" PRIx64 "-byte pages "
+					"this region and IOMMU map in", q->granule, align);
+		if (q->length / q->granule > DMB_GRANULES_MAX)
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG,
+					"a granular mapping has at most %" PRIu64 " granules, not %" PRIu64
+					": split it into several", DMB_GRANULES_MAX, q->length / q->granule);
+		if (!dmb_is_aligned(q->iova, q->granule) || !dmb_is_aligned(q->length, q->granule) ||
+		    !dmb_is_aligned(q->offset, q->granule))
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL,
+					"iova 0x%" PRIx64 ", offset 0x%" PRIx64 " and length 0x%" PRIx64
+					" of a granular mapping must be multiples of its granule 0x%" PRIx64,
+					q->iova, q->offset, q->length, q->granule);
+	}
 	if ((q->prot & DMB_PROT_WRITE) && !r->writable)
 		return dmb_fail(e, DMB_E_PERMISSION_DENIED, EACCES,
 				"region %" PRIu64 " is read-only (fd opened read-only or write-sealed); "
@@ -194,6 +215,9 @@ void map_insert(struct dmb_ctx *ctx, struct dmb_mapping *m)
 
 void map_remove(struct dmb_ctx *ctx, struct dmb_mapping *m)
 {
+	struct dmb_gran *g = gran_of(ctx, m);
+	if (g)
+		gran_detach(ctx, g);
 	RB_REMOVE(dmb_map_tree, &ctx->maps, m);
 	ctx->n_mappings--;
 	ctx->mapped_bytes -= m->length;
@@ -234,7 +258,7 @@ static int range_idx_cmp(const void *x, const void *y, void *base)
 
 /* True when no two of the (valid, non-empty) ranges intersect; otherwise
  * names two that do. O(n) for a sorted batch, O(n log n) otherwise. */
-static bool ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b)
+bool map_ranges_disjoint(const struct dmb_range *rg, size_t n, size_t *a, size_t *b)
 {
 	bool sorted = true;
 	for (size_t i = 1; i < n && sorted; i++)
@@ -281,9 +305,17 @@ int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req
 	op->n = n;
 	op->nodes = &op->one_node;
 	op->failed_at = n;
-	if (ctx->n_mappings + n > limit || ctx->n_mappings + n < ctx->n_mappings)
+	/* A granular mapping counts as its kernel areas: one per granule. */
+	uint64_t areas = ctx->n_mappings - ctx->n_grans + ctx->gran_areas, add = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t k = reqs[i].granule && reqs[i].length >= reqs[i].granule
+				     ? reqs[i].length / reqs[i].granule : 1;
+		add = add + k < add ? UINT64_MAX : add + k;
+	}
+	if (areas + add > limit || areas + add < areas)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOSPC,
-				"limit mappings_per_context (%" PRIu64 ") would be exceeded", limit);
+				"limit mappings_per_context (%" PRIu64 ") would be exceeded (a granular "
+				"mapping counts one per granule)", limit);
 	/* Pinned-memory limits, per client and for the whole broker, before
 	 * any kernel work. */
 	uint64_t want = 0;
@@ -333,6 +365,11 @@ int map_prepare(struct map_op *op, struct dmb_ctx *ctx, const struct dmb_map_req
 		map_set_prot(m, reqs[done].prot);
 		map_insert(ctx, m);
 		op->nodes[done] = m;
+		if (reqs[done].granule && gran_attach(ctx, m, reqs[done].granule, NULL) < 0) {
+			map_remove(ctx, m);
+			r = dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+			break;
+		}
 	}
 	if (r < 0) {
 		if (e)
@@ -376,8 +413,28 @@ void map_kernel(struct map_op *op)
 	const struct dmb_backend_ops *ops = ctx->core->be->ops;
 	for (size_t i = 0; i < op->n; i++) {
 		const struct dmb_map_req *q = &op->reqs[i];
-		int r = ops->map(ctx->bctx, op->nodes[i]->region->breg, q->offset, q->iova, q->length,
-				 q->prot, &op->e);
+		int r = 0;
+		if (q->granule) {
+			/* One area per granule (granule.c): a discard never splits
+			 * one. A failure unmaps the granules before it. */
+			uint64_t k = 0, ng = q->length / q->granule;
+			for (; k < ng && r == 0; k++)
+				r = ops->map(ctx->bctx, op->nodes[i]->region->breg,
+					     q->offset + k * q->granule, q->iova + k * q->granule,
+					     q->granule, q->prot, &op->e);
+			if (r < 0 && k > 1) {
+				uint64_t got = 0;
+				struct dmb_err e2 = { 0 };
+				int r2 = ops->unmap(ctx->bctx, q->iova, (k - 1) * q->granule, &got, &e2);
+				if (r2 < 0)
+					log_error("context %" PRIu64 ": rollback of the granules of mapping "
+						  "0x%" PRIx64 " failed: %s", ctx->id, q->iova,
+						  e2.msg[0] ? e2.msg : strerror(-r2));
+			}
+		} else {
+			r = ops->map(ctx->bctx, op->nodes[i]->region->breg, q->offset, q->iova, q->length,
+				     q->prot, &op->e);
+		}
 		if (r == 0)
 			continue;
 		dmb_fail(&op->e, dmb_code_from_errno(r), -r,
@@ -573,7 +630,7 @@ int unmap_prepare(struct unmap_op *op, struct dmb_ctx *ctx, const struct dmb_ran
 	/* Ranges of one batch must be disjoint, or a later one would find
 	 * nothing left to remove. */
 	size_t a, b;
-	if (!ranges_disjoint(ranges, n, &a, &b)) {
+	if (!map_ranges_disjoint(ranges, n, &a, &b)) {
 		if (e)
 			e->index = (uint32_t)b;
 		unmap_op_release(op);
@@ -706,7 +763,7 @@ int unmap_all(struct dmb_ctx *ctx, uint64_t *bytes, uint64_t *count, struct dmb_
 }
 
 int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, uint64_t length,
-		     uint64_t offset, uint32_t prot)
+		     uint64_t offset, uint32_t prot, uint64_t granule, const uint64_t *discarded)
 {
 	struct dmb_mapping *m = node_alloc(ctx->core);
 	if (!m)
@@ -714,6 +771,10 @@ int map_adopt_record(struct dmb_ctx *ctx, struct dmb_region *r, uint64_t iova, u
 	*m = (struct dmb_mapping){ .iova = iova, .length = length, .offset = offset, .region = r };
 	map_set_prot(m, prot);
 	map_insert(ctx, m);
+	if (granule && gran_attach(ctx, m, granule, discarded) < 0) {
+		map_remove(ctx, m);
+		return -ENOMEM;
+	}
 	return 0;
 }
 

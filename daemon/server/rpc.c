@@ -360,15 +360,27 @@ static void req_from_entry(struct dmb_map_req *q, const Dmb__MapEntry *m)
 {
 	*q = (struct dmb_map_req){
 		.region_id = m->region_id, .offset = m->offset, .iova = m->iova,
-		.length = m->length, .prot = m->prot,
+		.length = m->length, .prot = m->prot, .granule = m->granule,
 	};
 }
 
-int rpc_reply_mapped(struct rpc_call *c, uint32_t n)
+int rpc_reply_mapped(struct rpc_call *c, struct dmb_ctx *ctx, const uint64_t *iovas, size_t stride,
+		     uint32_t n)
 {
 	Dmb__MapReply *b = &c->body.map;
 	dmb__map_reply__init(b);
 	b->mapped = n;
+	/* Each new mapping's IOMMU page size, in request order. */
+	uint64_t *ps = n == 1 ? &c->page_size : rpc_alloc(c, n * sizeof(*ps));
+	if (ps) {
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t iova = *(const uint64_t *)(const void *)((const char *)iovas + i * stride);
+			struct dmb_mapping *m = map_find(ctx, iova);
+			ps[i] = m ? map_page_size(ctx, m) : 0;
+		}
+		b->n_page_sizes = n;
+		b->page_sizes = ps;
+	}
 	SET_BODY(c, map, MAP);
 	return 0;
 }
@@ -450,6 +462,62 @@ static int rpc_unmap_batch(struct rpc_call *c, struct dmb_err *e)
 	for (size_t i = 0; i < q->n_ranges; i++)
 		rg[i] = (struct dmb_range){ q->ranges[i]->iova, q->ranges[i]->length };
 	return sched_unmap(c, ctx, rg, q->n_ranges, false, e);
+}
+
+/* Discard / Populate: granules of granular mappings (core/granule.c). */
+static int rpc_convert(struct rpc_call *c, const Dmb__Convert *q, bool discard, struct dmb_err *e)
+{
+	const char *what = discard ? "Discard" : "Populate";
+	struct dmb_ctx *ctx = need_ctx(c, q->context_id, e);
+	if (!ctx)
+		return -ENOENT;
+	if (q->n_ranges == 0)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "%s has no ranges", what);
+	if (q->n_ranges > DMB_MAX_BATCH)
+		return dmb_fail(e, DMB_E_INVALID_ARGUMENT, E2BIG, "%s has %zu ranges; the limit is %u",
+				what, q->n_ranges, DMB_MAX_BATCH);
+	struct dmb_range one, *rg = &one;
+	if (q->n_ranges > 1) {
+		rg = rpc_alloc(c, q->n_ranges * sizeof(*rg));
+		if (!rg)
+			return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < q->n_ranges; i++) {
+		if (!q->ranges[i]) {
+			if (e)
+				e->index = (uint32_t)i;
+			return dmb_fail(e, DMB_E_INVALID_ARGUMENT, EINVAL, "range %zu is empty", i);
+		}
+		rg[i] = (struct dmb_range){ q->ranges[i]->iova, q->ranges[i]->length };
+	}
+	struct dmb_convert_result res;
+	int r = map_convert(ctx, rg, q->n_ranges, discard, &res, e);
+	if (r < 0)
+		return r;
+	Dmb__ConvertReply *b = &c->body.convert;
+	dmb__convert_reply__init(b);
+	b->granules = res.granules;
+	b->bytes = res.bytes;
+	b->unchanged = res.unchanged;
+	b->pinned_bytes = ctx_pinned_bytes(ctx);
+	if (discard) {
+		c->reply.body_case = DMB__REPLY__BODY_DISCARD;
+		c->reply.discard = b;
+	} else {
+		c->reply.body_case = DMB__REPLY__BODY_POPULATE;
+		c->reply.populate = b;
+	}
+	return 0;
+}
+
+static int rpc_discard(struct rpc_call *c, struct dmb_err *e)
+{
+	return rpc_convert(c, c->req->discard, true, e);
+}
+
+static int rpc_populate(struct rpc_call *c, struct dmb_err *e)
+{
+	return rpc_convert(c, c->req->populate, false, e);
 }
 
 static int rpc_unmap_all(struct rpc_call *c, struct dmb_err *e)
@@ -551,7 +619,7 @@ static int rpc_map_peer(struct rpc_call *c, struct dmb_err *e)
 	int r = p2p_map(ctx, &mr, e);
 	if (r < 0)
 		return r;
-	rpc_reply_mapped(c, 1);
+	rpc_reply_mapped(c, ctx, &mr.iova, 0, 1);
 	c->body.map.attr = (Dmb__MemAttr)c->s->srv->core.be->p2p_attr;
 	return 0;
 }
@@ -792,7 +860,7 @@ static void stats_add_ctx(Dmb__StatsReply *st, const struct dmb_ctx *ctx)
 	st->regions += ctx->n_regions;
 	st->mappings += ctx->n_mappings;
 	st->mapped_bytes += ctx->mapped_bytes;
-	st->pinned_bytes += ctx->mapped_bytes - ctx->p2p_bytes;
+	st->pinned_bytes += ctx_pinned_bytes(ctx);
 	st->devices += ctx->n_devices;
 	st->p2p_mappings += ctx->p2p_mappings;
 	st->p2p_bytes += ctx->p2p_bytes;
@@ -938,7 +1006,13 @@ static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 		} else {
 			arr[i].region_id = m->region->id;
 			arr[i].attr = DMB__MEM_ATTR__MEM_ATTR_CACHEABLE;
+			const struct dmb_gran *g = gran_of(ctx, m);
+			if (g) {
+				arr[i].granule = g->granule;
+				arr[i].discarded = g->discarded;
+			}
 		}
+		arr[i].page_size = map_page_size(ctx, m);
 		ptrs[i] = &arr[i];
 	}
 	b->n_mappings = i;
@@ -1167,6 +1241,8 @@ static const struct rpc_entry rpc_table[] = {
 	ROW(REVOKE_CONTEXT, "revoke-context", rpc_revoke_context, RPC_ADMIN | RPC_MUTATES),
 	ROW(RELOAD_POLICY, "reload-policy", rpc_reload_policy, RPC_ADMIN),
 	ROW(PHYS_RANGES, "phys-ranges", rpc_phys_ranges, 0),
+	ROW(DISCARD, "discard", rpc_discard, RPC_MUTATES),
+	ROW(POPULATE, "populate", rpc_populate, RPC_MUTATES),
 };
 _Static_assert(DMB_ARRAY_SIZE(rpc_table) <= RPC_MAX_KIND, "RPC_MAX_KIND is too small");
 _Static_assert((int)DMB_MEM_CACHEABLE == (int)DMB__MEM_ATTR__MEM_ATTR_CACHEABLE &&

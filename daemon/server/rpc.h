@@ -44,13 +44,18 @@ struct rpc_call {
 		Dmb__HandoffPrepareReply handoff_prepare;
 		Dmb__HandoffStatusReply handoff_status;
 		Dmb__PhysRangesReply phys_ranges;
+		Dmb__ConvertReply convert;
 	} body;
+	uint64_t page_size;   /* MapReply.page_sizes of a single map */
 	Dmb__StatsReply totals;
 	bool deferred; /* a worker runs it; the reply comes from job_done */
 };
 
 /* rpc.c: the reply of a request, filled in place of its body. */
-int rpc_reply_mapped(struct rpc_call *c, uint32_t n);
+/* n new mappings of ctx, at the IOVAs at iovas[0], then every `stride`
+ * bytes (the iova member of an array of structs). */
+int rpc_reply_mapped(struct rpc_call *c, struct dmb_ctx *ctx, const uint64_t *iovas, size_t stride,
+		     uint32_t n);
 int rpc_reply_unmapped(struct rpc_call *c, uint64_t bytes, uint64_t count);
 void rpc_reply_error(struct rpc_call *c, const struct dmb_err *e, Dmb__Error *err);
 

@@ -215,9 +215,11 @@ static void job_done(struct worker_job *w)
 	int r;
 	if (j->is_map) {
 		uint32_t n = (uint32_t)j->mop.n;
+		struct dmb_ctx *ctx = j->mop.ctx;
+		const struct dmb_map_req *reqs = j->mop.reqs;
 		r = map_finish(&j->mop, &e);
 		if (r >= 0)
-			rpc_reply_mapped(&c, n);
+			rpc_reply_mapped(&c, ctx, &reqs->iova, sizeof(*reqs), n);
 	} else {
 		uint64_t bytes, count;
 		r = unmap_finish(&j->uop, &bytes, &count, &e);
@@ -230,6 +232,8 @@ static void job_done(struct worker_job *w)
 			srv->n_errors_code[err.code]++;
 	}
 	session_send_reply(s, &c.reply, NULL, 0); /* nothing if the session is closing */
+	for (size_t i = 0; i < c.n_heap; i++)
+		free(c.heap[i]);
 	j->gate->job = NULL;
 	s->inflight = NULL;
 	free(j->owned);
@@ -287,9 +291,11 @@ int sched_map(struct rpc_call *c, struct dmb_ctx *ctx, struct dmb_map_req *reqs,
 	struct rpc_job *j = offload_wanted(c->s->srv, bytes) ? calloc(1, sizeof(*j)) : NULL;
 	if (!j) {
 		int r = map_batch(ctx, reqs, n, e);
+		if (r >= 0)
+			rpc_reply_mapped(c, ctx, &reqs->iova, sizeof(*reqs), (uint32_t)n);
 		if (n > 1)
 			free(reqs);
-		return r < 0 ? r : rpc_reply_mapped(c, (uint32_t)n);
+		return r;
 	}
 	j->is_map = true;
 	const struct dmb_map_req *q = reqs;
@@ -307,7 +313,7 @@ int sched_map(struct rpc_call *c, struct dmb_ctx *ctx, struct dmb_map_req *reqs,
 	map_kernel(&j->mop);
 	r = map_finish(&j->mop, e);
 	if (r >= 0)
-		rpc_reply_mapped(c, (uint32_t)n);
+		rpc_reply_mapped(c, ctx, &q->iova, sizeof(*q), (uint32_t)n);
 out:
 	free(j->owned);
 	free(j);
@@ -400,6 +406,10 @@ uint64_t sched_blocking_ctx(struct rpc_call *c)
 		return gated_ctx(c, q->unmap_batch->context_id);
 	case DMB__REQUEST__BODY_UNMAP_ALL:
 		return gated_ctx(c, q->unmap_all->context_id);
+	case DMB__REQUEST__BODY_DISCARD:
+		return gated_ctx(c, q->discard->context_id);
+	case DMB__REQUEST__BODY_POPULATE:
+		return gated_ctx(c, q->populate->context_id);
 	case DMB__REQUEST__BODY_DEVICE_OPEN:
 		return gated_ctx(c, q->device_open->context_id);
 	case DMB__REQUEST__BODY_SIM_DMA:

@@ -63,6 +63,12 @@ enum jrnl_type {
 	JRNL_ID_WATERMARK = 12,
 	JRNL_HANDOFF_STATE = 13,
 	JRNL_TYPE_LAST_V1_0 = JRNL_HANDOFF_STATE,
+	/* v1.1: granules of granular mappings removed from / put back into
+	 * the IOMMU (n >= 1 ranges, each granule aligned inside granular
+	 * mappings). Not optional: a reader that skipped a DISCARD would put
+	 * a discarded (a confidential guest's private) granule back. */
+	JRNL_DISCARD = 14,
+	JRNL_POPULATE = 15,
 };
 /* A reader that does not know a type with this bit may skip the record. */
 #define JRNL_TYPE_OPTIONAL UINT32_C(0x80000000)
@@ -89,6 +95,17 @@ enum jrnl_handoff {
 /* MAP entry flags: a P2P mapping of a peer device's BAR; `region` holds the
  * peer device's id and bits 8..15 the BAR (persist.c writes them). */
 #define JRNL_MAP_MMIO UINT32_C(1)
+/* v1.1: bits 16..21 of a RAM entry's flags: log2 of its granule (12: 4 KiB,
+ * 21: 2 MiB), 0 for an ordinary mapping. */
+#define JRNL_MAP_GRANULE_SHIFT(f) (((f) >> 16) & 0x3fu)
+#define JRNL_MAP_GRANULE(shift) ((uint32_t)(shift) << 16)
+#define JRNL_GRANULES_MAX (UINT64_C(1) << 22) /* of one granular mapping (DMB_GRANULES_MAX) */
+#define JRNL_MAP_FLAGS_ALL (JRNL_MAP_MMIO | UINT32_C(0xff00) | JRNL_MAP_GRANULE(0x3f))
+static inline uint64_t jrnl_map_granule(uint32_t flags)
+{
+	uint32_t s = JRNL_MAP_GRANULE_SHIFT(flags);
+	return s ? UINT64_C(1) << s : 0;
+}
 
 struct jrnl_map_entry {
 	uint64_t iova;
@@ -142,7 +159,7 @@ struct jrnl_rec {
 			uint64_t ctx;
 			uint32_t n;
 			const struct jrnl_range *r;
-		} unmap;
+		} unmap, convert;    /* convert: DISCARD and POPULATE */
 		struct {
 			uint64_t ctx, device;
 			char bdf[JRNL_BDF_MAX + 1];
@@ -244,6 +261,9 @@ int jrnl_append_unmap(struct jrnl *j, uint64_t ctx, uint64_t iova, uint64_t leng
 int jrnl_append_unmap_ranges(struct jrnl *j, uint64_t ctx, const struct jrnl_range *r,
 			     uint32_t n, struct dmb_err *e);
 int jrnl_append_unmap_all(struct jrnl *j, uint64_t ctx, struct dmb_err *e);
+/* DISCARD (discard true) or POPULATE of granules. */
+int jrnl_append_convert(struct jrnl *j, uint64_t ctx, bool discard, const struct jrnl_range *r,
+			uint32_t n, struct dmb_err *e);
 int jrnl_append_device_add(struct jrnl *j, uint64_t ctx, uint64_t device, const char *bdf,
 			   struct dmb_err *e);
 int jrnl_append_device_remove(struct jrnl *j, uint64_t ctx, uint64_t device, struct dmb_err *e);
@@ -291,6 +311,10 @@ struct jrnl_map {
 	RB_ENTRY(jrnl_map) node;
 	uint64_t iova, length, region, offset;
 	uint32_t prot, flags;
+	/* A granular mapping (flags name a granule): bit i set = granule i
+	 * discarded; NULL while none is. */
+	uint64_t *discarded;
+	uint64_t n_discarded;
 };
 RB_HEAD(jrnl_map_tree, jrnl_map);
 
@@ -354,6 +378,9 @@ void jrnl_state_fini(struct jrnl_state *s);
  *                    overlapping mappings are evicted (anomaly) and it is added
  *   UNMAP            removes every mapping wholly inside each range
  *   UNMAP_ALL        removes every mapping of the context
+ *   DISCARD / POPULATE  sets / clears the discarded bit of every granule in
+ *                    each range (ranges not inside granular mappings, or not
+ *                    granule aligned: anomaly, that part unchanged)
  *   DEVICE_ADD / _REMOVE  set / remove the device
  *   SESSION_END      destroys the session's non-persistent contexts and
  *                    detaches its persistent ones
@@ -399,6 +426,10 @@ int jrnl_compact(struct jrnl *j, const struct jrnl_state *s, struct jrnl **out,
  * live state's snapshot (live_bytes: jrnl_state_snapshot_bytes or an
  * estimate from jrnl_snapshot_estimate), or when the journal is damaged. */
 bool jrnl_should_compact(const struct jrnl *j, uint64_t live_bytes);
+/* Appends the DISCARD records that restore a granular mapping's discarded
+ * granules (bit i of bits set: granule i), for snapshots. */
+int jrnl_snapshot_discards(struct jrnl *n, uint64_t ctx, uint64_t iova, uint64_t length,
+			   uint64_t granule, const uint64_t *bits, struct dmb_err *e);
 /* An upper bound of a snapshot's size from object counts. */
 uint64_t jrnl_snapshot_estimate(uint64_t contexts, uint64_t regions, uint64_t devices,
 				uint64_t mappings);

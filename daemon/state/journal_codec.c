@@ -176,8 +176,18 @@ int jrnl_rec_check(const struct jrnl_rec *r, bool newer, char *why, size_t n)
 				return BAD("MAP entry %" PRIu32 " (iova 0x%" PRIx64 ", length 0x%" PRIx64
 					   ", offset 0x%" PRIx64 ") is empty or wraps",
 					   i, m->iova, m->length, m->offset);
+			uint64_t g = jrnl_map_granule(m->flags);
+			if (g && ((m->flags & JRNL_MAP_MMIO) || (!newer && g != (UINT64_C(1) << 12) &&
+								  g != (UINT64_C(1) << 21)) ||
+				  (m->iova | m->length | m->offset) & (g - 1) ||
+				  m->length / g > JRNL_GRANULES_MAX))
+				return BAD("MAP entry %" PRIu32 " (iova 0x%" PRIx64 ", length 0x%" PRIx64
+					   ") has a granule 0x%" PRIx64 " it cannot have",
+					   i, m->iova, m->length, g);
 		}
 		return 0;
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
 	case JRNL_UNMAP:
 		if (r->u.unmap.n == 0 || r->u.unmap.n > JRNL_BATCH_MAX)
 			return BAD("an UNMAP record holds 1 to %u ranges, not %" PRIu32,
@@ -225,6 +235,8 @@ uint32_t jrnl_payload_size(const struct jrnl_rec *r)
 	case JRNL_MAP:
 		return 16 + MAP_ENTRY_SIZE * r->u.map.n;
 	case JRNL_UNMAP:
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
 		return 16 + RANGE_SIZE * r->u.unmap.n;
 	case JRNL_DEVICE_ADD:
 		return 18 + (uint32_t)strlen(r->u.device_add.bdf);
@@ -298,6 +310,8 @@ void jrnl_encode(uint8_t *p, const struct jrnl_rec *r)
 			jrnl_encode_map_entry(p + 16 + (size_t)i * MAP_ENTRY_SIZE, &r->u.map.e[i]);
 		break;
 	case JRNL_UNMAP:
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
 		put64(p, r->u.unmap.ctx);
 		put32(p + 8, r->u.unmap.n);
 		put32(p + 12, 0);
@@ -418,7 +432,9 @@ int jrnl_decode(struct jrnl_bufs *w, bool newer, const uint8_t *p, uint32_t n, s
 		rec->u.map.e = w->ents;
 		break;
 	}
-	case JRNL_UNMAP: {
+	case JRNL_UNMAP:
+	case JRNL_DISCARD:
+	case JRNL_POPULATE: {
 		rec->u.unmap.ctx = rd64(&r);
 		uint32_t cnt = rd32(&r);
 		res = rd32(&r);

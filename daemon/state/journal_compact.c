@@ -14,6 +14,21 @@ static uint64_t rec_bytes(uint64_t payload)
 	return align8(REC_OVERHEAD + payload);
 }
 
+/* What jrnl_snapshot_discards writes for m: DISCARD records of up to
+ * JRNL_BATCH_MAX ranges, one range per run of adjacent discarded granules. */
+static uint64_t discard_bytes(const struct jrnl_map *m)
+{
+	uint64_t g = jrnl_map_granule(m->flags), ng = m->length / g, runs = 0;
+	for (uint64_t i = 0; i < ng; i++) {
+		bool d = (m->discarded[i / 64] >> (i % 64)) & 1;
+		bool prev = i && ((m->discarded[(i - 1) / 64] >> ((i - 1) % 64)) & 1);
+		runs += d && !prev;
+	}
+	uint64_t full = runs / JRNL_BATCH_MAX, rest = runs % JRNL_BATCH_MAX;
+	return full * rec_bytes(16 + (uint64_t)RANGE_SIZE * JRNL_BATCH_MAX) +
+	       (rest ? rec_bytes(16 + RANGE_SIZE * rest) : 0);
+}
+
 uint64_t jrnl_state_snapshot_bytes(const struct jrnl_state *s)
 {
 	uint64_t n = rec_bytes(8) + rec_bytes(8); /* watermark, handoff */
@@ -23,6 +38,9 @@ uint64_t jrnl_state_snapshot_bytes(const struct jrnl_state *s)
 			n += rec_bytes(40 + strlen(r->fd_name));
 		for (struct jrnl_dev *d = jrnl_ctx_dev_first(c); d; d = jrnl_ctx_dev_next(d))
 			n += rec_bytes(18 + strlen(d->bdf));
+		for (struct jrnl_map *m = jrnl_ctx_map_first(c); m; m = jrnl_ctx_map_next(m))
+			if (m->n_discarded) /* one range per run of discarded granules */
+				n += discard_bytes(m);
 		uint64_t full = c->n_maps / SNAP_BATCH, rest = c->n_maps % SNAP_BATCH;
 		n += full * rec_bytes(16 + (uint64_t)MAP_ENTRY_SIZE * SNAP_BATCH);
 		if (rest)
@@ -45,6 +63,36 @@ bool jrnl_should_compact(const struct jrnl *j, uint64_t live_bytes)
 	if (j->damage)
 		return true;
 	return committed > (UINT64_C(1) << 20) && committed / 4 > live_bytes;
+}
+
+/* DISCARD records for the discarded granules of m, a run of adjacent
+ * granules per range, JRNL_BATCH_MAX ranges per record. */
+int jrnl_snapshot_discards(struct jrnl *n, uint64_t ctx, uint64_t iova, uint64_t length,
+			   uint64_t granule, const uint64_t *bits, struct dmb_err *e)
+{
+	uint64_t ng = length / granule;
+	_cleanup_free_ struct jrnl_range *rg = malloc(JRNL_BATCH_MAX * sizeof(*rg));
+	if (!rg)
+		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+	uint32_t k = 0;
+	for (uint64_t i = 0; i < ng;) {
+		if (!((bits[i / 64] >> (i % 64)) & 1)) {
+			i++;
+			continue;
+		}
+		uint64_t j = i + 1;
+		while (j < ng && ((bits[j / 64] >> (j % 64)) & 1))
+			j++;
+		rg[k++] = (struct jrnl_range){ iova + i * granule, (j - i) * granule };
+		i = j;
+		if (k == JRNL_BATCH_MAX) {
+			int r = jrnl_append_convert(n, ctx, true, rg, k, e);
+			if (r < 0)
+				return r;
+			k = 0;
+		}
+	}
+	return k ? jrnl_append_convert(n, ctx, true, rg, k, e) : 0;
 }
 
 static int snapshot(struct jrnl *n, const struct jrnl_state *s, struct dmb_err *e)
@@ -80,6 +128,11 @@ static int snapshot(struct jrnl *n, const struct jrnl_state *s, struct dmb_err *
 				k = 0;
 			}
 		}
+		for (struct jrnl_map *m = jrnl_ctx_map_first(c); m; m = jrnl_ctx_map_next(m))
+			if (m->n_discarded &&
+			    (r = jrnl_snapshot_discards(n, c->id, m->iova, m->length,
+							jrnl_map_granule(m->flags), m->discarded, e)) < 0)
+				return r;
 	}
 	return 0;
 }

@@ -4,7 +4,8 @@
  * constants below and struct jrnl are in journal_impl.h.
  *
  * ---------------------------------------------------------------------------
- * Format, version 1.0. All integers little-endian. (docs/journal.md explains
+ * Format, version 1.1 (1.0 plus the no-IOMMU context flag, DISCARD, POPULATE
+ * and MAP granules). All integers little-endian. (docs/journal.md explains
  * it; this block is the specification.)
  *
  * File
@@ -55,7 +56,10 @@
  * overwriting any debris. A memfd's shared mapping IS the file, so nothing
  * has to be flushed for a restart or a LUO handoff.
  *
- * Payloads (v1.0); strings are length-prefixed, no NUL, no terminator
+ * MAP entry flags: bit 0 MMIO (a peer BAR; region = the peer device, bits
+ * 8..15 the BAR); v1.1: bits 16..21 log2 of a granular mapping's granule.
+ *
+ * Payloads (v1.1); strings are length-prefixed, no NUL, no terminator
  *   CONTEXT_CREATE   u64 ctx, u64 session, u32 uid, u32 gid, u32 flags,
  *                    u16 name_len (<= 64), u16 0, u8 token[32], name
  *   CONTEXT_DESTROY  u64 ctx
@@ -69,6 +73,8 @@
  *   UNMAP            u64 ctx, u32 n (1..16384), u32 0,
  *                    n x { u64 iova, u64 length }     (length > 0, no wrap)
  *   UNMAP_ALL        u64 ctx
+ *   DISCARD, POPULATE (v1.1) u64 ctx, u32 n (1..16384), u32 0,
+ *                    n x { u64 iova, u64 length }     (length > 0, no wrap)
  *   DEVICE_ADD       u64 ctx, u64 device, u16 bdf_len (1..15), bdf
  *   DEVICE_REMOVE    u64 ctx, u64 device
  *   SESSION_END      u64 session
@@ -395,6 +401,15 @@ int jrnl_append_map(struct jrnl *j, uint64_t ctx, uint64_t iova, uint64_t length
 				"refusing to journal a malformed record: MAP entry 0 (iova 0x%" PRIx64
 				", length 0x%" PRIx64 ", offset 0x%" PRIx64 ") is empty or wraps",
 				iova, length, offset);
+	if (DMB_UNLIKELY(flags & JRNL_MAP_GRANULE(0x3f))) {
+		/* a granular entry: the full check */
+		struct jrnl_map_entry m = { iova, length, region, offset, prot, flags };
+		struct jrnl_rec r = { .type = JRNL_MAP };
+		r.u.map.ctx = ctx;
+		r.u.map.n = 1;
+		r.u.map.e = &m;
+		return jrnl_append(j, &r, e);
+	}
 	const uint32_t payload = 16 + MAP_ENTRY_SIZE;
 	uint8_t *p = NULL;
 	int r = begin(j, payload, &p, e);
@@ -434,6 +449,16 @@ int jrnl_append_unmap_ranges(struct jrnl *j, uint64_t ctx, const struct jrnl_ran
 	r.u.unmap.ctx = ctx;
 	r.u.unmap.n = n;
 	r.u.unmap.r = ranges;
+	return jrnl_append(j, &r, e);
+}
+
+int jrnl_append_convert(struct jrnl *j, uint64_t ctx, bool discard, const struct jrnl_range *ranges,
+			uint32_t n, struct dmb_err *e)
+{
+	struct jrnl_rec r = { .type = discard ? JRNL_DISCARD : JRNL_POPULATE };
+	r.u.convert.ctx = ctx;
+	r.u.convert.n = n;
+	r.u.convert.r = ranges;
 	return jrnl_append(j, &r, e);
 }
 

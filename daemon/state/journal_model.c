@@ -71,6 +71,7 @@ static void map_remove(struct jrnl_state *s, struct jrnl_ctx *c, struct jrnl_map
 	c->n_maps--;
 	c->mapped_bytes -= m->length;
 	s->n_maps--;
+	free(m->discarded);
 	free(m);
 }
 
@@ -79,6 +80,7 @@ static void ctx_free(struct jrnl_state *s, struct jrnl_ctx *c)
 	struct jrnl_map *m, *mt;
 	RB_FOREACH_SAFE(m, jrnl_map_tree, &c->maps, mt) {
 		RB_REMOVE(jrnl_map_tree, &c->maps, m);
+		free(m->discarded);
 		free(m);
 	}
 	s->n_maps -= c->n_maps;
@@ -230,6 +232,63 @@ static void apply_unmap(struct jrnl_state *s, struct jrnl_ctx *c, const struct j
 	}
 }
 
+/* DISCARD / POPULATE of one range: every granule in it, mapping by
+ * mapping; what is not inside a granular mapping, granule aligned, is an
+ * anomaly and stays as it is. */
+static int apply_convert(struct jrnl_state *s, struct jrnl_ctx *c, const struct jrnl_range *rg,
+			 bool discard)
+{
+	const char *what = discard ? "DISCARD" : "POPULATE";
+	uint64_t last = rg->iova + (rg->length - 1), cur = rg->iova;
+	for (;;) {
+		struct jrnl_map *m = jrnl_ctx_map_find(c, cur);
+		uint64_t g = m ? jrnl_map_granule(m->flags) : 0;
+		if (!m || !g || (m->flags & JRNL_MAP_MMIO)) {
+			anomaly(s, "%s of [0x%" PRIx64 ", +0x%" PRIx64 ") in context %" PRIu64
+				" reaches 0x%" PRIx64 ", which is in no granular mapping", what,
+				rg->iova, rg->length, c->id, cur);
+			return 0;
+		}
+		uint64_t end = map_last(m) < last ? map_last(m) : last;
+		if ((cur - m->iova) % g || (end - m->iova + 1) % g) {
+			anomaly(s, "%s of [0x%" PRIx64 ", +0x%" PRIx64 ") in context %" PRIu64
+				" is not aligned to the granules of the mapping at 0x%" PRIx64, what,
+				rg->iova, rg->length, c->id, m->iova);
+			return 0;
+		}
+		uint64_t n = m->length / g;
+		if (!m->discarded && discard) {
+			m->discarded = calloc((size_t)((n + 63) / 64), sizeof(uint64_t));
+			if (!m->discarded)
+				return -ENOMEM;
+		}
+		if (m->discarded) {
+			/* a word at a time: bits [i, k] */
+			uint64_t i = (cur - m->iova) / g, k = (end - m->iova) / g;
+			for (uint64_t w = i / 64; w <= k / 64; w++) {
+				uint64_t lo = w == i / 64 ? i % 64 : 0, hi = w == k / 64 ? k % 64 : 63;
+				uint64_t mask = (hi == 63 ? ~UINT64_C(0) : (UINT64_C(1) << (hi + 1)) - 1) &
+						~((UINT64_C(1) << lo) - 1);
+				uint64_t old = m->discarded[w];
+				uint64_t neu = discard ? old | mask : old & ~mask;
+				uint64_t diff = (uint64_t)__builtin_popcountll(old ^ neu);
+				m->discarded[w] = neu;
+				if (discard)
+					m->n_discarded += diff;
+				else
+					m->n_discarded -= diff;
+			}
+			if (m->n_discarded == 0) {
+				free(m->discarded);
+				m->discarded = NULL;
+			}
+		}
+		if (end == last)
+			return 0;
+		cur = end + 1;
+	}
+}
+
 static struct jrnl_ctx *need_ctx(struct jrnl_state *s, uint64_t id, const char *what)
 {
 	struct jrnl_ctx *c = jrnl_state_ctx(s, id);
@@ -334,6 +393,17 @@ int jrnl_state_apply(struct jrnl_state *s, const struct jrnl_rec *rec)
 			for (uint32_t i = 0; i < rec->u.unmap.n; i++)
 				apply_unmap(s, c, &rec->u.unmap.r[i]);
 		return 0;
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
+		if (!(c = need_ctx(s, rec->u.convert.ctx, rec->type == JRNL_DISCARD ? "DISCARD"
+										    : "POPULATE")))
+			return 0;
+		for (uint32_t i = 0; i < rec->u.convert.n; i++) {
+			int r = apply_convert(s, c, &rec->u.convert.r[i], rec->type == JRNL_DISCARD);
+			if (r < 0)
+				return r;
+		}
+		return 0;
 	case JRNL_UNMAP_ALL:
 		if ((c = jrnl_state_ctx(s, rec->u.unmap_all.ctx))) {
 			struct jrnl_map *m, *mt;
@@ -430,7 +500,11 @@ static bool ctx_equal(const struct jrnl_ctx *a, const struct jrnl_ctx *b, char *
 	for (struct jrnl_map *x = jrnl_ctx_map_first(a), *y = jrnl_ctx_map_first(b); x;
 	     x = jrnl_ctx_map_next(x), y = jrnl_ctx_map_next(y))
 		if (x->iova != y->iova || x->length != y->length || x->region != y->region ||
-		    x->offset != y->offset || x->prot != y->prot || x->flags != y->flags)
+		    x->offset != y->offset || x->prot != y->prot || x->flags != y->flags ||
+		    x->n_discarded != y->n_discarded ||
+		    (x->n_discarded &&
+		     memcmp(x->discarded, y->discarded,
+			    (size_t)((x->length / jrnl_map_granule(x->flags) + 63) / 64) * 8)))
 			return DIFF("context %" PRIu64 ": mapping at 0x%" PRIx64 " differs", a->id,
 				    x->iova);
 	for (struct jrnl_dev *x = jrnl_ctx_dev_first(a), *y = jrnl_ctx_dev_first(b); x;

@@ -66,6 +66,17 @@ static void maybe_compact(struct persist *p);
 			maybe_compact(p);                                   \
 		_r;                                                         \
 	})
+/* The same without compacting: for records written before the model has
+ * the change (a compaction now would snapshot the model without it and
+ * lose the record); the next append compacts. */
+#define APPEND_NC(p, e, call)                                               \
+	({                                                                  \
+		struct dmb_err _je = { 0 };                                 \
+		int _r = (p)->broken ? -EIO : (call);                       \
+		if (_r < 0)                                                 \
+			_r = append_failed((p), _r, &_je, (e));             \
+		_r;                                                         \
+	})
 /* For records of things that already happened: nothing to refuse. */
 #define APPEND_AFTER(p, call) ((void)APPEND(p, NULL, call))
 
@@ -131,19 +142,44 @@ static void h_region_remove(void *o, struct dmb_region *r)
 	fdstore_remove(name);
 }
 
+/* A MAP entry's flags: a granular mapping's granule. */
+static uint32_t map_flags_of(const struct dmb_map_req *q)
+{
+	return q->granule ? JRNL_MAP_GRANULE(__builtin_ctzll(q->granule)) : 0;
+}
+
+static int h_convert(void *o, struct dmb_ctx *ctx, const struct dmb_range *r, size_t n,
+		     bool discard, struct dmb_err *e)
+{
+	struct persist *p = o;
+	int ret = 0;
+	for (size_t i = 0; i < n && ret == 0; i += JRNL_BATCH_MAX) {
+		size_t k = n - i < JRNL_BATCH_MAX ? n - i : JRNL_BATCH_MAX;
+		ret = APPEND_NC(p, e, jrnl_append_convert(p->j, ctx->id, discard,
+						       (const struct jrnl_range *)(r + i), (uint32_t)k,
+						       &_je));
+	}
+	return ret;
+}
+
+static void h_converted(void *o)
+{
+	maybe_compact(o);
+}
+
 static int h_map_add(void *o, struct dmb_ctx *ctx, const struct dmb_map_req *q, size_t n,
 		     struct dmb_err *e)
 {
 	struct persist *p = o;
 	if (n == 1)
 		return APPEND(p, e, jrnl_append_map(p->j, ctx->id, q->iova, q->length, q->region_id,
-						    q->offset, q->prot, 0, &_je));
+						    q->offset, q->prot, map_flags_of(q), &_je));
 	_cleanup_free_ struct jrnl_map_entry *ents = malloc(n * sizeof(*ents));
 	if (!ents)
 		return dmb_fail(e, DMB_E_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		ents[i] = (struct jrnl_map_entry){ q[i].iova, q[i].length, q[i].region_id,
-						   q[i].offset, q[i].prot, 0 };
+						   q[i].offset, q[i].prot, map_flags_of(&q[i]) };
 	return APPEND(p, e, jrnl_append_map_batch(p->j, ctx->id, ents, (uint32_t)n, &_je));
 }
 
@@ -226,6 +262,8 @@ static const struct dmb_journal_hooks hooks_template = {
 	.map_add = h_map_add,
 	.p2p_add = h_p2p_add,
 	.unmap = h_unmap,
+	.convert = h_convert,
+	.converted = h_converted,
 	.unmap_all = h_unmap_all,
 	.device_add = h_device_add,
 	.device_remove = h_device_remove,
@@ -295,8 +333,13 @@ static int snapshot(struct persist *p, const struct persist_snapshot_filter *f, 
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, pp->peer->id, m->offset,
 						    map_prot(m), JMAP_MMIO | (pp->bar << 8), e);
 			} else {
+				const struct dmb_gran *g = gran_of(ctx, m);
+				uint32_t mf = g ? JRNL_MAP_GRANULE(__builtin_ctzll(g->granule)) : 0;
 				r = jrnl_append_map(j, ctx->id, m->iova, m->length, m->region->id, m->offset,
-						    map_prot(m), 0, e);
+						    map_prot(m), mf, e);
+				if (r == 0 && g && g->discarded)
+					r = jrnl_snapshot_discards(j, ctx->id, m->iova, m->length,
+								   g->granule, g->bits, e);
 			}
 		}
 	}

@@ -207,6 +207,59 @@ static void restore_ctx(struct restore *rs, struct jrnl_ctx *jc)
 	}
 }
 
+/* The discarded granules of the context's granular mappings are unmapped
+ * first, before anything of the context is adopted: a no-op unless the old
+ * process died between journaling a discard and its kernel call, and then
+ * the granule the journal names discarded leaves the IOMMU. (First, so
+ * that a backend that counts what it unmaps against what it adopted has
+ * adopted nothing yet to miscount.) */
+static void restore_discards(struct restore *rs, struct dmb_ctx *ctx, struct jrnl_ctx *jc)
+{
+	const struct dmb_backend_ops *ops = rs->p->host->core->be->ops;
+	if (rs->fresh)
+		return; /* a new kernel: nothing is mapped yet */
+	for (struct jrnl_map *jm = jrnl_ctx_map_first(jc); jm; jm = jrnl_ctx_map_next(jm)) {
+		uint64_t g = jrnl_map_granule(jm->flags), n = g ? jm->length / g : 0;
+		for (uint64_t i = 0; jm->discarded && i < n; i++) {
+			if (!((jm->discarded[i / 64] >> (i % 64)) & 1))
+				continue;
+			uint64_t got = 0;
+			ops->unmap(ctx->bctx, jm->iova + i * g, g, &got, NULL);
+		}
+	}
+}
+
+/* A granular mapping: one kernel area per populated granule, adopted (or
+ * mapped again: after a kexec, or journaled but never made); its discarded
+ * granules stay out (restore_discards). All or nothing per mapping. */
+static int restore_granular(struct restore *rs, struct dmb_ctx *ctx, struct dmb_region *reg,
+			    const struct jrnl_map *jm, struct dmb_err *e)
+{
+	struct persist *p = rs->p;
+	const struct dmb_backend_ops *ops = p->host->core->be->ops;
+	uint64_t g = jrnl_map_granule(jm->flags), n = jm->length / g;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t iova = jm->iova + i * g, off = jm->offset + i * g;
+		if (jm->discarded && ((jm->discarded[i / 64] >> (i % 64)) & 1))
+			continue;
+		int r = rs->fresh ? -ENOENT
+		      : ops->map_adopt ? ops->map_adopt(ctx->bctx, reg->breg, off, iova, g, jm->prot, e)
+				       : -EOPNOTSUPP;
+		if (r == -ENOENT) {
+			r = ops->map(ctx->bctx, reg->breg, off, iova, g, jm->prot, e);
+			p->remapped += r == 0 && !rs->fresh;
+		}
+		if (r < 0) {
+			uint64_t got = 0;
+			if (i)
+				ops->unmap(ctx->bctx, jm->iova, i * g, &got, NULL);
+			return r;
+		}
+	}
+	return map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot, g,
+				jm->discarded);
+}
+
 static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 {
 	struct persist *p = rs->p;
@@ -215,6 +268,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 	struct dmb_ctx *ctx = ctx_lookup_any(core, jc->id);
 	if (!ctx)
 		return;
+	restore_discards(rs, ctx, jc);
 	for (struct jrnl_map *jm = jrnl_ctx_map_first(jc); jm; jm = jrnl_ctx_map_next(jm)) {
 		struct dmb_err e = { 0 };
 		int r;
@@ -265,6 +319,19 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 				  " was not restored", jc->id, jm->iova, jm->region);
 			continue;
 		}
+		if (jrnl_map_granule(jm->flags)) {
+			r = restore_granular(rs, ctx, reg, jm, &e);
+			if (r < 0) {
+				log_error("context %" PRIu64 ": granular mapping [0x%" PRIx64 ", +0x%" PRIx64
+					  "] could not be restored: %s", jc->id, jm->iova, jm->length,
+					  e.msg[0] ? e.msg : strerror(-r));
+				degrade(ctx, "granular mapping 0x%" PRIx64 " could not be made again (%s)",
+					jm->iova, e.msg[0] ? e.msg : strerror(-r));
+				continue;
+			}
+			p->restored_mappings++;
+			continue;
+		}
 		if (rs->fresh)
 			r = -ENOENT;
 		else
@@ -284,7 +351,7 @@ static void restore_maps(struct restore *rs, struct jrnl_ctx *jc)
 				e.msg[0] ? e.msg : strerror(-r));
 			continue;
 		}
-		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot);
+		map_adopt_record(ctx, reg, jm->iova, jm->length, jm->offset, jm->prot, 0, NULL);
 		p->restored_mappings++;
 	}
 	uint64_t stray = 0;

@@ -168,6 +168,43 @@ static void unmap_batch(uint64_t ctx, uint64_t iova, unsigned n)
 	BODY(q, UNMAP_BATCH, unmap_batch, &u);
 }
 
+static void map_granular(uint64_t ctx, uint64_t reg, uint64_t iova, uint64_t length,
+			 uint64_t granule)
+{
+	Dmb__MapEntry me = DMB__MAP_ENTRY__INIT;
+	me.region_id = reg;
+	me.iova = iova;
+	me.length = length;
+	me.prot = R | W;
+	me.granule = granule;
+	Dmb__Map m = DMB__MAP__INIT;
+	m.context_id = ctx;
+	m.entry = &me;
+	pkt_flags = 0;
+	BODY(q, MAP, map, &m);
+}
+
+/* Discard (discard) or Populate n one-granule ranges every other 4 KiB from iova. */
+static void convert(uint64_t ctx, uint64_t iova, unsigned n, bool discard)
+{
+	Dmb__Range rg[16], *p[16];
+	for (unsigned i = 0; i < n; i++) {
+		dmb__range__init(&rg[i]);
+		rg[i].iova = iova + i * 8192;
+		rg[i].length = 4096;
+		p[i] = &rg[i];
+	}
+	Dmb__Convert c = DMB__CONVERT__INIT;
+	c.context_id = ctx;
+	c.n_ranges = n;
+	c.ranges = p;
+	pkt_flags = 0;
+	if (discard)
+		BODY(q, DISCARD, discard, &c);
+	else
+		BODY(q, POPULATE, populate, &c);
+}
+
 static void sim_dma(uint64_t ctx, uint64_t iova, uint32_t length, bool to_memory)
 {
 	static uint8_t data[4096];
@@ -352,6 +389,22 @@ static void rpc_seeds(void)
 	simple(UNMAP_ALL, I(1));
 	simple(REG_UNREG, I(2));
 	emit("rpc", "batch");
+
+	/* granular mappings: discard, populate, DMA, bad ranges */
+	hello();
+	ctx_create(false);
+	region(I(1), 0x40000, 0);
+	map_granular(I(1), I(2), 0x300000, 0x20000, 4096);
+	convert(I(1), 0x300000, 8, true);
+	sim_dma(I(1), 0x302000, 256, false);
+	convert(I(1), 0x300000, 4, false);
+	convert(I(1), 0x300000, 8, true); /* partly discarded already */
+	convert(I(1), 0x300800, 1, true); /* unaligned */
+	convert(I(1), 0x900000, 2, false); /* nothing there */
+	map_granular(I(1), I(2), 0x400000, 0x3000, 8192); /* no such granule */
+	simple(LIST_MAPS, I(1));
+	unmap(I(1), 0x300000, 0x20000);
+	emit("rpc", "granular");
 
 	hello();
 	ctx_create(true); /* refused without an fd store */
@@ -543,6 +596,18 @@ static void journal_seed(const char *name, uint8_t mode, int variant)
 		jrnl_append_region_remove(j, 1, 2, &e);
 		jrnl_append_ctx_destroy(j, 1, &e);
 	}
+	if (variant == 3) {
+		/* v1.1: a granular mapping, granules discarded and populated */
+		jrnl_append_map(j, 1, 0x400000, 0x10000, 2, 0, 3, JRNL_MAP_GRANULE(12), &e);
+		struct jrnl_range d[2] = { { 0x401000, 0x2000 }, { 0x40f000, 0x1000 } };
+		jrnl_append_convert(j, 1, true, d, 2, &e);
+		jrnl_append_convert(j, 1, false, d + 1, 1, &e);
+		jrnl_append_convert(j, 1, true, d, 1, &e);
+		jrnl_append_map(j, 1, 0x800000, 0x400000, 2, 0, 1, JRNL_MAP_GRANULE(21), &e);
+		struct jrnl_range big = { 0xa00000, 0x200000 };
+		jrnl_append_convert(j, 1, true, &big, 1, &e);
+		jrnl_append_unmap(j, 1, 0x400000, 0x10000, &e);
+	}
 	/* the file up to the end of the committed records */
 	uint64_t n = JRNL_HEADER_SIZE + jrnl_committed(j);
 	buf[0] = mode;
@@ -568,5 +633,6 @@ int main(int argc, char **argv)
 	journal_seed("every-type", 3, 2);
 	journal_seed("every-type-raw", 0, 2);
 	journal_seed("small-crc-only", 1, 0);
+	journal_seed("granular", 3, 3);
 	return 0;
 }

@@ -436,11 +436,11 @@ pass "list mappings --json: 2 MiB at IOVA 0 and $((SIZE_MIB - 2)) MiB at 1 GiB"
 
 ctl list mappings "$CTX"
 expect_rc 0 "list mappings (table)"
-head -n1 "$TMP/out" | grep -Eq '^IOVA +LENGTH +REGION +OFFSET +PROT$' ||
-	fail "list mappings: expected the header 'IOVA LENGTH REGION OFFSET PROT'"
-grep -Eq '^0x0000000000000000-0x00000000001fffff +2\.0 MiB +[0-9]+ +0x0 +rw$' "$TMP/out" ||
+head -n1 "$TMP/out" | grep -Eq '^IOVA +LENGTH +REGION +OFFSET +PROT +PAGE$' ||
+	fail "list mappings: expected the header 'IOVA LENGTH REGION OFFSET PROT PAGE'"
+grep -Eq '^0x0000000000000000-0x00000000001fffff +2\.0 MiB +[0-9]+ +0x0 +rw +4\.0 KiB$' "$TMP/out" ||
 	fail "list mappings: expected the row '0x0000000000000000-0x00000000001fffff 2.0 MiB <region> 0x0 rw'"
-grep -Eq '^0x0000000040000000-0x0000000043dfffff +62\.0 MiB +[0-9]+ +0x200000 +rw$' "$TMP/out" ||
+grep -Eq '^0x0000000040000000-0x0000000043dfffff +62\.0 MiB +[0-9]+ +0x200000 +rw +4\.0 KiB$' "$TMP/out" ||
 	fail "list mappings: expected the row '0x0000000040000000-0x0000000043dfffff 62.0 MiB <region> 0x200000 rw'"
 grep -q '^2 mappings, 64\.0 MiB$' "$TMP/out" || fail "list mappings: expected the footer '2 mappings, 64.0 MiB'"
 pass "list mappings prints the table"
@@ -579,11 +579,11 @@ for k, v in want.items():
 	json || fail "list mappings --json of the P2P context: $PY_MSG"
 	ctl list mappings "$P2P_CTX"
 	expect_rc 0 "list mappings of the P2P context"
-	head -n1 "$TMP/out" | grep -Eq '^IOVA +LENGTH +REGION +OFFSET +PROT +P2P$' ||
+	head -n1 "$TMP/out" | grep -Eq '^IOVA +LENGTH +REGION +OFFSET +PROT +PAGE +P2P$' ||
 		fail "list mappings: expected the header 'IOVA LENGTH REGION OFFSET PROT P2P'"
-	grep -Eq "^0x0000000000000000-0x00000000001fffff +2\.0 MiB +[0-9]+ +0x0 +rw +-\$" "$TMP/out" ||
+	grep -Eq "^0x0000000000000000-0x00000000001fffff +2\.0 MiB +[0-9]+ +0x0 +rw +4\.0 KiB +-\$" "$TMP/out" ||
 		fail "list mappings: expected the RAM row with P2P '-'"
-	grep -Eq "^$IMP_RANGE +64\.0 KiB +bar0@dev$P2P_B +0x10000 +rw +$1\$" "$TMP/out" ||
+	grep -Eq "^$IMP_RANGE +64\.0 KiB +bar0@dev$P2P_B +0x10000 +rw +4\.0 KiB +$1\$" "$TMP/out" ||
 		fail "list mappings: expected the row '$IMP_RANGE 64.0 KiB bar0@dev$P2P_B 0x10000 rw $1'"
 	grep -q "^2 mappings, 2\.1 MiB (1 P2P, $3 revoked)\$" "$TMP/out" ||
 		fail "list mappings: expected the footer '2 mappings, 2.1 MiB (1 P2P, $3 revoked)'"

@@ -540,6 +540,78 @@ static int nonadmin_checks(void)
 	return fails;
 }
 
+/* A granular mapping with discarded granules across a host handoff: the
+ * restore maps only the populated granules again. Before and after the
+ * reclaim populated granules move the preserved bytes, discarded ones
+ * fault; discard and populate work on the reclaimed context, and the
+ * pins are exact. */
+static void test_granular_handoff(void **state)
+{
+	preserver_start();
+	use_config(NULL);
+	start();
+	struct vmm v;
+	const unsigned ng = 16;
+	vmm_create(&v, "vm-g", ng * PG, 44);
+	struct dmb_map_entry e = { v.region, 0, 0x100000, ng * PG, DMB_READ | DMB_WRITE };
+	assert_ok(v.c, dmb_map_granular(v.c, v.ctx, &e, DMB_GRANULE_4K, NULL));
+	struct dmb_range dr[] = { { 0x100000 + 2 * PG, 3 * PG }, { 0x100000 + 9 * PG, PG } };
+	assert_ok(v.c, dmb_discard(v.c, v.ctx, dr, 2, NULL));
+	bool disc[16] = { 0 };
+	disc[2] = disc[3] = disc[4] = disc[9] = true;
+
+	struct dmb_client *adm = conn("admin");
+	struct dmb_handoff_info hi;
+	assert_ok(adm, dmb_handoff_prepare(adm, false, &hi));
+	assert_int_equal(hi.mappings, 1);
+	/* while prepared, conversions wait like every mutation */
+	assert_code(v.c, dmb_populate(v.c, v.ctx, dr, 1, NULL), DMB_UNAVAILABLE);
+	dmb_close(adm);
+	dmb_close(v.c);
+	kexec(SIGTERM);
+	start();
+	struct daemon d = as_daemon();
+	adm = conn("admin");
+	for (unsigned i = 0; i < ng; i++) {
+		uint8_t buf[64];
+		if (disc[i])
+			assert_true(dmb_sim_dma_read(adm, v.ctx, 0x100000 + i * PG, buf, sizeof(buf)) < 0);
+		else
+			expect_pattern(adm, v.ctx, 0x100000 + i * PG, i * PG, PG, v.seed, v.size);
+	}
+	assert_int_equal(daemon_totals(&d).pinned_bytes, (ng - 4) * PG);
+
+	struct dmb_client *v2 = conn("vm-g-again");
+	struct dmb_reclaim_info ri;
+	assert_ok(v2, dmb_context_reclaim(v2, v.ctx, v.token, &ri));
+	assert_false(ri.degraded);
+	assert_int_equal(ri.mappings, 1);
+	int mem = ri.regions[0].fd;
+	for (unsigned i = 0; i < ng; i++) {
+		if (disc[i])
+			check_dma_faults(v2, v.ctx, mem, i * PG, 0x100000 + i * PG, 256);
+		else
+			check_dma(v2, v.ctx, mem, i * PG + 128, 0x100000 + i * PG + 128, 256, i);
+	}
+	struct dmb_mapping_info mi;
+	size_t n = 0;
+	bool more;
+	assert_ok(v2, dmb_list_mappings(v2, v.ctx, 0, &mi, 1, &n, &more, NULL));
+	assert_int_equal(mi.granule, PG);
+	assert_int_equal(mi.discarded, 4);
+	/* populate 2..4, discard 0: bytes follow */
+	assert_ok(v2, dmb_populate(v2, v.ctx, dr, 1, NULL));
+	struct dmb_range d0 = { 0x100000, PG };
+	assert_ok(v2, dmb_discard(v2, v.ctx, &d0, 1, NULL));
+	check_dma(v2, v.ctx, mem, 3 * PG, 0x100000 + 3 * PG, 256, 77);
+	check_dma_faults(v2, v.ctx, mem, 0, 0x100000, 256);
+	assert_int_equal(daemon_totals(&d).pinned_bytes, (ng - 2) * PG);
+	close(mem);
+	dmb_close(v2);
+	dmb_close(adm);
+	check_log_clean();
+}
+
 static void test_refuse_force_abort(void **state)
 {
 	preserver_start();
@@ -1436,6 +1508,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_full_handoff, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_granular_handoff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noiommu_handoff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuse_force_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_preserver_and_busy, setup, teardown),

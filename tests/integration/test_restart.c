@@ -458,6 +458,81 @@ static void test_noiommu_across_restart(void **state)
 	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
 }
 
+/* A granular mapping with discarded granules across restarts (SIGTERM and
+ * SIGKILL): populated granules keep moving bytes, discarded ones keep
+ * faulting, the backend's pins stay exact, and discard/populate go on
+ * working after each restart. Also a restart right after a compaction of
+ * the journal (a long run of conversions) keeps the discarded set. */
+static void test_granular_across_restart(void **state)
+{
+	start(NULL);
+	struct daemon d = as_daemon();
+	struct dmb_client *c = connect_or_dump(&d, "granular");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create(c, "g", &ctx));
+	const unsigned ng = 32;
+	int m = make_memfd(ng * PG, 5);
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, m, 0, &ri));
+	struct dmb_map_entry e = { ri.region, 0, BASE_IOVA, ng * PG, DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map_granular(c, ctx, &e, DMB_GRANULE_4K, NULL));
+	bool disc[32] = { 0 };
+	unsigned seed = 3;
+	int sigs[] = { SIGTERM, SIGKILL, SIGTERM, SIGKILL };
+	for (unsigned round = 0; round < 4; round++) {
+		/* flip a few granules each round */
+		for (unsigned k = 0; k < 6; k++) {
+			unsigned i = (unsigned)rand_r(&seed) % ng;
+			struct dmb_range r = { BASE_IOVA + i * PG, PG };
+			if (disc[i])
+				assert_ok(c, dmb_populate(c, ctx, &r, 1, NULL));
+			else
+				assert_ok(c, dmb_discard(c, ctx, &r, 1, NULL));
+			disc[i] = !disc[i];
+		}
+		restart(sigs[round]);
+		uint64_t want = 0;
+		for (unsigned i = 0; i < ng; i++) {
+			if (disc[i]) {
+				check_dma_faults(c, ctx, m, i * PG, BASE_IOVA + i * PG, 128);
+			} else {
+				check_dma(c, ctx, m, i * PG + 256, BASE_IOVA + i * PG + 256, 128, i + round);
+				want += PG;
+			}
+		}
+		d.pid = H.pid;
+		assert_int_equal(daemon_totals(&d).pinned_bytes, want);
+		struct dmb_mapping_info mi;
+		size_t n = 0;
+		bool more;
+		assert_ok(c, dmb_list_mappings(c, ctx, 0, &mi, 1, &n, &more, NULL));
+		assert_int_equal(n, 1);
+		assert_int_equal(mi.granule, PG);
+		assert_int_equal(mi.discarded * PG, ng * PG - want);
+	}
+	/* Many conversions: the journal compacts (its records far outweigh
+	 * the live state); the discarded set survives the snapshot. */
+	for (unsigned k = 0; k < 30000; k++) {
+		struct dmb_range r = { BASE_IOVA + (k % 4) * PG, PG };
+		int x = disc[k % 4] ? dmb_populate(c, ctx, &r, 1, NULL) : dmb_discard(c, ctx, &r, 1, NULL);
+		assert_ok(c, x);
+		disc[k % 4] = !disc[k % 4];
+	}
+	assert_true(fds_log_has(&H, "journal compacted"));
+	restart(SIGKILL);
+	for (unsigned i = 0; i < ng; i++) {
+		if (disc[i])
+			check_dma_faults(c, ctx, m, i * PG, BASE_IOVA + i * PG, 128);
+		else
+			check_dma(c, ctx, m, i * PG + 512, BASE_IOVA + i * PG + 512, 128, i + 40);
+	}
+	close(m);
+	dmb_close(c);
+	d.pid = H.pid;
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
 static void test_persistent_context_and_reclaim(void **state)
 {
 	start("[persist]\ngrace_period_s = 2\n");
@@ -627,6 +702,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_idle_client_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_shared_memfd_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noiommu_across_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_granular_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_counts_for_its_uid, setup, teardown),

@@ -65,6 +65,7 @@ struct msg {
 	Dmb__Reply reply;
 	Dmb__MapReply mr;
 	Dmb__UnmapReply ur;
+	uint64_t page_size;
 };
 
 static void random_request(struct msg *m)
@@ -80,6 +81,7 @@ static void random_request(struct msg *m)
 		m->entry.iova = val64();
 		m->entry.length = val64();
 		m->entry.prot = val32();
+		m->entry.granule = rnd() % 3 ? 0 : val64();
 		m->map.entry = rnd() % 8 ? &m->entry : NULL;
 		m->req.body_case = DMB__REQUEST__BODY_MAP;
 		m->req.map = &m->map;
@@ -103,6 +105,11 @@ static void random_reply(struct msg *m)
 	if (rnd() & 1) {
 		m->mr = (Dmb__MapReply)DMB__MAP_REPLY__INIT;
 		m->mr.mapped = val32();
+		if (rnd() % 3) { /* a single map's page size (0 too: packed, it is sent) */
+			m->page_size = val64();
+			m->mr.n_page_sizes = 1;
+			m->mr.page_sizes = &m->page_size;
+		}
 		m->reply.body_case = DMB__REPLY__BODY_MAP;
 		m->reply.map = &m->mr;
 	} else {
@@ -178,6 +185,7 @@ static void test_extremes(void **state)
 		Dmb__MapEntry e = DMB__MAP_ENTRY__INIT;
 		e.region_id = e.offset = e.iova = e.length = v;
 		e.prot = w;
+		e.granule = v;
 		Dmb__Map map = DMB__MAP__INIT;
 		map.context_id = v;
 		map.entry = &e;
@@ -190,7 +198,7 @@ static void test_extremes(void **state)
 		assert_true(fast);
 		uint8_t buf[FC_MAX_PACKET];
 		size_t n = fc_request_pack(&q, buf, sizeof(buf));
-		assert_int_equal(n, k ? 77 : 5); /* 82 01 03 12 00 when all is zero */
+		assert_int_equal(n, k ? 88 : 5); /* 82 01 03 12 00 when all is zero */
 		assert_null(fcc_check_request_unpack(buf, n, &fast));
 		assert_true(fast);
 
@@ -208,6 +216,21 @@ static void test_extremes(void **state)
 		assert_true(fast);
 		n = fc_server_message_pack(&sm, buf, sizeof(buf));
 		assert_int_equal(n, k ? 33 : 5); /* 0a 03 92 01 00 */
+		assert_null(fcc_check_reply_unpack(buf, n, &fast));
+		assert_true(fast);
+
+		/* a map reply with the page size of its mapping */
+		uint64_t ps = v;
+		Dmb__MapReply mr = DMB__MAP_REPLY__INIT;
+		mr.mapped = w;
+		mr.n_page_sizes = 1;
+		mr.page_sizes = &ps;
+		r.body_case = DMB__REPLY__BODY_MAP;
+		r.map = &mr;
+		assert_null(fcc_check_server_message_pack(&sm, &fast));
+		assert_true(fast);
+		n = fc_server_message_pack(&sm, buf, sizeof(buf));
+		assert_int_equal(n, k ? 34 : 8); /* 0a 06 82 01 03 12 01 00 */
 		assert_null(fcc_check_reply_unpack(buf, n, &fast));
 		assert_true(fast);
 	}
@@ -335,6 +358,9 @@ static const struct pkt reply_declined[] = {
 	P("unknown field in ServerMessage", 0x0a, 0x03, 0x82, 0x01, 0x00, 0x18, 0x01),
 	P("reply twice", 0x0a, 0x03, 0x82, 0x01, 0x00, 0x0a, 0x03, 0x82, 0x01, 0x00),
 	P("stats reply", 0x0a, 0x03, 0xaa, 0x01, 0x00),
+	P("two page sizes", 0x0a, 0x07, 0x82, 0x01, 0x04, 0x12, 0x02, 0x01, 0x02),
+	P("page sizes, none packed", 0x0a, 0x05, 0x82, 0x01, 0x02, 0x12, 0x00),
+	P("page size unpacked", 0x0a, 0x05, 0x82, 0x01, 0x02, 0x10, 0x01),
 };
 
 static void test_decode_declines(void **state)

@@ -27,6 +27,10 @@
  *                                   0xfee00000-0xfeefffff, past the aperture) are refused
  *                                   with DMB_OUT_OF_RANGE; the kernel's DMA-mapping count
  *                                   moves only for the accepted map
+ *   broker-client granular SOCK BDF a granular mapping (4 KiB granules): bytes move
+ *                                   through it; discarded granules fault (DMAR line)
+ *                                   and are unpinned while their neighbours still
+ *                                   work; populated again they pin and move bytes
  *   broker-client deny  SOCK DENIED_BDF ALLOWED_BDF
  *                                   DENIED_BDF refused with DMB_PERMISSION_DENIED; the
  *                                   allowed one opens
@@ -1879,9 +1883,140 @@ out:
 	return ret;
 }
 
+/*
+ * Granular mappings (confidential guests): 64 granules of 4 KiB at GRAN_IOVA, made by
+ * the broker as one kernel area each. Bytes move through them; discarding granules
+ * 3-4 and 40 unpins their pages (where the backend charges them) and removes them from
+ * the IOMMU: edu DMA into granule 3 faults (DMAR line) and moves nothing while the
+ * granules beside it still move bytes; populating them again pins them again and
+ * bytes move through them again. The map reply's page size is 4 KiB (a memfd), the
+ * listing shows the granule and the discarded count.
+ */
+#define GRAN_IOVA 0x2000000ull
+#define GRAN_N 64u
+
+static int gran_listed(struct sess *s, uint64_t want_discarded)
+{
+	struct dmb_mapping_info mi;
+	size_t n = 0;
+	bool more = false;
+	int r = dmb_list_mappings(s->c, s->ctx, GRAN_IOVA, &mi, 1, &n, &more, NULL);
+
+	if (r < 0)
+		return bfail(s->c, r, "dmb_list_mappings");
+	if (n != 1 || mi.iova != GRAN_IOVA || mi.granule != 4096 || mi.page_size != 4096 ||
+	    mi.discarded != want_discarded)
+		return fail(0, "listed: %zu mapping(s), iova 0x%" PRIx64 ", granule %" PRIu64
+			    ", page size %" PRIu64 ", %" PRIu64 " discarded; want one at 0x%llx, "
+			    "granule 4096, page 4096, %" PRIu64 " discarded", n, mi.iova, mi.granule,
+			    mi.page_size, mi.discarded, GRAN_IOVA, want_discarded);
+	ok("listed: granule %" PRIu64 ", page size %" PRIu64 ", %" PRIu64 " of %u granules discarded",
+	   mi.granule, mi.page_size, mi.discarded, GRAN_N);
+	return 0;
+}
+
+static int run_granular(const char *sock, const char *bdf)
+{
+	const uint64_t G = 4096, iova = GRAN_IOVA;
+	const struct dmb_range conv[] = { { iova + 3 * G, 2 * G }, { iova + 40 * G, G } };
+	struct dmb_convert_info ci;
+	struct ram m = { .fd = -1 };
+	struct sess s = SESS_INIT;
+	uint64_t region, ps = 0, unmapped = 0;
+	pid_t dpid;
+	long base;
+	int r, ret = -1;
+
+	dpid = daemon_pid(sock);
+	if (dpid <= 0)
+		goto out;
+	if (ram_new(&m, GRAN_N * G, "vm-broker-granular") < 0)
+		goto out;
+	if (sess_start(&s, sock, "vm-broker-granular", bdf) < 0 || reg(&s, &m, &region) < 0)
+		goto out;
+	base = vm_locked_kb(dpid);
+	if (base < 0) {
+		fail(0, "cannot read %s of dmabrokerd", pin_field());
+		goto out;
+	}
+	struct dmb_map_entry me = { region, 0, iova, GRAN_N * G, DMB_READ | DMB_WRITE };
+	r = dmb_map_granular(s.c, s.ctx, &me, DMB_GRANULE_4K, &ps);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_map_granular of %u granules at 0x%" PRIx64, GRAN_N, iova);
+		goto out;
+	}
+	if (ps != G) {
+		fail(0, "the map reply's page size is %" PRIu64 ", want 4096 (memfd)", ps);
+		goto out;
+	}
+	ok("granular mapping: %u granules of 4 KiB at IOVA 0x%" PRIx64 ", page size %" PRIu64,
+	   GRAN_N, iova, ps);
+	if (expect_locked(dpid, base, GRAN_N * 4, "granular map") < 0 || gran_listed(&s, 0) < 0)
+		goto out;
+	/* granule 2 -> 3, 4 -> 5 and 40 -> 41: each one used below, working */
+	if (roundtrip(&s, &m, iova + 2 * G, 2 * G, &m, iova + 3 * G + 0x80, 3 * G + 0x80, 1024, 21) < 0 ||
+	    roundtrip(&s, &m, iova + 4 * G, 4 * G, &m, iova + 5 * G, 5 * G, 1024, 22) < 0 ||
+	    roundtrip(&s, &m, iova + 40 * G, 40 * G, &m, iova + 41 * G, 41 * G, 1024, 23) < 0)
+		goto out;
+
+	r = dmb_discard(s.c, s.ctx, conv, 2, &ci);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_discard granules 3-4 and 40");
+		goto out;
+	}
+	if (ci.granules != 3 || ci.unchanged != 0) {
+		fail(0, "discard changed %" PRIu64 " granules (%" PRIu64 " unchanged), want 3",
+		     ci.granules, ci.unchanged);
+		goto out;
+	}
+	ok("discarded granules 3-4 and 40");
+	if (expect_locked(dpid, base, (GRAN_N - 3) * 4, "after the discard") < 0 ||
+	    gran_listed(&s, 3) < 0)
+		goto out;
+	/* the neighbours still move bytes */
+	if (roundtrip(&s, &m, iova + 2 * G, 2 * G, &m, iova + 5 * G + 0x200, 5 * G + 0x200, 1024, 24) < 0 ||
+	    roundtrip(&s, &m, iova + 39 * G, 39 * G, &m, iova + 41 * G + 0x100, 41 * G + 0x100, 1024, 25) < 0)
+		goto out;
+	/* a discarded granule faults and moves nothing (the DMAR line names the page) */
+	dmar_window_wait();
+	if (expect_fault(&s, iova + 3 * G, &m, 3 * G, 1024) < 0)
+		goto out;
+
+	r = dmb_populate(s.c, s.ctx, conv, 2, &ci);
+	if (r < 0) {
+		bfail(s.c, r, "dmb_populate granules 3-4 and 40");
+		goto out;
+	}
+	if (ci.granules != 3) {
+		fail(0, "populate changed %" PRIu64 " granules, want 3", ci.granules);
+		goto out;
+	}
+	ok("populated granules 3-4 and 40 again");
+	if (expect_locked(dpid, base, GRAN_N * 4, "after the populate") < 0 || gran_listed(&s, 0) < 0)
+		goto out;
+	if (roundtrip(&s, &m, iova + 2 * G, 2 * G, &m, iova + 3 * G + 0x80, 3 * G + 0x80, 1024, 26) < 0 ||
+	    roundtrip(&s, &m, iova + 40 * G + 0x400, 40 * G + 0x400, &m, iova + 4 * G, 4 * G, 1024, 27) < 0)
+		goto out;
+	r = dmb_unmap(s.c, s.ctx, iova, GRAN_N * G, &unmapped);
+	if (r < 0 || unmapped != GRAN_N * G) {
+		if (r < 0)
+			bfail(s.c, r, "dmb_unmap of the granular mapping");
+		else
+			fail(0, "dmb_unmap of the granular mapping: %" PRIu64 " bytes", unmapped);
+		goto out;
+	}
+	if (expect_locked(dpid, base, 0, "after the unmap") < 0)
+		goto out;
+	ret = 0;
+out:
+	sess_close(&s);
+	ram_free(&m);
+	return ret;
+}
+
 static int usage(void)
 {
-	fputs("usage: broker-client info|ram|unmap|kill|range|handoff|noiommu SOCKET BDF\n"
+	fputs("usage: broker-client info|ram|unmap|kill|range|handoff|noiommu|granular SOCKET BDF\n"
 	      "       broker-client deny SOCKET DENIED_BDF ALLOWED_BDF\n"
 	      "       broker-client p2p SOCKET BDF_A BDF_B POLL_MS\n",
 	      stderr);
@@ -1908,6 +2043,8 @@ int main(int argc, char **argv)
 		r = run_handoff(argv[2], argv[3]);
 	else if (argc == 4 && strcmp(argv[1], "noiommu") == 0)
 		r = run_noiommu(argv[2], argv[3]);
+	else if (argc == 4 && strcmp(argv[1], "granular") == 0)
+		r = run_granular(argv[2], argv[3]);
 	else if (argc == 5 && strcmp(argv[1], "deny") == 0)
 		r = run_deny(argv[2], argv[3], argv[4]);
 	else if (argc == 6 && strcmp(argv[1], "p2p") == 0 && atoi(argv[5]) > 0)

@@ -89,6 +89,9 @@ check broker-device-denied broker-client deny "$SOCK" 0000:00:00.0 "$EDU_B_BDF"
 # Host handoff on a kernel without LUO (6.1): prepare is refused with the sentence that
 # says what is missing, and nothing changes (edu DMA, mutations, handoff status).
 check broker-handoff-refused broker-client handoff "$SOCK" "$EDU_A_BDF"
+# Granular mappings (confidential guests): discarded granules fault and are unpinned,
+# populated ones move bytes again.
+check broker-granular broker-client granular "$SOCK" "$EDU_A_BDF"
 # P2P: edu A reads edu B's ID register through the broker; revocation and restoration
 # around mediated and unmediated memory-disable and reset; release. The watcher's
 # period comes from $CONF.

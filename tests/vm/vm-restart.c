@@ -38,6 +38,10 @@
  *   - finally B is unmapped through the broker: a DMA to it now faults (the DMAR line
  *     for that IOVA and device) and moves no byte, A still works. So the mappings the
  *     device used all along were the broker's.
+ *   - then a granular mapping (16 granules of 4 KiB at IOVA 0x4000000, granules 2-3
+ *     discarded) across one more SIGKILL restart: populated granules move the right
+ *     bytes, a DMA to the discarded granule faults (its DMAR line) and moves no byte,
+ *     and populated again through the new daemon it moves bytes.
  *
  * Prints "vm-restart: ok: ..." per step and "vm-restart: FAIL: ..." (with the daemon's
  * log) on the first failure; exits 0 only if everything passed. Every wait is bounded.
@@ -686,6 +690,84 @@ static int restart_once(const char *const *argv, int k, int sig, struct dma_loop
 	return 0;
 }
 
+/* ---- a granular mapping across a restart ----------------------------------------- */
+
+#define IOVA_G 0x4000000ull /* 64 MiB */
+#define G_GRANULES 16u
+
+/* A call that may meet the restart: -EAGAIN says retry (the main thread's). */
+#define RETRY_MAIN(call) ({                                                        \
+		int _r;                                                       \
+		for (int _i = 0; (_r = (call)) == -EAGAIN && _i < 200; _i++) \
+			sleep_ms(10);                                         \
+		_r;                                                           \
+	})
+
+static int granular_across_restart(const char *const *argv, struct dma_loop *d,
+				   struct dmb_client *c, uint64_t ctx, uint64_t region, int kmsg,
+				   const char *bdf)
+{
+	const uint64_t G = 4096, off = MAP_LEN;
+	const struct dmb_range disc = { IOVA_G + 2 * G, 2 * G };
+	struct dmb_map_entry me = { region, off, IOVA_G, G_GRANULES * G, DMB_READ | DMB_WRITE };
+	struct dmb_mapping_info mi;
+	size_t n = 0;
+	bool more;
+	char why[400], line[1024];
+	int r;
+
+	if ((r = dmb_map_granular(c, ctx, &me, DMB_GRANULE_4K, NULL)) < 0 ||
+	    (r = dmb_discard(c, ctx, &disc, 1, NULL)) < 0) {
+		bwhy(why, sizeof(why), c, r, "granular map + discard");
+		return fail("%s", why);
+	}
+	if (round_trip(d, 2000003, IOVA_A + 0x200, 0x200, IOVA_G + G + 0x100, off + G + 0x100, 1024) < 0)
+		return fail("granule 1 before the restart: %s", d->failure);
+	ok("granular mapping: %u granules of 4 KiB at IOVA 0x%llx, granules 2-3 discarded, "
+	   "granule 1 moves the right bytes", G_GRANULES, IOVA_G);
+	int st = fds_stop(&H, SIGKILL);
+	if (st < 0)
+		return fail("granular: fds_stop: %s", strerror(-st));
+	r = fds_start(&H, argv);
+	if (r < 0)
+		return fail("granular: the next daemon did not become ready: %s", strerror(-r));
+	if ((r = RETRY_MAIN(dmb_list_mappings(c, ctx, IOVA_G, &mi, 1, &n, &more, NULL))) < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_list_mappings after the restart");
+		return fail("%s", why);
+	}
+	if (n != 1 || mi.iova != IOVA_G || mi.granule != G || mi.discarded != 2)
+		return fail("after the restart the broker lists %zu mapping(s) at 0x%" PRIx64
+			    ", granule %" PRIu64 ", %" PRIu64 " discarded; want the granular mapping "
+			    "with 2 discarded", n, mi.iova, mi.granule, mi.discarded);
+	if (round_trip(d, 2000004, IOVA_A + 0x300, 0x300, IOVA_G + G + 0x200, off + G + 0x200, 1024) < 0 ||
+	    round_trip(d, 2000005, IOVA_G + 4 * G, off + 4 * G, IOVA_A + 0x90000, 0x90000, 1024) < 0)
+		return fail("populated granules after the restart: %s", d->failure);
+	/* the discarded granule faults and moves nothing */
+	memset(d->m->p + off + 2 * G, 0x3c, 256);
+	kmsg_scan_dmar(kmsg);
+	r = edu_dma_from_device(d->e, 0, IOVA_G + 2 * G, 256, 0);
+	if (r < 0)
+		return fail("edu DMA to the discarded granule: %s", strerror(-r));
+	r = kmsg_wait_fault(kmsg, bdf, IOVA_G + 2 * G, line, sizeof(line));
+	if (r < 0)
+		return fail("no DMAR fault for the discarded granule at 0x%llx from %s within %d ms "
+			    "after the restart", IOVA_G + 2 * G, bdf, FAULT_WAIT_MS);
+	ok("kernel: %s", line);
+	for (size_t i = 0; i < 256; i++)
+		if (d->m->p[off + 2 * G + i] != 0x3c)
+			return fail("the DMA to the discarded granule changed memfd byte +0x%zx",
+				    off + 2 * G + i);
+	if ((r = RETRY_MAIN(dmb_populate(c, ctx, &disc, 1, NULL))) < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_populate after the restart");
+		return fail("%s", why);
+	}
+	if (round_trip(d, 2000006, IOVA_A + 0x400, 0x400, IOVA_G + 2 * G + 0x80, off + 2 * G + 0x80, 1024) < 0)
+		return fail("granule 2 populated after the restart: %s", d->failure);
+	ok("after a SIGKILL restart: populated granules move the right bytes, the discarded "
+	   "granule faults and moves no byte, and populated again it moves bytes");
+	return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 static int run(const char *dmabrokerd, const char *config, const char *bdf, int restarts)
@@ -868,6 +950,14 @@ static int run(const char *dmabrokerd, const char *config, const char *bdf, int 
 		goto out;
 	}
 	ok("after dmb_unmap of B: a DMA to it faults and moves no byte; A still moves the right bytes");
+
+	/* A granular mapping across one more restart (SIGKILL): G = memfd [1M, 1M+64K)
+	 * at IOVA_G in 16 granules of 4 KiB, granules 2-3 discarded. The next daemon
+	 * adopts the populated granules and leaves the discarded ones out: a DMA to
+	 * granule 2 faults and moves nothing, granule 1 moves the right bytes, and
+	 * populated again granule 2 moves bytes too. */
+	if (granular_across_restart(argv, &d, c, ctx, ri.region, kmsg, bdf) < 0)
+		goto out;
 
 	/* The end: the session goes (its context with it), the daemon stops cleanly. */
 	dmb_close(c);

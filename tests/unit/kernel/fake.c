@@ -343,3 +343,85 @@ int fake_noiommu_get_pa(const struct fake_noiommu *k, void *arg)
 	}
 	return -ENOENT;
 }
+
+/* ---- the kernel's areas ---- */
+
+static uint64_t area_last(const struct fake_area *a)
+{
+	return a->iova + (a->length - 1);
+}
+
+int fake_areas_map(struct fake_areas *s, uint64_t iova, uint64_t length, uint64_t offset)
+{
+	if (length == 0 || iova + (length - 1) < iova)
+		return -EINVAL;
+	uint64_t last = iova + (length - 1);
+	size_t i = 0;
+	while (i < s->n && s->a[i].iova < iova)
+		i++;
+	if ((i > 0 && area_last(&s->a[i - 1]) >= iova) || (i < s->n && s->a[i].iova <= last))
+		return -EEXIST;
+	if (s->n == FAKE_MAX_AREAS)
+		return -ENOMEM;
+	memmove(&s->a[i + 1], &s->a[i], (s->n - i) * sizeof(s->a[0]));
+	s->a[i] = (struct fake_area){ iova, length, offset };
+	s->n++;
+	return 0;
+}
+
+static void area_remove(struct fake_areas *s, size_t i)
+{
+	memmove(&s->a[i], &s->a[i + 1], (s->n - i - 1) * sizeof(s->a[0]));
+	s->n--;
+}
+
+int fake_areas_unmap_iommufd(struct fake_areas *s, uint64_t iova, uint64_t length,
+			     uint64_t *unmapped)
+{
+	uint64_t last = iova + (length - 1), bytes = 0;
+	*unmapped = 0;
+	if (length == 0 || last < iova)
+		return -EINVAL;
+	size_t i = 0;
+	while (i < s->n && area_last(&s->a[i]) < iova)
+		i++;
+	while (i < s->n && s->a[i].iova <= last) {
+		if (s->a[i].iova < iova || area_last(&s->a[i]) > last) {
+			*unmapped = bytes;
+			return -ENOENT;
+		}
+		bytes += s->a[i].length;
+		area_remove(s, i);
+	}
+	*unmapped = bytes;
+	return bytes ? 0 : -ENOENT;
+}
+
+int fake_areas_unmap_type1(struct fake_areas *s, uint64_t iova, uint64_t length,
+			   uint64_t *unmapped)
+{
+	uint64_t last = iova + (length - 1), bytes = 0;
+	*unmapped = 0;
+	if (length == 0 || last < iova)
+		return -EINVAL;
+	const struct fake_area *lo = fake_areas_find(s, iova), *hi = fake_areas_find(s, last);
+	if ((lo && lo->iova != iova) || (hi && area_last(hi) != last))
+		return -EINVAL;
+	size_t i = 0;
+	while (i < s->n && s->a[i].iova < iova)
+		i++;
+	while (i < s->n && s->a[i].iova <= last) {
+		bytes += s->a[i].length;
+		area_remove(s, i);
+	}
+	*unmapped = bytes;
+	return 0;
+}
+
+const struct fake_area *fake_areas_find(const struct fake_areas *s, uint64_t iova)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->a[i].iova <= iova && area_last(&s->a[i]) >= iova)
+			return &s->a[i];
+	return NULL;
+}

@@ -112,3 +112,30 @@ struct fake_noiommu {
  * rawio, else open(2). */
 int fake_noiommu_open(const struct fake_noiommu *k, const char *path, int flags);
 int fake_noiommu_get_pa(const struct fake_noiommu *k, void *arg);
+
+/* The kernel's IOVA areas, as iommufd (io_pagetable.c) and VFIO type1 v2
+ * (vfio_iommu_type1.c) keep them in Linux 7.3: one area per successful
+ * map, never merged with its neighbours and never split. A test's handler
+ * feeds its MAP and UNMAP ioctls through these. */
+#define FAKE_MAX_AREAS 4096
+struct fake_area {
+	uint64_t iova, length, offset;
+};
+struct fake_areas {
+	size_t n;
+	struct fake_area a[FAKE_MAX_AREAS]; /* sorted by iova */
+};
+/* A new area; -EEXIST when it overlaps one (both kernels). */
+int fake_areas_map(struct fake_areas *s, uint64_t iova, uint64_t length, uint64_t offset);
+/* IOMMU_IOAS_UNMAP (iopt_unmap_iova_range): removes the areas inside
+ * [iova, iova + length) from the lowest up; an area straddling either end
+ * stops it with -ENOENT (the areas removed before stay removed), and so
+ * does a range that held no area. *unmapped: the bytes removed. */
+int fake_areas_unmap_iommufd(struct fake_areas *s, uint64_t iova, uint64_t length,
+			     uint64_t *unmapped);
+/* VFIO_IOMMU_UNMAP_DMA, type1 v2: -EINVAL (nothing removed) when either end
+ * bisects an area; otherwise every area inside goes, possibly none. */
+int fake_areas_unmap_type1(struct fake_areas *s, uint64_t iova, uint64_t length,
+			   uint64_t *unmapped);
+/* The area containing iova, or NULL. */
+const struct fake_area *fake_areas_find(const struct fake_areas *s, uint64_t iova);

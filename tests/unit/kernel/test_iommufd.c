@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "backend/backend.h"
+#include "core/core.h"
 #include "backend/ksys.h"
 #include "backend/uapi/iommufd.h"
 #include "backend/uapi/vfio_cdev.h"
@@ -33,7 +35,19 @@ static struct {
 	int map_file_errno; /* MAP_FILE of a dma-buf */
 	int last_dmabuf;   /* the fd the last export returned */
 	int exports;
+	/* the kernel's areas (fake.h), when a test models them */
+	struct fake_areas *areas;
+	int maps, unmaps;          /* calls seen while modelled */
+	int map_fail_at, unmap_fail_at; /* 1-based call that fails (ENOMEM / EBUSY); 0: none */
 } k;
+
+/* MAP / MAP_FILE / UNMAP against the modelled areas. */
+static int areas_map(uint64_t iova, uint64_t length, uint64_t start)
+{
+	if (++k.maps == k.map_fail_at)
+		return -ENOMEM;
+	return fake_areas_map(k.areas, iova, length, start);
+}
 
 /* The no-IOMMU part of the kernel (fake.h). */
 static struct fake_noiommu nk;
@@ -64,6 +78,8 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 			return -EINVAL;
 		if (m->fd == k.last_dmabuf && k.last_dmabuf >= 0)
 			return -k.map_file_errno;
+		if (k.areas && !k.map_errno)
+			return areas_map(m->iova, m->length, m->start);
 		return -k.map_errno;
 	}
 	case VFIO_DEVICE_GET_REGION_INFO:
@@ -107,6 +123,23 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 	}
 	case DMB_IOMMU_IOAS_UNMAP: {
 		struct dmb_iommu_ioas_unmap *u = arg;
+		if (k.areas) {
+			if (++k.unmaps == k.unmap_fail_at)
+				return -EBUSY;
+			if (u->iova == 0 && u->length == UINT64_MAX) {
+				uint64_t all = 0;
+				for (size_t i = 0; i < k.areas->n; i++)
+					all += k.areas->a[i].length;
+				k.areas->n = 0;
+				u->length = all;
+				return 0;
+			}
+			uint64_t got = 0;
+			int r = fake_areas_unmap_iommufd(k.areas, u->iova, u->length, &got);
+			if (r == 0)
+				u->length = got;
+			return r;
+		}
 		u->length = k.unmap_len;
 		return 0;
 	}
@@ -974,6 +1007,158 @@ static void test_noiommu_old_kernel(void **state)
 	ksys_ops.open = ksys_open_default;
 }
 
+/* Granular mappings through the core on iommufd, against the kernel's area
+ * rules (fake.h: an unmap never splits an area): one IOMMU_IOAS_MAP_FILE
+ * per granule, a discard is one IOMMU_IOAS_UNMAP of exactly one area, a
+ * populate maps the granule again at its file offset, a failure in the
+ * middle of either leaves the kernel as it was, and a plain unmap of a
+ * mapping with holes removes its areas whole. */
+static bool allow_all(void *o, const struct dmb_owner *ow, const char *bdf)
+{
+	return true;
+}
+
+static int sealed_memfd(uint64_t size)
+{
+	int fd = memfd_create("granular", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	return fd;
+}
+
+static void test_granular_layout(void **state)
+{
+	struct fx *f = *state;
+	static struct fake_areas areas;
+	memset(&areas, 0, sizeof(areas));
+	k.areas = &areas;
+	const uint64_t G = 4096, IOVA = 0x100000, OFF = 0x10000, M2 = 2u << 20;
+	/* mappings_per_context above DMB_GRANULES_MAX: the granule limit is hit first */
+	struct dmb_limits lim = { .contexts_per_owner = 4, .regions_per_context = 4,
+				  .mappings_per_context = 1u << 24, .devices_per_context = 4 };
+	struct dmb_core core;
+	core_init(&core, f->be, &lim);
+	core.device_allowed = allow_all;
+	struct dmb_owner *o = owner_new(&core, 1, 1000, 1000, getpid(), NULL, NULL);
+	struct dmb_ctx *ctx = NULL;
+	struct dmb_err e = { 0 };
+	assert_int_equal(ctx_create(o, "g", false, &ctx, &e), 0);
+	struct dmb_region *reg = NULL;
+	assert_int_equal(region_register(ctx, sealed_memfd(8u << 20), 0, &reg, &e), 0);
+
+	struct dmb_map_req q = { reg->id, OFF, IOVA, 64 * G, DMB_PROT_READ | DMB_PROT_WRITE, G };
+	fake_reset();
+	assert_int_equal(map_batch(ctx, &q, 1, &e), 0);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP_FILE), 64);
+	assert_int_equal(areas.n, 64);
+	for (unsigned i = 0; i < 64; i++) {
+		assert_int_equal(areas.a[i].iova, IOVA + i * G);
+		assert_int_equal(areas.a[i].length, G);
+		assert_int_equal(areas.a[i].offset, OFF + i * G);
+	}
+	assert_int_equal(f->be->ops->pinned_bytes(f->be), 64 * G);
+	assert_int_equal(map_page_size(ctx, map_find(ctx, IOVA)), G);
+
+	/* discard 3..5 and 60: four unmaps, each exactly one area */
+	struct dmb_range d[] = { { IOVA + 3 * G, 3 * G }, { IOVA + 60 * G, G } };
+	struct dmb_convert_result res;
+	fake_reset();
+	assert_int_equal(map_convert(ctx, d, 2, true, &res, &e), 0);
+	assert_int_equal(res.granules, 4);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_UNMAP), 4);
+	for (int i = 0; i < 4; i++) {
+		const struct dmb_iommu_ioas_unmap *u = (const void *)fake_find(DMB_IOMMU_IOAS_UNMAP, i)->bytes;
+		assert_int_equal(u->length, G);
+	}
+	assert_int_equal(areas.n, 60);
+	assert_null(fake_areas_find(&areas, IOVA + 4 * G));
+	assert_non_null(fake_areas_find(&areas, IOVA + 6 * G));
+	assert_int_equal(f->be->ops->pinned_bytes(f->be), 60 * G);
+	assert_int_equal(core.pinned_bytes, 60 * G);
+
+	/* populate 3..5, the kernel refusing the second map: the first is
+	 * unmapped again, nothing changed */
+	k.maps = 0;
+	k.map_fail_at = 2;
+	assert_true(map_convert(ctx, d, 1, false, &res, &e) < 0);
+	assert_int_equal(e.code, DMB_E_RESOURCE_EXHAUSTED);
+	assert_int_equal(areas.n, 60);
+	assert_int_equal(gran_of(ctx, map_find(ctx, IOVA))->discarded, 4);
+	assert_int_equal(f->be->ops->pinned_bytes(f->be), 60 * G);
+	k.map_fail_at = 0;
+	/* and now it works, at the granules' file offsets */
+	fake_reset();
+	assert_int_equal(map_convert(ctx, d, 1, false, &res, &e), 0);
+	assert_int_equal(res.granules, 3);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP_FILE), 3);
+	const struct fake_area *a4 = fake_areas_find(&areas, IOVA + 4 * G);
+	assert_non_null(a4);
+	assert_int_equal(a4->iova, IOVA + 4 * G);
+	assert_int_equal(a4->length, G);
+	assert_int_equal(a4->offset, OFF + 4 * G);
+
+	/* a discard the kernel refuses halfway: the granules already unmapped
+	 * are mapped again */
+	struct dmb_range d2 = { IOVA + 10 * G, 4 * G };
+	k.unmaps = 0;
+	k.unmap_fail_at = 3;
+	assert_true(map_convert(ctx, &d2, 1, true, &res, &e) < 0);
+	assert_int_equal(areas.n, 63);
+	for (unsigned i = 10; i < 14; i++)
+		assert_non_null(fake_areas_find(&areas, IOVA + i * G));
+	assert_int_equal(gran_of(ctx, map_find(ctx, IOVA))->discarded, 1);
+	k.unmap_fail_at = 0;
+
+	/* a plain unmap over the mapping with a hole (granule 60) removes the
+	 * 63 areas whole */
+	struct dmb_range all = { IOVA, 64 * G };
+	uint64_t bytes = 0, count = 0;
+	assert_int_equal(unmap_ranges(ctx, &all, 1, &bytes, &count, &e), 0);
+	assert_int_equal(count, 1);
+	assert_int_equal(areas.n, 0);
+	assert_int_equal(f->be->ops->pinned_bytes(f->be), 0);
+	assert_int_equal(core.pinned_bytes, 0);
+
+	/* 2 MiB granules: 2 MiB areas; a mapping whose granules are all
+	 * discarded unmaps without a kernel complaint reaching the client */
+	struct dmb_map_req q2 = { reg->id, M2, 4 * M2, 2 * M2, DMB_PROT_READ, M2 };
+	assert_int_equal(map_batch(ctx, &q2, 1, &e), 0);
+	assert_int_equal(areas.n, 2);
+	assert_int_equal(areas.a[1].length, M2);
+	assert_int_equal(areas.a[1].offset, 2 * M2);
+	struct dmb_range both = { 4 * M2, 2 * M2 };
+	assert_int_equal(map_convert(ctx, &both, 1, true, &res, &e), 0);
+	assert_int_equal(areas.n, 0);
+	assert_int_equal(unmap_ranges(ctx, &both, 1, &bytes, &count, &e), 0);
+	assert_int_equal(ctx->n_mappings, 0);
+	assert_int_equal(core.pinned_bytes, 0);
+
+	/* more than DMB_GRANULES_MAX granules: refused before the kernel (a sparse
+	 * 16 GiB + 4 KiB memfd) */
+	struct dmb_region *big = NULL;
+	uint64_t too_many = (DMB_GRANULES_MAX + 1) * G;
+	assert_int_equal(region_register(ctx, sealed_memfd(too_many), 0, &big, &e), 0);
+	struct dmb_map_req q3 = { big->id, 0, UINT64_C(1) << 40, too_many, DMB_PROT_READ, G };
+	fake_reset();
+	e = (struct dmb_err){ 0 };
+	assert_int_equal(map_batch(ctx, &q3, 1, &e), -E2BIG);
+	assert_int_equal(e.code, DMB_E_INVALID_ARGUMENT);
+	assert_int_equal(fake_count(DMB_IOMMU_IOAS_MAP_FILE), 0);
+	assert_int_equal(ctx->n_mappings, 0);
+
+	/* the model is the kernel's: an unmap inside an area is refused */
+	assert_int_equal(fake_areas_map(&areas, IOVA, 16 * G, 0), 0);
+	assert_int_equal(fake_areas_unmap_iommufd(&areas, IOVA, G, &bytes), -ENOENT);
+	assert_int_equal(fake_areas_unmap_type1(&areas, IOVA, G, &bytes), -EINVAL);
+	assert_int_equal(areas.n, 1);
+	areas.n = 0;
+
+	owner_free(o);
+	core_fini(&core);
+	k.areas = NULL;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -992,6 +1177,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_noiommu_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noiommu_get_pa, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noiommu_old_kernel, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_granular_layout, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

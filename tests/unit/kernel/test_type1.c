@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "backend/backend.h"
+#include "core/core.h"
 #include "backend/uapi/vfio_container.h"
 #include "fake.h"
 
@@ -29,6 +30,8 @@ static struct {
 	uint32_t avail;
 	int reset_errno;
 	uint32_t map_word; /* the first 4 bytes at MAP_DMA's vaddr */
+	struct fake_areas *areas; /* the kernel's vfio_dma entries, when modelled */
+	int unmap_fail_at, unmaps;
 } k;
 
 /* <root>/devstate/<bdf>: the fake device files GET_DEVICE_FD opens */
@@ -105,10 +108,29 @@ static int kernel(int fd, unsigned long req, void *arg, const char *path)
 		if (k.map_errno)
 			return -k.map_errno;
 		memcpy(&k.map_word, (const void *)(uintptr_t)m->vaddr, sizeof(k.map_word));
+		if (k.areas)
+			return fake_areas_map(k.areas, m->iova, m->size, m->vaddr);
 		return 0;
 	}
 	case VFIO_IOMMU_UNMAP_DMA: {
 		struct vfio_iommu_type1_dma_unmap *u = arg;
+		if (k.areas) {
+			if (++k.unmaps == k.unmap_fail_at)
+				return -EBUSY;
+			if (u->flags & VFIO_DMA_UNMAP_FLAG_ALL) {
+				uint64_t all = 0;
+				for (size_t i = 0; i < k.areas->n; i++)
+					all += k.areas->a[i].length;
+				k.areas->n = 0;
+				u->size = all;
+				return 0;
+			}
+			uint64_t got = 0;
+			int r = fake_areas_unmap_type1(k.areas, u->iova, u->size, &got);
+			if (r == 0)
+				u->size = got;
+			return r;
+		}
 		u->size = k.unmap_size;
 		return 0;
 	}
@@ -877,6 +899,90 @@ static void test_map_bar_compat(void **state)
 	dmb_backend_destroy(be2);
 }
 
+/* Granular mappings through the core on type1, against the kernel's rules
+ * for vfio_dma entries (fake.h: UNMAP_DMA v2 never bisects one): one
+ * VFIO_IOMMU_MAP_DMA per granule at the granule's address in the region's
+ * mapping, a discard unmaps exactly one entry, a populate maps it again, a
+ * refused discard is put back, and an unmap over holes removes the rest. */
+static bool allow_all(void *o, const struct dmb_owner *ow, const char *bdf)
+{
+	return true;
+}
+
+static void test_granular_layout(void **state)
+{
+	struct fx *f = *state;
+	static struct fake_areas areas;
+	memset(&areas, 0, sizeof(areas));
+	k.areas = &areas;
+	const uint64_t G = 4096, IOVA = 0x100000, OFF = 0x10000;
+	struct dmb_limits lim = { .contexts_per_owner = 4, .regions_per_context = 4,
+				  .mappings_per_context = 1u << 20, .devices_per_context = 4 };
+	struct dmb_core core;
+	core_init(&core, f->be, &lim);
+	core.device_allowed = allow_all;
+	struct dmb_owner *o = owner_new(&core, 1, 1000, 1000, getpid(), NULL, NULL);
+	struct dmb_ctx *ctx = NULL;
+	struct dmb_err e = { 0 };
+	assert_int_equal(ctx_create(o, "g", false, &ctx, &e), 0);
+	struct dmb_device *dev = NULL;
+	assert_int_equal(device_open(ctx, "0000:00:03.0", &dev, &e), 0);
+	int fd = memfd_create("granular", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 1 << 20), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	struct dmb_region *reg = NULL;
+	assert_int_equal(region_register(ctx, fd, 0, &reg, &e), 0);
+
+	struct dmb_map_req q = { reg->id, OFF, IOVA, 32 * G, DMB_PROT_READ | DMB_PROT_WRITE, G };
+	fake_reset();
+	assert_int_equal(map_batch(ctx, &q, 1, &e), 0);
+	assert_int_equal(fake_count(VFIO_IOMMU_MAP_DMA), 32);
+	assert_int_equal(areas.n, 32);
+	uint64_t base = areas.a[0].offset; /* the vaddr of granule 0 */
+	for (unsigned i = 0; i < 32; i++) {
+		assert_int_equal(areas.a[i].iova, IOVA + i * G);
+		assert_int_equal(areas.a[i].length, G);
+		assert_int_equal(areas.a[i].offset, base + i * G);
+	}
+	/* the page size is capped by the IOMMU's (4K|2M|1G) and the memfd's */
+	assert_int_equal(ctx->iova.pgsizes, 0x1000 | 0x200000 | 0x40000000);
+	assert_int_equal(map_page_size(ctx, map_find(ctx, IOVA)), G);
+
+	struct dmb_range d[] = { { IOVA + 2 * G, 2 * G }, { IOVA + 31 * G, G } };
+	struct dmb_convert_result res;
+	fake_reset();
+	assert_int_equal(map_convert(ctx, d, 2, true, &res, &e), 0);
+	assert_int_equal(fake_count(VFIO_IOMMU_UNMAP_DMA), 3);
+	assert_int_equal(areas.n, 29);
+	assert_null(fake_areas_find(&areas, IOVA + 3 * G));
+	fake_reset();
+	assert_int_equal(map_convert(ctx, d, 1, false, &res, &e), 0);
+	assert_int_equal(fake_count(VFIO_IOMMU_MAP_DMA), 2);
+	const struct fake_area *a3 = fake_areas_find(&areas, IOVA + 3 * G);
+	assert_non_null(a3);
+	assert_int_equal(a3->offset, base + 3 * G);
+
+	/* refused halfway: put back */
+	struct dmb_range d2 = { IOVA + 8 * G, 3 * G };
+	k.unmaps = 0;
+	k.unmap_fail_at = 2;
+	assert_true(map_convert(ctx, &d2, 1, true, &res, &e) < 0);
+	assert_int_equal(areas.n, 31);
+	assert_non_null(fake_areas_find(&areas, IOVA + 8 * G));
+	k.unmap_fail_at = 0;
+
+	struct dmb_range all = { IOVA, 32 * G };
+	uint64_t bytes = 0, count = 0;
+	assert_int_equal(unmap_ranges(ctx, &all, 1, &bytes, &count, &e), 0);
+	assert_int_equal(areas.n, 0);
+	assert_int_equal(core.pinned_bytes, 0);
+
+	owner_free(o);
+	core_fini(&core);
+	k.areas = NULL;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -893,6 +999,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dev_no_config, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_bar, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_bar_compat, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_granular_layout, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -241,6 +241,7 @@ struct m_dev {
 struct m_map {
 	uint64_t ctx, iova, length, region, offset;
 	uint32_t prot, flags;
+	uint64_t disc;         /* granular (4 KiB, at most 16 granules): bit i discarded */
 };
 
 #define M_MAX 4096
@@ -359,7 +360,27 @@ static void model_apply(struct model *m, const struct jrnl_rec *r)
 		for (uint32_t k = 0; k < r->u.map.n; k++) {
 			const struct jrnl_map_entry *e = &r->u.map.e[k];
 			m->map[m->n_map++] = (struct m_map){ r->u.map.ctx, e->iova, e->length,
-							     e->region, e->offset, e->prot, e->flags };
+							     e->region, e->offset, e->prot, e->flags, 0 };
+		}
+		break;
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
+		/* the generator's ranges lie inside one granular mapping */
+		for (uint32_t k = 0; k < r->u.convert.n; k++) {
+			const struct jrnl_range *g = &r->u.convert.r[k];
+			for (size_t i = 0; i < m->n_map; i++) {
+				struct m_map *x = &m->map[i];
+				if (x->ctx != r->u.convert.ctx || g->iova < x->iova ||
+				    g->iova >= x->iova + x->length)
+					continue;
+				for (uint64_t a = g->iova; a < g->iova + g->length; a += 4096) {
+					uint64_t bit = UINT64_C(1) << ((a - x->iova) / 4096);
+					if (r->type == JRNL_DISCARD)
+						x->disc |= bit;
+					else
+						x->disc &= ~bit;
+				}
+			}
 		}
 		break;
 	case JRNL_UNMAP:
@@ -476,6 +497,8 @@ static void model_check(const struct model *m, const struct jrnl_state *s)
 			assert_int_equal(y->offset, x->offset);
 			assert_int_equal(y->prot, x->prot);
 			assert_int_equal(y->flags, x->flags);
+			assert_int_equal(y->n_discarded, (uint64_t)__builtin_popcountll(x->disc));
+			assert_int_equal(y->discarded ? y->discarded[0] : 0, x->disc);
 		}
 		for (size_t k = 0; k < m->n_dev; k++) {
 			const struct m_dev *d = &m->dev[k];
@@ -651,8 +674,10 @@ static void gen_op(struct model *m, struct op *o, unsigned map_weight)
 				e[got++] = (struct jrnl_map_entry){ slot * SLOT + start, len, g->id,
 								    rndn(g->size / 4096) * 4096,
 								    1 + (uint32_t)rndn(3),
-								    /* RAM entries: never JRNL_MAP_MMIO */
-								    (uint32_t)rndn(2) << 1 };
+								    /* RAM entries: never JRNL_MAP_MMIO;
+								     * some granular (4 KiB) */
+								    (uint32_t)rndn(2) << 1 |
+								    (rndn(3) ? 0 : JRNL_MAP_GRANULE(12)) };
 			}
 			if (!got) {
 				free(e);
@@ -799,6 +824,25 @@ static void gen_op(struct model *m, struct op *o, unsigned map_weight)
 			r->u.handoff.state = (uint32_t)rndn(JRNL_HANDOFF_LAST + 1);
 			break;
 		}
+		if (k < 95) { /* DISCARD / POPULATE granules of a granular mapping */
+			const struct m_map *g[64];
+			size_t ng = 0;
+			for (size_t i = 0; i < m->n_map && ng < 64; i++)
+				if (jrnl_map_granule(m->map[i].flags))
+					g[ng++] = &m->map[i];
+			if (!ng)
+				continue;
+			const struct m_map *x = g[rndn(ng)];
+			uint64_t n = x->length / 4096, first = rndn(n), cnt = 1 + rndn(n - first);
+			struct jrnl_range *rg = calloc(1, sizeof(*rg));
+			*rg = (struct jrnl_range){ x->iova + first * 4096, cnt * 4096 };
+			r->type = rndn(2) ? JRNL_DISCARD : JRNL_POPULATE;
+			r->u.convert.ctx = x->ctx;
+			r->u.convert.n = 1;
+			r->u.convert.r = rg;
+			o->arr = rg;
+			break;
+		}
 	}
 	model_apply(m, r);
 }
@@ -943,7 +987,7 @@ static int collect(void *opaque, const struct jrnl_rec *rec)
 		c->arr[c->n] = malloc(sz);
 		memcpy(c->arr[c->n], rec->u.map.e, sz);
 		c->rec[c->n].u.map.e = c->arr[c->n];
-	} else if (rec->type == JRNL_UNMAP) {
+	} else if (rec->type == JRNL_UNMAP || rec->type == JRNL_DISCARD || rec->type == JRNL_POPULATE) {
 		size_t sz = rec->u.unmap.n * sizeof(*rec->u.unmap.r);
 		c->arr[c->n] = malloc(sz);
 		memcpy(c->arr[c->n], rec->u.unmap.r, sz);
@@ -1009,6 +1053,8 @@ static void assert_rec_equal(const struct jrnl_rec *a, const struct jrnl_rec *b)
 		}
 		break;
 	case JRNL_UNMAP:
+	case JRNL_DISCARD:
+	case JRNL_POPULATE:
 		assert_int_equal(a->u.unmap.ctx, b->u.unmap.ctx);
 		assert_int_equal(a->u.unmap.n, b->u.unmap.n);
 		for (uint32_t i = 0; i < a->u.unmap.n; i++) {
@@ -1101,7 +1147,11 @@ static size_t all_types(struct jrnl_rec *out)
 
 	for (uint32_t i = 0; i < JRNL_BATCH_MAX; i++)
 		big_batch[i] = (struct jrnl_map_entry){ (uint64_t)i << 12, 4096, i, UINT64_MAX - 4095,
-							i, ~i };
+							i, ~i & ~JRNL_MAP_GRANULE(0x3f) };
+	/* v1.1: a granular (2 MiB) entry */
+	big_batch[5].flags = JRNL_MAP_GRANULE(21);
+	big_batch[5].iova = big_batch[5].offset = 0;
+	big_batch[5].length = 4u << 20;
 	r = &out[n++];
 	*r = (struct jrnl_rec){ .type = JRNL_MAP };
 	r->u.map.ctx = 1;
@@ -1143,6 +1193,17 @@ static size_t all_types(struct jrnl_rec *out)
 	*r = (struct jrnl_rec){ .type = JRNL_CONTEXT_CREATE };
 	r->u.ctx_create.ctx = 2; /* a no-IOMMU context (1.1) */
 	r->u.ctx_create.flags = JRNL_CTX_PERSISTENT | JRNL_CTX_NOIOMMU;
+	/* v1.1: granules discarded and populated */
+	r = &out[n++];
+	*r = (struct jrnl_rec){ .type = JRNL_DISCARD };
+	r->u.convert.ctx = 1;
+	r->u.convert.n = 3;
+	r->u.convert.r = some_ranges;
+	r = &out[n++];
+	*r = (struct jrnl_rec){ .type = JRNL_POPULATE };
+	r->u.convert.ctx = 1;
+	r->u.convert.n = 2;
+	r->u.convert.r = some_ranges + 1;
 
 	return n;
 }
@@ -1181,10 +1242,12 @@ static void test_roundtrip_all_types(void **state)
 	OK(jrnl_append_session_end(j, 42, &_e));
 	OK(jrnl_append_id_watermark(j, 1ull << 40, &_e));
 	OK(jrnl_append_handoff(j, JRNL_HANDOFF_RECLAIMING, &_e));
+	OK(jrnl_append_convert(j, 1, true, some_ranges, 3, &_e));
+	OK(jrnl_append_convert(j, 1, false, some_ranges + 1, 2, &_e));
 	const size_t wrapped_from = n;
 	const struct jrnl_rec *expect_wrapped[] = { &in[0], &in[15], &in[2], &in[3], &in[5], &in[7],
 						    &in[6], NULL, &in[8], &in[9], &in[10], &in[11],
-						    &in[12], &in[13], &in[14] };
+						    &in[12], &in[13], &in[14], &in[17], &in[18] };
 	struct jrnl_range one = { 0x1000, 0x1000 };
 	struct jrnl_rec unmap1 = { .type = JRNL_UNMAP, .u.unmap = { 1, 1, &one } };
 
@@ -2073,6 +2136,102 @@ static void test_snapshot_plus_tail(void **state)
 	}
 }
 
+/* ==== granular mappings (v1.1): DISCARD / POPULATE ==== */
+
+/* The model follows DISCARD and POPULATE granule by granule (a re-discard
+ * changes nothing), refuses what is not inside granular mappings or not
+ * granule aligned (an anomaly, nothing changed), and a compaction writes
+ * the discarded runs back so that the snapshot replays to the same state,
+ * also over the live journal's tail. */
+static void test_granular_records(void **state)
+{
+	(void)state;
+	const uint64_t G = 4096, M = 2u << 20;
+	struct jrnl *j = NULL;
+	struct dmb_err e = { 0 };
+	assert_int_equal(jrnl_create(&j, &e), 0);
+	uint8_t tok[JRNL_TOKEN_SIZE] = { 0 };
+	OK(jrnl_append_ctx_create(j, 10, 1, 0, 0, 0, "g", tok, &_e));
+	OK(jrnl_append_region_add(j, 10, 11, 64u << 20, G, JRNL_REGION_WRITABLE, "region.11", &_e));
+	/* 64 granules of 4 KiB at 1 MiB, and 2 granules of 2 MiB at 32 MiB; an
+	 * ordinary mapping at 16 MiB */
+	OK(jrnl_append_map(j, 10, 1u << 20, 64 * G, 11, 0, 3, JRNL_MAP_GRANULE(12), &_e));
+	OK(jrnl_append_map(j, 10, 32u << 20, 2 * M, 11, 4u << 20, 3, JRNL_MAP_GRANULE(21), &_e));
+	OK(jrnl_append_map(j, 10, 16u << 20, G, 11, 0, 3, 0, &_e));
+	/* a granule that is not a power the broker uses, or an unaligned one */
+	assert_int_equal(jrnl_append_map(j, 10, 40u << 20, 2 * G, 11, 0, 3, JRNL_MAP_GRANULE(13),
+					 &e), -EINVAL);
+	assert_int_equal(jrnl_append_map(j, 10, (40u << 20) + G, M, 11, 0, 3, JRNL_MAP_GRANULE(21),
+					 &e), -EINVAL);
+	assert_int_equal(jrnl_append_map(j, 10, 40u << 20, G, 7, 0, 3,
+					 JRNL_MAP_MMIO | JRNL_MAP_GRANULE(12), &e), -EINVAL);
+
+	struct jrnl_range d1[] = { { (1u << 20) + 2 * G, 3 * G }, { (1u << 20) + 60 * G, 4 * G },
+				   { 32u << 20, M } };
+	OK(jrnl_append_convert(j, 10, true, d1, 3, &_e));
+	struct jrnl_range d2[] = { { (1u << 20) + 3 * G, 2 * G } }; /* 1 again, 1 new */
+	OK(jrnl_append_convert(j, 10, true, d2, 1, &_e));
+	struct jrnl_range p1[] = { { (1u << 20) + 2 * G, G }, { 32u << 20, 2 * M } };
+	OK(jrnl_append_convert(j, 10, false, p1, 2, &_e));
+
+	struct jrnl_state s;
+	replay_into(j, &s, NULL, 0);
+	assert_int_equal(s.anomalies, 0);
+	struct jrnl_ctx *c = jrnl_state_ctx(&s, 10);
+	assert_non_null(c);
+	struct jrnl_map *m = jrnl_ctx_map_find(c, 1u << 20);
+	assert_non_null(m);
+	/* discarded: granules 3, 4 (from d1 and d2), 60..63; 2 populated again */
+	assert_int_equal(m->n_discarded, 6);
+	assert_int_equal(m->discarded[0], (UINT64_C(0x3) << 3) | (UINT64_C(0xf) << 60));
+	struct jrnl_map *big = jrnl_ctx_map_find(c, 32u << 20);
+	assert_int_equal(big->n_discarded, 0);
+	assert_null(big->discarded);
+
+	/* what is not inside a granular mapping, or not aligned: anomalies */
+	struct jrnl_range bad[] = { { 16u << 20, G } };
+	OK(jrnl_append_convert(j, 10, true, bad, 1, &_e));
+	struct jrnl_range bad2[] = { { (1u << 20) + G / 2, G } };
+	OK(jrnl_append_convert(j, 10, true, bad2, 1, &_e));
+	struct jrnl_range bad3[] = { { 32u << 20, G } };
+	OK(jrnl_append_convert(j, 10, true, bad3, 1, &_e));
+	struct jrnl_state s2;
+	replay_into(j, &s2, NULL, 0);
+	assert_int_equal(s2.anomalies, 3);
+	assert_states_equal(&s, &s2);
+
+	/* compaction keeps the discarded runs */
+	struct jrnl *snap = NULL;
+	assert_int_equal(jrnl_compact(j, NULL, &snap, &e), 0);
+	struct jrnl_state s3;
+	replay_into(snap, &s3, NULL, 0);
+	assert_int_equal(s3.anomalies, 0);
+	assert_states_equal(&s, &s3);
+	assert_true(jrnl_state_snapshot_bytes(&s) >= jrnl_committed(snap));
+
+	/* a different discarded set is a different state */
+	struct jrnl_range d3[] = { { (1u << 20) + 10 * G, G } };
+	OK(jrnl_append_convert(snap, 10, true, d3, 1, &_e));
+	struct jrnl_state s4;
+	replay_into(snap, &s4, NULL, 0);
+	char why[200];
+	assert_false(jrnl_state_equal(&s, &s4, why, sizeof(why)));
+	/* unmapping the mapping forgets its granules */
+	OK(jrnl_append_unmap(snap, 10, 1u << 20, 64 * G, &_e));
+	OK(jrnl_append_map(snap, 10, 1u << 20, 64 * G, 11, 0, 3, JRNL_MAP_GRANULE(12), &_e));
+	struct jrnl_state s5;
+	replay_into(snap, &s5, NULL, 0);
+	assert_int_equal(jrnl_ctx_map_find(jrnl_state_ctx(&s5, 10), 1u << 20)->n_discarded, 0);
+
+	jrnl_state_fini(&s);
+	jrnl_state_fini(&s2);
+	jrnl_state_fini(&s3);
+	jrnl_state_fini(&s4);
+	jrnl_state_fini(&s5);
+	jrnl_close(snap);
+	jrnl_close(j);
+}
+
 /* ==== compaction on a randomized workload ==== */
 
 static void test_compaction_randomized(void **state)
@@ -2397,6 +2556,7 @@ int main(void)
 		cmocka_unit_test(test_random_damage),
 		cmocka_unit_test(test_header_corruption),
 		cmocka_unit_test(test_newer_minor),
+		cmocka_unit_test(test_granular_records),
 		cmocka_unit_test(test_noiommu_flag),
 		cmocka_unit_test(test_seq_checked),
 		cmocka_unit_test(test_replay_twice),
