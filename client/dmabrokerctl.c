@@ -324,22 +324,30 @@ struct mapping_list {
 	size_t n, cap;
 };
 
-static int mapping_list_reserve(struct mapping_list *l, size_t more)
+/* Room for `more` elements of `size` bytes after the n in the array *vp
+ * (capacity *cap), doubling from 256. */
+static int vec_reserve(void *vp, size_t *cap, size_t n, size_t more, size_t size)
 {
-	if (l->cap - l->n >= more)
+	void **v = vp;
+	if (*cap - n >= more)
 		return 0;
-	size_t cap = l->cap ? l->cap : 256;
-	while (cap - l->n < more) {
-		if (cap > SIZE_MAX / 2 / sizeof(*l->v))
+	size_t c = *cap ? *cap : 256;
+	while (c - n < more) {
+		if (c > SIZE_MAX / 2 / size)
 			return -ENOMEM;
-		cap *= 2;
+		c *= 2;
 	}
-	void *p = realloc(l->v, cap * sizeof(*l->v));
+	void *p = realloc(*v, c * size);
 	if (!p)
 		return -ENOMEM;
-	l->v = p;
-	l->cap = cap;
+	*v = p;
+	*cap = c;
 	return 0;
+}
+
+static int mapping_list_reserve(struct mapping_list *l, size_t more)
+{
+	return vec_reserve(&l->v, &l->cap, l->n, more, sizeof(*l->v));
 }
 
 /* Pages through ListMappings until the broker says there is no more. The
@@ -516,20 +524,7 @@ struct phys_list {
 
 static int phys_list_reserve(struct phys_list *l, size_t more)
 {
-	if (l->cap - l->n >= more)
-		return 0;
-	size_t cap = l->cap ? l->cap : 256;
-	while (cap - l->n < more) {
-		if (cap > SIZE_MAX / 2 / sizeof(*l->v))
-			return -ENOMEM;
-		cap *= 2;
-	}
-	void *p = realloc(l->v, cap * sizeof(*l->v));
-	if (!p)
-		return -ENOMEM;
-	l->v = p;
-	l->cap = cap;
-	return 0;
+	return vec_reserve(&l->v, &l->cap, l->n, more, sizeof(*l->v));
 }
 
 static void phys_row(const void *rows, size_t i, char cells[][CELL_MAX])

@@ -697,6 +697,23 @@ int dmb_map_granular(struct dmb_client *c, uint64_t context, const struct dmb_ma
 	return r;
 }
 
+/* The protobuf form of n ranges: n pointers followed by the n messages they
+ * point to, one block for free(). NULL when out of memory. */
+static Dmb__Range **pb_ranges(const struct dmb_range *r, size_t n)
+{
+	Dmb__Range **ptrs = malloc(n * (sizeof(*ptrs) + sizeof(Dmb__Range)) + 1);
+	if (!ptrs)
+		return NULL;
+	Dmb__Range *arr = (Dmb__Range *)(void *)(ptrs + n);
+	for (size_t i = 0; i < n; i++) {
+		dmb__range__init(&arr[i]);
+		arr[i].iova = r[i].iova;
+		arr[i].length = r[i].length;
+		ptrs[i] = &arr[i];
+	}
+	return ptrs;
+}
+
 static int convert_call(struct dmb_client *c, uint64_t context, const struct dmb_range *rg,
 			size_t n, bool discard, struct dmb_convert_info *out)
 {
@@ -709,25 +726,14 @@ static int convert_call(struct dmb_client *c, uint64_t context, const struct dmb
 		req.body_case = DMB__REQUEST__BODY_POPULATE;
 		req.populate = &q;
 	}
-	Dmb__Range *arr = malloc(n * sizeof(*arr) + 1);
-	Dmb__Range **ptrs = malloc(n * sizeof(*ptrs) + 1);
-	if (!arr || !ptrs) {
-		free(arr);
-		free(ptrs);
+	Dmb__Range **ptrs = pb_ranges(rg, n);
+	if (!ptrs)
 		return -ENOMEM;
-	}
-	for (size_t i = 0; i < n; i++) {
-		dmb__range__init(&arr[i]);
-		arr[i].iova = rg[i].iova;
-		arr[i].length = rg[i].length;
-		ptrs[i] = &arr[i];
-	}
 	q.context_id = context;
 	q.n_ranges = n;
 	q.ranges = ptrs;
 	Dmb__Reply *rep = NULL;
 	int r = simple_call(c, &req, &rep);
-	free(arr);
 	free(ptrs);
 	if (r < 0)
 		return r;
@@ -782,24 +788,13 @@ int dmb_unmap_batch(struct dmb_client *c, uint64_t context, const struct dmb_ran
 		    uint64_t *unmapped_bytes)
 {
 	REQ(q, UNMAP_BATCH, unmap_batch, Dmb__UnmapBatch, DMB__UNMAP_BATCH__INIT);
-	Dmb__Range *arr = malloc(n * sizeof(*arr) + 1);
-	Dmb__Range **ptrs = malloc(n * sizeof(*ptrs) + 1);
-	if (!arr || !ptrs) {
-		free(arr);
-		free(ptrs);
+	Dmb__Range **ptrs = pb_ranges(r, n);
+	if (!ptrs)
 		return -ENOMEM;
-	}
-	for (size_t i = 0; i < n; i++) {
-		dmb__range__init(&arr[i]);
-		arr[i].iova = r[i].iova;
-		arr[i].length = r[i].length;
-		ptrs[i] = &arr[i];
-	}
 	q.context_id = context;
 	q.n_ranges = n;
 	q.ranges = ptrs;
 	int ret = unmapped_reply(c, &req, unmapped_bytes);
-	free(arr);
 	free(ptrs);
 	return ret;
 }
