@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -533,6 +534,91 @@ static void test_granular_across_restart(void **state)
 	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
 }
 
+/* The daemon dies after journaling a discard and before the kernel unmaps
+ * the granules (DMABROKERD_TEST_CRASH): the discard was not answered, and
+ * the journal names the granules discarded while the kernel still maps
+ * them. The next start takes them out of the IOMMU before it adopts
+ * anything: DMA through them faults, the others still move bytes, and the
+ * pins are the populated granules' only. */
+static void test_discard_crash_before_kernel(void **state)
+{
+	setenv("DMABROKERD_TEST_CRASH", "discard-journaled", 1);
+	start(NULL);
+	unsetenv("DMABROKERD_TEST_CRASH"); /* the next start runs without it */
+	struct daemon d = as_daemon();
+	struct dmb_client *c = connect_or_dump(&d, "granular-crash");
+	uint64_t ctx;
+	assert_ok(c, dmb_context_create(c, "g", &ctx));
+	const unsigned ng = 8;
+	int m = make_memfd(ng * PG, 9);
+	struct dmb_region_info ri;
+	assert_ok(c, dmb_region_register(c, ctx, m, 0, &ri));
+	struct dmb_map_entry e = { ri.region, 0, BASE_IOVA, ng * PG, DMB_READ | DMB_WRITE };
+	assert_ok(c, dmb_map_granular(c, ctx, &e, DMB_GRANULE_4K, NULL));
+	for (unsigned i = 0; i < ng; i++)
+		check_dma(c, ctx, m, i * PG, BASE_IOVA + i * PG, 128, i);
+
+	/* Discard granules 2 and 5, below the library: no reply will come. */
+	Dmb__Range r2 = DMB__RANGE__INIT, r5 = DMB__RANGE__INIT;
+	r2.iova = BASE_IOVA + 2 * PG;
+	r2.length = PG;
+	r5.iova = BASE_IOVA + 5 * PG;
+	r5.length = PG;
+	Dmb__Range *rs[] = { &r2, &r5 };
+	Dmb__Convert cv = DMB__CONVERT__INIT;
+	cv.context_id = ctx;
+	cv.n_ranges = 2;
+	cv.ranges = rs;
+	Dmb__Request req = DMB__REQUEST__INIT;
+	req.id = 7001;
+	req.body_case = DMB__REQUEST__BODY_DISCARD;
+	req.discard = &cv;
+	uint8_t buf[128];
+	size_t n = dmb__request__pack(&req, buf);
+	assert_int_equal(send(dmb_socket(c), buf, n, 0), (ssize_t)n);
+	int st = fds_stop(&H, 0);
+	if (!(st >= 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) ||
+	    !fds_log_has(&H, "crashing after the discard is journaled")) {
+		fds_dump_log(&H);
+		fail_msg("the daemon did not crash after journaling the discard (wait status %d)", st);
+	}
+
+	restart(SIGTERM);
+	d.pid = H.pid;
+	/* The journal's discards were applied before adoption: the backend
+	 * found nothing it was not told about (the sim would also drop such
+	 * strays; iommufd cannot list its areas and relies on this). */
+	if (fds_log_has(&H, "the journal did not name were removed")) {
+		fds_dump_log(&H);
+		fail_msg("the discarded granules were found as strays, not taken out first");
+	}
+	uint64_t want = 0;
+	for (unsigned i = 0; i < ng; i++) {
+		if (i == 2 || i == 5) {
+			check_dma_faults(c, ctx, m, i * PG, BASE_IOVA + i * PG, 128);
+		} else {
+			check_dma(c, ctx, m, i * PG + 256, BASE_IOVA + i * PG + 256, 128, i + 20);
+			want += PG;
+		}
+	}
+	assert_int_equal(daemon_totals(&d).pinned_bytes, want);
+	struct dmb_mapping_info mi;
+	size_t nm = 0;
+	bool more;
+	assert_ok(c, dmb_list_mappings(c, ctx, 0, &mi, 1, &nm, &more, NULL));
+	assert_int_equal(nm, 1);
+	assert_int_equal(mi.discarded, 2);
+	/* and they populate again */
+	struct dmb_range back[] = { { BASE_IOVA + 2 * PG, PG }, { BASE_IOVA + 5 * PG, PG } };
+	assert_ok(c, dmb_populate(c, ctx, back, 2, NULL));
+	check_dma(c, ctx, m, 2 * PG, BASE_IOVA + 2 * PG, 128, 31);
+	check_dma(c, ctx, m, 5 * PG, BASE_IOVA + 5 * PG, 128, 32);
+	close(m);
+	dmb_close(c);
+	assert_true(daemon_wait_idle(&d));
+	assert_int_equal(fds_stop(&H, SIGTERM) >= 0, 1);
+}
+
 static void test_persistent_context_and_reclaim(void **state)
 {
 	start("[persist]\ngrace_period_s = 2\n");
@@ -703,6 +789,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_shared_memfd_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noiommu_across_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_granular_across_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_discard_crash_before_kernel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_and_reclaim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_ended_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_persistent_context_counts_for_its_uid, setup, teardown),
