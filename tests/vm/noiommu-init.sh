@@ -4,6 +4,7 @@
 # the cdev /dev/vfio/devices/noiommu-vfioN and taints itself. The real dmabrokerd
 # (--backend=auto, which must pick iommufd) serves broker-client's noiommu scenario:
 # a no-IOMMU context whose physical ranges edu DMAs through. See broker-client.c.
+# Then vm-restart --noiommu: that context across SIGTERM and SIGKILL restarts.
 . /lib/vmtest/guest-lib.sh
 VMTEST_CHECK_TIMEOUT=60
 export VMTEST_NOIOMMU=1
@@ -83,6 +84,11 @@ stop_daemon() {
 	wait "$DPID"
 }
 step noiommu-shutdown stop_daemon
+
+# The same kind of context across restarts under a systemd stand-in (the fd store):
+# SIGTERM and SIGKILL, the context adopted with its pages still pinned at the same
+# physical addresses, edu moving bytes through them each time. See vm-restart.c.
+check noiommu-restart vm-restart --noiommu /usr/sbin/dmabrokerd "$CONF" "$EDU_A_BDF"
 
 [ "$VMTEST_FAILED" -eq 0 ] || dump_log
 finish

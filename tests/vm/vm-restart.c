@@ -1004,12 +1004,195 @@ out:
 	return ret;
 }
 
+/* ---- a no-IOMMU context across restarts (vm7-noiommu) ----------------------------
+ *
+ * On a machine without an IOMMU (Linux 7.3, noiommu-vfioN): a no-IOMMU context maps
+ * NI_LEN of a memfd at NI_IOVA, and edu, programmed with the physical addresses the
+ * broker returns, copies bytes between its pages. Then the daemon is restarted under
+ * the fd store, by SIGTERM and by SIGKILL: the next one adopts the context (it is
+ * still a no-IOMMU one: PhysRanges answers), the physical ranges are the same (the
+ * pages stayed pinned: nothing was unmapped), and edu moves the right bytes through
+ * them again. */
+#define NI_IOVA 0x100000ull
+#define NI_PAGES 16u
+#define NI_PG 4096ull
+
+/* The physical address behind memfd offset off (mapped at NI_IOVA), 0 if none. */
+static uint64_t ni_phys(const struct dmb_phys_range *pr, size_t n, uint64_t off)
+{
+	uint64_t iova = NI_IOVA + off;
+
+	for (size_t i = 0; i < n; i++)
+		if (iova >= pr[i].iova && iova - pr[i].iova < pr[i].length)
+			return pr[i].phys + (iova - pr[i].iova);
+	return 0;
+}
+
+static int ni_ranges(struct dmb_client *c, uint64_t ctx, struct dmb_phys_range *pr, size_t *n)
+{
+	bool more = false;
+	char why[400];
+	int r = RETRY_MAIN(dmb_phys_ranges(c, ctx, NI_IOVA, NI_PAGES * NI_PG, pr, NI_PAGES + 1, n,
+					    &more, NULL));
+
+	if (r < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_phys_ranges");
+		return fail("%s", why);
+	}
+	if (more || *n == 0)
+		return fail("dmb_phys_ranges: %zu range(s), more %d", *n, more);
+	return 0;
+}
+
+/* edu copies page a (+0x100) to page b (+0x80) by physical address. */
+static int ni_copy(struct dma_loop *d, const struct dmb_phys_range *pr, size_t n, uint64_t seed,
+		   unsigned a, unsigned b)
+{
+	size_t so = a * NI_PG + 0x100, dof = b * NI_PG + 0x80;
+
+	if (round_trip(d, seed, ni_phys(pr, n, so), so, ni_phys(pr, n, dof), dof, 1024) < 0)
+		return fail("%s", d->failure);
+	return 0;
+}
+
+static int run_noiommu(const char *dmabrokerd, const char *config, const char *bdf)
+{
+	const char *argv[] = { dmabrokerd, "--backend=iommufd", "--config", config, NULL };
+	struct dmb_phys_range before[NI_PAGES + 1], after[NI_PAGES + 1];
+	struct dma_loop d = { 0 };
+	struct ram m = { .fd = -1 };
+	struct edu e = { .device_fd = -1 };
+	struct dmb_client *c = NULL;
+	struct dmb_device_info di;
+	struct dmb_region_info ri;
+	size_t nb = 0, na = 0;
+	uint64_t ctx;
+	int dev_fd = -1, ret = -1, r;
+	char why[400];
+
+	struct fds_opts o = fds_default_opts();
+	o.start_timeout_ms = 30000; /* TCG */
+	o.stop_timeout_ms = 15000;
+	r = fds_init(&H, &o);
+	if (r < 0)
+		return fail("fds_init: %s", strerror(-r));
+	if ((r = fds_start(&H, argv)) < 0) {
+		fail("%s did not become ready: %s (exit status 0x%x)", dmabrokerd, strerror(-r),
+		     fds_exit_status(&H));
+		goto out;
+	}
+	if ((r = dmb_connect(H.sock, "vm-restart-noiommu", &c)) < 0) {
+		c = NULL;
+		fail("dmb_connect %s: %s", H.sock, strerror(-r));
+		goto out;
+	}
+	dmb_set_timeout(c, CLIENT_TIMEOUT_MS);
+	if ((r = dmb_context_create_flags(c, "vm-restart-noiommu", DMB_CONTEXT_NOIOMMU, &ctx,
+					  NULL)) < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_context_create_flags(NOIOMMU)");
+		goto bfail;
+	}
+	if ((r = dmb_device_open(c, ctx, bdf, &dev_fd, &di)) < 0) {
+		dev_fd = -1;
+		bwhy(why, sizeof(why), c, r, "dmb_device_open");
+		goto bfail;
+	}
+	if ((r = edu_open(&e, dev_fd)) < 0 || (r = edu_enable(&e)) < 0) {
+		fail("edu %s: %s", bdf, strerror(-r));
+		goto out;
+	}
+	if (ram_new(&m, NI_PAGES * NI_PG) < 0)
+		goto out;
+	struct dmb_map_entry me = { 0, 0, NI_IOVA, NI_PAGES * NI_PG, DMB_READ | DMB_WRITE };
+	if ((r = dmb_region_register(c, ctx, m.fd, 0, &ri)) < 0 ||
+	    (me.region = ri.region, r = dmb_map(c, ctx, &me)) < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_region_register + dmb_map");
+		goto bfail;
+	}
+	if (ni_ranges(c, ctx, before, &nb) < 0)
+		goto out;
+	d.e = &e;
+	d.m = &m;
+	if (ni_copy(&d, before, nb, 3000001, 0, 5) < 0 || ni_copy(&d, before, nb, 3000002, 9, 2) < 0)
+		goto out;
+	ok("no-IOMMU context %" PRIu64 ": %s (%s), %u pages mapped at IOVA 0x%llx over %zu "
+	   "physical range(s); edu copied bytes between them by physical address",
+	   ctx, bdf, di.group, NI_PAGES, NI_IOVA, nb);
+
+	const int sigs[] = { SIGTERM, SIGKILL };
+	for (int k = 0; k < 2; k++) {
+		pid_t old = H.pid;
+		int st = fds_stop(&H, sigs[k]);
+		if (st < 0) {
+			fail("fds_stop: %s", strerror(-st));
+			goto out;
+		}
+		if ((r = fds_start(&H, argv)) < 0) {
+			fail("the next daemon did not become ready: %s", strerror(-r));
+			goto out;
+		}
+		if (ni_ranges(c, ctx, after, &na) < 0)
+			goto out;
+		if (na != nb || memcmp(after, before, nb * sizeof(before[0])) != 0) {
+			fail("after the %s restart the physical ranges changed (%zu before, %zu after)",
+			     sigs[k] == SIGTERM ? "SIGTERM" : "SIGKILL", nb, na);
+			goto out;
+		}
+		if (ni_copy(&d, after, na, 3000010 + (uint64_t)k, 3, 12) < 0 ||
+		    ni_copy(&d, after, na, 3000020 + (uint64_t)k, 15, 0) < 0)
+			goto out;
+		if (!fds_log_has(&H, "restored 1 context(s)")) {
+			fail("no 'restored 1 context(s)' in the log of pid %d", (int)H.pid);
+			goto out;
+		}
+		ok("%s restart (pid %d -> %d): the no-IOMMU context was adopted; the same %zu "
+		   "physical range(s), and edu copies the right bytes through them",
+		   sigs[k] == SIGTERM ? "SIGTERM" : "SIGKILL", (int)old, (int)H.pid, na);
+	}
+	uint64_t unmapped = 0;
+	if ((r = RETRY_MAIN(dmb_unmap(c, ctx, NI_IOVA, NI_PAGES * NI_PG, &unmapped))) < 0) {
+		bwhy(why, sizeof(why), c, r, "dmb_unmap");
+		goto bfail;
+	}
+	dmb_close(c);
+	c = NULL;
+	int st = fds_stop(&H, SIGTERM);
+	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fail("the last daemon's stop: wait status %d", st);
+		goto out;
+	}
+	ok("unmapped %" PRIu64 " bytes through the broker; the daemon stopped cleanly", unmapped);
+	ret = 0;
+	goto out;
+bfail:
+	fail("%s", why);
+out:
+	if (ret < 0) {
+		fflush(stdout);
+		note("---- the daemon's log (%s) ----", H.log);
+		fds_dump_log(&H);
+		note("---- end of the daemon's log ----");
+	}
+	if (c)
+		dmb_close(c);
+	edu_close(&e);
+	if (dev_fd >= 0)
+		close(dev_fd);
+	ram_free(&m);
+	fds_store_clear(&H);
+	fds_destroy(&H);
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 5 && strcmp(argv[1], "--noiommu") == 0)
+		return run_noiommu(argv[2], argv[3], argv[4]) < 0 ? 1 : 0;
 	if (argc != 5 || atoi(argv[4]) < 1) {
-		fprintf(stderr, "usage: %s DMABROKERD CONFIG BDF RESTARTS\n", argv[0]);
+		fprintf(stderr, "usage: %s DMABROKERD CONFIG BDF RESTARTS\n"
+				"       %s --noiommu DMABROKERD CONFIG BDF\n", argv[0], argv[0]);
 		return 2;
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
 	return run(argv[1], argv[2], argv[3], atoi(argv[4])) < 0 ? 1 : 0;
 }
