@@ -1083,7 +1083,9 @@ void fds_destroy(struct fds *h)
 
 void fds_store_clear(struct fds *h)
 {
-	struct fds_state *s = h->s;
+	struct fds_state *s = h ? h->s : NULL;
+	if (!s)
+		return;
 	pthread_mutex_lock(&s->lock);
 	debug(s, "stopped for good: closing %zu stored fds", s->n_store);
 	while (s->n_store)

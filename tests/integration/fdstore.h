@@ -155,6 +155,7 @@ int fds_exit_status(const struct fds *h);
 bool fds_running(struct fds *h);
 
 /* A stop for good: closes every stored fd (the listener stays). */
+/* Like fds_destroy, accepts a zeroed or failed-to-init struct. */
 void fds_store_clear(struct fds *h);
 unsigned fds_store_count(struct fds *h);
 unsigned fds_store_count_name(struct fds *h, const char *name);

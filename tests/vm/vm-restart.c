@@ -770,6 +770,44 @@ static int granular_across_restart(const char *const *argv, struct dma_loop *d,
 
 /* ---- main ------------------------------------------------------------------------ */
 
+/* The fd-store harness, with time limits for TCG, and argv's daemon started in it
+ * (READY=1). 0, or -1 after fail(); run_end() cleans up either way. */
+static int harness_start(const char *const *argv)
+{
+	struct fds_opts o = fds_default_opts();
+	o.start_timeout_ms = 30000; /* TCG */
+	o.stop_timeout_ms = 15000;
+	int r = fds_init(&H, &o);
+	if (r < 0)
+		return fail("fds_init: %s", strerror(-r));
+	r = fds_start(&H, argv);
+	if (r < 0)
+		return fail("%s did not become ready under the fd-store harness: %s (exit status 0x%x)",
+			    argv[0], strerror(-r), fds_exit_status(&H));
+	return 0;
+}
+
+/* The end of a run: the daemon's log when it failed, then the session, the device,
+ * the memory and the harness (the daemon stopped, the fd store closed). */
+static int run_end(int ret, struct dmb_client *c, struct edu *e, int dev_fd, struct ram *m)
+{
+	if (ret < 0) {
+		fflush(stdout);
+		note("---- the daemon's log (%s) ----", H.log);
+		fds_dump_log(&H);
+		note("---- end of the daemon's log ----");
+	}
+	if (c)
+		dmb_close(c);
+	edu_close(e);
+	if (dev_fd >= 0)
+		close(dev_fd);
+	ram_free(m);
+	fds_store_clear(&H);
+	fds_destroy(&H);
+	return ret;
+}
+
 static int run(const char *dmabrokerd, const char *config, const char *bdf, int restarts)
 {
 	char backend_arg[64];
@@ -786,18 +824,8 @@ static int run(const char *dmabrokerd, const char *config, const char *bdf, int 
 	char why[400];
 	int64_t t_begin = mono_ms();
 
-	struct fds_opts o = fds_default_opts();
-	o.start_timeout_ms = 30000; /* TCG */
-	o.stop_timeout_ms = 15000;
-	r = fds_init(&H, &o);
-	if (r < 0)
-		return fail("fds_init: %s", strerror(-r));
-	r = fds_start(&H, argv);
-	if (r < 0) {
-		fail("%s did not become ready under the fd-store harness: %s (exit status 0x%x)",
-		     dmabrokerd, strerror(-r), fds_exit_status(&H));
+	if (harness_start(argv) < 0)
 		goto out;
-	}
 	ok("dmabrokerd pid %d ready (READY=1) on the harness's listener %s, notify socket %s",
 	   (int)H.pid, H.sock, H.notify);
 
@@ -985,23 +1013,9 @@ out:
 			pthread_join(cl.t, NULL);
 		thread_failures(&d, &cl);
 	}
-	if (ret < 0) {
-		fflush(stdout);
-		note("---- the daemon's log (%s) ----", H.log);
-		fds_dump_log(&H);
-		note("---- end of the daemon's log ----");
-	}
-	if (c)
-		dmb_close(c);
-	edu_close(&e);
-	if (dev_fd >= 0)
-		close(dev_fd);
-	ram_free(&m);
 	if (kmsg >= 0)
 		close(kmsg);
-	fds_store_clear(&H);
-	fds_destroy(&H);
-	return ret;
+	return run_end(ret, c, &e, dev_fd, &m);
 }
 
 /* ---- a no-IOMMU context across restarts (vm7-noiommu) ----------------------------
@@ -1070,17 +1084,8 @@ static int run_noiommu(const char *dmabrokerd, const char *config, const char *b
 	int dev_fd = -1, ret = -1, r;
 	char why[400];
 
-	struct fds_opts o = fds_default_opts();
-	o.start_timeout_ms = 30000; /* TCG */
-	o.stop_timeout_ms = 15000;
-	r = fds_init(&H, &o);
-	if (r < 0)
-		return fail("fds_init: %s", strerror(-r));
-	if ((r = fds_start(&H, argv)) < 0) {
-		fail("%s did not become ready: %s (exit status 0x%x)", dmabrokerd, strerror(-r),
-		     fds_exit_status(&H));
+	if (harness_start(argv) < 0)
 		goto out;
-	}
 	if ((r = dmb_connect(H.sock, "vm-restart-noiommu", &c)) < 0) {
 		c = NULL;
 		fail("dmb_connect %s: %s", H.sock, strerror(-r));
@@ -1167,21 +1172,7 @@ static int run_noiommu(const char *dmabrokerd, const char *config, const char *b
 bfail:
 	fail("%s", why);
 out:
-	if (ret < 0) {
-		fflush(stdout);
-		note("---- the daemon's log (%s) ----", H.log);
-		fds_dump_log(&H);
-		note("---- end of the daemon's log ----");
-	}
-	if (c)
-		dmb_close(c);
-	edu_close(&e);
-	if (dev_fd >= 0)
-		close(dev_fd);
-	ram_free(&m);
-	fds_store_clear(&H);
-	fds_destroy(&H);
-	return ret;
+	return run_end(ret, c, &e, dev_fd, &m);
 }
 
 int main(int argc, char **argv)
