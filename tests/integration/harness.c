@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -276,6 +277,27 @@ struct dmb_client *client_connect(const struct daemon *d, const char *name)
 	if (r < 0)
 		fail_msg("connect to %s: %s", d->sock, strerror(-r));
 	return c;
+}
+
+int client_run_as(const struct daemon *d, uid_t uid, gid_t gid, const char *name,
+		  int (*fn)(struct dmb_client *c))
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
+			_exit(250);
+		struct dmb_client *c;
+		if (dmb_connect(d->sock, name, &c) < 0)
+			_exit(251);
+		int r = fn(c);
+		dmb_close(c);
+		_exit(r);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	return WEXITSTATUS(st);
 }
 
 struct dmb_stats daemon_totals(const struct daemon *d)

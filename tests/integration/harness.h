@@ -57,6 +57,12 @@ int daemon_quiet_fd_count(const struct daemon *d, unsigned own);
 int daemon_wait_fd_count(const struct daemon *d, int want, unsigned own);
 
 struct dmb_client *client_connect(const struct daemon *d, const char *name);
+/* Runs fn(c) in a child that is uid/gid (no supplementary groups) and whose
+ * session c is connected to d as `name`; returns the child's exit status:
+ * fn's return value (0 = every check in it passed, else a line number),
+ * 250 if it could not become uid/gid, 251 if it could not connect. */
+int client_run_as(const struct daemon *d, uid_t uid, gid_t gid, const char *name,
+		  int (*fn)(struct dmb_client *c));
 /* Status totals through an admin session. */
 struct dmb_stats daemon_totals(const struct daemon *d);
 /* Waits (bounded) until the daemon reports no contexts and zero pins. */

@@ -7,13 +7,11 @@
 #include "harness.h"
 
 #include <errno.h>
-#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define PG 4096ull
@@ -250,27 +248,11 @@ static void test_device_kind(void **state)
 	assert_true(daemon_wait_idle(&g_daemon));
 }
 
-/* Runs fn as uid in a child; its exit status (0: every check passed, else
- * the failing line). */
-typedef int (*as_fn)(struct dmb_client *c);
-static int run_as(uid_t uid, as_fn fn)
+/* fn as a client of uid (client_run_as): 0 = every check passed, else the
+ * failing line. */
+static int run_as(uid_t uid, int (*fn)(struct dmb_client *c))
 {
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0)
-			_exit(250);
-		struct dmb_client *c;
-		if (dmb_connect(g_daemon.sock, "other", &c) < 0)
-			_exit(251);
-		int r = fn(c);
-		dmb_close(c);
-		_exit(r);
-	}
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	return WEXITSTATUS(st);
+	return client_run_as(&g_daemon, uid, uid, "other", fn);
 }
 
 #define CHECK(x)                                                                   \

@@ -6,14 +6,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define PG 4096ull
@@ -46,27 +44,11 @@ static void write_config(const char *policy)
 	write_file(path, text);
 }
 
-/* Runs fn as a client of uid/gid in a child; returns its exit status (0 =
- * every check in it passed, else the line of the failing one). */
-typedef int (*as_fn)(struct dmb_client *c);
-static int run_as(uid_t uid, gid_t gid, as_fn fn)
+/* fn as a client of uid/gid (client_run_as): 0 = every check in it passed,
+ * else the line of the failing one. */
+static int run_as(uid_t uid, gid_t gid, int (*fn)(struct dmb_client *c))
 {
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-			_exit(250);
-		struct dmb_client *c;
-		if (dmb_connect(g_daemon.sock, "policy", &c) < 0)
-			_exit(251);
-		int r = fn(c);
-		dmb_close(c);
-		_exit(r);
-	}
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	return WEXITSTATUS(st);
+	return client_run_as(&g_daemon, uid, gid, "policy", fn);
 }
 
 #define CHECK(x) do { if (!(x)) { fprintf(stderr, "check failed at line %d: %s (%s)\n", __LINE__, #x, dmb_last_error(c)->message); return __LINE__ % 250; } } while (0)
