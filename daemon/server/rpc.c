@@ -98,6 +98,18 @@ static struct dmb_ctx *need_ctx(struct rpc_call *c, uint64_t id, struct dmb_err 
 	return ctx;
 }
 
+/* need_ctx for the read-only requests an admin session may make of any
+ * client's context (ListMappings, PhysRanges). */
+static struct dmb_ctx *need_ctx_or_admin(struct rpc_call *c, uint64_t id, struct dmb_err *e)
+{
+	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, id);
+	if (!ctx && c->s->admin)
+		ctx = ctx_lookup_any(&c->s->srv->core, id);
+	if (!ctx)
+		dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found", id);
+	return ctx;
+}
+
 #define SET_BODY(c, field, CASE)                                   \
 	do {                                                       \
 		(c)->reply.body_case = DMB__REPLY__BODY_##CASE;    \
@@ -806,14 +818,10 @@ static int rpc_sim_dma(struct rpc_call *c, struct dmb_err *e)
 static int rpc_phys_ranges(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__PhysRanges *q = c->req->phys_ranges;
-	/* An admin may ask of any context (dmabrokerctl phys-ranges), as
-	 * ListMappings. */
-	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
-	if (!ctx && c->s->admin)
-		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
+	/* An admin may ask of any context (dmabrokerctl phys-ranges). */
+	struct dmb_ctx *ctx = need_ctx_or_admin(c, q->context_id, e);
 	if (!ctx)
-		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found",
-				q->context_id);
+		return -ENOENT;
 	struct dmb_phys_range *ranges = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ranges));
 	Dmb__PhysRange *arr = rpc_alloc(c, DMB_MAX_LIST * sizeof(*arr));
 	Dmb__PhysRange **ptrs = rpc_alloc(c, DMB_MAX_LIST * sizeof(*ptrs));
@@ -973,11 +981,9 @@ static int rpc_list_contexts(struct rpc_call *c, struct dmb_err *e)
 static int rpc_list_mappings(struct rpc_call *c, struct dmb_err *e)
 {
 	const Dmb__ListMappings *q = c->req->list_mappings;
-	struct dmb_ctx *ctx = ctx_lookup(c->s->owner, q->context_id);
-	if (!ctx && c->s->admin)
-		ctx = ctx_lookup_any(&c->s->srv->core, q->context_id);
+	struct dmb_ctx *ctx = need_ctx_or_admin(c, q->context_id, e);
 	if (!ctx)
-		return dmb_fail(e, DMB_E_NOT_FOUND, ENOENT, "context %" PRIu64 " not found", q->context_id);
+		return -ENOENT;
 	uint32_t max = q->max_entries ? q->max_entries : DMB_MAX_LIST;
 	if (max > DMB_MAX_LIST)
 		max = DMB_MAX_LIST;
